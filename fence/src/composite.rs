@@ -1,0 +1,313 @@
+//! Composite fences: arrays (`dma-fence-array.c`), timelines of points (`dma-fence-chain.c`
+//! and `drm_syncobj` timelines, with wait-before-signal), and unwrap/merge
+//! (`dma-fence-unwrap.c`).
+
+use std::fmt;
+use std::time::Instant;
+
+use crate::context::{ContextShared, SeqnoWidth};
+use crate::error::FenceError;
+use crate::fence::{Fence, Signaller};
+use crate::ops::FenceOps;
+use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, Ordering};
+
+/// The ops of an array or point fence: it reports its members and passes deadlines on.
+struct MembersOps {
+    members: Box<[Fence]>,
+}
+
+impl FenceOps for MembersOps {
+    fn set_deadline(&self, deadline: Instant) {
+        for m in self.members.iter() {
+            m.set_deadline(deadline);
+        }
+    }
+
+    fn children(&self) -> &[Fence] {
+        &self.members
+    }
+}
+
+/// Shared by the member callbacks of one array.
+struct ArrayState {
+    /// Members not signalled yet.
+    remaining: AtomicUsize,
+    /// `FenceError::encode` of the first member error, 0 while none.
+    first_error: AtomicU64,
+    signal_on_any: bool,
+    /// Taken by whichever member callback completes the array.
+    signaller: Mutex<Option<Signaller>>,
+}
+
+impl ArrayState {
+    fn member_done(&self, member: &Fence) {
+        if let Some(e) = member.current_outcome().and_then(Result::err) {
+            let _ = self.first_error.compare_exchange(
+                0,
+                FenceError::encode(Some(e)),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+        let last = self.remaining.fetch_sub(1, Ordering::AcqRel) == 1;
+        if last || self.signal_on_any {
+            let signaller = lock(&self.signaller).take();
+            if let Some(s) = signaller {
+                let error = FenceError::decode(self.first_error.load(Ordering::Acquire));
+                s.signal_result(error.map_or(Ok(()), Err));
+            }
+        }
+    }
+}
+
+/// Fence arrays: one fence that signals when all (or any) of its members have signalled.
+#[derive(Debug)]
+pub struct FenceArray(());
+
+impl FenceArray {
+    /// A fence that signals when every member has signalled; its error is the first member
+    /// error seen. An empty array is already signalled.
+    pub fn all(members: impl IntoIterator<Item = Fence>) -> Fence {
+        let ctx = ContextShared::new("array".into(), "gpusched", SeqnoWidth::U64, None);
+        build_array(ctx, 1, members.into_iter().collect(), false)
+    }
+
+    /// A fence that signals when the first member signals, with that member's error. An empty
+    /// array is already signalled.
+    pub fn any(members: impl IntoIterator<Item = Fence>) -> Fence {
+        let ctx = ContextShared::new("array-any".into(), "gpusched", SeqnoWidth::U64, None);
+        build_array(ctx, 1, members.into_iter().collect(), true)
+    }
+}
+
+fn build_array(ctx: Arc<ContextShared>, seqno: u64, members: Vec<Fence>, any: bool) -> Fence {
+    if members.is_empty() {
+        return Fence::signaled();
+    }
+    let members: Box<[Fence]> = members.into_boxed_slice();
+    let list: Vec<Fence> = members.to_vec();
+    let (fence, signaller) = Fence::new_pending(ctx, seqno, Some(Box::new(MembersOps { members })));
+    let state = Arc::new(ArrayState {
+        remaining: AtomicUsize::new(list.len()),
+        first_error: AtomicU64::new(0),
+        signal_on_any: any,
+        signaller: Mutex::new(Some(signaller)),
+    });
+    for m in list {
+        let st = state.clone();
+        if let Err(already) = m.add_callback(move |f| st.member_done(f)) {
+            (already.into_inner())(&m);
+        }
+    }
+    fence
+}
+
+/// Every leaf fence inside `fence`, flattening arrays and timeline points recursively
+/// (`dma_fence_unwrap`). A plain fence unwraps to itself.
+pub fn unwrap(fence: &Fence) -> Vec<Fence> {
+    let mut out = Vec::new();
+    unwrap_into(fence, &mut out);
+    out
+}
+
+fn unwrap_into(fence: &Fence, out: &mut Vec<Fence>) {
+    let children = fence.children();
+    if children.is_empty() {
+        out.push(fence.clone());
+    } else {
+        for c in children {
+            unwrap_into(c, out);
+        }
+    }
+}
+
+/// Merges fences into one (`dma_fence_unwrap_merge`): composites are flattened, fences that
+/// signalled successfully are dropped, and of several fences on one context only the latest
+/// is kept. Returns a signalled stub when nothing is left, the fence itself when one is left,
+/// and an array otherwise. Failed fences are kept, so the merged fence carries their error.
+pub fn merge<'a>(fences: impl IntoIterator<Item = &'a Fence>) -> Fence {
+    let mut leaves: Vec<Fence> = Vec::new();
+    for f in fences {
+        unwrap_into(f, &mut leaves);
+    }
+    let mut kept: Vec<Fence> = Vec::with_capacity(leaves.len());
+    for f in leaves {
+        if f.status() == crate::FenceStatus::Signaled {
+            continue;
+        }
+        match kept.iter_mut().find(|k| k.context() == f.context()) {
+            Some(k) => {
+                if f.is_later(k) {
+                    *k = f;
+                }
+            }
+            None => kept.push(f),
+        }
+    }
+    match kept.len() {
+        0 => Fence::signaled(),
+        1 => kept.pop().unwrap_or_else(Fence::signaled),
+        _ => FenceArray::all(kept),
+    }
+}
+
+/// Why a point could not be attached to a [`Timeline`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("timeline point {point} is not after the last attached point {last}")]
+pub struct PointOrderError {
+    /// The point that was refused.
+    pub point: u64,
+    /// The last point attached before.
+    pub last: u64,
+}
+
+struct TimelineState {
+    /// Attached points, strictly increasing, oldest first; leading points that signalled
+    /// successfully are pruned.
+    points: Vec<(u64, Fence)>,
+    /// The last point attached (0 before any).
+    last: u64,
+    /// The last point pruned (0 before any): it and all before it signalled successfully.
+    pruned: u64,
+    /// Fences handed out for points not attached yet (wait-before-signal), unordered.
+    waiters: Vec<(u64, Signaller)>,
+}
+
+/// A timeline of points (`dma_fence_chain` / a `drm_syncobj` timeline / a Vulkan timeline
+/// semaphore): fences are attached at increasing points, and [`Timeline::point`]`(n)` is a
+/// fence that signals once point `n` is reached, that is once the first attached point at or
+/// after `n` and all points before it have signalled. Asking for a point that is not attached
+/// yet works (wait-before-signal): the fence resolves when a later attach covers it, and
+/// signals `Abandoned` if the timeline is dropped first.
+pub struct Timeline {
+    ctx: Arc<ContextShared>,
+    state: Mutex<TimelineState>,
+}
+
+impl fmt::Debug for Timeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Timeline")
+            .field("name", &self.ctx.name)
+            .field("last_point", &self.last_point())
+            .finish()
+    }
+}
+
+impl Timeline {
+    /// A new, empty timeline.
+    pub fn new(name: impl Into<String>) -> Self {
+        Timeline {
+            ctx: ContextShared::new(
+                name.into().into_boxed_str(),
+                "gpusched",
+                SeqnoWidth::U64,
+                None,
+            ),
+            state: Mutex::new(TimelineState {
+                points: Vec::new(),
+                last: 0,
+                pruned: 0,
+                waiters: Vec::new(),
+            }),
+        }
+    }
+
+    /// The timeline's context id (point fences carry it, with the point as seqno).
+    pub fn context(&self) -> u64 {
+        self.ctx.id
+    }
+
+    /// The last point attached (0 before any).
+    pub fn last_point(&self) -> u64 {
+        lock(&self.state).last
+    }
+
+    /// Attaches `fence` as point `point`, which must be after every point attached before.
+    ///
+    /// # Errors
+    /// [`PointOrderError`] when `point` is not after the last attached point; nothing changes.
+    pub fn attach(&self, point: u64, fence: Fence) -> Result<(), PointOrderError> {
+        let mut resolved = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            if point <= st.last {
+                return Err(PointOrderError { point, last: st.last });
+            }
+            st.last = point;
+            st.points.push((point, fence));
+            Self::prune(&mut st);
+            let mut i = 0;
+            while i < st.waiters.len() {
+                if st.waiters[i].0 <= point {
+                    let (n, signaller) = st.waiters.swap_remove(i);
+                    resolved.push((n, signaller, Self::members_up_to(&st, point)));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        for (n, signaller, members) in resolved {
+            let reached = build_array(self.ctx.clone(), n, members, false);
+            let mut slot = Some(signaller);
+            let forward = move |f: &Fence| {
+                if let Some(s) = slot.take() {
+                    s.signal_result(f.current_outcome().unwrap_or(Err(FenceError::Abandoned)));
+                }
+            };
+            if let Err(already) = reached.add_callback(forward) {
+                (already.into_inner())(&reached);
+            }
+        }
+        Ok(())
+    }
+
+    /// A fence that signals when point `n` is reached (see the type's docs). Its context is
+    /// the timeline's and its seqno is `n`.
+    pub fn point(&self, n: u64) -> Fence {
+        let mut st = lock(&self.state);
+        Self::prune(&mut st);
+        if let Some(&(p, _)) = st.points.iter().find(|(p, _)| *p >= n) {
+            let members = Self::members_up_to(&st, p);
+            drop(st);
+            return build_array(self.ctx.clone(), n, members, false);
+        }
+        if n <= st.last {
+            // Every point up to `n` has signalled successfully and was pruned.
+            return Fence::signaled();
+        }
+        let (fence, signaller) = Fence::new_pending(self.ctx.clone(), n, None);
+        st.waiters.push((n, signaller));
+        fence
+    }
+
+    /// The highest attached point known reached: it and every point before it have
+    /// signalled (successfully or not). 0 when none has.
+    pub fn completed(&self) -> u64 {
+        let mut st = lock(&self.state);
+        Self::prune(&mut st);
+        let mut reached = st.pruned;
+        for (p, f) in &st.points {
+            if !f.is_signaled() {
+                break;
+            }
+            reached = *p;
+        }
+        reached
+    }
+
+    fn prune(st: &mut TimelineState) {
+        let done = st
+            .points
+            .iter()
+            .take_while(|(_, f)| f.status() == crate::FenceStatus::Signaled)
+            .count();
+        if done > 0 {
+            st.pruned = st.points[done - 1].0;
+            st.points.drain(..done);
+        }
+    }
+
+    fn members_up_to(st: &TimelineState, point: u64) -> Vec<Fence> {
+        st.points.iter().take_while(|(p, _)| *p <= point).map(|(_, f)| f.clone()).collect()
+    }
+}

@@ -1,0 +1,598 @@
+//! [`Fence`] and [`Signaller`]: the shared read side and the unique write side of a one-shot
+//! completion (`struct dma_fence`, `drivers/dma-buf/dma-fence.c`).
+//!
+//! # State
+//! The fence's state word holds two bits (see the constants). `SIGNALED` is set exactly once,
+//! under the callback lock, after the error and timestamp were stored; a reader that sees it
+//! (Acquire) sees both. Callbacks are taken out of the list in the same critical section and run
+//! after the lock is released, on the signalling thread, in the order they were added.
+//!
+//! # Contract
+//! Signalling enters a signalling section (as `dma_fence_signal` does under lockdep): callbacks
+//! run inside it and must not allocate through a reclaiming path, take a `Resv` lock or wait on
+//! a fence. Signalling itself never allocates: callback storage is reserved when callbacks are
+//! added ([`Fence::reserve_callbacks`], [`Fence::add_prepared_callback`]).
+
+use std::fmt;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::context::{seqno_is_later, ContextShared, SeqnoWidth};
+use crate::error::{AlreadySignaled, FenceError, WaitError};
+use crate::interrupt::InterruptDomain;
+use crate::lockdep;
+use crate::ops::{FenceOps, OpsWait};
+use crate::sync::{lock, Arc, AtomicU32, AtomicU64, Event, Mutex, Ordering};
+#[cfg(not(gpusched_loom))]
+use event_listener::Listener as _;
+
+/// Set once, when the fence signals (with or without an error). Set under `Inner::cbs`'s lock
+/// with Release after `error` and `timestamp_ns` are stored; never cleared.
+const SIGNALED: u32 = 1 << 0;
+/// Set by the first waiter or callback (`DMA_FENCE_FLAG_ENABLE_SIGNAL_BIT`); whoever sets it
+/// calls [`FenceOps::enable_signaling`]. Never cleared.
+const ENABLE_SIGNALING: u32 = 1 << 1;
+
+/// The process-wide origin of fence timestamps.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// A callback ready to be added without allocating: the closure is boxed when the `Callback`
+/// is made. See [`Fence::add_prepared_callback`].
+pub struct Callback(Box<dyn FnOnce(&Fence) + Send + 'static>);
+
+impl Callback {
+    /// Boxes `f` now, so that adding it later need not allocate.
+    pub fn new(f: impl FnOnce(&Fence) + Send + 'static) -> Self {
+        Callback(Box::new(f))
+    }
+}
+
+impl fmt::Debug for Callback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Callback(..)")
+    }
+}
+
+/// Identifies a callback added to one fence, to remove it before the fence signals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CallbackId(u64);
+
+/// The pending callbacks. Protected by `Inner::cbs`.
+struct CallbackList {
+    next_id: u64,
+    entries: Vec<(u64, Callback)>,
+}
+
+pub(crate) struct Inner {
+    /// `SIGNALED | ENABLE_SIGNALING`, see the constants.
+    state: AtomicU32,
+    /// `FenceError::encode` of the error; written before `SIGNALED`, never after.
+    error: AtomicU64,
+    /// Nanoseconds since `epoch()` at signal time; written before `SIGNALED`.
+    timestamp_ns: AtomicU64,
+    seqno: u64,
+    ctx: Arc<ContextShared>,
+    /// The callback list; its lock also orders signalling against callback adds and removals.
+    cbs: Mutex<CallbackList>,
+    /// Notified (all) after `SIGNALED` is set.
+    event: Event,
+    ops: Option<Box<dyn FenceOps>>,
+}
+
+/// The shared, cloneable read side of a one-shot completion (`struct dma_fence`).
+///
+/// A fence belongs to a context (timeline) and has a seqno on it. It signals exactly once,
+/// possibly with a [`FenceError`]; then its waiters wake and its callbacks run. It is `Send`,
+/// `Sync` and cheap to clone (an `Arc`).
+#[derive(Clone)]
+pub struct Fence {
+    inner: Arc<Inner>,
+}
+
+/// Where a fence is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FenceStatus {
+    /// Not signalled yet.
+    Pending,
+    /// Signalled successfully.
+    Signaled,
+    /// Signalled with an error.
+    Failed(FenceError),
+}
+
+impl FenceStatus {
+    /// Whether the fence has signalled (successfully or not).
+    pub fn is_signaled(&self) -> bool {
+        !matches!(self, FenceStatus::Pending)
+    }
+
+    /// The error, when the fence failed.
+    pub fn error(&self) -> Option<FenceError> {
+        match *self {
+            FenceStatus::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl Fence {
+    pub(crate) fn new_pending(
+        ctx: Arc<ContextShared>,
+        seqno: u64,
+        ops: Option<Box<dyn FenceOps>>,
+    ) -> (Fence, Signaller) {
+        let fence = Fence {
+            inner: Arc::new(Inner {
+                state: AtomicU32::new(0),
+                error: AtomicU64::new(0),
+                timestamp_ns: AtomicU64::new(0),
+                seqno,
+                ctx,
+                cbs: Mutex::new(CallbackList { next_id: 0, entries: Vec::new() }),
+                event: Event::new(),
+                ops,
+            }),
+        };
+        (fence.clone(), Signaller { fence })
+    }
+
+    /// A fence that is already signalled, successfully (`dma_fence_get_stub`). Cheap: all
+    /// stubs share one allocation.
+    pub fn signaled() -> Fence {
+        #[cfg(not(gpusched_loom))]
+        {
+            static STUB: OnceLock<Fence> = OnceLock::new();
+            STUB.get_or_init(|| Fence::new_signaled(None)).clone()
+        }
+        #[cfg(gpusched_loom)]
+        {
+            Fence::new_signaled(None)
+        }
+    }
+
+    /// A fence that is already signalled with `error`.
+    pub fn failed(error: FenceError) -> Fence {
+        Fence::new_signaled(Some(error))
+    }
+
+    fn new_signaled(error: Option<FenceError>) -> Fence {
+        let (fence, signaller) = Fence::new_pending(ContextShared::stub(), 0, None);
+        signaller.signal_result(error.map_or(Ok(()), Err));
+        fence
+    }
+
+    /// The context (timeline) id.
+    pub fn context(&self) -> u64 {
+        self.inner.ctx.id
+    }
+
+    /// The seqno on the context.
+    pub fn seqno(&self) -> u64 {
+        self.inner.seqno
+    }
+
+    /// The timeline name, for diagnostics.
+    pub fn timeline_name(&self) -> &str {
+        self.inner.ops.as_ref().and_then(|o| o.timeline_name()).unwrap_or(&self.inner.ctx.name)
+    }
+
+    /// The driver name, for diagnostics.
+    pub fn driver_name(&self) -> &str {
+        match &self.inner.ops {
+            Some(o) => o.driver_name(),
+            None => self.inner.ctx.driver,
+        }
+    }
+
+    /// The interrupt domain whose resets interrupt interruptible waits on this fence.
+    pub fn interrupt_domain(&self) -> Option<&InterruptDomain> {
+        self.inner.ctx.domain.as_ref()
+    }
+
+    /// Whether two handles are the same fence.
+    pub fn ptr_eq(&self, other: &Fence) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Whether this fence is later than `other` on the same context, with the context's
+    /// wrap-around rule (`dma_fence_is_later`). Fences of different contexts are unordered:
+    /// the answer is `false`.
+    pub fn is_later(&self, other: &Fence) -> bool {
+        self.context() == other.context()
+            && seqno_is_later(self.seqno(), other.seqno(), self.inner.ctx.width)
+    }
+
+    /// The later of two fences of the same context (`dma_fence_later`); `None` when the
+    /// contexts differ.
+    pub fn later<'a>(&'a self, other: &'a Fence) -> Option<&'a Fence> {
+        if self.context() != other.context() {
+            None
+        } else if other.is_later(self) {
+            Some(other)
+        } else {
+            Some(self)
+        }
+    }
+
+    /// The seqno width of the fence's context.
+    pub fn seqno_width(&self) -> SeqnoWidth {
+        self.inner.ctx.width
+    }
+
+    /// Whether the `SIGNALED` bit is set, without asking the backend.
+    #[inline]
+    fn flag_signaled(&self) -> bool {
+        self.inner.state.load(Ordering::Acquire) & SIGNALED != 0
+    }
+
+    /// The outcome, if the `SIGNALED` bit is set.
+    #[inline]
+    fn outcome(&self) -> Option<Result<(), FenceError>> {
+        if self.flag_signaled() {
+            Some(match FenceError::decode(self.inner.error.load(Ordering::Relaxed)) {
+                None => Ok(()),
+                Some(e) => Err(e),
+            })
+        } else {
+            None
+        }
+    }
+
+    /// The outcome, polling the backend (and signalling on its word) when the bit is clear.
+    fn poll_outcome(&self) -> Option<Result<(), FenceError>> {
+        if let Some(r) = self.outcome() {
+            return Some(r);
+        }
+        if self.is_signaled() {
+            self.outcome()
+        } else {
+            None
+        }
+    }
+
+    /// Whether the fence has signalled (successfully or not). Asks the backend
+    /// ([`FenceOps::signaled`]) when the fence is not yet marked, and signals it if the
+    /// hardware is done (`dma_fence_is_signaled`).
+    pub fn is_signaled(&self) -> bool {
+        if self.flag_signaled() {
+            return true;
+        }
+        match &self.inner.ops {
+            Some(ops) if ops.signaled() => {
+                self.signal_internal(None);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The fence's status (`dma_fence_get_status`), polling the backend.
+    pub fn status(&self) -> FenceStatus {
+        match self.poll_outcome() {
+            None => FenceStatus::Pending,
+            Some(Ok(())) => FenceStatus::Signaled,
+            Some(Err(e)) => FenceStatus::Failed(e),
+        }
+    }
+
+    /// The error the fence signalled with, if it has signalled with one.
+    pub fn error(&self) -> Option<FenceError> {
+        self.status().error()
+    }
+
+    /// When the fence signalled, if it has.
+    pub fn timestamp(&self) -> Option<Instant> {
+        if self.flag_signaled() {
+            Some(epoch() + Duration::from_nanos(self.inner.timestamp_ns.load(Ordering::Relaxed)))
+        } else {
+            None
+        }
+    }
+
+    /// Starts lazy signalling once (`dma_fence_enable_sw_signaling`): calls
+    /// [`FenceOps::enable_signaling`] the first time, and signals if it reports completion.
+    pub fn enable_signaling(&self) {
+        let prev = self.inner.state.fetch_or(ENABLE_SIGNALING, Ordering::AcqRel);
+        if prev & (ENABLE_SIGNALING | SIGNALED) == 0 {
+            if let Some(ops) = &self.inner.ops {
+                if !ops.enable_signaling() {
+                    self.signal_internal(None);
+                }
+            }
+        }
+    }
+
+    /// Passes a deadline hint to the backend (`dma_fence_set_deadline`); composites pass it to
+    /// their members. No effect on a signalled fence.
+    pub fn set_deadline(&self, deadline: Instant) {
+        if self.flag_signaled() {
+            return;
+        }
+        if let Some(ops) = &self.inner.ops {
+            ops.set_deadline(deadline);
+        }
+    }
+
+    /// The fences this one is built from (members of an array or chain); empty for plain
+    /// fences.
+    pub fn children(&self) -> &[Fence] {
+        match &self.inner.ops {
+            Some(ops) => ops.children(),
+            None => &[],
+        }
+    }
+
+    /// Makes room for `additional` more callbacks, so that adding them with
+    /// [`Fence::add_prepared_callback`] does not allocate.
+    pub fn reserve_callbacks(&self, additional: usize) {
+        lock(&self.inner.cbs).entries.reserve(additional);
+    }
+
+    /// Adds a callback that runs exactly once, on the signalling thread, when the fence
+    /// signals (`dma_fence_add_callback`). Callbacks run in the order they were added, inside
+    /// a signalling section: keep them short, allocation-free and wait-free.
+    ///
+    /// # Errors
+    /// If the fence has already signalled the callback is not run and is handed back in
+    /// [`AlreadySignaled`].
+    pub fn add_callback<F>(&self, f: F) -> Result<CallbackId, AlreadySignaled<F>>
+    where
+        F: FnOnce(&Fence) + Send + 'static,
+    {
+        self.enable_signaling();
+        let mut list = lock(&self.inner.cbs);
+        if self.flag_signaled() {
+            return Err(AlreadySignaled(f));
+        }
+        let id = list.next_id;
+        list.next_id += 1;
+        list.entries.push((id, Callback::new(f)));
+        Ok(CallbackId(id))
+    }
+
+    /// Adds a callback boxed beforehand. Does not allocate when room was reserved with
+    /// [`Fence::reserve_callbacks`].
+    ///
+    /// # Errors
+    /// Hands the callback back if the fence has already signalled.
+    pub fn add_prepared_callback(
+        &self,
+        cb: Callback,
+    ) -> Result<CallbackId, AlreadySignaled<Callback>> {
+        self.enable_signaling();
+        let mut list = lock(&self.inner.cbs);
+        if self.flag_signaled() {
+            return Err(AlreadySignaled(cb));
+        }
+        let id = list.next_id;
+        list.next_id += 1;
+        list.entries.push((id, cb));
+        Ok(CallbackId(id))
+    }
+
+    /// Removes a callback before it runs (`dma_fence_remove_callback`). Returns `true` when it
+    /// was still pending and is now removed (it will never run), `false` when the fence has
+    /// signalled (the callback ran, or is running now on the signalling thread) or the id is
+    /// unknown.
+    pub fn remove_callback(&self, id: CallbackId) -> bool {
+        let removed = {
+            let mut list = lock(&self.inner.cbs);
+            match list.entries.iter().position(|(i, _)| *i == id.0) {
+                Some(pos) => Some(list.entries.remove(pos)),
+                None => None,
+            }
+        };
+        // Dropped outside the lock: the closure's captures may do anything on drop.
+        removed.is_some()
+    }
+
+    /// Signals the fence if it is still pending. Returns whether this call signalled it.
+    pub(crate) fn signal_internal(&self, error: Option<FenceError>) -> bool {
+        let _section = lockdep::signalling_section();
+        let entries = {
+            let mut list = lock(&self.inner.cbs);
+            if self.inner.state.load(Ordering::Relaxed) & SIGNALED != 0 {
+                return false;
+            }
+            self.inner.error.store(FenceError::encode(error), Ordering::Relaxed);
+            let now = Instant::now().saturating_duration_since(epoch()).as_nanos() as u64;
+            self.inner.timestamp_ns.store(now, Ordering::Relaxed);
+            self.inner.state.fetch_or(SIGNALED, Ordering::Release);
+            core::mem::take(&mut list.entries)
+        };
+        self.inner.event.notify(usize::MAX);
+        for (_, Callback(f)) in entries {
+            f(self);
+        }
+        true
+    }
+
+    pub(crate) fn event(&self) -> &Event {
+        &self.inner.event
+    }
+
+    /// The outcome if signalled (flag only, no backend poll); used by futures.
+    pub(crate) fn current_outcome(&self) -> Option<Result<(), FenceError>> {
+        self.outcome()
+    }
+
+    /// Polls the backend too; used by futures and multi-waits.
+    pub(crate) fn polled_outcome(&self) -> Option<Result<(), FenceError>> {
+        self.poll_outcome()
+    }
+
+    /// Blocks until the fence signals (`dma_fence_wait(fence, false)`): a non-interruptible
+    /// wait. Returns the fence's outcome.
+    ///
+    /// Annotated for the checker: waiting inside a signalling section is a violation, even
+    /// when the fence has already signalled (the mistake is reported the first time it runs,
+    /// not the day it deadlocks).
+    ///
+    /// # Errors
+    /// The fence's error, when it signalled with one.
+    #[track_caller]
+    pub fn wait(&self) -> Result<(), FenceError> {
+        lockdep::might_wait();
+        match self.wait_until(None) {
+            Ok(()) => Ok(()),
+            Err(WaitError::Failed(e)) => Err(e),
+            Err(other) => unreachable!("an untimed plain wait ended with {other:?}"),
+        }
+    }
+
+    /// Blocks until the fence signals or `timeout` passes.
+    ///
+    /// # Errors
+    /// [`WaitError::Timeout`], or [`WaitError::Failed`] with the fence's error.
+    #[track_caller]
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<(), WaitError> {
+        lockdep::might_wait();
+        self.wait_until(Instant::now().checked_add(timeout))
+    }
+
+    /// Blocks until the fence signals or `deadline` passes.
+    ///
+    /// # Errors
+    /// [`WaitError::Timeout`], or [`WaitError::Failed`] with the fence's error.
+    #[track_caller]
+    pub fn wait_deadline(&self, deadline: Instant) -> Result<(), WaitError> {
+        lockdep::might_wait();
+        self.wait_until(Some(deadline))
+    }
+
+    /// An interruptible wait (`dma_fence_wait(fence, true)`): like
+    /// [`wait_timeout`](Fence::wait_timeout) (`None` waits forever), but when a reset of the
+    /// fence's [`InterruptDomain`] interrupts waits, it returns [`WaitError::Interrupted`],
+    /// and while an interrupt section is open it fails at once. A fence that has already
+    /// signalled returns its outcome even then. Fences without a domain wait as usual.
+    ///
+    /// # Errors
+    /// [`WaitError::Interrupted`], [`WaitError::Timeout`], or [`WaitError::Failed`].
+    #[cfg(not(gpusched_loom))]
+    #[track_caller]
+    pub fn wait_interruptible(&self, timeout: Option<Duration>) -> Result<(), WaitError> {
+        lockdep::might_wait_interruptible();
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        if let Some(r) = self.poll_outcome() {
+            return r.map_err(WaitError::from);
+        }
+        if self.interrupt_domain().is_none() {
+            return self.wait_until(deadline);
+        }
+        self.enable_signaling();
+        let fut = crate::wait::FenceFuture::new(self.clone(), true);
+        match crate::wait::block_on_deadline(fut, deadline) {
+            Some(r) => r,
+            None => Err(WaitError::Timeout),
+        }
+    }
+
+    /// The generic blocking wait, without the checker annotation (callers annotate).
+    pub(crate) fn wait_until(&self, deadline: Option<Instant>) -> Result<(), WaitError> {
+        if let Some(r) = self.poll_outcome() {
+            return r.map_err(WaitError::from);
+        }
+        self.enable_signaling();
+        if let Some(ops) = &self.inner.ops {
+            match ops.wait(deadline) {
+                OpsWait::Signaled => {
+                    if let Some(r) = self.poll_outcome() {
+                        return r.map_err(WaitError::from);
+                    }
+                }
+                OpsWait::TimedOut => {
+                    return match self.poll_outcome() {
+                        Some(r) => r.map_err(WaitError::from),
+                        None => Err(WaitError::Timeout),
+                    }
+                }
+                OpsWait::Unsupported => {}
+            }
+        }
+        loop {
+            let listener = self.inner.event.listen();
+            if let Some(r) = self.poll_outcome() {
+                return r.map_err(WaitError::from);
+            }
+            match deadline {
+                None => listener.wait(),
+                Some(d) => {
+                    if listener.wait_deadline(d).is_none() {
+                        return match self.poll_outcome() {
+                            Some(r) => r.map_err(WaitError::from),
+                            None => Err(WaitError::Timeout),
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Fence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fence")
+            .field("context", &self.context())
+            .field("seqno", &self.seqno())
+            .field("timeline", &self.timeline_name())
+            .field("status", &self.outcome())
+            .finish()
+    }
+}
+
+impl PartialEq for Fence {
+    /// Two fences are equal when they are the same fence.
+    fn eq(&self, other: &Fence) -> bool {
+        self.ptr_eq(other)
+    }
+}
+
+impl Eq for Fence {}
+
+/// The unique write side of a fence. Signalling consumes it, so a second signal cannot be
+/// written; dropping it unsignalled signals the fence with [`FenceError::Abandoned`], so no
+/// published fence is ever left pending.
+#[must_use = "dropping a signaller signals its fence with FenceError::Abandoned"]
+pub struct Signaller {
+    fence: Fence,
+}
+
+impl fmt::Debug for Signaller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signaller").field("fence", &self.fence).finish()
+    }
+}
+
+impl Signaller {
+    /// The fence this signaller completes.
+    pub fn fence(&self) -> &Fence {
+        &self.fence
+    }
+
+    /// Signals success (`dma_fence_signal`). Returns `false` if the fence was already marked
+    /// signalled through its backend ([`FenceOps::signaled`]).
+    pub fn signal(self) -> bool {
+        self.fence.signal_internal(None)
+    }
+
+    /// Signals with an error (`dma_fence_set_error` + `dma_fence_signal`).
+    pub fn signal_error(self, error: FenceError) -> bool {
+        self.fence.signal_internal(Some(error))
+    }
+
+    /// Signals with the given outcome.
+    pub fn signal_result(self, result: Result<(), FenceError>) -> bool {
+        self.fence.signal_internal(result.err())
+    }
+}
+
+impl Drop for Signaller {
+    fn drop(&mut self) {
+        if !self.fence.flag_signaled() {
+            self.fence.signal_internal(Some(FenceError::Abandoned));
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! `gpusched-fence`: one-shot completion objects in the manner of the Linux kernel's
+//! `dma_fence` (`drivers/dma-buf/dma-fence.c`), and the signalling-contract checker
+//! ([`lockdep`]).
+//!
+//! A [`Fence`] is the shared, cloneable read side; its producer holds the unique
+//! [`Signaller`]. Fences live on a [`FenceContext`] (a timeline: unique context id, increasing
+//! seqnos) and signal exactly once, optionally with a [`FenceError`]. Waiters block
+//! ([`Fence::wait`], timed and interruptible variants), `.await` on any executor, or register
+//! callbacks that run on the signalling thread.
+//!
+//! # The contract
+//! 1. A published fence signals in finite time, exactly once. Signalling consumes the
+//!    [`Signaller`]; dropping an unsignalled one signals [`FenceError::Abandoned`].
+//! 2. Everything on the path to signalling a published fence (a *signalling section*) must not
+//!    take a reservation (`Resv`) lock, allocate through a path that can reclaim, or wait on a
+//!    fence: waits on fences are allowed under `Resv` locks and from reclaim, so any of those
+//!    inside a section can deadlock. [`lockdep`] reports each of them the first time it runs.
+//! 3. Signalling never allocates: callback storage is reserved when callbacks are added.
+//!
+//! # Example
+//! ```
+//! use gpusched_fence::{FenceContext, FenceError, FenceStatus};
+//!
+//! let ring = FenceContext::new("ring0");
+//! let (fence, signaller) = ring.next();
+//! let waiter = fence.clone();
+//! let t = std::thread::spawn(move || waiter.wait());
+//! fence.add_callback(|f| assert!(f.is_signaled())).unwrap();
+//! signaller.signal_error(FenceError::TimedOut);
+//! assert_eq!(t.join().unwrap(), Err(FenceError::TimedOut));
+//! assert_eq!(fence.status(), FenceStatus::Failed(FenceError::TimedOut));
+//! ```
+
+mod composite;
+mod context;
+mod error;
+mod fence;
+mod interrupt;
+pub mod lockdep;
+mod ops;
+mod sync;
+#[cfg(not(gpusched_loom))]
+mod wait;
+
+pub use crate::composite::{merge, unwrap, FenceArray, PointOrderError, Timeline};
+pub use crate::context::{seqno_is_later, FenceContext, FenceContextBuilder, SeqnoWidth};
+pub use crate::error::{AlreadySignaled, FenceError, WaitError};
+pub use crate::fence::{Callback, CallbackId, Fence, FenceStatus, Signaller};
+pub use crate::interrupt::{InterruptDomain, InterruptSection};
+pub use crate::ops::{FenceOps, OpsWait};
+#[cfg(not(gpusched_loom))]
+pub use crate::wait::{wait_all, wait_any, FenceAwait, FenceFuture};

@@ -1,0 +1,1 @@
+//! Vulkan backend for `gpusched`. Work in progress: see the `vulkan-backend` issue.
