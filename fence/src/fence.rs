@@ -380,10 +380,7 @@ impl Fence {
     pub fn remove_callback(&self, id: CallbackId) -> bool {
         let removed = {
             let mut list = lock(&self.inner.cbs);
-            match list.entries.iter().position(|(i, _)| *i == id.0) {
-                Some(pos) => Some(list.entries.remove(pos)),
-                None => None,
-            }
+            list.entries.iter().position(|(i, _)| *i == id.0).map(|pos| list.entries.remove(pos))
         };
         // Dropped outside the lock: the closure's captures may do anything on drop.
         removed.is_some()
