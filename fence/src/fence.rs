@@ -552,6 +552,38 @@ impl Eq for Fence {}
 /// The unique write side of a fence. Signalling consumes it, so a second signal cannot be
 /// written; dropping it unsignalled signals the fence with [`FenceError::Abandoned`], so no
 /// published fence is ever left pending.
+///
+/// ```
+/// use gpusched_fence::{FenceContext, FenceError};
+///
+/// let ctx = FenceContext::new("ring");
+/// let (fence, signaller) = ctx.next();
+/// assert!(signaller.signal());
+/// assert_eq!(fence.wait(), Ok(()));
+///
+/// let (fence, signaller) = ctx.next();
+/// drop(signaller);
+/// assert_eq!(fence.wait(), Err(FenceError::Abandoned));
+/// ```
+///
+/// Signalling twice does not compile: the first `signal` moved the signaller.
+///
+/// ```compile_fail,E0382
+/// use gpusched_fence::FenceContext;
+///
+/// let (_fence, signaller) = FenceContext::new("ring").next();
+/// signaller.signal();
+/// signaller.signal(); // error[E0382]: use of moved value: `signaller`
+/// ```
+///
+/// Nor can a clone be kept to signal later: a `Signaller` is not `Clone`.
+///
+/// ```compile_fail,E0599
+/// use gpusched_fence::FenceContext;
+///
+/// let (_fence, signaller) = FenceContext::new("ring").next();
+/// let second = signaller.clone();
+/// ```
 #[must_use = "dropping a signaller signals its fence with FenceError::Abandoned"]
 pub struct Signaller {
     fence: Fence,
@@ -591,5 +623,24 @@ impl Drop for Signaller {
         if !self.fence.flag_signaled() {
             self.fence.signal_internal(Some(FenceError::Abandoned));
         }
+    }
+}
+
+#[cfg(all(test, not(gpusched_loom)))]
+mod tests {
+    use super::*;
+
+    /// The memory contract (DESIGN.md): a pending fence costs at most 128 bytes with its
+    /// `Arc`. An `ArcInner` is the two reference counts (16 bytes on 64-bit targets) followed
+    /// by the value.
+    #[test]
+    fn pending_fence_allocation_fits_128_bytes() {
+        let arc_inner = 2 * std::mem::size_of::<usize>() + std::mem::size_of::<Inner>();
+        assert!(
+            arc_inner <= 128,
+            "Arc<Inner> is {arc_inner} bytes (Inner {} bytes), over the 128-byte budget",
+            std::mem::size_of::<Inner>()
+        );
+        println!("size_of::<ArcInner<Inner>>() = {arc_inner} (Inner = {})", arc_inner - 16);
     }
 }
