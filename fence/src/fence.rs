@@ -2,7 +2,7 @@
 //! completion (`struct dma_fence`, `drivers/dma-buf/dma-fence.c`).
 //!
 //! # State
-//! The fence's state word holds two bits (see the constants). `SIGNALED` is set exactly once,
+//! The fence's state word holds three bits (see the constants). `SIGNALED` is set exactly once,
 //! under the callback lock, after the error and timestamp were stored; a reader that sees it
 //! (Acquire) sees both. Callbacks are taken out of the list in the same critical section and run
 //! after the lock is released, on the signalling thread, in the order they were added.
@@ -22,16 +22,24 @@ use crate::error::{AlreadySignaled, FenceError, WaitError};
 use crate::interrupt::InterruptDomain;
 use crate::lockdep;
 use crate::ops::{FenceOps, OpsWait};
-use crate::sync::{lock, Arc, AtomicU32, AtomicU64, Event, Mutex, Ordering};
+use crate::sync::{lock, Arc, AtomicU32, AtomicU64, Event, EventListener, Mutex, Ordering};
 #[cfg(not(gpusched_loom))]
 use event_listener::Listener as _;
 
 /// Set once, when the fence signals (with or without an error). Set under `Inner::cbs`'s lock
-/// with Release after `error` and `timestamp_ns` are stored; never cleared.
+/// with AcqRel after `error` and `timestamp_ns` are stored; never cleared.
 const SIGNALED: u32 = 1 << 0;
 /// Set by the first waiter or callback (`DMA_FENCE_FLAG_ENABLE_SIGNAL_BIT`); whoever sets it
 /// calls [`FenceOps::enable_signaling`]. Never cleared.
 const ENABLE_SIGNALING: u32 = 1 << 1;
+/// Set (AcqRel RMW) by a waiter *after* it registered a listener on `Inner::event` and before
+/// it re-checks `SIGNALED`; the signaller sets `SIGNALED` with an AcqRel RMW and notifies only
+/// when the previous word had this bit. The two RMWs are totally ordered on the state word:
+/// either the signaller sees the bit (and the listener registered before it, so the notify
+/// reaches it), or the waiter's RMW comes later and its re-check sees `SIGNALED`. Skipping the
+/// notify when nobody listens keeps `signal()` allocation-free: `event_listener::Event::notify`
+/// allocates the event's shared state on first use. Never cleared.
+const LISTENING: u32 = 1 << 2;
 
 /// The process-wide origin of fence timestamps.
 fn epoch() -> Instant {
@@ -67,7 +75,7 @@ struct CallbackList {
 }
 
 pub(crate) struct Inner {
-    /// `SIGNALED | ENABLE_SIGNALING`, see the constants.
+    /// `SIGNALED | ENABLE_SIGNALING | LISTENING`, see the constants.
     state: AtomicU32,
     /// `FenceError::encode` of the error; written before `SIGNALED`, never after.
     error: AtomicU64,
@@ -397,18 +405,25 @@ impl Fence {
             self.inner.error.store(FenceError::encode(error), Ordering::Relaxed);
             let now = Instant::now().saturating_duration_since(epoch()).as_nanos() as u64;
             self.inner.timestamp_ns.store(now, Ordering::Relaxed);
-            self.inner.state.fetch_or(SIGNALED, Ordering::Release);
-            core::mem::take(&mut list.entries)
+            let prev = self.inner.state.fetch_or(SIGNALED, Ordering::AcqRel);
+            (core::mem::take(&mut list.entries), prev & LISTENING != 0)
         };
-        self.inner.event.notify(usize::MAX);
+        let (entries, listening) = entries;
+        if listening {
+            self.inner.event.notify(usize::MAX);
+        }
         for (_, Callback(f)) in entries {
             f(self);
         }
         true
     }
 
-    pub(crate) fn event(&self) -> &Event {
-        &self.inner.event
+    /// Registers a listener for the signal. The caller must re-check the outcome after this
+    /// returns, before sleeping on the listener (see `LISTENING`).
+    pub(crate) fn listen(&self) -> EventListener {
+        let listener = self.inner.event.listen();
+        self.inner.state.fetch_or(LISTENING, Ordering::AcqRel);
+        listener
     }
 
     /// The outcome if signalled (flag only, no backend poll); used by futures.
@@ -510,7 +525,7 @@ impl Fence {
             }
         }
         loop {
-            let listener = self.inner.event.listen();
+            let listener = self.listen();
             if let Some(r) = self.poll_outcome() {
                 return r.map_err(WaitError::from);
             }

@@ -50,12 +50,16 @@ impl fmt::Debug for InterruptDomain {
 impl InterruptDomain {
     /// A new domain with a name for diagnostics.
     pub fn new(name: impl Into<String>) -> Self {
+        let event = Event::new();
+        // `Event::notify` allocates the event's shared state on first use; make that happen
+        // here, so that `begin_interrupt` (called inside signalling sections) never allocates.
+        drop(event.listen());
         InterruptDomain {
             inner: Arc::new(DomainInner {
                 name: name.into().into_boxed_str(),
                 epoch: AtomicU64::new(0),
                 open: AtomicUsize::new(0),
-                event: Event::new(),
+                event,
             }),
         }
     }
