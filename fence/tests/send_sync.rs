@@ -30,7 +30,8 @@ const _: () = {
     send_sync::<SeqnoWidth>();
     send_sync::<OpsWait>();
     send_sync::<PointOrderError>();
-    send_sync::<AlreadySignaled<Callback>>();
+    send::<AlreadySignaled<Callback>>();
+    send_sync::<AlreadySignaled<fn(&Fence)>>();
     // A boxed `FnOnce + Send` is `Send` but (without `Sync` on the closure) not `Sync`.
     send::<Callback>();
     send_sync::<Box<dyn gpusched_fence::FenceOps>>();
