@@ -39,7 +39,11 @@ fn pending_future_is_pending_until_signal() {
 
 #[test]
 fn await_on_tokio_multi_thread() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_time().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
     let ctx = FenceContext::new("ring");
     let pairs: Vec<_> = (0..16).map(|_| ctx.next()).collect();
     rt.block_on(async move {
@@ -113,8 +117,7 @@ fn interruptible_async_wait_is_interrupted() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
     let (interrupted, plain_timed_out) = rt.block_on(async {
         let interrupted = tokio::time::timeout(WATCHDOG, fut).await.unwrap();
-        let plain =
-            tokio::time::timeout(Duration::from_millis(30), (&fence).into_future()).await;
+        let plain = tokio::time::timeout(Duration::from_millis(30), (&fence).into_future()).await;
         (interrupted, plain.is_err())
     });
     assert_eq!(interrupted, Err(WaitError::Interrupted));

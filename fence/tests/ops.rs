@@ -138,7 +138,9 @@ fn enable_signaling_is_lazy_and_called_once() {
     fence.add_callback(|_| {}).unwrap();
     assert_eq!(fence.wait_timeout(Duration::from_millis(1)), Err(WaitError::Timeout));
     fence.enable_signaling();
-    let _ = futures_lite::future::block_on(futures_lite::future::poll_once(fence.clone().into_future()));
+    let _ = futures_lite::future::block_on(futures_lite::future::poll_once(
+        fence.clone().into_future(),
+    ));
     assert_eq!(hw.enable_calls.load(Ordering::SeqCst), 1);
     signaller.signal();
 }

@@ -5,8 +5,8 @@
 
 use gpusched_fence::{
     AlreadySignaled, Callback, CallbackId, Fence, FenceArray, FenceAwait, FenceContext,
-    FenceContextBuilder, FenceError, FenceFuture, FenceStatus, InterruptDomain,
-    InterruptSection, OpsWait, PointOrderError, SeqnoWidth, Signaller, Timeline, WaitError,
+    FenceContextBuilder, FenceError, FenceFuture, FenceStatus, InterruptDomain, InterruptSection,
+    OpsWait, PointOrderError, SeqnoWidth, Signaller, Timeline, WaitError,
 };
 
 const fn send_sync<T: Send + Sync>() {}
