@@ -64,9 +64,15 @@ impl fmt::Debug for Callback {
     }
 }
 
-/// Identifies a callback added to one fence, to remove it before the fence signals.
+/// Identifies a callback added to one fence, to remove it before the fence signals. It
+/// remembers its fence: removing it through another fence is a misuse and panics (ids are
+/// numbered per fence, so it would otherwise remove an unrelated callback).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct CallbackId(u64);
+pub struct CallbackId {
+    /// The address of the fence's shared state, to catch ids used on the wrong fence.
+    fence: usize,
+    id: u64,
+}
 
 /// The pending callbacks. Protected by `Inner::cbs`.
 struct CallbackList {
@@ -358,7 +364,7 @@ impl Fence {
         let id = list.next_id;
         list.next_id += 1;
         list.entries.push((id, Callback::new(f)));
-        Ok(CallbackId(id))
+        Ok(CallbackId { fence: self.addr(), id })
     }
 
     /// Adds a callback boxed beforehand. Does not allocate when room was reserved with
@@ -378,20 +384,31 @@ impl Fence {
         let id = list.next_id;
         list.next_id += 1;
         list.entries.push((id, cb));
-        Ok(CallbackId(id))
+        Ok(CallbackId { fence: self.addr(), id })
     }
 
     /// Removes a callback before it runs (`dma_fence_remove_callback`). Returns `true` when it
     /// was still pending and is now removed (it will never run), `false` when the fence has
     /// signalled (the callback ran, or is running now on the signalling thread) or the id is
     /// unknown.
+    ///
+    /// # Panics
+    /// If `id` was returned by another fence.
     pub fn remove_callback(&self, id: CallbackId) -> bool {
+        if id.fence != self.addr() {
+            foreign_callback_id(id);
+        }
         let removed = {
             let mut list = lock(&self.inner.cbs);
-            list.entries.iter().position(|(i, _)| *i == id.0).map(|pos| list.entries.remove(pos))
+            list.entries.iter().position(|(i, _)| *i == id.id).map(|pos| list.entries.remove(pos))
         };
         // Dropped outside the lock: the closure's captures may do anything on drop.
         removed.is_some()
+    }
+
+    /// The address of the shared state: the fence's identity while any handle lives.
+    fn addr(&self) -> usize {
+        &*self.inner as *const Inner as usize
     }
 
     /// Signals the fence if it is still pending. Returns whether this call signalled it.
@@ -432,6 +449,7 @@ impl Fence {
     }
 
     /// Polls the backend too; used by futures and multi-waits.
+    #[cfg_attr(gpusched_loom, allow(dead_code))] // the futures are not built under loom
     pub(crate) fn polled_outcome(&self) -> Option<Result<(), FenceError>> {
         self.poll_outcome()
     }
@@ -515,12 +533,16 @@ impl Fence {
                         return r.map_err(WaitError::from);
                     }
                 }
-                OpsWait::TimedOut => {
+                // A backend that reports a timeout for an untimed wait is wrong; an untimed wait
+                // must not turn it into a `Timeout` (plain `wait` would panic): fall back to the
+                // generic wait, which ends when the producer signals.
+                OpsWait::TimedOut if deadline.is_some() => {
                     return match self.poll_outcome() {
                         Some(r) => r.map_err(WaitError::from),
                         None => Err(WaitError::Timeout),
                     }
                 }
+                OpsWait::TimedOut => {}
                 OpsWait::Unsupported => {}
             }
         }
@@ -542,6 +564,12 @@ impl Fence {
             }
         }
     }
+}
+
+#[cold]
+#[track_caller]
+fn foreign_callback_id(id: CallbackId) -> ! {
+    panic!("Fence::remove_callback: {id:?} was returned by another fence's add_callback")
 }
 
 impl fmt::Debug for Fence {
