@@ -196,3 +196,15 @@ fn ids_are_distinct_per_fence() {
     let b = fence.add_callback(|_| {}).unwrap();
     assert_ne!(a, b);
 }
+
+#[test]
+#[should_panic(expected = "was returned by another fence")]
+fn removing_through_another_fence_is_a_misuse() {
+    let ctx = FenceContext::new("ring");
+    let (a, _sa) = ctx.next();
+    let (b, _sb) = ctx.next();
+    let _ = b.add_callback(|_| {}).unwrap();
+    let id = a.add_callback(|_| {}).unwrap();
+    // Same per-fence number as b's first callback: without the check it would remove that one.
+    b.remove_callback(id);
+}

@@ -258,3 +258,21 @@ fn default_ops_do_nothing_surprising() {
     signaller.signal();
     assert_eq!(fence.wait(), Ok(()));
 }
+
+#[test]
+fn untimed_wait_survives_a_backend_that_reports_a_timeout() {
+    /// A broken backend wait that always says "timed out".
+    struct Liar;
+    impl FenceOps for Liar {
+        fn wait(&self, _deadline: Option<Instant>) -> OpsWait {
+            OpsWait::TimedOut
+        }
+    }
+    let (fence, signaller) = FenceContext::new("ring").next_with_ops(Box::new(Liar));
+    assert_eq!(fence.wait_timeout(Duration::from_millis(1)), Err(WaitError::Timeout));
+    let f = fence.clone();
+    let t = thread::spawn(move || f.wait());
+    thread::sleep(Duration::from_millis(20));
+    signaller.signal_error(FenceError::Killed);
+    assert_eq!(t.join().unwrap(), Err(FenceError::Killed));
+}
