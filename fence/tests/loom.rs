@@ -11,7 +11,9 @@ use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 
-use gpusched_fence::{FenceArray, FenceContext, FenceError, FenceOps, FenceStatus, WaitError};
+use gpusched_fence::{
+    FenceArray, FenceContext, FenceError, FenceOps, FenceStatus, Timeline, WaitError,
+};
 
 fn counter() -> Arc<AtomicUsize> {
     Arc::new(AtomicUsize::new(0))
@@ -182,5 +184,35 @@ fn array_members_signal_concurrently() {
         t.join().unwrap();
         assert_eq!(ran.load(Ordering::SeqCst), 1);
         assert_eq!(array.status(), FenceStatus::Failed(FenceError::TimedOut));
+    });
+}
+
+/// Asking for a point races its attach: the point fence resolves with the attached fence
+/// either way (wait-before-signal, or an array over the attached point).
+#[test]
+fn timeline_point_vs_attach() {
+    loom::model(|| {
+        let tl = Arc::new(Timeline::new("syncobj"));
+        let (f, s) = FenceContext::new("ring").next();
+        let t2 = tl.clone();
+        let attacher = thread::spawn(move || t2.attach(1, f).unwrap());
+        let p = tl.point(1);
+        attacher.join().unwrap();
+        assert_eq!(p.status(), FenceStatus::Pending);
+        s.signal_error(FenceError::Killed);
+        assert_eq!(p.wait(), Err(FenceError::Killed));
+    });
+}
+
+/// The timeline is dropped while another thread waits on a point never attached: the waiter
+/// sees `Abandoned`.
+#[test]
+fn timeline_drop_vs_point_wait() {
+    loom::model(|| {
+        let tl = Timeline::new("syncobj");
+        let p = tl.point(3);
+        let waiter = thread::spawn(move || p.wait());
+        drop(tl);
+        assert_eq!(waiter.join().unwrap(), Err(FenceError::Abandoned));
     });
 }
