@@ -34,7 +34,7 @@ test: setup
 	$(MAKE) --no-print-directory bench-test
 
 nextest:
-	$(ENV) cargo nextest run --workspace --profile ci
+	$(ENV) cargo nextest run --workspace --profile ci --no-tests=warn
 
 # nextest does not run doctests. The README example lives in fence/examples/readme.rs: check
 # that the README shows it verbatim, and run it.
@@ -46,11 +46,13 @@ doctest:
 loom:
 	$(ENV) bash scripts/loom.sh
 
+# Bench targets only (`--bench '*'`): without it cargo would also rerun every lib's unit tests
+# in the bench profile.
 bench-test:
-	$(ENV) cargo bench --workspace -- --test
+	$(ENV) cargo bench --workspace --bench '*' -- --test
 
 bench:
-	$(ENV) cargo bench --workspace
+	$(ENV) cargo bench --workspace --bench '*'
 
 fmt-check:
 	cargo fmt --all --check
