@@ -20,9 +20,12 @@ log() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 
 # Whether vulkaninfo runs and lists at least one physical device.
+# (Output captured first: `vulkaninfo | grep -q` could die of SIGPIPE and fail under pipefail.)
 vulkan_device_listed() {
     command -v vulkaninfo >/dev/null 2>&1 || return 1
-    vulkaninfo --summary 2>/dev/null | grep -q 'deviceName'
+    local summary
+    summary=$(vulkaninfo --summary 2>/dev/null || true)
+    grep -q 'deviceName' <<<"$summary"
 }
 
 vulkan_ready() {
