@@ -188,12 +188,7 @@ impl Resv {
 
     /// The fences of usage `<= usage` as of the last unlock, read without the lock.
     pub fn fences_unlocked(&self, usage: Usage) -> Vec<Fence> {
-        self.snapshot
-            .load()
-            .iter()
-            .filter(|e| e.usage <= usage)
-            .map(|e| e.fence.clone())
-            .collect()
+        self.snapshot.load().iter().filter(|e| e.usage <= usage).map(|e| e.fence.clone()).collect()
     }
 
     /// Whether every fence of usage `<= usage` has signalled, without the lock

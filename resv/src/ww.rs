@@ -277,7 +277,9 @@ impl Drop for AcquireCtx {
 #[cold]
 #[track_caller]
 fn class_mismatch(ctx: &str, mutex: &str) -> ! {
-    panic!("wound/wait misuse: an acquire context of class `{ctx}` locked a mutex of class `{mutex}`")
+    panic!(
+        "wound/wait misuse: an acquire context of class `{ctx}` locked a mutex of class `{mutex}`"
+    )
 }
 
 #[cold]

@@ -5,9 +5,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use gpusched_fence::{
-    Fence, FenceContext, FenceError, InterruptDomain, Signaller, WaitError,
-};
+use gpusched_fence::{Fence, FenceContext, FenceError, InterruptDomain, Signaller, WaitError};
 use gpusched_resv::{AcquireCtx, Exec, Resv, Usage, WwError, RESV_WW_CLASS};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -287,7 +285,11 @@ fn unlocked_snapshots_are_consistent_under_concurrent_writers() {
                     while writing.load(Ordering::Acquire) {
                         let fs = resv.fences_unlocked(Usage::Read);
                         assert_eq!(fs.len(), 2, "a torn snapshot");
-                        let (a, b) = if fs[0].context() == ra.id() { (&fs[0], &fs[1]) } else { (&fs[1], &fs[0]) };
+                        let (a, b) = if fs[0].context() == ra.id() {
+                            (&fs[0], &fs[1])
+                        } else {
+                            (&fs[1], &fs[0])
+                        };
                         assert_eq!((a.context(), b.context()), (ra.id(), rb.id()));
                         assert_eq!(a.seqno(), b.seqno(), "a torn snapshot");
                         assert!(a.seqno() >= last, "snapshots went back in time");
@@ -389,8 +391,10 @@ fn exec_contention_over_overlapping_random_sets() {
                             let (fence, signaller) = ring.next();
                             exec.lock_all(&set, |guards| {
                                 for g in guards.iter_mut() {
-                                    let i =
-                                        objs.iter().position(|o| std::ptr::eq(o, g.resv())).unwrap();
+                                    let i = objs
+                                        .iter()
+                                        .position(|o| std::ptr::eq(o, g.resv()))
+                                        .unwrap();
                                     let prev = in_use[i].swap(t + 1, Ordering::SeqCst);
                                     assert_eq!(prev, 0, "object {i} locked twice at once");
                                     g.reserve_fences(1).unwrap();
@@ -400,8 +404,10 @@ fn exec_contention_over_overlapping_random_sets() {
                                     thread::yield_now();
                                 }
                                 for g in guards.iter() {
-                                    let i =
-                                        objs.iter().position(|o| std::ptr::eq(o, g.resv())).unwrap();
+                                    let i = objs
+                                        .iter()
+                                        .position(|o| std::ptr::eq(o, g.resv()))
+                                        .unwrap();
                                     in_use[i].store(0, Ordering::SeqCst);
                                 }
                             })

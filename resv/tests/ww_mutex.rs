@@ -246,8 +246,11 @@ fn abba(alg: WwAlgorithm) {
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert_eq!((a.into_inner(), b.into_inner()), (2, 2));
-        let (older, younger) =
-            if results[0].0 < results[1].0 { (results[0], results[1]) } else { (results[1], results[0]) };
+        let (older, younger) = if results[0].0 < results[1].0 {
+            (results[0], results[1])
+        } else {
+            (results[1], results[0])
+        };
         assert_eq!(older.1, 0, "{alg:?}: the older context never backs off");
         assert!(younger.1 >= 1, "{alg:?}: the younger context must back off");
     });
@@ -331,7 +334,8 @@ fn stress(alg: WwAlgorithm) {
                             let mut idx: Vec<usize> = (0..MUTEXES).collect();
                             idx.shuffle(&mut rng);
                             // Duplicates on purpose: AlreadyLocked must be handled.
-                            let mut set: Vec<&WwMutex<u64>> = idx[..k].iter().map(|&i| &ms[i]).collect();
+                            let mut set: Vec<&WwMutex<u64>> =
+                                idx[..k].iter().map(|&i| &ms[i]).collect();
                             set.push(set[0]);
                             let ctx = AcquireCtx::new(cls);
                             let (mut gs, _) = lock_all(&ctx, &set, || {});
