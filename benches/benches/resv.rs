@@ -13,7 +13,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use gpusched_fence::{Fence, FenceContext, Signaller};
@@ -145,24 +145,30 @@ fn readers_under_writer(c: &mut Criterion) {
     g.bench_function("unlocked_snapshot_reader", |b| b.iter(|| unlocked(&resv)));
     g.finish();
 
-    let n = iters(200_000);
-    let w0 = writes.load(Ordering::Relaxed);
-    let t_locked = ns_per_iter(n, || {
-        locked(&resv);
-    });
-    let w1 = writes.load(Ordering::Relaxed);
-    let t_unlocked = ns_per_iter(n, || {
-        unlocked(&resv);
-    });
-    let w2 = writes.load(Ordering::Relaxed);
+    // Fixed-time phases: how fast each reader reads, and how much the writer gets done
+    // meanwhile (an unlocked reader should not slow the writer down).
+    let phase = |read: &dyn Fn(&Resv) -> bool| {
+        let dur = if test_mode() { Duration::from_millis(5) } else { Duration::from_millis(500) };
+        let (w0, t0) = (writes.load(Ordering::Relaxed), Instant::now());
+        let mut reads = 0u64;
+        while t0.elapsed() < dur {
+            for _ in 0..64 {
+                read(&resv);
+            }
+            reads += 64;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        (reads as f64 / secs, (writes.load(Ordering::Relaxed) - w0) as f64 / secs)
+    };
+    let (locked_reads, locked_writes) = phase(&locked);
+    let (unlocked_reads, unlocked_writes) = phase(&unlocked);
     drop(writer);
     println!(
-        "ratio resv_readers_under_writer: unlocked/locked = {:.2}x ({t_unlocked:.0} / \
-         {t_locked:.0} ns per read); writer commits during locked reads: {}, during unlocked \
-         reads: {}",
-        t_unlocked / t_locked,
-        w1 - w0,
-        w2 - w1
+        "ratio resv_readers_under_writer: reads/s unlocked/locked = {:.1}x ({unlocked_reads:.3e} \
+         vs {locked_reads:.3e}); writer commits/s with unlocked/locked reader = {:.2}x \
+         ({unlocked_writes:.3e} vs {locked_writes:.3e})",
+        unlocked_reads / locked_reads,
+        unlocked_writes / locked_writes.max(1.0),
     );
 }
 
@@ -181,14 +187,16 @@ fn exec_16(c: &mut Criterion) {
         forward(&objs, &mut exec);
     });
     let other_rounds = Arc::new(AtomicU64::new(0));
+    let other_backoffs = Arc::new(AtomicU64::new(0));
     let other = {
-        let (objs, rounds) = (objs.clone(), other_rounds.clone());
+        let (objs, rounds, backoffs) = (objs.clone(), other_rounds.clone(), other_backoffs.clone());
         Background::spawn(1, move |stop| {
             let set: Vec<&Resv> = objs.iter().rev().collect();
             let mut exec = Exec::new();
             while !stop.load(Ordering::Relaxed) {
                 exec.lock_all(&set, |guards| black_box(guards.len())).unwrap();
                 rounds.fetch_add(1, Ordering::Relaxed);
+                backoffs.store(exec.contentions(), Ordering::Relaxed);
             }
         })
     };
@@ -202,10 +210,12 @@ fn exec_16(c: &mut Criterion) {
     drop(other);
     println!(
         "ratio resv_exec_16: two_threads/one_thread = {:.2}x ({contended:.0} / {alone:.0} ns per \
-         lock_all); back-offs per lock_all under contention: {:.3}; other thread rounds: {}",
+         lock_all); back-offs per lock_all under contention: {:.3}; other thread: {} rounds, \
+         {} back-offs",
         contended / alone,
         backoffs as f64 / n as f64,
-        other_rounds.load(Ordering::Relaxed)
+        other_rounds.load(Ordering::Relaxed),
+        other_backoffs.load(Ordering::Relaxed)
     );
 }
 

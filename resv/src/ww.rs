@@ -313,12 +313,21 @@ enum Owner {
     Ctx(Arc<CtxShared>),
 }
 
+/// The state of a mutex, under [`Queue::state`].
+#[derive(Debug)]
+struct State {
+    owner: Owner,
+    /// Threads blocked on [`Queue::cv`] now: an unlock notifies only when there are some
+    /// (a notification is a system call even without waiters).
+    waiters: u32,
+}
+
 /// The blocking part of a mutex: owner and wait queue. Shared (`Arc`) so a wounder can wake a
 /// context blocked on it.
 #[derive(Debug)]
 struct Queue {
-    state: Mutex<Owner>,
-    /// Notified (all) on unlock and when a waiter is wounded.
+    state: Mutex<State>,
+    /// Notified (all) on unlock when there are waiters, and when a waiter is wounded.
     cv: Condvar,
 }
 
@@ -370,7 +379,10 @@ impl<T> WwMutex<T> {
     pub fn new(class: &'static WwClass, value: T) -> Self {
         WwMutex {
             class,
-            queue: Arc::new(Queue { state: Mutex::new(Owner::Free), cv: Condvar::new() }),
+            queue: Arc::new(Queue {
+                state: Mutex::new(State { owner: Owner::Free, waiters: 0 }),
+                cv: Condvar::new(),
+            }),
             data: UnsafeCell::new(value),
         }
     }
@@ -382,7 +394,7 @@ impl<T> WwMutex<T> {
 
     /// Whether someone holds the mutex now (a racy snapshot).
     pub fn is_locked(&self) -> bool {
-        !matches!(*lock(&self.queue.state), Owner::Free)
+        !matches!(lock(&self.queue.state).owner, Owner::Free)
     }
 
     /// The protected value, through exclusive access (no locking needed).
@@ -471,10 +483,10 @@ impl<T> WwMutex<T> {
             c.check_can_lock(self.class);
         }
         let mut st = lock(&self.queue.state);
-        if !matches!(*st, Owner::Free) {
+        if !matches!(st.owner, Owner::Free) {
             return None;
         }
-        *st = match ctx {
+        st.owner = match ctx {
             Some(c) => Owner::Ctx(c.shared.clone()),
             None => Owner::NoCtx,
         };
@@ -528,9 +540,9 @@ impl<T> WwMutex<T> {
     ) -> Result<(), WwError> {
         let me = ctx.map(|c| &c.shared);
         let mut st = lock(&self.queue.state);
-        match &*st {
+        match &st.owner {
             Owner::Free => {
-                *st = me.map_or(Owner::NoCtx, |m| Owner::Ctx(m.clone()));
+                st.owner = me.map_or(Owner::NoCtx, |m| Owner::Ctx(m.clone()));
                 return Ok(());
             }
             Owner::Ctx(h) if me.is_some_and(|m| Arc::ptr_eq(h, m)) => {
@@ -547,9 +559,9 @@ impl<T> WwMutex<T> {
         let algorithm = self.class.algorithm;
         let mut registered = false;
         let result = loop {
-            let holder = match &*st {
+            let holder = match &st.owner {
                 Owner::Free => {
-                    *st = me.map_or(Owner::NoCtx, |m| Owner::Ctx(m.clone()));
+                    st.owner = me.map_or(Owner::NoCtx, |m| Owner::Ctx(m.clone()));
                     break Ok(());
                 }
                 Owner::NoCtx => None,
@@ -591,10 +603,13 @@ impl<T> WwMutex<T> {
                 if d.is_interrupting() || d.epoch() != epoch {
                     break Err(WwError::Interrupted);
                 }
+                st.waiters += 1;
                 st = wait_timeout(&self.queue.cv, st, INTERRUPT_POLL);
             } else {
+                st.waiters += 1;
                 st = wait(&self.queue.cv, st);
             }
+            st.waiters -= 1;
         };
         drop(st);
         if registered {
@@ -607,8 +622,13 @@ impl<T> WwMutex<T> {
 
     /// Unlocks (called by the guard).
     fn release(&self) {
-        *lock(&self.queue.state) = Owner::Free;
-        self.queue.cv.notify_all();
+        let mut st = lock(&self.queue.state);
+        st.owner = Owner::Free;
+        let waiters = st.waiters;
+        drop(st);
+        if waiters != 0 {
+            self.queue.cv.notify_all();
+        }
     }
 }
 
