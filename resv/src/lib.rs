@@ -57,6 +57,17 @@
 //! let ctx = AcquireCtx::new(&RESV_WW_CLASS);
 //! std::thread::spawn(move || drop(ctx));
 //! ```
+//!
+//! nor does a guard (it is released on the thread that took it):
+//!
+//! ```compile_fail,E0277
+//! use gpusched_resv::Resv;
+//! let resv = Resv::new();
+//! let guard = resv.lock_no_ctx();
+//! std::thread::scope(|s| {
+//!     s.spawn(move || drop(guard));
+//! });
+//! ```
 
 #[cfg(not(gpusched_loom))]
 mod exec;
