@@ -687,3 +687,61 @@ mod tests {
         println!("size_of::<ArcInner<Inner>>() = {arc_inner} (Inner = {})", arc_inner - 16);
     }
 }
+
+/// A fence allocated ahead of time, whose seqno is assigned when it is published
+/// ([`PreparedFence::init`]): a backend allocates it when a job is prepared, outside any
+/// signalling section, and initialises it in `run_job`, inside one, without allocating (the
+/// kernel embeds the hardware fence in the job for the same reason). Made by
+/// [`FenceContext::prepare`](crate::FenceContext::prepare).
+#[cfg(not(gpusched_loom))]
+pub struct PreparedFence {
+    /// The only handle to the allocation until `init`.
+    inner: Arc<Inner>,
+}
+
+#[cfg(not(gpusched_loom))]
+impl fmt::Debug for PreparedFence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedFence").field("context", &self.inner.ctx.id).finish()
+    }
+}
+
+#[cfg(not(gpusched_loom))]
+impl PreparedFence {
+    pub(crate) fn new(
+        ctx: Arc<ContextShared>,
+        callbacks: usize,
+        ops: Option<Box<dyn FenceOps>>,
+    ) -> Self {
+        PreparedFence {
+            inner: Arc::new(Inner {
+                state: AtomicU32::new(0),
+                error: AtomicU64::new(0),
+                timestamp_ns: AtomicU64::new(0),
+                seqno: 0,
+                ctx,
+                cbs: Mutex::new(CallbackList {
+                    next_id: 0,
+                    entries: Vec::with_capacity(callbacks),
+                }),
+                event: Event::new(),
+                ops,
+            }),
+        }
+    }
+
+    /// The context id the fence will have.
+    pub fn context(&self) -> u64 {
+        self.inner.ctx.id
+    }
+
+    /// Publishes the fence with `seqno`. Never allocates.
+    pub fn init(mut self, seqno: u64) -> (Fence, Signaller) {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.seqno = seqno,
+            None => unreachable!("a PreparedFence is the only handle to its allocation"),
+        }
+        let fence = Fence { inner: self.inner };
+        (fence.clone(), Signaller { fence })
+    }
+}
