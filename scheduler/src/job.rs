@@ -73,6 +73,8 @@ pub(crate) struct JobInner<B: Backend> {
     pub(crate) submit_order: AtomicU64,
     /// See [`state`].
     pub(crate) state: AtomicU64,
+    /// The last recovery pass (`SchedState::recovery_epoch`) that handled this job.
+    pub(crate) recovery_epoch: AtomicU64,
 }
 
 /// The head job's readiness.
@@ -84,6 +86,11 @@ pub(crate) enum Readiness {
 
 impl<B: Backend> JobInner<B> {
     pub(crate) fn readiness(&self) -> Readiness {
+        if self.entity.is_stopped.load(Ordering::Acquire) {
+            if let Some(e) = self.entity.stopped_error() {
+                return Readiness::Failed(e);
+            }
+        }
         if self.deps_pending.load(Ordering::Acquire) != 0 {
             return Readiness::Blocked;
         }

@@ -42,6 +42,7 @@ mod error;
 mod job;
 mod sched;
 mod sync;
+mod tdr;
 pub mod testing;
 
 pub use gpusched_fence as fence;
@@ -53,3 +54,4 @@ pub use crate::entity::{Entity, EntityStats};
 pub use crate::error::{ArmError, SchedError};
 pub use crate::job::{Access, ArmedJob, JobBuilder};
 pub use crate::sched::{Scheduler, SchedulerStats};
+pub use crate::tdr::{Recovery, ResetDomain};

@@ -21,6 +21,8 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::AtomicU64 as StdAtomicU64;
+use std::sync::Weak;
+use std::time::Instant;
 
 use gpusched_fence::{lockdep, Fence, FenceError};
 use slab::Slab;
@@ -31,6 +33,7 @@ use crate::entity::EntityShared;
 use crate::error::SchedError;
 use crate::job::{state, JobInner, Readiness};
 use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::tdr::{ResetDomain, TimeoutTarget};
 
 static NEXT_SCHED_ID: StdAtomicU64 = StdAtomicU64::new(1);
 
@@ -60,8 +63,14 @@ pub(crate) struct SchedState<B: Backend> {
     pub(crate) credits_used: u32,
     /// Global push counter, for FIFO selection.
     pub(crate) submit_seq: u64,
-    /// No new `run_job` while set (TDR stop, shutdown).
+    /// No new `run_job`, completion callbacks detached, no timeout (a TDR stop).
     pub(crate) stopped: bool,
+    /// Shut down or device gone: no new `run_job`; jobs on the hardware still finish.
+    pub(crate) shut: bool,
+    /// When the head job on the hardware times out; `None` while the ring is idle.
+    pub(crate) deadline: Option<Instant>,
+    /// Bumped by each pass of a recovery step over the pending list.
+    pub(crate) recovery_epoch: u64,
 }
 
 /// Counters of one scheduler.
@@ -91,6 +100,9 @@ pub struct SchedulerStats {
 }
 
 pub(crate) struct SchedShared<B: Backend> {
+    /// This scheduler, weakly (for the reset domain's worker).
+    pub(crate) me: Weak<SchedShared<B>>,
+    pub(crate) domain: ResetDomain,
     pub(crate) id: u64,
     pub(crate) config: SchedulerConfig,
     pub(crate) backend: B,
@@ -163,7 +175,7 @@ impl<B: Backend> SchedShared<B> {
 
     /// Picks the next job to run or cancel (`drm_sched_select_entity`). Allocation-free.
     fn select(&self, st: &mut SchedState<B>) -> Step<B> {
-        if st.stopped {
+        if st.stopped || st.shut {
             return Step::Idle;
         }
         let policy = self.config.policy;
@@ -239,6 +251,11 @@ impl<B: Backend> SchedShared<B> {
         let Some(job) = slot.queue.pop_front() else { return Step::Idle };
         slot.vruntime += u64::from(credits) * slot.entity.priority.fair_weight();
         st.credits_used += credits;
+        if st.pending.is_empty() {
+            let deadline = Instant::now() + self.config.timeout;
+            st.deadline = Some(deadline);
+            self.domain.deadline_armed(deadline);
+        }
         st.pending.push_back(job.clone());
         job.state.store(state::RUNNING, Ordering::Release);
         Step::Run(job)
@@ -293,6 +310,16 @@ impl<B: Backend> SchedShared<B> {
             };
             st.pending.remove(pos);
             st.credits_used -= job.info.credits;
+            if pos == 0 {
+                // Re-arm the timeout for the next job, or disarm.
+                st.deadline = if st.pending.is_empty() || st.stopped {
+                    None
+                } else {
+                    let deadline = Instant::now() + self.config.timeout;
+                    self.domain.deadline_armed(deadline);
+                    Some(deadline)
+                };
+            }
         }
         self.load.fetch_sub(job.info.credits as usize, Ordering::Relaxed);
         match error {
@@ -371,38 +398,181 @@ impl<B: Backend> SchedShared<B> {
         self.cancel(&job, FenceError::Cancelled);
     }
 
-    /// Cancels every queued job of the slot with `error` (entity kill or ban).
-    pub(crate) fn cancel_queued(self: &Arc<Self>, slot: usize, error: FenceError) {
-        let jobs: Vec<Arc<JobInner<B>>> = {
+    /// Shuts the scheduler down: later arms fail, queued jobs are cancelled with `error`, one
+    /// at a time (allocation-free: the TDR worker calls it when the device is gone); jobs on
+    /// the hardware finish when their hardware fences signal.
+    pub(crate) fn shutdown(self: &Arc<Self>, error: FenceError) {
+        lock(&self.gone).get_or_insert(error);
+        lock(&self.state).shut = true;
+        loop {
+            let job = {
+                let mut st = lock(&self.state);
+                st.slots.iter_mut().find_map(|(_, s)| s.queue.pop_front())
+            };
+            let Some(job) = job else { break };
+            self.load.fetch_sub(1, Ordering::Relaxed);
+            self.cancel(&job, error);
+        }
+    }
+
+    pub(crate) fn self_arc(&self) -> Option<Arc<Self>> {
+        self.me.upgrade()
+    }
+
+    /// Re-arms the timeout from `now` if a job is on the hardware (a `NoHang` answer).
+    pub(crate) fn rearm(&self, now: Instant) {
+        let mut st = lock(&self.state);
+        if !st.pending.is_empty() && !st.stopped {
+            let deadline = now + self.config.timeout;
+            st.deadline = Some(deadline);
+            self.domain.deadline_armed(deadline);
+        }
+    }
+
+    /// Starts a pass over the pending list; see [`SchedShared::next_in_pass`].
+    fn begin_pass(&self) -> u64 {
+        let mut st = lock(&self.state);
+        st.recovery_epoch += 1;
+        st.recovery_epoch
+    }
+
+    /// The next pending job not yet visited by pass `epoch`, in ring order. Robust to jobs
+    /// leaving the list meanwhile; allocation-free.
+    fn next_in_pass(&self, epoch: u64) -> Option<Arc<JobInner<B>>> {
+        let st = lock(&self.state);
+        let job = st.pending.iter().find(|j| j.recovery_epoch.load(Ordering::Acquire) < epoch)?;
+        job.recovery_epoch.store(epoch, Ordering::Release);
+        Some(job.clone())
+    }
+
+    /// `drm_sched_stop`: no new `run_job`, no timeout, completion callbacks detached (kept in
+    /// the job for `start_ring`).
+    pub(crate) fn stop_ring(&self) {
+        {
             let mut st = lock(&self.state);
-            match st.slots.get_mut(slot) {
-                Some(s) => s.queue.drain(..).collect(),
-                None => Vec::new(),
+            st.stopped = true;
+            st.deadline = None;
+        }
+        let epoch = self.begin_pass();
+        while let Some(job) = self.next_in_pass(epoch) {
+            let mut h = lock(&job.hw);
+            if let (Some(f), Some(id)) = (h.fence.clone(), h.callback_id) {
+                if let Some(cb) = f.take_callback(id) {
+                    h.callback = Some(cb);
+                    h.callback_id = None;
+                }
+                // Otherwise the callback has run or is running: it retires the job.
             }
-        };
-        self.load.fetch_sub(jobs.len(), Ordering::Relaxed);
-        for j in &jobs {
-            self.cancel(j, error);
+        }
+    }
+
+    /// `drm_sched_resubmit_jobs`: runs the unfinished pending jobs again, in ring order (after
+    /// a hardware reset, their old hardware fences are dead: whatever state they show).
+    pub(crate) fn resubmit(self: &Arc<Self>) {
+        let epoch = self.begin_pass();
+        while let Some(job) = self.next_in_pass(epoch) {
+            // Only jobs detached by `stop_ring` hold their callback; the others completed.
+            let detached = lock(&job.hw).callback.is_some();
+            if !detached {
+                continue;
+            }
+            if let Some(e) = job.entity.stopped_error() {
+                // A banned or killed entity's jobs are not rerun (`-ECANCELED` in the kernel).
+                self.force_complete(&job, e);
+                continue;
+            }
+            let result = {
+                let mut payload = lock(&job.payload);
+                match payload.as_mut() {
+                    Some(p) => self.backend.run_job(p, &job.info),
+                    None => Err(FenceError::Cancelled),
+                }
+            };
+            match result {
+                Ok(hw) => {
+                    let mut h = lock(&job.hw);
+                    h.fence = Some(hw);
+                    h.callback_id = None;
+                }
+                Err(e) => self.force_complete(&job, e),
+            }
+        }
+    }
+
+    /// `drm_sched_start`: retires jobs that completed while stopped, reattaches completion
+    /// callbacks, re-arms the timeout and runs queued work.
+    pub(crate) fn start_ring(self: &Arc<Self>) {
+        let epoch = self.begin_pass();
+        while let Some(job) = self.next_in_pass(epoch) {
+            let retire = {
+                let mut h = lock(&job.hw);
+                match (h.fence.clone(), h.callback.take()) {
+                    (Some(f), Some(cb)) => match f.add_prepared_callback(cb) {
+                        Ok(id) => {
+                            h.callback_id = Some(id);
+                            None
+                        }
+                        Err(already) => {
+                            h.callback = Some(already.into_inner());
+                            Some(f.error())
+                        }
+                    },
+                    (Some(_), None) => None, // still attached
+                    (None, cb) => {
+                        h.callback = cb;
+                        Some(Some(FenceError::Cancelled))
+                    }
+                }
+            };
+            if let Some(error) = retire {
+                self.hw_done(&job, error);
+            }
+        }
+        {
+            let mut st = lock(&self.state);
+            st.stopped = false;
+            st.deadline = if st.pending.is_empty() {
+                None
+            } else {
+                let deadline = Instant::now() + self.config.timeout;
+                self.domain.deadline_armed(deadline);
+                Some(deadline)
+            };
         }
         self.pump();
     }
 
-    /// Shuts the scheduler down: later arms fail, queued jobs are cancelled with `error`; jobs
-    /// on the hardware finish when their hardware fences signal.
-    pub(crate) fn shutdown(self: &Arc<Self>, error: FenceError) {
-        lock(&self.gone).get_or_insert(error);
-        let jobs: Vec<Arc<JobInner<B>>> = {
+    /// Retires `job` with `error` if it is still on the ring (a force-completion).
+    pub(crate) fn force_complete(self: &Arc<Self>, job: &Arc<JobInner<B>>, error: FenceError) {
+        {
             let mut st = lock(&self.state);
-            st.stopped = true;
-            let mut all = Vec::new();
-            for (_, s) in st.slots.iter_mut() {
-                all.extend(s.queue.drain(..));
+            let Some(pos) = st.pending.iter().position(|j| Arc::ptr_eq(j, job)) else { return };
+            st.pending.remove(pos);
+            st.credits_used -= job.info.credits;
+            if st.pending.is_empty() {
+                st.deadline = None;
             }
-            all
-        };
-        self.load.fetch_sub(jobs.len(), Ordering::Relaxed);
-        for j in &jobs {
-            self.cancel(j, error);
+        }
+        {
+            let mut h = lock(&job.hw);
+            if let (Some(f), Some(id)) = (h.fence.clone(), h.callback_id.take()) {
+                h.callback = f.take_callback(id);
+            }
+        }
+        self.load.fetch_sub(job.info.credits as usize, Ordering::Relaxed);
+        self.counters.finished_err.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(target: "gpusched", sched = self.name(), job = job.info.id, ?error, "force-completed");
+        job.signal_finished(Some(error));
+        job.entity.job_done(Some(error));
+        lock(&self.state).to_free.push_back(job.clone());
+    }
+
+    /// Force-completes every job on the ring with `error`.
+    pub(crate) fn force_complete_all(self: &Arc<Self>, error: FenceError) {
+        loop {
+            let job = lock(&self.state).pending.front().cloned();
+            let Some(job) = job else { break };
+            self.force_complete(&job, error);
         }
     }
 
@@ -502,7 +672,11 @@ impl<B: Backend> Scheduler<B> {
             return Err(SchedError::InvalidConfig("timeout must be non-zero"));
         }
         let cap = config.credit_limit as usize;
-        let shared = Arc::new(SchedShared {
+        let domain =
+            config.reset_domain.clone().unwrap_or_else(|| ResetDomain::new(config.name.clone()));
+        let shared = Arc::new_cyclic(|me| SchedShared {
+            me: me.clone(),
+            domain: domain.clone(),
             id: NEXT_SCHED_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             state: Mutex::new(SchedState {
                 slots: Slab::new(),
@@ -513,6 +687,9 @@ impl<B: Backend> Scheduler<B> {
                 credits_used: 0,
                 submit_seq: 0,
                 stopped: false,
+                shut: false,
+                deadline: None,
+                recovery_epoch: 0,
             }),
             config,
             backend,
@@ -521,6 +698,8 @@ impl<B: Backend> Scheduler<B> {
             load: AtomicUsize::new(0),
             counters: Counters::default(),
         });
+        let target: Arc<dyn TimeoutTarget> = shared.clone();
+        domain.register(Arc::downgrade(&target));
         Ok(Scheduler { _handle: Arc::new(ShutdownOnDrop(shared.clone())), shared })
     }
 
@@ -552,6 +731,11 @@ impl<B: Backend> Scheduler<B> {
     /// Shuts the scheduler down now with `error` (as the last drop does with `Cancelled`).
     pub fn shutdown(&self, error: FenceError) {
         self.shared.shutdown(error);
+    }
+
+    /// The scheduler's reset domain.
+    pub fn reset_domain(&self) -> &ResetDomain {
+        &self.shared.domain
     }
 
     /// The hardware fences of the jobs on the ring now, oldest first (diagnostics).

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use gpusched_fence::{Fence, FenceContext, FenceError, PreparedFence, Signaller};
 
 use crate::backend::{Backend, JobInfo, TimeoutStatus};
+use crate::tdr::Recovery;
 
 /// What a mock job does on the ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +99,9 @@ struct RingState {
     max_credits_in_flight: u32,
     shutdown: bool,
     timeouts: u64,
+    resets: u64,
+    /// Fences prepared for resubmissions after a reset (run_job must not allocate).
+    spares: Vec<PreparedFence>,
 }
 
 struct RingShared {
@@ -239,6 +243,20 @@ impl MockRing {
         lock(&self.shared.state).timeouts
     }
 
+    /// The hardware reset: the ring forgets every job on it (their old hardware fences
+    /// signal `Abandoned`; the scheduler has detached from them). Allocation-free.
+    pub fn reset_hw(&self) {
+        let mut st = lock(&self.shared.state);
+        st.in_flight.clear();
+        st.credits_in_flight = 0;
+        st.resets += 1;
+    }
+
+    /// How many hardware resets happened.
+    pub fn resets(&self) -> u64 {
+        lock(&self.shared.state).resets
+    }
+
     /// What [`Backend::timedout_job`] answers (default [`TimeoutStatus::Reset`]).
     pub fn set_timeout_answer(&self, answer: TimeoutStatus) {
         *self.shared.timeout_answer.lock().unwrap_or_else(|p| p.into_inner()) = answer;
@@ -300,7 +318,11 @@ impl Backend for MockRing {
 
     fn prepare_job(&self, job: &mut MockJob, _info: &JobInfo) -> Result<(), FenceError> {
         job.hw = Some(self.shared.ctx.prepare(1, None));
+        let spare = self.shared.ctx.prepare(1, None);
         let mut st = lock(&self.shared.state);
+        if st.spares.len() < 256 {
+            st.spares.push(spare);
+        }
         st.prepared += 1;
         let need = st.prepared;
         st.in_flight.reserve(need);
@@ -310,13 +332,21 @@ impl Backend for MockRing {
     }
 
     fn run_job(&self, job: &mut MockJob, info: &JobInfo) -> Result<Fence, FenceError> {
-        let Some(prepared) = job.hw.take() else {
-            return Err(FenceError::Cancelled);
+        let first_run = job.hw.is_some();
+        let prepared = match job.hw.take() {
+            Some(p) => p,
+            // A resubmission after a reset: use a spare prepared earlier.
+            None => match lock(&self.shared.state).spares.pop() {
+                Some(p) => p,
+                None => return Err(FenceError::Cancelled),
+            },
         };
         let (fence, signaller) = prepared.init(self.shared.ctx.next_seqno());
         let immediate = {
             let mut st = lock(&self.shared.state);
-            st.prepared -= 1;
+            if first_run {
+                st.prepared = st.prepared.saturating_sub(1);
+            }
             st.ran.push(job.tag);
             st.credits_in_flight += info.credits;
             st.max_credits_in_flight = st.max_credits_in_flight.max(st.credits_in_flight);
@@ -341,9 +371,21 @@ impl Backend for MockRing {
         Ok(fence)
     }
 
-    fn timedout_job(&self, _job: &mut MockJob, _info: &JobInfo) -> TimeoutStatus {
+    fn timedout_job(&self, recovery: &mut Recovery<'_, Self>) -> TimeoutStatus {
         lock(&self.shared.state).timeouts += 1;
-        *self.shared.timeout_answer.lock().unwrap_or_else(|p| p.into_inner())
+        let answer = *self.shared.timeout_answer.lock().unwrap_or_else(|p| p.into_inner());
+        match answer {
+            TimeoutStatus::NoHang => TimeoutStatus::NoHang,
+            TimeoutStatus::Reset => recovery.standard_reset(|| {
+                self.reset_hw();
+                true
+            }),
+            TimeoutStatus::NoDevice => {
+                recovery.stop();
+                recovery.device_gone();
+                TimeoutStatus::NoDevice
+            }
+        }
     }
 
     fn free_job(&self, job: MockJob, _info: &JobInfo) {
