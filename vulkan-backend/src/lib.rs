@@ -1,1 +1,66 @@
-//! Vulkan backend for `gpusched`. Work in progress: see the `vulkan-backend` issue.
+//! `gpusched-vulkan`: the Vulkan backend of `gpusched`. Real compute jobs on real queues
+//! (Mesa lavapipe by default, a GPU when present) through the scheduler.
+//!
+//! - A [`VulkanDevice`] is a logical device (loaded at run time with `ash`'s `Entry::load`;
+//!   chosen by [`DeviceSelector`], `GPUSCHED_DEVICE` = an index or a name substring;
+//!   validation with `GPUSCHED_VALIDATION=1`), with one completion thread.
+//! - Each ring ([`VulkanDevice::ring`]) is a `gpusched::Scheduler<VulkanRing>` over a
+//!   `VkQueue` (rings may share one: lavapipe has a single queue). The hardware fence of job N
+//!   is "the ring's timeline semaphore reached N" (the design wgpu-hal's Vulkan backend uses
+//!   for its own fences), exposed through [`FenceOps`](gpusched::fence::FenceOps): polled with
+//!   `vkGetSemaphoreCounterValue`, waited with `vkWaitSemaphores`, signalled in order by the
+//!   device's completion thread.
+//! - A [`VulkanJob`] is a recording closure (re-recordable on another device) plus the
+//!   [`Buffer`]s it reads and writes; [`VulkanDevice::submit`] does the implicit
+//!   synchronisation through the buffers' `Resv`s (`drm_sched_job_add_implicit_dependencies`).
+//! - Compute kernels: the [`Builtin`]s (fill, SAXPY, reduction, busy) and user SPIR-V.
+//!
+//! # The contract
+//! The scheduler's: `prepare_job` records and allocates at arm time; `run_job` submits inside
+//! a signalling section without allocating, taking a `Resv` lock or waiting; the completion
+//! thread signals without allocating. A device is destroyed only after its work finished
+//! (`vkDeviceWaitIdle`), never with work pending. A timeout cannot be recovered without
+//! device recreation: the answer is [`TimeoutStatus::NoDevice`](gpusched::TimeoutStatus).
+//!
+//! # Example
+//! ```no_run
+//! use std::time::Duration;
+//! use gpusched::{Entity, Priority, SchedulerConfig};
+//! use gpusched_vulkan::{Builtin, VulkanDevice, VulkanJob};
+//!
+//! let dev = VulkanDevice::new()?;
+//! let ring = dev.ring(0, SchedulerConfig::new("compute0"))?;
+//! let client = Entity::new(&[&ring], Priority::Normal)?;
+//! let buf = dev.buffer(1024 * 4)?;
+//! let b = buf.clone();
+//! let job = VulkanJob::new(move |ctx, cb| {
+//!     let fill = ctx.builtin(Builtin::Fill);
+//!     let push = [2.5f32.to_ne_bytes(), 1024u32.to_ne_bytes()].concat();
+//!     ctx.dispatch(cb, &fill, &[&b], &push, [1024 / 64, 1, 1])
+//! })
+//! .writes(&buf);
+//! let done = VulkanDevice::submit(&client, job)?;
+//! done.wait_timeout(Duration::from_secs(10))?;
+//! assert!(buf.read_f32(Duration::from_secs(1))?.iter().all(|v| *v == 2.5));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod device;
+mod error;
+mod instance;
+mod job;
+mod kernel;
+mod memory;
+mod ring;
+
+pub use ash;
+
+pub use crate::device::{DeviceConfig, DeviceSelector, VulkanDevice, MAX_RINGS};
+pub use crate::error::{
+    BufferError, DeviceError, InitError, RecordError, ShaderError, SubmitError,
+};
+pub use crate::instance::{validation_errors, validation_warnings};
+pub use crate::job::{RecordFn, VulkanJob};
+pub use crate::kernel::{Builtin, Kernel, RecordCtx};
+pub use crate::memory::Buffer;
+pub use crate::ring::VulkanRing;

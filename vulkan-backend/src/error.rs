@@ -1,0 +1,335 @@
+//! Errors, one type per operation family, and one mapping function per class of `vk::Result`
+//! (the wgpu-hal habit): each function lists the codes it maps and sends the rest to a
+//! catch-all variant that keeps the code.
+
+use ash::vk;
+use gpusched::fence::FenceError;
+use gpusched::resv::WwError;
+use gpusched::SchedError;
+
+/// Why a [`VulkanDevice`](crate::VulkanDevice) could not be created.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InitError {
+    /// The Vulkan loader (`libvulkan.so.1`) could not be loaded.
+    #[error("vulkan is not available: cannot load the loader ({0}); install libvulkan1 and a driver (mesa-vulkan-drivers)")]
+    LoaderMissing(String),
+    /// The loader works but no physical device is usable.
+    #[error("no vulkan device qualifies: {0}")]
+    NoDevice(String),
+    /// The selected device lacks timeline semaphores (Vulkan 1.2).
+    #[error(
+        "device {0} does not support timeline semaphores (vulkan 1.2 feature timelineSemaphore)"
+    )]
+    NoTimelineSemaphores(String),
+    /// `GPUSCHED_DEVICE` (or the selector) names no device.
+    #[error("device selector {selector:?} matches no device (available: {available})")]
+    SelectorMismatch {
+        /// The selector as given.
+        selector: String,
+        /// The devices found, `index: name` separated by commas.
+        available: String,
+    },
+    /// Validation was requested but the Khronos validation layer is not installed.
+    #[error("the khronos validation layer is not installed (package vulkan-validationlayers)")]
+    ValidationUnavailable,
+    /// The instance or device could not be created (out of memory, driver failure ...).
+    #[error("{op} failed: {code}")]
+    Vk {
+        /// The Vulkan call.
+        op: &'static str,
+        /// Its result.
+        code: vk::Result,
+    },
+}
+
+impl InitError {
+    /// Whether Vulkan itself is missing (no loader).
+    pub fn is_loader_missing(&self) -> bool {
+        matches!(self, InitError::LoaderMissing(_))
+    }
+
+    /// Whether no usable device was found (including a selector that matched nothing).
+    pub fn is_no_device(&self) -> bool {
+        matches!(self, InitError::NoDevice(_) | InitError::SelectorMismatch { .. })
+    }
+
+    /// Whether the device lacks timeline semaphores.
+    pub fn is_no_timeline_semaphores(&self) -> bool {
+        matches!(self, InitError::NoTimelineSemaphores(_))
+    }
+}
+
+/// Maps the results of instance and device creation (`vkCreateInstance`, `vkCreateDevice`,
+/// `vkEnumeratePhysicalDevices`): `ERROR_INCOMPATIBLE_DRIVER` means no usable driver
+/// ([`InitError::NoDevice`]); `ERROR_LAYER_NOT_PRESENT` is [`InitError::ValidationUnavailable`];
+/// everything else (out of memory, initialization failed, missing extension or feature) is
+/// [`InitError::Vk`] with the code.
+pub(crate) fn map_init(op: &'static str, code: vk::Result) -> InitError {
+    match code {
+        vk::Result::ERROR_INCOMPATIBLE_DRIVER => InitError::NoDevice(format!(
+            "{op}: no compatible vulkan driver (ERROR_INCOMPATIBLE_DRIVER)"
+        )),
+        vk::Result::ERROR_LAYER_NOT_PRESENT => InitError::ValidationUnavailable,
+        code => InitError::Vk { op, code },
+    }
+}
+
+/// Runtime failures of a device: object creation, submission, waits.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeviceError {
+    /// Host or device memory ran out.
+    #[error("{op}: out of memory ({code})")]
+    OutOfMemory {
+        /// The Vulkan call.
+        op: &'static str,
+        /// `ERROR_OUT_OF_HOST_MEMORY` or `ERROR_OUT_OF_DEVICE_MEMORY`.
+        code: vk::Result,
+    },
+    /// The device was lost.
+    #[error("{op}: device lost")]
+    DeviceLost {
+        /// The Vulkan call.
+        op: &'static str,
+    },
+    /// A device has room for a fixed number of rings (the completion thread's arrays are
+    /// preallocated).
+    #[error("a device holds at most {0} rings")]
+    TooManyRings(usize),
+    /// The queue index does not exist in the device's compute queue family.
+    #[error("queue index {index} out of range: the compute family has {count} queues")]
+    NoSuchQueue {
+        /// The index asked for.
+        index: u32,
+        /// The queues of the family.
+        count: u32,
+    },
+    /// The scheduler refused the ring's configuration.
+    #[error("invalid ring configuration: {0}")]
+    Config(#[from] SchedError),
+    /// Another failure.
+    #[error("{op} failed: {code}")]
+    Vk {
+        /// The Vulkan call.
+        op: &'static str,
+        /// Its result.
+        code: vk::Result,
+    },
+}
+
+impl DeviceError {
+    /// Whether the device was lost.
+    pub fn is_device_lost(&self) -> bool {
+        matches!(self, DeviceError::DeviceLost { .. })
+    }
+
+    /// Whether memory ran out.
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, DeviceError::OutOfMemory { .. })
+    }
+
+    /// The fence error a job failing this way signals.
+    pub fn fence_error(&self) -> FenceError {
+        match self {
+            DeviceError::DeviceLost { .. } => FenceError::DeviceLost,
+            DeviceError::OutOfMemory { .. } => FenceError::Driver(-12), // ENOMEM
+            _ => FenceError::Driver(-5),                                // EIO
+        }
+    }
+}
+
+/// Maps the results of runtime device calls (object creation, `vkQueueSubmit`,
+/// `vkWaitSemaphores`, `vkGetSemaphoreCounterValue`, `vkSignalSemaphore`):
+/// `ERROR_OUT_OF_HOST_MEMORY` / `ERROR_OUT_OF_DEVICE_MEMORY` → [`DeviceError::OutOfMemory`],
+/// `ERROR_DEVICE_LOST` → [`DeviceError::DeviceLost`], the rest → [`DeviceError::Vk`]. (Waits
+/// match `TIMEOUT` themselves before calling this.)
+pub(crate) fn map_device(op: &'static str, code: vk::Result) -> DeviceError {
+    match code {
+        vk::Result::ERROR_OUT_OF_HOST_MEMORY | vk::Result::ERROR_OUT_OF_DEVICE_MEMORY => {
+            DeviceError::OutOfMemory { op, code }
+        }
+        vk::Result::ERROR_DEVICE_LOST => DeviceError::DeviceLost { op },
+        code => DeviceError::Vk { op, code },
+    }
+}
+
+/// Why a [`Buffer`](crate::Buffer) could not be created.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BufferError {
+    /// A buffer needs at least one byte.
+    #[error("a buffer needs at least one byte")]
+    ZeroSize,
+    /// Larger than a storage buffer binding may be, or than the memory heap.
+    #[error("buffer of {size} bytes is too large: at most {max} bytes on this device")]
+    TooLarge {
+        /// The size asked for.
+        size: u64,
+        /// The largest size allowed.
+        max: u64,
+    },
+    /// The allocation failed.
+    #[error("buffer allocation failed: {0}")]
+    Device(DeviceError),
+}
+
+impl BufferError {
+    /// Whether the size is over the device's limit.
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, BufferError::TooLarge { .. })
+    }
+}
+
+/// Maps the results of memory and buffer calls (`vkAllocateMemory`, `vkCreateBuffer`,
+/// `vkBindBufferMemory`, `vkMapMemory`): out-of-memory codes and
+/// `ERROR_MEMORY_MAP_FAILED` → [`DeviceError::OutOfMemory`] inside [`BufferError::Device`],
+/// the rest through [`map_device`].
+pub(crate) fn map_memory(op: &'static str, code: vk::Result) -> BufferError {
+    match code {
+        vk::Result::ERROR_MEMORY_MAP_FAILED | vk::Result::ERROR_TOO_MANY_OBJECTS => {
+            BufferError::Device(DeviceError::OutOfMemory { op, code })
+        }
+        code => BufferError::Device(map_device(op, code)),
+    }
+}
+
+/// Why a compute kernel could not be created.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShaderError {
+    /// The bytes are not SPIR-V (length not a multiple of 4, or no SPIR-V magic number).
+    #[error("invalid spir-v: {0}")]
+    InvalidSpirv(&'static str),
+    /// Too many bindings or push-constant bytes.
+    #[error("invalid kernel layout: {0}")]
+    InvalidLayout(&'static str),
+    /// The driver refused the module or the pipeline.
+    #[error("{op} failed: {code}")]
+    Vk {
+        /// The Vulkan call.
+        op: &'static str,
+        /// Its result.
+        code: vk::Result,
+    },
+}
+
+impl ShaderError {
+    /// Whether the bytes were rejected as SPIR-V.
+    pub fn is_invalid_spirv(&self) -> bool {
+        matches!(self, ShaderError::InvalidSpirv(_))
+    }
+}
+
+/// Maps the results of shader and pipeline creation (`vkCreateShaderModule`,
+/// `vkCreateComputePipelines`, layouts): `ERROR_INVALID_SHADER_NV` → [`ShaderError::InvalidSpirv`];
+/// the rest → [`ShaderError::Vk`].
+pub(crate) fn map_shader(op: &'static str, code: vk::Result) -> ShaderError {
+    match code {
+        vk::Result::ERROR_INVALID_SHADER_NV => ShaderError::InvalidSpirv("rejected by the driver"),
+        code => ShaderError::Vk { op, code },
+    }
+}
+
+/// Why recording a job's command buffer failed (returned by recording closures and by the
+/// [`RecordCtx`](crate::RecordCtx) helpers).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// A buffer of another device (or of an earlier incarnation of this one).
+    #[error(
+        "buffer belongs to device generation {buffer}, the job records for generation {device}"
+    )]
+    WrongDevice {
+        /// The buffer's device generation.
+        buffer: u64,
+        /// The recording device's generation.
+        device: u64,
+    },
+    /// A buffer the job did not declare with `reads`/`writes` (implicit sync would miss it).
+    #[error("buffer {0} is used by the recording but not declared with reads() or writes()")]
+    Undeclared(u64),
+    /// The kernel takes a different number of buffers.
+    #[error("kernel takes {expected} buffers, {got} given")]
+    Bindings {
+        /// The kernel's binding count.
+        expected: u32,
+        /// Buffers given.
+        got: usize,
+    },
+    /// The push constants have the wrong size.
+    #[error("kernel takes {expected} bytes of push constants, {got} given")]
+    PushConstants {
+        /// The kernel's push-constant size.
+        expected: u32,
+        /// Bytes given.
+        got: usize,
+    },
+    /// More workgroups than the device allows in one dimension.
+    #[error("{got} workgroups exceed the device limit {max}")]
+    Workgroups {
+        /// Workgroups asked for.
+        got: u32,
+        /// The device's limit.
+        max: u32,
+    },
+    /// The recording closure failed for a reason of its own.
+    #[error("recording failed: {0}")]
+    Failed(String),
+    /// A Vulkan call failed while recording (`vkBeginCommandBuffer`, allocation, ...).
+    #[error("{op} failed: {code}")]
+    Vk {
+        /// The Vulkan call.
+        op: &'static str,
+        /// Its result.
+        code: vk::Result,
+    },
+}
+
+impl RecordError {
+    /// A closure's own failure with a message.
+    pub fn failed(msg: impl Into<String>) -> Self {
+        RecordError::Failed(msg.into())
+    }
+
+    /// Whether a buffer of another device was used.
+    pub fn is_wrong_device(&self) -> bool {
+        matches!(self, RecordError::WrongDevice { .. })
+    }
+}
+
+/// Why [`VulkanDevice::submit`](crate::VulkanDevice::submit) refused a job. No fence was
+/// handed out.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// Recording the job's command buffer failed (including a buffer of another device).
+    #[error("recording the job failed: {0}")]
+    Record(RecordError),
+    /// The scheduler refused the job (entity killed, device gone, credits ...).
+    #[error("the scheduler refused the job: {0}")]
+    Sched(SchedError),
+    /// Locking the buffers' reservations failed.
+    #[error("locking the job's buffers failed: {0}")]
+    Lock(WwError),
+    /// Reserving a fence slot in a buffer's reservation failed (out of memory).
+    #[error("reserving a fence slot failed: out of memory")]
+    Reserve,
+}
+
+impl SubmitError {
+    /// Whether recording failed.
+    pub fn is_record(&self) -> bool {
+        matches!(self, SubmitError::Record(_))
+    }
+
+    /// Whether a buffer of another device was used.
+    pub fn is_wrong_device(&self) -> bool {
+        matches!(self, SubmitError::Record(e) if e.is_wrong_device())
+    }
+
+    /// Whether the scheduler refused the job.
+    pub fn is_sched(&self) -> bool {
+        matches!(self, SubmitError::Sched(_))
+    }
+}

@@ -1,0 +1,130 @@
+//! The Vulkan instance: the loader (`Entry::load`, at run time), the optional Khronos
+//! validation layer, and a debug-utils messenger that counts validation errors.
+
+use std::ffi::{c_void, CStr};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ash::vk;
+
+use crate::error::{map_init, InitError};
+
+static VALIDATION_ERRORS: AtomicU64 = AtomicU64::new(0);
+static VALIDATION_WARNINGS: AtomicU64 = AtomicU64::new(0);
+
+/// Validation messages of error severity reported so far in this process, by every device
+/// created with validation on. Tests assert it stays 0.
+pub fn validation_errors() -> u64 {
+    VALIDATION_ERRORS.load(Ordering::Relaxed)
+}
+
+/// Validation messages of warning severity reported so far in this process.
+pub fn validation_warnings() -> u64 {
+    VALIDATION_WARNINGS.load(Ordering::Relaxed)
+}
+
+const VALIDATION_LAYER: &CStr = c"VK_LAYER_KHRONOS_validation";
+
+unsafe extern "system" fn debug_callback(
+    severity: vk::DebugUtilsMessageSeverityFlagsEXT,
+    _types: vk::DebugUtilsMessageTypeFlagsEXT,
+    data: *const vk::DebugUtilsMessengerCallbackDataEXT<'_>,
+    _user: *mut c_void,
+) -> vk::Bool32 {
+    // SAFETY: the loader passes a valid callback-data pointer (or null) for the duration of
+    // the call; `p_message` is a NUL-terminated string when non-null.
+    let msg = unsafe {
+        match data.as_ref() {
+            Some(d) if !d.p_message.is_null() => CStr::from_ptr(d.p_message).to_string_lossy(),
+            _ => "(no message)".into(),
+        }
+    };
+    if severity.contains(vk::DebugUtilsMessageSeverityFlagsEXT::ERROR) {
+        VALIDATION_ERRORS.fetch_add(1, Ordering::Relaxed);
+        eprintln!("[vulkan validation error] {msg}");
+    } else if severity.contains(vk::DebugUtilsMessageSeverityFlagsEXT::WARNING) {
+        VALIDATION_WARNINGS.fetch_add(1, Ordering::Relaxed);
+        eprintln!("[vulkan validation warning] {msg}");
+    }
+    vk::FALSE
+}
+
+/// An instance with its loader and messenger; destroyed last (devices hold it).
+pub(crate) struct InstanceShared {
+    /// Keeps the loader library loaded while the instance lives.
+    _entry: ash::Entry,
+    pub(crate) instance: ash::Instance,
+    debug: Option<(ash::ext::debug_utils::Instance, vk::DebugUtilsMessengerEXT)>,
+    pub(crate) validation: bool,
+}
+
+impl InstanceShared {
+    pub(crate) fn new(validation: bool) -> Result<Self, InitError> {
+        // SAFETY: loading the system loader runs its initialisers; we trust the installed
+        // libvulkan as every Vulkan program does.
+        let entry =
+            unsafe { ash::Entry::load() }.map_err(|e| InitError::LoaderMissing(e.to_string()))?;
+        if validation {
+            // SAFETY: a plain enumeration call on a loaded entry.
+            let layers = unsafe { entry.enumerate_instance_layer_properties() }
+                .map_err(|c| map_init("vkEnumerateInstanceLayerProperties", c))?;
+            let found =
+                layers.iter().any(|l| l.layer_name_as_c_str().is_ok_and(|n| n == VALIDATION_LAYER));
+            if !found {
+                return Err(InitError::ValidationUnavailable);
+            }
+        }
+        let app = vk::ApplicationInfo::default()
+            .application_name(c"gpusched")
+            .engine_name(c"gpusched")
+            .api_version(vk::API_VERSION_1_2);
+        let layers = [VALIDATION_LAYER.as_ptr()];
+        let exts = [ash::ext::debug_utils::NAME.as_ptr()];
+        let mut info = vk::InstanceCreateInfo::default().application_info(&app);
+        if validation {
+            info = info.enabled_layer_names(&layers).enabled_extension_names(&exts);
+        }
+        // SAFETY: `info` and everything it points to live across the call.
+        let instance = unsafe { entry.create_instance(&info, None) }
+            .map_err(|c| map_init("vkCreateInstance", c))?;
+        let debug = if validation {
+            let du = ash::ext::debug_utils::Instance::new(&entry, &instance);
+            let ci = vk::DebugUtilsMessengerCreateInfoEXT::default()
+                .message_severity(
+                    vk::DebugUtilsMessageSeverityFlagsEXT::ERROR
+                        | vk::DebugUtilsMessageSeverityFlagsEXT::WARNING,
+                )
+                .message_type(
+                    vk::DebugUtilsMessageTypeFlagsEXT::GENERAL
+                        | vk::DebugUtilsMessageTypeFlagsEXT::VALIDATION
+                        | vk::DebugUtilsMessageTypeFlagsEXT::PERFORMANCE,
+                )
+                .pfn_user_callback(Some(debug_callback));
+            // SAFETY: the instance was created with VK_EXT_debug_utils; `ci` lives across the
+            // call and the callback is a `'static` function.
+            match unsafe { du.create_debug_utils_messenger(&ci, None) } {
+                Ok(m) => Some((du, m)),
+                Err(c) => {
+                    // SAFETY: nothing was created from the instance yet.
+                    unsafe { instance.destroy_instance(None) };
+                    return Err(map_init("vkCreateDebugUtilsMessengerEXT", c));
+                }
+            }
+        } else {
+            None
+        };
+        Ok(InstanceShared { _entry: entry, instance, debug, validation })
+    }
+}
+
+impl Drop for InstanceShared {
+    fn drop(&mut self) {
+        // SAFETY: every device of this instance holds an `Arc` to it, so all are destroyed;
+        // the messenger belongs to this instance and is destroyed before it.
+        unsafe {
+            if let Some((du, m)) = self.debug.take() {
+                du.destroy_debug_utils_messenger(m, None);
+            }
+            self.instance.destroy_instance(None);
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Jobs: a recording closure plus the buffers it reads and writes.
+
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use ash::vk;
+use gpusched::fence::PreparedFence;
+
+use crate::error::RecordError;
+use crate::kernel::RecordCtx;
+use crate::memory::Buffer;
+
+/// A recording closure: records the job's commands into a command buffer that is already
+/// begun (and is ended for it). It may run again on another device (re-recording), so it is
+/// `Fn`, and it gets the device's kernels through the [`RecordCtx`].
+pub type RecordFn =
+    Box<dyn Fn(&RecordCtx<'_>, vk::CommandBuffer) -> Result<(), RecordError> + Send>;
+
+/// What `prepare_job` made for `run_job`.
+pub(crate) struct Prepared {
+    pub(crate) hw: PreparedFence,
+    /// The timeline value, shared with the hardware fence's ops; set by `run_job`.
+    pub(crate) value: Arc<AtomicU64>,
+}
+
+/// A job for a [`VulkanRing`](crate::VulkanRing): a recording closure and the buffers it
+/// reads and writes (for implicit synchronisation and to keep them alive until the hardware
+/// is done).
+pub struct VulkanJob {
+    pub(crate) record: RecordFn,
+    pub(crate) reads: Vec<Buffer>,
+    pub(crate) writes: Vec<Buffer>,
+    /// Every declared buffer (reads then writes), for the recording checks.
+    pub(crate) declared: Vec<Buffer>,
+    /// The recorded command buffer and the ring generation it belongs to.
+    pub(crate) cb: Option<vk::CommandBuffer>,
+    pub(crate) prepared: Option<Prepared>,
+    /// The timeline value it was submitted with (0: never submitted).
+    pub(crate) value: u64,
+    /// Why preparation failed, for [`VulkanDevice::submit`](crate::VulkanDevice::submit).
+    pub(crate) error: Option<RecordError>,
+}
+
+impl fmt::Debug for VulkanJob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VulkanJob")
+            .field("reads", &self.reads)
+            .field("writes", &self.writes)
+            .field("value", &self.value)
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VulkanJob {
+    /// A job that records with `record`.
+    pub fn new(
+        record: impl Fn(&RecordCtx<'_>, vk::CommandBuffer) -> Result<(), RecordError> + Send + 'static,
+    ) -> Self {
+        VulkanJob {
+            record: Box::new(record),
+            reads: Vec::new(),
+            writes: Vec::new(),
+            declared: Vec::new(),
+            cb: None,
+            prepared: None,
+            value: 0,
+            error: None,
+        }
+    }
+
+    /// A job that records nothing (it still orders and signals like any other).
+    pub fn empty() -> Self {
+        Self::new(|_, _| Ok(()))
+    }
+
+    /// Declares that the job reads `buffer`: it waits for the buffer's writers.
+    pub fn reads(mut self, buffer: &Buffer) -> Self {
+        self.reads.push(buffer.clone());
+        self.declared.push(buffer.clone());
+        self
+    }
+
+    /// Declares that the job writes `buffer`: it waits for its readers and writers.
+    pub fn writes(mut self, buffer: &Buffer) -> Self {
+        self.writes.push(buffer.clone());
+        self.declared.push(buffer.clone());
+        self
+    }
+
+    /// Why the last preparation (recording) failed, taken (after an `ArmError` whose error
+    /// is `SchedError::Prepare`).
+    pub fn take_error(&mut self) -> Option<RecordError> {
+        self.error.take()
+    }
+}

@@ -1,0 +1,527 @@
+//! A ring: one scheduler's view of a `VkQueue`, with a timeline semaphore whose value N means
+//! "job N of this ring is done" (the hardware fence), a command pool, and the in-flight list
+//! the completion thread drains.
+//!
+//! # Ordering
+//! Each command buffer starts with a global memory barrier (all commands → all commands), so
+//! it runs after, and sees the writes of, everything submitted to its queue before it: the
+//! ring executes in order, as the scheduler's same-ring dependency shortcut requires (Vulkan
+//! does not order separate submissions by itself). It ends with a barrier to the host, so
+//! host reads after the fence see the results. Signal operations of one queue complete in
+//! submission order, so "the semaphore reached N" implies jobs `..=N` are done.
+//!
+//! # Contract (see [`gpusched::Backend`])
+//! `prepare_job` (arm time) records the command buffer, allocates the hardware fence with its
+//! [`FenceOps`] and reserves room in the in-flight list. `run_job` (signalling section) takes
+//! the ring lock, then the queue lock, submits one `VkSubmitInfo` signalling the next value,
+//! and publishes the prepared fence: no allocation, no `Resv` lock, no wait. Command buffers
+//! return to the pool in `free_job` and are reused only once the semaphore has passed their
+//! value. Batching several ready jobs into one `vkQueueSubmit` is not implemented: the
+//! scheduler hands jobs over one at a time, and on lavapipe a batch costs the same per
+//! submission (VULKAN-NOTES).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Instant;
+
+use ash::vk;
+use gpusched::fence::{Fence, FenceContext, FenceError, FenceOps, OpsWait, Signaller};
+use gpusched::{Backend, JobInfo, Recovery, TimeoutStatus};
+
+use crate::device::DeviceCore;
+use crate::error::{map_device, DeviceError, RecordError};
+use crate::job::{Prepared, VulkanJob};
+use crate::kernel::RecordCtx;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Records a global memory barrier: every earlier command's writes, visible to every later
+/// command.
+pub(crate) fn full_barrier(device: &ash::Device, cb: vk::CommandBuffer) {
+    let mb = [vk::MemoryBarrier::default()
+        .src_access_mask(vk::AccessFlags::MEMORY_WRITE)
+        .dst_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::MEMORY_WRITE)];
+    // SAFETY: `cb` is recording (callers hold its pool's lock).
+    unsafe {
+        device.cmd_pipeline_barrier(
+            cb,
+            vk::PipelineStageFlags::ALL_COMMANDS,
+            vk::PipelineStageFlags::ALL_COMMANDS,
+            vk::DependencyFlags::empty(),
+            &mb,
+            &[],
+            &[],
+        )
+    };
+}
+
+fn host_barrier(device: &ash::Device, cb: vk::CommandBuffer) {
+    let mb = [vk::MemoryBarrier::default()
+        .src_access_mask(vk::AccessFlags::MEMORY_WRITE)
+        .dst_access_mask(vk::AccessFlags::HOST_READ)];
+    // SAFETY: `cb` is recording (callers hold its pool's lock).
+    unsafe {
+        device.cmd_pipeline_barrier(
+            cb,
+            vk::PipelineStageFlags::ALL_COMMANDS,
+            vk::PipelineStageFlags::HOST,
+            vk::DependencyFlags::empty(),
+            &mb,
+            &[],
+            &[],
+        )
+    };
+}
+
+/// The ring's command pool. Protected by `RingHw::pool` (a pool and its command buffers
+/// need external synchronisation while recording).
+struct CmdPool {
+    pool: vk::CommandPool,
+    free: Vec<vk::CommandBuffer>,
+    /// Command buffers of freed jobs with the timeline value they were submitted with, in
+    /// submission order: reusable once the semaphore reaches it.
+    retired: VecDeque<(u64, vk::CommandBuffer)>,
+}
+
+/// The ring's submission state. Protected by `RingHw::state`.
+struct RingState {
+    /// The last timeline value submitted.
+    next_value: u64,
+    /// Submitted jobs not yet signalled, in value order. Capacity: credit limit + prepared.
+    in_flight: VecDeque<(u64, Signaller)>,
+    /// Jobs prepared and not yet run or freed (room reserved for them).
+    prepared: usize,
+}
+
+pub(crate) struct RingHw {
+    pub(crate) core: Arc<DeviceCore>,
+    name: Box<str>,
+    queue: u32,
+    pub(crate) sem: vk::Semaphore,
+    ctx: FenceContext,
+    state: Mutex<RingState>,
+    pool: Mutex<CmdPool>,
+    /// The last value submitted (mirror of `next_value` for the completion thread).
+    pub(crate) submitted: AtomicU64,
+    /// The last value the completion thread saw the semaphore reach.
+    pub(crate) completed: AtomicU64,
+}
+
+impl RingHw {
+    pub(crate) fn new(
+        core: &Arc<DeviceCore>,
+        queue: u32,
+        name: &str,
+        credit_limit: u32,
+    ) -> Result<Arc<Self>, DeviceError> {
+        let d = &core.device;
+        let mut type_info = vk::SemaphoreTypeCreateInfo::default()
+            .semaphore_type(vk::SemaphoreType::TIMELINE)
+            .initial_value(0);
+        let sinfo = vk::SemaphoreCreateInfo::default().push_next(&mut type_info);
+        // SAFETY: valid device; timeline semaphores enabled.
+        let sem = unsafe { d.create_semaphore(&sinfo, None) }
+            .map_err(|c| map_device("vkCreateSemaphore", c))?;
+        let pinfo = vk::CommandPoolCreateInfo::default()
+            .queue_family_index(core.queue_family)
+            .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER);
+        // SAFETY: valid device and family.
+        let pool = match unsafe { d.create_command_pool(&pinfo, None) } {
+            Ok(p) => p,
+            Err(c) => {
+                // SAFETY: unused.
+                unsafe { d.destroy_semaphore(sem, None) };
+                return Err(map_device("vkCreateCommandPool", c));
+            }
+        };
+        let cap = credit_limit as usize + 16;
+        Ok(Arc::new(RingHw {
+            core: core.clone(),
+            name: name.into(),
+            queue,
+            sem,
+            ctx: FenceContext::builder(format!("{name}.hw")).driver_name("gpusched-vulkan").build(),
+            state: Mutex::new(RingState {
+                next_value: 0,
+                in_flight: VecDeque::with_capacity(cap),
+                prepared: 0,
+            }),
+            pool: Mutex::new(CmdPool { pool, free: Vec::new(), retired: VecDeque::new() }),
+            submitted: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+        }))
+    }
+
+    /// The semaphore's current value (`vkGetSemaphoreCounterValue`).
+    pub(crate) fn counter(&self) -> Result<u64, vk::Result> {
+        // SAFETY: the semaphore lives as long as the ring.
+        unsafe { self.core.device.get_semaphore_counter_value(self.sem) }
+    }
+
+    /// Signals the in-flight fences the semaphore has passed, in order (completion thread).
+    /// Allocation-free. `Err` means the device is lost.
+    pub(crate) fn complete(&self) -> Result<(), ()> {
+        let value = match self.counter() {
+            Ok(v) => v,
+            Err(vk::Result::ERROR_DEVICE_LOST) => return Err(()),
+            Err(e) => {
+                tracing::warn!(target: "gpusched_vulkan", ring = %self.name, ?e, "counter read failed");
+                return Ok(());
+            }
+        };
+        self.completed.fetch_max(value, Ordering::SeqCst);
+        loop {
+            let done = {
+                let mut st = lock(&self.state);
+                match st.in_flight.front() {
+                    Some((v, _)) if *v <= value => st.in_flight.pop_front(),
+                    _ => None,
+                }
+            };
+            match done {
+                // Callbacks run here: the scheduler's completion, dependants, next run_job.
+                Some((_, s)) => {
+                    s.signal();
+                }
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// Signals every in-flight fence with `error` (device lost).
+    pub(crate) fn fail_all(&self, error: FenceError) {
+        loop {
+            let e = lock(&self.state).in_flight.pop_front();
+            match e {
+                Some((_, s)) => {
+                    s.signal_error(error);
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// A command buffer ready for recording: a recycled one whose value the semaphore has
+    /// passed, a free one, or a new one.
+    fn acquire_cb(&self, pool: &mut CmdPool) -> Result<vk::CommandBuffer, vk::Result> {
+        if let Some(&(v, _)) = pool.retired.front() {
+            let done = self.completed.load(Ordering::SeqCst).max(self.counter().unwrap_or(0));
+            if v <= done {
+                while let Some(&(v, cb)) = pool.retired.front() {
+                    if v > done {
+                        break;
+                    }
+                    pool.retired.pop_front();
+                    pool.free.push(cb);
+                }
+            }
+        }
+        if let Some(cb) = pool.free.pop() {
+            return Ok(cb);
+        }
+        let info = vk::CommandBufferAllocateInfo::default()
+            .command_pool(pool.pool)
+            .level(vk::CommandBufferLevel::PRIMARY)
+            .command_buffer_count(1);
+        // SAFETY: the pool is locked by the caller.
+        Ok(unsafe { self.core.device.allocate_command_buffers(&info) }?[0])
+    }
+}
+
+impl Drop for RingHw {
+    fn drop(&mut self) {
+        let d = &self.core.device;
+        let target = lock(&self.state).next_value;
+        let sems = [self.sem];
+        let values = [target];
+        let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
+        // SAFETY: the semaphore is live; waiting before destroying keeps the pool and the
+        // semaphore alive while the hardware may still use them. A device that never finishes
+        // (a real hang) leaks them instead of destroying objects in use.
+        let idle = self.core.lost.load(Ordering::SeqCst)
+            || unsafe { d.wait_semaphores(&info, 10_000_000_000) }.is_ok();
+        if !idle {
+            tracing::error!(target: "gpusched_vulkan", ring = %self.name, "ring dropped with work still running: leaking its pool and semaphore");
+            return;
+        }
+        let pool = lock(&self.pool).pool;
+        // SAFETY: all submitted work of this ring is done; freeing the pool frees its buffers.
+        unsafe {
+            d.destroy_command_pool(pool, None);
+            d.destroy_semaphore(self.sem, None);
+        }
+    }
+}
+
+/// The hardware fence's backend hooks: "the ring's semaphore reached `value`".
+struct HwOps {
+    ring: Weak<RingHw>,
+    value: Arc<AtomicU64>,
+}
+
+impl FenceOps for HwOps {
+    fn driver_name(&self) -> &str {
+        "gpusched-vulkan"
+    }
+
+    fn signaled(&self) -> bool {
+        let v = self.value.load(Ordering::Acquire);
+        match self.ring.upgrade() {
+            Some(r) if v != 0 => {
+                r.completed.load(Ordering::SeqCst) >= v || r.counter().is_ok_and(|c| c >= v)
+            }
+            _ => false,
+        }
+    }
+
+    fn enable_signaling(&self) -> bool {
+        // The completion thread watches every ring with work: nothing to start.
+        !self.signaled()
+    }
+
+    fn wait(&self, deadline: Option<Instant>) -> OpsWait {
+        let v = self.value.load(Ordering::Acquire);
+        let Some(r) = self.ring.upgrade() else { return OpsWait::Unsupported };
+        if v == 0 {
+            return OpsWait::Unsupported;
+        }
+        let timeout = match deadline {
+            None => u64::MAX,
+            Some(d) => {
+                d.saturating_duration_since(Instant::now()).as_nanos().min(u64::MAX as u128) as u64
+            }
+        };
+        let sems = [r.sem];
+        let values = [v];
+        let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
+        // SAFETY: the semaphore is live while `r` is held.
+        match unsafe { r.core.device.wait_semaphores(&info, timeout) } {
+            Ok(()) => OpsWait::Signaled,
+            Err(vk::Result::TIMEOUT) => OpsWait::TimedOut,
+            // Device lost or another failure: the completion thread signals the error.
+            Err(_) => OpsWait::Unsupported,
+        }
+    }
+}
+
+/// The [`Backend`] of a Vulkan ring; made by [`VulkanDevice::ring`](crate::VulkanDevice::ring).
+pub struct VulkanRing {
+    pub(crate) hw: Arc<RingHw>,
+}
+
+impl fmt::Debug for VulkanRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VulkanRing")
+            .field("name", &self.hw.name)
+            .field("device", &self.hw.core.name)
+            .field("queue", &self.hw.queue)
+            .field("submitted", &self.submitted())
+            .field("completed", &self.completed())
+            .finish()
+    }
+}
+
+impl VulkanRing {
+    /// The last timeline value submitted.
+    pub fn submitted(&self) -> u64 {
+        self.hw.submitted.load(Ordering::SeqCst)
+    }
+
+    /// The last timeline value the completion thread saw reached.
+    pub fn completed(&self) -> u64 {
+        self.hw.completed.load(Ordering::SeqCst)
+    }
+
+    /// The generation of the ring's device.
+    pub fn generation(&self) -> u64 {
+        self.hw.core.generation
+    }
+
+    /// The name of the ring's device.
+    pub fn device_name(&self) -> &str {
+        &self.hw.core.name
+    }
+
+    /// The raw timeline semaphore (diagnostics, benches).
+    pub fn semaphore(&self) -> vk::Semaphore {
+        self.hw.sem
+    }
+
+    fn record(&self, job: &mut VulkanJob) -> Result<vk::CommandBuffer, RecordError> {
+        let core = &self.hw.core;
+        for b in job.declared.iter() {
+            if b.generation() != core.generation {
+                return Err(RecordError::WrongDevice {
+                    buffer: b.generation(),
+                    device: core.generation,
+                });
+            }
+        }
+        let d = &core.device;
+        let mut pool = lock(&self.hw.pool);
+        let cb = self
+            .hw
+            .acquire_cb(&mut pool)
+            .map_err(|code| RecordError::Vk { op: "vkAllocateCommandBuffers", code })?;
+        let begin = vk::CommandBufferBeginInfo::default()
+            .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
+        // SAFETY: `cb` is from this ring's pool, locked; it is not pending (fresh, or the
+        // semaphore passed its last submission); the pool allows per-buffer reset.
+        if let Err(code) = unsafe { d.begin_command_buffer(cb, &begin) } {
+            pool.free.push(cb);
+            return Err(RecordError::Vk { op: "vkBeginCommandBuffer", code });
+        }
+        full_barrier(d, cb);
+        let ctx = RecordCtx { core, declared: &job.declared };
+        let recorded = (job.record)(&ctx, cb);
+        if recorded.is_ok() {
+            host_barrier(d, cb);
+        }
+        // SAFETY: `cb` is recording; ending it even after a failed recording puts it in a
+        // state `vkBeginCommandBuffer` can reset.
+        let ended = unsafe { d.end_command_buffer(cb) };
+        match (recorded, ended) {
+            (Ok(()), Ok(())) => Ok(cb),
+            (Err(e), _) => {
+                pool.free.push(cb);
+                Err(e)
+            }
+            (Ok(()), Err(code)) => {
+                pool.free.push(cb);
+                Err(RecordError::Vk { op: "vkEndCommandBuffer", code })
+            }
+        }
+    }
+}
+
+impl Backend for VulkanRing {
+    type Job = VulkanJob;
+
+    fn prepare_job(&self, job: &mut VulkanJob, _info: &JobInfo) -> Result<(), FenceError> {
+        job.error = None;
+        if self.hw.core.lost.load(Ordering::SeqCst) {
+            return Err(FenceError::DeviceLost);
+        }
+        let cb = match self.record(job) {
+            Ok(cb) => cb,
+            Err(e) => {
+                job.error = Some(e);
+                return Err(FenceError::Driver(-22)); // EINVAL
+            }
+        };
+        let value = Arc::new(AtomicU64::new(0));
+        let ops = HwOps { ring: Arc::downgrade(&self.hw), value: value.clone() };
+        let hw = self.hw.ctx.prepare(1, Some(Box::new(ops)));
+        if let Some(old) = job.cb.replace(cb) {
+            // A job armed again (after a failed arm elsewhere): its old buffer is unused.
+            lock(&self.hw.pool).free.push(old);
+        }
+        job.prepared = Some(Prepared { hw, value });
+        let mut st = lock(&self.hw.state);
+        st.prepared += 1;
+        let need = st.prepared;
+        st.in_flight.reserve(need);
+        Ok(())
+    }
+
+    fn run_job(&self, job: &mut VulkanJob, _info: &JobInfo) -> Result<Fence, FenceError> {
+        let Some(prepared) = job.prepared.take() else {
+            // A resubmission: Vulkan has no queue reset, so there is none (see timedout_job).
+            return Err(FenceError::Cancelled);
+        };
+        let Some(cb) = job.cb else { return Err(FenceError::Cancelled) };
+        let hw = &self.hw;
+        let mut st = lock(&hw.state);
+        st.prepared = st.prepared.saturating_sub(1);
+        if hw.core.lost.load(Ordering::SeqCst) {
+            return Err(FenceError::DeviceLost);
+        }
+        let value = st.next_value + 1;
+        let cbs = [cb];
+        let sems = [hw.sem];
+        let values = [value];
+        let mut timeline =
+            vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&values);
+        let submit = [vk::SubmitInfo::default()
+            .command_buffers(&cbs)
+            .signal_semaphores(&sems)
+            .push_next(&mut timeline)];
+        let result = {
+            let q = lock(&hw.core.queues[hw.queue as usize].queue);
+            // SAFETY: the queue is externally synchronised by its mutex; the command buffer
+            // is executable and not pending; `value` is above every value signalled or
+            // pending on the semaphore (values increase under the ring lock).
+            unsafe { hw.core.device.queue_submit(*q, &submit, vk::Fence::null()) }
+        };
+        if let Err(code) = result {
+            let e = map_device("vkQueueSubmit", code);
+            drop(st);
+            if e.is_device_lost() {
+                hw.core.mark_lost();
+            }
+            return Err(e.fence_error());
+        }
+        st.next_value = value;
+        job.value = value;
+        prepared.value.store(value, Ordering::Release);
+        let (fence, signaller) = prepared.hw.init(value);
+        st.in_flight.push_back((value, signaller));
+        drop(st);
+        let prev = hw.submitted.swap(value, Ordering::SeqCst);
+        if prev <= hw.completed.load(Ordering::SeqCst) {
+            // The ring was idle: the completion thread may not be watching it.
+            hw.core.wake();
+        }
+        Ok(fence)
+    }
+
+    /// Vulkan has no queue reset, and a job still on the hardware cannot be taken off it. So
+    /// the honest answer to a timeout, until device recreation exists: stop; if the job
+    /// finished after all, start again ([`TimeoutStatus::NoHang`]); else blame it,
+    /// force-complete it with `TimedOut` and declare the device gone for the whole reset
+    /// domain ([`TimeoutStatus::NoDevice`]): every other fence signals `DeviceLost`. The
+    /// command buffers and buffers of force-completed jobs are recycled only once the
+    /// semaphore passes them.
+    fn timedout_job(&self, recovery: &mut Recovery<'_, Self>) -> TimeoutStatus {
+        recovery.stop();
+        if recovery.guilty_completed() {
+            recovery.start();
+            return TimeoutStatus::NoHang;
+        }
+        recovery.blame();
+        recovery.force_complete_guilty(FenceError::TimedOut);
+        recovery.device_gone();
+        TimeoutStatus::NoDevice
+    }
+
+    fn free_job(&self, mut job: VulkanJob, _info: &JobInfo) {
+        if job.prepared.take().is_some() {
+            let mut st = lock(&self.hw.state);
+            st.prepared = st.prepared.saturating_sub(1);
+        }
+        if let Some(cb) = job.cb.take() {
+            let mut pool = lock(&self.hw.pool);
+            if job.value == 0 {
+                pool.free.push(cb);
+            } else {
+                pool.retired.push_back((job.value, cb));
+            }
+        }
+        // The job's buffers drop here. A force-completed job may still be on the hardware:
+        // keep them until it is done.
+        if job.value > self.hw.completed.load(Ordering::SeqCst)
+            && !self.hw.core.lost.load(Ordering::SeqCst)
+        {
+            let sems = [self.hw.sem];
+            let values = [job.value];
+            let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
+            // SAFETY: live semaphore. `free_job` runs outside signalling sections; this wait
+            // only happens after a forced completion, bounded by 10 s.
+            let _ = unsafe { self.hw.core.device.wait_semaphores(&info, 10_000_000_000) };
+        }
+    }
+}

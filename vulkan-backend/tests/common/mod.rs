@@ -1,0 +1,50 @@
+//! Shared helpers of the Vulkan integration tests: a validated device (or a clear skip when
+//! no Vulkan device can be created at all), watchdog waits, push-constant packing.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::Duration;
+
+use gpusched::fence::Fence;
+use gpusched_vulkan::{DeviceConfig, InitError, VulkanDevice};
+
+/// Deadlock watchdog for every wait (never a speed assertion).
+pub const WATCHDOG: Duration = Duration::from_secs(60);
+
+/// A device with the validation layer on, or `None` (with a printed reason) when Vulkan or
+/// every device is missing. A missing validation layer fails the test: CI installs it.
+pub fn device() -> Option<VulkanDevice> {
+    match VulkanDevice::with_config(DeviceConfig::default().validation(true)) {
+        Ok(d) => Some(d),
+        Err(e @ (InitError::LoaderMissing(_) | InitError::NoDevice(_))) => {
+            eprintln!("SKIPPED: no Vulkan device can be created: {e}");
+            None
+        }
+        Err(e) => panic!("cannot create a validated Vulkan device: {e}"),
+    }
+}
+
+/// Waits with the watchdog and returns the outcome.
+pub fn wait(f: &Fence) -> Result<(), gpusched::fence::WaitError> {
+    f.wait_timeout(WATCHDOG)
+}
+
+/// Asserts that the fence signalled successfully within the watchdog.
+#[track_caller]
+pub fn wait_ok(f: &Fence) {
+    match f.wait_timeout(WATCHDOG) {
+        Ok(()) => {}
+        Err(e) => panic!("fence failed or hung: {e:?}"),
+    }
+}
+
+/// Packs push constants.
+pub fn push(words: &[[u8; 4]]) -> Vec<u8> {
+    words.concat()
+}
+
+/// Asserts that no validation error was reported so far.
+#[track_caller]
+pub fn assert_no_validation_errors() {
+    assert_eq!(gpusched_vulkan::validation_errors(), 0, "validation errors were reported");
+}

@@ -1,0 +1,236 @@
+//! Compute results through the scheduler, checked on the host: dependency chains across two
+//! rings with shared buffers, implicit synchronisation across entities, many pushing threads.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use common::{assert_no_validation_errors, device, push, wait_ok, WATCHDOG};
+use gpusched::{Entity, Priority, SchedulerConfig};
+use gpusched_vulkan::{Buffer, Builtin, VulkanDevice, VulkanJob};
+
+const N: u32 = 65_536;
+
+fn fill_job(buf: &Buffer, value: f32, n: u32) -> VulkanJob {
+    let b = buf.clone();
+    VulkanJob::new(move |ctx, cb| {
+        let k = ctx.builtin(Builtin::Fill);
+        ctx.dispatch(
+            cb,
+            &k,
+            &[&b],
+            &push(&[value.to_ne_bytes(), n.to_ne_bytes()]),
+            [n.div_ceil(64), 1, 1],
+        )
+    })
+    .writes(buf)
+}
+
+fn saxpy_job(a: f32, x: &Buffer, y: &Buffer, n: u32) -> VulkanJob {
+    let (xb, yb) = (x.clone(), y.clone());
+    VulkanJob::new(move |ctx, cb| {
+        let k = ctx.builtin(Builtin::Saxpy);
+        ctx.dispatch(
+            cb,
+            &k,
+            &[&xb, &yb],
+            &push(&[a.to_ne_bytes(), n.to_ne_bytes()]),
+            [n.div_ceil(64), 1, 1],
+        )
+    })
+    .reads(x)
+    .writes(y)
+}
+
+fn reduce_job(src: &Buffer, dst: &Buffer, n: u32) -> VulkanJob {
+    let (s, d) = (src.clone(), dst.clone());
+    VulkanJob::new(move |ctx, cb| {
+        let k = ctx.builtin(Builtin::Reduce);
+        ctx.dispatch(cb, &k, &[&s, &d], &n.to_ne_bytes(), [n.div_ceil(256), 1, 1])
+    })
+    .reads(src)
+    .writes(dst)
+}
+
+#[test]
+fn dependency_chain_across_two_rings() {
+    let Some(dev) = device() else { return };
+    let r0 = dev.ring(0, SchedulerConfig::new("r0")).unwrap();
+    let r1 = dev.ring(0, SchedulerConfig::new("r1")).unwrap();
+    let e0 = Entity::new(&[&r0], Priority::Normal).unwrap();
+    let e1 = Entity::new(&[&r1], Priority::Normal).unwrap();
+    let a = dev.buffer(u64::from(N) * 4).unwrap();
+    let b = dev.buffer(u64::from(N) * 4).unwrap();
+    let p = dev.buffer(256 * 4).unwrap();
+    let c = dev.buffer(4).unwrap();
+    // A = 1 (ring 0), B = 2 (ring 1), B = 3A + B (ring 0), P = partial sums of B (ring 1),
+    // C = sum of P (ring 0). Only implicit dependencies order them.
+    VulkanDevice::submit(&e0, fill_job(&a, 1.0, N)).unwrap();
+    VulkanDevice::submit(&e1, fill_job(&b, 2.0, N)).unwrap();
+    VulkanDevice::submit(&e0, saxpy_job(3.0, &a, &b, N)).unwrap();
+    VulkanDevice::submit(&e1, reduce_job(&b, &p, N)).unwrap();
+    let last = VulkanDevice::submit(&e0, reduce_job(&p, &c, 256)).unwrap();
+    wait_ok(&last);
+    assert!(b.read_f32(WATCHDOG).unwrap().iter().all(|v| *v == 5.0), "B = 3 * 1 + 2");
+    let parts = p.read_f32(WATCHDOG).unwrap();
+    assert!(parts.iter().all(|v| *v == 5.0 * 256.0), "partials {parts:?}");
+    assert_eq!(c.read_f32(WATCHDOG).unwrap(), vec![5.0 * N as f32]);
+    assert_eq!(r0.stats().finished_ok, 3);
+    assert_eq!(r1.stats().finished_ok, 2);
+    assert_eq!(r0.backend().completed(), 3);
+    assert_eq!(r1.backend().completed(), 2);
+    assert_no_validation_errors();
+}
+
+#[test]
+fn implicit_sync_write_then_reads_then_write() {
+    let Some(dev) = device() else { return };
+    let r0 = dev.ring(0, SchedulerConfig::new("r0")).unwrap();
+    let r1 = dev.ring(0, SchedulerConfig::new("r1")).unwrap();
+    let n = 4096u32;
+    let x = dev.buffer(u64::from(n) * 4).unwrap();
+    x.write_f32(&vec![0.0; n as usize], WATCHDOG).unwrap();
+    // The first writer burns time before writing, so a reader that did not wait would copy
+    // zeros; the last writer would overwrite X before slow readers copied it.
+    let writer = Entity::new(&[&r0], Priority::Normal).unwrap();
+    let xb = x.clone();
+    let slow_fill = VulkanJob::new(move |ctx, cb| {
+        ctx.busy(cb, 8, 2048)?;
+        ctx.barrier(cb);
+        let k = ctx.builtin(Builtin::Fill);
+        ctx.dispatch(
+            cb,
+            &k,
+            &[&xb],
+            &push(&[1.0f32.to_ne_bytes(), n.to_ne_bytes()]),
+            [n / 64, 1, 1],
+        )
+    })
+    .writes(&x);
+    VulkanDevice::submit(&writer, slow_fill).unwrap();
+    let mut outs = Vec::new();
+    let mut readers = Vec::new();
+    for i in 0..4 {
+        let ring = if i % 2 == 0 { &r1 } else { &r0 };
+        let e = Entity::new(&[ring], Priority::Normal).unwrap();
+        let y = dev.buffer(u64::from(n) * 4).unwrap();
+        y.write_f32(&vec![0.0; n as usize], WATCHDOG).unwrap();
+        VulkanDevice::submit(&e, saxpy_job(1.0, &x, &y, n)).unwrap();
+        outs.push(y);
+        readers.push(e);
+    }
+    let last_writer = Entity::new(&[&r1], Priority::Normal).unwrap();
+    let done = VulkanDevice::submit(&last_writer, fill_job(&x, 7.0, n)).unwrap();
+    wait_ok(&done);
+    for y in &outs {
+        let v = y.read_f32(WATCHDOG).unwrap();
+        assert!(v.iter().all(|v| *v == 1.0), "a reader saw {:?}", &v[..4]);
+    }
+    assert!(x.read_f32(WATCHDOG).unwrap().iter().all(|v| *v == 7.0));
+    assert_no_validation_errors();
+}
+
+#[test]
+fn many_threads_pushing_at_once() {
+    let Some(dev) = device() else { return };
+    let rings = [
+        dev.ring(0, SchedulerConfig::new("r0").credit_limit(8)).unwrap(),
+        dev.ring(0, SchedulerConfig::new("r1").credit_limit(8)).unwrap(),
+    ];
+    let n = 1024u32;
+    let ones = dev.buffer(u64::from(n) * 4).unwrap();
+    {
+        let e = Entity::new(&[&rings[0]], Priority::Normal).unwrap();
+        VulkanDevice::submit(&e, fill_job(&ones, 1.0, n)).unwrap();
+    }
+    const THREADS: usize = 4;
+    const JOBS: usize = 40;
+    let fences = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (dev, rings, ones, fences) =
+                (dev.clone(), rings.clone(), ones.clone(), fences.clone());
+            std::thread::spawn(move || {
+                let e = Entity::new(&[&rings[0], &rings[1]], Priority::Normal).unwrap();
+                let acc = dev.buffer(u64::from(n) * 4).unwrap();
+                VulkanDevice::submit(&e, fill_job(&acc, t as f32, n)).unwrap();
+                let mut last = None;
+                for _ in 0..JOBS {
+                    last = Some(VulkanDevice::submit(&e, saxpy_job(1.0, &ones, &acc, n)).unwrap());
+                    fences.fetch_add(1, Ordering::Relaxed);
+                }
+                wait_ok(&last.unwrap());
+                let v = acc.read_f32(WATCHDOG).unwrap();
+                assert!(
+                    v.iter().all(|x| *x == t as f32 + JOBS as f32),
+                    "thread {t}: {:?}",
+                    &v[..4]
+                );
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(fences.load(Ordering::Relaxed), (THREADS * JOBS) as u64);
+    let total: u64 = rings.iter().map(|r| r.stats().finished_ok).sum();
+    assert_eq!(total, (THREADS * (JOBS + 1) + 1) as u64);
+    assert_no_validation_errors();
+}
+
+#[test]
+fn two_devices_one_entity_load_balances() {
+    let Some(d0) = device() else { return };
+    let Some(d1) = device() else { return };
+    assert_ne!(d0.generation(), d1.generation());
+    let r0 = d0.ring(0, SchedulerConfig::new("dev0")).unwrap();
+    let r1 = d1.ring(0, SchedulerConfig::new("dev1")).unwrap();
+    let seen = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let gens = [d0.generation(), d1.generation()];
+    let job = |seen: &Arc<[AtomicU64; 2]>| {
+        let seen = seen.clone();
+        VulkanJob::new(move |ctx, cb| {
+            let i = usize::from(ctx.generation() == gens[1]);
+            seen[i].fetch_add(1, Ordering::Relaxed);
+            ctx.busy(cb, 4, 256)
+        })
+    };
+    // A busy entity holds device 0; an idle entity then balances to device 1.
+    let a = Entity::new(&[&r0, &r1], Priority::Normal).unwrap();
+    let b = Entity::new(&[&r0, &r1], Priority::Normal).unwrap();
+    let fa: Vec<_> = (0..3).map(|_| VulkanDevice::submit(&a, job(&seen)).unwrap()).collect();
+    let fb: Vec<_> = (0..3).map(|_| VulkanDevice::submit(&b, job(&seen)).unwrap()).collect();
+    for f in fa.iter().chain(&fb) {
+        wait_ok(f);
+    }
+    assert_eq!(seen[0].load(Ordering::Relaxed), 3, "entity a recorded on device 0");
+    assert_eq!(seen[1].load(Ordering::Relaxed), 3, "entity b recorded on device 1");
+    assert_eq!(r0.stats().finished_ok, 3);
+    assert_eq!(r1.stats().finished_ok, 3);
+    assert_no_validation_errors();
+}
+
+#[test]
+fn hardware_fence_waits_and_polls_the_semaphore() {
+    let Some(dev) = device() else { return };
+    let ring = dev.ring(0, SchedulerConfig::new("r0")).unwrap();
+    let e = Entity::new(&[&ring], Priority::Normal).unwrap();
+    let f = VulkanDevice::submit(&e, VulkanJob::new(|ctx, cb| ctx.busy(cb, 8, 4096))).unwrap();
+    // The hardware fence of the running job: waiting on it blocks in vkWaitSemaphores.
+    let hw = ring.pending_hw_fences();
+    for h in &hw {
+        h.wait_timeout(WATCHDOG).unwrap();
+        assert!(h.is_signaled());
+        assert!(h.seqno() >= 1 && h.seqno() <= ring.backend().submitted());
+    }
+    wait_ok(&f);
+    // The completion thread catches up with the semaphore (it owns `completed`).
+    let deadline = std::time::Instant::now() + WATCHDOG;
+    while ring.backend().completed() < 1 {
+        assert!(std::time::Instant::now() < deadline, "completion thread never caught up");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(ring.backend().completed(), ring.backend().submitted());
+    assert_no_validation_errors();
+}
