@@ -11,10 +11,14 @@
 //! loop never allocates: its arrays are preallocated for [`MAX_RINGS`] rings.
 //!
 //! # Teardown
-//! The thread holds the device weakly and upgrades once per iteration; when the last strong
-//! reference drops, the device stops the thread (joins it unless dropped on it), waits for
-//! the device to go idle (`vkDeviceWaitIdle`: pending work always finishes first; destroying
-//! a device with pending work never returns on lavapipe) and destroys everything.
+//! The thread does not hold the device while it sleeps: only the rings with work pending
+//! (each holds the device). So dropping the last handle of an idle device destroys it on the
+//! dropping thread: the device stops and wakes the thread, joins it, waits for the device to
+//! go idle (`vkDeviceWaitIdle`: pending work always finishes first; destroying a device with
+//! pending work never returns on lavapipe) and destroys everything. With work still running
+//! (a job force-completed by a timeout), the device lives until that work is done and is then
+//! destroyed on the completion thread: call [`VulkanDevice::wait_idle`] first for a
+//! synchronous teardown.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +31,9 @@ use gpusched::fence::FenceError;
 use gpusched::resv::{Exec, Usage};
 use gpusched::{Access, ArmError, Entity, ResetDomain, Scheduler, SchedulerConfig};
 
-use crate::error::{map_init, BufferError, DeviceError, InitError, ShaderError, SubmitError};
+use crate::error::{
+    map_device, map_init, BufferError, DeviceError, InitError, ShaderError, SubmitError,
+};
 use crate::instance::InstanceShared;
 use crate::kernel::{create_kernel, Builtin, Kernel, KernelRaw};
 use crate::memory::{Allocator, Buffer};
@@ -90,6 +96,7 @@ pub(crate) struct DeviceCore {
     pub(crate) device: ash::Device,
     pub(crate) push: ash::khr::push_descriptor::Device,
     pub(crate) name: String,
+    pub(crate) physical: vk::PhysicalDevice,
     pub(crate) generation: u64,
     pub(crate) queue_family: u32,
     pub(crate) queues: Vec<QueueSlot>,
@@ -101,25 +108,39 @@ pub(crate) struct DeviceCore {
     /// Scratch buffer of the busy kernel.
     pub(crate) scratch: vk::Buffer,
     scratch_memory: vk::DeviceMemory,
-    /// The rings, weakly (capacity [`MAX_RINGS`]).
-    pub(crate) rings: Mutex<Vec<Weak<RingHw>>>,
-    /// The wake semaphore and its last host-signalled value.
-    wake: vk::Semaphore,
-    wake_value: Mutex<u64>,
-    /// Set when a wait or submit reported `VK_ERROR_DEVICE_LOST`.
-    pub(crate) lost: AtomicBool,
+    /// What the completion thread shares with the device.
+    pub(crate) comp: Arc<Completion>,
     pub(crate) domain: ResetDomain,
-    stop: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
     thread_id: OnceLock<ThreadId>,
+}
+
+/// What the completion thread needs, without holding the device: it must not keep the
+/// device alive while it sleeps, so that dropping the last handle of an idle device destroys
+/// it on the dropping thread. The device joins the thread before destroying anything.
+pub(crate) struct Completion {
+    /// A copy of the device's function table (valid until the device joins the thread).
+    device: ash::Device,
+    /// The host-signalled wake timeline semaphore.
+    wake: vk::Semaphore,
+    /// Its last host-signalled value. The thread reads it here and waits for the next one
+    /// (reading the counter concurrently with host signals crashes the validation layer of
+    /// Debian 12, 1.3.239).
+    wake_value: Mutex<u64>,
+    /// The rings, weakly (capacity [`MAX_RINGS`]).
+    pub(crate) rings: Mutex<Vec<Weak<RingHw>>>,
+    /// Set when a wait or submit reported `VK_ERROR_DEVICE_LOST`.
+    pub(crate) lost: AtomicBool,
+    /// Set by the device's drop: the thread exits.
+    stop: AtomicBool,
 }
 
 impl DeviceCore {
     /// Host-signals the wake semaphore so the completion thread re-reads its ring list.
     pub(crate) fn wake(&self) {
-        let mut v = self.wake_value.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v = self.comp.wake_value.lock().unwrap_or_else(|p| p.into_inner());
         *v += 1;
-        let info = vk::SemaphoreSignalInfo::default().semaphore(self.wake).value(*v);
+        let info = vk::SemaphoreSignalInfo::default().semaphore(self.comp.wake).value(*v);
         // SAFETY: the wake semaphore is a timeline semaphore of this device; values increase
         // under the mutex. A failure only delays completions to the next 10 ms timeout.
         if let Err(e) = unsafe { self.device.signal_semaphore(&info) } {
@@ -129,8 +150,8 @@ impl DeviceCore {
 
     /// Declares the device lost: every ring's in-flight hardware fences signal `DeviceLost`.
     pub(crate) fn mark_lost(&self) {
-        self.lost.store(true, Ordering::SeqCst);
-        let rings = self.rings.lock().unwrap_or_else(|p| p.into_inner());
+        self.comp.lost.store(true, Ordering::SeqCst);
+        let rings = self.comp.rings.lock().unwrap_or_else(|p| p.into_inner());
         for r in rings.iter().filter_map(Weak::upgrade) {
             r.fail_all(FenceError::DeviceLost);
         }
@@ -139,7 +160,10 @@ impl DeviceCore {
 
 impl Drop for DeviceCore {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.comp.stop.store(true, Ordering::SeqCst);
+        if !self.comp.lost.load(Ordering::SeqCst) {
+            self.wake();
+        }
         let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(h) = handle {
             if Some(&std::thread::current().id()) != self.thread_id.get() {
@@ -147,8 +171,8 @@ impl Drop for DeviceCore {
             }
         }
         let d = &self.device;
-        // SAFETY: the completion thread no longer uses the device (it holds it only through
-        // an upgraded `Weak`, and the last strong reference is gone); every ring, buffer and
+        // SAFETY: the completion thread no longer uses the device (joined, or this drop runs
+        // on it and it exits on `stop` without touching the device); every ring, buffer and
         // kernel handle is gone. `vkDeviceWaitIdle` lets pending work finish before anything
         // is destroyed.
         unsafe {
@@ -161,28 +185,25 @@ impl Drop for DeviceCore {
             d.destroy_buffer(self.scratch, None);
             d.free_memory(self.scratch_memory, None);
             self.memory.get_mut().unwrap_or_else(|p| p.into_inner()).destroy(d);
-            d.destroy_semaphore(self.wake, None);
+            d.destroy_semaphore(self.comp.wake, None);
             d.destroy_device(None);
         }
     }
 }
 
-fn completion_thread(core: Weak<DeviceCore>) {
+fn completion_thread(comp: Arc<Completion>) {
     let mut sems: Vec<vk::Semaphore> = Vec::with_capacity(MAX_RINGS + 1);
     let mut values: Vec<u64> = Vec::with_capacity(MAX_RINGS + 1);
     let mut watched: Vec<Arc<RingHw>> = Vec::with_capacity(MAX_RINGS);
-    let mut wake_seen = 0u64;
     let timeout = COMPLETION_TIMEOUT.as_nanos() as u64;
     loop {
-        let Some(c) = core.upgrade() else { return };
-        if c.stop.load(Ordering::SeqCst) || c.lost.load(Ordering::SeqCst) {
+        if comp.stop.load(Ordering::SeqCst) || comp.lost.load(Ordering::SeqCst) {
             return;
         }
         sems.clear();
         values.clear();
-        watched.clear();
         {
-            let rings = c.rings.lock().unwrap_or_else(|p| p.into_inner());
+            let rings = comp.rings.lock().unwrap_or_else(|p| p.into_inner());
             for r in rings.iter().filter_map(Weak::upgrade) {
                 let completed = r.completed.load(Ordering::SeqCst);
                 if r.submitted.load(Ordering::SeqCst) > completed {
@@ -192,38 +213,36 @@ fn completion_thread(core: Weak<DeviceCore>) {
                 }
             }
         }
-        sems.push(c.wake);
+        let wake_seen = *comp.wake_value.lock().unwrap_or_else(|p| p.into_inner());
+        sems.push(comp.wake);
         values.push(wake_seen + 1);
         let info = vk::SemaphoreWaitInfo::default()
             .flags(vk::SemaphoreWaitFlags::ANY)
             .semaphores(&sems)
             .values(&values);
-        // SAFETY: every semaphore is a live timeline semaphore of this device (the rings are
-        // held by `watched`); the arrays outlive the call.
-        let r = unsafe { c.device.wait_semaphores(&info, timeout) };
+        // SAFETY: the ring semaphores are alive (held by `watched`); the device and the wake
+        // semaphore are destroyed only after this thread is joined (or, when the device drops
+        // on this thread, after this iteration, and the loop then exits on `stop`).
+        let r = unsafe { comp.device.wait_semaphores(&info, timeout) };
+        let mut lost = false;
         match r {
             Ok(()) | Err(vk::Result::TIMEOUT) => {}
-            Err(vk::Result::ERROR_DEVICE_LOST) => {
-                tracing::error!(target: "gpusched_vulkan", device = %c.name, "device lost");
-                c.mark_lost();
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(target: "gpusched_vulkan", ?e, "vkWaitSemaphores failed");
-            }
+            Err(vk::Result::ERROR_DEVICE_LOST) => lost = true,
+            Err(e) => tracing::warn!(target: "gpusched_vulkan", ?e, "vkWaitSemaphores failed"),
         }
-        // SAFETY: the wake semaphore lives as long as the device.
-        if let Ok(v) = unsafe { c.device.get_semaphore_counter_value(c.wake) } {
-            wake_seen = v;
+        if !lost {
+            lost = watched.iter().any(|ring| ring.complete().is_err());
         }
-        for ring in watched.iter() {
-            if ring.complete().is_err() {
-                c.mark_lost();
-                return;
+        if lost {
+            tracing::error!(target: "gpusched_vulkan", "device lost");
+            if let Some(r) = watched.first() {
+                r.core.mark_lost();
+            } else {
+                comp.lost.store(true, Ordering::SeqCst);
             }
         }
+        // May drop the last reference to a ring and the device: see `DeviceCore::drop`.
         watched.clear();
-        drop(c);
     }
 }
 
@@ -278,7 +297,7 @@ impl VulkanDevice {
     /// [`InitError::NoTimelineSemaphores`], [`InitError::ValidationUnavailable`].
     pub fn with_config(config: DeviceConfig) -> Result<Self, InitError> {
         let validation = config.validation.unwrap_or_else(env_validation);
-        let inst = Arc::new(InstanceShared::new(validation)?);
+        let inst = InstanceShared::get(validation)?;
         let instance = &inst.instance;
         // SAFETY: a plain enumeration on a live instance.
         let physicals = unsafe { instance.enumerate_physical_devices() }
@@ -367,6 +386,32 @@ impl VulkanDevice {
         };
         let physical = physicals[index];
         let name = name_of(index);
+        Self::create_on(inst, physical, name, family)
+    }
+
+    /// Another logical device on the same physical device and instance (a new generation:
+    /// its buffers and rings are its own). Two logical devices on one physical device is how
+    /// the tests exercise several devices at once.
+    ///
+    /// # Errors
+    /// As [`VulkanDevice::with_config`].
+    pub fn sibling(&self) -> Result<VulkanDevice, InitError> {
+        Self::create_on(
+            self.core.instance.clone(),
+            self.core.physical,
+            self.core.name.clone(),
+            self.core.queue_family,
+        )
+    }
+
+    fn create_on(
+        inst: Arc<InstanceShared>,
+        physical: vk::PhysicalDevice,
+        name: String,
+        family: u32,
+    ) -> Result<Self, InitError> {
+        let validation = inst.validation;
+        let instance = &inst.instance;
         // Timeline semaphores.
         let mut f12 = vk::PhysicalDeviceVulkan12Features::default();
         let mut f2 = vk::PhysicalDeviceFeatures2::default().push_next(&mut f12);
@@ -497,12 +542,21 @@ impl VulkanDevice {
             }
         };
         let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
+        let comp = Arc::new(Completion {
+            device: device.clone(),
+            wake,
+            rings: Mutex::new(Vec::with_capacity(MAX_RINGS)),
+            wake_value: Mutex::new(0),
+            lost: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        });
         let core = Arc::new(DeviceCore {
             domain: ResetDomain::new(format!("vk{generation}")),
             instance: inst,
             device,
             push,
             name,
+            physical,
             generation,
             queue_family: family,
             queues,
@@ -512,18 +566,13 @@ impl VulkanDevice {
             kernels: Mutex::new(kernels),
             scratch,
             scratch_memory,
-            rings: Mutex::new(Vec::with_capacity(MAX_RINGS)),
-            wake,
-            wake_value: Mutex::new(0),
-            lost: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
+            comp: comp.clone(),
             thread: Mutex::new(None),
             thread_id: OnceLock::new(),
         });
-        let weak = Arc::downgrade(&core);
         let spawned = std::thread::Builder::new()
             .name(format!("gpusched-vk{generation}-completion"))
-            .spawn(move || completion_thread(weak));
+            .spawn(move || completion_thread(comp));
         match spawned {
             Ok(h) => {
                 let _ = core.thread_id.set(h.thread().id());
@@ -533,6 +582,29 @@ impl VulkanDevice {
         }
         tracing::info!(target: "gpusched_vulkan", device = %core.name, generation, validation, "device created");
         Ok(VulkanDevice { core })
+    }
+
+    /// Waits until every ring of the device has finished everything submitted to it (also
+    /// jobs whose fences were force-completed by a timeout but still run on the hardware).
+    /// Dropping the last handles after this tears the device down on the dropping thread;
+    /// with work still running, the completion thread destroys it once the work is done.
+    ///
+    /// # Errors
+    /// [`DeviceError::DeviceLost`], or a timeout as [`DeviceError::Vk`] with `TIMEOUT`.
+    pub fn wait_idle(&self, timeout: Duration) -> Result<(), DeviceError> {
+        let rings: Vec<Arc<RingHw>> = {
+            let r = self.core.comp.rings.lock().unwrap_or_else(|p| p.into_inner());
+            r.iter().filter_map(Weak::upgrade).collect()
+        };
+        let sems: Vec<vk::Semaphore> = rings.iter().map(|r| r.sem).collect();
+        let values: Vec<u64> = rings.iter().map(|r| r.submitted.load(Ordering::SeqCst)).collect();
+        if sems.is_empty() {
+            return Ok(());
+        }
+        let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
+        // SAFETY: the semaphores are alive (`rings` holds them).
+        unsafe { self.core.device.wait_semaphores(&info, timeout.as_nanos() as u64) }
+            .map_err(|c| map_device("vkWaitSemaphores", c))
     }
 
     /// The device name (`VkPhysicalDeviceProperties::deviceName`).
@@ -563,7 +635,7 @@ impl VulkanDevice {
 
     /// Whether the device reported `VK_ERROR_DEVICE_LOST`.
     pub fn is_lost(&self) -> bool {
-        self.core.lost.load(Ordering::SeqCst)
+        self.core.comp.lost.load(Ordering::SeqCst)
     }
 
     /// The reset domain every ring of this device shares (they share the hardware).
@@ -597,7 +669,7 @@ impl VulkanDevice {
         }
         let hw = RingHw::new(&self.core, queue_index, &config.name, config.credit_limit)?;
         {
-            let mut rings = self.core.rings.lock().unwrap_or_else(|p| p.into_inner());
+            let mut rings = self.core.comp.rings.lock().unwrap_or_else(|p| p.into_inner());
             rings.retain(|w| w.strong_count() > 0);
             if rings.len() >= MAX_RINGS {
                 return Err(DeviceError::TooManyRings(MAX_RINGS));

@@ -3,6 +3,7 @@
 
 use std::ffi::{c_void, CStr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use ash::vk;
 
@@ -57,8 +58,26 @@ pub(crate) struct InstanceShared {
     pub(crate) validation: bool,
 }
 
+/// The process's instances, one without and one with validation, created on first use and
+/// kept for the life of the process: every device shares one, and none is destroyed while a
+/// thread of another device may still run inside the loader or the layer (the validation
+/// layer of Debian 12, 1.3.239, crashes when instances come and go next to live devices).
+static INSTANCES: Mutex<[Option<Arc<InstanceShared>>; 2]> = Mutex::new([None, None]);
+
 impl InstanceShared {
-    pub(crate) fn new(validation: bool) -> Result<Self, InitError> {
+    /// The shared instance with or without validation.
+    pub(crate) fn get(validation: bool) -> Result<Arc<Self>, InitError> {
+        let mut all = INSTANCES.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = &mut all[usize::from(validation)];
+        if let Some(i) = slot {
+            return Ok(i.clone());
+        }
+        let i = Arc::new(Self::new(validation)?);
+        *slot = Some(i.clone());
+        Ok(i)
+    }
+
+    fn new(validation: bool) -> Result<Self, InitError> {
         // SAFETY: loading the system loader runs its initialisers; we trust the installed
         // libvulkan as every Vulkan program does.
         let entry =

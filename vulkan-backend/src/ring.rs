@@ -242,7 +242,7 @@ impl Drop for RingHw {
         // SAFETY: the semaphore is live; waiting before destroying keeps the pool and the
         // semaphore alive while the hardware may still use them. A device that never finishes
         // (a real hang) leaks them instead of destroying objects in use.
-        let idle = self.core.lost.load(Ordering::SeqCst)
+        let idle = self.core.comp.lost.load(Ordering::SeqCst)
             || unsafe { d.wait_semaphores(&info, 10_000_000_000) }.is_ok();
         if !idle {
             tracing::error!(target: "gpusched_vulkan", ring = %self.name, "ring dropped with work still running: leaking its pool and semaphore");
@@ -403,7 +403,7 @@ impl Backend for VulkanRing {
 
     fn prepare_job(&self, job: &mut VulkanJob, _info: &JobInfo) -> Result<(), FenceError> {
         job.error = None;
-        if self.hw.core.lost.load(Ordering::SeqCst) {
+        if self.hw.core.comp.lost.load(Ordering::SeqCst) {
             return Err(FenceError::DeviceLost);
         }
         let cb = match self.record(job) {
@@ -437,7 +437,7 @@ impl Backend for VulkanRing {
         let hw = &self.hw;
         let mut st = lock(&hw.state);
         st.prepared = st.prepared.saturating_sub(1);
-        if hw.core.lost.load(Ordering::SeqCst) {
+        if hw.core.comp.lost.load(Ordering::SeqCst) {
             return Err(FenceError::DeviceLost);
         }
         let value = st.next_value + 1;
@@ -514,7 +514,7 @@ impl Backend for VulkanRing {
         // The job's buffers drop here. A force-completed job may still be on the hardware:
         // keep them until it is done.
         if job.value > self.hw.completed.load(Ordering::SeqCst)
-            && !self.hw.core.lost.load(Ordering::SeqCst)
+            && !self.hw.core.comp.lost.load(Ordering::SeqCst)
         {
             let sems = [self.hw.sem];
             let values = [job.value];
