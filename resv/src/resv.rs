@@ -15,8 +15,9 @@
 //! - Reserve, then add: [`ResvGuard::add_fence`] panics when no slot is reserved (API misuse,
 //!   the kernel's `BUG_ON`), so the add itself cannot allocate. Reservations end with the
 //!   guard, as the kernel's debug builds reset them on unlock.
-//! - A fence replaces an older one of the same context and same or stronger usage; signalled
-//!   fences are pruned.
+//! - A fence replaces an older one of the same context whose usage is the same or later in
+//!   the [`Usage`] order (seen by no more queries than the new one), so no query ever stops
+//!   seeing a context it saw; signalled fences are pruned.
 //! - Waiting for fences under the lock is allowed (the checker's rule 2).
 
 use std::collections::TryReserveError;
@@ -311,9 +312,10 @@ impl<'a> ResvGuard<'a> {
         self.inner.reserved
     }
 
-    /// Adds `fence` with `usage` (`dma_resv_add_fence`). It replaces, in place, a fence of the
-    /// same context whose usage is the same or stronger when `fence` is as late or later, or
-    /// else any signalled fence; otherwise it takes a new slot. Never allocates.
+    /// Adds `fence` with `usage` (`dma_resv_add_fence`). It replaces, in place, the first fence
+    /// that either is of the same context, not later than `fence`, with a usage the same as
+    /// `usage` or later in the [`Usage`] order, or has signalled; otherwise it takes a new
+    /// slot. Never allocates.
     ///
     /// # Panics
     /// When no slot is reserved ([`reserve_fences`](ResvGuard::reserve_fences) first): every
