@@ -18,6 +18,13 @@
 //! rest again. The context keeps its stamp across the back-off, so it ages and eventually wins:
 //! no context starves. A context that holds no locks never dies and is never asked to back off.
 //!
+//! Hand-over is oldest first: a context does not take a free mutex while an older context
+//! waits for it, so the oldest context is never overtaken (under wait-die, a context holding
+//! locks that finds an older waiter ahead dies, as a holder would make it). Blocking is a
+//! per-mutex `std::sync::Mutex` + `Condvar` (loom's, under `cfg(gpusched_loom)`); an unlock
+//! notifies only when someone waits. Interruptible waits poll their [`InterruptDomain`] every
+//! millisecond (its event is private to the fence crate).
+//!
 //! # Contract rules enforced here
 //! - Every acquisition is reported to the signalling-contract checker
 //!   ([`gpusched_fence::lockdep`]) under the class's lock class (by default
