@@ -90,7 +90,7 @@ impl Locked {
     #[track_caller]
     fn check(&self) {
         debug_assert!(self.list.capacity() >= self.list.len() + self.reserved);
-        debug_assert!(self.spare.as_ref().map_or(true, |a| a.is_empty()));
+        debug_assert!(self.spare.as_ref().is_none_or(|a| a.is_empty()));
     }
 
     /// Publishes the list (pruned of signalled fences) as the new snapshot of `resv`.
@@ -296,7 +296,7 @@ impl<'a> ResvGuard<'a> {
         l.list.try_reserve(l.reserved + n)?;
         l.reserved += n;
         let need = l.list.len() + l.reserved;
-        if l.spare.as_ref().map_or(true, |a| a.capacity() < need) {
+        if l.spare.as_ref().is_none_or(|a| a.capacity() < need) {
             // As large as the list can grow without reallocating, so the two buffers that
             // take turns as snapshot settle at the same size.
             let mut v = Vec::new();
