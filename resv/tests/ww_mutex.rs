@@ -440,4 +440,12 @@ fn stamps_increase_and_contexts_report_state() {
     assert_eq!(c1.class().algorithm(), WwAlgorithm::WaitDie);
     assert_eq!(WOUND_WAIT.algorithm(), WwAlgorithm::WoundWait);
     assert_eq!(WAIT_DIE.lock_class().name(), "resv");
+    static MODESET: gpusched_fence::lockdep::LockClass =
+        gpusched_fence::lockdep::LockClass::reset_needed("modeset");
+    static MODESET_WW: WwClass = WwClass::wound_wait("modeset").with_lock_class(&MODESET);
+    assert_eq!(MODESET_WW.lock_class().name(), "modeset");
+    assert_eq!(MODESET_WW.algorithm(), WwAlgorithm::WoundWait);
+    let m = WwMutex::new(&MODESET_WW, 1u8);
+    let ctx = AcquireCtx::new(&MODESET_WW);
+    assert_eq!(*m.lock(&ctx).unwrap(), 1);
 }
