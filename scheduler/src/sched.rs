@@ -109,6 +109,10 @@ pub(crate) struct SchedShared<B: Backend> {
     pub(crate) state: Mutex<SchedState<B>>,
     /// Pump requests; non-zero while a thread drains (see the module docs).
     pump_requests: AtomicUsize,
+    /// Held by the pumper from selecting a job until `run_job` returned and the completion
+    /// callback is attached; a TDR stop takes it to wait out a run in progress (the kernel's
+    /// `cancel_work_sync` of the submit work). Only the pumper and the TDR contend for it.
+    run_lock: std::sync::Mutex<()>,
     /// `Some(error)` once shut down or gone: later arms fail, pushes cancel with it.
     pub(crate) gone: Mutex<Option<FenceError>>,
     /// Queued jobs plus credits in flight, for load balancing (approximate).
@@ -157,6 +161,7 @@ impl<B: Backend> SchedShared<B> {
 
     fn drain(self: &Arc<Self>) {
         loop {
+            let _running = self.run_lock.lock().unwrap_or_else(|p| p.into_inner());
             let step = {
                 let mut st = lock(&self.state);
                 match st.to_free.pop_front() {
@@ -453,6 +458,9 @@ impl<B: Backend> SchedShared<B> {
             st.stopped = true;
             st.deadline = None;
         }
+        // Wait out a `run_job` in progress: afterwards every pending job has its hardware
+        // fence and its callback attached (or was retired).
+        drop(self.run_lock.lock().unwrap_or_else(|p| p.into_inner()));
         let epoch = self.begin_pass();
         while let Some(job) = self.next_in_pass(epoch) {
             let mut h = lock(&job.hw);
@@ -694,6 +702,7 @@ impl<B: Backend> Scheduler<B> {
             config,
             backend,
             pump_requests: AtomicUsize::new(0),
+            run_lock: std::sync::Mutex::new(()),
             gone: Mutex::new(None),
             load: AtomicUsize::new(0),
             counters: Counters::default(),
