@@ -369,6 +369,8 @@ pub fn end_signalling(cookie: SignallingCookie) {
             checker::wrong_thread_end(cookie.begun_at, began, Location::caller());
         }
     }
+    #[cfg(not(all(feature = "checker", not(gpusched_loom))))]
+    let _ = (cookie.thread, cookie.thread_name, cookie.begun_at);
 }
 
 /// Guard of a reclaim section; see [`reclaim_section`].
