@@ -30,3 +30,17 @@ fn annotations_report_exactly_when_the_checker_is_compiled_in() {
     let expected = usize::from(cfg!(feature = "checker"));
     assert_eq!(reports.len(), expected, "{reports:#?}");
 }
+
+#[test]
+fn send_and_sync_where_documented() {
+    fn send<T: Send>() {}
+    fn sync<T: Sync>() {}
+    send::<lockdep::SignallingCookie>();
+    send::<lockdep::Report>();
+    sync::<lockdep::Report>();
+    send::<lockdep::Mutex<Vec<u8>>>();
+    sync::<lockdep::Mutex<Vec<u8>>>();
+    sync::<lockdep::RwLock<Vec<u8>>>();
+    sync::<LockClass>();
+    sync::<lockdep::CheckingAllocator>();
+}

@@ -18,7 +18,7 @@
 
 use core::cell::{Cell, RefCell};
 use core::panic::Location;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Mutex as StdMutex, MutexGuard as StdMutexGuard};
 
@@ -44,6 +44,9 @@ static ADJ: [[AtomicU64; WORDS]; MAX_CLASSES] =
 
 /// Every violation found (all policies, captured ones included).
 static VIOLATIONS: AtomicU64 = AtomicU64::new(0);
+/// Threads inside `capture` (which checks even under `Policy::Off`); lets the `Off` fast path
+/// skip the thread-local.
+static CAPTURING_THREADS: AtomicUsize = AtomicUsize::new(0);
 /// Set when `ClassesExhausted` has been reported (it is reported once per process).
 static EXHAUSTED_REPORTED: AtomicBool = AtomicBool::new(false);
 
@@ -476,7 +479,19 @@ fn push(s: &ThreadState, h: Held) -> bool {
     }
     s.held[len].set(h);
     s.len.set(len + 1);
+    check(s);
     true
+}
+
+/// The held stack's invariants (debug builds): within its depth, every entry stands for at
+/// least one acquisition of a class that has this id.
+#[track_caller]
+fn check(s: &ThreadState) {
+    debug_assert!(s.len.get() <= DEPTH);
+    for h in stack(s) {
+        debug_assert!(h.count >= 1, "empty held entry for `{}`", h.class.name());
+        debug_assert_eq!(h.class.raw_id().load(Ordering::Relaxed), u32::from(h.id) + 1);
+    }
 }
 
 /// The acquisition path shared by locks and sections. Returns whether the acquisition is now
@@ -503,6 +518,7 @@ fn acquire_in(
         if (nest.is_some() && h.nest == nest) || (recursive && h.how == Acquire::Shared) {
             h.count += 1;
             s.held[i].set(h);
+            check(s);
             return true;
         }
         if how == Acquire::Try {
@@ -548,6 +564,9 @@ pub(crate) fn acquire(
     nest: Option<NestKey>,
     at: &'static Location<'static>,
 ) {
+    if !policy_on() && CAPTURING_THREADS.load(Ordering::Relaxed) == 0 {
+        return;
+    }
     let _ = STATE.try_with(|s| acquire_in(s, class, how, nest, at));
 }
 
@@ -558,14 +577,14 @@ pub(crate) fn release(class: &'static LockClass, nest: Option<NestKey>) {
 }
 
 fn release_in(s: &ThreadState, class: &'static LockClass, nest: Option<NestKey>) {
-    if s.in_checker.get() {
+    let len = s.len.get();
+    if len == 0 || s.in_checker.get() {
         return;
     }
     let id = match class.raw_id().load(Ordering::Relaxed) {
         0 | ID_EXHAUSTED => return,
         v => (v - 1) as u16,
     };
-    let len = s.len.get();
     let found = (0..len)
         .rev()
         .find(|&i| {
@@ -585,6 +604,7 @@ fn release_in(s: &ThreadState, class: &'static LockClass, nest: Option<NestKey>)
         s.held[j].set(s.held[j + 1].get());
     }
     s.len.set(len - 1);
+    check(s);
 }
 
 /// Enters a signalling (`Shared`) or reclaim section. Returns whether the exit must be
@@ -761,7 +781,8 @@ fn raise(s: &ThreadState, report: Report, from_alloc: bool) {
         ring.push_back(report.clone());
     }
     if s.capturing.get() > 0 {
-        CAPTURED.with(|c| c.borrow_mut().push(report));
+        // `try_with`: a report raised from a thread-local destructor is dropped, not a crash.
+        let _ = CAPTURED.try_with(|c| c.borrow_mut().push(report));
         return;
     }
     match policy() {
@@ -777,8 +798,9 @@ fn raise(s: &ThreadState, report: Report, from_alloc: bool) {
             }
         }
         Policy::Panic if from_alloc || std::thread::panicking() => {
-            PENDING.with(|p| *p.borrow_mut() = Some(report));
-            s.pending_panic.set(true);
+            if PENDING.try_with(|p| *p.borrow_mut() = Some(report)).is_ok() {
+                s.pending_panic.set(true);
+            }
         }
         Policy::Panic => {
             // `g` stays alive: the panic message's allocation is the checker's own.
@@ -800,7 +822,7 @@ fn raise_pending(s: &ThreadState) {
 fn raise_pending_slow(s: &ThreadState) {
     s.pending_panic.set(false);
     let _g = InChecker::enter(s);
-    if let Some(report) = PENDING.with(|p| p.borrow_mut().take()) {
+    if let Some(report) = PENDING.try_with(|p| p.borrow_mut().take()).ok().flatten() {
         panic!("{report}");
     }
 }
@@ -825,19 +847,23 @@ pub(crate) fn capture<R>(f: impl FnOnce() -> R) -> (R, Vec<Report>) {
     impl Drop for Scope {
         fn drop(&mut self) {
             let _ = STATE.try_with(|s| s.capturing.set(s.capturing.get().saturating_sub(1)));
+            CAPTURING_THREADS.fetch_sub(1, Ordering::Relaxed);
         }
     }
-    let start = with_checker(|| CAPTURED.with(|c| c.borrow().len()));
+    let start = with_checker(|| CAPTURED.try_with(|c| c.borrow().len()).unwrap_or(0));
+    CAPTURING_THREADS.fetch_add(1, Ordering::Relaxed);
     let _ = STATE.try_with(|s| s.capturing.set(s.capturing.get() + 1));
     let scope = Scope;
     let r = f();
     drop(scope);
     let reports = with_checker(|| {
-        CAPTURED.with(|c| {
-            let mut c = c.borrow_mut();
-            let start = start.min(c.len());
-            c.split_off(start)
-        })
+        CAPTURED
+            .try_with(|c| {
+                let mut c = c.borrow_mut();
+                let start = start.min(c.len());
+                c.split_off(start)
+            })
+            .unwrap_or_default()
     });
     (r, reports)
 }
