@@ -50,7 +50,7 @@ fn with_policy<R>(p: Policy, f: impl FnOnce() -> R) -> R {
 }
 
 fn bench(c: &mut Criterion) {
-    assert!(lockdep::ENABLED, "build the benches with the checker feature");
+    const { assert!(lockdep::ENABLED, "build the benches with the checker feature") };
     let ctx = FenceContext::new("bench");
 
     let mut g = c.benchmark_group("checker/fence_create_signal");

@@ -793,7 +793,8 @@ fn raise(s: &ThreadState, report: Report, from_alloc: bool) {
                 report.acquired.location as *const Location<'static> as usize,
                 report.held.as_ref().map_or(0, |h| h.location as *const Location<'static> as usize),
             );
-            if lock(&SLOW).logged.insert(key) {
+            let first = lock(&SLOW).logged.insert(key);
+            if first {
                 tracing::error!(target: "gpusched::lockdep", rule = report.rule.name(), "{report}");
             }
         }
