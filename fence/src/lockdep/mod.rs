@@ -42,6 +42,14 @@
 //! as one held entry (lockdep's `nest_lock`); without a key, taking a class already held is
 //! same-class recursion.
 //!
+//! **Precision.** Edges are recorded only from the held locks down to the first blocking one
+//! (older ones are covered by transitivity, as lockdep's `check_prevs_add`), never to a
+//! trylock, and not after a violation (so one mistake is not reported again as the cycles it
+//! would seed). Shared acquisitions are ordered like exclusive ones (a queued writer makes a
+//! read block, as lockdep treats non-recursive reads); only the `signalling` section is
+//! recursive. A reset-needed class records no edge to `signalling` at all: its waits are
+//! checked by rule 7 instead.
+//!
 //! # Reading a report
 //! A [`Report`] starts with the rule broken in one sentence and its short name, then the
 //! acquisition that was checked (`this thread: `class` at file:line (thread name)`), the held
