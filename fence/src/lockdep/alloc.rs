@@ -14,10 +14,22 @@ use std::alloc::System;
 
 /// A `GlobalAlloc` wrapper that reports allocations inside signalling sections.
 ///
-/// ```ignore
+/// ```
+/// use gpusched_fence::lockdep::{self, CheckingAllocator, Rule};
+///
 /// #[global_allocator]
-/// static ALLOC: gpusched_fence::lockdep::CheckingAllocator =
-///     gpusched_fence::lockdep::CheckingAllocator::new(std::alloc::System);
+/// static ALLOC: CheckingAllocator = CheckingAllocator::new(std::alloc::System);
+///
+/// fn main() {
+///     let (v, reports) = lockdep::capture(|| {
+///         let _section = lockdep::signalling_section();
+///         vec![1u32, 2, 3] // allocates inside the section
+///     });
+///     assert_eq!(v.len(), 3);
+///     if lockdep::ENABLED {
+///         assert_eq!(reports[0].rule, Rule::ReclaimInSignalling);
+///     }
+/// }
 /// ```
 #[derive(Debug, Default)]
 pub struct CheckingAllocator<A = System> {

@@ -188,6 +188,14 @@ fn active(s: &ThreadState) -> bool {
     !s.in_checker.get() && (policy_on() || s.capturing.get() > 0)
 }
 
+/// A backtrace for a report: always for allocations (whose `file:line` is the allocator's),
+/// otherwise only when `RUST_BACKTRACE` asks for one.
+fn backtrace(force: bool) -> Option<String> {
+    use std::backtrace::{Backtrace, BacktraceStatus};
+    let bt = if force { Backtrace::force_capture() } else { Backtrace::capture() };
+    (bt.status() == BacktraceStatus::Captured).then(|| bt.to_string())
+}
+
 fn thread_name() -> String {
     let t = std::thread::current();
     match t.name() {
@@ -237,7 +245,7 @@ fn class_id_slow(
                         held: None,
                         chain: Vec::new(),
                         held_locks: held_sites(s),
-                        backtrace: None,
+                        backtrace: backtrace(false),
                     }
                 };
                 raise(s, report, false);
@@ -388,6 +396,15 @@ fn check_edge_slow(
                 return true;
             }
             Some(path) => {
+                let rule = classify(s, class, held, &path);
+                if s.capturing.get() == 0
+                    && policy() == Policy::Log
+                    && slow.logged.contains(&log_key(rule, at, Some(held.at)))
+                {
+                    // Logged before: count it, skip building the report (and backtrace).
+                    VIOLATIONS.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
                 let chain = path
                     .windows(2)
                     .map(|w| {
@@ -403,7 +420,6 @@ fn check_edge_slow(
                     })
                     .collect::<Vec<_>>();
                 drop(slow);
-                let rule = classify(s, class, held, &path);
                 let thread = thread_name();
                 Report {
                     rule,
@@ -411,8 +427,7 @@ fn check_edge_slow(
                     held: Some(Site { class: held.class.name(), location: held.at, thread }),
                     chain,
                     held_locks: held_sites(s),
-                    backtrace: from_alloc
-                        .then(|| std::backtrace::Backtrace::force_capture().to_string()),
+                    backtrace: backtrace(from_alloc),
                 }
             }
         }
@@ -470,7 +485,7 @@ fn push(s: &ThreadState, h: Held) -> bool {
                     held: None,
                     chain: Vec::new(),
                     held_locks: held_sites(s),
-                    backtrace: None,
+                    backtrace: backtrace(false),
                 }
             };
             raise(s, report, false);
@@ -534,7 +549,7 @@ fn acquire_in(
                 held: Some(Site { class: h.class.name(), location: h.at, thread }),
                 chain: Vec::new(),
                 held_locks: held_sites(s),
-                backtrace: None,
+                backtrace: backtrace(false),
             }
         };
         raise(s, report, false);
@@ -669,7 +684,7 @@ pub(crate) fn wrong_thread_end(
                 held: Some(Site { class: SIGNALLING.name(), location: begun_at, thread: began_on }),
                 chain: Vec::new(),
                 held_locks: held_sites(s),
-                backtrace: None,
+                backtrace: backtrace(false),
             }
         };
         raise(s, report, false);
@@ -700,7 +715,7 @@ fn might_wait_slow(s: &ThreadState, interruptible: bool, at: &'static Location<'
             held: Some(Site { class: h.class.name(), location: h.at, thread }),
             chain: Vec::new(),
             held_locks: held_sites(s),
-            backtrace: None,
+            backtrace: backtrace(false),
         }
     };
     if !interruptible {
@@ -788,10 +803,10 @@ fn raise(s: &ThreadState, report: Report, from_alloc: bool) {
     match policy() {
         Policy::Off => {}
         Policy::Log => {
-            let key = (
+            let key = log_key(
                 report.rule,
-                report.acquired.location as *const Location<'static> as usize,
-                report.held.as_ref().map_or(0, |h| h.location as *const Location<'static> as usize),
+                report.acquired.location,
+                report.held.as_ref().map(|h| h.location),
             );
             let first = lock(&SLOW).logged.insert(key);
             if first {
@@ -809,6 +824,16 @@ fn raise(s: &ThreadState, report: Report, from_alloc: bool) {
         }
     }
     drop(g);
+}
+
+/// The `Policy::Log` de-duplication key: the rule and both places.
+fn log_key(
+    rule: Rule,
+    at: &'static Location<'static>,
+    held_at: Option<&'static Location<'static>>,
+) -> (Rule, usize, usize) {
+    let addr = |l: &'static Location<'static>| l as *const Location<'static> as usize;
+    (rule, addr(at), held_at.map_or(0, addr))
 }
 
 /// Panics with a report deferred from inside the allocator, if any (and not unwinding).

@@ -183,8 +183,9 @@ pub struct Report {
     pub chain: Vec<ChainEdge>,
     /// Every lock held by the thread at the time, outermost first.
     pub held_locks: Vec<Site>,
-    /// A backtrace, for violations whose `file:line` cannot point at the user's code
-    /// (allocations inside the global allocator).
+    /// A backtrace: always for allocations inside the global allocator (whose `file:line`
+    /// cannot point at the user's code), otherwise when `RUST_BACKTRACE` is set (useful when
+    /// the section was opened by `Signaller::signal` and the offending code is a callback).
     pub backtrace: Option<String>,
 }
 
