@@ -149,6 +149,19 @@ impl FenceContext {
         Fence::new_pending(self.shared.clone(), seqno, Some(ops))
     }
 
+    /// Allocates a fence now, with room for `callbacks` callbacks, to be published later
+    /// without allocating: [`PreparedFence::init`](crate::PreparedFence::init) gives it a
+    /// seqno (take one with [`next_seqno`](FenceContext::next_seqno) at that time, so seqnos
+    /// follow publication order).
+    #[cfg(not(gpusched_loom))]
+    pub fn prepare(
+        &self,
+        callbacks: usize,
+        ops: Option<Box<dyn FenceOps>>,
+    ) -> crate::PreparedFence {
+        crate::PreparedFence::new(self.shared.clone(), callbacks, ops)
+    }
+
     /// A new pending fence with an explicit seqno (a hardware seqno, say). The caller keeps
     /// seqnos increasing; the context's counter is not moved.
     pub fn with_seqno(&self, seqno: u64, ops: Option<Box<dyn FenceOps>>) -> (Fence, Signaller) {

@@ -2,7 +2,7 @@
 //! completion (`struct dma_fence`, `drivers/dma-buf/dma-fence.c`).
 //!
 //! # State
-//! The fence's state word holds two bits (see the constants). `SIGNALED` is set exactly once,
+//! The fence's state word holds three bits (see the constants). `SIGNALED` is set exactly once,
 //! under the callback lock, after the error and timestamp were stored; a reader that sees it
 //! (Acquire) sees both. Callbacks are taken out of the list in the same critical section and run
 //! after the lock is released, on the signalling thread, in the order they were added.
@@ -22,16 +22,24 @@ use crate::error::{AlreadySignaled, FenceError, WaitError};
 use crate::interrupt::InterruptDomain;
 use crate::lockdep;
 use crate::ops::{FenceOps, OpsWait};
-use crate::sync::{lock, Arc, AtomicU32, AtomicU64, Event, Mutex, Ordering};
+use crate::sync::{lock, Arc, AtomicU32, AtomicU64, Event, EventListener, Mutex, Ordering};
 #[cfg(not(gpusched_loom))]
 use event_listener::Listener as _;
 
 /// Set once, when the fence signals (with or without an error). Set under `Inner::cbs`'s lock
-/// with Release after `error` and `timestamp_ns` are stored; never cleared.
+/// with AcqRel after `error` and `timestamp_ns` are stored; never cleared.
 const SIGNALED: u32 = 1 << 0;
 /// Set by the first waiter or callback (`DMA_FENCE_FLAG_ENABLE_SIGNAL_BIT`); whoever sets it
 /// calls [`FenceOps::enable_signaling`]. Never cleared.
 const ENABLE_SIGNALING: u32 = 1 << 1;
+/// Set (AcqRel RMW) by a waiter *after* it registered a listener on `Inner::event` and before
+/// it re-checks `SIGNALED`; the signaller sets `SIGNALED` with an AcqRel RMW and notifies only
+/// when the previous word had this bit. The two RMWs are totally ordered on the state word:
+/// either the signaller sees the bit (and the listener registered before it, so the notify
+/// reaches it), or the waiter's RMW comes later and its re-check sees `SIGNALED`. Skipping the
+/// notify when nobody listens keeps `signal()` allocation-free: `event_listener::Event::notify`
+/// allocates the event's shared state on first use. Never cleared.
+const LISTENING: u32 = 1 << 2;
 
 /// The process-wide origin of fence timestamps.
 fn epoch() -> Instant {
@@ -56,9 +64,15 @@ impl fmt::Debug for Callback {
     }
 }
 
-/// Identifies a callback added to one fence, to remove it before the fence signals.
+/// Identifies a callback added to one fence, to remove it before the fence signals. It
+/// remembers its fence: removing it through another fence is a misuse and panics (ids are
+/// numbered per fence, so it would otherwise remove an unrelated callback).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct CallbackId(u64);
+pub struct CallbackId {
+    /// The address of the fence's shared state, to catch ids used on the wrong fence.
+    fence: usize,
+    id: u64,
+}
 
 /// The pending callbacks. Protected by `Inner::cbs`.
 struct CallbackList {
@@ -67,7 +81,7 @@ struct CallbackList {
 }
 
 pub(crate) struct Inner {
-    /// `SIGNALED | ENABLE_SIGNALING`, see the constants.
+    /// `SIGNALED | ENABLE_SIGNALING | LISTENING`, see the constants.
     state: AtomicU32,
     /// `FenceError::encode` of the error; written before `SIGNALED`, never after.
     error: AtomicU64,
@@ -350,7 +364,7 @@ impl Fence {
         let id = list.next_id;
         list.next_id += 1;
         list.entries.push((id, Callback::new(f)));
-        Ok(CallbackId(id))
+        Ok(CallbackId { fence: self.addr(), id })
     }
 
     /// Adds a callback boxed beforehand. Does not allocate when room was reserved with
@@ -370,20 +384,31 @@ impl Fence {
         let id = list.next_id;
         list.next_id += 1;
         list.entries.push((id, cb));
-        Ok(CallbackId(id))
+        Ok(CallbackId { fence: self.addr(), id })
     }
 
     /// Removes a callback before it runs (`dma_fence_remove_callback`). Returns `true` when it
     /// was still pending and is now removed (it will never run), `false` when the fence has
     /// signalled (the callback ran, or is running now on the signalling thread) or the id is
     /// unknown.
+    ///
+    /// # Panics
+    /// If `id` was returned by another fence.
     pub fn remove_callback(&self, id: CallbackId) -> bool {
+        if id.fence != self.addr() {
+            foreign_callback_id(id);
+        }
         let removed = {
             let mut list = lock(&self.inner.cbs);
-            list.entries.iter().position(|(i, _)| *i == id.0).map(|pos| list.entries.remove(pos))
+            list.entries.iter().position(|(i, _)| *i == id.id).map(|pos| list.entries.remove(pos))
         };
         // Dropped outside the lock: the closure's captures may do anything on drop.
         removed.is_some()
+    }
+
+    /// The address of the shared state: the fence's identity while any handle lives.
+    fn addr(&self) -> usize {
+        &*self.inner as *const Inner as usize
     }
 
     /// Signals the fence if it is still pending. Returns whether this call signalled it.
@@ -397,18 +422,25 @@ impl Fence {
             self.inner.error.store(FenceError::encode(error), Ordering::Relaxed);
             let now = Instant::now().saturating_duration_since(epoch()).as_nanos() as u64;
             self.inner.timestamp_ns.store(now, Ordering::Relaxed);
-            self.inner.state.fetch_or(SIGNALED, Ordering::Release);
-            core::mem::take(&mut list.entries)
+            let prev = self.inner.state.fetch_or(SIGNALED, Ordering::AcqRel);
+            (core::mem::take(&mut list.entries), prev & LISTENING != 0)
         };
-        self.inner.event.notify(usize::MAX);
+        let (entries, listening) = entries;
+        if listening {
+            self.inner.event.notify(usize::MAX);
+        }
         for (_, Callback(f)) in entries {
             f(self);
         }
         true
     }
 
-    pub(crate) fn event(&self) -> &Event {
-        &self.inner.event
+    /// Registers a listener for the signal. The caller must re-check the outcome after this
+    /// returns, before sleeping on the listener (see `LISTENING`).
+    pub(crate) fn listen(&self) -> EventListener {
+        let listener = self.inner.event.listen();
+        self.inner.state.fetch_or(LISTENING, Ordering::AcqRel);
+        listener
     }
 
     /// The outcome if signalled (flag only, no backend poll); used by futures.
@@ -417,6 +449,7 @@ impl Fence {
     }
 
     /// Polls the backend too; used by futures and multi-waits.
+    #[cfg_attr(gpusched_loom, allow(dead_code))] // the futures are not built under loom
     pub(crate) fn polled_outcome(&self) -> Option<Result<(), FenceError>> {
         self.poll_outcome()
     }
@@ -500,17 +533,21 @@ impl Fence {
                         return r.map_err(WaitError::from);
                     }
                 }
-                OpsWait::TimedOut => {
+                // A backend that reports a timeout for an untimed wait is wrong; an untimed wait
+                // must not turn it into a `Timeout` (plain `wait` would panic): fall back to the
+                // generic wait, which ends when the producer signals.
+                OpsWait::TimedOut if deadline.is_some() => {
                     return match self.poll_outcome() {
                         Some(r) => r.map_err(WaitError::from),
                         None => Err(WaitError::Timeout),
                     }
                 }
+                OpsWait::TimedOut => {}
                 OpsWait::Unsupported => {}
             }
         }
         loop {
-            let listener = self.inner.event.listen();
+            let listener = self.listen();
             if let Some(r) = self.poll_outcome() {
                 return r.map_err(WaitError::from);
             }
@@ -527,6 +564,12 @@ impl Fence {
             }
         }
     }
+}
+
+#[cold]
+#[track_caller]
+fn foreign_callback_id(id: CallbackId) -> ! {
+    panic!("Fence::remove_callback: {id:?} was returned by another fence's add_callback")
 }
 
 impl fmt::Debug for Fence {
@@ -552,6 +595,38 @@ impl Eq for Fence {}
 /// The unique write side of a fence. Signalling consumes it, so a second signal cannot be
 /// written; dropping it unsignalled signals the fence with [`FenceError::Abandoned`], so no
 /// published fence is ever left pending.
+///
+/// ```
+/// use gpusched_fence::{FenceContext, FenceError};
+///
+/// let ctx = FenceContext::new("ring");
+/// let (fence, signaller) = ctx.next();
+/// assert!(signaller.signal());
+/// assert_eq!(fence.wait(), Ok(()));
+///
+/// let (fence, signaller) = ctx.next();
+/// drop(signaller);
+/// assert_eq!(fence.wait(), Err(FenceError::Abandoned));
+/// ```
+///
+/// Signalling twice does not compile: the first `signal` moved the signaller.
+///
+/// ```compile_fail,E0382
+/// use gpusched_fence::FenceContext;
+///
+/// let (_fence, signaller) = FenceContext::new("ring").next();
+/// signaller.signal();
+/// signaller.signal(); // error[E0382]: use of moved value: `signaller`
+/// ```
+///
+/// Nor can a clone be kept to signal later: a `Signaller` is not `Clone`.
+///
+/// ```compile_fail,E0599
+/// use gpusched_fence::FenceContext;
+///
+/// let (_fence, signaller) = FenceContext::new("ring").next();
+/// let second = signaller.clone();
+/// ```
 #[must_use = "dropping a signaller signals its fence with FenceError::Abandoned"]
 pub struct Signaller {
     fence: Fence,
@@ -591,5 +666,82 @@ impl Drop for Signaller {
         if !self.fence.flag_signaled() {
             self.fence.signal_internal(Some(FenceError::Abandoned));
         }
+    }
+}
+
+#[cfg(all(test, not(gpusched_loom)))]
+mod tests {
+    use super::*;
+
+    /// The memory contract (DESIGN.md): a pending fence costs at most 128 bytes with its
+    /// `Arc`. An `ArcInner` is the two reference counts (16 bytes on 64-bit targets) followed
+    /// by the value.
+    #[test]
+    fn pending_fence_allocation_fits_128_bytes() {
+        let arc_inner = 2 * std::mem::size_of::<usize>() + std::mem::size_of::<Inner>();
+        assert!(
+            arc_inner <= 128,
+            "Arc<Inner> is {arc_inner} bytes (Inner {} bytes), over the 128-byte budget",
+            std::mem::size_of::<Inner>()
+        );
+        println!("size_of::<ArcInner<Inner>>() = {arc_inner} (Inner = {})", arc_inner - 16);
+    }
+}
+
+/// A fence allocated ahead of time, whose seqno is assigned when it is published
+/// ([`PreparedFence::init`]): a backend allocates it when a job is prepared, outside any
+/// signalling section, and initialises it in `run_job`, inside one, without allocating (the
+/// kernel embeds the hardware fence in the job for the same reason). Made by
+/// [`FenceContext::prepare`](crate::FenceContext::prepare).
+#[cfg(not(gpusched_loom))]
+pub struct PreparedFence {
+    /// The only handle to the allocation until `init`.
+    inner: Arc<Inner>,
+}
+
+#[cfg(not(gpusched_loom))]
+impl fmt::Debug for PreparedFence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedFence").field("context", &self.inner.ctx.id).finish()
+    }
+}
+
+#[cfg(not(gpusched_loom))]
+impl PreparedFence {
+    pub(crate) fn new(
+        ctx: Arc<ContextShared>,
+        callbacks: usize,
+        ops: Option<Box<dyn FenceOps>>,
+    ) -> Self {
+        PreparedFence {
+            inner: Arc::new(Inner {
+                state: AtomicU32::new(0),
+                error: AtomicU64::new(0),
+                timestamp_ns: AtomicU64::new(0),
+                seqno: 0,
+                ctx,
+                cbs: Mutex::new(CallbackList {
+                    next_id: 0,
+                    entries: Vec::with_capacity(callbacks),
+                }),
+                event: Event::new(),
+                ops,
+            }),
+        }
+    }
+
+    /// The context id the fence will have.
+    pub fn context(&self) -> u64 {
+        self.inner.ctx.id
+    }
+
+    /// Publishes the fence with `seqno`. Never allocates.
+    pub fn init(mut self, seqno: u64) -> (Fence, Signaller) {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.seqno = seqno,
+            None => unreachable!("a PreparedFence is the only handle to its allocation"),
+        }
+        let fence = Fence { inner: self.inner };
+        (fence.clone(), Signaller { fence })
     }
 }

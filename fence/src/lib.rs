@@ -45,6 +45,8 @@ mod wait;
 pub use crate::composite::{merge, unwrap, FenceArray, PointOrderError, Timeline};
 pub use crate::context::{seqno_is_later, FenceContext, FenceContextBuilder, SeqnoWidth};
 pub use crate::error::{AlreadySignaled, FenceError, WaitError};
+#[cfg(not(gpusched_loom))]
+pub use crate::fence::PreparedFence;
 pub use crate::fence::{Callback, CallbackId, Fence, FenceStatus, Signaller};
 pub use crate::interrupt::{InterruptDomain, InterruptSection};
 pub use crate::ops::{FenceOps, OpsWait};

@@ -64,7 +64,7 @@ impl FenceFuture {
             }
             let mut registered = true;
             if self.listener.is_none() {
-                self.listener = Some(self.fence.event().listen());
+                self.listener = Some(self.fence.listen());
                 registered = false;
             }
             if self.interrupt_epoch.is_some() && self.domain_listener.is_none() {

@@ -1,5 +1,55 @@
-//! `gpusched`: a drm_sched-style GPU job scheduler. The scheduler itself is work in progress;
-//! today this crate is the facade that re-exports the [`fence`] and [`resv`] crates.
+//! `gpusched`: a GPU job scheduler in the manner of the Linux kernel's `drm_sched`
+//! (`drivers/gpu/drm/scheduler/`), checked against the dma-fence signalling contract. It
+//! re-exports the [`fence`] and [`resv`] crates so that one dependency is enough.
+//!
+//! - A [`Scheduler`] drives one hardware ring through a [`Backend`]: a credit limit, run queues
+//!   by [`Priority`], an entity-selection [`Policy`].
+//! - An [`Entity`] is a client's FIFO of jobs; it may load-balance over several schedulers.
+//! - A job is built (`entity.job(payload)`), given credits and dependencies (explicit fences,
+//!   implicit ones from `Resv`s), armed (its *finished* fence exists and may be published) and
+//!   pushed. It runs once its dependencies signalled; a dependency on a job of the same
+//!   scheduler only waits for that job to be *scheduled*, since the ring executes in order.
+//!
+//! # The contract
+//! Between arming a job (publishing its finished fence) and signalling that fence, the
+//! scheduler runs inside signalling sections and never allocates, takes a `Resv` lock or waits
+//! on a fence: storage is reserved at arm time; dependencies are waited with callbacks, never
+//! by parking a thread per job. A backend's `run_job` must follow the same rules (see
+//! [`Backend`]). Every fence handed out signals exactly once: a dropped armed job, a killed
+//! entity, a failed dependency and a shut-down scheduler signal an error instead of leaving it
+//! pending.
+//!
+//! # Example
+//! ```
+//! use gpusched::testing::{MockJob, MockRing};
+//! use gpusched::{Entity, Priority, Scheduler, SchedulerConfig};
+//!
+//! let sched = Scheduler::new(MockRing::immediate(), SchedulerConfig::new("ring0")).unwrap();
+//! let client = Entity::new(&[&sched], Priority::Normal).unwrap();
+//! let a = client.job(MockJob::new(1)).arm().unwrap();
+//! let a_done = a.finished().clone(); // may be published before push
+//! a.push();
+//! let b = client.job(MockJob::new(2)).dependency(a_done.clone()).arm().unwrap().push();
+//! b.wait().unwrap();
+//! assert!(a_done.is_signaled());
+//! assert_eq!(sched.backend().completed_tags(), vec![1, 2]);
+//! ```
+
+mod backend;
+mod config;
+mod entity;
+mod error;
+mod job;
+mod sched;
+mod sync;
+pub mod testing;
 
 pub use gpusched_fence as fence;
 pub use gpusched_resv as resv;
+
+pub use crate::backend::{Backend, JobInfo, TimeoutStatus};
+pub use crate::config::{Policy, Priority, SchedulerConfig};
+pub use crate::entity::{Entity, EntityStats};
+pub use crate::error::{ArmError, SchedError};
+pub use crate::job::{Access, ArmedJob, JobBuilder};
+pub use crate::sched::{Scheduler, SchedulerStats};

@@ -1,0 +1,223 @@
+//! Reservation-object benches, each beside its baseline:
+//! - `resv_lock_add_unlock`: lock / reserve / add_fence / unlock of a `Resv`, against a
+//!   `std::sync::Mutex<Vec<Fence>>` doing the same replacement;
+//! - `resv_readers_under_writer`: a reader that takes the lock against one that reads the
+//!   lock-free snapshot, while a writer thread keeps adding fences;
+//! - `resv_exec_16`: the multi-object locker over 16 objects, alone and against a second
+//!   thread locking the same 16 in reverse order.
+//!
+//! After criterion's numbers, each group prints a ratio from its own timed loop.
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use gpusched_fence::{Fence, FenceContext, Signaller};
+use gpusched_resv::{AcquireCtx, Exec, Resv, Usage, RESV_WW_CLASS};
+
+fn test_mode() -> bool {
+    std::env::args().any(|a| a == "--test")
+}
+
+/// Nanoseconds per call of `f`, over `iters` calls (for the printed ratios).
+fn ns_per_iter(iters: u64, mut f: impl FnMut()) -> f64 {
+    let t = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    t.elapsed().as_nanos() as f64 / iters as f64
+}
+
+fn iters(full: u64) -> u64 {
+    if test_mode() {
+        10
+    } else {
+        full
+    }
+}
+
+/// Background threads that run until dropped.
+struct Background {
+    stop: Arc<AtomicBool>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Background {
+    fn spawn(n: usize, work: impl Fn(&AtomicBool) + Send + Sync + 'static) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let work = Arc::new(work);
+        let handles = (0..n)
+            .map(|_| {
+                let (stop, work) = (stop.clone(), work.clone());
+                thread::spawn(move || work(&stop))
+            })
+            .collect();
+        Background { stop, handles }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles.drain(..) {
+            h.join().unwrap();
+        }
+    }
+}
+
+fn std_add(list: &Mutex<Vec<Fence>>, fence: &Fence) {
+    let mut l = list.lock().unwrap();
+    match l.iter().position(|f| f.context() == fence.context()) {
+        Some(i) => l[i] = fence.clone(),
+        None => l.push(fence.clone()),
+    }
+}
+
+fn resv_add(resv: &Resv, fence: &Fence) {
+    let mut g = resv.lock_no_ctx();
+    g.reserve_fences(1).unwrap();
+    g.add_fence(fence.clone(), Usage::Write);
+}
+
+fn resv_add_ctx(resv: &Resv, fence: &Fence) {
+    let ctx = AcquireCtx::new(&RESV_WW_CLASS);
+    let mut g = resv.lock(&ctx).unwrap();
+    g.reserve_fences(1).unwrap();
+    g.add_fence(fence.clone(), Usage::Write);
+}
+
+fn lock_add_unlock(c: &mut Criterion) {
+    let ring = FenceContext::new("bench");
+    let (fence, _signaller) = ring.next();
+    let list = Mutex::new(Vec::new());
+    let resv = Resv::new();
+    let mut g = c.benchmark_group("resv_lock_add_unlock");
+    g.bench_function("std_mutex_vec_baseline", |b| b.iter(|| std_add(&list, black_box(&fence))));
+    g.bench_function("resv_no_ctx", |b| b.iter(|| resv_add(&resv, black_box(&fence))));
+    g.bench_function("resv_acquire_ctx", |b| b.iter(|| resv_add_ctx(&resv, black_box(&fence))));
+    g.finish();
+
+    let n = iters(200_000);
+    let base = ns_per_iter(n, || std_add(&list, &fence));
+    let plain = ns_per_iter(n, || resv_add(&resv, &fence));
+    let ctx = ns_per_iter(n, || resv_add_ctx(&resv, &fence));
+    println!(
+        "ratio resv_lock_add_unlock: resv_no_ctx/std = {:.2}x, resv_acquire_ctx/std = {:.2}x \
+         ({base:.0} / {plain:.0} / {ctx:.0} ns)",
+        plain / base,
+        ctx / base
+    );
+}
+
+fn readers_under_writer(c: &mut Criterion) {
+    let resv = Arc::new(Resv::new());
+    let writes = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (resv, writes) = (resv.clone(), writes.clone());
+        Background::spawn(1, move |stop| {
+            let (ra, rb) = (FenceContext::new("writer-a"), FenceContext::new("writer-b"));
+            let mut pending: Vec<(Signaller, Signaller)> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let ((fa, sa), (fb, sb)) = (ra.next(), rb.next());
+                {
+                    let mut g = resv.lock_no_ctx();
+                    g.reserve_fences(2).unwrap();
+                    g.add_fence(fa, Usage::Write);
+                    g.add_fence(fb, Usage::Read);
+                }
+                for (s1, s2) in pending.drain(..) {
+                    s1.signal();
+                    s2.signal();
+                }
+                pending.push((sa, sb));
+                writes.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let locked = |r: &Resv| black_box(r.lock_no_ctx().test_signaled(Usage::Read));
+    let unlocked = |r: &Resv| black_box(r.test_signaled_unlocked(Usage::Read));
+    let mut g = c.benchmark_group("resv_readers_under_writer");
+    g.bench_function("locked_reader_baseline", |b| b.iter(|| locked(&resv)));
+    g.bench_function("unlocked_snapshot_reader", |b| b.iter(|| unlocked(&resv)));
+    g.finish();
+
+    // Fixed-time phases: how fast each reader reads, and how much the writer gets done
+    // meanwhile (an unlocked reader should not slow the writer down).
+    let phase = |read: &dyn Fn(&Resv) -> bool| {
+        let dur = if test_mode() { Duration::from_millis(5) } else { Duration::from_millis(500) };
+        let (w0, t0) = (writes.load(Ordering::Relaxed), Instant::now());
+        let mut reads = 0u64;
+        while t0.elapsed() < dur {
+            for _ in 0..64 {
+                read(&resv);
+            }
+            reads += 64;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        (reads as f64 / secs, (writes.load(Ordering::Relaxed) - w0) as f64 / secs)
+    };
+    let (locked_reads, locked_writes) = phase(&locked);
+    let (unlocked_reads, unlocked_writes) = phase(&unlocked);
+    drop(writer);
+    println!(
+        "ratio resv_readers_under_writer: reads/s unlocked/locked = {:.1}x ({unlocked_reads:.3e} \
+         vs {locked_reads:.3e}); writer commits/s with unlocked/locked reader = {:.2}x \
+         ({unlocked_writes:.3e} vs {locked_writes:.3e})",
+        unlocked_reads / locked_reads,
+        unlocked_writes / locked_writes.max(1.0),
+    );
+}
+
+fn exec_16(c: &mut Criterion) {
+    const N: usize = 16;
+    let objs: Arc<Vec<Resv>> = Arc::new((0..N).map(|_| Resv::new()).collect());
+    let forward = |objs: &Vec<Resv>, exec: &mut Exec| {
+        let set: Vec<&Resv> = objs.iter().collect();
+        exec.lock_all(&set, |guards| black_box(guards.len())).unwrap()
+    };
+    let mut exec = Exec::new();
+    let mut g = c.benchmark_group("resv_exec_16");
+    g.bench_function("one_thread_baseline", |b| b.iter(|| forward(&objs, &mut exec)));
+    let n = iters(20_000);
+    let alone = ns_per_iter(n, || {
+        forward(&objs, &mut exec);
+    });
+    let other_rounds = Arc::new(AtomicU64::new(0));
+    let other_backoffs = Arc::new(AtomicU64::new(0));
+    let other = {
+        let (objs, rounds, backoffs) = (objs.clone(), other_rounds.clone(), other_backoffs.clone());
+        Background::spawn(1, move |stop| {
+            let set: Vec<&Resv> = objs.iter().rev().collect();
+            let mut exec = Exec::new();
+            while !stop.load(Ordering::Relaxed) {
+                exec.lock_all(&set, |guards| black_box(guards.len())).unwrap();
+                rounds.fetch_add(1, Ordering::Relaxed);
+                backoffs.store(exec.contentions(), Ordering::Relaxed);
+            }
+        })
+    };
+    g.bench_function("two_threads_contending", |b| b.iter(|| forward(&objs, &mut exec)));
+    g.finish();
+    let before = exec.contentions();
+    let contended = ns_per_iter(n, || {
+        forward(&objs, &mut exec);
+    });
+    let backoffs = exec.contentions() - before;
+    drop(other);
+    println!(
+        "ratio resv_exec_16: two_threads/one_thread = {:.2}x ({contended:.0} / {alone:.0} ns per \
+         lock_all); back-offs per lock_all under contention: {:.3}; other thread: {} rounds, \
+         {} back-offs",
+        contended / alone,
+        backoffs as f64 / n as f64,
+        other_rounds.load(Ordering::Relaxed),
+        other_backoffs.load(Ordering::Relaxed)
+    );
+}
+
+criterion_group!(benches, lock_add_unlock, readers_under_writer, exec_16);
+criterion_main!(benches);

@@ -1,0 +1,218 @@
+//! Loom models of the fence's races: signal vs wait vs callback add/remove vs drop.
+//!
+//! Run with
+//! `RUSTFLAGS="--cfg gpusched_loom" cargo test --release -p gpusched-fence --test loom --target-dir target/loom`.
+//! The crate's `sync` shim swaps std primitives (and `event_listener::Event`) for loom ones, so
+//! loom explores every interleaving of the fence's own synchronisation.
+
+#![cfg(gpusched_loom)]
+
+use loom::sync::atomic::{AtomicUsize, Ordering};
+use loom::sync::Arc;
+use loom::thread;
+
+use gpusched_fence::{
+    FenceArray, FenceContext, FenceError, FenceOps, FenceStatus, Timeline, WaitError,
+};
+
+fn counter() -> Arc<AtomicUsize> {
+    Arc::new(AtomicUsize::new(0))
+}
+
+/// Signal on one thread while another adds a callback: the callback runs exactly once, or the
+/// add reports `AlreadySignaled` and it never runs.
+#[test]
+fn signal_vs_add_callback() {
+    loom::model(|| {
+        let (fence, signaller) = FenceContext::new("ring").next();
+        let ran = counter();
+        let t = thread::spawn(move || assert!(signaller.signal()));
+        let r = ran.clone();
+        let added = fence.add_callback(move |f| {
+            assert!(f.is_signaled());
+            r.fetch_add(1, Ordering::SeqCst);
+        });
+        t.join().unwrap();
+        match added {
+            Ok(_) => assert_eq!(ran.load(Ordering::SeqCst), 1),
+            Err(back) => {
+                assert_eq!(ran.load(Ordering::SeqCst), 0);
+                drop(back.into_inner());
+            }
+        }
+    });
+}
+
+/// Removing a callback races the signal: exactly one of "removed" and "ran".
+#[test]
+fn remove_callback_vs_signal() {
+    loom::model(|| {
+        let (fence, signaller) = FenceContext::new("ring").next();
+        let ran = counter();
+        let r = ran.clone();
+        let id = fence
+            .add_callback(move |_| {
+                r.fetch_add(1, Ordering::SeqCst);
+            })
+            .unwrap();
+        let t = thread::spawn(move || signaller.signal_error(FenceError::Cancelled));
+        let removed = fence.remove_callback(id);
+        t.join().unwrap();
+        let runs = ran.load(Ordering::SeqCst);
+        assert!(removed ^ (runs == 1), "removed={removed} runs={runs}");
+        assert!(runs <= 1);
+        assert_eq!(fence.status(), FenceStatus::Failed(FenceError::Cancelled));
+    });
+}
+
+/// A blocking wait never misses the wakeup of a concurrent signal.
+#[test]
+fn wait_vs_signal() {
+    loom::model(|| {
+        let (fence, signaller) = FenceContext::new("ring").next();
+        let f = fence.clone();
+        let waiter = thread::spawn(move || f.wait());
+        signaller.signal();
+        assert_eq!(waiter.join().unwrap(), Ok(()));
+    });
+}
+
+/// The timed wait (modelled without a clock) takes the same path and never misses it either.
+#[test]
+fn wait_timeout_vs_signal_error() {
+    loom::model(|| {
+        let (fence, signaller) = FenceContext::new("ring").next();
+        let f = fence.clone();
+        let waiter = thread::spawn(move || f.wait_timeout(std::time::Duration::from_secs(60)));
+        signaller.signal_error(FenceError::DeviceLost);
+        assert_eq!(waiter.join().unwrap(), Err(WaitError::Failed(FenceError::DeviceLost)));
+    });
+}
+
+/// The signaller is dropped unsignalled while a thread waits: the waiter sees `Abandoned`.
+#[test]
+fn drop_signaller_vs_wait() {
+    loom::model(|| {
+        let (fence, signaller) = FenceContext::new("ring").next();
+        let f = fence.clone();
+        let waiter = thread::spawn(move || f.wait());
+        let dropper = thread::spawn(move || drop(signaller));
+        assert_eq!(waiter.join().unwrap(), Err(FenceError::Abandoned));
+        dropper.join().unwrap();
+    });
+}
+
+/// A waiter and a callback added concurrently with the signal: all complete, the callback
+/// runs exactly once when it was added, never otherwise. Three threads: bounded preemptions
+/// (as tokio's loom tests do) keep the model under a few seconds.
+#[test]
+fn waiter_and_callback_vs_signal() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(3);
+    builder.check(|| {
+        let (fence, signaller) = FenceContext::new("ring").next();
+        let ran = counter();
+        let f = fence.clone();
+        let w1 = thread::spawn(move || f.wait());
+        let f = fence.clone();
+        let r = ran.clone();
+        let adder = thread::spawn(move || {
+            f.add_callback(move |_| {
+                r.fetch_add(1, Ordering::SeqCst);
+            })
+            .is_ok()
+        });
+        signaller.signal_error(FenceError::Killed);
+        assert_eq!(fence.wait(), Err(FenceError::Killed));
+        assert_eq!(w1.join().unwrap(), Err(FenceError::Killed));
+        let added = adder.join().unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), usize::from(added));
+    });
+}
+
+/// A backend word that one thread polls (`is_signaled` signals on it) while the producer
+/// signals: the fence signals once, callbacks run once, and exactly one side "won".
+#[test]
+fn backend_poll_vs_producer_signal() {
+    struct Word(Arc<AtomicUsize>);
+    impl FenceOps for Word {
+        fn signaled(&self) -> bool {
+            self.0.load(Ordering::SeqCst) != 0
+        }
+    }
+    loom::model(|| {
+        let word = counter();
+        let (fence, signaller) =
+            FenceContext::new("hw").next_with_ops(Box::new(Word(word.clone())));
+        let ran = counter();
+        let r = ran.clone();
+        fence
+            .add_callback(move |_| {
+                r.fetch_add(1, Ordering::SeqCst);
+            })
+            .unwrap();
+        // The hardware completes before the producer signals.
+        word.store(1, Ordering::SeqCst);
+        let f = fence.clone();
+        let poller = thread::spawn(move || f.is_signaled());
+        let producer_won = signaller.signal();
+        assert!(poller.join().unwrap());
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+        assert_eq!(fence.status(), FenceStatus::Signaled);
+        let _ = producer_won;
+    });
+}
+
+/// An array's members signal on two threads: the array signals exactly once, after both.
+#[test]
+fn array_members_signal_concurrently() {
+    loom::model(|| {
+        let ctx = FenceContext::new("ring");
+        let (a, sa) = ctx.next();
+        let (b, sb) = ctx.next();
+        let array = FenceArray::all([a, b]);
+        let ran = counter();
+        let r = ran.clone();
+        array
+            .add_callback(move |f| {
+                assert!(f.children().iter().all(|m| m.is_signaled()));
+                r.fetch_add(1, Ordering::SeqCst);
+            })
+            .unwrap();
+        let t = thread::spawn(move || sa.signal_error(FenceError::TimedOut));
+        sb.signal();
+        t.join().unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+        assert_eq!(array.status(), FenceStatus::Failed(FenceError::TimedOut));
+    });
+}
+
+/// Asking for a point races its attach: the point fence resolves with the attached fence
+/// either way (wait-before-signal, or an array over the attached point).
+#[test]
+fn timeline_point_vs_attach() {
+    loom::model(|| {
+        let tl = Arc::new(Timeline::new("syncobj"));
+        let (f, s) = FenceContext::new("ring").next();
+        let t2 = tl.clone();
+        let attacher = thread::spawn(move || t2.attach(1, f).unwrap());
+        let p = tl.point(1);
+        attacher.join().unwrap();
+        assert_eq!(p.status(), FenceStatus::Pending);
+        s.signal_error(FenceError::Killed);
+        assert_eq!(p.wait(), Err(FenceError::Killed));
+    });
+}
+
+/// The timeline is dropped while another thread waits on a point never attached: the waiter
+/// sees `Abandoned`.
+#[test]
+fn timeline_drop_vs_point_wait() {
+    loom::model(|| {
+        let tl = Timeline::new("syncobj");
+        let p = tl.point(3);
+        let waiter = thread::spawn(move || p.wait());
+        drop(tl);
+        assert_eq!(waiter.join().unwrap(), Err(FenceError::Abandoned));
+    });
+}

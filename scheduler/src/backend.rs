@@ -1,0 +1,85 @@
+//! The [`Backend`] trait: what a hardware ring must provide (`struct drm_sched_backend_ops`).
+
+use gpusched_fence::{Fence, FenceError};
+
+use crate::config::Priority;
+
+/// What the scheduler tells a backend about a job.
+#[derive(Clone, Copy, Debug)]
+pub struct JobInfo {
+    /// A process-unique job id.
+    pub id: u64,
+    /// The seqno of the job's scheduled and finished fences on its entity's timelines.
+    pub seqno: u64,
+    /// The job's credits.
+    pub credits: u32,
+    /// The submitting entity's priority.
+    pub priority: Priority,
+    /// The submitting entity's id.
+    pub entity: u64,
+}
+
+/// The backend's answer after a timeout (`enum drm_gpu_sched_stat`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutStatus {
+    /// The job was slow, not stuck: re-arm the timer and keep it at the head.
+    NoHang,
+    /// The hardware was reset: the guilty job was dealt with; re-arm for the next job.
+    Reset,
+    /// The device is gone: every fence of the domain signals `DeviceLost`.
+    NoDevice,
+}
+
+/// A hardware ring as the scheduler sees it.
+///
+/// # Contract
+/// - [`run_job`](Backend::run_job) is called inside a signalling section: it must not take a
+///   `Resv` lock, allocate through a path that can reclaim, or wait on a fence. Do allocation
+///   in [`prepare_job`](Backend::prepare_job), which runs at arm time, outside any section.
+/// - The fence `run_job` returns (the *hardware fence*) must signal once the hardware has
+///   finished the job (with an error if it failed). It should have room for one callback
+///   ([`Fence::reserve_callbacks`]) so that the scheduler's completion callback is added
+///   without allocating.
+/// - Jobs are run in the order the scheduler calls `run_job`; the ring executes them in that
+///   order (the same-scheduler dependency shortcut relies on it).
+/// - [`free_job`](Backend::free_job) is called once per job that was armed, after its finished
+///   fence signalled, outside signalling sections.
+pub trait Backend: Send + Sync + 'static {
+    /// The job payload (command buffers, a recording closure ...).
+    type Job: Send + 'static;
+
+    /// Prepares a job at arm time, outside any signalling section: allocate and record here.
+    ///
+    /// # Errors
+    /// An error refuses the job; arming fails and hands the payload back.
+    fn prepare_job(&self, job: &mut Self::Job, info: &JobInfo) -> Result<(), FenceError> {
+        let _ = (job, info);
+        Ok(())
+    }
+
+    /// Submits a job to the hardware and returns its hardware fence. Runs inside a signalling
+    /// section.
+    ///
+    /// # Errors
+    /// An error means the job never reached the hardware; its fences signal that error.
+    fn run_job(&self, job: &mut Self::Job, info: &JobInfo) -> Result<Fence, FenceError>;
+
+    /// The job at the head of the ring ran past its timeout. Runs inside a signalling section
+    /// (the TDR worker).
+    fn timedout_job(&self, job: &mut Self::Job, info: &JobInfo) -> TimeoutStatus {
+        let _ = (job, info);
+        TimeoutStatus::NoHang
+    }
+
+    /// Releases a job's resources once its finished fence has signalled.
+    fn free_job(&self, job: Self::Job, info: &JobInfo) {
+        let _ = info;
+        drop(job);
+    }
+
+    /// A job is being cancelled (killed, banned, dependency failed, scheduler shut down)
+    /// before it reached the hardware; `free_job` follows.
+    fn cancel_job(&self, job: &mut Self::Job, info: &JobInfo, error: FenceError) {
+        let _ = (job, info, error);
+    }
+}

@@ -1,0 +1,108 @@
+//! Scheduler configuration: priorities, entity-selection policies, limits.
+
+use std::time::Duration;
+
+/// Run-queue priority of an entity, highest first (`enum drm_sched_priority`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Priority {
+    /// Kernel-internal work (page-table updates, moves): always first.
+    Kernel = 0,
+    /// High priority clients.
+    High = 1,
+    /// The default.
+    #[default]
+    Normal = 2,
+    /// Background work.
+    Low = 3,
+}
+
+impl Priority {
+    /// All priorities, highest first.
+    pub const ALL: [Priority; 4] =
+        [Priority::Kernel, Priority::High, Priority::Normal, Priority::Low];
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The virtual-runtime weight under [`Policy::Fair`]: a job of `c` credits costs
+    /// `c * weight` virtual time, so a `Low` entity gets a quarter of a `High` one's share.
+    pub(crate) fn fair_weight(self) -> u64 {
+        match self {
+            Priority::Kernel => 1,
+            Priority::High => 2,
+            Priority::Normal => 4,
+            Priority::Low => 8,
+        }
+    }
+}
+
+/// How the scheduler picks the next entity to run a job from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Strict priority; within a priority, the entity whose head job was pushed first
+    /// (`drm_sched_policy = 1`, the kernel default). A busy high-priority entity can starve
+    /// lower ones.
+    #[default]
+    Fifo,
+    /// Strict priority; within a priority, entities take turns (`drm_sched_policy = 0`).
+    RoundRobin,
+    /// Virtual runtime: every entity accrues `credits * weight(priority)` per job run, and the
+    /// ready entity with the least runs next (`Kernel` stays strictly first). No entity is
+    /// starved forever and none monopolises the ring; priorities set the shares.
+    Fair,
+}
+
+/// Configuration of one [`Scheduler`](crate::Scheduler) (one hardware ring).
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Name for diagnostics and traces.
+    pub name: String,
+    /// Credits the ring can hold at once; a job's credits count until its hardware fence
+    /// signals (`credit_limit`, formerly `hw_submission_limit`). At least 1.
+    pub credit_limit: u32,
+    /// How long a job may run on the hardware before the timeout handler runs.
+    pub timeout: Duration,
+    /// Hangs an entity may cause before it is banned (`hang_limit`).
+    pub hang_limit: u32,
+    /// Entity-selection policy.
+    pub policy: Policy,
+}
+
+impl SchedulerConfig {
+    /// A configuration with the given name and defaults: 64 credits, 10 s timeout, hang
+    /// limit 2, FIFO.
+    pub fn new(name: impl Into<String>) -> Self {
+        SchedulerConfig {
+            name: name.into(),
+            credit_limit: 64,
+            timeout: Duration::from_secs(10),
+            hang_limit: 2,
+            policy: Policy::Fifo,
+        }
+    }
+
+    /// Sets the credit limit.
+    pub fn credit_limit(mut self, credits: u32) -> Self {
+        self.credit_limit = credits;
+        self
+    }
+
+    /// Sets the job timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets the hang limit.
+    pub fn hang_limit(mut self, limit: u32) -> Self {
+        self.hang_limit = limit;
+        self
+    }
+
+    /// Sets the entity-selection policy.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+}

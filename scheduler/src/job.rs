@@ -1,0 +1,275 @@
+//! Jobs: the builder, armed jobs, and the shared job record (`struct drm_sched_job` with its
+//! `drm_sched_fence` pair).
+//!
+//! # Life of a job
+//! `entity.job(payload)` → [`JobBuilder`] (credits, dependencies) → [`JobBuilder::arm`]
+//! (picks the scheduler, allocates everything the signalling path will need, creates the
+//! *scheduled* and *finished* fences: the finished fence may be published from here on) →
+//! [`ArmedJob::push`] (queued on the entity) → dependencies signalled → picked by the
+//! scheduler (scheduled fence signals, `run_job` inside a signalling section) → hardware fence
+//! signals → finished fence signals → `free_job`. Exits: a dropped armed job, a killed or
+//! banned entity, a failed dependency and a shut-down scheduler signal the finished fence with
+//! an error without running the job.
+
+use std::fmt;
+
+use gpusched_fence::{Callback, CallbackId, Fence, FenceError, Signaller};
+
+use crate::backend::{Backend, JobInfo};
+use crate::entity::EntityShared;
+use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, Ordering};
+
+/// A dependency on a job of the same scheduler: it is met once that job has been *scheduled*
+/// (handed to the ring, which executes in order), or has finished.
+pub(crate) struct SameSchedDep<B: Backend> {
+    pub(crate) entity: Arc<EntityShared<B>>,
+    pub(crate) seqno: u64,
+    pub(crate) finished: Fence,
+}
+
+/// The hardware side of a job. Protected by `JobInner::hw`.
+pub(crate) struct HwState {
+    /// The completion callback, boxed at arm time; taken when added to the hardware fence.
+    pub(crate) callback: Option<Callback>,
+    /// The hardware fence, once `run_job` returned it.
+    pub(crate) fence: Option<Fence>,
+    /// The completion callback's id on `fence`, to detach it (TDR stop).
+    pub(crate) callback_id: Option<CallbackId>,
+}
+
+/// The signallers of the job's two fences, taken when each signals.
+pub(crate) struct JobSignallers {
+    pub(crate) scheduled: Option<Signaller>,
+    pub(crate) finished: Option<Signaller>,
+}
+
+/// Where a job is. Stored in `JobInner::state`; advanced by the scheduler only.
+pub(crate) mod state {
+    /// Armed, not pushed.
+    pub(crate) const ARMED: u64 = 0;
+    /// Pushed on its entity's queue.
+    pub(crate) const QUEUED: u64 = 1;
+    /// Handed to the ring (`run_job` called); in the pending list.
+    pub(crate) const RUNNING: u64 = 2;
+    /// Finished fence signalled (successfully or not).
+    pub(crate) const DONE: u64 = 3;
+}
+
+pub(crate) struct JobInner<B: Backend> {
+    pub(crate) info: JobInfo,
+    pub(crate) entity: Arc<EntityShared<B>>,
+    pub(crate) scheduled: Fence,
+    pub(crate) finished: Fence,
+    pub(crate) signallers: Mutex<JobSignallers>,
+    /// The payload; `None` once freed.
+    pub(crate) payload: Mutex<Option<B::Job>>,
+    /// External dependencies not yet signalled.
+    pub(crate) deps_pending: AtomicUsize,
+    /// The first failed dependency's error.
+    pub(crate) dep_error: Mutex<Option<FenceError>>,
+    pub(crate) same_sched: Box<[SameSchedDep<B>]>,
+    pub(crate) hw: Mutex<HwState>,
+    /// Global push order (for FIFO selection); set at push.
+    pub(crate) submit_order: AtomicU64,
+    /// See [`state`].
+    pub(crate) state: AtomicU64,
+}
+
+/// The head job's readiness.
+pub(crate) enum Readiness {
+    Ready,
+    Blocked,
+    Failed(FenceError),
+}
+
+impl<B: Backend> JobInner<B> {
+    pub(crate) fn readiness(&self) -> Readiness {
+        if self.deps_pending.load(Ordering::Acquire) != 0 {
+            return Readiness::Blocked;
+        }
+        if let Some(e) = *lock(&self.dep_error) {
+            return Readiness::Failed(e);
+        }
+        for d in self.same_sched.iter() {
+            if let Some(e) = d.finished.error() {
+                return Readiness::Failed(e);
+            }
+            let scheduled = d.entity.scheduled_seqno.load(Ordering::Acquire) >= d.seqno;
+            if !scheduled && !d.finished.is_signaled() {
+                return Readiness::Blocked;
+            }
+        }
+        Readiness::Ready
+    }
+
+    /// A dependency signalled: record its error, count it down.
+    pub(crate) fn dep_signalled(&self, dep: &Fence) {
+        if let Some(e) = dep.error() {
+            lock(&self.dep_error).get_or_insert(e);
+        }
+        self.deps_pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn signal_scheduled(&self, error: Option<FenceError>) {
+        let s = lock(&self.signallers).scheduled.take();
+        if let Some(s) = s {
+            s.signal_result(error.map_or(Ok(()), Err));
+        }
+    }
+
+    pub(crate) fn signal_finished(&self, error: Option<FenceError>) {
+        let s = lock(&self.signallers).finished.take();
+        if let Some(s) = s {
+            self.state.store(state::DONE, Ordering::Release);
+            s.signal_result(error.map_or(Ok(()), Err));
+        }
+    }
+
+    /// Takes the payload out (for `free_job`); breaks the callback cycle.
+    pub(crate) fn take_payload(&self) -> Option<B::Job> {
+        lock(&self.hw).callback = None;
+        lock(&self.payload).take()
+    }
+}
+
+/// A job being built: `entity.job(payload)`, then credits and dependencies, then
+/// [`arm`](JobBuilder::arm).
+pub struct JobBuilder<'e, B: Backend> {
+    pub(crate) entity: &'e crate::Entity<B>,
+    pub(crate) payload: B::Job,
+    pub(crate) credits: u32,
+    pub(crate) deps: Vec<Fence>,
+}
+
+impl<B: Backend> fmt::Debug for JobBuilder<'_, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobBuilder")
+            .field("credits", &self.credits)
+            .field("dependencies", &self.deps.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'e, B: Backend> JobBuilder<'e, B> {
+    /// The job's credits (default 1): how much of the ring it occupies.
+    pub fn credits(mut self, credits: u32) -> Self {
+        self.credits = credits;
+        self
+    }
+
+    /// Adds an explicit dependency: the job runs after `fence` signals, and fails with its
+    /// error (without running) if it fails. Dependencies on one context are deduplicated,
+    /// keeping the later fence (`drm_sched_job_add_dependency`).
+    pub fn dependency(mut self, fence: Fence) -> Self {
+        self.deps.push(fence);
+        self
+    }
+
+    /// Adds several explicit dependencies.
+    pub fn dependencies(mut self, fences: impl IntoIterator<Item = Fence>) -> Self {
+        self.deps.extend(fences);
+        self
+    }
+
+    /// Adds the implicit dependencies of a buffer from its reservation object: a reader waits
+    /// for the writers (and kernel fences), a writer waits for readers and writers
+    /// (`drm_sched_job_add_implicit_dependencies`). Bookkeeping fences are never waited on.
+    pub fn resv_dependencies(
+        mut self,
+        resv: &gpusched_resv::ResvGuard<'_>,
+        access: Access,
+    ) -> Self {
+        let usage = match access {
+            Access::Read => gpusched_resv::Usage::Write,
+            Access::Write => gpusched_resv::Usage::Read,
+        };
+        self.deps.extend(resv.get_fences(usage));
+        self
+    }
+
+    /// Arms the job: selects the scheduler, reserves everything the signalling path needs and
+    /// creates the job's fences. From here the finished fence may be published (added to a
+    /// `Resv`, handed to another client); the job must then be pushed, and dropping it
+    /// unpushed signals its fences with `Cancelled`.
+    ///
+    /// # Errors
+    /// Zero credits, more credits than the scheduler's limit, a killed or banned entity, a
+    /// scheduler that is gone, or a backend that refused the job: the payload is handed back.
+    pub fn arm(self) -> Result<ArmedJob<B>, crate::ArmError<B::Job>> {
+        crate::entity::arm(self)
+    }
+}
+
+/// How a job uses a buffer, for implicit synchronisation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// The job reads the buffer: it waits for writers.
+    Read,
+    /// The job writes the buffer: it waits for readers and writers.
+    Write,
+}
+
+/// An armed job: its fences exist and may be published; [`push`](ArmedJob::push) queues it.
+/// Dropping it unpushed signals both fences with [`FenceError::Cancelled`].
+#[must_use = "an armed job that is dropped unpushed is cancelled"]
+pub struct ArmedJob<B: Backend> {
+    pub(crate) job: Option<Arc<JobInner<B>>>,
+    pub(crate) sched: Arc<crate::sched::SchedShared<B>>,
+    pub(crate) slot: usize,
+}
+
+impl<B: Backend> fmt::Debug for ArmedJob<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("ArmedJob");
+        if let Some(j) = &self.job {
+            d.field("id", &j.info.id).field("seqno", &j.info.seqno);
+        }
+        d.finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> ArmedJob<B> {
+    fn inner(&self) -> &JobInner<B> {
+        match &self.job {
+            Some(j) => j,
+            None => unreachable!("an ArmedJob holds its job until push or drop"),
+        }
+    }
+
+    /// The fence that signals when the job is handed to the hardware (or cancelled).
+    pub fn scheduled(&self) -> &Fence {
+        &self.inner().scheduled
+    }
+
+    /// The fence that signals when the job's work is complete, or failed.
+    pub fn finished(&self) -> &Fence {
+        &self.inner().finished
+    }
+
+    /// What the scheduler tells the backend about this job.
+    pub fn info(&self) -> JobInfo {
+        self.inner().info
+    }
+
+    /// Queues the job on its entity (`drm_sched_entity_push_job`). Never allocates: the queue
+    /// slot was reserved at arm time. If the entity was killed or the scheduler shut down
+    /// since arming, the job's fences signal with that error instead. Returns the finished
+    /// fence.
+    pub fn push(mut self) -> Fence {
+        let job = match self.job.take() {
+            Some(j) => j,
+            None => unreachable!("an ArmedJob holds its job until push or drop"),
+        };
+        let finished = job.finished.clone();
+        self.sched.push(job, self.slot);
+        finished
+    }
+}
+
+impl<B: Backend> Drop for ArmedJob<B> {
+    fn drop(&mut self) {
+        if let Some(job) = self.job.take() {
+            self.sched.drop_armed(job, self.slot);
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! A mock hardware ring for tests, benches and examples (the kernel's scheduler KUnit tests
+//! use the same device: `drm_mock_scheduler`). It is a real [`Backend`]: a software timeline
+//! whose hardware fences signal in ring order, immediately, by hand, or after each job's
+//! duration on a completion thread, with hangs and failures on request.
+//!
+//! It follows the backend contract: everything `run_job` needs (the hardware fence, room in
+//! the in-flight queue and logs) is allocated in `prepare_job`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use gpusched_fence::{Fence, FenceContext, FenceError, PreparedFence, Signaller};
+
+use crate::backend::{Backend, JobInfo, TimeoutStatus};
+
+/// What a mock job does on the ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MockBehavior {
+    /// Completes successfully.
+    Complete,
+    /// Completes with an error (a hardware fault).
+    Fail(FenceError),
+    /// Never completes until [`MockRing::release_hangs`] (the ring stalls behind it, as real
+    /// rings and lavapipe do).
+    Hang,
+}
+
+/// A mock job: a tag to recognise it, a behaviour, a duration (timed rings only).
+pub struct MockJob {
+    /// The tag logged when the job runs and completes.
+    pub tag: u64,
+    /// What it does.
+    pub behavior: MockBehavior,
+    /// How long it runs on a timed ring.
+    pub duration: Duration,
+    hw: Option<PreparedFence>,
+}
+
+impl fmt::Debug for MockJob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockJob")
+            .field("tag", &self.tag)
+            .field("behavior", &self.behavior)
+            .field("duration", &self.duration)
+            .finish()
+    }
+}
+
+impl MockJob {
+    /// A job that completes successfully at once.
+    pub fn new(tag: u64) -> Self {
+        MockJob { tag, behavior: MockBehavior::Complete, duration: Duration::ZERO, hw: None }
+    }
+
+    /// Sets the behaviour.
+    pub fn behavior(mut self, behavior: MockBehavior) -> Self {
+        self.behavior = behavior;
+        self
+    }
+
+    /// Sets the duration on a timed ring.
+    pub fn duration(mut self, duration: Duration) -> Self {
+        self.duration = duration;
+        self
+    }
+}
+
+/// When the mock ring's hardware fences signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Completion {
+    /// Inside `run_job` (unless the job hangs or something hangs ahead of it).
+    Immediate,
+    /// When the test calls [`MockRing::complete_next`] or [`MockRing::complete_all`].
+    Manual,
+    /// On a completion thread, each job `duration` after it started (after the one before).
+    Timed,
+}
+
+struct InFlight {
+    tag: u64,
+    credits: u32,
+    behavior: MockBehavior,
+    due: Instant,
+    signaller: Signaller,
+}
+
+#[derive(Default)]
+struct RingState {
+    in_flight: VecDeque<InFlight>,
+    /// Jobs prepared and not yet run or freed: room reserved for them.
+    prepared: usize,
+    ran: Vec<u64>,
+    completed: Vec<u64>,
+    credits_in_flight: u32,
+    max_credits_in_flight: u32,
+    shutdown: bool,
+    timeouts: u64,
+}
+
+struct RingShared {
+    mode: Completion,
+    ctx: FenceContext,
+    state: Mutex<RingState>,
+    cv: Condvar,
+    timeout_answer: Mutex<TimeoutStatus>,
+}
+
+fn lock(m: &Mutex<RingState>) -> MutexGuard<'_, RingState> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The mock hardware ring; see the module docs.
+pub struct MockRing {
+    shared: Arc<RingShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for MockRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockRing")
+            .field("mode", &self.shared.mode)
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+impl MockRing {
+    /// A ring completing jobs inside `run_job`.
+    pub fn immediate() -> Self {
+        Self::new(Completion::Immediate)
+    }
+
+    /// A ring completing jobs when the test says so.
+    pub fn manual() -> Self {
+        Self::new(Completion::Manual)
+    }
+
+    /// A ring completing jobs after their durations, on its own thread.
+    pub fn timed() -> Self {
+        Self::new(Completion::Timed)
+    }
+
+    /// A ring with the given completion mode.
+    pub fn new(mode: Completion) -> Self {
+        let shared = Arc::new(RingShared {
+            mode,
+            ctx: FenceContext::builder("mock-ring").driver_name("mock").build(),
+            state: Mutex::new(RingState::default()),
+            cv: Condvar::new(),
+            timeout_answer: Mutex::new(TimeoutStatus::Reset),
+        });
+        let thread = (mode == Completion::Timed).then(|| {
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name("mock-ring".into())
+                .spawn(move || completion_thread(&s))
+                .unwrap_or_else(|e| panic!("cannot start the mock ring's thread: {e}"))
+        });
+        MockRing { shared, thread }
+    }
+
+    /// The ring's hardware fence context id.
+    pub fn context(&self) -> u64 {
+        self.shared.ctx.id()
+    }
+
+    /// Completes the oldest job on the ring, unless it hangs. Returns whether one completed.
+    pub fn complete_next(&self) -> bool {
+        let entry = {
+            let mut st = lock(&self.shared.state);
+            match st.in_flight.front() {
+                Some(e) if e.behavior != MockBehavior::Hang => st.in_flight.pop_front(),
+                _ => None,
+            }
+        };
+        match entry {
+            Some(e) => {
+                finish(&self.shared, e);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Completes jobs in ring order until the ring is empty or a hang blocks it. Returns how
+    /// many completed.
+    pub fn complete_all(&self) -> usize {
+        let mut n = 0;
+        while self.complete_next() {
+            n += 1;
+        }
+        n
+    }
+
+    /// Turns every hanging job into one that completes, and completes what it can (manual and
+    /// immediate rings) or lets the thread do it (timed rings).
+    pub fn release_hangs(&self) {
+        {
+            let mut st = lock(&self.shared.state);
+            let now = Instant::now();
+            for e in st.in_flight.iter_mut() {
+                if e.behavior == MockBehavior::Hang {
+                    e.behavior = MockBehavior::Complete;
+                    e.due = now;
+                }
+            }
+        }
+        self.shared.cv.notify_all();
+        if self.shared.mode != Completion::Timed {
+            self.complete_all();
+        }
+    }
+
+    /// Jobs on the ring now.
+    pub fn in_flight(&self) -> usize {
+        lock(&self.shared.state).in_flight.len()
+    }
+
+    /// Tags of the jobs in the order the ring received them.
+    pub fn run_tags(&self) -> Vec<u64> {
+        lock(&self.shared.state).ran.clone()
+    }
+
+    /// Tags of the jobs in the order they completed.
+    pub fn completed_tags(&self) -> Vec<u64> {
+        lock(&self.shared.state).completed.clone()
+    }
+
+    /// The most credits that were ever on the ring at once.
+    pub fn max_credits_in_flight(&self) -> u32 {
+        lock(&self.shared.state).max_credits_in_flight
+    }
+
+    /// How many times the timeout handler ran.
+    pub fn timeouts(&self) -> u64 {
+        lock(&self.shared.state).timeouts
+    }
+
+    /// What [`Backend::timedout_job`] answers (default [`TimeoutStatus::Reset`]).
+    pub fn set_timeout_answer(&self, answer: TimeoutStatus) {
+        *self.shared.timeout_answer.lock().unwrap_or_else(|p| p.into_inner()) = answer;
+    }
+}
+
+fn finish(shared: &RingShared, e: InFlight) {
+    {
+        let mut st = lock(&shared.state);
+        st.completed.push(e.tag);
+        st.credits_in_flight -= e.credits;
+    }
+    match e.behavior {
+        MockBehavior::Fail(err) => e.signaller.signal_error(err),
+        _ => e.signaller.signal(),
+    };
+}
+
+fn completion_thread(shared: &RingShared) {
+    let mut st = lock(&shared.state);
+    loop {
+        if st.shutdown {
+            return;
+        }
+        let now = Instant::now();
+        let wait = match st.in_flight.front() {
+            Some(e) if e.behavior != MockBehavior::Hang && e.due <= now => None,
+            Some(e) if e.behavior != MockBehavior::Hang => Some(e.due - now),
+            _ => Some(Duration::from_secs(3600)),
+        };
+        match wait {
+            None => {
+                if let Some(e) = st.in_flight.pop_front() {
+                    drop(st);
+                    finish(shared, e);
+                    st = lock(&shared.state);
+                }
+            }
+            Some(d) => {
+                st = shared.cv.wait_timeout(st, d).unwrap_or_else(|p| p.into_inner()).0;
+            }
+        }
+    }
+}
+
+impl Drop for MockRing {
+    fn drop(&mut self) {
+        lock(&self.shared.state).shutdown = true;
+        self.shared.cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // In-flight signallers drop with the state: their fences signal `Abandoned`.
+    }
+}
+
+impl Backend for MockRing {
+    type Job = MockJob;
+
+    fn prepare_job(&self, job: &mut MockJob, _info: &JobInfo) -> Result<(), FenceError> {
+        job.hw = Some(self.shared.ctx.prepare(1, None));
+        let mut st = lock(&self.shared.state);
+        st.prepared += 1;
+        let need = st.prepared;
+        st.in_flight.reserve(need);
+        st.ran.reserve(need);
+        st.completed.reserve(need);
+        Ok(())
+    }
+
+    fn run_job(&self, job: &mut MockJob, info: &JobInfo) -> Result<Fence, FenceError> {
+        let Some(prepared) = job.hw.take() else {
+            return Err(FenceError::Cancelled);
+        };
+        let (fence, signaller) = prepared.init(self.shared.ctx.next_seqno());
+        let immediate = {
+            let mut st = lock(&self.shared.state);
+            st.prepared -= 1;
+            st.ran.push(job.tag);
+            st.credits_in_flight += info.credits;
+            st.max_credits_in_flight = st.max_credits_in_flight.max(st.credits_in_flight);
+            let start =
+                st.in_flight.back().map_or_else(Instant::now, |e| e.due.max(Instant::now()));
+            st.in_flight.push_back(InFlight {
+                tag: job.tag,
+                credits: info.credits,
+                behavior: job.behavior,
+                due: start + job.duration,
+                signaller,
+            });
+            self.shared.mode == Completion::Immediate
+        };
+        match self.shared.mode {
+            Completion::Timed => self.shared.cv.notify_all(),
+            _ if immediate => {
+                self.complete_all();
+            }
+            _ => {}
+        }
+        Ok(fence)
+    }
+
+    fn timedout_job(&self, _job: &mut MockJob, _info: &JobInfo) -> TimeoutStatus {
+        lock(&self.shared.state).timeouts += 1;
+        *self.shared.timeout_answer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn free_job(&self, job: MockJob, _info: &JobInfo) {
+        if job.hw.is_some() {
+            let mut st = lock(&self.shared.state);
+            st.prepared = st.prepared.saturating_sub(1);
+        }
+    }
+}
