@@ -17,9 +17,10 @@
 //!   the checking allocator never recurses and the checker never deadlocks on itself.
 
 use core::cell::{Cell, RefCell};
+use core::fmt;
 use core::panic::Location;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Mutex as StdMutex, MutexGuard as StdMutexGuard};
 
 use super::{
@@ -50,32 +51,136 @@ static CAPTURING_THREADS: AtomicUsize = AtomicUsize::new(0);
 /// Set when `ClassesExhausted` has been reported (it is reported once per process).
 static EXHAUSTED_REPORTED: AtomicBool = AtomicBool::new(false);
 
-/// Where an edge was first recorded.
-#[derive(Debug)]
-struct EdgeInfo {
-    held_at: &'static Location<'static>,
-    taken_at: &'static Location<'static>,
-    thread: String,
-    primed: bool,
+/// Slots of the edge-information table (open addressing); edges past 3/4 of it are still
+/// checked, only their first places are not kept.
+const EDGE_SLOTS: usize = 4096;
+
+/// A thread's name, kept without allocating (truncated to 40 bytes).
+#[derive(Clone, Copy, Debug)]
+struct ThreadTag {
+    buf: [u8; 40],
+    len: u8,
 }
 
-/// The slow-path state, under [`SLOW`].
+impl ThreadTag {
+    const EMPTY: ThreadTag = ThreadTag { buf: [0; 40], len: 0 };
+
+    fn of(name: &str) -> Self {
+        let mut tag = Self::EMPTY;
+        let _ = fmt::Write::write_str(&mut tag, name);
+        tag
+    }
+
+    fn current() -> Self {
+        let t = std::thread::current();
+        match t.name() {
+            Some(n) => Self::of(n),
+            None => {
+                let mut tag = Self::EMPTY;
+                let _ = fmt::Write::write_fmt(&mut tag, format_args!("{:?}", t.id()));
+                tag
+            }
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or("?")
+    }
+}
+
+impl fmt::Write for ThreadTag {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for c in s.chars() {
+            let len = self.len as usize;
+            if len + c.len_utf8() > self.buf.len() {
+                break;
+            }
+            c.encode_utf8(&mut self.buf[len..]);
+            self.len += c.len_utf8() as u8;
+        }
+        Ok(())
+    }
+}
+
+/// Where an edge was first recorded. `key` 0: an empty slot; else `(from << 16 | to) + 1`.
+#[derive(Clone, Copy, Debug)]
+struct EdgeSlot {
+    key: u32,
+    primed: bool,
+    held_at: Option<&'static Location<'static>>,
+    taken_at: Option<&'static Location<'static>>,
+    thread: ThreadTag,
+}
+
+const EMPTY_SLOT: EdgeSlot =
+    EdgeSlot { key: 0, primed: false, held_at: None, taken_at: None, thread: ThreadTag::EMPTY };
+
+/// The slow-path state, under [`SLOW`]. Fixed-size (zero-initialised, so it costs no memory
+/// until touched): recording classes and edges never allocates.
 #[derive(Debug)]
 struct Slow {
     /// Whether the pseudo-classes have ids and the primed edges exist.
     primed: bool,
+    /// Classes with ids.
+    count: usize,
     /// Class by id.
-    classes: Vec<&'static LockClass>,
-    /// First sighting of every edge set in [`ADJ`].
-    edges: BTreeMap<(u16, u16), EdgeInfo>,
-    /// (rule, place, place) already logged under `Policy::Log`.
+    classes: [Option<&'static LockClass>; MAX_CLASSES],
+    /// Used slots of `edges`.
+    edges_used: usize,
+    /// First sighting of edges set in [`ADJ`] (open addressing, linear probing).
+    edges: [EdgeSlot; EDGE_SLOTS],
+    /// (rule, place, place) already logged under `Policy::Log` (allocates, after a report).
     logged: BTreeSet<(Rule, usize, usize)>,
+}
+
+impl Slow {
+    fn slot(key: u32) -> usize {
+        (key.wrapping_mul(0x9E37_79B1) >> 20) as usize % EDGE_SLOTS
+    }
+
+    fn edge_key(a: u16, b: u16) -> u32 {
+        ((u32::from(a) << 16) | u32::from(b)) + 1
+    }
+
+    fn record(&mut self, a: u16, b: u16, mut info: EdgeSlot) {
+        if self.edges_used >= EDGE_SLOTS / 4 * 3 {
+            return;
+        }
+        info.key = Self::edge_key(a, b);
+        let mut i = Self::slot(info.key);
+        while self.edges[i].key != 0 {
+            if self.edges[i].key == info.key {
+                return;
+            }
+            i = (i + 1) % EDGE_SLOTS;
+        }
+        self.edges[i] = info;
+        self.edges_used += 1;
+    }
+
+    fn info(&self, a: u16, b: u16) -> Option<&EdgeSlot> {
+        let key = Self::edge_key(a, b);
+        let mut i = Self::slot(key);
+        while self.edges[i].key != 0 {
+            if self.edges[i].key == key {
+                return Some(&self.edges[i]);
+            }
+            i = (i + 1) % EDGE_SLOTS;
+        }
+        None
+    }
+
+    fn name(&self, id: u16) -> &'static str {
+        self.classes[id as usize].map_or("?", LockClass::name)
+    }
 }
 
 static SLOW: StdMutex<Slow> = StdMutex::new(Slow {
     primed: false,
-    classes: Vec::new(),
-    edges: BTreeMap::new(),
+    count: 0,
+    classes: [None; MAX_CLASSES],
+    edges_used: 0,
+    edges: [EMPTY_SLOT; EDGE_SLOTS],
     logged: BTreeSet::new(),
 });
 
@@ -274,11 +379,7 @@ fn primed_edge(slow: &mut Slow, from: &'static LockClass, to: &'static LockClass
     let a = (from.raw_id().load(Ordering::Relaxed) - 1) as u16;
     let b = (to.raw_id().load(Ordering::Relaxed) - 1) as u16;
     set_edge(a, b);
-    let here = Location::caller();
-    slow.edges.insert(
-        (a, b),
-        EdgeInfo { held_at: here, taken_at: here, thread: String::from("(primed)"), primed: true },
-    );
+    slow.record(a, b, EdgeSlot { primed: true, thread: ThreadTag::of("(primed)"), ..EMPTY_SLOT });
 }
 
 /// Gives `class` an id under the lock. Returns whether it found no room.
@@ -286,12 +387,13 @@ fn assign(slow: &mut Slow, class: &'static LockClass) -> bool {
     if class.raw_id().load(Ordering::Relaxed) != 0 {
         return false;
     }
-    if slow.classes.len() >= MAX_CLASSES {
+    if slow.count >= MAX_CLASSES {
         class.raw_id().store(ID_EXHAUSTED, Ordering::Release);
         return true;
     }
-    let id = slow.classes.len();
-    slow.classes.push(class);
+    let id = slow.count;
+    slow.classes[id] = Some(class);
+    slow.count += 1;
     class.raw_id().store(id as u32 + 1, Ordering::Release);
     if class.kind() == ClassKind::Outer {
         primed_edge(slow, class, &RESV);
@@ -384,13 +486,14 @@ fn check_edge_slow(
         match find_path(id, held.id) {
             None => {
                 set_edge(held.id, id);
-                slow.edges.insert(
-                    (held.id, id),
-                    EdgeInfo {
-                        held_at: held.at,
-                        taken_at: at,
-                        thread: thread_name(),
-                        primed: false,
+                slow.record(
+                    held.id,
+                    id,
+                    EdgeSlot {
+                        held_at: Some(held.at),
+                        taken_at: Some(at),
+                        thread: ThreadTag::current(),
+                        ..EMPTY_SLOT
                     },
                 );
                 return true;
@@ -408,13 +511,13 @@ fn check_edge_slow(
                 let chain = path
                     .windows(2)
                     .map(|w| {
-                        let info = &slow.edges[&(w[0], w[1])];
+                        let info = slow.info(w[0], w[1]).copied().unwrap_or(EMPTY_SLOT);
                         ChainEdge {
-                            from: slow.classes[w[0] as usize].name(),
-                            to: slow.classes[w[1] as usize].name(),
+                            from: slow.name(w[0]),
+                            to: slow.name(w[1]),
                             held_at: info.held_at,
                             taken_at: info.taken_at,
-                            thread: info.thread.clone(),
+                            thread: info.thread.as_str().to_owned(),
                             primed: info.primed,
                         }
                     })

@@ -143,10 +143,11 @@ pub struct ChainEdge {
     pub from: &'static str,
     /// The class that was taken while `from` was held.
     pub to: &'static str,
-    /// Where `from` had been taken when the edge was first recorded.
-    pub held_at: &'static Location<'static>,
-    /// Where `to` was taken when the edge was first recorded.
-    pub taken_at: &'static Location<'static>,
+    /// Where `from` had been taken when the edge was first recorded (`None` for primed
+    /// edges, and when the checker's fixed edge table was full).
+    pub held_at: Option<&'static Location<'static>>,
+    /// Where `to` was taken when the edge was first recorded (`None` as for `held_at`).
+    pub taken_at: Option<&'static Location<'static>>,
     /// The thread that first recorded it.
     pub thread: String,
     /// Whether this edge is part of the primed order (outer -> resv -> reclaim ->
@@ -156,14 +157,16 @@ pub struct ChainEdge {
 
 impl fmt::Display for ChainEdge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.primed {
-            write!(f, "`{}` -> `{}`: primed order (the contract)", self.from, self.to)
-        } else {
-            write!(
+        match (self.primed, self.held_at, self.taken_at) {
+            (true, _, _) => {
+                write!(f, "`{}` -> `{}`: primed order (the contract)", self.from, self.to)
+            }
+            (false, Some(held_at), Some(taken_at)) => write!(
                 f,
                 "`{}` -> `{}`: `{}` taken at {} while `{}` held since {} (thread {})",
-                self.from, self.to, self.to, self.taken_at, self.from, self.held_at, self.thread
-            )
+                self.from, self.to, self.to, taken_at, self.from, held_at, self.thread
+            ),
+            _ => write!(f, "`{}` -> `{}`: places not kept (edge table full)", self.from, self.to),
         }
     }
 }
