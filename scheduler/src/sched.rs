@@ -272,7 +272,7 @@ impl<B: Backend> SchedShared<B> {
         job.signal_scheduled(None);
         job.entity.scheduled_seqno.fetch_max(job.info.seqno, Ordering::AcqRel);
         self.counters.run.fetch_add(1, Ordering::Relaxed);
-        tracing::trace!(target: "gpusched", sched = self.name(), job = job.info.id, "run");
+        diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, "run");
         let result = {
             let mut payload = lock(&job.payload);
             match payload.as_mut() {
@@ -331,7 +331,7 @@ impl<B: Backend> SchedShared<B> {
             None => self.counters.finished_ok.fetch_add(1, Ordering::Relaxed),
             Some(_) => self.counters.finished_err.fetch_add(1, Ordering::Relaxed),
         };
-        tracing::trace!(target: "gpusched", sched = self.name(), job = job.info.id, ?error, "finished");
+        diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "finished");
         job.signal_finished(error);
         job.entity.job_done(error);
         lock(&self.state).to_free.push_back(job.clone());
@@ -342,7 +342,7 @@ impl<B: Backend> SchedShared<B> {
     pub(crate) fn cancel(self: &Arc<Self>, job: &Arc<JobInner<B>>, error: FenceError) {
         {
             let _section = lockdep::signalling_section();
-            tracing::trace!(target: "gpusched", sched = self.name(), job = job.info.id, ?error, "cancelled");
+            diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "cancelled");
             job.signal_scheduled(Some(error));
             job.signal_finished(Some(error));
         }
@@ -384,7 +384,7 @@ impl<B: Backend> SchedShared<B> {
                 self.load.fetch_add(1, Ordering::Relaxed);
             }
         }
-        tracing::trace!(target: "gpusched", sched = self.name(), job = job.info.id, "queued");
+        diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, "queued");
         match stopped {
             Some(e) => self.cancel(&job, e),
             None => self.pump(),
@@ -569,7 +569,7 @@ impl<B: Backend> SchedShared<B> {
         }
         self.load.fetch_sub(job.info.credits as usize, Ordering::Relaxed);
         self.counters.finished_err.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(target: "gpusched", sched = self.name(), job = job.info.id, ?error, "force-completed");
+        diag!(debug, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "force-completed");
         job.signal_finished(Some(error));
         job.entity.job_done(Some(error));
         lock(&self.state).to_free.push_back(job.clone());

@@ -238,10 +238,10 @@ impl<B: Backend> Recovery<'_, B> {
     pub fn blame(&mut self) -> bool {
         let entity = &self.guilty.entity;
         let karma = entity.karma.fetch_add(1, Ordering::AcqRel) + 1;
-        tracing::debug!(target: "gpusched", sched = self.sched.name(), job = self.guilty.info.id, karma, "blamed");
+        diag!(debug, target: "gpusched", sched = self.sched.name(), job = self.guilty.info.id, karma, "blamed");
         if karma > self.sched.config.hang_limit {
             entity.stop(FenceError::Cancelled);
-            tracing::warn!(target: "gpusched", entity = entity.id, karma, "entity banned");
+            diag!(warn, target: "gpusched", entity = entity.id, karma, "entity banned");
             true
         } else {
             false
@@ -349,7 +349,7 @@ impl<B: Backend> TimeoutTarget for SchedShared<B> {
         };
         let Some(guilty) = guilty else { return };
         me.domain.inner.recoveries.fetch_add(1, StdOrdering::Relaxed);
-        tracing::warn!(target: "gpusched", sched = me.name(), job = guilty.info.id, "timeout");
+        diag!(warn, target: "gpusched", sched = me.name(), job = guilty.info.id, "timeout");
         let mut recovery = Recovery { sched: &me, guilty, stopped: false, interrupt: None };
         let status = me.backend.timedout_job(&mut recovery);
         if recovery.stopped {

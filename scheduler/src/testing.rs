@@ -336,7 +336,9 @@ impl Backend for MockRing {
             }
         }
         st.prepared += 1;
-        let need = st.prepared;
+        // Room for every prepared job, plus slack for resubmissions after resets (which run
+        // and complete jobs again without a new prepare).
+        let need = 2 * st.prepared + 64;
         st.in_flight.reserve(need);
         st.ran.reserve(need);
         st.completed.reserve(need);
