@@ -181,6 +181,7 @@ impl<'e, B: Backend> JobBuilder<'e, B> {
     /// Adds the implicit dependencies of a buffer from its reservation object: a reader waits
     /// for the writers (and kernel fences), a writer waits for readers and writers
     /// (`drm_sched_job_add_implicit_dependencies`). Bookkeeping fences are never waited on.
+    #[cfg(not(gpusched_loom))]
     pub fn resv_dependencies(
         mut self,
         resv: &gpusched_resv::ResvGuard<'_>,

@@ -53,6 +53,7 @@ mod job;
 mod sched;
 mod sync;
 mod tdr;
+#[cfg(not(gpusched_loom))]
 pub mod testing;
 
 pub use gpusched_fence as fence;

@@ -112,7 +112,7 @@ pub(crate) struct SchedShared<B: Backend> {
     /// Held by the pumper from selecting a job until `run_job` returned and the completion
     /// callback is attached; a TDR stop takes it to wait out a run in progress (the kernel's
     /// `cancel_work_sync` of the submit work). Only the pumper and the TDR contend for it.
-    run_lock: std::sync::Mutex<()>,
+    run_lock: Mutex<()>,
     /// `Some(error)` once shut down or gone: later arms fail, pushes cancel with it.
     pub(crate) gone: Mutex<Option<FenceError>>,
     /// Queued jobs plus credits in flight, for load balancing (approximate).
@@ -161,7 +161,7 @@ impl<B: Backend> SchedShared<B> {
 
     fn drain(self: &Arc<Self>) {
         loop {
-            let _running = self.run_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let _running = lock(&self.run_lock);
             let step = {
                 let mut st = lock(&self.state);
                 match st.to_free.pop_front() {
@@ -460,7 +460,7 @@ impl<B: Backend> SchedShared<B> {
         }
         // Wait out a `run_job` in progress: afterwards every pending job has its hardware
         // fence and its callback attached (or was retired).
-        drop(self.run_lock.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(lock(&self.run_lock));
         let epoch = self.begin_pass();
         while let Some(job) = self.next_in_pass(epoch) {
             let mut h = lock(&job.hw);
@@ -702,7 +702,7 @@ impl<B: Backend> Scheduler<B> {
             config,
             backend,
             pump_requests: AtomicUsize::new(0),
-            run_lock: std::sync::Mutex::new(()),
+            run_lock: Mutex::new(()),
             gone: Mutex::new(None),
             load: AtomicUsize::new(0),
             counters: Counters::default(),

@@ -1,5 +1,7 @@
 //! Timeout and reset (TDR) on the mock ring.
 
+#![cfg(not(gpusched_loom))]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

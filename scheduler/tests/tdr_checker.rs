@@ -3,6 +3,8 @@
 //! reset, resubmission) allocates nothing and takes no `Resv` lock, and a backend that does
 //! either in `timedout_job` is reported.
 
+#![cfg(not(gpusched_loom))]
+
 use std::sync::Mutex;
 use std::time::Duration;
 
