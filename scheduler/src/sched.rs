@@ -168,6 +168,9 @@ impl<B: Backend> SchedShared<B> {
         }
         let policy = self.config.policy;
         let mut chosen: Option<usize> = None;
+        // Round-robin cursor to store once the chosen job really runs: a selection that
+        // ends Idle for lack of credits must not skip the entity's turn.
+        let mut rr_next: Option<(usize, usize)> = None;
         for prio in Priority::ALL {
             let p = prio.index();
             let n = st.order[p].len();
@@ -196,7 +199,7 @@ impl<B: Backend> SchedShared<B> {
                     Policy::Fifo => head.submit_order.load(Ordering::Relaxed),
                     Policy::RoundRobin => {
                         best = Some((key, 0));
-                        st.rr_cursor[p] = (idx + 1) % n;
+                        rr_next = Some((p, (idx + 1) % n));
                         break;
                     }
                     Policy::Fair => slot.vruntime,
@@ -234,6 +237,9 @@ impl<B: Backend> SchedShared<B> {
         if st.credits_used + credits > self.config.credit_limit {
             // Head-of-line: wait for completions rather than let a smaller job overtake.
             return Step::Idle;
+        }
+        if let Some((p, next)) = rr_next {
+            st.rr_cursor[p] = next;
         }
         let slot = &mut st.slots[key];
         let Some(job) = slot.queue.pop_front() else { return Step::Idle };
