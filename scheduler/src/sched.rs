@@ -245,6 +245,9 @@ impl<B: Backend> SchedShared<B> {
         let Some(job) = slot.queue.pop_front() else { return Step::Idle };
         slot.vruntime += u64::from(credits) * slot.entity.priority.fair_weight();
         st.credits_used += credits;
+        // Load counts a queued job as 1 and a job on the ring as its credits (`hw_done`
+        // subtracts them): without this a multi-credit job wrapped the counter.
+        self.load.fetch_add(credits as usize - 1, Ordering::Relaxed);
         st.pending.push_back(job.clone());
         job.state.store(state::RUNNING, Ordering::Release);
         Step::Run(job)
