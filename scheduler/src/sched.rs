@@ -362,10 +362,11 @@ impl<B: Backend> SchedShared<B> {
             }
         }
         tracing::trace!(target: "gpusched", sched = self.name(), job = job.info.id, "queued");
-        match stopped {
-            Some(e) => self.cancel(&job, e),
-            None => self.pump(),
+        if let Some(e) = stopped {
+            self.cancel(&job, e);
         }
+        // Also after a cancel: a same-scheduler dependent must see the failure.
+        self.pump();
     }
 
     fn min_active_vruntime(st: &SchedState<B>) -> Option<u64> {
@@ -378,6 +379,9 @@ impl<B: Backend> SchedShared<B> {
             s.armed -= 1;
         }
         self.cancel(&job, FenceError::Cancelled);
+        // A queued job of this scheduler may depend on it (same-scheduler dependencies are
+        // checked at selection, not by callback): let selection see the failure.
+        self.pump();
     }
 
     /// Cancels every queued job of the slot with `error` (entity kill or ban).
