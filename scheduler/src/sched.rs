@@ -339,9 +339,11 @@ impl<B: Backend> SchedShared<B> {
 
     /// Queues a pushed job on its slot (capacity reserved at arm) and pumps.
     pub(crate) fn push(self: &Arc<Self>, job: Arc<JobInner<B>>, slot: usize) {
-        let stopped = job.entity.stopped_error().or_else(|| self.gone_error());
-        {
+        let stopped = {
             let mut st = lock(&self.state);
+            // Read under the state lock: `kill` and `shutdown` set their error before taking
+            // it to drain the queues, so a job is either drained by them or sees the error.
+            let stopped = job.entity.stopped_error().or_else(|| self.gone_error());
             let fair = self.config.policy == Policy::Fair;
             let min_v = if fair { Self::min_active_vruntime(&st) } else { None };
             let seq = st.submit_seq;
@@ -360,7 +362,8 @@ impl<B: Backend> SchedShared<B> {
                 s.queue.push_back(job.clone());
                 self.load.fetch_add(1, Ordering::Relaxed);
             }
-        }
+            stopped
+        };
         tracing::trace!(target: "gpusched", sched = self.name(), job = job.info.id, "queued");
         if let Some(e) = stopped {
             self.cancel(&job, e);
