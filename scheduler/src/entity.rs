@@ -181,7 +181,9 @@ impl<B: Backend> Entity<B> {
     }
 
     /// Kills the entity (`drm_sched_entity_kill`): its queued jobs and every later push end
-    /// with [`FenceError::Killed`]; jobs already on the hardware finish normally.
+    /// with [`FenceError::Killed`]; jobs already on the hardware finish normally. The killed
+    /// jobs signal in timeline order, once the jobs ahead of them on the hardware finished
+    /// (the kernel chains them on the last scheduled fence the same way).
     pub fn kill(&self) {
         self.stop_with(FenceError::Killed);
     }
@@ -189,8 +191,9 @@ impl<B: Backend> Entity<B> {
     pub(crate) fn stop_with(&self, error: FenceError) {
         lock(&self.shared.stopped).get_or_insert(error);
         let current = lock(&self.shared.binding).current;
-        if let Some((i, key)) = current {
-            self.shared.schedulers[i].cancel_queued(key, error);
+        if let Some((i, _)) = current {
+            // Selection cancels the queued jobs, in order (see `JobInner::readiness`).
+            self.shared.schedulers[i].pump();
         }
     }
 
@@ -281,7 +284,7 @@ pub(crate) fn arm<B: Backend>(b: JobBuilder<'_, B>) -> Result<ArmedJob<B>, ArmEr
     ent.outstanding.fetch_add(1, Ordering::AcqRel);
     ent.armed.fetch_add(1, Ordering::Relaxed);
     sched.reserve_armed(key);
-    *lock(&ent.last_finished) = Some(finished.clone());
+    let prev_finished = lock(&ent.last_finished).replace(finished.clone());
     drop(binding);
 
     // Dependencies: skip the signalled-ok ones and our own entity's (FIFO covers them), keep
@@ -307,6 +310,7 @@ pub(crate) fn arm<B: Backend>(b: JobBuilder<'_, B>) -> Result<ArmedJob<B>, ArmEr
         deps_pending: AtomicUsize::new(external.len()),
         dep_error: Mutex::new(None),
         same_sched: same.into_boxed_slice(),
+        prev_finished,
         hw: Mutex::new(HwState { callback: None, fence: None, callback_id: None }),
         submit_order: AtomicU64::new(0),
         state: AtomicU64::new(state::ARMED),

@@ -185,6 +185,11 @@ impl<B: Backend> SchedShared<B> {
                 let Some(head) = slot.queue.front() else { continue };
                 match head.readiness() {
                     Readiness::Blocked => continue,
+                    Readiness::Failed(_) if !head.prev_signalled() => {
+                        // Ends without running, but not before the entity's previous job
+                        // (on the ring now): its completion pumps us again.
+                        continue;
+                    }
                     Readiness::Failed(e) => {
                         let job = st.slots[key].queue.pop_front().map(|j| (j, e));
                         if let Some((job, e)) = job {
@@ -341,9 +346,10 @@ impl<B: Backend> SchedShared<B> {
     pub(crate) fn push(self: &Arc<Self>, job: Arc<JobInner<B>>, slot: usize) {
         let stopped = {
             let mut st = lock(&self.state);
-            // Read under the state lock: `kill` and `shutdown` set their error before taking
-            // it to drain the queues, so a job is either drained by them or sees the error.
-            let stopped = job.entity.stopped_error().or_else(|| self.gone_error());
+            // Read under the state lock: `shutdown` sets it before taking the lock to drain
+            // the queues, so a job is either drained or sees the error. A killed entity's
+            // job is queued and cancelled by selection, in timeline order.
+            let stopped = self.gone_error();
             let fair = self.config.policy == Policy::Fair;
             let min_v = if fair { Self::min_active_vruntime(&st) } else { None };
             let seq = st.submit_seq;
@@ -376,30 +382,31 @@ impl<B: Backend> SchedShared<B> {
         st.slots.iter().filter(|(_, s)| !s.queue.is_empty()).map(|(_, s)| s.vruntime).min()
     }
 
-    /// An armed job was dropped unpushed: cancel it.
+    /// An armed job was dropped unpushed: it is queued marked `DROPPED` (into the room
+    /// reserved at arm) so that selection cancels it after the entity's earlier jobs, in
+    /// timeline order; at once if the scheduler is gone.
     pub(crate) fn drop_armed(self: &Arc<Self>, job: Arc<JobInner<B>>, slot: usize) {
-        if let Some(s) = lock(&self.state).slots.get_mut(slot) {
-            s.armed -= 1;
-        }
-        self.cancel(&job, FenceError::Cancelled);
-        // A queued job of this scheduler may depend on it (same-scheduler dependencies are
-        // checked at selection, not by callback): let selection see the failure.
-        self.pump();
-    }
-
-    /// Cancels every queued job of the slot with `error` (entity kill or ban).
-    pub(crate) fn cancel_queued(self: &Arc<Self>, slot: usize, error: FenceError) {
-        let jobs: Vec<Arc<JobInner<B>>> = {
+        let queued = {
             let mut st = lock(&self.state);
+            let gone = self.gone_error().is_some();
             match st.slots.get_mut(slot) {
-                Some(s) => s.queue.drain(..).collect(),
-                None => Vec::new(),
+                Some(s) => {
+                    s.armed -= 1;
+                    if !gone {
+                        job.state.store(state::DROPPED, Ordering::Release);
+                        s.queue.push_back(job.clone());
+                        self.load.fetch_add(1, Ordering::Relaxed);
+                    }
+                    !gone
+                }
+                None => false,
             }
         };
-        self.load.fetch_sub(jobs.len(), Ordering::Relaxed);
-        for j in &jobs {
-            self.cancel(j, error);
+        if !queued {
+            self.cancel(&job, FenceError::Cancelled);
         }
+        // A queued job of this scheduler may depend on it (same-scheduler dependencies are
+        // checked at selection, not by callback): let selection see the failure.
         self.pump();
     }
 
