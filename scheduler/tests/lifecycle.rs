@@ -166,3 +166,51 @@ fn entity_dropped_with_work_lets_it_finish() {
     assert_eq!(s.backend().completed_tags(), vec![0, 1, 2, 3]);
     assert_no_checker_violations();
 }
+
+/// Fences of one context signal in seqno order: a job that ends without running (killed,
+/// dropped, failed dependency) waits for the entity's job still on the hardware.
+#[test]
+fn jobs_ending_without_running_signal_after_the_entitys_earlier_jobs() {
+    let s = sched(MockRing::manual(), "ring", 1, Policy::Fifo);
+    let in_order = |a: &gpusched::fence::Fence, b: &gpusched::fence::Fence| {
+        assert!(a.timestamp().unwrap() <= b.timestamp().unwrap(), "signalled out of order");
+    };
+
+    let e = entity(&s);
+    let running = e.job(job(1)).arm().unwrap().push();
+    let killed = e.job(job(2)).arm().unwrap().push();
+    e.kill();
+    assert!(!killed.is_signaled(), "killed job signalled before the job ahead of it");
+    assert!(s.backend().complete_next());
+    assert_eq!(wait(&running), Ok(()));
+    assert_eq!(wait(&killed), Err(FenceError::Killed));
+    in_order(&running, &killed);
+
+    let e = entity(&s);
+    let running = e.job(job(3)).arm().unwrap().push();
+    let dropped = e.job(job(4)).arm().unwrap();
+    let dropped_fence = dropped.finished().clone();
+    drop(dropped);
+    assert!(!dropped_fence.is_signaled(), "dropped job signalled before the job ahead of it");
+    let after = e.job(job(5)).arm().unwrap().push();
+    assert!(s.backend().complete_next());
+    assert_eq!(wait(&running), Ok(()));
+    assert_eq!(wait(&dropped_fence), Err(FenceError::Cancelled));
+    in_order(&running, &dropped_fence);
+    assert!(s.backend().complete_next());
+    assert_eq!(wait(&after), Ok(()));
+    in_order(&dropped_fence, &after);
+
+    let e = entity(&s);
+    let running = e.job(job(6)).arm().unwrap().push();
+    let (dep, sig) = gpusched::fence::FenceContext::new("dep").next();
+    let failed = e.job(job(7)).dependency(dep).arm().unwrap().push();
+    sig.signal_error(FenceError::Driver(-1));
+    assert!(!failed.is_signaled(), "dependency failure signalled before the job ahead of it");
+    assert!(s.backend().complete_next());
+    assert_eq!(wait(&running), Ok(()));
+    assert_eq!(wait(&failed), Err(FenceError::Driver(-1)));
+    in_order(&running, &failed);
+    assert_eq!(s.backend().run_tags(), vec![1, 3, 5, 6]);
+    assert_no_checker_violations();
+}
