@@ -195,6 +195,10 @@ fn stress_round(seed: u64, round_seed: u64) {
         let _ = wait(&r.finished);
         let _ = wait(&r.scheduled);
     }
+    // A fence reads as signalled before its callbacks have run (on the signalling thread).
+    common::wait_until("every callback", || {
+        recs.iter().all(|r| r.fires.load(Ordering::Acquire) >= 1)
+    });
     stop.store(true, Ordering::Release);
     driver.join().unwrap();
     check(&recs, &scheds, &killed, seed);
