@@ -39,7 +39,8 @@ fn raw_mockring(jobs: u64) -> Duration {
     let ring = MockRing::immediate();
     let start = Instant::now();
     for i in 0..jobs {
-        let info = JobInfo { id: i, seqno: i + 1, credits: 1, priority: Priority::Normal, entity: 1 };
+        let info =
+            JobInfo { id: i, seqno: i + 1, credits: 1, priority: Priority::Normal, entity: 1 };
         let mut job = MockJob::new(i);
         ring.prepare_job(&mut job, &info).expect("prepare");
         let hw = ring.run_job(&mut job, &info).expect("run");

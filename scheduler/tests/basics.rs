@@ -224,7 +224,8 @@ fn too_many_and_zero_credits_are_refused_with_the_payload() {
 fn invalid_configurations_are_refused() {
     let r = Scheduler::new(MockRing::immediate(), SchedulerConfig::new("x").credit_limit(0));
     assert!(matches!(r, Err(SchedError::InvalidConfig(_))));
-    let r = Scheduler::new(MockRing::immediate(), SchedulerConfig::new("x").timeout(Duration::ZERO));
+    let r =
+        Scheduler::new(MockRing::immediate(), SchedulerConfig::new("x").timeout(Duration::ZERO));
     assert!(matches!(r, Err(SchedError::InvalidConfig(_))));
     let r = Entity::<MockRing>::new(&[], Priority::Normal);
     assert_eq!(r.unwrap_err(), SchedError::NoSchedulers);
@@ -238,7 +239,9 @@ fn failing_hardware_job_signals_its_error_and_the_ring_goes_on() {
     let s = sched(MockRing::immediate(), "ring", 4, Policy::Fifo);
     let e = entity(&s, Priority::Normal);
     let bad = e
-        .job(MockJob::new(1).behavior(gpusched::testing::MockBehavior::Fail(FenceError::Driver(-5))))
+        .job(
+            MockJob::new(1).behavior(gpusched::testing::MockBehavior::Fail(FenceError::Driver(-5))),
+        )
         .arm()
         .unwrap()
         .push();

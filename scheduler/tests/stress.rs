@@ -145,7 +145,10 @@ fn stress_round(seed: u64, round_seed: u64) {
                         let armed = match b.arm() {
                             Ok(a) => a,
                             Err(err) => {
-                                assert_eq!(err.error, SchedError::EntityStopped(FenceError::Killed));
+                                assert_eq!(
+                                    err.error,
+                                    SchedError::EntityStopped(FenceError::Killed)
+                                );
                                 assert!(killed[*id].load(Ordering::Acquire));
                                 assert_eq!(err.payload.tag, tag);
                                 *dead = true;
