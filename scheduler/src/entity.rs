@@ -345,14 +345,13 @@ fn same_sched_owner<B: Backend>(
         .map(|(_, s)| (s.entity.clone(), fence.seqno()))
 }
 
-/// Flattens composites, drops fences that signalled successfully, and keeps the later fence
-/// per context (`drm_sched_job_add_dependency`).
+/// Flattens composites, keeps the later fence per context (`drm_sched_job_add_dependency`),
+/// then drops those that signalled successfully. Deduplicating first keeps the outcome
+/// independent of timing: an earlier failed fence of a context is superseded by a later one
+/// whether or not that one has signalled yet.
 fn dedup_dependencies(deps: &[Fence]) -> Vec<Fence> {
     let mut out: Vec<Fence> = Vec::with_capacity(deps.len());
     for d in deps.iter().flat_map(gpusched_fence::unwrap) {
-        if d.status() == gpusched_fence::FenceStatus::Signaled {
-            continue;
-        }
         match out.iter_mut().find(|k| k.context() == d.context()) {
             Some(k) => {
                 if d.is_later(k) {
@@ -362,5 +361,6 @@ fn dedup_dependencies(deps: &[Fence]) -> Vec<Fence> {
             None => out.push(d),
         }
     }
+    out.retain(|d| d.status() != gpusched_fence::FenceStatus::Signaled);
     out
 }
