@@ -245,3 +245,20 @@ fn load_balancing_after_multi_credit_jobs() {
     wait(&busy).unwrap();
     assert_no_checker_violations();
 }
+
+/// Dependencies are deduplicated per context before signalled ones are dropped: a later
+/// fence of a context supersedes an earlier failed one whether or not it signalled yet.
+#[test]
+fn later_fence_of_a_context_supersedes_an_earlier_failed_one() {
+    let s = sched(MockRing::immediate(), "ring", 8, Policy::Fifo);
+    let ctx = FenceContext::new("ext");
+    let (early, early_sig) = ctx.next();
+    let (late, late_sig) = ctx.next();
+    early_sig.signal_error(FenceError::Driver(-3));
+    late_sig.signal();
+    let e = entity(&[&s]);
+    let f = e.job(job(1)).dependency(early).dependency(late).arm().unwrap().push();
+    assert_eq!(wait(&f), Ok(()));
+    assert_eq!(s.backend().run_tags(), vec![1]);
+    assert_no_checker_violations();
+}

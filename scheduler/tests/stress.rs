@@ -267,8 +267,13 @@ fn check(recs: &[Rec], scheds: &[Scheduler<MockRing>], killed: &[AtomicBool], se
         }
         let Some(e) = err else { panic!("job {tag} never ran but succeeded {ctx}") };
         assert_eq!(r.scheduled.error(), Some(e), "job {tag}: scheduled fence error {ctx}");
-        let dep_errors: Vec<FenceError> =
-            foreign_deps.iter().filter_map(|d| d.finished.error()).collect();
+        let dep_errors: Vec<FenceError> = r
+            .deps
+            .iter()
+            .map(|d| by_tag[d])
+            .filter(|d| d.entity != r.entity)
+            .filter_map(|d| d.finished.error())
+            .collect();
         match e {
             FenceError::Cancelled if r.dropped => n_dropped += 1,
             FenceError::Killed if was_killed && !r.dropped => n_killed += 1,
