@@ -406,6 +406,21 @@ impl Fence {
         removed.is_some()
     }
 
+    /// Removes a callback before it runs and hands it back, so it can be added again later
+    /// without allocating (a scheduler detaching its completion callback during a reset,
+    /// `drm_sched_stop`). `None` when the fence has signalled or the id is unknown.
+    ///
+    /// # Panics
+    /// If `id` was returned by another fence.
+    pub fn take_callback(&self, id: CallbackId) -> Option<Callback> {
+        if id.fence != self.addr() {
+            foreign_callback_id(id);
+        }
+        let mut list = lock(&self.inner.cbs);
+        let pos = list.entries.iter().position(|(i, _)| *i == id.id)?;
+        Some(list.entries.remove(pos).1)
+    }
+
     /// The address of the shared state: the fence's identity while any handle lives.
     fn addr(&self) -> usize {
         &*self.inner as *const Inner as usize

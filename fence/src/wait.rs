@@ -52,6 +52,16 @@ impl FenceFuture {
             self.fence.enable_signaling();
         }
         loop {
+            // A reset that began after this wait started interrupts it, even if the fence
+            // signalled since (the waiter must restart and re-validate, as with
+            // -ERESTARTSYS); a wait that starts on a signalled fence returns its outcome.
+            if let (Some(epoch), Some(domain)) =
+                (self.interrupt_epoch, self.fence.interrupt_domain())
+            {
+                if domain.epoch() != epoch {
+                    return Poll::Ready(Err(WaitError::Interrupted));
+                }
+            }
             if let Some(r) = self.fence.polled_outcome() {
                 return Poll::Ready(r.map_err(WaitError::from));
             }

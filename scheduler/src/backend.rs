@@ -3,6 +3,7 @@
 use gpusched_fence::{Fence, FenceError};
 
 use crate::config::Priority;
+use crate::tdr::Recovery;
 
 /// What the scheduler tells a backend about a job.
 #[derive(Clone, Copy, Debug)]
@@ -44,7 +45,7 @@ pub enum TimeoutStatus {
 ///   order (the same-scheduler dependency shortcut relies on it).
 /// - [`free_job`](Backend::free_job) is called once per job that was armed, after its finished
 ///   fence signalled, outside signalling sections.
-pub trait Backend: Send + Sync + 'static {
+pub trait Backend: Send + Sync + Sized + 'static {
     /// The job payload (command buffers, a recording closure ...).
     type Job: Send + 'static;
 
@@ -64,12 +65,11 @@ pub trait Backend: Send + Sync + 'static {
     /// An error means the job never reached the hardware; its fences signal that error.
     fn run_job(&self, job: &mut Self::Job, info: &JobInfo) -> Result<Fence, FenceError>;
 
-    /// The job at the head of the ring ran past its timeout. Runs inside a signalling section
-    /// (the TDR worker).
-    fn timedout_job(&self, job: &mut Self::Job, info: &JobInfo) -> TimeoutStatus {
-        let _ = (job, info);
-        TimeoutStatus::NoHang
-    }
+    /// The job at the head of the ring ran past its timeout (`timedout_job`). Runs on the
+    /// reset domain's worker inside a signalling section: use the steps of `recovery`
+    /// (usually [`Recovery::standard_reset`] with the backend's hardware reset) and say what
+    /// happened. Must not allocate, take a `Resv` lock or wait on a fence.
+    fn timedout_job(&self, recovery: &mut Recovery<'_, Self>) -> TimeoutStatus;
 
     /// Releases a job's resources once its finished fence has signalled.
     fn free_job(&self, job: Self::Job, info: &JobInfo) {

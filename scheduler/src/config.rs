@@ -67,6 +67,8 @@ pub struct SchedulerConfig {
     pub hang_limit: u32,
     /// Entity-selection policy.
     pub policy: Policy,
+    /// The reset domain (schedulers sharing hardware); `None` gives the scheduler its own.
+    pub reset_domain: Option<crate::ResetDomain>,
 }
 
 impl SchedulerConfig {
@@ -79,6 +81,7 @@ impl SchedulerConfig {
             timeout: Duration::from_secs(10),
             hang_limit: 2,
             policy: Policy::Fifo,
+            reset_domain: None,
         }
     }
 
@@ -97,6 +100,12 @@ impl SchedulerConfig {
     /// Sets the hang limit.
     pub fn hang_limit(mut self, limit: u32) -> Self {
         self.hang_limit = limit;
+        self
+    }
+
+    /// Puts the scheduler in a reset domain shared with other schedulers.
+    pub fn reset_domain(mut self, domain: &crate::ResetDomain) -> Self {
+        self.reset_domain = Some(domain.clone());
         self
     }
 

@@ -17,7 +17,7 @@ use crate::config::Priority;
 use crate::error::{ArmError, SchedError};
 use crate::job::{state, ArmedJob, HwState, JobBuilder, JobInner, JobSignallers, SameSchedDep};
 use crate::sched::{SchedShared, Scheduler};
-use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::sync::{lock, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering};
 
 static NEXT_ENTITY_ID: StdAtomicU64 = StdAtomicU64::new(1);
 static NEXT_JOB_ID: StdAtomicU64 = StdAtomicU64::new(1);
@@ -52,6 +52,10 @@ pub(crate) struct EntityShared<B: Backend> {
     pub(crate) scheduled_seqno: AtomicU64,
     /// `Some(error)` once killed or banned.
     pub(crate) stopped: Mutex<Option<FenceError>>,
+    /// Fast flag for `stopped.is_some()`, read by the scheduler's selection.
+    pub(crate) is_stopped: AtomicBool,
+    /// Hangs blamed on this entity.
+    pub(crate) karma: AtomicU32,
     /// The last finished fence armed, for flush.
     pub(crate) last_finished: Mutex<Option<Fence>>,
     /// Set when the user's handle is dropped: the slot is removed once idle.
@@ -64,6 +68,19 @@ pub(crate) struct EntityShared<B: Backend> {
 impl<B: Backend> EntityShared<B> {
     pub(crate) fn stopped_error(&self) -> Option<FenceError> {
         *lock(&self.stopped)
+    }
+
+    /// Kills or bans the entity: its queued jobs end with `error` as the scheduler reaches
+    /// them (one at a time, without allocating), later arms fail and later pushes end with
+    /// `error`. Allocation-free: the TDR worker bans through it.
+    pub(crate) fn stop(&self, error: FenceError) {
+        lock(&self.stopped).get_or_insert(error);
+        self.is_stopped.store(true, Ordering::Release);
+        let current = lock(&self.binding).current;
+        if let Some((i, _)) = current {
+            let s = self.schedulers[i].clone();
+            s.pump();
+        }
     }
 
     /// One of the entity's jobs ended (finished or cancelled).
@@ -105,17 +122,23 @@ impl<B: Backend> Entity<B> {
             return Err(SchedError::NoSchedulers);
         }
         let id = NEXT_ENTITY_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let domain = schedulers[0].shared.domain.interrupt_domain().clone();
+        let ctx = |what: &str| {
+            FenceContext::builder(format!("entity{id}.{what}")).interrupt_domain(&domain).build()
+        };
         Ok(Entity {
             shared: Arc::new(EntityShared {
                 id,
                 priority,
                 schedulers: schedulers.iter().map(|s| s.shared.clone()).collect(),
-                scheduled_ctx: FenceContext::new(format!("entity{id}.scheduled")),
-                finished_ctx: FenceContext::new(format!("entity{id}.finished")),
+                scheduled_ctx: ctx("scheduled"),
+                finished_ctx: ctx("finished"),
                 binding: Mutex::new(Binding { current: None }),
                 outstanding: AtomicUsize::new(0),
                 scheduled_seqno: AtomicU64::new(0),
                 stopped: Mutex::new(None),
+                is_stopped: AtomicBool::new(false),
+                karma: AtomicU32::new(0),
                 last_finished: Mutex::new(None),
                 detached: std::sync::atomic::AtomicBool::new(false),
                 armed: AtomicU64::new(0),
@@ -181,20 +204,13 @@ impl<B: Backend> Entity<B> {
     }
 
     /// Kills the entity (`drm_sched_entity_kill`): its queued jobs and every later push end
-    /// with [`FenceError::Killed`]; jobs already on the hardware finish normally. The killed
-    /// jobs signal in timeline order, once the jobs ahead of them on the hardware finished
-    /// (the kernel chains them on the last scheduled fence the same way).
+    /// with [`FenceError::Killed`]; jobs already on the hardware finish normally.
     pub fn kill(&self) {
         self.stop_with(FenceError::Killed);
     }
 
     pub(crate) fn stop_with(&self, error: FenceError) {
-        lock(&self.shared.stopped).get_or_insert(error);
-        let current = lock(&self.shared.binding).current;
-        if let Some((i, _)) = current {
-            // Selection cancels the queued jobs, in order (see `JobInner::readiness`).
-            self.shared.schedulers[i].pump();
-        }
+        self.shared.stop(error);
     }
 
     /// Flushes for up to `timeout`, then kills what remains (`drm_sched_entity_destroy`).
@@ -314,6 +330,7 @@ pub(crate) fn arm<B: Backend>(b: JobBuilder<'_, B>) -> Result<ArmedJob<B>, ArmEr
         hw: Mutex::new(HwState { callback: None, fence: None, callback_id: None }),
         submit_order: AtomicU64::new(0),
         state: AtomicU64::new(state::ARMED),
+        recovery_epoch: AtomicU64::new(0),
     });
     {
         let (j, s) = (job.clone(), sched.clone());

@@ -78,6 +78,8 @@ pub(crate) struct JobInner<B: Backend> {
     pub(crate) submit_order: AtomicU64,
     /// See [`state`].
     pub(crate) state: AtomicU64,
+    /// The last recovery pass (`SchedState::recovery_epoch`) that handled this job.
+    pub(crate) recovery_epoch: AtomicU64,
 }
 
 /// The head job's readiness.
@@ -92,8 +94,10 @@ impl<B: Backend> JobInner<B> {
         if self.state.load(Ordering::Acquire) == state::DROPPED {
             return Readiness::Failed(FenceError::Cancelled);
         }
-        if let Some(e) = self.entity.stopped_error() {
-            return Readiness::Failed(e);
+        if self.entity.is_stopped.load(Ordering::Acquire) {
+            if let Some(e) = self.entity.stopped_error() {
+                return Readiness::Failed(e);
+            }
         }
         if self.deps_pending.load(Ordering::Acquire) != 0 {
             return Readiness::Blocked;
@@ -191,6 +195,7 @@ impl<'e, B: Backend> JobBuilder<'e, B> {
     /// Adds the implicit dependencies of a buffer from its reservation object: a reader waits
     /// for the writers (and kernel fences), a writer waits for readers and writers
     /// (`drm_sched_job_add_implicit_dependencies`). Bookkeeping fences are never waited on.
+    #[cfg(not(gpusched_loom))]
     pub fn resv_dependencies(
         mut self,
         resv: &gpusched_resv::ResvGuard<'_>,

@@ -21,6 +21,8 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::AtomicU64 as StdAtomicU64;
+use std::sync::Weak;
+use std::time::Instant;
 
 use gpusched_fence::{lockdep, Fence, FenceError};
 use slab::Slab;
@@ -31,6 +33,7 @@ use crate::entity::EntityShared;
 use crate::error::SchedError;
 use crate::job::{state, JobInner, Readiness};
 use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::tdr::{ResetDomain, TimeoutTarget};
 
 static NEXT_SCHED_ID: StdAtomicU64 = StdAtomicU64::new(1);
 
@@ -60,8 +63,14 @@ pub(crate) struct SchedState<B: Backend> {
     pub(crate) credits_used: u32,
     /// Global push counter, for FIFO selection.
     pub(crate) submit_seq: u64,
-    /// No new `run_job` while set (TDR stop, shutdown).
+    /// No new `run_job`, completion callbacks detached, no timeout (a TDR stop).
     pub(crate) stopped: bool,
+    /// Shut down or device gone: no new `run_job`; jobs on the hardware still finish.
+    pub(crate) shut: bool,
+    /// When the head job on the hardware times out; `None` while the ring is idle.
+    pub(crate) deadline: Option<Instant>,
+    /// Bumped by each pass of a recovery step over the pending list.
+    pub(crate) recovery_epoch: u64,
 }
 
 /// Counters of one scheduler.
@@ -91,12 +100,19 @@ pub struct SchedulerStats {
 }
 
 pub(crate) struct SchedShared<B: Backend> {
+    /// This scheduler, weakly (for the reset domain's worker).
+    pub(crate) me: Weak<SchedShared<B>>,
+    pub(crate) domain: ResetDomain,
     pub(crate) id: u64,
     pub(crate) config: SchedulerConfig,
     pub(crate) backend: B,
     pub(crate) state: Mutex<SchedState<B>>,
     /// Pump requests; non-zero while a thread drains (see the module docs).
     pump_requests: AtomicUsize,
+    /// Held by the pumper from selecting a job until `run_job` returned and the completion
+    /// callback is attached; a TDR stop takes it to wait out a run in progress (the kernel's
+    /// `cancel_work_sync` of the submit work). Only the pumper and the TDR contend for it.
+    run_lock: Mutex<()>,
     /// `Some(error)` once shut down or gone: later arms fail, pushes cancel with it.
     pub(crate) gone: Mutex<Option<FenceError>>,
     /// Queued jobs plus credits in flight, for load balancing (approximate).
@@ -145,6 +161,7 @@ impl<B: Backend> SchedShared<B> {
 
     fn drain(self: &Arc<Self>) {
         loop {
+            let _running = lock(&self.run_lock);
             let step = {
                 let mut st = lock(&self.state);
                 match st.to_free.pop_front() {
@@ -163,7 +180,7 @@ impl<B: Backend> SchedShared<B> {
 
     /// Picks the next job to run or cancel (`drm_sched_select_entity`). Allocation-free.
     fn select(&self, st: &mut SchedState<B>) -> Step<B> {
-        if st.stopped {
+        if st.stopped || st.shut {
             return Step::Idle;
         }
         let policy = self.config.policy;
@@ -253,6 +270,11 @@ impl<B: Backend> SchedShared<B> {
         // Load counts a queued job as 1 and a job on the ring as its credits (`hw_done`
         // subtracts them): without this a multi-credit job wrapped the counter.
         self.load.fetch_add(credits as usize - 1, Ordering::Relaxed);
+        if st.pending.is_empty() {
+            let deadline = Instant::now() + self.config.timeout;
+            st.deadline = Some(deadline);
+            self.domain.deadline_armed(deadline);
+        }
         st.pending.push_back(job.clone());
         job.state.store(state::RUNNING, Ordering::Release);
         Step::Run(job)
@@ -264,7 +286,7 @@ impl<B: Backend> SchedShared<B> {
         job.signal_scheduled(None);
         job.entity.scheduled_seqno.fetch_max(job.info.seqno, Ordering::AcqRel);
         self.counters.run.fetch_add(1, Ordering::Relaxed);
-        tracing::trace!(target: "gpusched", sched = self.name(), job = job.info.id, "run");
+        diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, "run");
         let result = {
             let mut payload = lock(&job.payload);
             match payload.as_mut() {
@@ -307,13 +329,23 @@ impl<B: Backend> SchedShared<B> {
             };
             st.pending.remove(pos);
             st.credits_used -= job.info.credits;
+            if pos == 0 {
+                // Re-arm the timeout for the next job, or disarm.
+                st.deadline = if st.pending.is_empty() || st.stopped {
+                    None
+                } else {
+                    let deadline = Instant::now() + self.config.timeout;
+                    self.domain.deadline_armed(deadline);
+                    Some(deadline)
+                };
+            }
         }
         self.load.fetch_sub(job.info.credits as usize, Ordering::Relaxed);
         match error {
             None => self.counters.finished_ok.fetch_add(1, Ordering::Relaxed),
             Some(_) => self.counters.finished_err.fetch_add(1, Ordering::Relaxed),
         };
-        tracing::trace!(target: "gpusched", sched = self.name(), job = job.info.id, ?error, "finished");
+        diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "finished");
         job.signal_finished(error);
         job.entity.job_done(error);
         lock(&self.state).to_free.push_back(job.clone());
@@ -324,7 +356,7 @@ impl<B: Backend> SchedShared<B> {
     pub(crate) fn cancel(self: &Arc<Self>, job: &Arc<JobInner<B>>, error: FenceError) {
         {
             let _section = lockdep::signalling_section();
-            tracing::trace!(target: "gpusched", sched = self.name(), job = job.info.id, ?error, "cancelled");
+            diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "cancelled");
             job.signal_scheduled(Some(error));
             job.signal_finished(Some(error));
         }
@@ -370,7 +402,7 @@ impl<B: Backend> SchedShared<B> {
             }
             stopped
         };
-        tracing::trace!(target: "gpusched", sched = self.name(), job = job.info.id, "queued");
+        diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, "queued");
         if let Some(e) = stopped {
             self.cancel(&job, e);
         }
@@ -410,22 +442,184 @@ impl<B: Backend> SchedShared<B> {
         self.pump();
     }
 
-    /// Shuts the scheduler down: later arms fail, queued jobs are cancelled with `error`; jobs
-    /// on the hardware finish when their hardware fences signal.
+    /// Shuts the scheduler down: later arms fail, queued jobs are cancelled with `error`, one
+    /// at a time (allocation-free: the TDR worker calls it when the device is gone); jobs on
+    /// the hardware finish when their hardware fences signal.
     pub(crate) fn shutdown(self: &Arc<Self>, error: FenceError) {
         lock(&self.gone).get_or_insert(error);
-        let jobs: Vec<Arc<JobInner<B>>> = {
+        lock(&self.state).shut = true;
+        loop {
+            let job = {
+                let mut st = lock(&self.state);
+                st.slots.iter_mut().find_map(|(_, s)| s.queue.pop_front())
+            };
+            let Some(job) = job else { break };
+            self.load.fetch_sub(1, Ordering::Relaxed);
+            self.cancel(&job, error);
+        }
+    }
+
+    pub(crate) fn self_arc(&self) -> Option<Arc<Self>> {
+        self.me.upgrade()
+    }
+
+    /// Re-arms the timeout from `now` if a job is on the hardware (a `NoHang` answer).
+    pub(crate) fn rearm(&self, now: Instant) {
+        let mut st = lock(&self.state);
+        if !st.pending.is_empty() && !st.stopped {
+            let deadline = now + self.config.timeout;
+            st.deadline = Some(deadline);
+            self.domain.deadline_armed(deadline);
+        }
+    }
+
+    /// Starts a pass over the pending list; see [`SchedShared::next_in_pass`].
+    fn begin_pass(&self) -> u64 {
+        let mut st = lock(&self.state);
+        st.recovery_epoch += 1;
+        st.recovery_epoch
+    }
+
+    /// The next pending job not yet visited by pass `epoch`, in ring order. Robust to jobs
+    /// leaving the list meanwhile; allocation-free.
+    fn next_in_pass(&self, epoch: u64) -> Option<Arc<JobInner<B>>> {
+        let st = lock(&self.state);
+        let job = st.pending.iter().find(|j| j.recovery_epoch.load(Ordering::Acquire) < epoch)?;
+        job.recovery_epoch.store(epoch, Ordering::Release);
+        Some(job.clone())
+    }
+
+    /// `drm_sched_stop`: no new `run_job`, no timeout, completion callbacks detached (kept in
+    /// the job for `start_ring`).
+    pub(crate) fn stop_ring(&self) {
+        {
             let mut st = lock(&self.state);
             st.stopped = true;
-            let mut all = Vec::new();
-            for (_, s) in st.slots.iter_mut() {
-                all.extend(s.queue.drain(..));
+            st.deadline = None;
+        }
+        // Wait out a `run_job` in progress: afterwards every pending job has its hardware
+        // fence and its callback attached (or was retired).
+        drop(lock(&self.run_lock));
+        let epoch = self.begin_pass();
+        while let Some(job) = self.next_in_pass(epoch) {
+            let mut h = lock(&job.hw);
+            if let (Some(f), Some(id)) = (h.fence.clone(), h.callback_id) {
+                if let Some(cb) = f.take_callback(id) {
+                    h.callback = Some(cb);
+                    h.callback_id = None;
+                }
+                // Otherwise the callback has run or is running: it retires the job.
             }
-            all
-        };
-        self.load.fetch_sub(jobs.len(), Ordering::Relaxed);
-        for j in &jobs {
-            self.cancel(j, error);
+        }
+    }
+
+    /// `drm_sched_resubmit_jobs`: runs the unfinished pending jobs again, in ring order (after
+    /// a hardware reset, their old hardware fences are dead: whatever state they show).
+    pub(crate) fn resubmit(self: &Arc<Self>) {
+        let epoch = self.begin_pass();
+        while let Some(job) = self.next_in_pass(epoch) {
+            // Only jobs detached by `stop_ring` hold their callback; the others completed.
+            let detached = lock(&job.hw).callback.is_some();
+            if !detached {
+                continue;
+            }
+            if let Some(e) = job.entity.stopped_error() {
+                // A banned or killed entity's jobs are not rerun (`-ECANCELED` in the kernel).
+                self.force_complete(&job, e);
+                continue;
+            }
+            let result = {
+                let mut payload = lock(&job.payload);
+                match payload.as_mut() {
+                    Some(p) => self.backend.run_job(p, &job.info),
+                    None => Err(FenceError::Cancelled),
+                }
+            };
+            match result {
+                Ok(hw) => {
+                    let mut h = lock(&job.hw);
+                    h.fence = Some(hw);
+                    h.callback_id = None;
+                }
+                Err(e) => self.force_complete(&job, e),
+            }
+        }
+    }
+
+    /// `drm_sched_start`: retires jobs that completed while stopped, reattaches completion
+    /// callbacks, re-arms the timeout and runs queued work.
+    pub(crate) fn start_ring(self: &Arc<Self>) {
+        let epoch = self.begin_pass();
+        while let Some(job) = self.next_in_pass(epoch) {
+            let retire = {
+                let mut h = lock(&job.hw);
+                match (h.fence.clone(), h.callback.take()) {
+                    (Some(f), Some(cb)) => match f.add_prepared_callback(cb) {
+                        Ok(id) => {
+                            h.callback_id = Some(id);
+                            None
+                        }
+                        Err(already) => {
+                            h.callback = Some(already.into_inner());
+                            Some(f.error())
+                        }
+                    },
+                    (Some(_), None) => None, // still attached
+                    (None, cb) => {
+                        h.callback = cb;
+                        Some(Some(FenceError::Cancelled))
+                    }
+                }
+            };
+            if let Some(error) = retire {
+                self.hw_done(&job, error);
+            }
+        }
+        {
+            let mut st = lock(&self.state);
+            st.stopped = false;
+            st.deadline = if st.pending.is_empty() {
+                None
+            } else {
+                let deadline = Instant::now() + self.config.timeout;
+                self.domain.deadline_armed(deadline);
+                Some(deadline)
+            };
+        }
+        self.pump();
+    }
+
+    /// Retires `job` with `error` if it is still on the ring (a force-completion).
+    pub(crate) fn force_complete(self: &Arc<Self>, job: &Arc<JobInner<B>>, error: FenceError) {
+        {
+            let mut st = lock(&self.state);
+            let Some(pos) = st.pending.iter().position(|j| Arc::ptr_eq(j, job)) else { return };
+            st.pending.remove(pos);
+            st.credits_used -= job.info.credits;
+            if st.pending.is_empty() {
+                st.deadline = None;
+            }
+        }
+        {
+            let mut h = lock(&job.hw);
+            if let (Some(f), Some(id)) = (h.fence.clone(), h.callback_id.take()) {
+                h.callback = f.take_callback(id);
+            }
+        }
+        self.load.fetch_sub(job.info.credits as usize, Ordering::Relaxed);
+        self.counters.finished_err.fetch_add(1, Ordering::Relaxed);
+        diag!(debug, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "force-completed");
+        job.signal_finished(Some(error));
+        job.entity.job_done(Some(error));
+        lock(&self.state).to_free.push_back(job.clone());
+    }
+
+    /// Force-completes every job on the ring with `error`.
+    pub(crate) fn force_complete_all(self: &Arc<Self>, error: FenceError) {
+        loop {
+            let job = lock(&self.state).pending.front().cloned();
+            let Some(job) = job else { break };
+            self.force_complete(&job, error);
         }
     }
 
@@ -525,7 +719,11 @@ impl<B: Backend> Scheduler<B> {
             return Err(SchedError::InvalidConfig("timeout must be non-zero"));
         }
         let cap = config.credit_limit as usize;
-        let shared = Arc::new(SchedShared {
+        let domain =
+            config.reset_domain.clone().unwrap_or_else(|| ResetDomain::new(config.name.clone()));
+        let shared = Arc::new_cyclic(|me| SchedShared {
+            me: me.clone(),
+            domain: domain.clone(),
             id: NEXT_SCHED_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             state: Mutex::new(SchedState {
                 slots: Slab::new(),
@@ -536,14 +734,20 @@ impl<B: Backend> Scheduler<B> {
                 credits_used: 0,
                 submit_seq: 0,
                 stopped: false,
+                shut: false,
+                deadline: None,
+                recovery_epoch: 0,
             }),
             config,
             backend,
             pump_requests: AtomicUsize::new(0),
+            run_lock: Mutex::new(()),
             gone: Mutex::new(None),
             load: AtomicUsize::new(0),
             counters: Counters::default(),
         });
+        let target: Arc<dyn TimeoutTarget> = shared.clone();
+        domain.register(Arc::downgrade(&target));
         Ok(Scheduler { _handle: Arc::new(ShutdownOnDrop(shared.clone())), shared })
     }
 
@@ -575,6 +779,11 @@ impl<B: Backend> Scheduler<B> {
     /// Shuts the scheduler down now with `error` (as the last drop does with `Cancelled`).
     pub fn shutdown(&self, error: FenceError) {
         self.shared.shutdown(error);
+    }
+
+    /// The scheduler's reset domain.
+    pub fn reset_domain(&self) -> &ResetDomain {
+        &self.shared.domain
     }
 
     /// The hardware fences of the jobs on the ring now, oldest first (diagnostics).

@@ -1,14 +1,17 @@
 //! One place that picks std or loom primitives (STYLE.md, habit 12).
 
+//! `Arc` is always std's: the scheduler needs `Weak<dyn Trait>` and `Arc::new_cyclic`.
+pub(crate) use std::sync::Arc;
+
 #[cfg(gpusched_loom)]
 pub(crate) use loom::sync::{
-    atomic::{AtomicU64, AtomicUsize, Ordering},
-    Arc, Mutex, MutexGuard,
+    atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    Mutex, MutexGuard,
 };
 #[cfg(not(gpusched_loom))]
 pub(crate) use std::sync::{
-    atomic::{AtomicU64, AtomicUsize, Ordering},
-    Arc, Mutex, MutexGuard,
+    atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    Mutex, MutexGuard,
 };
 
 /// Locks `m`, ignoring poisoning: no critical section of this crate calls out to user code.

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use gpusched_fence::{Fence, FenceContext, FenceError, PreparedFence, Signaller};
 
 use crate::backend::{Backend, JobInfo, TimeoutStatus};
+use crate::tdr::Recovery;
 
 /// What a mock job does on the ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,10 +95,14 @@ struct RingState {
     prepared: usize,
     ran: Vec<u64>,
     completed: Vec<u64>,
+    completed_at: Vec<Instant>,
     credits_in_flight: u32,
     max_credits_in_flight: u32,
     shutdown: bool,
     timeouts: u64,
+    resets: u64,
+    /// Fences prepared for resubmissions after a reset (run_job must not allocate).
+    spares: Vec<PreparedFence>,
 }
 
 struct RingShared {
@@ -229,6 +234,12 @@ impl MockRing {
         lock(&self.shared.state).completed.clone()
     }
 
+    /// Tags of the completed jobs with the time the ring completed each, in order.
+    pub fn completion_log(&self) -> Vec<(u64, Instant)> {
+        let st = lock(&self.shared.state);
+        st.completed.iter().copied().zip(st.completed_at.iter().copied()).collect()
+    }
+
     /// The most credits that were ever on the ring at once.
     pub fn max_credits_in_flight(&self) -> u32 {
         lock(&self.shared.state).max_credits_in_flight
@@ -237,6 +248,20 @@ impl MockRing {
     /// How many times the timeout handler ran.
     pub fn timeouts(&self) -> u64 {
         lock(&self.shared.state).timeouts
+    }
+
+    /// The hardware reset: the ring forgets every job on it (their old hardware fences
+    /// signal `Abandoned`; the scheduler has detached from them). Allocation-free.
+    pub fn reset_hw(&self) {
+        let mut st = lock(&self.shared.state);
+        st.in_flight.clear();
+        st.credits_in_flight = 0;
+        st.resets += 1;
+    }
+
+    /// How many hardware resets happened.
+    pub fn resets(&self) -> u64 {
+        lock(&self.shared.state).resets
     }
 
     /// What [`Backend::timedout_job`] answers (default [`TimeoutStatus::Reset`]).
@@ -249,6 +274,7 @@ fn finish(shared: &RingShared, e: InFlight) {
     {
         let mut st = lock(&shared.state);
         st.completed.push(e.tag);
+        st.completed_at.push(Instant::now());
         st.credits_in_flight -= e.credits;
     }
     match e.behavior {
@@ -300,23 +326,42 @@ impl Backend for MockRing {
 
     fn prepare_job(&self, job: &mut MockJob, _info: &JobInfo) -> Result<(), FenceError> {
         job.hw = Some(self.shared.ctx.prepare(1, None));
+        // Two spares per prepared job (capped): each resubmission after a reset needs a fresh
+        // hardware fence, and `run_job` must not allocate one.
+        let spares = [self.shared.ctx.prepare(1, None), self.shared.ctx.prepare(1, None)];
         let mut st = lock(&self.shared.state);
+        for spare in spares {
+            if st.spares.len() < 512 {
+                st.spares.push(spare);
+            }
+        }
         st.prepared += 1;
-        let need = st.prepared;
+        // Room for every prepared job, plus slack for resubmissions after resets (which run
+        // and complete jobs again without a new prepare).
+        let need = 2 * st.prepared + 64;
         st.in_flight.reserve(need);
         st.ran.reserve(need);
         st.completed.reserve(need);
+        st.completed_at.reserve(need);
         Ok(())
     }
 
     fn run_job(&self, job: &mut MockJob, info: &JobInfo) -> Result<Fence, FenceError> {
-        let Some(prepared) = job.hw.take() else {
-            return Err(FenceError::Cancelled);
+        let first_run = job.hw.is_some();
+        let prepared = match job.hw.take() {
+            Some(p) => p,
+            // A resubmission after a reset: use a spare prepared earlier.
+            None => match lock(&self.shared.state).spares.pop() {
+                Some(p) => p,
+                None => return Err(FenceError::Cancelled),
+            },
         };
         let (fence, signaller) = prepared.init(self.shared.ctx.next_seqno());
         let immediate = {
             let mut st = lock(&self.shared.state);
-            st.prepared -= 1;
+            if first_run {
+                st.prepared = st.prepared.saturating_sub(1);
+            }
             st.ran.push(job.tag);
             st.credits_in_flight += info.credits;
             st.max_credits_in_flight = st.max_credits_in_flight.max(st.credits_in_flight);
@@ -341,9 +386,21 @@ impl Backend for MockRing {
         Ok(fence)
     }
 
-    fn timedout_job(&self, _job: &mut MockJob, _info: &JobInfo) -> TimeoutStatus {
+    fn timedout_job(&self, recovery: &mut Recovery<'_, Self>) -> TimeoutStatus {
         lock(&self.shared.state).timeouts += 1;
-        *self.shared.timeout_answer.lock().unwrap_or_else(|p| p.into_inner())
+        let answer = *self.shared.timeout_answer.lock().unwrap_or_else(|p| p.into_inner());
+        match answer {
+            TimeoutStatus::NoHang => TimeoutStatus::NoHang,
+            TimeoutStatus::Reset => recovery.standard_reset(|| {
+                self.reset_hw();
+                true
+            }),
+            TimeoutStatus::NoDevice => {
+                recovery.stop();
+                recovery.device_gone();
+                TimeoutStatus::NoDevice
+            }
+        }
     }
 
     fn free_job(&self, job: MockJob, _info: &JobInfo) {

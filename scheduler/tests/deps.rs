@@ -3,6 +3,11 @@
 
 mod common;
 
+// Allocation inside a signalling section is a checker violation (the contract forbids it).
+#[global_allocator]
+static ALLOC: gpusched::fence::lockdep::CheckingAllocator =
+    gpusched::fence::lockdep::CheckingAllocator::new(std::alloc::System);
+
 use common::{assert_no_checker_violations, job, sched, wait, wait_until};
 use gpusched::fence::{FenceContext, FenceError};
 use gpusched::resv::{Resv, Usage};

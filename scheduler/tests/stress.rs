@@ -12,6 +12,11 @@
 
 mod common;
 
+// Allocation inside a signalling section is a checker violation (the contract forbids it).
+#[global_allocator]
+static ALLOC: gpusched::fence::lockdep::CheckingAllocator =
+    gpusched::fence::lockdep::CheckingAllocator::new(std::alloc::System);
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

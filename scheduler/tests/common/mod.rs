@@ -10,13 +10,10 @@ use gpusched::{Policy, Scheduler, SchedulerConfig};
 /// Deadlock watchdog for waits that must end: generous, never a speed assertion.
 pub const WATCHDOG: Duration = Duration::from_secs(20);
 
-/// Dependency-checker violations recorded so far in this process.
-///
-/// The checker (`gpusched::fence::lockdep`) is being merged separately; until its
-/// `violations()` exists in this tree the stub records none. WIRE-IN: replace the body with
-/// `gpusched::fence::lockdep::violations()`.
+/// Signalling-contract checker (`gpusched::fence::lockdep`) violations recorded so far in
+/// this process (under the debug default policy a violation also panics where it happens).
 pub fn checker_violations() -> u64 {
-    0
+    gpusched::fence::lockdep::violations()
 }
 
 /// Asserts the checker recorded no violation so far; every test calls it at its end.
