@@ -20,10 +20,6 @@ package_name() {
 mapfile -t models < <(find . \( -name target -o -name .git \) -prune -o \
     -type f -path '*/tests/loom*.rs' -print | sed 's|^\./||' | sort)
 
-if [ "${#models[@]}" -eq 0 ]; then
-    echo "[loom] no loom models (*/tests/loom*.rs) in the workspace; nothing to run"
-    exit 0
-fi
 
 export RUSTFLAGS="--cfg gpusched_loom${RUSTFLAGS:+ $RUSTFLAGS}"
 export CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true
@@ -42,4 +38,15 @@ for model in "${models[@]}"; do
     cargo test --release --target-dir target/loom -p "$pkg" --test "$stem" -- "$@"
     ran=$((ran + 1))
 done
+# In-crate models (they need crate internals): modules named `loom_model` under
+# `#[cfg(all(test, gpusched_loom))]` in a crate's src/, run through its lib test binary.
+while IFS= read -r manifest; do
+    crate_dir=$(dirname "$manifest")
+    if grep -rqs 'cfg(all(test, gpusched_loom))' "$crate_dir/src"; then
+        pkg=$(package_name "$manifest")
+        echo "[loom] $crate_dir/src (in-crate loom_model): cargo test --release --target-dir target/loom -p $pkg --lib loom_model $*"
+        cargo test --release --target-dir target/loom -p "$pkg" --lib loom_model -- "$@"
+        ran=$((ran + 1))
+    fi
+done < <(find . \( -name target -o -name .git \) -prune -o -mindepth 2 -maxdepth 2 -type f -name Cargo.toml -print | sort)
 echo "[loom] $ran model file(s) passed"

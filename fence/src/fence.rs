@@ -23,8 +23,6 @@ use crate::interrupt::InterruptDomain;
 use crate::lockdep;
 use crate::ops::{FenceOps, OpsWait};
 use crate::sync::{lock, Arc, AtomicU32, AtomicU64, Event, EventListener, Mutex, Ordering};
-#[cfg(not(gpusched_loom))]
-use event_listener::Listener as _;
 
 /// Set once, when the fence signals (with or without an error). Set under `Inner::cbs`'s lock
 /// with AcqRel after `error` and `timestamp_ns` are stored; never cleared.
@@ -40,6 +38,12 @@ const ENABLE_SIGNALING: u32 = 1 << 1;
 /// notify when nobody listens keeps `signal()` allocation-free: `event_listener::Event::notify`
 /// allocates the event's shared state on first use. Never cleared.
 const LISTENING: u32 = 1 << 2;
+/// Set (AcqRel RMW) by a blocking waiter before it validates and parks on the fence's address
+/// in `parking_lot_core`'s global table; the signaller unparks that address when the previous
+/// word had this bit. Same total-order argument as `LISTENING`; the park's validation runs
+/// under the table's bucket lock, which the signaller's unpark also takes after setting
+/// `SIGNALED`, so a waiter either sees `SIGNALED` or is woken. Never cleared.
+const PARKED: u32 = 1 << 3;
 
 /// The process-wide origin of fence timestamps.
 fn epoch() -> Instant {
@@ -438,16 +442,60 @@ impl Fence {
             let now = Instant::now().saturating_duration_since(epoch()).as_nanos() as u64;
             self.inner.timestamp_ns.store(now, Ordering::Relaxed);
             let prev = self.inner.state.fetch_or(SIGNALED, Ordering::AcqRel);
-            (core::mem::take(&mut list.entries), prev & LISTENING != 0)
+            (core::mem::take(&mut list.entries), prev)
         };
-        let (entries, listening) = entries;
-        if listening {
+        let (entries, prev) = entries;
+        if prev & LISTENING != 0 {
             self.inner.event.notify(usize::MAX);
+        }
+        #[cfg(not(gpusched_loom))]
+        if prev & PARKED != 0 {
+            // (With more than 8 threads parked on one fence, `unpark_all` spills its wake list
+            // to the heap: the one allocation a signal can make.)
+            // SAFETY: the key is the address of this fence's shared state, used as a parking
+            // key only by this fence's waiters (`park_until`), which follow the protocol of
+            // `PARKED`; the address stays valid while this handle lives.
+            unsafe {
+                parking_lot_core::unpark_all(self.addr(), parking_lot_core::DEFAULT_UNPARK_TOKEN);
+            }
         }
         for (_, Callback(f)) in entries {
             f(self);
         }
         true
+    }
+
+    /// Blocks this thread on the fence's address until it signals or `deadline` passes: a
+    /// futex-backed park in `parking_lot_core`'s table (as `std::sync::Condvar` is), so a
+    /// blocking wait wakes as fast as a condvar wait, with no per-wait allocation.
+    #[cfg(not(gpusched_loom))]
+    fn park_until(&self, deadline: Option<Instant>) -> Result<(), WaitError> {
+        loop {
+            self.inner.state.fetch_or(PARKED, Ordering::AcqRel);
+            if let Some(r) = self.poll_outcome() {
+                return r.map_err(WaitError::from);
+            }
+            let validate = || self.inner.state.load(Ordering::Acquire) & SIGNALED == 0;
+            // SAFETY: the key is this fence's shared-state address (alive: we hold a handle),
+            // used only by this fence's waiters and signaller under the `PARKED` protocol; the
+            // callbacks neither panic nor call into parking_lot.
+            let result = unsafe {
+                parking_lot_core::park(
+                    self.addr(),
+                    validate,
+                    || {},
+                    |_, _| {},
+                    parking_lot_core::DEFAULT_PARK_TOKEN,
+                    deadline,
+                )
+            };
+            if let parking_lot_core::ParkResult::TimedOut = result {
+                return match self.poll_outcome() {
+                    Some(r) => r.map_err(WaitError::from),
+                    None => Err(WaitError::Timeout),
+                };
+            }
+        }
     }
 
     /// Registers a listener for the signal. The caller must re-check the outcome after this
@@ -561,6 +609,9 @@ impl Fence {
                 OpsWait::Unsupported => {}
             }
         }
+        #[cfg(not(gpusched_loom))]
+        return self.park_until(deadline);
+        #[cfg(gpusched_loom)]
         loop {
             let listener = self.listen();
             if let Some(r) = self.poll_outcome() {

@@ -15,8 +15,9 @@
 //! - Reserve, then add: [`ResvGuard::add_fence`] panics when no slot is reserved (API misuse,
 //!   the kernel's `BUG_ON`), so the add itself cannot allocate. Reservations end with the
 //!   guard, as the kernel's debug builds reset them on unlock.
-//! - A fence replaces an older one of the same context and same or stronger usage; signalled
-//!   fences are pruned.
+//! - A fence replaces an older one of the same context whose usage is the same or later in
+//!   the [`Usage`] order (seen by no more queries than the new one), so no query ever stops
+//!   seeing a context it saw; signalled fences are pruned.
 //! - Waiting for fences under the lock is allowed (the checker's rule 2).
 
 use std::collections::TryReserveError;
@@ -79,12 +80,41 @@ struct Locked {
     reserved: usize,
     /// The list changed since the snapshot was published.
     dirty: bool,
+    /// The buffer of the next snapshot: uniquely owned, empty, with room for
+    /// `list.len() + reserved` entries once `reserve_fences` ran, so that publishing on unlock
+    /// does not allocate. Refilled by recycling the previous snapshot when no reader holds it.
+    spare: Option<Arc<Vec<Entry>>>,
 }
 
 impl Locked {
     #[track_caller]
     fn check(&self) {
         debug_assert!(self.list.capacity() >= self.list.len() + self.reserved);
+        debug_assert!(self.spare.as_ref().is_none_or(|a| a.is_empty()));
+    }
+
+    /// Publishes the list (pruned of signalled fences) as the new snapshot of `resv`.
+    fn publish(&mut self, resv: &Resv) {
+        self.list.retain(|e| !e.fence.is_signaled());
+        let next = match self.spare.take() {
+            Some(mut spare) if spare.capacity() >= self.list.len() => {
+                match Arc::get_mut(&mut spare) {
+                    Some(v) => {
+                        v.extend(self.list.iter().cloned());
+                        spare
+                    }
+                    None => Arc::new(self.list.clone()),
+                }
+            }
+            _ => Arc::new(self.list.clone()),
+        };
+        let mut old = resv.snapshot.swap(next);
+        // After the swap no reader can reach `old` but through a reference it counted.
+        if let Some(v) = Arc::get_mut(&mut old) {
+            v.clear();
+            self.spare = Some(old);
+        }
+        self.check();
     }
 }
 
@@ -222,6 +252,11 @@ impl Resv {
 
 /// Holds a [`Resv`] locked: the only way to reach its locked operations. Dropping it publishes
 /// the fence list for unlocked readers (when it changed), ends the reservation and unlocks.
+///
+/// Publishing does not allocate after [`reserve_fences`](ResvGuard::reserve_fences): the
+/// reservation also sizes the next snapshot's buffer, and the previous snapshot's buffer is
+/// recycled when no reader holds it. Changes made without a reservation
+/// ([`replace_fences`](ResvGuard::replace_fences), pruning) may allocate it on unlock.
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct ResvGuard<'a> {
     resv: &'a Resv,
@@ -260,6 +295,14 @@ impl<'a> ResvGuard<'a> {
         l.dirty |= l.list.len() != before;
         l.list.try_reserve(l.reserved + n)?;
         l.reserved += n;
+        let need = l.list.len() + l.reserved;
+        if l.spare.as_ref().is_none_or(|a| a.capacity() < need) {
+            // As large as the list can grow without reallocating, so the two buffers that
+            // take turns as snapshot settle at the same size.
+            let mut v = Vec::new();
+            v.try_reserve_exact(l.list.capacity())?;
+            l.spare = Some(Arc::new(v));
+        }
         l.check();
         Ok(())
     }
@@ -269,9 +312,10 @@ impl<'a> ResvGuard<'a> {
         self.inner.reserved
     }
 
-    /// Adds `fence` with `usage` (`dma_resv_add_fence`). It replaces, in place, a fence of the
-    /// same context whose usage is the same or stronger when `fence` is as late or later, or
-    /// else any signalled fence; otherwise it takes a new slot. Never allocates.
+    /// Adds `fence` with `usage` (`dma_resv_add_fence`). It replaces, in place, the first fence
+    /// that either is of the same context, not later than `fence`, with a usage the same as
+    /// `usage` or later in the [`Usage`] order, or has signalled; otherwise it takes a new
+    /// slot. Never allocates.
     ///
     /// # Panics
     /// When no slot is reserved ([`reserve_fences`](ResvGuard::reserve_fences) first): every
@@ -357,8 +401,7 @@ impl Drop for ResvGuard<'_> {
         l.reserved = 0;
         if l.dirty {
             l.dirty = false;
-            l.list.retain(|e| !e.fence.is_signaled());
-            self.resv.snapshot.store(Arc::new(l.list.clone()));
+            l.publish(self.resv);
         }
         // `inner` unlocks after this body.
     }

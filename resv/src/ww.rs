@@ -18,6 +18,13 @@
 //! rest again. The context keeps its stamp across the back-off, so it ages and eventually wins:
 //! no context starves. A context that holds no locks never dies and is never asked to back off.
 //!
+//! Hand-over is oldest first: a context does not take a free mutex while an older context
+//! waits for it, so the oldest context is never overtaken (under wait-die, a context holding
+//! locks that finds an older waiter ahead dies, as a holder would make it). Blocking is a
+//! per-mutex `std::sync::Mutex` + `Condvar` (loom's, under `cfg(gpusched_loom)`); an unlock
+//! notifies only when someone waits. Interruptible waits poll their [`InterruptDomain`] every
+//! millisecond (its event is private to the fence crate).
+//!
 //! # Contract rules enforced here
 //! - Every acquisition is reported to the signalling-contract checker
 //!   ([`gpusched_fence::lockdep`]) under the class's lock class (by default
@@ -320,6 +327,17 @@ struct State {
     /// Threads blocked on [`Queue::cv`] now: an unlock notifies only when there are some
     /// (a notification is a system call even without waiters).
     waiters: u32,
+    /// Stamps of the contexts waiting for the mutex (unordered). Grows on the blocking path
+    /// only and keeps its capacity.
+    waiting: Vec<u64>,
+}
+
+impl State {
+    /// Whether a context older than `me` waits for the mutex (never, for a context-less
+    /// locker, which does not take part in the hand-over order).
+    fn older_waiter(&self, me: Option<&Arc<CtxShared>>) -> bool {
+        me.is_some_and(|m| self.waiting.iter().any(|&s| s < m.stamp))
+    }
 }
 
 /// The blocking part of a mutex: owner and wait queue. Shared (`Arc`) so a wounder can wake a
@@ -380,7 +398,7 @@ impl<T> WwMutex<T> {
         WwMutex {
             class,
             queue: Arc::new(Queue {
-                state: Mutex::new(State { owner: Owner::Free, waiters: 0 }),
+                state: Mutex::new(State { owner: Owner::Free, waiters: 0, waiting: Vec::new() }),
                 cv: Condvar::new(),
             }),
             data: UnsafeCell::new(value),
@@ -533,6 +551,12 @@ impl<T> WwMutex<T> {
     }
 
     /// The wound/wait lock algorithm. On `Ok` the owner state names the caller.
+    ///
+    /// Hand-over is oldest first: a context does not take a free mutex while an older context
+    /// waits for it (so the oldest cannot be overtaken forever), and under wait-die a context
+    /// holding locks dies when it meets an older holder *or* an older waiter (as the kernel's
+    /// `__ww_mutex_add_waiter`), or it could wait behind a context that waits for it.
+    /// Context-less lockers take a free mutex whatever waits.
     fn acquire(
         &self,
         ctx: Option<&AcquireCtx>,
@@ -541,7 +565,7 @@ impl<T> WwMutex<T> {
         let me = ctx.map(|c| &c.shared);
         let mut st = lock(&self.queue.state);
         match &st.owner {
-            Owner::Free => {
+            Owner::Free if !st.older_waiter(me) => {
                 st.owner = me.map_or(Owner::NoCtx, |m| Owner::Ctx(m.clone()));
                 return Ok(());
             }
@@ -559,12 +583,13 @@ impl<T> WwMutex<T> {
         let algorithm = self.class.algorithm;
         let mut registered = false;
         let result = loop {
+            let older_waiter = st.older_waiter(me);
             let holder = match &st.owner {
-                Owner::Free => {
+                Owner::Free if !older_waiter => {
                     st.owner = me.map_or(Owner::NoCtx, |m| Owner::Ctx(m.clone()));
                     break Ok(());
                 }
-                Owner::NoCtx => None,
+                Owner::Free | Owner::NoCtx => None,
                 Owner::Ctx(h) => Some(h.clone()),
             };
             if let (Some(c), Some(m)) = (ctx, me) {
@@ -572,11 +597,13 @@ impl<T> WwMutex<T> {
                     if algorithm == WwAlgorithm::WoundWait && m.wounded.load(Ordering::SeqCst) {
                         break Err(WwError::Deadlock);
                     }
+                    if algorithm == WwAlgorithm::WaitDie
+                        && (older_waiter || holder.as_ref().is_some_and(|h| h.stamp < m.stamp))
+                    {
+                        // An older context is ahead of us: die.
+                        break Err(WwError::Deadlock);
+                    }
                     if let Some(h) = &holder {
-                        if algorithm == WwAlgorithm::WaitDie && h.stamp < m.stamp {
-                            // The holder is older: die.
-                            break Err(WwError::Deadlock);
-                        }
                         if algorithm == WwAlgorithm::WoundWait
                             && m.stamp < h.stamp
                             && !h.wounded.swap(true, Ordering::SeqCst)
@@ -591,27 +618,43 @@ impl<T> WwMutex<T> {
                     }
                 }
                 if !registered {
-                    // Tell wounders where to find us; re-check after (we dropped the lock).
+                    // Tell wounders where to find us (without our queue lock: lock order),
+                    // then queue our stamp and re-check.
                     drop(st);
                     *lock(&m.waiting_on) = Some(self.queue.clone());
-                    registered = true;
                     st = lock(&self.queue.state);
+                    st.waiting.push(m.stamp);
+                    registered = true;
                     continue;
                 }
             }
-            if let Some(d) = domain {
-                if d.is_interrupting() || d.epoch() != epoch {
-                    break Err(WwError::Interrupted);
+            st.waiters += 1;
+            match domain {
+                Some(d) => {
+                    if d.is_interrupting() || d.epoch() != epoch {
+                        st.waiters -= 1;
+                        break Err(WwError::Interrupted);
+                    }
+                    st = wait_timeout(&self.queue.cv, st, INTERRUPT_POLL);
                 }
-                st.waiters += 1;
-                st = wait_timeout(&self.queue.cv, st, INTERRUPT_POLL);
-            } else {
-                st.waiters += 1;
-                st = wait(&self.queue.cv, st);
+                None => st = wait(&self.queue.cv, st),
             }
             st.waiters -= 1;
         };
+        let mut notify = false;
+        if let (true, Some(m)) = (registered, me) {
+            if let Some(i) = st.waiting.iter().position(|&s| s == m.stamp) {
+                st.waiting.swap_remove(i);
+            }
+            // The loop takes a free mutex before any exit check, so a waiter leaves a free
+            // mutex only while an older one still waits; notify anyway (rare and cheap) so no
+            // exit path can strand a younger waiter on a free mutex.
+            notify = result.is_err() && matches!(st.owner, Owner::Free) && st.waiters != 0;
+        }
         drop(st);
+        if notify {
+            self.queue.cv.notify_all();
+        }
         if registered {
             if let Some(m) = me {
                 *lock(&m.waiting_on) = None;

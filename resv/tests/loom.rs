@@ -104,3 +104,37 @@ fn loom_wound_wakes_a_waiting_context() {
         assert!(matches!(r, Ok(()) | Err(WwError::Deadlock)), "{r:?}");
     });
 }
+
+/// Oldest-first hand-over: `l` starts held without a context; one context locks `l` then `m`,
+/// the other `m` then `l`. A context waiting on `l` behind an older waiter while holding `m`
+/// would deadlock once the older one takes `l` and wants `m` (no unlock wakes it): under
+/// wait-die it must die instead. Every interleaving must finish, under both algorithms.
+fn handover(class: &'static WwClass) {
+    let mut b = builder();
+    b.preemption_bound = Some(2);
+    b.check(move || {
+        let l = Arc::new(WwMutex::new(class, 0u32));
+        let m = Arc::new(WwMutex::new(class, 0u32));
+        let g = l.lock_no_ctx();
+        let l1 = l.clone();
+        let m1 = m.clone();
+        let first = thread::spawn(move || transaction(class, &l1, &m1));
+        let (l2, m2) = (l.clone(), m.clone());
+        let second = thread::spawn(move || transaction(class, &m2, &l2));
+        drop(g);
+        first.join().unwrap();
+        second.join().unwrap();
+        assert_eq!(*l.lock_no_ctx(), 2);
+        assert_eq!(*m.lock_no_ctx(), 2);
+    });
+}
+
+#[test]
+fn loom_handover_wait_die() {
+    handover(&WAIT_DIE);
+}
+
+#[test]
+fn loom_handover_wound_wait() {
+    handover(&WOUND_WAIT);
+}

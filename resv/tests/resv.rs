@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use gpusched_fence::{Fence, FenceContext, FenceError, InterruptDomain, Signaller, WaitError};
 use gpusched_resv::{AcquireCtx, Exec, Resv, Usage, WwError, RESV_WW_CLASS};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 
 const WATCHDOG: Duration = Duration::from_secs(60);
 
@@ -385,11 +385,18 @@ fn exec_contention_over_overlapping_random_sets() {
                         let mut exec = Exec::new();
                         let mut done = 0;
                         for _ in 0..ROUNDS {
-                            // 16 picks from 24 objects: overlapping sets, with duplicates.
-                            let set: Vec<&Resv> =
-                                (0..16).map(|_| &objs[rng.gen_range(0..OBJECTS)]).collect();
+                            // 16 distinct objects of 24, in random order (sets overlap), plus
+                            // a few duplicates.
+                            let mut idx: Vec<usize> = (0..OBJECTS).collect();
+                            idx.shuffle(&mut rng);
+                            idx.truncate(16);
+                            for _ in 0..rng.gen_range(0..4) {
+                                idx.push(idx[rng.gen_range(0..16)]);
+                            }
+                            let set: Vec<&Resv> = idx.iter().map(|&i| &objs[i]).collect();
                             let (fence, signaller) = ring.next();
                             exec.lock_all(&set, |guards| {
+                                assert_eq!(guards.len(), 16);
                                 for g in guards.iter_mut() {
                                     let i = objs
                                         .iter()

@@ -198,10 +198,20 @@ fn wound_wait_wakes_a_waiting_wounded_context() {
         let a = WwMutex::new(&WOUND_WAIT, 0u32);
         let b = WwMutex::new(&WOUND_WAIT, 0u32);
         let c = WwMutex::new(&WOUND_WAIT, 0u32);
-        let gc = c.lock_no_ctx();
         let older = AcquireCtx::new(&WOUND_WAIT);
         let (tx, rx) = mpsc::channel();
+        let (held_tx, held_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
         thread::scope(|s| {
+            // `c` is held by a third thread (holding it here while `older` locks would be
+            // same-class recursion, which the checker rightly reports).
+            let c_ref = &c;
+            let holder = s.spawn(move || {
+                let _gc = c_ref.lock_no_ctx();
+                held_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+            });
+            held_rx.recv().unwrap();
             let y = s.spawn(|| {
                 let younger = AcquireCtx::new(&WOUND_WAIT);
                 let ga = a.lock(&younger).unwrap();
@@ -215,8 +225,9 @@ fn wound_wait_wakes_a_waiting_wounded_context() {
             let _ga = a.lock(&older).expect("older wins");
             assert_eq!(y.join().unwrap(), Err(WwError::Deadlock));
             assert!(c.is_locked());
+            release_tx.send(()).unwrap();
+            holder.join().unwrap();
         });
-        drop(gc);
     });
 }
 
@@ -381,24 +392,37 @@ fn interruptible_lock_returns_interrupted() {
     watchdog(|| {
         let domain = InterruptDomain::new("reset");
         let m = WwMutex::new(&WAIT_DIE, 0u32);
-        let g = m.lock_no_ctx();
-        // A section open at the start fails a contended interruptible lock at once.
-        let section = domain.begin_interrupt();
+        // Another thread holds the lock: holding it here too would be same-class recursion,
+        // which the checker rightly reports.
+        let (held_tx, held_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
         let ctx = AcquireCtx::new(&WAIT_DIE);
-        assert_eq!(m.lock_interruptible(&ctx, &domain).unwrap_err(), WwError::Interrupted);
-        assert_eq!(m.lock_slow_interruptible(&ctx, &domain).unwrap_err(), WwError::Interrupted);
-        drop(section);
-        // A section opened during the wait interrupts it.
         thread::scope(|s| {
-            let t = s.spawn(|| {
-                let ctx = AcquireCtx::new(&WAIT_DIE);
-                m.lock_interruptible(&ctx, &domain).map(drop)
+            let m_ref = &m;
+            let holder = s.spawn(move || {
+                let _g = m_ref.lock_no_ctx();
+                held_tx.send(()).unwrap();
+                let _ = release_rx.recv();
             });
-            thread::sleep(Duration::from_millis(20));
-            let _section = domain.begin_interrupt();
-            assert_eq!(t.join().unwrap(), Err(WwError::Interrupted));
+            held_rx.recv().unwrap();
+            // A section open at the start fails a contended interruptible lock at once.
+            let section = domain.begin_interrupt();
+            assert_eq!(m.lock_interruptible(&ctx, &domain).unwrap_err(), WwError::Interrupted);
+            assert_eq!(m.lock_slow_interruptible(&ctx, &domain).unwrap_err(), WwError::Interrupted);
+            drop(section);
+            // A section opened during the wait interrupts it.
+            thread::scope(|s| {
+                let t = s.spawn(|| {
+                    let ctx = AcquireCtx::new(&WAIT_DIE);
+                    m.lock_interruptible(&ctx, &domain).map(drop)
+                });
+                thread::sleep(Duration::from_millis(20));
+                let _section = domain.begin_interrupt();
+                assert_eq!(t.join().unwrap(), Err(WwError::Interrupted));
+            });
+            release_tx.send(()).unwrap();
+            holder.join().unwrap();
         });
-        drop(g);
         // Uncontended, with no section open, it simply locks.
         assert_eq!(*m.lock_interruptible(&ctx, &domain).unwrap(), 0);
         assert_eq!(ctx.acquired(), 0);
@@ -440,4 +464,12 @@ fn stamps_increase_and_contexts_report_state() {
     assert_eq!(c1.class().algorithm(), WwAlgorithm::WaitDie);
     assert_eq!(WOUND_WAIT.algorithm(), WwAlgorithm::WoundWait);
     assert_eq!(WAIT_DIE.lock_class().name(), "resv");
+    static MODESET: gpusched_fence::lockdep::LockClass =
+        gpusched_fence::lockdep::LockClass::reset_needed("modeset");
+    static MODESET_WW: WwClass = WwClass::wound_wait("modeset").with_lock_class(&MODESET);
+    assert_eq!(MODESET_WW.lock_class().name(), "modeset");
+    assert_eq!(MODESET_WW.algorithm(), WwAlgorithm::WoundWait);
+    let m = WwMutex::new(&MODESET_WW, 1u8);
+    let ctx = AcquireCtx::new(&MODESET_WW);
+    assert_eq!(*m.lock(&ctx).unwrap(), 1);
 }

@@ -300,7 +300,7 @@ pub(crate) fn arm<B: Backend>(b: JobBuilder<'_, B>) -> Result<ArmedJob<B>, ArmEr
     ent.outstanding.fetch_add(1, Ordering::AcqRel);
     ent.armed.fetch_add(1, Ordering::Relaxed);
     sched.reserve_armed(key);
-    *lock(&ent.last_finished) = Some(finished.clone());
+    let prev_finished = lock(&ent.last_finished).replace(finished.clone());
     drop(binding);
 
     // Dependencies: skip the signalled-ok ones and our own entity's (FIFO covers them), keep
@@ -326,6 +326,7 @@ pub(crate) fn arm<B: Backend>(b: JobBuilder<'_, B>) -> Result<ArmedJob<B>, ArmEr
         deps_pending: AtomicUsize::new(external.len()),
         dep_error: Mutex::new(None),
         same_sched: same.into_boxed_slice(),
+        prev_finished,
         hw: Mutex::new(HwState { callback: None, fence: None, callback_id: None }),
         submit_order: AtomicU64::new(0),
         state: AtomicU64::new(state::ARMED),
@@ -361,14 +362,13 @@ fn same_sched_owner<B: Backend>(
         .map(|(_, s)| (s.entity.clone(), fence.seqno()))
 }
 
-/// Flattens composites, drops fences that signalled successfully, and keeps the later fence
-/// per context (`drm_sched_job_add_dependency`).
+/// Flattens composites, keeps the later fence per context (`drm_sched_job_add_dependency`),
+/// then drops those that signalled successfully. Deduplicating first keeps the outcome
+/// independent of timing: an earlier failed fence of a context is superseded by a later one
+/// whether or not that one has signalled yet.
 fn dedup_dependencies(deps: &[Fence]) -> Vec<Fence> {
     let mut out: Vec<Fence> = Vec::with_capacity(deps.len());
     for d in deps.iter().flat_map(gpusched_fence::unwrap) {
-        if d.status() == gpusched_fence::FenceStatus::Signaled {
-            continue;
-        }
         match out.iter_mut().find(|k| k.context() == d.context()) {
             Some(k) => {
                 if d.is_later(k) {
@@ -378,5 +378,6 @@ fn dedup_dependencies(deps: &[Fence]) -> Vec<Fence> {
             None => out.push(d),
         }
     }
+    out.retain(|d| d.status() != gpusched_fence::FenceStatus::Signaled);
     out
 }

@@ -53,6 +53,8 @@ pub(crate) mod state {
     pub(crate) const RUNNING: u64 = 2;
     /// Finished fence signalled (successfully or not).
     pub(crate) const DONE: u64 = 3;
+    /// Dropped unpushed: queued only to be cancelled in timeline order.
+    pub(crate) const DROPPED: u64 = 4;
 }
 
 pub(crate) struct JobInner<B: Backend> {
@@ -68,6 +70,9 @@ pub(crate) struct JobInner<B: Backend> {
     /// The first failed dependency's error.
     pub(crate) dep_error: Mutex<Option<FenceError>>,
     pub(crate) same_sched: Box<[SameSchedDep<B>]>,
+    /// The finished fence of the entity's previous job: a job that ends without running
+    /// signals only after it, so the entity's timeline signals in seqno order.
+    pub(crate) prev_finished: Option<Fence>,
     pub(crate) hw: Mutex<HwState>,
     /// Global push order (for FIFO selection); set at push.
     pub(crate) submit_order: AtomicU64,
@@ -86,6 +91,9 @@ pub(crate) enum Readiness {
 
 impl<B: Backend> JobInner<B> {
     pub(crate) fn readiness(&self) -> Readiness {
+        if self.state.load(Ordering::Acquire) == state::DROPPED {
+            return Readiness::Failed(FenceError::Cancelled);
+        }
         if self.entity.is_stopped.load(Ordering::Acquire) {
             if let Some(e) = self.entity.stopped_error() {
                 return Readiness::Failed(e);
@@ -107,6 +115,12 @@ impl<B: Backend> JobInner<B> {
             }
         }
         Readiness::Ready
+    }
+
+    /// Whether the entity's previous job has signalled its finished fence, so that this one
+    /// may signal without running.
+    pub(crate) fn prev_signalled(&self) -> bool {
+        self.prev_finished.as_ref().is_none_or(Fence::is_signaled)
     }
 
     /// A dependency signalled: record its error, count it down.
@@ -181,6 +195,7 @@ impl<'e, B: Backend> JobBuilder<'e, B> {
     /// Adds the implicit dependencies of a buffer from its reservation object: a reader waits
     /// for the writers (and kernel fences), a writer waits for readers and writers
     /// (`drm_sched_job_add_implicit_dependencies`). Bookkeeping fences are never waited on.
+    #[cfg(not(gpusched_loom))]
     pub fn resv_dependencies(
         mut self,
         resv: &gpusched_resv::ResvGuard<'_>,

@@ -35,6 +35,16 @@
 //! assert_eq!(sched.backend().completed_tags(), vec![1, 2]);
 //! ```
 
+/// A `tracing` event exempt from the checker's allocation rule: a subscriber may allocate to
+/// format it, and diagnostics on the signalling path must not count as reclaim (the
+/// `GFP_NOWAIT` analogue, `lockdep::no_reclaim`).
+macro_rules! diag {
+    ($level:ident, $($arg:tt)*) => {{
+        let _exempt = gpusched_fence::lockdep::no_reclaim();
+        tracing::$level!($($arg)*);
+    }};
+}
+
 mod backend;
 mod config;
 mod entity;
@@ -43,6 +53,7 @@ mod job;
 mod sched;
 mod sync;
 mod tdr;
+#[cfg(not(gpusched_loom))]
 pub mod testing;
 
 pub use gpusched_fence as fence;

@@ -109,6 +109,10 @@ pub(crate) struct SchedShared<B: Backend> {
     pub(crate) state: Mutex<SchedState<B>>,
     /// Pump requests; non-zero while a thread drains (see the module docs).
     pump_requests: AtomicUsize,
+    /// Held by the pumper from selecting a job until `run_job` returned and the completion
+    /// callback is attached; a TDR stop takes it to wait out a run in progress (the kernel's
+    /// `cancel_work_sync` of the submit work). Only the pumper and the TDR contend for it.
+    run_lock: Mutex<()>,
     /// `Some(error)` once shut down or gone: later arms fail, pushes cancel with it.
     pub(crate) gone: Mutex<Option<FenceError>>,
     /// Queued jobs plus credits in flight, for load balancing (approximate).
@@ -157,6 +161,7 @@ impl<B: Backend> SchedShared<B> {
 
     fn drain(self: &Arc<Self>) {
         loop {
+            let _running = lock(&self.run_lock);
             let step = {
                 let mut st = lock(&self.state);
                 match st.to_free.pop_front() {
@@ -180,6 +185,9 @@ impl<B: Backend> SchedShared<B> {
         }
         let policy = self.config.policy;
         let mut chosen: Option<usize> = None;
+        // Round-robin cursor to store once the chosen job really runs: a selection that
+        // ends Idle for lack of credits must not skip the entity's turn.
+        let mut rr_next: Option<(usize, usize)> = None;
         for prio in Priority::ALL {
             let p = prio.index();
             let n = st.order[p].len();
@@ -194,6 +202,11 @@ impl<B: Backend> SchedShared<B> {
                 let Some(head) = slot.queue.front() else { continue };
                 match head.readiness() {
                     Readiness::Blocked => continue,
+                    Readiness::Failed(_) if !head.prev_signalled() => {
+                        // Ends without running, but not before the entity's previous job
+                        // (on the ring now): its completion pumps us again.
+                        continue;
+                    }
                     Readiness::Failed(e) => {
                         let job = st.slots[key].queue.pop_front().map(|j| (j, e));
                         if let Some((job, e)) = job {
@@ -208,7 +221,7 @@ impl<B: Backend> SchedShared<B> {
                     Policy::Fifo => head.submit_order.load(Ordering::Relaxed),
                     Policy::RoundRobin => {
                         best = Some((key, 0));
-                        st.rr_cursor[p] = (idx + 1) % n;
+                        rr_next = Some((p, (idx + 1) % n));
                         break;
                     }
                     Policy::Fair => slot.vruntime,
@@ -247,10 +260,16 @@ impl<B: Backend> SchedShared<B> {
             // Head-of-line: wait for completions rather than let a smaller job overtake.
             return Step::Idle;
         }
+        if let Some((p, next)) = rr_next {
+            st.rr_cursor[p] = next;
+        }
         let slot = &mut st.slots[key];
         let Some(job) = slot.queue.pop_front() else { return Step::Idle };
         slot.vruntime += u64::from(credits) * slot.entity.priority.fair_weight();
         st.credits_used += credits;
+        // Load counts a queued job as 1 and a job on the ring as its credits (`hw_done`
+        // subtracts them): without this a multi-credit job wrapped the counter.
+        self.load.fetch_add(credits as usize - 1, Ordering::Relaxed);
         if st.pending.is_empty() {
             let deadline = Instant::now() + self.config.timeout;
             st.deadline = Some(deadline);
@@ -267,7 +286,7 @@ impl<B: Backend> SchedShared<B> {
         job.signal_scheduled(None);
         job.entity.scheduled_seqno.fetch_max(job.info.seqno, Ordering::AcqRel);
         self.counters.run.fetch_add(1, Ordering::Relaxed);
-        tracing::trace!(target: "gpusched", sched = self.name(), job = job.info.id, "run");
+        diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, "run");
         let result = {
             let mut payload = lock(&job.payload);
             match payload.as_mut() {
@@ -326,7 +345,7 @@ impl<B: Backend> SchedShared<B> {
             None => self.counters.finished_ok.fetch_add(1, Ordering::Relaxed),
             Some(_) => self.counters.finished_err.fetch_add(1, Ordering::Relaxed),
         };
-        tracing::trace!(target: "gpusched", sched = self.name(), job = job.info.id, ?error, "finished");
+        diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "finished");
         job.signal_finished(error);
         job.entity.job_done(error);
         lock(&self.state).to_free.push_back(job.clone());
@@ -337,7 +356,7 @@ impl<B: Backend> SchedShared<B> {
     pub(crate) fn cancel(self: &Arc<Self>, job: &Arc<JobInner<B>>, error: FenceError) {
         {
             let _section = lockdep::signalling_section();
-            tracing::trace!(target: "gpusched", sched = self.name(), job = job.info.id, ?error, "cancelled");
+            diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "cancelled");
             job.signal_scheduled(Some(error));
             job.signal_finished(Some(error));
         }
@@ -357,9 +376,12 @@ impl<B: Backend> SchedShared<B> {
 
     /// Queues a pushed job on its slot (capacity reserved at arm) and pumps.
     pub(crate) fn push(self: &Arc<Self>, job: Arc<JobInner<B>>, slot: usize) {
-        let stopped = job.entity.stopped_error().or_else(|| self.gone_error());
-        {
+        let stopped = {
             let mut st = lock(&self.state);
+            // Read under the state lock: `shutdown` sets it before taking the lock to drain
+            // the queues, so a job is either drained or sees the error. A killed entity's
+            // job is queued and cancelled by selection, in timeline order.
+            let stopped = self.gone_error();
             let fair = self.config.policy == Policy::Fair;
             let min_v = if fair { Self::min_active_vruntime(&st) } else { None };
             let seq = st.submit_seq;
@@ -378,24 +400,46 @@ impl<B: Backend> SchedShared<B> {
                 s.queue.push_back(job.clone());
                 self.load.fetch_add(1, Ordering::Relaxed);
             }
+            stopped
+        };
+        diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, "queued");
+        if let Some(e) = stopped {
+            self.cancel(&job, e);
         }
-        tracing::trace!(target: "gpusched", sched = self.name(), job = job.info.id, "queued");
-        match stopped {
-            Some(e) => self.cancel(&job, e),
-            None => self.pump(),
-        }
+        // Also after a cancel: a same-scheduler dependent must see the failure.
+        self.pump();
     }
 
     fn min_active_vruntime(st: &SchedState<B>) -> Option<u64> {
         st.slots.iter().filter(|(_, s)| !s.queue.is_empty()).map(|(_, s)| s.vruntime).min()
     }
 
-    /// An armed job was dropped unpushed: cancel it.
+    /// An armed job was dropped unpushed: it is queued marked `DROPPED` (into the room
+    /// reserved at arm) so that selection cancels it after the entity's earlier jobs, in
+    /// timeline order; at once if the scheduler is gone.
     pub(crate) fn drop_armed(self: &Arc<Self>, job: Arc<JobInner<B>>, slot: usize) {
-        if let Some(s) = lock(&self.state).slots.get_mut(slot) {
-            s.armed -= 1;
+        let queued = {
+            let mut st = lock(&self.state);
+            let gone = self.gone_error().is_some();
+            match st.slots.get_mut(slot) {
+                Some(s) => {
+                    s.armed -= 1;
+                    if !gone {
+                        job.state.store(state::DROPPED, Ordering::Release);
+                        s.queue.push_back(job.clone());
+                        self.load.fetch_add(1, Ordering::Relaxed);
+                    }
+                    !gone
+                }
+                None => false,
+            }
+        };
+        if !queued {
+            self.cancel(&job, FenceError::Cancelled);
         }
-        self.cancel(&job, FenceError::Cancelled);
+        // A queued job of this scheduler may depend on it (same-scheduler dependencies are
+        // checked at selection, not by callback): let selection see the failure.
+        self.pump();
     }
 
     /// Shuts the scheduler down: later arms fail, queued jobs are cancelled with `error`, one
@@ -453,6 +497,9 @@ impl<B: Backend> SchedShared<B> {
             st.stopped = true;
             st.deadline = None;
         }
+        // Wait out a `run_job` in progress: afterwards every pending job has its hardware
+        // fence and its callback attached (or was retired).
+        drop(lock(&self.run_lock));
         let epoch = self.begin_pass();
         while let Some(job) = self.next_in_pass(epoch) {
             let mut h = lock(&job.hw);
@@ -561,7 +608,7 @@ impl<B: Backend> SchedShared<B> {
         }
         self.load.fetch_sub(job.info.credits as usize, Ordering::Relaxed);
         self.counters.finished_err.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(target: "gpusched", sched = self.name(), job = job.info.id, ?error, "force-completed");
+        diag!(debug, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "force-completed");
         job.signal_finished(Some(error));
         job.entity.job_done(Some(error));
         lock(&self.state).to_free.push_back(job.clone());
@@ -694,6 +741,7 @@ impl<B: Backend> Scheduler<B> {
             config,
             backend,
             pump_requests: AtomicUsize::new(0),
+            run_lock: Mutex::new(()),
             gone: Mutex::new(None),
             load: AtomicUsize::new(0),
             counters: Counters::default(),

@@ -37,7 +37,7 @@ use gpusched_fence::{lockdep, FenceError, InterruptDomain, InterruptSection};
 use crate::backend::{Backend, JobInfo, TimeoutStatus};
 use crate::job::JobInner;
 use crate::sched::SchedShared;
-use crate::sync::{lock, Arc, Ordering};
+use crate::sync::{lock, Arc, Mutex, Ordering};
 
 /// What the domain's worker needs of a scheduler, whatever its backend type.
 pub(crate) trait TimeoutTarget: Send + Sync {
@@ -53,7 +53,7 @@ pub(crate) struct DomainInner {
     name: Box<str>,
     interrupt: InterruptDomain,
     /// Serialises recoveries of the domain's schedulers.
-    recovery: StdMutex<()>,
+    recovery: Mutex<()>,
     /// The domain's schedulers (registered at creation; allocation there).
     targets: StdMutex<Vec<Weak<dyn TimeoutTarget>>>,
     unparker: Unparker,
@@ -96,20 +96,26 @@ impl ResetDomain {
         let inner = Arc::new(DomainInner {
             interrupt: InterruptDomain::new(name.clone()),
             name: name.clone().into_boxed_str(),
-            recovery: StdMutex::new(()),
+            recovery: Mutex::new(()),
             targets: StdMutex::new(Vec::new()),
             unparker: parker.unparker().clone(),
             next_wake: StdAtomicU64::new(u64::MAX),
             origin: Instant::now(),
             recoveries: StdAtomicU64::new(0),
         });
-        let weak = Arc::downgrade(&inner);
-        let spawned = std::thread::Builder::new()
-            .name(format!("gpusched-tdr-{name}"))
-            .spawn(move || worker(weak, parker));
-        if let Err(e) = spawned {
-            panic!("cannot start the timeout worker of reset domain {name}: {e}");
+        // Under loom the models drive timeouts themselves: no worker thread.
+        #[cfg(not(gpusched_loom))]
+        {
+            let weak = Arc::downgrade(&inner);
+            let spawned = std::thread::Builder::new()
+                .name(format!("gpusched-tdr-{name}"))
+                .spawn(move || worker(weak, parker));
+            if let Err(e) = spawned {
+                panic!("cannot start the timeout worker of reset domain {name}: {e}");
+            }
         }
+        #[cfg(gpusched_loom)]
+        drop(parker);
         ResetDomain { inner }
     }
 
@@ -153,6 +159,7 @@ impl ResetDomain {
     }
 }
 
+#[cfg_attr(gpusched_loom, allow(dead_code))]
 fn worker(domain: Weak<DomainInner>, parker: Parker) {
     loop {
         let Some(d) = domain.upgrade() else { return };
@@ -238,10 +245,10 @@ impl<B: Backend> Recovery<'_, B> {
     pub fn blame(&mut self) -> bool {
         let entity = &self.guilty.entity;
         let karma = entity.karma.fetch_add(1, Ordering::AcqRel) + 1;
-        tracing::debug!(target: "gpusched", sched = self.sched.name(), job = self.guilty.info.id, karma, "blamed");
+        diag!(debug, target: "gpusched", sched = self.sched.name(), job = self.guilty.info.id, karma, "blamed");
         if karma > self.sched.config.hang_limit {
             entity.stop(FenceError::Cancelled);
-            tracing::warn!(target: "gpusched", entity = entity.id, karma, "entity banned");
+            diag!(warn, target: "gpusched", entity = entity.id, karma, "entity banned");
             true
         } else {
             false
@@ -328,7 +335,7 @@ impl<B: Backend> TimeoutTarget for SchedShared<B> {
     fn handle_timeout(&self, now: Instant) {
         let Some(me) = self.self_arc() else { return };
         let _section = lockdep::signalling_section();
-        let _serial = me.domain.inner.recovery.lock().unwrap_or_else(|p| p.into_inner());
+        let _serial = lock(&me.domain.inner.recovery);
         // Recheck under the lock: still expired, and the head job still unfinished.
         let guilty = {
             let mut st = lock(&me.state);
@@ -349,7 +356,7 @@ impl<B: Backend> TimeoutTarget for SchedShared<B> {
         };
         let Some(guilty) = guilty else { return };
         me.domain.inner.recoveries.fetch_add(1, StdOrdering::Relaxed);
-        tracing::warn!(target: "gpusched", sched = me.name(), job = guilty.info.id, "timeout");
+        diag!(warn, target: "gpusched", sched = me.name(), job = guilty.info.id, "timeout");
         let mut recovery = Recovery { sched: &me, guilty, stopped: false, interrupt: None };
         let status = me.backend.timedout_job(&mut recovery);
         if recovery.stopped {
@@ -373,6 +380,93 @@ impl<B: Backend> TimeoutTarget for SchedShared<B> {
         if let Some(me) = self.self_arc() {
             me.shutdown(FenceError::DeviceLost);
             me.force_complete_all(FenceError::DeviceLost);
+            // Free what was retired (the pump only frees: the scheduler is shut).
+            me.pump();
         }
+    }
+}
+
+/// Loom model of the race at the centre of TDR: the hardware completing a job, the timeout
+/// handler recovering it, and teardown (device loss) force-completing it, all at once. Every
+/// interleaving must retire the job exactly once, leave no credits in flight, and signal its
+/// finished fence with one of the outcomes those three paths produce.
+#[cfg(all(test, gpusched_loom))]
+mod loom_model {
+    use std::time::{Duration, Instant};
+
+    use gpusched_fence::{Fence, FenceContext, FenceError, FenceStatus, Signaller};
+
+    use super::{Recovery, TimeoutTarget};
+    use crate::backend::{Backend, JobInfo, TimeoutStatus};
+    use crate::sync::{lock, Arc, Mutex};
+    use crate::{Entity, Priority, Scheduler, SchedulerConfig};
+
+    struct LoomRing {
+        ctx: FenceContext,
+        hw: Mutex<Option<Signaller>>,
+    }
+
+    impl Backend for LoomRing {
+        type Job = ();
+
+        fn run_job(&self, _job: &mut (), _info: &JobInfo) -> Result<Fence, FenceError> {
+            let (fence, signaller) = self.ctx.next();
+            *lock(&self.hw) = Some(signaller);
+            Ok(fence)
+        }
+
+        fn timedout_job(&self, r: &mut Recovery<'_, Self>) -> TimeoutStatus {
+            // The reset forgets the job on the ring; resubmission runs it again.
+            r.standard_reset(|| {
+                drop(lock(&self.hw).take());
+                true
+            })
+        }
+    }
+
+    fn complete(ring: &LoomRing) {
+        let s = lock(&ring.hw).take();
+        if let Some(s) = s {
+            s.signal();
+        }
+    }
+
+    #[test]
+    fn completion_vs_timeout_vs_teardown() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(3);
+        builder.check(|| {
+            let ring = LoomRing { ctx: FenceContext::new("loom-ring"), hw: Mutex::new(None) };
+            let sched = Scheduler::new(
+                ring,
+                SchedulerConfig::new("loom").timeout(Duration::from_secs(1)).hang_limit(10),
+            )
+            .unwrap();
+            let entity = Entity::new(&[&sched], Priority::Normal).unwrap();
+            let finished = entity.job(()).arm().unwrap().push();
+            let far = Instant::now() + Duration::from_secs(3600);
+
+            let s1 = sched.shared.clone();
+            let hw = loom::thread::spawn(move || complete(&s1.backend));
+            let s2 = sched.shared.clone();
+            let tdr = loom::thread::spawn(move || s2.handle_timeout(far));
+            let s3: Arc<crate::sched::SchedShared<LoomRing>> = sched.shared.clone();
+            let teardown = loom::thread::spawn(move || s3.device_gone());
+            hw.join().unwrap();
+            tdr.join().unwrap();
+            teardown.join().unwrap();
+            // A resubmitted job may still be on the ring: let the hardware finish it.
+            complete(&sched.shared.backend);
+
+            match finished.status() {
+                FenceStatus::Signaled
+                | FenceStatus::Failed(FenceError::TimedOut | FenceError::DeviceLost) => {}
+                other => panic!("unexpected outcome {other:?}"),
+            }
+            let stats = sched.stats();
+            assert_eq!(stats.finished_ok + stats.finished_err + stats.cancelled, 1, "{stats:?}");
+            assert_eq!(stats.credits_in_flight, 0);
+            assert!(lock(&sched.shared.state).pending.is_empty());
+        });
     }
 }

@@ -95,6 +95,7 @@ struct RingState {
     prepared: usize,
     ran: Vec<u64>,
     completed: Vec<u64>,
+    completed_at: Vec<Instant>,
     credits_in_flight: u32,
     max_credits_in_flight: u32,
     shutdown: bool,
@@ -233,6 +234,12 @@ impl MockRing {
         lock(&self.shared.state).completed.clone()
     }
 
+    /// Tags of the completed jobs with the time the ring completed each, in order.
+    pub fn completion_log(&self) -> Vec<(u64, Instant)> {
+        let st = lock(&self.shared.state);
+        st.completed.iter().copied().zip(st.completed_at.iter().copied()).collect()
+    }
+
     /// The most credits that were ever on the ring at once.
     pub fn max_credits_in_flight(&self) -> u32 {
         lock(&self.shared.state).max_credits_in_flight
@@ -267,6 +274,7 @@ fn finish(shared: &RingShared, e: InFlight) {
     {
         let mut st = lock(&shared.state);
         st.completed.push(e.tag);
+        st.completed_at.push(Instant::now());
         st.credits_in_flight -= e.credits;
     }
     match e.behavior {
@@ -318,16 +326,23 @@ impl Backend for MockRing {
 
     fn prepare_job(&self, job: &mut MockJob, _info: &JobInfo) -> Result<(), FenceError> {
         job.hw = Some(self.shared.ctx.prepare(1, None));
-        let spare = self.shared.ctx.prepare(1, None);
+        // Two spares per prepared job (capped): each resubmission after a reset needs a fresh
+        // hardware fence, and `run_job` must not allocate one.
+        let spares = [self.shared.ctx.prepare(1, None), self.shared.ctx.prepare(1, None)];
         let mut st = lock(&self.shared.state);
-        if st.spares.len() < 256 {
-            st.spares.push(spare);
+        for spare in spares {
+            if st.spares.len() < 512 {
+                st.spares.push(spare);
+            }
         }
         st.prepared += 1;
-        let need = st.prepared;
+        // Room for every prepared job, plus slack for resubmissions after resets (which run
+        // and complete jobs again without a new prepare).
+        let need = 2 * st.prepared + 64;
         st.in_flight.reserve(need);
         st.ran.reserve(need);
         st.completed.reserve(need);
+        st.completed_at.reserve(need);
         Ok(())
     }
 

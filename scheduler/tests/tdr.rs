@@ -1,5 +1,7 @@
 //! Timeout and reset (TDR) on the mock ring.
 
+#![cfg(not(gpusched_loom))]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,4 +110,251 @@ fn reset_interrupts_interruptible_waits_only() {
     assert!(!domain.interrupt_domain().is_interrupting());
     assert_eq!(domain.recoveries(), 1);
     let _ = Arc::new(());
+}
+
+/// A backend wrapping the mock ring whose timeout handler is scripted by the test.
+struct Scripted {
+    ring: MockRing,
+    mode: Mode,
+    /// Recoveries running now, shared between rings of one domain.
+    active: Arc<std::sync::atomic::AtomicUsize>,
+    max_active: Arc<std::sync::atomic::AtomicUsize>,
+    /// (guilty tag, when the handler started)
+    entered: std::sync::Mutex<Vec<(u64, Instant)>>,
+    /// Blocks the handler until the test releases it (Hold mode).
+    gate: std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    in_section: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Standard,
+    ForceAll(FenceError),
+    Hold,
+}
+
+impl Scripted {
+    fn new(ring: MockRing, mode: Mode) -> Self {
+        Scripted {
+            ring,
+            mode,
+            active: Default::default(),
+            max_active: Default::default(),
+            entered: Default::default(),
+            gate: Default::default(),
+            in_section: Default::default(),
+        }
+    }
+}
+
+impl gpusched::Backend for Scripted {
+    type Job = MockJob;
+
+    fn prepare_job(&self, job: &mut MockJob, info: &gpusched::JobInfo) -> Result<(), FenceError> {
+        self.ring.prepare_job(job, info)
+    }
+
+    fn run_job(
+        &self,
+        job: &mut MockJob,
+        info: &gpusched::JobInfo,
+    ) -> Result<gpusched::fence::Fence, FenceError> {
+        self.ring.run_job(job, info)
+    }
+
+    fn free_job(&self, job: MockJob, info: &gpusched::JobInfo) {
+        self.ring.free_job(job, info)
+    }
+
+    fn timedout_job(&self, r: &mut gpusched::Recovery<'_, Self>) -> TimeoutStatus {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.active.fetch_add(1, SeqCst) + 1;
+        self.max_active.fetch_max(now, SeqCst);
+        let tag = r.with_guilty_payload(|j| j.tag).unwrap_or(u64::MAX);
+        self.entered.lock().unwrap().push((tag, Instant::now()));
+        let status = match self.mode {
+            Mode::Standard => r.standard_reset(|| {
+                std::thread::sleep(Duration::from_millis(5));
+                self.ring.reset_hw();
+                true
+            }),
+            Mode::ForceAll(e) => {
+                r.stop();
+                r.force_complete_all(e);
+                self.ring.reset_hw();
+                r.start();
+                TimeoutStatus::Reset
+            }
+            Mode::Hold => {
+                r.stop();
+                r.blame();
+                r.force_complete_guilty(FenceError::TimedOut);
+                r.interrupt_waits();
+                if let Some(tx) = self.in_section.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+                if let Some(rx) = self.gate.lock().unwrap().take() {
+                    let _ = rx.recv_timeout(WATCHDOG);
+                }
+                self.ring.reset_hw();
+                r.resubmit();
+                r.start();
+                TimeoutStatus::Reset
+            }
+        };
+        self.active.fetch_sub(1, SeqCst);
+        status
+    }
+}
+
+fn scripted(mode: Mode, timeout_ms: u64, domain: Option<&ResetDomain>) -> Scheduler<Scripted> {
+    let mut cfg = SchedulerConfig::new("scripted").timeout(Duration::from_millis(timeout_ms));
+    if let Some(d) = domain {
+        cfg = cfg.reset_domain(d);
+    }
+    Scheduler::new(Scripted::new(MockRing::immediate(), mode), cfg).unwrap()
+}
+
+#[test]
+fn force_complete_all_signals_every_unfinished_fence_with_the_error() {
+    let s = scripted(Mode::ForceAll(FenceError::Driver(-5)), 50, None);
+    let e = Entity::new(&[&s], Priority::Normal).unwrap();
+    let hung = e.job(MockJob::new(1).behavior(MockBehavior::Hang)).arm().unwrap().push();
+    let on_ring: Vec<_> = (2..6).map(|t| e.job(MockJob::new(t)).arm().unwrap().push()).collect();
+    assert_eq!(hung.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::Driver(-5))));
+    for f in &on_ring {
+        assert_eq!(f.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::Driver(-5))));
+    }
+    // The scheduler works again afterwards.
+    let after = e.job(MockJob::new(9)).arm().unwrap().push();
+    assert_eq!(after.wait_timeout(WATCHDOG), Ok(()));
+}
+
+#[test]
+fn schedulers_of_one_domain_never_recover_concurrently() {
+    let domain = ResetDomain::new("shared-gpu");
+    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let max_active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mk = |name: &str| {
+        let mut b = Scripted::new(MockRing::immediate(), Mode::Standard);
+        b.active = active.clone();
+        b.max_active = max_active.clone();
+        let cfg = SchedulerConfig::new(name)
+            .timeout(Duration::from_millis(20))
+            .hang_limit(100)
+            .reset_domain(&domain);
+        Scheduler::new(b, cfg).unwrap()
+    };
+    let (s1, s2) = (mk("gfx"), mk("compute"));
+    let e1 = Entity::new(&[&s1], Priority::Normal).unwrap();
+    let e2 = Entity::new(&[&s2], Priority::Normal).unwrap();
+    let mut fences = Vec::new();
+    for t in 0..4 {
+        fences.push(e1.job(MockJob::new(t).behavior(MockBehavior::Hang)).arm().unwrap().push());
+        fences
+            .push(e2.job(MockJob::new(100 + t).behavior(MockBehavior::Hang)).arm().unwrap().push());
+    }
+    for f in &fences {
+        assert_eq!(f.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
+    }
+    assert_eq!(max_active.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(domain.recoveries(), 8);
+}
+
+#[test]
+fn new_interruptible_waits_fail_during_the_section_and_work_after() {
+    let domain = ResetDomain::new("gpu1");
+    let s = scripted(Mode::Hold, 40, Some(&domain));
+    let (gate_tx, gate_rx) = std::sync::mpsc::channel();
+    let (in_tx, in_rx) = std::sync::mpsc::channel();
+    *s.backend().gate.lock().unwrap() = Some(gate_rx);
+    *s.backend().in_section.lock().unwrap() = Some(in_tx);
+    let e = Entity::new(&[&s], Priority::Normal).unwrap();
+    let hung = e.job(MockJob::new(1).behavior(MockBehavior::Hang)).arm().unwrap().push();
+    let behind = e.job(MockJob::new(2)).arm().unwrap().push();
+    in_rx.recv_timeout(WATCHDOG).unwrap();
+    // The reset is in progress and holds an interrupt section open.
+    assert!(domain.interrupt_domain().is_interrupting());
+    let start = Instant::now();
+    assert_eq!(behind.wait_interruptible(Some(WATCHDOG)), Err(WaitError::Interrupted));
+    let r = futures_lite::future::block_on(behind.wait_async_interruptible());
+    assert_eq!(r, Err(WaitError::Interrupted));
+    assert!(start.elapsed() < Duration::from_secs(5), "failed at once, not after a timeout");
+    gate_tx.send(()).unwrap();
+    assert_eq!(hung.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
+    assert_eq!(behind.wait_timeout(WATCHDOG), Ok(()));
+    // After the section: interruptible waits work again.
+    let deadline = Instant::now() + WATCHDOG;
+    while domain.interrupt_domain().is_interrupting() {
+        assert!(Instant::now() < deadline, "the interrupt section never ended");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let later = e.job(MockJob::new(3)).arm().unwrap().push();
+    assert_eq!(later.wait_interruptible(Some(WATCHDOG)), Ok(()));
+}
+
+#[test]
+fn async_interruptible_wait_is_interrupted_by_a_reset() {
+    let domain = ResetDomain::new("gpu2");
+    let s = scripted(Mode::Hold, 60, Some(&domain));
+    let (gate_tx, gate_rx) = std::sync::mpsc::channel();
+    *s.backend().gate.lock().unwrap() = Some(gate_rx);
+    let e = Entity::new(&[&s], Priority::Normal).unwrap();
+    let _hung = e.job(MockJob::new(1).behavior(MockBehavior::Hang)).arm().unwrap().push();
+    let behind = e.job(MockJob::new(2)).arm().unwrap().push();
+    let b = behind.clone();
+    let waiter =
+        std::thread::spawn(move || futures_lite::future::block_on(b.wait_async_interruptible()));
+    let plain = {
+        let b = behind.clone();
+        std::thread::spawn(move || futures_lite::future::block_on(b.into_future()))
+    };
+    assert_eq!(waiter.join().unwrap(), Err(WaitError::Interrupted));
+    gate_tx.send(()).unwrap();
+    assert_eq!(plain.join().unwrap(), Ok(()));
+}
+
+use std::future::IntoFuture;
+
+#[test]
+fn completion_racing_the_timeout_is_never_blamed() {
+    // Jobs whose duration is about the timeout: the hardware and the worker race. A job the
+    // ring completed before the handler started must never be reported TimedOut.
+    let s = Scheduler::new(
+        Scripted::new(MockRing::timed(), Mode::Standard),
+        SchedulerConfig::new("race")
+            .timeout(Duration::from_millis(2))
+            .hang_limit(u32::MAX)
+            .credit_limit(1),
+    )
+    .unwrap();
+    let e = Entity::new(&[&s], Priority::Normal).unwrap();
+    let mut jobs = Vec::new();
+    for t in 0..2000u64 {
+        let d = Duration::from_micros(1500 + (t * 37) % 1000);
+        jobs.push((t, e.job(MockJob::new(t).duration(d)).arm().unwrap().push()));
+        if t % 50 == 49 {
+            jobs.last().unwrap().1.wait_timeout(WATCHDOG).ok();
+        }
+    }
+    let mut timed_out = 0;
+    for (_, f) in &jobs {
+        match f.wait_timeout(WATCHDOG) {
+            Ok(()) => {}
+            Err(WaitError::Failed(FenceError::TimedOut)) => timed_out += 1,
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    let completed = s.backend().ring.completion_log();
+    let entered = s.backend().entered.lock().unwrap().clone();
+    for (tag, at) in &entered {
+        let f = &jobs[*tag as usize].1;
+        if f.error() == Some(FenceError::TimedOut) {
+            if let Some((_, done)) = completed.iter().find(|(t, _)| t == tag) {
+                assert!(done > at, "job {tag} completed before its timeout handler yet was blamed");
+            }
+        }
+    }
+    eprintln!("race: {} handlers ran, {timed_out} jobs blamed, of {}", entered.len(), jobs.len());
+    assert!(!entered.is_empty(), "the timeout should have fired at least once");
 }
