@@ -89,7 +89,16 @@ impl<B: Backend> EntityShared<B> {
             None => self.finished_ok.fetch_add(1, Ordering::Relaxed),
             Some(_) => self.finished_err.fetch_add(1, Ordering::Relaxed),
         };
-        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        let before = self.outstanding.fetch_sub(1, Ordering::SeqCst);
+        if before == 1 && self.detached.load(std::sync::atomic::Ordering::SeqCst) {
+            // The handle was dropped while jobs were outstanding: the last one to end removes
+            // the slot, which otherwise keeps this entity and its schedulers alive in a cycle
+            // (the slot holds the entity, the entity holds the schedulers). Allocation-free.
+            let current = lock(&self.binding).current.take();
+            if let Some((i, key)) = current {
+                self.schedulers[i].remove_slot(key);
+            }
+        }
     }
 }
 
@@ -224,14 +233,15 @@ impl<B: Backend> Entity<B> {
 
 impl<B: Backend> Drop for Entity<B> {
     fn drop(&mut self) {
-        self.shared.detached.store(true, std::sync::atomic::Ordering::Release);
+        self.shared.detached.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut b = lock(&self.shared.binding);
-        if self.shared.outstanding.load(Ordering::Acquire) == 0 {
+        if self.shared.outstanding.load(Ordering::SeqCst) == 0 {
             if let Some((i, key)) = b.current.take() {
                 self.shared.schedulers[i].remove_slot(key);
             }
         }
-        // Otherwise the slot stays until the scheduler drops; its queue drains normally.
+        // Otherwise the slot stays until the last outstanding job ends (`job_done` removes
+        // it); its queue drains normally.
     }
 }
 

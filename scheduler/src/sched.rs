@@ -653,7 +653,8 @@ impl<B: Backend> SchedShared<B> {
     /// Removes an idle entity's slot.
     pub(crate) fn remove_slot(&self, key: usize) {
         let mut st = lock(&self.state);
-        if let Some(slot) = st.slots.try_remove(key) {
+        let removed = st.slots.try_remove(key);
+        if let Some(slot) = &removed {
             let prio = slot.entity.priority.index();
             st.order[prio].retain(|k| *k != key);
             let n = st.order[prio].len();
@@ -663,6 +664,9 @@ impl<B: Backend> SchedShared<B> {
                 st.rr_cursor[prio] = 0;
             }
         }
+        drop(st);
+        // The slot (and perhaps the last reference to its entity) drops outside the lock.
+        drop(removed);
     }
 
     /// Reserves a queue slot for one more armed job (allocates; at arm time).
