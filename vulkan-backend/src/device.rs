@@ -11,14 +11,15 @@
 //! loop never allocates: its arrays are preallocated for [`MAX_RINGS`] rings.
 //!
 //! # Teardown
-//! The thread does not hold the device while it sleeps: only the rings with work pending
-//! (each holds the device). So dropping the last handle of an idle device destroys it on the
-//! dropping thread: the device stops and wakes the thread, joins it, waits for the device to
-//! go idle (`vkDeviceWaitIdle`: pending work always finishes first; destroying a device with
-//! pending work never returns on lavapipe) and destroys everything. With work still running
-//! (a job force-completed by a timeout), the device lives until that work is done and is then
-//! destroyed on the completion thread: call [`VulkanDevice::wait_idle`] first for a
-//! synchronous teardown.
+//! The thread holds neither the device nor a ring while it sleeps (rings weakly, with the
+//! `in_wait` lock that a ring takes before destroying its semaphore). So dropping the last
+//! handle destroys the device on the dropping thread: the device stops and wakes the thread,
+//! joins it, waits for the device to go idle (`vkDeviceWaitIdle`: pending work always
+//! finishes first; destroying a device with pending work never returns on lavapipe) and
+//! destroys everything. A job whose hardware fence still has the scheduler's completion
+//! callback (its work is running) keeps its ring, and so the device, alive until it is done;
+//! the device is then destroyed on the completion thread. Call [`VulkanDevice::wait_idle`]
+//! first (after a timeout, say) for a synchronous teardown.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +48,12 @@ pub const MAX_RINGS: usize = 32;
 const COMPLETION_TIMEOUT: Duration = Duration::from_millis(10);
 
 static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+static LIVE_DEVICES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Logical devices alive in this process (created and not yet destroyed): a leak check.
+pub fn live_devices() -> usize {
+    LIVE_DEVICES.load(Ordering::SeqCst)
+}
 
 /// Which physical device to use.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -133,6 +140,10 @@ pub(crate) struct Completion {
     pub(crate) lost: AtomicBool,
     /// Set by the device's drop: the thread exits.
     stop: AtomicBool,
+    /// Held by the thread from choosing the semaphores to wait on until the wait returns: a
+    /// ring destroys its semaphore only while holding it, so the thread never waits on a
+    /// destroyed semaphore, and never holds a ring (or the device) while it sleeps.
+    pub(crate) in_wait: Mutex<()>,
 }
 
 impl DeviceCore {
@@ -188,13 +199,14 @@ impl Drop for DeviceCore {
             d.destroy_semaphore(self.comp.wake, None);
             d.destroy_device(None);
         }
+        LIVE_DEVICES.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 fn completion_thread(comp: Arc<Completion>) {
     let mut sems: Vec<vk::Semaphore> = Vec::with_capacity(MAX_RINGS + 1);
     let mut values: Vec<u64> = Vec::with_capacity(MAX_RINGS + 1);
-    let mut watched: Vec<Arc<RingHw>> = Vec::with_capacity(MAX_RINGS);
+    let mut watched: Vec<Weak<RingHw>> = Vec::with_capacity(MAX_RINGS);
     let timeout = COMPLETION_TIMEOUT.as_nanos() as u64;
     loop {
         if comp.stop.load(Ordering::SeqCst) || comp.lost.load(Ordering::SeqCst) {
@@ -202,6 +214,7 @@ fn completion_thread(comp: Arc<Completion>) {
         }
         sems.clear();
         values.clear();
+        let in_wait = comp.in_wait.lock().unwrap_or_else(|p| p.into_inner());
         {
             let rings = comp.rings.lock().unwrap_or_else(|p| p.into_inner());
             for r in rings.iter().filter_map(Weak::upgrade) {
@@ -209,7 +222,7 @@ fn completion_thread(comp: Arc<Completion>) {
                 if r.submitted.load(Ordering::SeqCst) > completed {
                     sems.push(r.sem);
                     values.push(completed + 1);
-                    watched.push(r);
+                    watched.push(Arc::downgrade(&r));
                 }
             }
         }
@@ -220,10 +233,12 @@ fn completion_thread(comp: Arc<Completion>) {
             .flags(vk::SemaphoreWaitFlags::ANY)
             .semaphores(&sems)
             .values(&values);
-        // SAFETY: the ring semaphores are alive (held by `watched`); the device and the wake
-        // semaphore are destroyed only after this thread is joined (or, when the device drops
-        // on this thread, after this iteration, and the loop then exits on `stop`).
+        // SAFETY: a ring destroys its semaphore only under `in_wait`, which this thread holds
+        // (and held when it saw the ring alive); the device and the wake semaphore are
+        // destroyed only after this thread is joined (or, when the device drops on this
+        // thread, after this iteration, and the loop then exits on `stop`).
         let r = unsafe { comp.device.wait_semaphores(&info, timeout) };
+        drop(in_wait);
         let mut lost = false;
         match r {
             Ok(()) | Err(vk::Result::TIMEOUT) => {}
@@ -231,17 +246,17 @@ fn completion_thread(comp: Arc<Completion>) {
             Err(e) => tracing::warn!(target: "gpusched_vulkan", ?e, "vkWaitSemaphores failed"),
         }
         if !lost {
-            lost = watched.iter().any(|ring| ring.complete().is_err());
+            // Each upgrade may be the last reference to a ring and the device once dropped:
+            // see `DeviceCore::drop`.
+            lost = watched.iter().filter_map(Weak::upgrade).any(|ring| ring.complete().is_err());
         }
         if lost {
             tracing::error!(target: "gpusched_vulkan", "device lost");
-            if let Some(r) = watched.first() {
-                r.core.mark_lost();
-            } else {
-                comp.lost.store(true, Ordering::SeqCst);
+            match watched.iter().find_map(Weak::upgrade) {
+                Some(r) => r.core.mark_lost(),
+                None => comp.lost.store(true, Ordering::SeqCst),
             }
         }
-        // May drop the last reference to a ring and the device: see `DeviceCore::drop`.
         watched.clear();
     }
 }
@@ -549,6 +564,7 @@ impl VulkanDevice {
             wake_value: Mutex::new(0),
             lost: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            in_wait: Mutex::new(()),
         });
         let core = Arc::new(DeviceCore {
             domain: ResetDomain::new(format!("vk{generation}")),
@@ -570,6 +586,7 @@ impl VulkanDevice {
             thread: Mutex::new(None),
             thread_id: OnceLock::new(),
         });
+        LIVE_DEVICES.fetch_add(1, Ordering::SeqCst);
         let spawned = std::thread::Builder::new()
             .name(format!("gpusched-vk{generation}-completion"))
             .spawn(move || completion_thread(comp));
@@ -582,6 +599,31 @@ impl VulkanDevice {
         }
         tracing::info!(target: "gpusched_vulkan", device = %core.name, generation, validation, "device created");
         Ok(VulkanDevice { core })
+    }
+
+    /// Destroys the device now, on this thread: waits for its work (as
+    /// [`wait_idle`](VulkanDevice::wait_idle)), then for the references that the scheduler
+    /// and the completion thread drop asynchronously (finished jobs are freed just after their
+    /// fences signal), and drops the last one. Call it after dropping your rings, entities
+    /// and buffers, before the process exits: a device still alive at exit races the driver's
+    /// own teardown (lavapipe crashes in its LLVM destructors).
+    ///
+    /// # Errors
+    /// The device, handed back, when references remain after `timeout` (a ring, entity,
+    /// buffer or pending job still alive).
+    pub fn close(self, timeout: Duration) -> Result<(), VulkanDevice> {
+        let deadline = std::time::Instant::now() + timeout;
+        let _ = self.wait_idle(timeout);
+        loop {
+            if Arc::strong_count(&self.core) == 1 {
+                drop(self);
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(self);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Waits until every ring of the device has finished everything submitted to it (also

@@ -55,7 +55,7 @@ mod ring;
 
 pub use ash;
 
-pub use crate::device::{DeviceConfig, DeviceSelector, VulkanDevice, MAX_RINGS};
+pub use crate::device::{live_devices, DeviceConfig, DeviceSelector, VulkanDevice, MAX_RINGS};
 pub use crate::error::{
     BufferError, DeviceError, InitError, RecordError, ShaderError, SubmitError,
 };

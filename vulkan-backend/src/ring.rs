@@ -248,8 +248,15 @@ impl Drop for RingHw {
             tracing::error!(target: "gpusched_vulkan", ring = %self.name, "ring dropped with work still running: leaking its pool and semaphore");
             return;
         }
+        // The completion thread may be waiting on the semaphore: wake it and wait for the
+        // wait to end. It cannot pick this ring again (its weak reference no longer upgrades).
+        if !self.core.comp.lost.load(Ordering::SeqCst) {
+            self.core.wake();
+        }
+        let _in_wait = lock(&self.core.comp.in_wait);
         let pool = lock(&self.pool).pool;
-        // SAFETY: all submitted work of this ring is done; freeing the pool frees its buffers.
+        // SAFETY: all submitted work of this ring is done; freeing the pool frees its buffers;
+        // the completion thread is not waiting on the semaphore (`in_wait` is held).
         unsafe {
             d.destroy_command_pool(pool, None);
             d.destroy_semaphore(self.sem, None);

@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use common::{assert_no_validation_errors, device, push, wait_ok, WATCHDOG};
+use common::{assert_no_validation_errors, close, device, push, wait_ok, WATCHDOG};
 use gpusched::{Entity, Priority, SchedulerConfig};
 use gpusched_vulkan::{Buffer, Builtin, VulkanDevice, VulkanJob};
 
@@ -93,6 +93,8 @@ fn dependency_chain_across_two_rings() {
     settle(&r0, 3);
     settle(&r1, 2);
     assert_no_validation_errors();
+    drop((e0, e1, r0, r1, a, b, p, c, last));
+    close(dev);
 }
 
 #[test]
@@ -141,6 +143,8 @@ fn implicit_sync_write_then_reads_then_write() {
     }
     assert!(x.read_f32(WATCHDOG).unwrap().iter().all(|v| *v == 7.0));
     assert_no_validation_errors();
+    drop((writer, readers, last_writer, r0, r1, x, outs, done));
+    close(dev);
 }
 
 #[test]
@@ -189,6 +193,8 @@ fn many_threads_pushing_at_once() {
     let total: u64 = rings.iter().map(|r| r.stats().finished_ok).sum();
     assert_eq!(total, (THREADS * (JOBS + 1) + 1) as u64);
     assert_no_validation_errors();
+    drop((rings, ones));
+    close(dev);
 }
 
 #[test]
@@ -221,6 +227,9 @@ fn two_devices_one_entity_load_balances() {
     assert_eq!(r0.stats().finished_ok, 3);
     assert_eq!(r1.stats().finished_ok, 3);
     assert_no_validation_errors();
+    drop((a, b, fa, fb, r0, r1));
+    close(d1);
+    close(d0);
 }
 
 #[test]
@@ -239,4 +248,6 @@ fn hardware_fence_waits_and_polls_the_semaphore() {
     wait_ok(&f);
     settle(&ring, 1);
     assert_no_validation_errors();
+    drop((e, ring, f, hw));
+    close(dev);
 }

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_no_validation_errors, device, push, wait, wait_ok, WATCHDOG};
+use common::{assert_no_validation_errors, close, device, push, wait, wait_ok, WATCHDOG};
 use gpusched::fence::FenceError;
 use gpusched::{Entity, Priority, SchedError, SchedulerConfig};
 use gpusched_vulkan::{BufferError, Builtin, RecordError, SubmitError, VulkanDevice, VulkanJob};
@@ -94,6 +94,9 @@ fn bad_input_is_refused_and_no_fence_is_lost() {
     assert_eq!(ring.stats().finished_err + ring.stats().cancelled, 0);
     drop(foreign);
     assert_no_validation_errors();
+    drop((e, ring, buf, fences, payload));
+    close(other);
+    close(dev);
 }
 
 #[test]
@@ -111,6 +114,7 @@ fn buffers_too_large_or_empty_are_refused() {
         assert_eq!(b.read_bytes(size - 1, 1, WATCHDOG).unwrap(), vec![7u8]);
     }
     assert_no_validation_errors();
+    close(dev);
 }
 
 #[test]
@@ -144,14 +148,14 @@ fn invalid_spirv_is_refused_before_the_driver_sees_it() {
     wait_ok(&f);
     assert!(buf.read_f32(WATCHDOG).unwrap().iter().all(|v| *v == 9.0));
     assert_no_validation_errors();
+    drop((e, ring, buf, f));
+    close(dev);
 }
 
 #[test]
 fn bad_device_selector_is_a_clear_error() {
     use gpusched_vulkan::{DeviceConfig, DeviceSelector, InitError};
-    if device().is_none() {
-        return;
-    }
+    let Some(dev) = device() else { return };
     let err = VulkanDevice::with_config(
         DeviceConfig::default().selector(DeviceSelector::Name("no such gpu xyz".into())),
     )
@@ -162,6 +166,7 @@ fn bad_device_selector_is_a_clear_error() {
         VulkanDevice::with_config(DeviceConfig::default().selector(DeviceSelector::Index(999)))
             .unwrap_err();
     assert!(err.is_no_device(), "{err}");
+    close(dev);
 }
 
 #[test]
@@ -187,8 +192,8 @@ fn a_timeout_ends_in_no_device_and_every_fence_signals() {
     assert!(err.is_sched(), "{err}");
     assert!(dev.reset_domain().recoveries() >= 1);
     // Dropping everything waits for the shader still running, then destroys the device.
-    // The timed-out shader still runs: wait for it, then tear down synchronously.
-    dev.wait_idle(WATCHDOG).unwrap();
-    drop((e, ring, dev));
+    // The timed-out shader still runs: `close` waits for it, then tears down synchronously.
+    drop((e, ring, slow, next));
+    close(dev);
     assert_no_validation_errors();
 }

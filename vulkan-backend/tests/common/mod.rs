@@ -50,3 +50,13 @@ pub fn push(words: &[[u8; 4]]) -> Vec<u8> {
 pub fn assert_no_validation_errors() {
     assert_eq!(gpusched_vulkan::validation_errors(), 0, "validation errors were reported");
 }
+
+/// Destroys the device synchronously (after the test dropped its rings, entities and
+/// buffers): a device left for the completion thread to destroy may outlive the test process
+/// and race the driver's exit handlers.
+#[track_caller]
+pub fn close(dev: VulkanDevice) {
+    if let Err(dev) = dev.close(WATCHDOG) {
+        panic!("device {dev:?} still referenced after the test dropped its handles");
+    }
+}
