@@ -236,7 +236,9 @@ impl<B: Backend> Recovery<'_, B> {
     /// Whether the guilty job's hardware fence has signalled after all (it completed just as
     /// its timeout fired): then it must not be blamed.
     pub fn guilty_completed(&self) -> bool {
-        lock(&self.guilty.hw).fence.as_ref().is_some_and(|f| f.is_signaled())
+        // Cloned out first: polling a backend fence may run the completion callback.
+        let hw = lock(&self.guilty.hw).fence.clone();
+        hw.is_some_and(|f| f.is_signaled())
     }
 
     /// Blames the guilty job (`drm_sched_increase_karma`): raises its entity's karma; past the
@@ -337,24 +339,26 @@ impl<B: Backend> TimeoutTarget for SchedShared<B> {
         let _section = lockdep::signalling_section();
         let _serial = lock(&me.domain.inner.recovery);
         // Recheck under the lock: still expired, and the head job still unfinished.
-        let guilty = {
-            let mut st = lock(&me.state);
+        let head = {
+            let st = lock(&me.state);
             match (st.deadline, st.pending.front()) {
-                (Some(dl), Some(head)) if dl <= now && !st.stopped => {
-                    let head = head.clone();
-                    let done = lock(&head.hw).fence.as_ref().is_some_and(|f| f.is_signaled());
-                    if done {
-                        // Completed just as the timeout fired: its callback retires it.
-                        st.deadline = None;
-                        None
-                    } else {
-                        Some(head)
-                    }
-                }
+                (Some(dl), Some(head)) if dl <= now && !st.stopped => Some(head.clone()),
                 _ => None,
             }
         };
-        let Some(guilty) = guilty else { return };
+        let Some(head) = head else { return };
+        // Poll the hardware fence with no lock held: a backend fence (`FenceOps::signaled`)
+        // may signal on the spot and run the completion callback, which takes the state lock.
+        let hw = lock(&head.hw).fence.clone();
+        if hw.is_some_and(|f| f.is_signaled()) {
+            // Completed just as the timeout fired: its callback retires it.
+            let mut st = lock(&me.state);
+            if st.pending.front().is_some_and(|j| Arc::ptr_eq(j, &head)) {
+                st.deadline = None;
+            }
+            return;
+        }
+        let guilty = head;
         me.domain.inner.recoveries.fetch_add(1, StdOrdering::Relaxed);
         diag!(warn, target: "gpusched", sched = me.name(), job = guilty.info.id, "timeout");
         let mut recovery = Recovery { sched: &me, guilty, stopped: false, interrupt: None };
