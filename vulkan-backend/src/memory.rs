@@ -55,7 +55,11 @@ pub(crate) struct Allocator {
     chunks: Vec<Chunk>,
     /// Bump offset in the last chunk.
     bump: u64,
+    /// Free blocks per class. Capacity always covers every block of the class ever carved,
+    /// so freeing never allocates (a buffer may drop inside a signalling section, with the
+    /// last job that used it).
     free: [Vec<(vk::DeviceMemory, u64, usize)>; CLASSES],
+    carved: [usize; CLASSES],
 }
 
 // SAFETY: the raw pointers are mappings of device memory owned by the allocator; they are
@@ -68,7 +72,13 @@ unsafe impl Sync for Block {}
 
 impl Allocator {
     pub(crate) fn new(type_index: u32) -> Self {
-        Allocator { type_index, chunks: Vec::new(), bump: CHUNK, free: Default::default() }
+        Allocator {
+            type_index,
+            chunks: Vec::new(),
+            bump: CHUNK,
+            free: Default::default(),
+            carved: [0; CLASSES],
+        }
     }
 
     fn class_of(size: u64) -> Option<usize> {
@@ -125,6 +135,14 @@ impl Allocator {
             offset = 0;
         }
         self.bump = offset + block_size;
+        self.carved[class] += 1;
+        let room = self.carved[class] - self.free[class].len();
+        if self.free[class].try_reserve(room).is_err() {
+            return Err(BufferError::Device(crate::error::DeviceError::OutOfMemory {
+                op: "free-list reservation",
+                code: vk::Result::ERROR_OUT_OF_HOST_MEMORY,
+            }));
+        }
         let chunk = self.chunks.len() - 1;
         let c = &self.chunks[chunk];
         // SAFETY: `offset + block_size <= CHUNK`, inside the mapping.

@@ -32,8 +32,9 @@ use gpusched::{Backend, JobInfo, Recovery, TimeoutStatus};
 
 use crate::device::DeviceCore;
 use crate::error::{map_device, DeviceError, RecordError};
-use crate::job::{Prepared, VulkanJob};
+use crate::job::{Prepared, RecordFn, VulkanJob};
 use crate::kernel::RecordCtx;
+use crate::memory::Buffer;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -77,14 +78,26 @@ fn host_barrier(device: &ash::Device, cb: vk::CommandBuffer) {
     };
 }
 
+/// A freed job whose work the semaphore has not passed yet (a forced completion): its
+/// command buffer, recording closure and buffers are kept until it has.
+struct Retired {
+    value: u64,
+    cb: vk::CommandBuffer,
+    _keep: Option<(RecordFn, Vec<Buffer>)>,
+}
+
 /// The ring's command pool. Protected by `RingHw::pool` (a pool and its command buffers
 /// need external synchronisation while recording).
+///
+/// Invariant: `free` and `retired` each have capacity for every command buffer allocated
+/// (`total`), so `free_job`, which the scheduler may call inside a signalling section, never
+/// allocates.
 struct CmdPool {
     pool: vk::CommandPool,
+    total: usize,
     free: Vec<vk::CommandBuffer>,
-    /// Command buffers of freed jobs with the timeline value they were submitted with, in
-    /// submission order: reusable once the semaphore reaches it.
-    retired: VecDeque<(u64, vk::CommandBuffer)>,
+    /// In submission order: reusable once the semaphore reaches `value`.
+    retired: VecDeque<Retired>,
 }
 
 /// The ring's submission state. Protected by `RingHw::state`.
@@ -150,7 +163,12 @@ impl RingHw {
                 in_flight: VecDeque::with_capacity(cap),
                 prepared: 0,
             }),
-            pool: Mutex::new(CmdPool { pool, free: Vec::new(), retired: VecDeque::new() }),
+            pool: Mutex::new(CmdPool {
+                pool,
+                total: 0,
+                free: Vec::new(),
+                retired: VecDeque::new(),
+            }),
             submitted: AtomicU64::new(0),
             completed: AtomicU64::new(0),
         }))
@@ -208,15 +226,13 @@ impl RingHw {
     /// A command buffer ready for recording: a recycled one whose value the semaphore has
     /// passed, a free one, or a new one.
     fn acquire_cb(&self, pool: &mut CmdPool) -> Result<vk::CommandBuffer, vk::Result> {
-        if let Some(&(v, _)) = pool.retired.front() {
+        if let Some(r) = pool.retired.front() {
             let done = self.completed.load(Ordering::SeqCst).max(self.counter().unwrap_or(0));
-            if v <= done {
-                while let Some(&(v, cb)) = pool.retired.front() {
-                    if v > done {
-                        break;
+            if r.value <= done {
+                while pool.retired.front().is_some_and(|r| r.value <= done) {
+                    if let Some(r) = pool.retired.pop_front() {
+                        pool.free.push(r.cb);
                     }
-                    pool.retired.pop_front();
-                    pool.free.push(cb);
                 }
             }
         }
@@ -228,7 +244,12 @@ impl RingHw {
             .level(vk::CommandBufferLevel::PRIMARY)
             .command_buffer_count(1);
         // SAFETY: the pool is locked by the caller.
-        Ok(unsafe { self.core.device.allocate_command_buffers(&info) }?[0])
+        let cb = unsafe { self.core.device.allocate_command_buffers(&info) }?[0];
+        pool.total += 1;
+        let (free, retired) = (pool.free.len(), pool.retired.len());
+        pool.free.reserve(pool.total - free);
+        pool.retired.reserve(pool.total - retired);
+        Ok(cb)
     }
 }
 
@@ -505,30 +526,26 @@ impl Backend for VulkanRing {
         TimeoutStatus::NoDevice
     }
 
+    /// Allocation-free (the scheduler may free inside a signalling section): the command
+    /// buffer goes back to the pool, or, if the semaphore has not passed the job yet (a
+    /// forced completion), into the retired list with the job's closure and buffers, which
+    /// are dropped once it has. Never waits.
     fn free_job(&self, mut job: VulkanJob, _info: &JobInfo) {
         if job.prepared.take().is_some() {
             let mut st = lock(&self.hw.state);
             st.prepared = st.prepared.saturating_sub(1);
         }
-        if let Some(cb) = job.cb.take() {
-            let mut pool = lock(&self.hw.pool);
-            if job.value == 0 {
-                pool.free.push(cb);
-            } else {
-                pool.retired.push_back((job.value, cb));
-            }
-        }
-        // The job's buffers drop here. A force-completed job may still be on the hardware:
-        // keep them until it is done.
-        if job.value > self.hw.completed.load(Ordering::SeqCst)
-            && !self.hw.core.comp.lost.load(Ordering::SeqCst)
-        {
-            let sems = [self.hw.sem];
-            let values = [job.value];
-            let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
-            // SAFETY: live semaphore. `free_job` runs outside signalling sections; this wait
-            // only happens after a forced completion, bounded by 10 s.
-            let _ = unsafe { self.hw.core.device.wait_semaphores(&info, 10_000_000_000) };
+        let Some(cb) = job.cb.take() else { return };
+        let passed = job.value == 0
+            || self.hw.core.comp.lost.load(Ordering::SeqCst)
+            || job.value <= self.hw.completed.load(Ordering::SeqCst)
+            || self.hw.counter().is_ok_and(|c| job.value <= c);
+        let mut pool = lock(&self.hw.pool);
+        if passed {
+            pool.free.push(cb);
+        } else {
+            let keep = (job.record, std::mem::take(&mut job.declared));
+            pool.retired.push_back(Retired { value: job.value, cb, _keep: Some(keep) });
         }
     }
 }

@@ -5,7 +5,12 @@
 
 use std::time::Duration;
 
-use gpusched::fence::Fence;
+use gpusched::fence::{lockdep, Fence};
+
+/// Every allocation is checked against the signalling contract (none inside a signalling
+/// section: `run_job`, the completion thread's signalling path).
+#[global_allocator]
+static ALLOC: lockdep::CheckingAllocator = lockdep::CheckingAllocator::new(std::alloc::System);
 use gpusched_vulkan::{DeviceConfig, InitError, VulkanDevice};
 
 /// Deadlock watchdog for every wait (never a speed assertion).
@@ -45,10 +50,11 @@ pub fn push(words: &[[u8; 4]]) -> Vec<u8> {
     words.concat()
 }
 
-/// Asserts that no validation error was reported so far.
+/// Asserts that no validation error and no checker violation was reported so far.
 #[track_caller]
 pub fn assert_no_validation_errors() {
     assert_eq!(gpusched_vulkan::validation_errors(), 0, "validation errors were reported");
+    assert_eq!(lockdep::violations(), 0, "checker violations: {:#?}", lockdep::reports());
 }
 
 /// Destroys the device synchronously (after the test dropped its rings, entities and
