@@ -78,8 +78,8 @@ fn host_barrier(device: &ash::Device, cb: vk::CommandBuffer) {
     };
 }
 
-/// A freed job whose work the semaphore has not passed yet (a forced completion): its
-/// command buffer, recording closure and buffers are kept until it has.
+/// A freed job: its command buffer, recording closure and buffers, kept until the semaphore
+/// has passed it and they can be recycled and dropped outside any signalling section.
 struct Retired {
     value: u64,
     cb: vk::CommandBuffer,
@@ -227,7 +227,11 @@ impl RingHw {
     /// passed, a free one, or a new one.
     fn acquire_cb(&self, pool: &mut CmdPool) -> Result<vk::CommandBuffer, vk::Result> {
         if let Some(r) = pool.retired.front() {
-            let done = self.completed.load(Ordering::SeqCst).max(self.counter().unwrap_or(0));
+            let done = if self.core.comp.lost.load(Ordering::SeqCst) {
+                u64::MAX
+            } else {
+                self.completed.load(Ordering::SeqCst).max(self.counter().unwrap_or(0))
+            };
             if r.value <= done {
                 while pool.retired.front().is_some_and(|r| r.value <= done) {
                     if let Some(r) = pool.retired.pop_front() {
@@ -526,26 +530,19 @@ impl Backend for VulkanRing {
         TimeoutStatus::NoDevice
     }
 
-    /// Allocation-free (the scheduler may free inside a signalling section): the command
-    /// buffer goes back to the pool, or, if the semaphore has not passed the job yet (a
-    /// forced completion), into the retired list with the job's closure and buffers, which
-    /// are dropped once it has. Never waits.
+    /// Allocation-free (the scheduler may free inside a signalling section, where even
+    /// dropping a buffer's `Resv` may allocate): the job's command buffer, recording closure
+    /// and buffers go to the retired list, and are recycled and dropped by the next
+    /// `prepare_job` on this ring once the semaphore has passed the job (a forced completion
+    /// may still be running), or when the ring is dropped. Never waits.
     fn free_job(&self, mut job: VulkanJob, _info: &JobInfo) {
         if job.prepared.take().is_some() {
             let mut st = lock(&self.hw.state);
             st.prepared = st.prepared.saturating_sub(1);
         }
         let Some(cb) = job.cb.take() else { return };
-        let passed = job.value == 0
-            || self.hw.core.comp.lost.load(Ordering::SeqCst)
-            || job.value <= self.hw.completed.load(Ordering::SeqCst)
-            || self.hw.counter().is_ok_and(|c| job.value <= c);
-        let mut pool = lock(&self.hw.pool);
-        if passed {
-            pool.free.push(cb);
-        } else {
-            let keep = (job.record, std::mem::take(&mut job.declared));
-            pool.retired.push_back(Retired { value: job.value, cb, _keep: Some(keep) });
-        }
+        let keep = (job.record, std::mem::take(&mut job.declared));
+        // Capacity: one entry per command buffer allocated (`CmdPool` invariant).
+        lock(&self.hw.pool).retired.push_back(Retired { value: job.value, cb, _keep: Some(keep) });
     }
 }
