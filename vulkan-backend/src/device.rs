@@ -649,6 +649,40 @@ impl VulkanDevice {
             .map_err(|c| map_device("vkWaitSemaphores", c))
     }
 
+    /// The raw `ash` device, for code that drives Vulkan itself (benches comparing against
+    /// native submission). Objects it creates must be destroyed before the device.
+    pub fn ash_device(&self) -> &ash::Device {
+        &self.core.device
+    }
+
+    /// Runs `f` with queue `queue_index` of the compute family locked (`vkQueueSubmit` must
+    /// be externally synchronised; the rings on that queue take the same lock).
+    ///
+    /// # Panics
+    /// If the queue does not exist (misuse; see [`queue_count`](VulkanDevice::queue_count)).
+    pub fn with_queue<R>(&self, queue_index: u32, f: impl FnOnce(vk::Queue) -> R) -> R {
+        let Some(slot) = self.core.queues.get(queue_index as usize) else {
+            no_such_queue(queue_index, self.queue_count())
+        };
+        let q = slot.queue.lock().unwrap_or_else(|p| p.into_inner());
+        f(*q)
+    }
+
+    /// Records with `f` into a command buffer of the caller's (in the recording state), with
+    /// the same checks and kernels as a job's closure; `declared` are the buffers `f` may use.
+    ///
+    /// # Errors
+    /// What `f` returns.
+    pub fn record_into(
+        &self,
+        cb: vk::CommandBuffer,
+        declared: &[Buffer],
+        f: impl FnOnce(&crate::RecordCtx<'_>, vk::CommandBuffer) -> Result<(), crate::RecordError>,
+    ) -> Result<(), crate::RecordError> {
+        let ctx = crate::RecordCtx { core: &self.core, declared };
+        f(&ctx, cb)
+    }
+
     /// The device name (`VkPhysicalDeviceProperties::deviceName`).
     pub fn name(&self) -> &str {
         &self.core.name
@@ -772,6 +806,12 @@ impl VulkanDevice {
     ) -> Result<gpusched::fence::Fence, SubmitError> {
         submit(entity, job)
     }
+}
+
+#[cold]
+#[track_caller]
+fn no_such_queue(index: u32, count: u32) -> ! {
+    panic!("queue index {index} out of range: the compute family has {count} queues")
 }
 
 pub(crate) fn submit(
