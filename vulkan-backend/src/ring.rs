@@ -448,10 +448,10 @@ impl Backend for VulkanRing {
         let value = Arc::new(AtomicU64::new(0));
         let ops = HwOps { ring: Arc::downgrade(&self.hw), value: value.clone() };
         let hw = self.hw.ctx.prepare(1, Some(Box::new(ops)));
-        if let Some(old) = job.cb.replace(cb) {
-            // A job armed again (after a failed arm elsewhere): its old buffer is unused.
-            lock(&self.hw.pool).free.push(old);
-        }
+        // Arming cannot fail after `prepare_job` succeeded, so a payload handed back by a
+        // failed arm never holds a command buffer.
+        debug_assert!(job.cb.is_none(), "a job is prepared once");
+        job.cb = Some(cb);
         job.prepared = Some(Prepared { hw, value });
         let mut st = lock(&self.hw.state);
         st.prepared += 1;

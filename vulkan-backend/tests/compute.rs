@@ -251,3 +251,25 @@ fn hardware_fence_waits_and_polls_the_semaphore() {
     drop((e, ring, f, hw));
     close(dev);
 }
+
+#[test]
+fn dropping_handles_with_work_outstanding_leaks_nothing() {
+    let Some(dev) = device() else { return };
+    let ring = dev.ring(0, SchedulerConfig::new("r0")).unwrap();
+    let e = Entity::new(&[&ring], Priority::Normal).unwrap();
+    let buf = dev.buffer(4096).unwrap();
+    let b = buf.clone();
+    let slow = VulkanJob::new(move |ctx, cb| {
+        ctx.busy(cb, 8, 1024)?;
+        ctx.fill_u32(cb, &b, 7)
+    })
+    .writes(&buf);
+    let done = VulkanDevice::submit(&e, slow).unwrap();
+    // Every handle but the device goes while the job runs: the entity's slot, the ring and the
+    // buffer must all be released once it finishes, so that `close` can destroy the device.
+    drop((e, ring, buf));
+    wait_ok(&done);
+    drop(done);
+    assert_no_validation_errors();
+    close(dev);
+}
