@@ -197,3 +197,17 @@ fn a_timeout_ends_in_no_device_and_every_fence_signals() {
     close(dev);
     assert_no_validation_errors();
 }
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<VulkanDevice>();
+    send_sync::<gpusched_vulkan::Buffer>();
+    send_sync::<gpusched_vulkan::VulkanRing>();
+    send_sync::<gpusched_vulkan::Kernel>();
+    send_sync::<gpusched_vulkan::Builtin>();
+    send_sync::<SubmitError>();
+    send_sync::<gpusched_vulkan::InitError>();
+    send::<VulkanJob>();
+}
