@@ -470,6 +470,7 @@ impl Fence {
     /// blocking wait wakes as fast as a condvar wait, with no per-wait allocation.
     #[cfg(not(gpusched_loom))]
     fn park_until(&self, deadline: Option<Instant>) -> Result<(), WaitError> {
+        ensure_parking_table();
         loop {
             self.inner.state.fetch_or(PARKED, Ordering::AcqRel);
             if let Some(r) = self.poll_outcome() {
@@ -809,5 +810,26 @@ impl PreparedFence {
         }
         let fence = Fence { inner: self.inner };
         (fence.clone(), Signaller { fence })
+    }
+}
+
+/// Makes sure `parking_lot_core` has created its global table before any waiter sets
+/// `PARKED`: otherwise the first signaller to unpark would create it, allocating inside its
+/// signalling section. (Later growth of the table happens on the parking side only.)
+#[cfg(not(gpusched_loom))]
+fn ensure_parking_table() {
+    use std::sync::atomic::{AtomicBool, Ordering as StdOrdering};
+    static READY: AtomicBool = AtomicBool::new(false);
+    if !READY.load(StdOrdering::Acquire) {
+        static KEY: u8 = 0;
+        // SAFETY: the key is the address of a private static nobody parks on; unparking it
+        // wakes no one and only forces the table into existence.
+        unsafe {
+            parking_lot_core::unpark_all(
+                &KEY as *const u8 as usize,
+                parking_lot_core::DEFAULT_UNPARK_TOKEN,
+            );
+        }
+        READY.store(true, StdOrdering::Release);
     }
 }
