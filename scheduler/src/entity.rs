@@ -56,6 +56,8 @@ pub(crate) struct EntityShared<B: Backend> {
     pub(crate) is_stopped: AtomicBool,
     /// Hangs blamed on this entity.
     pub(crate) karma: AtomicU32,
+    /// The highest seqno pushed or dropped so far: pushes must follow arm order.
+    pub(crate) pushed_seqno: AtomicU64,
     /// The last finished fence armed, for flush.
     pub(crate) last_finished: Mutex<Option<Fence>>,
     /// Set when the user's handle is dropped: the slot is removed once idle.
@@ -89,7 +91,17 @@ impl<B: Backend> EntityShared<B> {
             None => self.finished_ok.fetch_add(1, Ordering::Relaxed),
             Some(_) => self.finished_err.fetch_add(1, Ordering::Relaxed),
         };
-        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+        let left = self.outstanding.fetch_sub(1, Ordering::AcqRel) - 1;
+        if left == 0 && self.detached.load(std::sync::atomic::Ordering::Acquire) {
+            // The user's handle is gone and the last job ended: leave the scheduler, so the
+            // slot (which holds this entity) does not keep both alive forever.
+            let mut b = lock(&self.binding);
+            if self.outstanding.load(Ordering::Acquire) == 0 {
+                if let Some((i, key)) = b.current.take() {
+                    self.schedulers[i].remove_slot(key);
+                }
+            }
+        }
     }
 }
 
@@ -139,6 +151,7 @@ impl<B: Backend> Entity<B> {
                 stopped: Mutex::new(None),
                 is_stopped: AtomicBool::new(false),
                 karma: AtomicU32::new(0),
+                pushed_seqno: AtomicU64::new(0),
                 last_finished: Mutex::new(None),
                 detached: std::sync::atomic::AtomicBool::new(false),
                 armed: AtomicU64::new(0),
