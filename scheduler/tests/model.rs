@@ -28,7 +28,8 @@
 //! nothing), so exactly one reset happens per tick, on the head job the model expects.
 //!
 //! `PROPTEST_CASES` sets the number of cases (default 64); failures are persisted next to
-//! this file (`model.proptest-regressions`) and replayed first.
+//! this file (`model.proptest-regressions`) and replayed first; `PROPTEST_VERBOSE=1` prints each
+//! transition as it is applied.
 
 #![cfg(not(gpusched_loom))]
 
@@ -683,9 +684,6 @@ impl StateMachineTest for SchedTest {
     }
 
     fn apply(mut sut: Sut, m: &Model, t: Transition) -> Sut {
-        if std::env::var("MODEL_TRACE").is_ok() {
-            eprintln!("T {t:?}");
-        }
         match t {
             Transition::NewEntity(p) => sut.new_entity(p),
             Transition::NewExt => {
