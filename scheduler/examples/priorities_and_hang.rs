@@ -6,7 +6,7 @@
 //! happened and exits non-zero if any outcome differs from the expected one.
 //!
 //! The ring is a `MockRing::timed()` with a credit limit of 1 (one job on the hardware at a
-//! time, so the order of selection is visible), a 50 ms timeout, and a hang limit of 1 (the
+//! time, so the order of selection is visible), a 250 ms timeout, and a hang limit of 1 (the
 //! second hang bans the entity: `karma > hang_limit`). `MockBehavior::Hang` makes a job that
 //! never completes until the ring is reset; the mock answers a timeout with
 //! `Recovery::standard_reset`: stop, blame, force-complete the guilty job with `TimedOut`,
@@ -36,7 +36,7 @@ fn ms(d: Duration) -> f64 {
 fn main() {
     let config = SchedulerConfig::new("gfx")
         .credit_limit(1)
-        .timeout(Duration::from_millis(50))
+        .timeout(Duration::from_millis(250))
         .hang_limit(1);
     let sched = Scheduler::new(MockRing::timed(), config).unwrap();
     let ui = Entity::new(&[&sched], Priority::High).unwrap();
@@ -49,7 +49,7 @@ fn main() {
     // 1. Priorities. A batch job occupies the ring; meanwhile batch, game and ui queue work
     // (lowest priority first). Strict priority picks ui, then game, then batch.
     println!("1. priorities (credit limit 1: one job on the ring at a time)");
-    let blocker = batch.job(MockJob::new(300).duration(Duration::from_millis(200))).arm().unwrap();
+    let blocker = batch.job(MockJob::new(300).duration(Duration::from_millis(60))).arm().unwrap();
     let blocker = blocker.push();
     let mut fences = vec![blocker];
     for (entity, base) in [(&batch, 300), (&game, 200), (&ui, 100)] {
@@ -65,7 +65,7 @@ fn main() {
     assert_eq!(order, vec![300, 101, 102, 201, 202, 301, 302], "strict priority order");
 
     // 2. A hang. The rogue client's job never completes; a game job waits behind it. After
-    // 50 ms the TDR fires, the rogue job ends `TimedOut`, and the game job runs.
+    // 250 ms the TDR fires, the rogue job ends `TimedOut`, and the game job runs.
     println!("2. a hung job");
     let hang = rogue.job(MockJob::new(900).behavior(MockBehavior::Hang)).arm().unwrap().push();
     let behind = game.job(job(203)).arm().unwrap().push();
