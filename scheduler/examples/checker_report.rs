@@ -16,8 +16,8 @@
 //! - The first line is the rule broken in one sentence, and its short name.
 //! - `this thread:` is the acquisition that was checked: the class (`frame_state`), the
 //!   `file:line` of the `lock()` call, and the thread.
-//! - `while holding:` is the held lock or open section it conflicts with (here the
-//!   `signalling` section opened by `Signaller::signal`, the callback's caller).
+//! - `while holding` is the held lock or open section it conflicts with: here the
+//!   `signalling` section opened by `done.signal()`, the callback's caller.
 //! - The chain lists the recorded edges that close the cycle, each with the place and thread
 //!   that first recorded it: here `frame_state -> signalling`, recorded by the wait at the
 //!   line of `fence.wait()` below.
