@@ -57,7 +57,9 @@ async fn frame_loop(ex: &smol::Executor<'_>) -> String {
             .job(MockJob::new(n).duration(Duration::from_micros(500)))
             .dependency(sim_done.clone());
         if n >= 2 {
-            // The swapchain image of frame N-2 is reused: wait for that frame on the GPU side.
+            // The swapchain image of frame N-2 is reused: order after that frame. It is on the
+            // same ring, so the scheduler only waits until it has been handed to the ring (the
+            // ring executes in order); on another ring it would wait for it to finish.
             job = job.dependency(frames[(n - 2) as usize].clone());
         }
         let frame = job.arm().expect("arm render").push();
