@@ -73,12 +73,12 @@ async fn main() {
     assert_eq!(order, (0..FRAMES).collect::<Vec<_>>(), "graphics ring order");
     assert_eq!(compute.backend().completed_tags().len(), FRAMES as usize);
     assert_eq!(presented, FRAMES);
-    let stats = render.stats();
-    assert_eq!((stats.finished_ok, stats.finished_err), (FRAMES, 0));
+    // Entity statistics are updated just after a fence signals, so a waiter that has just
+    // woken may not see them yet: count from the fences themselves.
+    let ok = frames.iter().filter(|f| f.error().is_none() && f.is_signaled()).count();
+    assert_eq!(ok, FRAMES as usize, "every frame succeeded");
     println!(
-        "frame_loop_tokio: {FRAMES} frames presented in {:.1} ms (render jobs: {} ok, {} failed)",
-        started.elapsed().as_secs_f64() * 1e3,
-        stats.finished_ok,
-        stats.finished_err
+        "frame_loop_tokio: {FRAMES} frames presented in {:.1} ms, {ok} ok",
+        started.elapsed().as_secs_f64() * 1e3
     );
 }

@@ -105,11 +105,8 @@ fn main() {
         ring.completed_tags()
     );
     assert_eq!((ring.timeouts(), ring.resets(), recoveries), (2, 2, 2));
-    for (name, e, ok) in [("ui", &ui, 3), ("game", &game, 4), ("batch", &batch, 3)] {
-        let s = e.stats();
-        assert_eq!((s.finished_ok, s.finished_err), (ok, 0), "{name} lost no work");
-    }
-    let s = rogue.stats();
-    assert_eq!((s.finished_ok, s.finished_err), (0, 3), "rogue: two timeouts, one cancel");
+    // No work of the other clients was lost, and the ring completed it in this order (the
+    // hung jobs never completed on the ring: they were force-completed with `TimedOut`).
+    assert_eq!(ring.completed_tags(), vec![300, 101, 102, 201, 202, 301, 302, 203, 103, 204]);
     println!("priorities_and_hang: ok");
 }
