@@ -85,12 +85,18 @@ impl<B: Backend> EntityShared<B> {
         }
     }
 
-    /// One of the entity's jobs ended (finished or cancelled).
-    pub(crate) fn job_done(&self, error: Option<FenceError>) {
+    /// Counts a job's outcome. Called *before* its finished fence signals, so that a waiter
+    /// woken by the fence reads up-to-date stats.
+    pub(crate) fn count_outcome(&self, error: Option<FenceError>) {
         match error {
             None => self.finished_ok.fetch_add(1, Ordering::Relaxed),
             Some(_) => self.finished_err.fetch_add(1, Ordering::Relaxed),
         };
+    }
+
+    /// One of the entity's jobs ended and its finished fence has signalled. (Only then may the
+    /// entity count as idle and move to another scheduler: its timeline must stay in order.)
+    pub(crate) fn job_done(&self) {
         let left = self.outstanding.fetch_sub(1, Ordering::AcqRel) - 1;
         if left == 0 && self.detached.load(std::sync::atomic::Ordering::Acquire) {
             // The user's handle is gone and the last job ended: leave the scheduler, so the

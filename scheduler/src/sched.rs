@@ -368,22 +368,24 @@ impl<B: Backend> SchedShared<B> {
             Some(_) => self.counters.finished_err.fetch_add(1, Ordering::Relaxed),
         };
         diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "finished");
+        job.entity.count_outcome(error);
         job.signal_finished(error);
-        job.entity.job_done(error);
+        job.entity.job_done();
         lock(&self.state).to_free.push_back(job.clone());
         self.pump();
     }
 
     /// Ends a job that never reached the hardware: both fences signal `error`.
     pub(crate) fn cancel(self: &Arc<Self>, job: &Arc<JobInner<B>>, error: FenceError) {
+        self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+        job.entity.count_outcome(Some(error));
         {
             let _section = lockdep::signalling_section();
             diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "cancelled");
             job.signal_scheduled(Some(error));
             job.signal_finished(Some(error));
         }
-        self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-        job.entity.job_done(Some(error));
+        job.entity.job_done();
         if let Some(mut p) = job.take_payload() {
             self.backend.cancel_job(&mut p, &job.info, error);
             self.backend.free_job(p, &job.info);
@@ -623,8 +625,9 @@ impl<B: Backend> SchedShared<B> {
         self.load.fetch_sub(job.info.credits as usize, Ordering::Relaxed);
         self.counters.finished_err.fetch_add(1, Ordering::Relaxed);
         diag!(debug, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "force-completed");
+        job.entity.count_outcome(Some(error));
         job.signal_finished(Some(error));
-        job.entity.job_done(Some(error));
+        job.entity.job_done();
         lock(&self.state).to_free.push_back(job.clone());
     }
 
