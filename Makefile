@@ -7,13 +7,17 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 ENV := . scripts/env.sh &&
 
-.PHONY: help setup demo test nextest doctest loom bench-test bench fmt-check clippy ci
+.PHONY: help setup demo test nextest doctest examples doc features package loom bench-test bench \
+	fmt-check clippy ci
 
 help:
 	@echo "make demo       set up, then run the demo (a fence pipeline example for now)"
-	@echo "make test       set up, then nextest (unit + integration), doctests, loom models, benches in test mode"
+	@echo "make test       set up, then nextest (unit + integration), doctests, examples, rustdoc"
+	@echo "                (-D warnings), the no-checker build, loom models, benches in test mode,"
+	@echo "                cargo package of the published crates"
 	@echo "make setup      install what is missing (scripts/setup.sh)"
-	@echo "make nextest | doctest | loom | bench-test   one step of 'make test'"
+	@echo "make nextest | doctest | examples | doc | features | loom | bench-test | package"
+	@echo "                one step of 'make test'"
 	@echo "make bench      run the criterion benches for real"
 	@echo "make fmt-check | clippy   the lint steps of .ci/run"
 	@echo "make ci         what CI runs (.ci/run)"
@@ -30,8 +34,12 @@ demo: setup
 test: setup
 	$(MAKE) --no-print-directory nextest
 	$(MAKE) --no-print-directory doctest
+	$(MAKE) --no-print-directory examples
+	$(MAKE) --no-print-directory doc
+	$(MAKE) --no-print-directory features
 	$(MAKE) --no-print-directory loom
 	$(MAKE) --no-print-directory bench-test
+	$(MAKE) --no-print-directory package
 
 nextest:
 	$(ENV) cargo nextest run --workspace --profile ci --no-tests=warn
@@ -42,6 +50,28 @@ doctest:
 	$(ENV) cargo test --workspace --doc
 	bash scripts/check-readme.sh
 	$(ENV) cargo run -q -p gpusched-fence --example readme
+
+# The `gpusched` examples (scheduler/examples/): each checks its own outcome, exits non-zero on
+# failure and finishes in about a second.
+EXAMPLES := frame_loop_tokio frame_loop_smol priorities_and_hang checker_report custom_backend
+examples:
+	@set -e; for ex in $(EXAMPLES); do \
+		echo "[examples] cargo run -q -p gpusched --example $$ex"; \
+		$(ENV) cargo run -q -p gpusched --example $$ex; \
+	done
+
+# The API docs, with every rustdoc warning (broken intra-doc links included) an error.
+doc:
+	$(ENV) RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
+# The checker is a default feature; the scheduler must also build without it.
+features:
+	$(ENV) cargo build -p gpusched --no-default-features
+
+# The published crates package and verify together (one `cargo package` call, so that
+# gpusched-resv and gpusched resolve their unpublished workspace dependencies locally).
+package:
+	$(ENV) cargo package --allow-dirty -p gpusched-fence -p gpusched-resv -p gpusched
 
 loom:
 	$(ENV) bash scripts/loom.sh

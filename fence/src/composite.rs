@@ -287,7 +287,7 @@ impl Timeline {
         Self::prune(&mut st);
         let mut reached = st.pruned;
         for (p, f) in &st.points {
-            if !f.is_signaled() {
+            if f.current_outcome().is_none() {
                 break;
             }
             reached = *p;
@@ -299,7 +299,9 @@ impl Timeline {
         let done = st
             .points
             .iter()
-            .take_while(|(_, f)| f.status() == crate::FenceStatus::Signaled)
+            // Flag only: polling a backend here could signal a fence, and run its callbacks,
+            // under the timeline's lock.
+            .take_while(|(_, f)| f.current_outcome() == Some(Ok(())))
             .count();
         if done > 0 {
             st.pruned = st.points[done - 1].0;

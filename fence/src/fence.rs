@@ -351,7 +351,8 @@ impl Fence {
 
     /// Adds a callback that runs exactly once, on the signalling thread, when the fence
     /// signals (`dma_fence_add_callback`). Callbacks run in the order they were added, inside
-    /// a signalling section: keep them short, allocation-free and wait-free.
+    /// a signalling section: keep them short, allocation-free and wait-free. If one panics,
+    /// the others still run, and the panic then resumes on the signalling thread.
     ///
     /// # Errors
     /// If the fence has already signalled the callback is not run and is handed back in
@@ -431,6 +432,7 @@ impl Fence {
     }
 
     /// Signals the fence if it is still pending. Returns whether this call signalled it.
+    #[track_caller]
     pub(crate) fn signal_internal(&self, error: Option<FenceError>) -> bool {
         let _section = lockdep::signalling_section();
         let entries = {
@@ -459,8 +461,16 @@ impl Fence {
                 parking_lot_core::unpark_all(self.addr(), parking_lot_core::DEFAULT_UNPARK_TOKEN);
             }
         }
+        // A panicking callback must not cost the others their run: each runs exactly once,
+        // and the first panic resumes after all of them.
+        let mut panicked = None;
         for (_, Callback(f)) in entries {
-            f(self);
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
+                panicked.get_or_insert(p);
+            }
+        }
+        if let Some(p) = panicked {
+            std::panic::resume_unwind(p);
         }
         true
     }
@@ -470,6 +480,7 @@ impl Fence {
     /// blocking wait wakes as fast as a condvar wait, with no per-wait allocation.
     #[cfg(not(gpusched_loom))]
     fn park_until(&self, deadline: Option<Instant>) -> Result<(), WaitError> {
+        ensure_parking_table();
         loop {
             self.inner.state.fetch_or(PARKED, Ordering::AcqRel);
             if let Some(r) = self.poll_outcome() {
@@ -712,16 +723,19 @@ impl Signaller {
 
     /// Signals success (`dma_fence_signal`). Returns `false` if the fence was already marked
     /// signalled through its backend ([`FenceOps::signaled`]).
+    #[track_caller]
     pub fn signal(self) -> bool {
         self.fence.signal_internal(None)
     }
 
     /// Signals with an error (`dma_fence_set_error` + `dma_fence_signal`).
+    #[track_caller]
     pub fn signal_error(self, error: FenceError) -> bool {
         self.fence.signal_internal(Some(error))
     }
 
     /// Signals with the given outcome.
+    #[track_caller]
     pub fn signal_result(self, result: Result<(), FenceError>) -> bool {
         self.fence.signal_internal(result.err())
     }
@@ -809,5 +823,26 @@ impl PreparedFence {
         }
         let fence = Fence { inner: self.inner };
         (fence.clone(), Signaller { fence })
+    }
+}
+
+/// Makes sure `parking_lot_core` has created its global table before any waiter sets
+/// `PARKED`: otherwise the first signaller to unpark would create it, allocating inside its
+/// signalling section. (Later growth of the table happens on the parking side only.)
+#[cfg(not(gpusched_loom))]
+fn ensure_parking_table() {
+    use std::sync::atomic::{AtomicBool, Ordering as StdOrdering};
+    static READY: AtomicBool = AtomicBool::new(false);
+    if !READY.load(StdOrdering::Acquire) {
+        static KEY: u8 = 0;
+        // SAFETY: the key is the address of a private static nobody parks on; unparking it
+        // wakes no one and only forces the table into existence.
+        unsafe {
+            parking_lot_core::unpark_all(
+                &KEY as *const u8 as usize,
+                parking_lot_core::DEFAULT_UNPARK_TOKEN,
+            );
+        }
+        READY.store(true, StdOrdering::Release);
     }
 }

@@ -208,3 +208,27 @@ fn removing_through_another_fence_is_a_misuse() {
     // Same per-fence number as b's first callback: without the check it would remove that one.
     b.remove_callback(id);
 }
+
+#[test]
+fn a_panicking_callback_does_not_stop_the_others() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let ctx = gpusched_fence::FenceContext::new("panicky");
+    let (fence, signaller) = ctx.next();
+    let ran = Arc::new(AtomicUsize::new(0));
+    for i in 0..3 {
+        let ran = ran.clone();
+        fence
+            .add_callback(move |_| {
+                ran.fetch_add(1, Ordering::SeqCst);
+                if i == 1 {
+                    panic!("callback {i} fails");
+                }
+            })
+            .unwrap();
+    }
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| signaller.signal()));
+    assert!(r.is_err(), "the callback's panic resumes on the signalling thread");
+    assert_eq!(ran.load(Ordering::SeqCst), 3);
+    assert!(fence.is_signaled());
+}

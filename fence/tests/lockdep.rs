@@ -105,7 +105,9 @@ fn a_wait_in_a_callback_runs_inside_the_signalling_section_and_is_reported() {
     let (signalled, reports) = capture(|| signaller.signal());
     assert!(signalled);
     assert_eq!(rules(&reports), [Rule::WaitInSignalling]);
-    assert!(reports[0].held.as_ref().unwrap().location.file().ends_with("fence.rs"));
+    // The section is reported where the user signalled (`Signaller::signal` is
+    // `#[track_caller]`), not inside the fence crate.
+    assert!(reports[0].held.as_ref().unwrap().location.file().ends_with("lockdep.rs"));
 }
 
 use gpusched_fence::Fence;

@@ -43,8 +43,12 @@ pub enum TimeoutStatus {
 ///   without allocating.
 /// - Jobs are run in the order the scheduler calls `run_job`; the ring executes them in that
 ///   order (the same-scheduler dependency shortcut relies on it).
-/// - [`free_job`](Backend::free_job) is called once per job that was armed, after its finished
-///   fence signalled, outside signalling sections.
+/// - [`free_job`](Backend::free_job) and [`cancel_job`](Backend::cancel_job) are called once
+///   per job, after its finished fence signalled, by whichever thread pumps the scheduler:
+///   that may be a completion callback, inside a signalling section. They follow the same
+///   rules as `run_job` (releasing memory is fine; allocating, taking a `Resv` lock or
+///   waiting is not). Resources the hardware may still use (a force-completed job) must be
+///   kept until the hardware has passed them.
 pub trait Backend: Send + Sync + Sized + 'static {
     /// The job payload (command buffers, a recording closure ...).
     type Job: Send + 'static;

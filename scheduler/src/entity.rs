@@ -56,6 +56,8 @@ pub(crate) struct EntityShared<B: Backend> {
     pub(crate) is_stopped: AtomicBool,
     /// Hangs blamed on this entity.
     pub(crate) karma: AtomicU32,
+    /// The highest seqno pushed or dropped so far: pushes must follow arm order.
+    pub(crate) pushed_seqno: AtomicU64,
     /// The last finished fence armed, for flush.
     pub(crate) last_finished: Mutex<Option<Fence>>,
     /// Set when the user's handle is dropped: the slot is removed once idle.
@@ -83,20 +85,27 @@ impl<B: Backend> EntityShared<B> {
         }
     }
 
-    /// One of the entity's jobs ended (finished or cancelled).
-    pub(crate) fn job_done(&self, error: Option<FenceError>) {
+    /// Counts a job's outcome. Called *before* its finished fence signals, so that a waiter
+    /// woken by the fence reads up-to-date stats.
+    pub(crate) fn count_outcome(&self, error: Option<FenceError>) {
         match error {
             None => self.finished_ok.fetch_add(1, Ordering::Relaxed),
             Some(_) => self.finished_err.fetch_add(1, Ordering::Relaxed),
         };
-        let before = self.outstanding.fetch_sub(1, Ordering::SeqCst);
-        if before == 1 && self.detached.load(std::sync::atomic::Ordering::SeqCst) {
-            // The handle was dropped while jobs were outstanding: the last one to end removes
-            // the slot, which otherwise keeps this entity and its schedulers alive in a cycle
-            // (the slot holds the entity, the entity holds the schedulers). Allocation-free.
-            let current = lock(&self.binding).current.take();
-            if let Some((i, key)) = current {
-                self.schedulers[i].remove_slot(key);
+    }
+
+    /// One of the entity's jobs ended and its finished fence has signalled. (Only then may the
+    /// entity count as idle and move to another scheduler: its timeline must stay in order.)
+    pub(crate) fn job_done(&self) {
+        let left = self.outstanding.fetch_sub(1, Ordering::AcqRel) - 1;
+        if left == 0 && self.detached.load(std::sync::atomic::Ordering::Acquire) {
+            // The user's handle is gone and the last job ended: leave the scheduler, so the
+            // slot (which holds this entity) does not keep both alive forever.
+            let mut b = lock(&self.binding);
+            if self.outstanding.load(Ordering::Acquire) == 0 {
+                if let Some((i, key)) = b.current.take() {
+                    self.schedulers[i].remove_slot(key);
+                }
             }
         }
     }
@@ -148,6 +157,7 @@ impl<B: Backend> Entity<B> {
                 stopped: Mutex::new(None),
                 is_stopped: AtomicBool::new(false),
                 karma: AtomicU32::new(0),
+                pushed_seqno: AtomicU64::new(0),
                 last_finished: Mutex::new(None),
                 detached: std::sync::atomic::AtomicBool::new(false),
                 armed: AtomicU64::new(0),
@@ -233,15 +243,14 @@ impl<B: Backend> Entity<B> {
 
 impl<B: Backend> Drop for Entity<B> {
     fn drop(&mut self) {
-        self.shared.detached.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shared.detached.store(true, std::sync::atomic::Ordering::Release);
         let mut b = lock(&self.shared.binding);
-        if self.shared.outstanding.load(Ordering::SeqCst) == 0 {
+        if self.shared.outstanding.load(Ordering::Acquire) == 0 {
             if let Some((i, key)) = b.current.take() {
                 self.shared.schedulers[i].remove_slot(key);
             }
         }
-        // Otherwise the slot stays until the last outstanding job ends (`job_done` removes
-        // it); its queue drains normally.
+        // Otherwise the slot stays until the scheduler drops; its queue drains normally.
     }
 }
 

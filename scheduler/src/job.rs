@@ -128,7 +128,9 @@ impl<B: Backend> JobInner<B> {
         if let Some(e) = dep.error() {
             lock(&self.dep_error).get_or_insert(e);
         }
-        self.deps_pending.fetch_sub(1, Ordering::AcqRel);
+        if self.deps_pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            diag!(trace, target: "gpusched", job = self.info.id, entity = self.info.entity, "dependencies ready");
+        }
     }
 
     pub(crate) fn signal_scheduled(&self, error: Option<FenceError>) {

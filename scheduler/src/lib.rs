@@ -34,6 +34,34 @@
 //! assert!(a_done.is_signaled());
 //! assert_eq!(sched.backend().completed_tags(), vec![1, 2]);
 //! ```
+//!
+//! # Features and switches
+//! | what | how | default |
+//! |---|---|---|
+//! | the signalling-contract checker ([`fence::lockdep`]) | cargo feature `checker` (forwards to `gpusched-fence/checker` and `gpusched-resv/checker`); without it every annotation compiles to nothing, with the same API | on |
+//! | fault injection | planned, with the Vulkan backend (`gpusched-vulkan`) | — |
+//! | Vulkan validation layer | environment `GPUSCHED_VALIDATION=1`, Vulkan backend (`gpusched-vulkan`, in progress) | off |
+//!
+//! # Examples
+//! In `scheduler/examples/` (`cargo run -p gpusched --example NAME`): `frame_loop_tokio` and
+//! `frame_loop_smol` (a headless frame loop on [`testing::MockRing`], frame N depending on
+//! frame N−2's finished fence, awaited with `.await`; the Vulkan version comes with the
+//! backend), `priorities_and_hang` (priorities, a hung job recovered by the TDR, a client
+//! banned), `checker_report` (your own locks under the checker, and a report),
+//! `custom_backend` (implementing [`Backend`] for a thread-backed software queue with an
+//! allocation-free `run_job` and [`Recovery::standard_reset`]).
+//!
+//! A job's finished fence is awaited on any executor (fences implement `IntoFuture`):
+//! ```
+//! use gpusched::testing::{MockJob, MockRing};
+//! use gpusched::{Entity, Priority, Scheduler, SchedulerConfig};
+//!
+//! let sched = Scheduler::new(MockRing::timed(), SchedulerConfig::new("ring0")).unwrap();
+//! let client = Entity::new(&[&sched], Priority::Normal).unwrap();
+//! let frame = client.job(MockJob::new(7)).arm().unwrap().push();
+//! futures_lite::future::block_on(async { frame.await.unwrap() });
+//! assert_eq!(sched.backend().completed_tags(), vec![7]);
+//! ```
 
 /// A `tracing` event exempt from the checker's allocation rule: a subscriber may allocate to
 /// format it, and diagnostics on the signalling path must not count as reclaim (the

@@ -97,6 +97,9 @@ pub struct SchedulerStats {
     pub credits_in_flight: u32,
     /// Jobs queued on entities now.
     pub queued: usize,
+    /// Entities registered on this scheduler now (an entity leaves when it moves to another
+    /// scheduler, or when its handle was dropped and its last job ended).
+    pub entities: usize,
 }
 
 pub(crate) struct SchedShared<B: Backend> {
@@ -180,7 +183,26 @@ impl<B: Backend> SchedShared<B> {
 
     /// Picks the next job to run or cancel (`drm_sched_select_entity`). Allocation-free.
     fn select(&self, st: &mut SchedState<B>) -> Step<B> {
-        if st.stopped || st.shut {
+        if st.stopped {
+            return Step::Idle;
+        }
+        if st.shut {
+            // Shut down or device gone: nothing runs any more; queued jobs end with the
+            // scheduler's error, each after its entity's previous job (timeline order).
+            let error = self.gone_error().unwrap_or(FenceError::Cancelled);
+            for (_, slot) in st.slots.iter_mut() {
+                let ready = slot.queue.front().is_some_and(|head| head.prev_signalled());
+                if ready {
+                    if let Some(job) = slot.queue.pop_front() {
+                        self.load.fetch_sub(1, Ordering::Relaxed);
+                        let e = match job.readiness() {
+                            Readiness::Failed(FenceError::Cancelled) => FenceError::Cancelled,
+                            _ => error,
+                        };
+                        return Step::Cancel(job, e);
+                    }
+                }
+            }
             return Step::Idle;
         }
         let policy = self.config.policy;
@@ -346,22 +368,24 @@ impl<B: Backend> SchedShared<B> {
             Some(_) => self.counters.finished_err.fetch_add(1, Ordering::Relaxed),
         };
         diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "finished");
+        job.entity.count_outcome(error);
         job.signal_finished(error);
-        job.entity.job_done(error);
+        job.entity.job_done();
         lock(&self.state).to_free.push_back(job.clone());
         self.pump();
     }
 
     /// Ends a job that never reached the hardware: both fences signal `error`.
     pub(crate) fn cancel(self: &Arc<Self>, job: &Arc<JobInner<B>>, error: FenceError) {
+        self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+        job.entity.count_outcome(Some(error));
         {
             let _section = lockdep::signalling_section();
             diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "cancelled");
             job.signal_scheduled(Some(error));
             job.signal_finished(Some(error));
         }
-        self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-        job.entity.job_done(Some(error));
+        job.entity.job_done();
         if let Some(mut p) = job.take_payload() {
             self.backend.cancel_job(&mut p, &job.info, error);
             self.backend.free_job(p, &job.info);
@@ -376,6 +400,10 @@ impl<B: Backend> SchedShared<B> {
 
     /// Queues a pushed job on its slot (capacity reserved at arm) and pumps.
     pub(crate) fn push(self: &Arc<Self>, job: Arc<JobInner<B>>, slot: usize) {
+        let before = job.entity.pushed_seqno.fetch_max(job.info.seqno, Ordering::AcqRel);
+        if before > job.info.seqno {
+            pushed_out_of_order(job.info.seqno, before);
+        }
         let stopped = {
             let mut st = lock(&self.state);
             // Read under the state lock: `shutdown` sets it before taking the lock to drain
@@ -388,25 +416,21 @@ impl<B: Backend> SchedShared<B> {
             st.submit_seq += 1;
             let s = &mut st.slots[slot];
             s.armed -= 1;
-            if stopped.is_none() {
-                if s.queue.is_empty() {
-                    if let Some(v) = min_v {
-                        // A waking entity does not get credit for the time it slept.
-                        s.vruntime = s.vruntime.max(v);
-                    }
+            if s.queue.is_empty() && stopped.is_none() {
+                if let Some(v) = min_v {
+                    // A waking entity does not get credit for the time it slept.
+                    s.vruntime = s.vruntime.max(v);
                 }
-                job.submit_order.store(seq, Ordering::Relaxed);
-                job.state.store(state::QUEUED, Ordering::Release);
-                s.queue.push_back(job.clone());
-                self.load.fetch_add(1, Ordering::Relaxed);
             }
+            // Queued even when the scheduler is gone: selection then cancels it after the
+            // entity's earlier jobs, in timeline order.
+            job.submit_order.store(seq, Ordering::Relaxed);
+            job.state.store(state::QUEUED, Ordering::Release);
+            s.queue.push_back(job.clone());
+            self.load.fetch_add(1, Ordering::Relaxed);
             stopped
         };
-        diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, "queued");
-        if let Some(e) = stopped {
-            self.cancel(&job, e);
-        }
-        // Also after a cancel: a same-scheduler dependent must see the failure.
+        diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, ?stopped, "queued");
         self.pump();
     }
 
@@ -416,20 +440,18 @@ impl<B: Backend> SchedShared<B> {
 
     /// An armed job was dropped unpushed: it is queued marked `DROPPED` (into the room
     /// reserved at arm) so that selection cancels it after the entity's earlier jobs, in
-    /// timeline order; at once if the scheduler is gone.
+    /// timeline order.
     pub(crate) fn drop_armed(self: &Arc<Self>, job: Arc<JobInner<B>>, slot: usize) {
+        job.entity.pushed_seqno.fetch_max(job.info.seqno, Ordering::AcqRel);
         let queued = {
             let mut st = lock(&self.state);
-            let gone = self.gone_error().is_some();
             match st.slots.get_mut(slot) {
                 Some(s) => {
                     s.armed -= 1;
-                    if !gone {
-                        job.state.store(state::DROPPED, Ordering::Release);
-                        s.queue.push_back(job.clone());
-                        self.load.fetch_add(1, Ordering::Relaxed);
-                    }
-                    !gone
+                    job.state.store(state::DROPPED, Ordering::Release);
+                    s.queue.push_back(job.clone());
+                    self.load.fetch_add(1, Ordering::Relaxed);
+                    true
                 }
                 None => false,
             }
@@ -442,21 +464,15 @@ impl<B: Backend> SchedShared<B> {
         self.pump();
     }
 
-    /// Shuts the scheduler down: later arms fail, queued jobs are cancelled with `error`, one
-    /// at a time (allocation-free: the TDR worker calls it when the device is gone); jobs on
-    /// the hardware finish when their hardware fences signal.
+    /// Shuts the scheduler down: later arms fail; queued (and later pushed) jobs are cancelled
+    /// with `error`, one at a time and each after its entity's previous job, by selection
+    /// (allocation-free: the TDR worker calls it when the device is gone); jobs on the hardware
+    /// finish when their hardware fences signal.
     pub(crate) fn shutdown(self: &Arc<Self>, error: FenceError) {
         lock(&self.gone).get_or_insert(error);
         lock(&self.state).shut = true;
-        loop {
-            let job = {
-                let mut st = lock(&self.state);
-                st.slots.iter_mut().find_map(|(_, s)| s.queue.pop_front())
-            };
-            let Some(job) = job else { break };
-            self.load.fetch_sub(1, Ordering::Relaxed);
-            self.cancel(&job, error);
-        }
+        // Selection now cancels the queued jobs, in each entity's timeline order.
+        self.pump();
     }
 
     pub(crate) fn self_arc(&self) -> Option<Arc<Self>> {
@@ -609,8 +625,9 @@ impl<B: Backend> SchedShared<B> {
         self.load.fetch_sub(job.info.credits as usize, Ordering::Relaxed);
         self.counters.finished_err.fetch_add(1, Ordering::Relaxed);
         diag!(debug, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "force-completed");
+        job.entity.count_outcome(Some(error));
         job.signal_finished(Some(error));
-        job.entity.job_done(Some(error));
+        job.entity.job_done();
         lock(&self.state).to_free.push_back(job.clone());
     }
 
@@ -632,6 +649,7 @@ impl<B: Backend> SchedShared<B> {
             cancelled: self.counters.cancelled.load(Ordering::Relaxed),
             credits_in_flight: st.credits_used,
             queued: st.slots.iter().map(|(_, s)| s.queue.len()).sum(),
+            entities: st.slots.len(),
         }
     }
 
@@ -795,4 +813,14 @@ impl<B: Backend> Scheduler<B> {
         let st = lock(&self.shared.state);
         st.pending.iter().filter_map(|j| lock(&j.hw).fence.clone()).collect()
     }
+}
+
+#[cold]
+#[track_caller]
+fn pushed_out_of_order(seqno: u64, later: u64) -> ! {
+    panic!(
+        "gpusched: job {seqno} of an entity was pushed after its job {later}: an entity's jobs \
+         must be pushed (or dropped) in the order they were armed (arm and push under one lock \
+         when threads share an entity)"
+    )
 }

@@ -382,8 +382,10 @@ impl<B: Backend> TimeoutTarget for SchedShared<B> {
 
     fn device_gone(&self) {
         if let Some(me) = self.self_arc() {
-            me.shutdown(FenceError::DeviceLost);
+            // Retire the jobs on the ring first, so the queued ones after them end in
+            // timeline order.
             me.force_complete_all(FenceError::DeviceLost);
+            me.shutdown(FenceError::DeviceLost);
             // Free what was retired (the pump only frees: the scheduler is shut).
             me.pump();
         }

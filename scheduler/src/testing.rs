@@ -271,16 +271,20 @@ impl MockRing {
 }
 
 fn finish(shared: &RingShared, e: InFlight) {
-    {
+    let idx = {
         let mut st = lock(&shared.state);
         st.completed.push(e.tag);
         st.completed_at.push(Instant::now());
         st.credits_in_flight -= e.credits;
-    }
+        st.completed.len() - 1
+    };
     match e.behavior {
         MockBehavior::Fail(err) => e.signaller.signal_error(err),
         _ => e.signaller.signal(),
     };
+    // The completion time is when the hardware fence *has* signalled: the moment the
+    // scheduler can observe it.
+    lock(&shared.state).completed_at[idx] = Instant::now();
 }
 
 fn completion_thread(shared: &RingShared) {

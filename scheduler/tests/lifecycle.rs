@@ -117,7 +117,9 @@ fn dropping_the_scheduler_cancels_queued_work_and_refuses_new_work() {
     let s = sched(MockRing::manual(), "ring", 1, Policy::Fifo);
     let e = entity(&s);
     let blocked_dep = gpusched::fence::FenceContext::new("never").next();
-    let on_ring = e.job(job(1)).arm().unwrap().push();
+    // Another entity's job occupies the ring (credit limit 1); `e`'s jobs are all queued.
+    let e0 = entity(&s);
+    let on_ring = e0.job(job(1)).arm().unwrap().push();
     let queued: Vec<_> = (2..6).map(|t| e.job(job(t)).arm().unwrap().push()).collect();
     let other = entity(&s);
     let waiting = other.job(job(9)).dependency(blocked_dep.0.clone()).arm().unwrap().push();
@@ -144,11 +146,16 @@ fn shutdown_cancels_queued_jobs_and_lets_the_ring_finish() {
     let on_ring = e.job(job(1)).arm().unwrap().push();
     let queued: Vec<_> = (2..4).map(|t| e.job(job(t)).arm().unwrap().push()).collect();
     s.shutdown(FenceError::DeviceLost);
+    // The entity's timeline signals in order: its queued jobs end only after job 1, which
+    // is on the hardware and finishes when the ring does.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert!(queued.iter().all(|f| !f.is_signaled()));
+    assert!(s.backend().complete_next());
+    assert_eq!(wait(&on_ring), Ok(()));
     for f in &queued {
         assert_eq!(wait(f), Err(FenceError::DeviceLost));
     }
-    assert!(s.backend().complete_next());
-    assert_eq!(wait(&on_ring), Ok(()));
+    assert!(on_ring.timestamp() <= queued[0].timestamp());
     assert_eq!(s.backend().run_tags(), vec![1]);
     let err = e.job(job(4)).arm().unwrap_err();
     assert_eq!(
@@ -218,4 +225,37 @@ fn jobs_ending_without_running_signal_after_the_entitys_earlier_jobs() {
     in_order(&running, &failed);
     assert_eq!(s.backend().run_tags(), vec![1, 3, 5, 6]);
     assert_no_checker_violations();
+}
+
+#[test]
+fn a_dropped_entity_leaves_the_scheduler_when_its_last_job_ends() {
+    let s = sched(MockRing::manual(), "ring", 4, Policy::Fifo);
+    let e = entity(&s);
+    let fences: Vec<_> = (0..3).map(|t| e.job(job(t)).arm().unwrap().push()).collect();
+    assert_eq!(s.stats().entities, 1);
+    drop(e);
+    assert_eq!(s.stats().entities, 1, "its jobs are still on the ring");
+    assert_eq!(s.backend().complete_all(), 3);
+    for f in &fences {
+        assert_eq!(wait(f), Ok(()));
+    }
+    wait_until("the entity left", || s.stats().entities == 0);
+    let idle = entity(&s);
+    let done = idle.job(job(9)).arm().unwrap().push();
+    s.backend().complete_all();
+    assert_eq!(wait(&done), Ok(()));
+    drop(idle);
+    assert_eq!(s.stats().entities, 0, "an idle entity leaves at once");
+    assert_no_checker_violations();
+}
+
+#[test]
+#[should_panic(expected = "must be pushed (or dropped) in the order they were armed")]
+fn pushing_out_of_arm_order_is_a_clear_panic() {
+    let s = sched(MockRing::immediate(), "ring", 4, Policy::Fifo);
+    let e = entity(&s);
+    let first = e.job(job(1)).arm().unwrap();
+    let second = e.job(job(2)).arm().unwrap();
+    second.push();
+    first.push();
 }

@@ -1,0 +1,130 @@
+//! The signalling-contract checker's cost on scheduler throughput: arm + push of `N` jobs
+//! through an immediate `MockRing` (hardware fences signal inside `run_job`, so every job
+//! goes through the scheduler's signalling sections, its callbacks and its completion path),
+//! spread over 1 and over 8 entities of one scheduler, waiting for the last job.
+//!
+//! Each group measures the checker compiled in and enabled (`Policy::Panic`, what debug
+//! builds run) against compiled in but `Policy::Off` (every annotation returns after one
+//! relaxed load), in the same run; the raw ring alone (no scheduler) is the floor. After
+//! criterion's numbers a summary prints ns/job, jobs/s and the on/off ratio from its own
+//! interleaved timed loops (best of 5).
+//!
+//! "Compiled out" is not measured here: `gpusched` depends on `gpusched-fence` with its
+//! default features, so cargo's feature unification keeps the `checker` feature on in this
+//! package whatever `--no-default-features` says. The summary prints `lockdep::ENABLED`.
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use gpusched::fence::lockdep::{self, Policy};
+use gpusched::testing::{MockJob, MockRing};
+use gpusched::{Backend, Entity, JobInfo, Priority, Scheduler, SchedulerConfig};
+
+/// Jobs per measured iteration.
+const BATCH: u64 = 256;
+
+fn test_mode() -> bool {
+    std::env::args().any(|a| a == "--test")
+}
+
+fn with_policy<R>(p: Policy, f: impl FnOnce() -> R) -> R {
+    lockdep::set_policy(p);
+    let r = f();
+    lockdep::set_policy(Policy::Panic);
+    r
+}
+
+/// Arm + push `jobs` jobs round-robin over `entities` entities; waits for the last one.
+fn spread(entities: usize, jobs: u64) -> Duration {
+    let config = SchedulerConfig::new("checker-bench").credit_limit(64);
+    let s = Scheduler::new(MockRing::immediate(), config).expect("valid config");
+    let es: Vec<_> = (0..entities)
+        .map(|_| Entity::new(&[&s], Priority::Normal).expect("one scheduler"))
+        .collect();
+    let start = Instant::now();
+    let mut last = None;
+    for i in 0..jobs {
+        let e = &es[i as usize % entities];
+        last = Some(e.job(MockJob::new(i)).arm().expect("arm").push());
+    }
+    if let Some(f) = &last {
+        f.wait_timeout(Duration::from_secs(60)).expect("the last job completes");
+    }
+    let elapsed = start.elapsed();
+    black_box(&es);
+    elapsed
+}
+
+/// The floor: the ring alone through the `Backend` trait, no scheduler.
+fn raw_mockring(jobs: u64) -> Duration {
+    let ring = MockRing::immediate();
+    let start = Instant::now();
+    for i in 0..jobs {
+        let info =
+            JobInfo { id: i, seqno: i + 1, credits: 1, priority: Priority::Normal, entity: 1 };
+        let mut job = MockJob::new(i);
+        ring.prepare_job(&mut job, &info).expect("prepare");
+        let hw = ring.run_job(&mut job, &info).expect("run");
+        assert!(hw.is_signaled());
+        ring.free_job(job, &info);
+    }
+    start.elapsed()
+}
+
+fn bench(c: &mut Criterion) {
+    for entities in [1usize, 8] {
+        let mut g = c.benchmark_group(format!("checker_sched/entities_{entities}"));
+        g.throughput(Throughput::Elements(BATCH));
+        g.bench_function("raw_mockring", |b| b.iter_custom(|iters| raw_mockring(iters * BATCH)));
+        g.bench_function("checker_on", |b| {
+            with_policy(Policy::Panic, || b.iter_custom(|iters| spread(entities, iters * BATCH)))
+        });
+        g.bench_function("checker_off", |b| {
+            with_policy(Policy::Off, || b.iter_custom(|iters| spread(entities, iters * BATCH)))
+        });
+        g.finish();
+    }
+}
+
+/// Interleaved on/off loops (best of 5) so drift hits both alike; prints the ratios.
+fn summary(jobs: u64) {
+    let per_job = |d: Duration| d.as_nanos() as f64 / jobs as f64;
+    let best =
+        |f: &dyn Fn() -> Duration| (0..5).map(|_| per_job(f())).fold(f64::INFINITY, f64::min);
+    println!(
+        "\nchecker cost on scheduler throughput ({jobs} jobs per loop, best of 5; checker \
+         compiled {}):",
+        if lockdep::ENABLED { "in" } else { "out" }
+    );
+    let raw = best(&|| raw_mockring(jobs));
+    println!("  raw_mockring           {raw:>8.0} ns/job  {:>6.2} M jobs/s (floor)", 1e3 / raw);
+    for entities in [1usize, 8] {
+        let mut on = f64::INFINITY;
+        let mut off = f64::INFINITY;
+        for _ in 0..5 {
+            on = on.min(with_policy(Policy::Panic, || per_job(spread(entities, jobs))));
+            off = off.min(with_policy(Policy::Off, || per_job(spread(entities, jobs))));
+        }
+        println!(
+            "  entities_{entities:<2} checker on  {on:>8.0} ns/job  {:>6.2} M jobs/s",
+            1e3 / on
+        );
+        println!(
+            "  entities_{entities:<2} checker off {off:>8.0} ns/job  {:>6.2} M jobs/s  \
+             on/off = {:.2}x ({:+.0} ns/job)",
+            1e3 / off,
+            on / off,
+            on - off
+        );
+    }
+    assert_eq!(lockdep::violations(), 0, "the checker reported violations");
+}
+
+fn summary_group(_: &mut Criterion) {
+    summary(if test_mode() { 64 } else { 100_000 });
+}
+
+criterion_group!(benches, bench, summary_group);
+criterion_main!(benches);
