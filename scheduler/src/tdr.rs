@@ -382,10 +382,11 @@ impl<B: Backend> TimeoutTarget for SchedShared<B> {
 
     fn device_gone(&self) {
         if let Some(me) = self.self_arc() {
-            // Retire the jobs on the ring first, so the queued ones after them end in
-            // timeline order.
-            me.force_complete_all(FenceError::DeviceLost);
+            // Refuse new work first (a waiter woken by the force-completion may arm at once),
+            // then retire the jobs on the ring; queued jobs end after them, in timeline order
+            // (selection waits for each entity's previous job).
             me.shutdown(FenceError::DeviceLost);
+            me.force_complete_all(FenceError::DeviceLost);
             // Free what was retired (the pump only frees: the scheduler is shut).
             me.pump();
         }
