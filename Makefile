@@ -7,11 +7,12 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 ENV := . scripts/env.sh &&
 
-.PHONY: help setup demo test nextest doctest examples doc features package loom bench-test bench \
-	fmt-check clippy ci
+.PHONY: help setup demo demo-fence demo-test test nextest doctest examples doc features package loom \
+	bench-test bench fmt-check clippy ci
 
 help:
-	@echo "make demo       set up, then run the demo (a fence pipeline example for now)"
+	@echo "make demo       set up, then run the demo: \`gpusched demo\` on the default Vulkan device"
+	@echo "make demo-fence the fence pipeline example"
 	@echo "make test       set up, then nextest (unit + integration), doctests, examples, rustdoc"
 	@echo "                (-D warnings), the no-checker build, loom models, benches in test mode,"
 	@echo "                cargo package of the published crates"
@@ -25,9 +26,19 @@ help:
 setup:
 	bash scripts/setup.sh
 
-# The main job. Until the Vulkan backend exists this is the fence pipeline example.
+# The main job: `gpusched demo` on the default Vulkan device (lavapipe when there is no GPU),
+# with the validation layer on. Pass options with DEMO_ARGS="--clients 8 --rounds 100".
+DEMO_ARGS ?=
 demo: setup
+	$(ENV) cargo run --release -p gpusched-vulkan --bin gpusched -- demo --validation $(DEMO_ARGS)
+
+demo-fence: setup
 	$(ENV) cargo run --release -p gpusched-fence --example pipeline
+
+# The demo end to end with a small workload (part of `make test`).
+demo-test:
+	$(ENV) cargo run -q -p gpusched-vulkan --bin gpusched -- demo --validation --rounds 4 --size 1024
+	$(ENV) cargo run -q -p gpusched-fence --example pipeline
 
 # The whole test suite, in order. Steps are recipe lines (not prerequisites) so that `make -j`
 # cannot reorder them.
@@ -35,6 +46,7 @@ test: setup
 	$(MAKE) --no-print-directory nextest
 	$(MAKE) --no-print-directory doctest
 	$(MAKE) --no-print-directory examples
+	$(MAKE) --no-print-directory demo-test
 	$(MAKE) --no-print-directory doc
 	$(MAKE) --no-print-directory features
 	$(MAKE) --no-print-directory loom
