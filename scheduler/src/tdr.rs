@@ -143,7 +143,7 @@ impl ResetDomain {
     /// A deadline was armed: wake the worker if it would sleep past it. Allocation-free.
     pub(crate) fn deadline_armed(&self, deadline: Instant) {
         let at = deadline.saturating_duration_since(self.inner.origin).as_nanos() as u64;
-        if at < self.inner.next_wake.load(StdOrdering::Acquire) {
+        if at < self.inner.next_wake.load(StdOrdering::SeqCst) {
             self.inner.unparker.unpark();
         }
     }
@@ -163,6 +163,10 @@ impl ResetDomain {
 fn worker(domain: Weak<DomainInner>, parker: Parker) {
     loop {
         let Some(d) = domain.upgrade() else { return };
+        // While scanning, every newly armed deadline wakes us (it is below MAX): a deadline
+        // armed after the scan read its scheduler would otherwise compare against a stale,
+        // earlier wake time and be missed, and the worker could sleep forever.
+        d.next_wake.store(u64::MAX, StdOrdering::SeqCst);
         let now = Instant::now();
         let mut earliest: Option<Instant> = None;
         {
@@ -185,7 +189,10 @@ fn worker(domain: Weak<DomainInner>, parker: Parker) {
         }
         let wake =
             earliest.map_or(u64::MAX, |e| e.saturating_duration_since(d.origin).as_nanos() as u64);
-        d.next_wake.store(wake, StdOrdering::Release);
+        // A deadline armed during the scan saw MAX and unparked us: the park below returns at
+        // once and we rescan. One armed after this store compares against `wake`, which only
+        // counts deadlines that existed: if it is earlier it unparks, else we wake in time.
+        d.next_wake.store(wake, StdOrdering::SeqCst);
         drop(d);
         match earliest {
             Some(e) => parker.park_deadline(e.max(Instant::now() + Duration::from_micros(50))),
