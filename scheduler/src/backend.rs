@@ -75,6 +75,13 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// happened. Must not allocate, take a `Resv` lock or wait on a fence.
     fn timedout_job(&self, recovery: &mut Recovery<'_, Self>) -> TimeoutStatus;
 
+    /// Called by the scheduler when it has handed over every job it can for now (its
+    /// selection went idle), inside a signalling section: a backend that batches the jobs of
+    /// consecutive [`run_job`](Backend::run_job) calls submits the batch here (one
+    /// `vkQueueSubmit` for several jobs). The hardware fences `run_job` returned must signal
+    /// once the batch completes. Same rules as `run_job`.
+    fn flush(&self) {}
+
     /// Releases a job's resources once its finished fence has signalled.
     fn free_job(&self, job: Self::Job, info: &JobInfo) {
         let _ = info;

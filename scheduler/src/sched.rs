@@ -173,7 +173,13 @@ impl<B: Backend> SchedShared<B> {
                 }
             };
             match step {
-                Step::Idle => return,
+                Step::Idle => {
+                    // Hand a batched backend its batch (still holding the run lock, so a TDR
+                    // stop never sees jobs the hardware has not been given).
+                    let _section = lockdep::signalling_section();
+                    self.backend.flush();
+                    return;
+                }
                 Step::Free(job) => self.free(&job),
                 Step::Cancel(job, e) => self.cancel(&job, e),
                 Step::Run(job) => self.run(job),

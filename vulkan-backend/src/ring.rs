@@ -108,6 +108,9 @@ struct RingState {
     in_flight: VecDeque<(u64, Signaller)>,
     /// Jobs prepared and not yet run or freed (room reserved for them).
     prepared: usize,
+    /// Command buffers run but not yet submitted (batching); their values are
+    /// `submitted + 1 ..= next_value`. Capacity: reserved with `in_flight`.
+    batch: Vec<vk::CommandBuffer>,
 }
 
 pub(crate) struct RingHw {
@@ -122,6 +125,10 @@ pub(crate) struct RingHw {
     pub(crate) submitted: AtomicU64,
     /// The last value the completion thread saw the semaphore reach.
     pub(crate) completed: AtomicU64,
+    /// Whether `run_job` defers submission to `flush` (one `vkQueueSubmit` per batch).
+    batching: std::sync::atomic::AtomicBool,
+    /// `vkQueueSubmit` calls that succeeded.
+    submits: AtomicU64,
 }
 
 impl RingHw {
@@ -162,6 +169,7 @@ impl RingHw {
                 next_value: 0,
                 in_flight: VecDeque::with_capacity(cap),
                 prepared: 0,
+                batch: Vec::with_capacity(cap),
             }),
             pool: Mutex::new(CmdPool {
                 pool,
@@ -171,6 +179,8 @@ impl RingHw {
             }),
             submitted: AtomicU64::new(0),
             completed: AtomicU64::new(0),
+            batching: std::sync::atomic::AtomicBool::new(true),
+            submits: AtomicU64::new(0),
         }))
     }
 
@@ -358,6 +368,89 @@ impl fmt::Debug for VulkanRing {
 }
 
 impl VulkanRing {
+    /// Turns batching on (the default) or off: with it, the jobs the scheduler hands over in
+    /// one go are submitted with one `vkQueueSubmit` (one `VkSubmitInfo` whose command buffers
+    /// run in order and which signals the last job's value), which saves the per-submit CPU
+    /// cost of real drivers; without it every job is its own submit.
+    pub fn set_batching(&self, on: bool) {
+        self.hw.batching.store(on, Ordering::Relaxed);
+    }
+
+    /// How many `vkQueueSubmit` calls this ring made (one per job without batching, one per
+    /// batch with it).
+    pub fn submits(&self) -> u64 {
+        self.hw.submits.load(Ordering::Relaxed)
+    }
+
+    /// Whether batching is on.
+    pub fn batching(&self) -> bool {
+        self.hw.batching.load(Ordering::Relaxed)
+    }
+
+    /// Submits the batched jobs (see [`Backend::flush`]). Allocation-free: the batch's room
+    /// was reserved at prepare time.
+    fn submit_batch(&self) {
+        let hw = &self.hw;
+        let mut guard = lock(&hw.state);
+        let st = &mut *guard;
+        if st.batch.is_empty() {
+            return;
+        }
+        let last = st.next_value;
+        let first_unsubmitted = hw.submitted.load(Ordering::SeqCst);
+        let result = if hw.core.comp.lost.load(Ordering::SeqCst) {
+            Err(DeviceError::DeviceLost { op: "vkQueueSubmit" })
+        } else {
+            let sems = [hw.sem];
+            let values = [last];
+            let mut timeline =
+                vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&values);
+            let submit = [vk::SubmitInfo::default()
+                .command_buffers(&st.batch)
+                .signal_semaphores(&sems)
+                .push_next(&mut timeline)];
+            let q = lock(&hw.core.queues[hw.queue as usize].queue);
+            // SAFETY: the queue is externally synchronised by its mutex; the command buffers
+            // are executable and not pending; `last` is above every value signalled or
+            // pending on the semaphore (values increase under the ring lock).
+            unsafe { hw.core.device.queue_submit(*q, &submit, vk::Fence::null()) }
+                .map_err(|code| map_device("vkQueueSubmit", code))
+        };
+        st.batch.clear();
+        match result {
+            Ok(()) => {
+                hw.submits.fetch_add(1, Ordering::Relaxed);
+                let prev = hw.submitted.swap(last, Ordering::SeqCst);
+                if prev <= hw.completed.load(Ordering::SeqCst) {
+                    // The ring was idle: the completion thread may not be watching it.
+                    hw.core.wake();
+                }
+            }
+            Err(e) => {
+                if e.is_device_lost() {
+                    hw.core.mark_lost();
+                }
+                // The batch never reached the hardware: its fences end with the error, one
+                // at a time and outside the lock (their callbacks re-enter the scheduler).
+                // The semaphore never reaches these values: rewind so later jobs reuse them.
+                st.next_value = first_unsubmitted;
+                let error = e.fence_error();
+                drop(guard);
+                loop {
+                    let entry = {
+                        let mut st = lock(&hw.state);
+                        match st.in_flight.back() {
+                            Some((v, _)) if *v > first_unsubmitted => st.in_flight.pop_back(),
+                            _ => None,
+                        }
+                    };
+                    let Some((_, signaller)) = entry else { break };
+                    signaller.signal_error(error);
+                }
+            }
+        }
+    }
+
     /// The last timeline value submitted.
     pub fn submitted(&self) -> u64 {
         self.hw.submitted.load(Ordering::SeqCst)
@@ -457,6 +550,7 @@ impl Backend for VulkanRing {
         st.prepared += 1;
         let need = st.prepared;
         st.in_flight.reserve(need);
+        st.batch.reserve(need);
         Ok(())
     }
 
@@ -473,6 +567,16 @@ impl Backend for VulkanRing {
             return Err(FenceError::DeviceLost);
         }
         let value = st.next_value + 1;
+        if hw.batching.load(Ordering::Relaxed) {
+            // Submitted by `flush`, with the other jobs the scheduler hands over now.
+            st.batch.push(cb);
+            st.next_value = value;
+            job.value = value;
+            prepared.value.store(value, Ordering::Release);
+            let (fence, signaller) = prepared.hw.init(value);
+            st.in_flight.push_back((value, signaller));
+            return Ok(fence);
+        }
         let cbs = [cb];
         let sems = [hw.sem];
         let values = [value];
@@ -497,6 +601,7 @@ impl Backend for VulkanRing {
             }
             return Err(e.fence_error());
         }
+        hw.submits.fetch_add(1, Ordering::Relaxed);
         st.next_value = value;
         job.value = value;
         prepared.value.store(value, Ordering::Release);
@@ -509,6 +614,11 @@ impl Backend for VulkanRing {
             hw.core.wake();
         }
         Ok(fence)
+    }
+
+    /// Submits the jobs `run_job` batched (one `vkQueueSubmit`).
+    fn flush(&self) {
+        self.submit_batch();
     }
 
     /// Vulkan has no queue reset, and a job still on the hardware cannot be taken off it. So
