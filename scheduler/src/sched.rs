@@ -57,7 +57,8 @@ pub(crate) struct SchedState<B: Backend> {
     pub(crate) rr_cursor: [usize; 4],
     /// Jobs on the hardware, in ring order. Capacity: the credit limit.
     pub(crate) pending: VecDeque<Arc<JobInner<B>>>,
-    /// Finished jobs waiting for `free_job`. Capacity: the credit limit.
+    /// Finished jobs waiting for `free_job`. Capacity: twice the credit limit plus slack; when
+    /// full, a job is freed where it finished (`retire_for_free`).
     pub(crate) to_free: VecDeque<Arc<JobInner<B>>>,
     /// Credits of the jobs in `pending`.
     pub(crate) credits_used: u32,
@@ -377,8 +378,26 @@ impl<B: Backend> SchedShared<B> {
         job.entity.count_outcome(error);
         job.signal_finished(error);
         job.entity.job_done();
-        lock(&self.state).to_free.push_back(job.clone());
+        self.retire_for_free(job);
         self.pump();
+    }
+
+    /// Queues a finished job for `free_job`, which the pump calls. Allocation-free: when the
+    /// free list is full (jobs leave the pending list before they reach it, so under heavy
+    /// concurrency more than the credit limit can be in between), the job is freed here.
+    fn retire_for_free(&self, job: &Arc<JobInner<B>>) {
+        let queued = {
+            let mut st = lock(&self.state);
+            if st.to_free.len() < st.to_free.capacity() {
+                st.to_free.push_back(job.clone());
+                true
+            } else {
+                false
+            }
+        };
+        if !queued {
+            self.free(job);
+        }
     }
 
     /// Ends a job that never reached the hardware: both fences signal `error`.
@@ -634,7 +653,7 @@ impl<B: Backend> SchedShared<B> {
         job.entity.count_outcome(Some(error));
         job.signal_finished(Some(error));
         job.entity.job_done();
-        lock(&self.state).to_free.push_back(job.clone());
+        self.retire_for_free(job);
     }
 
     /// Force-completes every job on the ring with `error`.
@@ -758,7 +777,7 @@ impl<B: Backend> Scheduler<B> {
                 order: Default::default(),
                 rr_cursor: [0; 4],
                 pending: VecDeque::with_capacity(cap),
-                to_free: VecDeque::with_capacity(cap),
+                to_free: VecDeque::with_capacity(2 * cap + 16),
                 credits_used: 0,
                 submit_seq: 0,
                 stopped: false,
