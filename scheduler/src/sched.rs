@@ -14,9 +14,9 @@
 //! # Contract
 //! Everything between publishing a job's finished fence and signalling it runs inside a
 //! signalling section: selection, `run_job`, the hardware-fence callback, completion. None of
-//! it allocates: entity queue slots are reserved at arm time, the pending list and the free
-//! list are sized to the credit limit at creation (a job carries at least one credit), and the
-//! completion callback is boxed at arm time. None of it takes a `Resv` lock or waits.
+//! it allocates: entity queue slots are reserved at arm time, the pending list is sized to the
+//! credit limit at creation (a job carries at least one credit), the free list to twice that
+//! (a full free list frees in place), and the completion callback is boxed at arm time. None of it takes a `Resv` lock or waits.
 
 use std::collections::VecDeque;
 use std::fmt;
