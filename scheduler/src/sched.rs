@@ -309,6 +309,16 @@ impl<B: Backend> SchedShared<B> {
         Step::Run(job)
     }
 
+    /// Hands the job's payload to the backend (`run_job`); the payload lock is released
+    /// before the caller attaches the completion callback, which may run at once.
+    fn run_payload(&self, job: &JobInner<B>) -> Result<Fence, FenceError> {
+        let mut payload = lock(&job.payload);
+        match payload.as_mut() {
+            Some(p) => self.backend.run_job(p, &job.info),
+            None => Err(FenceError::Cancelled),
+        }
+    }
+
     /// Runs a selected job (`drm_sched_run_job_work`), inside a signalling section.
     fn run(self: &Arc<Self>, job: Arc<JobInner<B>>) {
         let _section = lockdep::signalling_section();
@@ -316,14 +326,7 @@ impl<B: Backend> SchedShared<B> {
         job.entity.scheduled_seqno.fetch_max(job.info.seqno, Ordering::AcqRel);
         self.counters.run.fetch_add(1, Ordering::Relaxed);
         diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, "run");
-        let result = {
-            let mut payload = lock(&job.payload);
-            match payload.as_mut() {
-                Some(p) => self.backend.run_job(p, &job.info),
-                None => Err(FenceError::Cancelled),
-            }
-        };
-        match result {
+        match self.run_payload(&job) {
             Ok(hw) => {
                 let callback = lock(&job.hw).callback.take();
                 let Some(callback) = callback else {
@@ -569,14 +572,7 @@ impl<B: Backend> SchedShared<B> {
                 self.force_complete(&job, e);
                 continue;
             }
-            let result = {
-                let mut payload = lock(&job.payload);
-                match payload.as_mut() {
-                    Some(p) => self.backend.run_job(p, &job.info),
-                    None => Err(FenceError::Cancelled),
-                }
-            };
-            match result {
+            match self.run_payload(&job) {
                 Ok(hw) => {
                     let mut h = lock(&job.hw);
                     h.fence = Some(hw);
