@@ -319,7 +319,11 @@ impl Drop for MockRing {
         lock(&self.shared.state).shutdown = true;
         self.shared.cv.notify_all();
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // The last handle may be dropped by a completion callback on the ring's own thread:
+            // it exits by itself once it sees `shutdown`; joining it from itself would fail.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
         }
         // In-flight signallers drop with the state: their fences signal `Abandoned`.
     }
