@@ -6,26 +6,11 @@ mod common;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use common::{assert_no_validation_errors, close, device, push, wait_ok, WATCHDOG};
+use common::{assert_no_validation_errors, close, device, fill_job, push, wait_ok, WATCHDOG};
 use gpusched::{Entity, Priority, SchedulerConfig};
 use gpusched_vulkan::{Buffer, Builtin, VulkanDevice, VulkanJob};
 
 const N: u32 = 65_536;
-
-fn fill_job(buf: &Buffer, value: f32, n: u32) -> VulkanJob {
-    let b = buf.clone();
-    VulkanJob::new(move |ctx, cb| {
-        let k = ctx.builtin(Builtin::Fill);
-        ctx.dispatch(
-            cb,
-            &k,
-            &[&b],
-            &push(&[value.to_ne_bytes(), n.to_ne_bytes()]),
-            [n.div_ceil(64), 1, 1],
-        )
-    })
-    .writes(buf)
-}
 
 fn saxpy_job(a: f32, x: &Buffer, y: &Buffer, n: u32) -> VulkanJob {
     let (xb, yb) = (x.clone(), y.clone());

@@ -9,20 +9,9 @@ use gpusched::fence::FenceError;
 use gpusched::{Entity, Priority, SchedError, SchedulerConfig};
 use gpusched_vulkan::{BufferError, Builtin, RecordError, SubmitError, VulkanDevice, VulkanJob};
 
+/// Fills the whole buffer with `value`.
 fn fill(buf: &gpusched_vulkan::Buffer, value: f32) -> VulkanJob {
-    let b = buf.clone();
-    let n = (buf.size() / 4) as u32;
-    VulkanJob::new(move |ctx, cb| {
-        let k = ctx.builtin(Builtin::Fill);
-        ctx.dispatch(
-            cb,
-            &k,
-            &[&b],
-            &push(&[value.to_ne_bytes(), n.to_ne_bytes()]),
-            [n.div_ceil(64), 1, 1],
-        )
-    })
-    .writes(buf)
+    common::fill_job(buf, value, (buf.size() / 4) as u32)
 }
 
 #[test]

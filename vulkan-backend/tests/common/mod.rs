@@ -66,3 +66,19 @@ pub fn close(dev: VulkanDevice) {
         panic!("device {dev:?} still referenced after the test dropped its handles");
     }
 }
+
+/// A job that writes `value` into the first `n` floats of `buf` (the built-in fill kernel).
+pub fn fill_job(buf: &gpusched_vulkan::Buffer, value: f32, n: u32) -> gpusched_vulkan::VulkanJob {
+    let b = buf.clone();
+    gpusched_vulkan::VulkanJob::new(move |ctx, cb| {
+        let k = ctx.builtin(gpusched_vulkan::Builtin::Fill);
+        ctx.dispatch(
+            cb,
+            &k,
+            &[&b],
+            &push(&[value.to_ne_bytes(), n.to_ne_bytes()]),
+            [n.div_ceil(64), 1, 1],
+        )
+    })
+    .writes(buf)
+}
