@@ -458,9 +458,18 @@ impl Fence {
         }
         // A panicking callback must not cost the others their run: each runs exactly once,
         // and the first panic resumes after all of them.
+        // Work the callbacks defer (`defer_after_callbacks`) runs after the last of them.
         let mut panicked = None;
-        for (_, Callback(f)) in entries {
-            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
+        if !entries.is_empty() {
+            #[cfg(not(gpusched_loom))]
+            let mark = crate::defer::enter();
+            for (_, Callback(f)) in entries {
+                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
+                    panicked.get_or_insert(p);
+                }
+            }
+            #[cfg(not(gpusched_loom))]
+            if let Err(p) = std::panic::catch_unwind(|| crate::defer::leave(mark)) {
                 panicked.get_or_insert(p);
             }
         }

@@ -33,6 +33,8 @@
 
 mod composite;
 mod context;
+#[cfg(not(gpusched_loom))]
+mod defer;
 mod error;
 mod fence;
 mod interrupt;
@@ -46,6 +48,8 @@ mod wait;
 
 pub use crate::composite::{merge, unwrap, FenceArray, PointOrderError, Timeline};
 pub use crate::context::{seqno_is_later, FenceContext, FenceContextBuilder, SeqnoWidth};
+#[cfg(not(gpusched_loom))]
+pub use crate::defer::{defer_after_callbacks, AfterCallbacks};
 pub use crate::error::{AlreadySignaled, FenceError, WaitError};
 #[cfg(not(gpusched_loom))]
 pub use crate::fence::PreparedFence;
