@@ -902,7 +902,7 @@ impl DeviceCore {
         let device = unsafe { instance.create_device(physical, &dinfo, None) }
             .map_err(|c| map_init("vkCreateDevice", c))?;
         let _ = validation;
-        Self::finish(inst.clone(), physical, device, name, family, queue_count, device_id, notify)
+        Self::finish(inst.clone(), physical, device, name, family, queue_count, (device_id, notify))
     }
 
     fn finish(
@@ -912,8 +912,7 @@ impl DeviceCore {
         name: String,
         family: u32,
         queue_count: u32,
-        device_id: u64,
-        notify: Arc<Notify>,
+        (device_id, notify): (u64, Arc<Notify>),
     ) -> Result<Arc<DeviceCore>, InitError> {
         let instance = &inst.instance;
         let destroy = |d: &ash::Device| {

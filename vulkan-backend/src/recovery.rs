@@ -36,7 +36,7 @@
 //! holds it: the last drop of an old generation never lands in a signalling section. A
 //! device whose work never finishes (a real shader hang on a driver without a watchdog)
 //! must never be destroyed: at teardown it is leaked, with an error log, after waiting
-//! [`WEDGE_TEARDOWN_WAIT`]. A *simulated* wedge (`JobFault::HangForever`) is released at
+//! 5 s. A *simulated* wedge (`JobFault::HangForever`) is released at
 //! teardown, so tests do not leak.
 
 use std::fmt;
