@@ -619,7 +619,9 @@ impl VulkanDevice {
     ///
     /// # Errors
     /// The device, handed back, when references remain after `timeout` (a ring, entity,
-    /// buffer or pending job still alive).
+    /// buffer or pending job still alive, of any generation), or a lost generation's
+    /// hardware never finished (a real hang: it cannot be destroyed; dropping the handle
+    /// leaks it).
     pub fn close(self, timeout: Duration) -> Result<(), VulkanDevice> {
         let deadline = Instant::now() + timeout;
         let _ = self.wait_idle(timeout);
