@@ -435,3 +435,105 @@ fn a_hang_nothing_can_release_loses_the_device_which_comes_back() {
     close(dev);
     assert_eq!(live_devices(), live, "the wedged generation leaked");
 }
+
+/// Seeded random faults (replay with `GPUSCHED_FAULT_SEED=<seed>`): every fence signals,
+/// every job that succeeded computed the right values, every failure is one the faults
+/// explain, and the device ends up usable, with nothing leaked.
+#[test]
+fn random_faults_every_fence_signals_and_results_are_right() {
+    let _s = serial();
+    let live = live_devices();
+    let seed = std::env::var("GPUSCHED_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("random faults: seed {seed} (replay with GPUSCHED_FAULT_SEED={seed})");
+    let Some(dev) = device() else { return };
+    let timeout = Duration::from_millis(100);
+    let ring = dev.ring(0, SchedulerConfig::new("r0").timeout(timeout).hang_limit(1000)).unwrap();
+    let clients: Vec<_> =
+        (0..2).map(|_| Entity::new(&[&ring], Priority::Normal).unwrap()).collect();
+    dev.set_fault_plan(Some(
+        FaultPlan::new(seed)
+            .hang(0.04)
+            .slow(0.05, Duration::from_millis(10))
+            .fail_submit(0.05)
+            .drop_recording(0.05)
+            .fail_buffer_alloc(0.05)
+            .lose_device_after(40),
+    ));
+    let mut pending: Vec<(u32, gpusched_vulkan::Buffer, gpusched::fence::Fence)> = Vec::new();
+    let (mut ok, mut failed_jobs, mut refused) = (0, 0, 0);
+    let mut settle = |pending: &mut Vec<(u32, gpusched_vulkan::Buffer, gpusched::fence::Fence)>| {
+        for (i, b, f) in pending.drain(..) {
+            match wait(&f) {
+                Ok(()) => {
+                    // The device may be lost between the fence and the read.
+                    match b.read_f32(WATCHDOG) {
+                        Ok(v) => assert!(v.iter().all(|x| *x == i as f32), "job {i}, seed {seed}"),
+                        Err(e) => assert_eq!(e, WaitError::Failed(FenceError::DeviceLost)),
+                    }
+                    ok += 1;
+                }
+                Err(WaitError::Failed(
+                    FenceError::TimedOut | FenceError::DeviceLost | FenceError::Driver(-12),
+                )) => failed_jobs += 1,
+                Err(e) => panic!("job {i}: unexpected outcome {e:?} (seed {seed})"),
+            }
+        }
+    };
+    for i in 0..80u32 {
+        let b = match dev.buffer(u64::from(N) * 4) {
+            Ok(b) => b,
+            Err(e) => {
+                assert!(
+                    matches!(e, BufferError::Device(ref d) if d.is_out_of_memory() || d.is_device_lost()),
+                    "{e}"
+                );
+                continue;
+            }
+        };
+        let client = &clients[i as usize % clients.len()];
+        match VulkanDevice::submit(client, fill_job(&b, i as f32, N)) {
+            Ok(f) => pending.push((i, b, f)),
+            Err(e) => {
+                assert!(
+                    matches!(e, SubmitError::Record(RecordError::RecordingDropped))
+                        || e.is_device_lost(),
+                    "{e}"
+                );
+                refused += 1;
+            }
+        }
+        // Waits now and then, so that the hardware does not run far ahead.
+        if i % 8 == 7 {
+            settle(&mut pending);
+        }
+        if dev.is_lost() {
+            dev.wait_generation(dev.generation(), WATCHDOG).unwrap();
+        }
+    }
+    settle(&mut pending);
+    drop(settle);
+    eprintln!(
+        "random faults: {ok} ok, {failed_jobs} failed, {refused} refused; {:?}",
+        dev.fault_stats()
+    );
+    dev.set_fault_plan(None);
+    if dev.is_lost() {
+        dev.wait_generation(dev.generation(), WATCHDOG).unwrap();
+    }
+    let b = dev.buffer(u64::from(N) * 4).unwrap();
+    let f = VulkanDevice::submit(&clients[0], fill_job(&b, 0.5, N)).unwrap();
+    wait_ok(&f);
+    assert_all(&b, 0.5);
+    assert!(ok > 0, "seed {seed}");
+    assert_no_validation_errors();
+    drop((clients, ring, b, f, pending));
+    close(dev);
+    assert_eq!(live_devices(), live, "seed {seed}");
+}
