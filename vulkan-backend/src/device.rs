@@ -627,6 +627,9 @@ impl VulkanDevice {
         let _ = self.wait_idle(timeout);
         loop {
             if Arc::strong_count(&self.shared) == 1 && self.shared.quiescent() {
+                // Nothing else can reach the device now (rings hold the shared object, so
+                // none exists): stop the recovery thread, so that the last drop is this one.
+                self.shared.stop_recovery();
                 drop(self);
                 return Ok(());
             }

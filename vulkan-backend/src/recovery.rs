@@ -380,8 +380,12 @@ impl DeviceShared {
     }
 }
 
-impl Drop for DeviceShared {
-    fn drop(&mut self) {
+impl DeviceShared {
+    /// Stops and joins the recovery thread (unless called on it). Afterwards nothing but
+    /// the handles holds this object: [`VulkanDevice::close`] calls it so that the last drop
+    /// happens on its own thread (the recovery thread briefly holds a reference while it
+    /// works).
+    pub(crate) fn stop_recovery(&self) {
         self.notify.stop();
         let handle = lock(&self.thread).take();
         if let Some(h) = handle {
@@ -389,6 +393,12 @@ impl Drop for DeviceShared {
                 let _ = h.join();
             }
         }
+    }
+}
+
+impl Drop for DeviceShared {
+    fn drop(&mut self) {
+        self.stop_recovery();
         self.reap_final();
         // The current core drops with `current` (destroyed once nothing else holds it).
     }

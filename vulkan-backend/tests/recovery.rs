@@ -170,28 +170,46 @@ fn a_slow_job_past_the_timeout_is_blamed_and_keeps_its_memory() {
     let ring = dev.ring(0, SchedulerConfig::new("r0").timeout(timeout)).unwrap();
     let e = Entity::new(&[&ring], Priority::Normal).unwrap();
     let other = Entity::new(&[&ring], Priority::Normal).unwrap();
-    let g = dev.buffer(u64::from(N) * 4).unwrap();
-    let x = dev.buffer(u64::from(N) * 4).unwrap();
-    let slow = VulkanDevice::submit(
-        &e,
-        fill_job(&g, 7.0, N).inject(JobFault::Slow((timeout * 2).div_f64(factor))),
-    )
-    .unwrap();
-    drop(g);
-    let next = VulkanDevice::submit(&other, fill_job(&x, 3.0, N)).unwrap();
-    assert_eq!(wait(&slow), failed(FenceError::TimedOut));
-    let still_running = ring.backend().hw_progress() < ring.backend().submitted();
-    let fresh = dev.buffer(u64::from(N) * 4).unwrap();
-    fresh.write_f32(&vec![1.0; N as usize], WATCHDOG).unwrap();
-    wait_ok(&next);
+    // If the machine's speed changed since the probe, the job may finish within the timeout
+    // (resized up) or be declared stuck (resized down): both are the designed outcomes for
+    // such jobs, not the scenario under test, which is retried.
+    let mut ask = (timeout * 2).div_f64(factor);
+    let mut attempts = 0;
+    let (slow, next, x, fresh, still_running) = loop {
+        attempts += 1;
+        assert!(attempts <= 6, "no slow job landed between one and three timeouts");
+        let gen = dev.generation();
+        let g = dev.buffer(u64::from(N) * 4).unwrap();
+        let x = dev.buffer(u64::from(N) * 4).unwrap();
+        let slow =
+            VulkanDevice::submit(&e, fill_job(&g, 7.0, N).inject(JobFault::Slow(ask))).unwrap();
+        drop(g);
+        let next = VulkanDevice::submit(&other, fill_job(&x, 3.0, N)).unwrap();
+        let outcome = wait(&slow);
+        let still_running = ring.backend().hw_progress() < ring.backend().submitted();
+        let fresh = dev.buffer(u64::from(N) * 4).unwrap();
+        fresh.write_f32(&vec![1.0; N as usize], WATCHDOG).unwrap();
+        let next_outcome = wait(&next);
+        eprintln!("slow: Slow({ask:?}): {outcome:?}, then {next_outcome:?}");
+        match (outcome, next_outcome) {
+            (Err(WaitError::Failed(FenceError::TimedOut)), Ok(())) => {
+                break (slow, next, x, fresh, still_running);
+            }
+            (Ok(()), Ok(())) => ask = ask.mul_f64(1.6),
+            (_, Err(WaitError::Failed(FenceError::DeviceLost))) => {
+                dev.wait_generation(gen, WATCHDOG).unwrap();
+                ask = ask.mul_f64(0.6);
+            }
+            other => panic!("unexpected outcomes {other:?}"),
+        }
+    };
     assert_all(&x, 3.0);
     dev.wait_idle(WATCHDOG).unwrap();
     // Had the slow job's buffer been reused for `fresh`, its late fill would show here.
     assert!(still_running, "the slow job finished before its fence reported TimedOut");
     assert_all(&fresh, 1.0);
-    assert_eq!(dev.fault_stats().slow, 2);
-    assert_eq!(dev.generations(), 1);
-    assert_eq!(e.stats().finished_err, 1);
+    assert_eq!(dev.fault_stats().slow, 1 + attempts);
+    assert!(e.stats().finished_err >= 1);
     assert_no_validation_errors();
     drop((e, other, ring, x, fresh, slow, next));
     close(dev);
@@ -518,7 +536,6 @@ fn random_faults_every_fence_signals_and_results_are_right() {
         }
     }
     settle(&mut pending);
-    drop(settle);
     eprintln!(
         "random faults: {ok} ok, {failed_jobs} failed, {refused} refused; {:?}",
         dev.fault_stats()
