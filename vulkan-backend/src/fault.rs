@@ -42,7 +42,6 @@ use std::time::Duration;
 
 /// A fault injected into one job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum JobFault {
     /// The submission waits on a host-signalled timeline value; the timeout handler releases
     /// it (the job reports `TimedOut`, jobs behind it complete).
@@ -60,7 +59,6 @@ pub enum JobFault {
 
 /// The failure an injected [`JobFault::FailSubmit`] reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum SubmitFault {
     /// `VK_ERROR_OUT_OF_DEVICE_MEMORY`: the job fails (`Driver(-12)`), the device lives on.
     OutOfDeviceMemory,

@@ -333,6 +333,11 @@ impl RingHw {
 impl Drop for RingHw {
     fn drop(&mut self) {
         let d = &self.core.device;
+        if !self.passed() {
+            // Nothing will time this ring's jobs out any more: release injected hangs (a
+            // real hang stays, and the wait below gives up and leaks).
+            self.core.release_injected(true);
+        }
         let target = self.submitted.load(Ordering::SeqCst);
         let sems = [self.sem];
         let values = [target];
@@ -848,7 +853,8 @@ impl Backend for VulkanRing {
     /// Submits the jobs `run_job` batched on the current generation (one `vkQueueSubmit`).
     /// A batch left on a generation lost meanwhile was failed by the loss.
     fn flush(&self) {
-        let hw = lock(&self.slot.current);
+        // Never the last reference (the slot or, once swapped, the graveyard holds it).
+        let hw = self.slot.hw();
         hw.submit_batch();
     }
 
