@@ -165,8 +165,9 @@ fn a_timeout_ends_in_no_device_and_every_fence_signals() {
         .ring(0, SchedulerConfig::new("r0").timeout(Duration::from_millis(20)).hang_limit(0))
         .unwrap();
     let e = Entity::new(&[&ring], Priority::Normal).unwrap();
-    // ~0.5 s of shader work (5e8 steps) against a 20 ms timeout.
-    let slow = VulkanDevice::submit(&e, VulkanJob::new(|ctx, cb| ctx.busy(cb, 16, 2048))).unwrap();
+    // ~0.5-1 s of shader work on lavapipe against a 20 ms timeout: past the three timeouts
+    // without hardware progress that declare the ring stuck (device generation lost).
+    let slow = VulkanDevice::submit(&e, VulkanJob::new(|ctx, cb| ctx.busy(cb, 16, 16384))).unwrap();
     let next = VulkanDevice::submit(&e, VulkanJob::empty()).unwrap();
     assert_eq!(wait(&slow), Err(gpusched::fence::WaitError::Failed(FenceError::TimedOut)));
     let r = wait(&next);
