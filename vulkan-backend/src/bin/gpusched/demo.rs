@@ -264,11 +264,6 @@ fn client_loop(
     let mut generation = run.dev.generation();
     let mut bufs: Option<(Buffer, Buffer)> = None;
     for round in 0..run.args.rounds {
-        if let Some(s) = run.schedule.filter(|s| c.index == 0 && round == s.loss_round) {
-            run.rec.marker("device lost", format!("injected by {} before round {round}", c.name));
-            let _ = s;
-            faults::lose_device(&run.dev);
-        }
         let end = client_round(run, c, round, n, &mut generation, &mut bufs, &mut report);
         match end {
             RoundEnd::Verified => {
@@ -301,7 +296,9 @@ fn client_round(
 ) -> RoundEnd {
     let value = ((c.index * 5 + round) % 13 + 1) as f32;
     let want = 2.0 * value + 1.0 + SHARED_VALUE;
+    // Something failed: recover if the device was lost; otherwise `problem` is a real one.
     let mut trouble = false;
+    let mut problem: Option<String> = None;
     let end = 'round: {
         // Buffers of the current device generation (contents are lost with a device).
         if bufs.as_ref().is_none_or(|(x, _)| x.generation() != *generation) {
@@ -309,7 +306,7 @@ fn client_round(
             match (run.dev.buffer(bytes), run.dev.buffer(bytes)) {
                 (Ok(x), Ok(y)) => *bufs = Some((x, y)),
                 (Err(e), _) | (_, Err(e)) => {
-                    report.problems.push(format!("{}: buffer: {e}", c.name));
+                    problem = Some(format!("{}: buffer: {e}", c.name));
                     trouble = true;
                     break 'round RoundEnd::Skipped;
                 }
@@ -319,7 +316,7 @@ fn client_round(
         let (shared, shared_slot) = match run.shared(x.generation()) {
             Ok(s) => s,
             Err(e) => {
-                report.problems.push(e);
+                problem = Some(e);
                 trouble = true;
                 break 'round RoundEnd::Skipped;
             }
@@ -363,11 +360,17 @@ fn client_round(
                 }
                 Err(e) => {
                     run.refuse(refusal(&e));
+                    problem = Some(format!("{} round {round}: {e}", c.name));
                     complete = false;
                     trouble = true;
                     break;
                 }
             }
+        }
+        if run.schedule.is_some_and(|s| c.index == 0 && round == s.loss_round) {
+            // Lose the device with this round's chain in flight.
+            run.rec.marker("device lost", format!("injected by {} in round {round}", c.name));
+            faults::lose_device(&run.dev);
         }
         for f in &fences {
             if let Err(e) = f.wait_timeout(WATCHDOG) {
@@ -404,7 +407,9 @@ fn client_round(
     if trouble {
         match run.recover(*generation) {
             Ok(Some(g)) => *generation = g,
-            Ok(None) => {}
+            // The device is fine: a refusal or a failed buffer is a real problem (a failed
+            // fence is not: the faults make some, and the summary counts them).
+            Ok(None) => report.problems.extend(problem),
             Err(e) => report.problems.push(format!("{}: {e}", c.name)),
         }
     }

@@ -24,12 +24,12 @@ impl Progress {
         };
         let multi = MultiProgress::with_draw_target(target);
         let style = ProgressStyle::with_template(
-            "{prefix:>16} [{bar:32}] {pos:>6}/{len:6} {per_sec:>10} {msg}",
+            "{prefix:>16} [{bar:32}] {pos:>6}/{len:6} jobs  {elapsed_precise} {msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
         let total = multi.add(ProgressBar::new(total_jobs).with_style(style));
-        total.set_prefix("jobs");
+        total.set_prefix("total");
         Progress { multi, total }
     }
 
@@ -50,7 +50,7 @@ impl Progress {
         &self.total
     }
 
-    /// Finishes every bar (leaves them on screen).
+    /// Clears the bars (the summary follows).
     pub(crate) fn finish(&self) {
         self.total.finish();
         let _ = self.multi.clear();
