@@ -1,31 +1,43 @@
-//! Logical devices: selection, creation, the per-device completion thread, teardown.
+//! Logical devices: selection, creation, the per-device completion thread, teardown; the
+//! [`VulkanDevice`] handle over a device's successive generations (see
+//! [`recovery`](crate::recovery) for device loss and recreation).
+//!
+//! # Generations
+//! A [`VulkanDevice`] is a handle to a *shared device* whose current logical device (a
+//! `DeviceCore`: `VkDevice`, queues, kernels, memory, completion thread) is replaced when it
+//! is lost, as amdgpu's GPU reset replaces the hardware state behind the same DRM file. Each
+//! core is one *generation* (a process-unique number). The rings' schedulers, entities,
+//! karma and bans, the reset domain, kernel handles and the fault plan survive recreation;
+//! buffers, command buffers and in-flight work belong to their generation and die with it.
 //!
 //! # The completion thread
-//! One thread per device waits on every ring's timeline semaphore at once
+//! One thread per core waits on every ring's timeline semaphore at once
 //! (`vkWaitSemaphores` with `WAIT_ANY`, 10 ms timeout) for the next value each busy ring
 //! owes, plus a host-signalled *wake* timeline semaphore that a submission to an idle ring
 //! bumps (so the thread starts watching it at once). On waking it reads each watched ring's
 //! counter and signals that ring's hardware fences up to it, in order, running fence
 //! callbacks inline (the scheduler's completion path: finished fences, dependants, the next
 //! `run_job`): no thread hop on the completion path (a hop costs ~20 µs on our machines). The
-//! loop never allocates: its arrays are preallocated for [`MAX_RINGS`] rings.
+//! loop never allocates: its arrays are preallocated for [`MAX_RINGS`] rings. When a wait or a
+//! counter read reports `VK_ERROR_DEVICE_LOST` it declares the core lost (see
+//! [`recovery`](crate::recovery)) and exits.
 //!
 //! # Teardown
-//! The thread holds neither the device nor a ring while it sleeps (rings weakly, with the
+//! The thread holds neither the core nor a ring while it sleeps (rings weakly, with the
 //! `in_wait` lock that a ring takes before destroying its semaphore). So dropping the last
-//! handle destroys the device on the dropping thread: the device stops and wakes the thread,
-//! joins it, waits for the device to go idle (`vkDeviceWaitIdle`: pending work always
-//! finishes first; destroying a device with pending work never returns on lavapipe) and
-//! destroys everything. A job whose hardware fence still has the scheduler's completion
-//! callback (its work is running) keeps its ring, and so the device, alive until it is done;
-//! the device is then destroyed on the completion thread. Call [`VulkanDevice::wait_idle`]
-//! first (after a timeout, say) for a synchronous teardown.
+//! reference to a core destroys it on the dropping thread: the core stops and wakes the
+//! thread, joins it, releases injected hangs, waits for the device to go idle
+//! (`vkDeviceWaitIdle`: pending work always finishes first; destroying a device with pending
+//! work never returns on lavapipe) and destroys everything. A job whose hardware fence still
+//! has the scheduler's completion callback (its work is running) keeps its ring, and so the
+//! device, alive until it is done; the device is then destroyed on the completion thread.
+//! Call [`VulkanDevice::close`] for a synchronous teardown.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::{JoinHandle, ThreadId};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ash::vk;
 use gpusched::fence::FenceError;
@@ -38,8 +50,13 @@ use crate::error::{
 use crate::instance::InstanceShared;
 use crate::kernel::{create_kernel, Builtin, Kernel, KernelRaw};
 use crate::memory::{Allocator, Buffer};
-use crate::ring::{RingHw, VulkanRing};
+use crate::recovery::{DeviceShared, Notify};
+use crate::ring::{RingHw, RingSlot, VulkanRing};
 use crate::VulkanJob;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// The most rings one device can have (the completion thread's arrays are preallocated).
 pub const MAX_RINGS: usize = 32;
@@ -47,7 +64,7 @@ pub const MAX_RINGS: usize = 32;
 /// How long the completion thread blocks before looking again.
 const COMPLETION_TIMEOUT: Duration = Duration::from_millis(10);
 
-static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 static LIVE_DEVICES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Logical devices alive in this process (created and not yet destroyed): a leak check.
@@ -99,12 +116,15 @@ pub(crate) struct QueueSlot {
 }
 
 pub(crate) struct DeviceCore {
-    pub(crate) instance: Arc<InstanceShared>,
+    /// Keeps the instance alive while the device lives.
+    #[allow(dead_code)]
+    instance: Arc<InstanceShared>,
     pub(crate) device: ash::Device,
     pub(crate) push: ash::khr::push_descriptor::Device,
     pub(crate) name: String,
-    pub(crate) physical: vk::PhysicalDevice,
     pub(crate) generation: u64,
+    /// The shared device (handle) this core is a generation of: kernel handles name it.
+    pub(crate) device_id: u64,
     pub(crate) queue_family: u32,
     pub(crate) queues: Vec<QueueSlot>,
     pub(crate) memory: Mutex<Allocator>,
@@ -117,9 +137,28 @@ pub(crate) struct DeviceCore {
     scratch_memory: vk::DeviceMemory,
     /// What the completion thread shares with the device.
     pub(crate) comp: Arc<Completion>,
-    pub(crate) domain: ResetDomain,
+    /// Wakes the shared device's recovery thread when this core is lost.
+    pub(crate) notify: Arc<Notify>,
+    /// Injected hangs: submissions that wait on host-signalled timeline values.
+    pub(crate) injected: Injected,
+    /// Nanoseconds one workgroup of the busy kernel (16 rounds) takes (0: not calibrated).
+    pub(crate) busy_ns_per_group: AtomicU64,
     thread: Mutex<Option<JoinHandle<()>>>,
     thread_id: OnceLock<ThreadId>,
+}
+
+/// The semaphores of injected hangs (`JobFault::Hang` and `HangForever`): a hung job's
+/// submission waits on the next value of one of them; only the host signals them.
+pub(crate) struct Injected {
+    /// Released by the timeout handler.
+    pub(crate) hang: vk::Semaphore,
+    /// Released only at teardown (stands in for a hang nothing can release).
+    pub(crate) wedge: vk::Semaphore,
+    /// The last wait values handed out.
+    pub(crate) hang_next: AtomicU64,
+    pub(crate) wedge_next: AtomicU64,
+    /// The last values signalled (values must increase), `(hang, wedge)`.
+    released: Mutex<(u64, u64)>,
 }
 
 /// What the completion thread needs, without holding the device: it must not keep the
@@ -136,7 +175,8 @@ pub(crate) struct Completion {
     wake_value: Mutex<u64>,
     /// The rings, weakly (capacity [`MAX_RINGS`]).
     pub(crate) rings: Mutex<Vec<Weak<RingHw>>>,
-    /// Set when a wait or submit reported `VK_ERROR_DEVICE_LOST`.
+    /// Set when the core is lost (a wait or submit reported `VK_ERROR_DEVICE_LOST`, an
+    /// injected loss, or a hang nothing can release).
     pub(crate) lost: AtomicBool,
     /// Set by the device's drop: the thread exits.
     stop: AtomicBool,
@@ -149,7 +189,7 @@ pub(crate) struct Completion {
 impl DeviceCore {
     /// Host-signals the wake semaphore so the completion thread re-reads its ring list.
     pub(crate) fn wake(&self) {
-        let mut v = self.comp.wake_value.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v = lock(&self.comp.wake_value);
         *v += 1;
         let info = vk::SemaphoreSignalInfo::default().semaphore(self.comp.wake).value(*v);
         // SAFETY: the wake semaphore is a timeline semaphore of this device; values increase
@@ -159,28 +199,161 @@ impl DeviceCore {
         }
     }
 
-    /// Declares the device lost: every ring's in-flight hardware fences signal `DeviceLost`.
+    /// Whether this core was declared lost.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.comp.lost.load(Ordering::SeqCst)
+    }
+
+    /// Declares the core lost: every ring's in-flight hardware fences signal `DeviceLost`
+    /// (jobs prepared on it and not yet submitted fail `DeviceLost` in `run_job`), and the
+    /// recovery thread is woken to create the next generation. Allocation-free (it may run in
+    /// the timeout handler or a `run_job`, inside a signalling section). Idempotent.
     pub(crate) fn mark_lost(&self) {
         self.comp.lost.store(true, Ordering::SeqCst);
-        let rings = self.comp.rings.lock().unwrap_or_else(|p| p.into_inner());
-        for r in rings.iter().filter_map(Weak::upgrade) {
-            r.fail_all(FenceError::DeviceLost);
+        {
+            let rings = lock(&self.comp.rings);
+            for r in rings.iter().filter_map(Weak::upgrade) {
+                r.fail_all(FenceError::DeviceLost);
+            }
         }
+        self.notify.loss();
+    }
+
+    /// The next wait value of an injected hang (`forever`: on the wedge semaphore).
+    pub(crate) fn next_hang_value(&self, forever: bool) -> (vk::Semaphore, u64) {
+        if forever {
+            (self.injected.wedge, self.injected.wedge_next.fetch_add(1, Ordering::SeqCst) + 1)
+        } else {
+            (self.injected.hang, self.injected.hang_next.fetch_add(1, Ordering::SeqCst) + 1)
+        }
+    }
+
+    /// Releases injected hangs up to wait value `value` (host signal). Allocation-free.
+    pub(crate) fn release_hang(&self, value: u64) {
+        let mut r = lock(&self.injected.released);
+        if value > r.0 {
+            self.signal(self.injected.hang, value);
+            r.0 = value;
+        }
+    }
+
+    /// Releases every injected hang handed out so far, and with `wedges` the un-releasable
+    /// ones too (teardown: a simulated wedge must not leak the device).
+    pub(crate) fn release_injected(&self, wedges: bool) {
+        self.release_hang(self.injected.hang_next.load(Ordering::SeqCst));
+        if wedges {
+            let mut r = lock(&self.injected.released);
+            let v = self.injected.wedge_next.load(Ordering::SeqCst);
+            if v > r.1 {
+                self.signal(self.injected.wedge, v);
+                r.1 = v;
+            }
+        }
+    }
+
+    fn signal(&self, sem: vk::Semaphore, value: u64) {
+        let info = vk::SemaphoreSignalInfo::default().semaphore(sem).value(value);
+        // SAFETY: a timeline semaphore of this device; `value` is above the last value
+        // signalled (callers hold `released`). A lost device may refuse: nothing waits then.
+        if let Err(e) = unsafe { self.device.signal_semaphore(&info) } {
+            if e != vk::Result::ERROR_DEVICE_LOST {
+                tracing::warn!(target: "gpusched_vulkan", ?e, "releasing an injected hang failed");
+            }
+        }
+    }
+
+    /// Busy-kernel workgroups (16 rounds each) that run about `d` on this device.
+    pub(crate) fn busy_groups_for(&self, d: Duration) -> u32 {
+        let per = self.busy_ns_per_group.load(Ordering::Relaxed).max(1);
+        let groups = (d.as_nanos() / u128::from(per)).max(1);
+        groups.min(u128::from(self.max_workgroups[0])) as u32
+    }
+
+    /// Measures the busy kernel on the idle queue: one warm-up dispatch, then a timed one
+    /// (host time from submit to fence, so it includes the submission latency: negligible at
+    /// tens of milliseconds). Keeps a default (lavapipe on our 2-core VMs) on failure.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn calibrate_busy(&self) {
+        const DEFAULT_NS: u64 = 400_000;
+        let measured = self.time_busy(4).and_then(|_| {
+            let groups = 64;
+            self.time_busy(groups).map(|d| (d.as_nanos() as u64 / u64::from(groups)).max(1))
+        });
+        let ns = match measured {
+            Ok(ns) => ns,
+            Err(e) => {
+                tracing::warn!(target: "gpusched_vulkan", ?e, "busy kernel calibration failed");
+                DEFAULT_NS
+            }
+        };
+        self.busy_ns_per_group.store(ns, Ordering::Relaxed);
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn time_busy(&self, groups: u32) -> Result<Duration, vk::Result> {
+        let d = &self.device;
+        let pinfo = vk::CommandPoolCreateInfo::default().queue_family_index(self.queue_family);
+        // SAFETY: valid device and family.
+        let pool = unsafe { d.create_command_pool(&pinfo, None) }?;
+        let run = || -> Result<Duration, vk::Result> {
+            let info = vk::CommandBufferAllocateInfo::default()
+                .command_pool(pool)
+                .level(vk::CommandBufferLevel::PRIMARY)
+                .command_buffer_count(1);
+            // SAFETY: the pool is ours.
+            let cb = unsafe { d.allocate_command_buffers(&info) }?[0];
+            let begin = vk::CommandBufferBeginInfo::default()
+                .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
+            // SAFETY: fresh command buffer.
+            unsafe { d.begin_command_buffer(cb, &begin) }?;
+            let ctx = crate::RecordCtx { core: self, declared: &[] };
+            if ctx.busy(cb, 16, groups).is_err() {
+                return Err(vk::Result::ERROR_UNKNOWN);
+            }
+            // SAFETY: recording.
+            unsafe { d.end_command_buffer(cb) }?;
+            // SAFETY: valid device.
+            let fence = unsafe { d.create_fence(&vk::FenceCreateInfo::default(), None) }?;
+            let cbs = [cb];
+            let submit = [vk::SubmitInfo::default().command_buffers(&cbs)];
+            let t0 = Instant::now();
+            let r = {
+                let q = lock(&self.queues[0].queue);
+                // SAFETY: the queue is locked; the command buffer is executable.
+                unsafe { d.queue_submit(*q, &submit, fence) }
+            }
+            // SAFETY: the fence belongs to this device.
+            .and_then(|()| unsafe { d.wait_for_fences(&[fence], true, 10_000_000_000) });
+            let elapsed = t0.elapsed();
+            if r.is_err() {
+                // SAFETY: the device idles first; nothing else is pending on the fence.
+                let _ = unsafe { d.device_wait_idle() };
+            }
+            // SAFETY: signalled (or the device idled above).
+            unsafe { d.destroy_fence(fence, None) };
+            r.map(|()| elapsed)
+        };
+        let r = run();
+        // SAFETY: the command buffer completed (or the device idled); freed with the pool.
+        unsafe { d.destroy_command_pool(pool, None) };
+        r
     }
 }
 
 impl Drop for DeviceCore {
     fn drop(&mut self) {
         self.comp.stop.store(true, Ordering::SeqCst);
-        if !self.comp.lost.load(Ordering::SeqCst) {
+        if !self.is_lost() {
             self.wake();
         }
-        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = lock(&self.thread).take();
         if let Some(h) = handle {
             if Some(&std::thread::current().id()) != self.thread_id.get() {
                 let _ = h.join();
             }
         }
+        // Injected hangs would keep `vkDeviceWaitIdle` from returning.
+        self.release_injected(true);
         let d = &self.device;
         // SAFETY: the completion thread no longer uses the device (joined, or this drop runs
         // on it and it exits on `stop` without touching the device); every ring, buffer and
@@ -188,7 +361,9 @@ impl Drop for DeviceCore {
         // is destroyed.
         unsafe {
             if let Err(e) = d.device_wait_idle() {
-                tracing::warn!(target: "gpusched_vulkan", ?e, "vkDeviceWaitIdle failed at teardown");
+                if e != vk::Result::ERROR_DEVICE_LOST {
+                    tracing::warn!(target: "gpusched_vulkan", ?e, "vkDeviceWaitIdle failed at teardown");
+                }
             }
             for k in self.kernels.get_mut().unwrap_or_else(|p| p.into_inner()).iter() {
                 k.destroy(d);
@@ -197,9 +372,12 @@ impl Drop for DeviceCore {
             d.free_memory(self.scratch_memory, None);
             self.memory.get_mut().unwrap_or_else(|p| p.into_inner()).destroy(d);
             d.destroy_semaphore(self.comp.wake, None);
+            d.destroy_semaphore(self.injected.hang, None);
+            d.destroy_semaphore(self.injected.wedge, None);
             d.destroy_device(None);
         }
         LIVE_DEVICES.fetch_sub(1, Ordering::SeqCst);
+        tracing::debug!(target: "gpusched_vulkan", generation = self.generation, "device destroyed");
     }
 }
 
@@ -261,20 +439,23 @@ fn completion_thread(comp: Arc<Completion>) {
     }
 }
 
-/// A Vulkan logical device: its queues as rings ([`ring`](VulkanDevice::ring)), buffers,
-/// kernels, and one completion thread. Cheap to clone (shared). The device is destroyed when
-/// the last handle, ring, buffer and pending job are gone.
+/// A Vulkan device: its queues as rings ([`ring`](VulkanDevice::ring)), buffers, kernels,
+/// and one completion thread, over successive generations (a lost device is recreated in
+/// the background: see [`generation`](VulkanDevice::generation),
+/// [`wait_generation`](VulkanDevice::wait_generation)). Cheap to clone (shared). Each
+/// generation is destroyed when the last handle, ring, buffer and pending job of it are gone.
 #[derive(Clone)]
 pub struct VulkanDevice {
-    pub(crate) core: Arc<DeviceCore>,
+    pub(crate) shared: Arc<DeviceShared>,
 }
 
 impl fmt::Debug for VulkanDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VulkanDevice")
-            .field("name", &self.core.name)
-            .field("generation", &self.core.generation)
-            .field("queues", &self.core.queues.len())
+            .field("name", &self.shared.name)
+            .field("generation", &self.generation())
+            .field("generations", &self.generations())
+            .field("queues", &self.shared.queue_count)
             .finish_non_exhaustive()
     }
 }
@@ -401,30 +582,292 @@ impl VulkanDevice {
         };
         let physical = physicals[index];
         let name = name_of(index);
-        Self::create_on(inst, physical, name, family)
+        DeviceShared::create(inst, physical, name, family)
     }
 
-    /// Another logical device on the same physical device and instance (a new generation:
-    /// its buffers and rings are its own). Two logical devices on one physical device is how
-    /// the tests exercise several devices at once.
+    /// Another logical device on the same physical device and instance (its own handle,
+    /// generations, buffers and rings). Two logical devices on one physical device is how the
+    /// tests exercise several devices at once.
     ///
     /// # Errors
     /// As [`VulkanDevice::with_config`].
     pub fn sibling(&self) -> Result<VulkanDevice, InitError> {
-        Self::create_on(
-            self.core.instance.clone(),
-            self.core.physical,
-            self.core.name.clone(),
-            self.core.queue_family,
-        )
+        let s = &self.shared;
+        DeviceShared::create(s.instance.clone(), s.physical, s.name.clone(), s.family)
     }
 
-    fn create_on(
+    /// The current generation's core.
+    pub(crate) fn core(&self) -> Arc<DeviceCore> {
+        self.shared.core()
+    }
+
+    /// Destroys the device now, on this thread: waits for its work (as
+    /// [`wait_idle`](VulkanDevice::wait_idle)), then for the references that the scheduler
+    /// and the completion thread drop asynchronously (finished jobs are freed just after their
+    /// fences signal), and drops the last one, with every earlier generation still alive
+    /// (each once its hardware has passed everything submitted to it; injected hangs are
+    /// released first). Call it after dropping your rings, entities and buffers, before the
+    /// process exits: a device still alive at exit races the driver's own teardown (lavapipe
+    /// crashes in its LLVM destructors).
+    ///
+    /// # Errors
+    /// The device, handed back, when references remain after `timeout` (a ring, entity,
+    /// buffer or pending job still alive).
+    pub fn close(self, timeout: Duration) -> Result<(), VulkanDevice> {
+        let deadline = Instant::now() + timeout;
+        let _ = self.wait_idle(timeout);
+        loop {
+            if Arc::strong_count(&self.shared) == 1 && self.shared.quiescent() {
+                drop(self);
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(self);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Waits until every ring of the current generation has finished everything submitted
+    /// to it (also jobs whose fences were force-completed by a timeout but still run on the
+    /// hardware).
+    ///
+    /// # Errors
+    /// [`DeviceError::DeviceLost`], or a timeout as [`DeviceError::Vk`] with `TIMEOUT`.
+    pub fn wait_idle(&self, timeout: Duration) -> Result<(), DeviceError> {
+        let core = self.core();
+        let rings: Vec<Arc<RingHw>> = {
+            let r = lock(&core.comp.rings);
+            r.iter().filter_map(Weak::upgrade).collect()
+        };
+        let sems: Vec<vk::Semaphore> = rings.iter().map(|r| r.sem).collect();
+        let values: Vec<u64> = rings.iter().map(|r| r.submitted.load(Ordering::SeqCst)).collect();
+        if sems.is_empty() {
+            return Ok(());
+        }
+        let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
+        // SAFETY: the semaphores are alive (`rings` holds them).
+        unsafe { core.device.wait_semaphores(&info, timeout.as_nanos() as u64) }
+            .map_err(|c| map_device("vkWaitSemaphores", c))
+    }
+
+    /// The raw `ash` device of the current generation, for code that drives Vulkan itself
+    /// (benches comparing against native submission). Objects it creates must be destroyed
+    /// before the device (and are lost with its generation).
+    pub fn ash_device(&self) -> ash::Device {
+        self.core().device.clone()
+    }
+
+    /// Runs `f` with queue `queue_index` of the compute family (current generation) locked
+    /// (`vkQueueSubmit` must be externally synchronised; the rings on that queue take the
+    /// same lock).
+    ///
+    /// # Panics
+    /// If the queue does not exist (misuse; see [`queue_count`](VulkanDevice::queue_count)).
+    pub fn with_queue<R>(&self, queue_index: u32, f: impl FnOnce(vk::Queue) -> R) -> R {
+        let core = self.core();
+        let Some(slot) = core.queues.get(queue_index as usize) else {
+            no_such_queue(queue_index, self.queue_count())
+        };
+        let q = lock(&slot.queue);
+        f(*q)
+    }
+
+    /// Records with `f` into a command buffer of the caller's (in the recording state), with
+    /// the same checks and kernels as a job's closure; `declared` are the buffers `f` may use.
+    ///
+    /// # Errors
+    /// What `f` returns.
+    pub fn record_into(
+        &self,
+        cb: vk::CommandBuffer,
+        declared: &[Buffer],
+        f: impl FnOnce(&crate::RecordCtx<'_>, vk::CommandBuffer) -> Result<(), crate::RecordError>,
+    ) -> Result<(), crate::RecordError> {
+        let core = self.core();
+        let ctx = crate::RecordCtx { core: &core, declared };
+        f(&ctx, cb)
+    }
+
+    /// The device name (`VkPhysicalDeviceProperties::deviceName`).
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The current generation: a process-unique number per logical device. A recreated
+    /// device (after a loss) gets a new one; buffers of older generations are refused.
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::SeqCst)
+    }
+
+    /// How many logical devices (generations) this handle has had: 1, plus one per
+    /// recreation after a loss.
+    pub fn generations(&self) -> u64 {
+        self.shared.generations.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the current generation is newer than `after` (pass the generation you
+    /// saw lost) and returns it.
+    ///
+    /// # Errors
+    /// [`DeviceError::DeviceLost`] when recreation failed (the device is gone for good), a
+    /// timeout as [`DeviceError::Vk`] with `TIMEOUT`.
+    pub fn wait_generation(&self, after: u64, timeout: Duration) -> Result<u64, DeviceError> {
+        self.shared.wait_generation(after, Instant::now() + timeout)
+    }
+
+    /// Queues in the compute queue family (rings beyond that share queues).
+    pub fn queue_count(&self) -> u32 {
+        self.shared.queue_count
+    }
+
+    /// The compute queue family index.
+    pub fn queue_family(&self) -> u32 {
+        self.shared.family
+    }
+
+    /// Whether the validation layer is on for this device.
+    pub fn validation(&self) -> bool {
+        self.shared.instance.validation
+    }
+
+    /// Whether the current generation is lost (its replacement is not ready yet), or the
+    /// device is gone for good (recreation failed).
+    pub fn is_lost(&self) -> bool {
+        self.shared.dead.load(Ordering::SeqCst) || self.core().is_lost()
+    }
+
+    /// The reset domain every ring of this device shares (they share the hardware); it
+    /// survives recreation.
+    pub fn reset_domain(&self) -> &ResetDomain {
+        &self.shared.domain
+    }
+
+    /// The largest buffer this device allows.
+    pub fn max_buffer_size(&self) -> u64 {
+        self.core().max_buffer_size
+    }
+
+    /// A new ring: a scheduler over queue `queue_index` of the compute family (rings may
+    /// share a queue). The scheduler joins the device's reset domain unless `config` names
+    /// another. The ring moves to each new generation of the device by itself.
+    ///
+    /// # Errors
+    /// No such queue, [`MAX_RINGS`] reached, semaphore or pool creation failed, or an invalid
+    /// scheduler configuration.
+    pub fn ring(
+        &self,
+        queue_index: u32,
+        mut config: SchedulerConfig,
+    ) -> Result<Scheduler<VulkanRing>, DeviceError> {
+        let count = self.queue_count();
+        if queue_index >= count {
+            return Err(DeviceError::NoSuchQueue { index: queue_index, count });
+        }
+        if config.reset_domain.is_none() {
+            config.reset_domain = Some(self.shared.domain.clone());
+        }
+        let slot = RingSlot::new(&self.shared, queue_index, &config.name, config.credit_limit)?;
+        Ok(Scheduler::new(VulkanRing { slot }, config)?)
+    }
+
+    /// A buffer of `size` bytes on host-visible coherent memory, on the current generation.
+    ///
+    /// # Errors
+    /// Zero size, over [`max_buffer_size`](VulkanDevice::max_buffer_size), allocation
+    /// failure, or the current generation is lost ([`DeviceError::DeviceLost`] inside).
+    pub fn buffer(&self, size: u64) -> Result<Buffer, BufferError> {
+        let core = self.core();
+        if core.is_lost() {
+            return Err(BufferError::Device(DeviceError::DeviceLost { op: "vkAllocateMemory" }));
+        }
+        if self.shared.faults.draw_buffer_alloc() {
+            self.shared.faults.count(crate::fault::Kind::FailedBufferAlloc);
+            return Err(BufferError::Device(DeviceError::OutOfMemory {
+                op: "vkAllocateMemory (injected)",
+                code: vk::Result::ERROR_OUT_OF_DEVICE_MEMORY,
+            }));
+        }
+        Buffer::new(&core, size)
+    }
+
+    /// The built-in kernel on this device (valid across generations).
+    pub fn builtin(&self, which: Builtin) -> Kernel {
+        let (bindings, push_size) = which.layout();
+        Kernel { index: which.index(), device: self.shared.id, bindings, push_size }
+    }
+
+    /// A compute kernel from SPIR-V (entry point `main`, `bindings` storage buffers at
+    /// set 0, bindings `0..bindings`; `push_size` bytes of push constants). The device keeps
+    /// the SPIR-V and creates the kernel again on each new generation, so the handle stays
+    /// valid across recreation.
+    ///
+    /// # Errors
+    /// Bytes that are not SPIR-V (checked before the driver sees them), a bad layout, or
+    /// the driver refused the module.
+    pub fn create_kernel(
+        &self,
+        spirv: &[u8],
+        bindings: u32,
+        push_size: u32,
+    ) -> Result<Kernel, ShaderError> {
+        self.shared.create_kernel(spirv, bindings, push_size)
+    }
+
+    /// Submits `job` on `entity` with implicit synchronisation: locks every buffer the job
+    /// declared (one [`Exec`] transaction), adds their fences as dependencies (a reader waits
+    /// for writers, a writer for everyone), reserves a fence slot in each, arms (records the
+    /// command buffer), adds the finished fence to each buffer (`Write` or `Read`), unlocks
+    /// and pushes. Returns the finished fence, which always signals.
+    ///
+    /// The entity may span rings of several devices; the job then records for whichever it
+    /// lands on (buffers of another device are refused).
+    ///
+    /// # Errors
+    /// Recording failed (a buffer of another device or of a lost generation, the current
+    /// generation lost: [`SubmitError::is_device_lost`]), the scheduler refused the job, a
+    /// lock or reservation failed: no fence was handed out.
+    pub fn submit(
+        entity: &Entity<VulkanRing>,
+        job: VulkanJob,
+    ) -> Result<gpusched::fence::Fence, SubmitError> {
+        submit(entity, job)
+    }
+}
+
+/// Fault injection (feature `fault-injection`; see [`fault`](crate::fault)).
+#[cfg(feature = "fault-injection")]
+impl VulkanDevice {
+    /// Sets (or with `None` clears) the seeded fault plan of this device handle. Its draws
+    /// restart from the seed; `lose_device_after` counts from now.
+    pub fn set_fault_plan(&self, plan: Option<crate::fault::FaultPlan>) {
+        self.shared.faults.set_plan(plan);
+    }
+
+    /// Injects a device loss now: the current generation is declared lost (every unfinished
+    /// fence signals `DeviceLost`) and the next one is created in the background.
+    pub fn lose_device(&self) {
+        self.shared.faults.count(crate::fault::Kind::DeviceLoss);
+        self.core().mark_lost();
+    }
+
+    /// The faults injected so far on this device handle, by kind.
+    pub fn fault_stats(&self) -> crate::fault::FaultStats {
+        self.shared.faults.stats()
+    }
+}
+
+impl DeviceCore {
+    /// Creates a logical device (one generation) on `physical`, with its kernels (the
+    /// built-in ones; the caller adds user kernels), queues, memory and completion thread.
+    pub(crate) fn create(
         inst: Arc<InstanceShared>,
         physical: vk::PhysicalDevice,
         name: String,
         family: u32,
-    ) -> Result<Self, InitError> {
+        device_id: u64,
+        notify: Arc<Notify>,
+    ) -> Result<Arc<DeviceCore>, InitError> {
         let validation = inst.validation;
         let instance = &inst.instance;
         // Timeline semaphores.
@@ -451,10 +894,8 @@ impl VulkanDevice {
         // SAFETY: valid physical device; the create info and its chain live across the call.
         let device = unsafe { instance.create_device(physical, &dinfo, None) }
             .map_err(|c| map_init("vkCreateDevice", c))?;
-        match Self::finish(inst.clone(), physical, device, name, family, queue_count, validation) {
-            Ok(d) => Ok(d),
-            Err(e) => Err(e),
-        }
+        let _ = validation;
+        Self::finish(inst.clone(), physical, device, name, family, queue_count, device_id, notify)
     }
 
     fn finish(
@@ -464,8 +905,9 @@ impl VulkanDevice {
         name: String,
         family: u32,
         queue_count: u32,
-        validation: bool,
-    ) -> Result<Self, InitError> {
+        device_id: u64,
+        notify: Arc<Notify>,
+    ) -> Result<Arc<DeviceCore>, InitError> {
         let instance = &inst.instance;
         let destroy = |d: &ash::Device| {
             // SAFETY: nothing was submitted yet; objects created before the failure are
@@ -556,6 +998,38 @@ impl VulkanDevice {
                 return Err(map_init("scratch buffer", c));
             }
         };
+        let semaphore = || {
+            let mut type_info =
+                vk::SemaphoreTypeCreateInfo::default().semaphore_type(vk::SemaphoreType::TIMELINE);
+            let sinfo = vk::SemaphoreCreateInfo::default().push_next(&mut type_info);
+            // SAFETY: valid device; timeline semaphores are enabled.
+            unsafe { device.create_semaphore(&sinfo, None) }
+        };
+        let injected = semaphore().and_then(|h| match semaphore() {
+            Ok(w) => Ok((h, w)),
+            Err(c) => {
+                // SAFETY: unused.
+                unsafe { device.destroy_semaphore(h, None) };
+                Err(c)
+            }
+        });
+        let (hang, wedge) = match injected {
+            Ok(s) => s,
+            Err(c) => {
+                for k in &kernels {
+                    k.destroy(&device);
+                }
+                allocator.destroy(&device);
+                // SAFETY: unused objects of a device with no work.
+                unsafe {
+                    device.destroy_buffer(scratch, None);
+                    device.free_memory(scratch_memory, None);
+                    device.destroy_semaphore(wake, None);
+                }
+                destroy(&device);
+                return Err(map_init("vkCreateSemaphore", c));
+            }
+        };
         let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
         let comp = Arc::new(Completion {
             device: device.clone(),
@@ -567,13 +1041,12 @@ impl VulkanDevice {
             in_wait: Mutex::new(()),
         });
         let core = Arc::new(DeviceCore {
-            domain: ResetDomain::new(format!("vk{generation}")),
             instance: inst,
             device,
             push,
             name,
-            physical,
             generation,
+            device_id,
             queue_family: family,
             queues,
             memory: Mutex::new(allocator),
@@ -583,6 +1056,15 @@ impl VulkanDevice {
             scratch,
             scratch_memory,
             comp: comp.clone(),
+            notify,
+            injected: Injected {
+                hang,
+                wedge,
+                hang_next: AtomicU64::new(0),
+                wedge_next: AtomicU64::new(0),
+                released: Mutex::new((0, 0)),
+            },
+            busy_ns_per_group: AtomicU64::new(0),
             thread: Mutex::new(None),
             thread_id: OnceLock::new(),
         });
@@ -593,218 +1075,12 @@ impl VulkanDevice {
         match spawned {
             Ok(h) => {
                 let _ = core.thread_id.set(h.thread().id());
-                *core.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
+                *lock(&core.thread) = Some(h);
             }
             Err(e) => panic!("cannot start the vulkan completion thread: {e}"),
         }
-        tracing::info!(target: "gpusched_vulkan", device = %core.name, generation, validation, "device created");
-        Ok(VulkanDevice { core })
-    }
-
-    /// Destroys the device now, on this thread: waits for its work (as
-    /// [`wait_idle`](VulkanDevice::wait_idle)), then for the references that the scheduler
-    /// and the completion thread drop asynchronously (finished jobs are freed just after their
-    /// fences signal), and drops the last one. Call it after dropping your rings, entities
-    /// and buffers, before the process exits: a device still alive at exit races the driver's
-    /// own teardown (lavapipe crashes in its LLVM destructors).
-    ///
-    /// # Errors
-    /// The device, handed back, when references remain after `timeout` (a ring, entity,
-    /// buffer or pending job still alive).
-    pub fn close(self, timeout: Duration) -> Result<(), VulkanDevice> {
-        let deadline = std::time::Instant::now() + timeout;
-        let _ = self.wait_idle(timeout);
-        loop {
-            if Arc::strong_count(&self.core) == 1 {
-                drop(self);
-                return Ok(());
-            }
-            if std::time::Instant::now() >= deadline {
-                return Err(self);
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    /// Waits until every ring of the device has finished everything submitted to it (also
-    /// jobs whose fences were force-completed by a timeout but still run on the hardware).
-    /// Dropping the last handles after this tears the device down on the dropping thread;
-    /// with work still running, the completion thread destroys it once the work is done.
-    ///
-    /// # Errors
-    /// [`DeviceError::DeviceLost`], or a timeout as [`DeviceError::Vk`] with `TIMEOUT`.
-    pub fn wait_idle(&self, timeout: Duration) -> Result<(), DeviceError> {
-        let rings: Vec<Arc<RingHw>> = {
-            let r = self.core.comp.rings.lock().unwrap_or_else(|p| p.into_inner());
-            r.iter().filter_map(Weak::upgrade).collect()
-        };
-        let sems: Vec<vk::Semaphore> = rings.iter().map(|r| r.sem).collect();
-        let values: Vec<u64> = rings.iter().map(|r| r.submitted.load(Ordering::SeqCst)).collect();
-        if sems.is_empty() {
-            return Ok(());
-        }
-        let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
-        // SAFETY: the semaphores are alive (`rings` holds them).
-        unsafe { self.core.device.wait_semaphores(&info, timeout.as_nanos() as u64) }
-            .map_err(|c| map_device("vkWaitSemaphores", c))
-    }
-
-    /// The raw `ash` device, for code that drives Vulkan itself (benches comparing against
-    /// native submission). Objects it creates must be destroyed before the device.
-    pub fn ash_device(&self) -> &ash::Device {
-        &self.core.device
-    }
-
-    /// Runs `f` with queue `queue_index` of the compute family locked (`vkQueueSubmit` must
-    /// be externally synchronised; the rings on that queue take the same lock).
-    ///
-    /// # Panics
-    /// If the queue does not exist (misuse; see [`queue_count`](VulkanDevice::queue_count)).
-    pub fn with_queue<R>(&self, queue_index: u32, f: impl FnOnce(vk::Queue) -> R) -> R {
-        let Some(slot) = self.core.queues.get(queue_index as usize) else {
-            no_such_queue(queue_index, self.queue_count())
-        };
-        let q = slot.queue.lock().unwrap_or_else(|p| p.into_inner());
-        f(*q)
-    }
-
-    /// Records with `f` into a command buffer of the caller's (in the recording state), with
-    /// the same checks and kernels as a job's closure; `declared` are the buffers `f` may use.
-    ///
-    /// # Errors
-    /// What `f` returns.
-    pub fn record_into(
-        &self,
-        cb: vk::CommandBuffer,
-        declared: &[Buffer],
-        f: impl FnOnce(&crate::RecordCtx<'_>, vk::CommandBuffer) -> Result<(), crate::RecordError>,
-    ) -> Result<(), crate::RecordError> {
-        let ctx = crate::RecordCtx { core: &self.core, declared };
-        f(&ctx, cb)
-    }
-
-    /// The device name (`VkPhysicalDeviceProperties::deviceName`).
-    pub fn name(&self) -> &str {
-        &self.core.name
-    }
-
-    /// The device generation: unique per logical device in the process (a recreated device
-    /// gets a new one, and buffers of older generations are refused).
-    pub fn generation(&self) -> u64 {
-        self.core.generation
-    }
-
-    /// Queues in the compute queue family (rings beyond that share queues).
-    pub fn queue_count(&self) -> u32 {
-        self.core.queues.len() as u32
-    }
-
-    /// The compute queue family index.
-    pub fn queue_family(&self) -> u32 {
-        self.core.queue_family
-    }
-
-    /// Whether the validation layer is on for this device.
-    pub fn validation(&self) -> bool {
-        self.core.instance.validation
-    }
-
-    /// Whether the device reported `VK_ERROR_DEVICE_LOST`.
-    pub fn is_lost(&self) -> bool {
-        self.core.comp.lost.load(Ordering::SeqCst)
-    }
-
-    /// The reset domain every ring of this device shares (they share the hardware).
-    pub fn reset_domain(&self) -> &ResetDomain {
-        &self.core.domain
-    }
-
-    /// The largest buffer this device allows.
-    pub fn max_buffer_size(&self) -> u64 {
-        self.core.max_buffer_size
-    }
-
-    /// A new ring: a scheduler over queue `queue_index` of the compute family (rings may
-    /// share a queue). The scheduler joins the device's reset domain unless `config` names
-    /// another.
-    ///
-    /// # Errors
-    /// No such queue, [`MAX_RINGS`] reached, semaphore or pool creation failed, or an invalid
-    /// scheduler configuration.
-    pub fn ring(
-        &self,
-        queue_index: u32,
-        mut config: SchedulerConfig,
-    ) -> Result<Scheduler<VulkanRing>, DeviceError> {
-        let count = self.queue_count();
-        if queue_index >= count {
-            return Err(DeviceError::NoSuchQueue { index: queue_index, count });
-        }
-        if config.reset_domain.is_none() {
-            config.reset_domain = Some(self.core.domain.clone());
-        }
-        let hw = RingHw::new(&self.core, queue_index, &config.name, config.credit_limit)?;
-        {
-            let mut rings = self.core.comp.rings.lock().unwrap_or_else(|p| p.into_inner());
-            rings.retain(|w| w.strong_count() > 0);
-            if rings.len() >= MAX_RINGS {
-                return Err(DeviceError::TooManyRings(MAX_RINGS));
-            }
-            rings.push(Arc::downgrade(&hw));
-        }
-        Ok(Scheduler::new(VulkanRing { hw }, config)?)
-    }
-
-    /// A buffer of `size` bytes on host-visible coherent memory.
-    ///
-    /// # Errors
-    /// Zero size, over [`max_buffer_size`](VulkanDevice::max_buffer_size), or allocation
-    /// failure.
-    pub fn buffer(&self, size: u64) -> Result<Buffer, BufferError> {
-        Buffer::new(&self.core, size)
-    }
-
-    /// The built-in kernel on this device.
-    pub fn builtin(&self, which: Builtin) -> Kernel {
-        let (bindings, push_size) = which.layout();
-        Kernel { index: which.index(), generation: self.core.generation, bindings, push_size }
-    }
-
-    /// A compute kernel from SPIR-V (entry point `main`, `bindings` storage buffers at
-    /// set 0, bindings `0..bindings`; `push_size` bytes of push constants).
-    ///
-    /// # Errors
-    /// Bytes that are not SPIR-V (checked before the driver sees them), a bad layout, or
-    /// the driver refused the module.
-    pub fn create_kernel(
-        &self,
-        spirv: &[u8],
-        bindings: u32,
-        push_size: u32,
-    ) -> Result<Kernel, ShaderError> {
-        let raw = create_kernel(&self.core.device, spirv, bindings, push_size)?;
-        let mut k = self.core.kernels.lock().unwrap_or_else(|p| p.into_inner());
-        k.push(raw);
-        Ok(Kernel { index: k.len() - 1, generation: self.core.generation, bindings, push_size })
-    }
-
-    /// Submits `job` on `entity` with implicit synchronisation: locks every buffer the job
-    /// declared (one [`Exec`] transaction), adds their fences as dependencies (a reader waits
-    /// for writers, a writer for everyone), reserves a fence slot in each, arms (records the
-    /// command buffer), adds the finished fence to each buffer (`Write` or `Read`), unlocks
-    /// and pushes. Returns the finished fence, which always signals.
-    ///
-    /// The entity may span rings of several devices; the job then records for whichever it
-    /// lands on (buffers of another device are refused).
-    ///
-    /// # Errors
-    /// Recording failed, the scheduler refused the job, a lock or reservation failed: no
-    /// fence was handed out.
-    pub fn submit(
-        entity: &Entity<VulkanRing>,
-        job: VulkanJob,
-    ) -> Result<gpusched::fence::Fence, SubmitError> {
-        submit(entity, job)
+        tracing::info!(target: "gpusched_vulkan", device = %core.name, generation, "device created");
+        Ok(core)
     }
 }
 

@@ -246,6 +246,31 @@ pub enum RecordError {
         /// The recording device's generation.
         device: u64,
     },
+    /// A buffer of a lost generation of this device: its memory went with the device ("VRAM
+    /// lost", as amdgpu reports it). Create the buffer again on the current generation.
+    #[error("buffer belongs to lost device generation {buffer} (its contents are gone); the device is now generation {device}: create the buffer again")]
+    LostGeneration {
+        /// The buffer's (lost) device generation.
+        buffer: u64,
+        /// The generation the job records for.
+        device: u64,
+    },
+    /// The device generation the job would record for is lost and its replacement is not
+    /// ready yet: wait for it ([`VulkanDevice::wait_generation`](crate::VulkanDevice::wait_generation))
+    /// and submit again.
+    #[error(
+        "device generation {generation} is lost; wait for the next generation and submit again"
+    )]
+    DeviceLost {
+        /// The lost generation.
+        generation: u64,
+    },
+    /// A kernel created on another device.
+    #[error("kernel belongs to another device")]
+    ForeignKernel,
+    /// The recording was dropped by fault injection (`JobFault::DropRecording`).
+    #[error("the recording was dropped (injected fault)")]
+    RecordingDropped,
     /// A buffer the job did not declare with `reads`/`writes` (implicit sync would miss it).
     #[error("buffer {0} is used by the recording but not declared with reads() or writes()")]
     Undeclared(u64),
@@ -296,6 +321,11 @@ impl RecordError {
     pub fn is_wrong_device(&self) -> bool {
         matches!(self, RecordError::WrongDevice { .. })
     }
+
+    /// Whether the device (or the buffer's generation of it) was lost.
+    pub fn is_device_lost(&self) -> bool {
+        matches!(self, RecordError::DeviceLost { .. } | RecordError::LostGeneration { .. })
+    }
 }
 
 /// Why [`VulkanDevice::submit`](crate::VulkanDevice::submit) refused a job. No fence was
@@ -326,6 +356,16 @@ impl SubmitError {
     /// Whether a buffer of another device was used.
     pub fn is_wrong_device(&self) -> bool {
         matches!(self, SubmitError::Record(e) if e.is_wrong_device())
+    }
+
+    /// Whether the job was refused because the device, or the generation of one of its
+    /// buffers, was lost (see [`RecordError::is_device_lost`]).
+    pub fn is_device_lost(&self) -> bool {
+        match self {
+            SubmitError::Record(e) => e.is_device_lost(),
+            SubmitError::Sched(SchedError::Prepare(e)) => *e == FenceError::DeviceLost,
+            _ => false,
+        }
     }
 
     /// Whether the scheduler refused the job.

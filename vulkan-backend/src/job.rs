@@ -4,6 +4,9 @@ use std::fmt;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use crate::fault::JobFault;
+use crate::ring::RingHw;
+
 use ash::vk;
 use gpusched::fence::PreparedFence;
 
@@ -33,8 +36,15 @@ pub struct VulkanJob {
     pub(crate) writes: Vec<Buffer>,
     /// Every declared buffer (reads then writes), for the recording checks.
     pub(crate) declared: Vec<Buffer>,
-    /// The recorded command buffer and the ring generation it belongs to.
+    /// The recorded command buffer, of `hw`'s pool.
     pub(crate) cb: Option<vk::CommandBuffer>,
+    /// The hardware ring (device generation) it was recorded on: it runs there, and its
+    /// resources retire there.
+    pub(crate) hw: Option<Arc<RingHw>>,
+    /// An injected fault (explicit or drawn from the device's plan at arm time).
+    pub(crate) fault: Option<JobFault>,
+    /// The wait value of its injected releasable hang, once submitted.
+    pub(crate) hang: Option<u64>,
     pub(crate) prepared: Option<Prepared>,
     /// The timeline value it was submitted with (0: never submitted).
     pub(crate) value: u64,
@@ -49,6 +59,8 @@ impl fmt::Debug for VulkanJob {
             .field("writes", &self.writes)
             .field("value", &self.value)
             .field("error", &self.error)
+            .field("fault", &self.fault)
+            .field("generation", &self.hw.as_ref().map(|h| h.core.generation))
             .finish_non_exhaustive()
     }
 }
@@ -64,6 +76,9 @@ impl VulkanJob {
             writes: Vec::new(),
             declared: Vec::new(),
             cb: None,
+            hw: None,
+            fault: None,
+            hang: None,
             prepared: None,
             value: 0,
             error: None,
@@ -86,6 +101,14 @@ impl VulkanJob {
     pub fn writes(mut self, buffer: &Buffer) -> Self {
         self.writes.push(buffer.clone());
         self.declared.push(buffer.clone());
+        self
+    }
+
+    /// Injects `fault` into this job (feature `fault-injection`; see
+    /// [`fault`](crate::fault)). It replaces whatever the device's fault plan would draw.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject(mut self, fault: JobFault) -> Self {
+        self.fault = Some(fault);
         self
     }
 

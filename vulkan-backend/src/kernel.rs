@@ -71,12 +71,14 @@ impl Builtin {
 }
 
 /// A compute kernel of one device: a pipeline taking `bindings` storage buffers (bindings
-/// `0..bindings` of set 0) and `push_size` bytes of push constants. A small copyable handle;
-/// the pipeline lives as long as the device.
+/// `0..bindings` of set 0) and `push_size` bytes of push constants. A small copyable handle,
+/// valid on every generation of its device (each new generation creates the kernels again,
+/// in the same order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Kernel {
     pub(crate) index: usize,
-    pub(crate) generation: u64,
+    /// The device handle (all its generations) it belongs to.
+    pub(crate) device: u64,
     /// Storage buffers bound.
     pub bindings: u32,
     /// Push-constant bytes.
@@ -221,7 +223,7 @@ impl RecordCtx<'_> {
     /// The built-in kernel on this device.
     pub fn builtin(&self, which: Builtin) -> Kernel {
         let (bindings, push_size) = which.layout();
-        Kernel { index: which.index(), generation: self.core.generation, bindings, push_size }
+        Kernel { index: which.index(), device: self.core.device_id, bindings, push_size }
     }
 
     /// The generation of the device being recorded for.
@@ -235,12 +237,7 @@ impl RecordCtx<'_> {
     }
 
     fn check_buffer(&self, b: &Buffer) -> Result<(), RecordError> {
-        if b.generation() != self.core.generation {
-            return Err(RecordError::WrongDevice {
-                buffer: b.generation(),
-                device: self.core.generation,
-            });
-        }
+        crate::ring::check_generation(b, self.core)?;
         if !self.declared.iter().any(|d| d.ptr_eq(b)) {
             return Err(RecordError::Undeclared(b.id()));
         }
@@ -261,11 +258,8 @@ impl RecordCtx<'_> {
         push: &[u8],
         groups: [u32; 3],
     ) -> Result<(), RecordError> {
-        if kernel.generation != self.core.generation {
-            return Err(RecordError::WrongDevice {
-                buffer: kernel.generation,
-                device: self.core.generation,
-            });
+        if kernel.device != self.core.device_id {
+            return Err(RecordError::ForeignKernel);
         }
         if buffers.len() != kernel.bindings as usize {
             return Err(RecordError::Bindings { expected: kernel.bindings, got: buffers.len() });
@@ -315,7 +309,7 @@ impl RecordCtx<'_> {
             }
         }
         let kernels = self.core.kernels.lock().unwrap_or_else(|p| p.into_inner());
-        let raw = &kernels[kernel.index];
+        let Some(raw) = kernels.get(kernel.index) else { return Err(RecordError::ForeignKernel) };
         let infos: Vec<[vk::DescriptorBufferInfo; 1]> = buffers
             .map(|b| {
                 [vk::DescriptorBufferInfo::default().buffer(b).offset(0).range(vk::WHOLE_SIZE)]

@@ -47,10 +47,15 @@
 
 mod device;
 mod error;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
+#[cfg(not(feature = "fault-injection"))]
+mod fault;
 mod instance;
 mod job;
 mod kernel;
 mod memory;
+pub mod recovery;
 mod ring;
 
 pub use ash;
@@ -59,6 +64,8 @@ pub use crate::device::{live_devices, DeviceConfig, DeviceSelector, VulkanDevice
 pub use crate::error::{
     BufferError, DeviceError, InitError, RecordError, ShaderError, SubmitError,
 };
+#[cfg(feature = "fault-injection")]
+pub use crate::fault::{FaultPlan, FaultStats, JobFault, SubmitFault};
 pub use crate::instance::{validation_errors, validation_warnings};
 pub use crate::job::{RecordFn, VulkanJob};
 pub use crate::kernel::{Builtin, Kernel, RecordCtx};

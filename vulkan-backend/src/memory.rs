@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ash::vk;
-use gpusched::fence::WaitError;
+use gpusched::fence::{FenceError, WaitError};
 use gpusched::resv::{Resv, Usage};
 
 use crate::device::DeviceCore;
@@ -289,6 +289,20 @@ impl Buffer {
         self.inner.core.generation
     }
 
+    /// Whether its device generation was lost: its contents are gone ("VRAM lost"); host
+    /// access fails with `DeviceLost` and jobs using it are refused
+    /// ([`RecordError::LostGeneration`](crate::RecordError::LostGeneration)).
+    pub fn is_lost(&self) -> bool {
+        self.inner.core.is_lost()
+    }
+
+    fn check_lost(&self) -> Result<(), WaitError> {
+        if self.is_lost() {
+            return Err(WaitError::Failed(FenceError::DeviceLost));
+        }
+        Ok(())
+    }
+
     /// The reservation object: the fences of the jobs that read and write the buffer.
     pub fn resv(&self) -> &Resv {
         &self.inner.resv
@@ -308,7 +322,8 @@ impl Buffer {
     /// the buffer has finished (waits at most `timeout`).
     ///
     /// # Errors
-    /// A wait error (timeout, a job failed: the contents are then undefined).
+    /// A wait error (timeout, a job failed: the contents are then undefined);
+    /// `Failed(DeviceLost)` for a buffer of a lost generation.
     ///
     /// # Panics
     /// If the range is outside the buffer (misuse).
@@ -319,6 +334,7 @@ impl Buffer {
         timeout: Duration,
     ) -> Result<(), WaitError> {
         self.check_range(offset, data.len());
+        self.check_lost()?;
         self.inner.resv.wait_unlocked(Usage::Read, false, Some(timeout))?;
         let _g = self.inner.host.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: the range is inside the buffer's block (checked), the memory is mapped and
@@ -337,7 +353,8 @@ impl Buffer {
     /// has finished (waits at most `timeout`).
     ///
     /// # Errors
-    /// A wait error (timeout, a writer failed).
+    /// A wait error (timeout, a writer failed); `Failed(DeviceLost)` for a buffer of a lost
+    /// generation.
     ///
     /// # Panics
     /// If the range is outside the buffer (misuse).
@@ -348,6 +365,7 @@ impl Buffer {
         timeout: Duration,
     ) -> Result<Vec<u8>, WaitError> {
         self.check_range(offset, len);
+        self.check_lost()?;
         self.inner.resv.wait_unlocked(Usage::Write, false, Some(timeout))?;
         let _g = self.inner.host.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = vec![0u8; len];

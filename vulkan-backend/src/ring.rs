@@ -11,18 +11,42 @@
 //! submission order, so "the semaphore reached N" implies jobs `..=N` are done.
 //!
 //! # Contract (see [`gpusched::Backend`])
-//! `prepare_job` (arm time) records the command buffer, allocates the hardware fence with its
-//! [`FenceOps`] and reserves room in the in-flight list. `run_job` (signalling section) takes
-//! the ring lock, then the queue lock, submits one `VkSubmitInfo` signalling the next value,
-//! and publishes the prepared fence: no allocation, no `Resv` lock, no wait. Command buffers
-//! return to the pool in `free_job` and are reused only once the semaphore has passed their
-//! value. Batching several ready jobs into one `vkQueueSubmit` is not implemented: the
-//! scheduler hands jobs over one at a time, and on lavapipe a batch costs the same per
-//! submission (VULKAN-NOTES).
+//! `prepare_job` (arm time) records the command buffer on the ring's *current* hardware ring
+//! (`RingHw`, one per device generation), allocates the hardware fence with its
+//! [`FenceOps`] and reserves room in the in-flight list; the job keeps its `RingHw`.
+//! `run_job` (signalling section) takes the ring lock, then the queue lock, submits one
+//! `VkSubmitInfo` signalling the next value (or batches it for `flush`: one `vkQueueSubmit`
+//! per batch), and publishes the prepared fence: no allocation, no `Resv` lock, no wait. A
+//! job prepared on a generation that was lost ends `DeviceLost` there (its command buffer
+//! belongs to the dead pool). Command buffers, recording closures and buffers of finished
+//! jobs go, in `free_job`, to the retired list of the job's own `RingHw` and are reused or
+//! dropped only once its semaphore has passed their value: hardware progress is tracked
+//! apart from fence state, so a force-completed job (timeout, device loss) that is still
+//! running or queued on the hardware keeps its resources.
+//!
+//! # Timeouts (`timedout_job`)
+//! Vulkan has no queue reset and no way to take a submission off a queue. Inside the TDR's
+//! signalling section, allocation- and `Resv`-lock-free: stop the scheduler; a guilty job that
+//! completed after all is [`TimeoutStatus::NoHang`]. If the hardware made no progress since
+//! the previous timeout of this ring (the semaphore still stands where it stood then, with
+//! work pending) it is stuck on a submission nothing can release: every job of the ring is
+//! force-completed `DeviceLost`, the device generation is declared lost (see
+//! [`recovery`](crate::recovery)) and recreated, and the scheduler restarts. Otherwise the
+//! guilty job is blamed (karma; a banned entity's jobs end `Cancelled`) and force-completed
+//! `TimedOut`; an injected releasable hang is released; the scheduler restarts
+//! ([`TimeoutStatus::Reset`]). No job is resubmitted: the innocent jobs behind the guilty one
+//! are still queued on the `VkQueue` with valid command buffers and complete by themselves
+//! once it is released (or finishes, for a slow job), and their hardware fences, reattached
+//! by the restart, retire them. A slow job that runs past two timeouts is indistinguishable
+//! from a hang and costs a device generation.
+//!
+//! # Batching and injected faults
+//! A job with an injected hang or submit failure is never batched: `run_job` submits the
+//! jobs batched before it, then submits it alone (with its wait on the hang semaphore).
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
@@ -30,11 +54,13 @@ use ash::vk;
 use gpusched::fence::{Fence, FenceContext, FenceError, FenceOps, OpsWait, Signaller};
 use gpusched::{Backend, JobInfo, Recovery, TimeoutStatus};
 
-use crate::device::DeviceCore;
+use crate::device::{DeviceCore, MAX_RINGS};
 use crate::error::{map_device, DeviceError, RecordError};
+use crate::fault::{JobFault, Kind, SubmitFault};
 use crate::job::{Prepared, RecordFn, VulkanJob};
 use crate::kernel::RecordCtx;
 use crate::memory::Buffer;
+use crate::recovery::DeviceShared;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -100,6 +126,15 @@ struct CmdPool {
     retired: VecDeque<Retired>,
 }
 
+/// What survives a ring's move to a new generation.
+#[derive(Debug, Default)]
+pub(crate) struct RingFlags {
+    /// Whether `run_job` defers submission to `flush` (one `vkQueueSubmit` per batch).
+    batching: AtomicBool,
+    /// `vkQueueSubmit` calls that succeeded, over every generation.
+    submits: AtomicU64,
+}
+
 /// The ring's submission state. Protected by `RingHw::state`.
 struct RingState {
     /// The last timeline value submitted.
@@ -113,10 +148,12 @@ struct RingState {
     batch: Vec<vk::CommandBuffer>,
 }
 
+/// A ring's hardware on one device generation: timeline semaphore, command pool, in-flight
+/// list.
 pub(crate) struct RingHw {
     pub(crate) core: Arc<DeviceCore>,
     name: Box<str>,
-    queue: u32,
+    pub(crate) queue: u32,
     pub(crate) sem: vk::Semaphore,
     ctx: FenceContext,
     state: Mutex<RingState>,
@@ -125,10 +162,10 @@ pub(crate) struct RingHw {
     pub(crate) submitted: AtomicU64,
     /// The last value the completion thread saw the semaphore reach.
     pub(crate) completed: AtomicU64,
-    /// Whether `run_job` defers submission to `flush` (one `vkQueueSubmit` per batch).
-    batching: std::sync::atomic::AtomicBool,
-    /// `vkQueueSubmit` calls that succeeded.
-    submits: AtomicU64,
+    flags: Arc<RingFlags>,
+    /// The semaphore value at this ring's last timeout (`u64::MAX`: none yet): a timeout that
+    /// finds it unchanged, with work pending, means the hardware is stuck.
+    tdr_counter: AtomicU64,
 }
 
 impl RingHw {
@@ -137,6 +174,7 @@ impl RingHw {
         queue: u32,
         name: &str,
         credit_limit: u32,
+        flags: Arc<RingFlags>,
     ) -> Result<Arc<Self>, DeviceError> {
         let d = &core.device;
         let mut type_info = vk::SemaphoreTypeCreateInfo::default()
@@ -179,8 +217,8 @@ impl RingHw {
             }),
             submitted: AtomicU64::new(0),
             completed: AtomicU64::new(0),
-            batching: std::sync::atomic::AtomicBool::new(true),
-            submits: AtomicU64::new(0),
+            flags,
+            tdr_counter: AtomicU64::new(u64::MAX),
         }))
     }
 
@@ -220,6 +258,16 @@ impl RingHw {
         }
     }
 
+    /// Whether the hardware has passed everything submitted to this ring (or the device
+    /// reports itself lost: nothing runs on it any more).
+    pub(crate) fn passed(&self) -> bool {
+        match self.counter() {
+            Ok(v) => v >= self.submitted.load(Ordering::SeqCst),
+            Err(vk::Result::ERROR_DEVICE_LOST) => true,
+            Err(_) => false,
+        }
+    }
+
     /// Signals every in-flight fence with `error` (device lost).
     pub(crate) fn fail_all(&self, error: FenceError) {
         loop {
@@ -237,10 +285,12 @@ impl RingHw {
     /// passed, a free one, or a new one.
     fn acquire_cb(&self, pool: &mut CmdPool) -> Result<vk::CommandBuffer, vk::Result> {
         if let Some(r) = pool.retired.front() {
-            let done = if self.core.comp.lost.load(Ordering::SeqCst) {
-                u64::MAX
-            } else {
-                self.completed.load(Ordering::SeqCst).max(self.counter().unwrap_or(0))
+            // Hardware progress, not fence state: a lost (even fake-lost) device may still
+            // run these command buffers.
+            let done = match self.counter() {
+                Ok(c) => c.max(self.completed.load(Ordering::SeqCst)),
+                Err(vk::Result::ERROR_DEVICE_LOST) => u64::MAX,
+                Err(_) => self.completed.load(Ordering::SeqCst),
             };
             if r.value <= done {
                 while pool.retired.front().is_some_and(|r| r.value <= done) {
@@ -270,15 +320,19 @@ impl RingHw {
 impl Drop for RingHw {
     fn drop(&mut self) {
         let d = &self.core.device;
-        let target = lock(&self.state).next_value;
+        let target = self.submitted.load(Ordering::SeqCst);
         let sems = [self.sem];
         let values = [target];
         let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
         // SAFETY: the semaphore is live; waiting before destroying keeps the pool and the
-        // semaphore alive while the hardware may still use them. A device that never finishes
-        // (a real hang) leaks them instead of destroying objects in use.
-        let idle = self.core.comp.lost.load(Ordering::SeqCst)
-            || unsafe { d.wait_semaphores(&info, 10_000_000_000) }.is_ok();
+        // semaphore alive while the hardware may still use them (also on a lost core: a
+        // fake-lost device still runs its work; a really lost one answers DEVICE_LOST). A
+        // device that never finishes (a real hang) leaks them instead of destroying objects
+        // in use.
+        let idle = matches!(
+            unsafe { d.wait_semaphores(&info, 10_000_000_000) },
+            Ok(()) | Err(vk::Result::ERROR_DEVICE_LOST)
+        );
         if !idle {
             tracing::error!(target: "gpusched_vulkan", ring = %self.name, "ring dropped with work still running: leaking its pool and semaphore");
             return;
@@ -350,19 +404,79 @@ impl FenceOps for HwOps {
     }
 }
 
+/// A ring across device generations: its current `RingHw`, swapped to one on the new core
+/// by the recovery thread. What the scheduler's backend holds.
+pub(crate) struct RingSlot {
+    pub(crate) shared: Arc<DeviceShared>,
+    pub(crate) name: Box<str>,
+    pub(crate) queue: u32,
+    pub(crate) credit_limit: u32,
+    current: Mutex<Arc<RingHw>>,
+    pub(crate) flags: Arc<RingFlags>,
+}
+
+impl RingSlot {
+    pub(crate) fn new(
+        shared: &Arc<DeviceShared>,
+        queue: u32,
+        name: &str,
+        credit_limit: u32,
+    ) -> Result<Arc<RingSlot>, DeviceError> {
+        let flags = Arc::new(RingFlags::default());
+        flags.batching.store(true, Ordering::Relaxed);
+        // Under `slots`: recreation moves every registered slot, and a slot made during a
+        // recreation lands on the new core.
+        let mut slots = lock(&shared.slots);
+        slots.retain(|w| w.strong_count() > 0);
+        if slots.len() >= MAX_RINGS {
+            return Err(DeviceError::TooManyRings(MAX_RINGS));
+        }
+        let core = shared.core();
+        let hw = RingHw::new(&core, queue, name, credit_limit, flags.clone())?;
+        {
+            let mut rings = lock(&core.comp.rings);
+            rings.retain(|w| w.strong_count() > 0);
+            rings.push(Arc::downgrade(&hw));
+        }
+        let slot = Arc::new(RingSlot {
+            shared: shared.clone(),
+            name: name.into(),
+            queue,
+            credit_limit,
+            current: Mutex::new(hw),
+            flags,
+        });
+        slots.push(Arc::downgrade(&slot));
+        Ok(slot)
+    }
+
+    /// The current hardware ring.
+    pub(crate) fn hw(&self) -> Arc<RingHw> {
+        lock(&self.current).clone()
+    }
+
+    /// Moves the ring to `hw` (a new generation); returns the old one.
+    pub(crate) fn swap(&self, hw: Arc<RingHw>) -> Arc<RingHw> {
+        std::mem::replace(&mut *lock(&self.current), hw)
+    }
+}
+
 /// The [`Backend`] of a Vulkan ring; made by [`VulkanDevice::ring`](crate::VulkanDevice::ring).
+/// It follows its device across generations.
 pub struct VulkanRing {
-    pub(crate) hw: Arc<RingHw>,
+    pub(crate) slot: Arc<RingSlot>,
 }
 
 impl fmt::Debug for VulkanRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hw = self.slot.hw();
         f.debug_struct("VulkanRing")
-            .field("name", &self.hw.name)
-            .field("device", &self.hw.core.name)
-            .field("queue", &self.hw.queue)
-            .field("submitted", &self.submitted())
-            .field("completed", &self.completed())
+            .field("name", &hw.name)
+            .field("device", &hw.core.name)
+            .field("generation", &hw.core.generation)
+            .field("queue", &hw.queue)
+            .field("submitted", &hw.submitted.load(Ordering::SeqCst))
+            .field("completed", &hw.completed.load(Ordering::SeqCst))
             .finish()
     }
 }
@@ -373,24 +487,57 @@ impl VulkanRing {
     /// run in order and which signals the last job's value), which saves the per-submit CPU
     /// cost of real drivers; without it every job is its own submit.
     pub fn set_batching(&self, on: bool) {
-        self.hw.batching.store(on, Ordering::Relaxed);
+        self.slot.flags.batching.store(on, Ordering::Relaxed);
     }
 
-    /// How many `vkQueueSubmit` calls this ring made (one per job without batching, one per
-    /// batch with it).
+    /// How many `vkQueueSubmit` calls this ring made, over every generation (one per job
+    /// without batching, one per batch with it).
     pub fn submits(&self) -> u64 {
-        self.hw.submits.load(Ordering::Relaxed)
+        self.slot.flags.submits.load(Ordering::Relaxed)
     }
 
     /// Whether batching is on.
     pub fn batching(&self) -> bool {
-        self.hw.batching.load(Ordering::Relaxed)
+        self.slot.flags.batching.load(Ordering::Relaxed)
     }
 
+    /// The last timeline value submitted on the current generation.
+    pub fn submitted(&self) -> u64 {
+        self.slot.hw().submitted.load(Ordering::SeqCst)
+    }
+
+    /// The last timeline value the completion thread saw reached on the current generation.
+    pub fn completed(&self) -> u64 {
+        self.slot.hw().completed.load(Ordering::SeqCst)
+    }
+
+    /// The current value of the current generation's semaphore: how far the hardware got
+    /// (`vkGetSemaphoreCounterValue`; 0 if the read fails).
+    pub fn hw_progress(&self) -> u64 {
+        self.slot.hw().counter().unwrap_or(0)
+    }
+
+    /// The generation of the ring's device that new jobs record for.
+    pub fn generation(&self) -> u64 {
+        self.slot.hw().core.generation
+    }
+
+    /// The name of the ring's device.
+    pub fn device_name(&self) -> &str {
+        &self.slot.shared.name
+    }
+
+    /// The raw timeline semaphore of the current generation (diagnostics, benches).
+    pub fn semaphore(&self) -> vk::Semaphore {
+        self.slot.hw().sem
+    }
+}
+
+impl RingHw {
     /// Submits the batched jobs (see [`Backend::flush`]). Allocation-free: the batch's room
     /// was reserved at prepare time.
     fn submit_batch(&self) {
-        let hw = &self.hw;
+        let hw = self;
         let mut guard = lock(&hw.state);
         let st = &mut *guard;
         if st.batch.is_empty() {
@@ -398,7 +545,7 @@ impl VulkanRing {
         }
         let last = st.next_value;
         let first_unsubmitted = hw.submitted.load(Ordering::SeqCst);
-        let result = if hw.core.comp.lost.load(Ordering::SeqCst) {
+        let result = if hw.core.is_lost() {
             Err(DeviceError::DeviceLost { op: "vkQueueSubmit" })
         } else {
             let sems = [hw.sem];
@@ -419,7 +566,7 @@ impl VulkanRing {
         st.batch.clear();
         match result {
             Ok(()) => {
-                hw.submits.fetch_add(1, Ordering::Relaxed);
+                hw.flags.submits.fetch_add(1, Ordering::Relaxed);
                 let prev = hw.submitted.swap(last, Ordering::SeqCst);
                 if prev <= hw.completed.load(Ordering::SeqCst) {
                     // The ring was idle: the completion thread may not be watching it.
@@ -427,15 +574,15 @@ impl VulkanRing {
                 }
             }
             Err(e) => {
-                if e.is_device_lost() {
-                    hw.core.mark_lost();
-                }
                 // The batch never reached the hardware: its fences end with the error, one
                 // at a time and outside the lock (their callbacks re-enter the scheduler).
                 // The semaphore never reaches these values: rewind so later jobs reuse them.
                 st.next_value = first_unsubmitted;
                 let error = e.fence_error();
                 drop(guard);
+                if e.is_device_lost() {
+                    hw.core.mark_lost();
+                }
                 loop {
                     let entry = {
                         let mut st = lock(&hw.state);
@@ -451,45 +598,14 @@ impl VulkanRing {
         }
     }
 
-    /// The last timeline value submitted.
-    pub fn submitted(&self) -> u64 {
-        self.hw.submitted.load(Ordering::SeqCst)
-    }
-
-    /// The last timeline value the completion thread saw reached.
-    pub fn completed(&self) -> u64 {
-        self.hw.completed.load(Ordering::SeqCst)
-    }
-
-    /// The generation of the ring's device.
-    pub fn generation(&self) -> u64 {
-        self.hw.core.generation
-    }
-
-    /// The name of the ring's device.
-    pub fn device_name(&self) -> &str {
-        &self.hw.core.name
-    }
-
-    /// The raw timeline semaphore (diagnostics, benches).
-    pub fn semaphore(&self) -> vk::Semaphore {
-        self.hw.sem
-    }
-
     fn record(&self, job: &mut VulkanJob) -> Result<vk::CommandBuffer, RecordError> {
-        let core = &self.hw.core;
+        let core = &self.core;
         for b in job.declared.iter() {
-            if b.generation() != core.generation {
-                return Err(RecordError::WrongDevice {
-                    buffer: b.generation(),
-                    device: core.generation,
-                });
-            }
+            check_generation(b, core)?;
         }
         let d = &core.device;
-        let mut pool = lock(&self.hw.pool);
+        let mut pool = lock(&self.pool);
         let cb = self
-            .hw
             .acquire_cb(&mut pool)
             .map_err(|code| RecordError::Vk { op: "vkAllocateCommandBuffers", code })?;
         let begin = vk::CommandBufferBeginInfo::default()
@@ -502,7 +618,15 @@ impl VulkanRing {
         }
         full_barrier(d, cb);
         let ctx = RecordCtx { core, declared: &job.declared };
-        let recorded = (job.record)(&ctx, cb);
+        let mut recorded = Ok(());
+        if let Some(JobFault::Slow(t)) = job.fault {
+            // The busy kernel first, sized to run about `t`.
+            recorded = ctx.busy(cb, 16, core.busy_groups_for(t));
+            full_barrier(d, cb);
+        }
+        if recorded.is_ok() {
+            recorded = (job.record)(&ctx, cb);
+        }
         if recorded.is_ok() {
             host_barrier(d, cb);
         }
@@ -510,6 +634,10 @@ impl VulkanRing {
         // state `vkBeginCommandBuffer` can reset.
         let ended = unsafe { d.end_command_buffer(cb) };
         match (recorded, ended) {
+            (Ok(()), Ok(())) if job.fault == Some(JobFault::DropRecording) => {
+                pool.free.push(cb);
+                Err(RecordError::RecordingDropped)
+            }
             (Ok(()), Ok(())) => Ok(cb),
             (Err(e), _) => {
                 pool.free.push(cb);
@@ -523,34 +651,69 @@ impl VulkanRing {
     }
 }
 
+/// A buffer recorded for `core` must belong to it: a buffer of a lost generation of the
+/// same device is [`RecordError::LostGeneration`], one of another device
+/// [`RecordError::WrongDevice`].
+pub(crate) fn check_generation(b: &Buffer, core: &DeviceCore) -> Result<(), RecordError> {
+    if b.generation() == core.generation {
+        return Ok(());
+    }
+    if b.inner.core.device_id == core.device_id {
+        Err(RecordError::LostGeneration { buffer: b.generation(), device: core.generation })
+    } else {
+        Err(RecordError::WrongDevice { buffer: b.generation(), device: core.generation })
+    }
+}
+
 impl Backend for VulkanRing {
     type Job = VulkanJob;
 
     fn prepare_job(&self, job: &mut VulkanJob, _info: &JobInfo) -> Result<(), FenceError> {
         job.error = None;
-        if self.hw.core.comp.lost.load(Ordering::SeqCst) {
+        let faults = &self.slot.shared.faults;
+        // Every armed job draws (reproducible plans); a job's own fault wins.
+        let drawn = faults.draw_job();
+        if job.fault.is_none() {
+            job.fault = drawn;
+        }
+        if self.slot.shared.dead.load(Ordering::SeqCst) {
+            job.error = Some(RecordError::DeviceLost { generation: self.generation() });
             return Err(FenceError::DeviceLost);
         }
-        let cb = match self.record(job) {
+        let hw = self.slot.hw();
+        if hw.core.is_lost() {
+            job.error = Some(RecordError::DeviceLost { generation: hw.core.generation });
+            return Err(FenceError::DeviceLost);
+        }
+        let cb = match hw.record(job) {
             Ok(cb) => cb,
             Err(e) => {
+                if e == RecordError::RecordingDropped {
+                    faults.count(Kind::DroppedRecording);
+                }
                 job.error = Some(e);
                 return Err(FenceError::Driver(-22)); // EINVAL
             }
         };
+        if let Some(JobFault::Slow(_)) = job.fault {
+            faults.count(Kind::Slow);
+        }
         let value = Arc::new(AtomicU64::new(0));
-        let ops = HwOps { ring: Arc::downgrade(&self.hw), value: value.clone() };
-        let hw = self.hw.ctx.prepare(1, Some(Box::new(ops)));
+        let ops = HwOps { ring: Arc::downgrade(&hw), value: value.clone() };
+        let fence = hw.ctx.prepare(1, Some(Box::new(ops)));
         // Arming cannot fail after `prepare_job` succeeded, so a payload handed back by a
         // failed arm never holds a command buffer.
         debug_assert!(job.cb.is_none(), "a job is prepared once");
         job.cb = Some(cb);
-        job.prepared = Some(Prepared { hw, value });
-        let mut st = lock(&self.hw.state);
-        st.prepared += 1;
-        let need = st.prepared;
-        st.in_flight.reserve(need);
-        st.batch.reserve(need);
+        job.prepared = Some(Prepared { hw: fence, value });
+        {
+            let mut st = lock(&hw.state);
+            st.prepared += 1;
+            let need = st.prepared;
+            st.in_flight.reserve(need);
+            st.batch.reserve(need);
+        }
+        job.hw = Some(hw);
         Ok(())
     }
 
@@ -559,16 +722,31 @@ impl Backend for VulkanRing {
             // A resubmission: Vulkan has no queue reset, so there is none (see timedout_job).
             return Err(FenceError::Cancelled);
         };
-        let Some(cb) = job.cb else { return Err(FenceError::Cancelled) };
-        let hw = &self.hw;
+        let (Some(cb), Some(hw)) = (job.cb, job.hw.as_ref()) else {
+            return Err(FenceError::Cancelled);
+        };
+        let faults = &self.slot.shared.faults;
         let mut st = lock(&hw.state);
         st.prepared = st.prepared.saturating_sub(1);
-        if hw.core.comp.lost.load(Ordering::SeqCst) {
+        if hw.core.is_lost() {
+            // Prepared on a generation that is gone: its command buffer died with it.
             return Err(FenceError::DeviceLost);
         }
-        let value = st.next_value + 1;
-        if hw.batching.load(Ordering::Relaxed) {
+        // Injected faults on submission.
+        let fail = match job.fault {
+            Some(JobFault::FailSubmit(SubmitFault::OutOfDeviceMemory)) => {
+                Some(vk::Result::ERROR_OUT_OF_DEVICE_MEMORY)
+            }
+            Some(JobFault::FailSubmit(SubmitFault::DeviceLost)) => {
+                Some(vk::Result::ERROR_DEVICE_LOST)
+            }
+            _ if faults.lose_now() => Some(vk::Result::ERROR_DEVICE_LOST),
+            _ => None,
+        };
+        let hang = matches!(job.fault, Some(JobFault::Hang | JobFault::HangForever));
+        if self.slot.flags.batching.load(Ordering::Relaxed) && fail.is_none() && !hang {
             // Submitted by `flush`, with the other jobs the scheduler hands over now.
+            let value = st.next_value + 1;
             st.batch.push(cb);
             st.next_value = value;
             job.value = value;
@@ -577,21 +755,59 @@ impl Backend for VulkanRing {
             st.in_flight.push_back((value, signaller));
             return Ok(fence);
         }
+        if !st.batch.is_empty() {
+            // What was batched before this job goes first, in its own submission.
+            drop(st);
+            hw.submit_batch();
+            st = lock(&hw.state);
+            if hw.core.is_lost() {
+                return Err(FenceError::DeviceLost);
+            }
+        }
+        let value = st.next_value + 1;
         let cbs = [cb];
         let sems = [hw.sem];
         let values = [value];
-        let mut timeline =
-            vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&values);
-        let submit = [vk::SubmitInfo::default()
-            .command_buffers(&cbs)
-            .signal_semaphores(&sems)
-            .push_next(&mut timeline)];
-        let result = {
-            let q = lock(&hw.core.queues[hw.queue as usize].queue);
-            // SAFETY: the queue is externally synchronised by its mutex; the command buffer
-            // is executable and not pending; `value` is above every value signalled or
-            // pending on the semaphore (values increase under the ring lock).
-            unsafe { hw.core.device.queue_submit(*q, &submit, vk::Fence::null()) }
+        let mut wait = None;
+        if hang {
+            let forever = job.fault == Some(JobFault::HangForever);
+            let (sem, v) = hw.core.next_hang_value(forever);
+            if !forever {
+                job.hang = Some(v);
+            }
+            faults.count(if forever { Kind::HangForever } else { Kind::Hang });
+            wait = Some((sem, v));
+        }
+        let result = match fail {
+            Some(code) => {
+                faults.count(if code == vk::Result::ERROR_DEVICE_LOST {
+                    Kind::DeviceLoss
+                } else {
+                    Kind::FailedSubmit
+                });
+                Err(code)
+            }
+            None => {
+                let wait_sems = [wait.map_or(vk::Semaphore::null(), |w| w.0)];
+                let wait_values = [wait.map_or(0, |w| w.1)];
+                let stages = [vk::PipelineStageFlags::ALL_COMMANDS];
+                let n = usize::from(wait.is_some());
+                let mut timeline = vk::TimelineSemaphoreSubmitInfo::default()
+                    .wait_semaphore_values(&wait_values[..n])
+                    .signal_semaphore_values(&values);
+                let submit = [vk::SubmitInfo::default()
+                    .wait_semaphores(&wait_sems[..n])
+                    .wait_dst_stage_mask(&stages[..n])
+                    .command_buffers(&cbs)
+                    .signal_semaphores(&sems)
+                    .push_next(&mut timeline)];
+                let q = lock(&hw.core.queues[hw.queue as usize].queue);
+                // SAFETY: the queue is externally synchronised by its mutex; the command
+                // buffer is executable and not pending; `value` is above every value signalled
+                // or pending on the semaphore (values increase under the ring lock); the wait
+                // semaphore is a timeline semaphore of this device.
+                unsafe { hw.core.device.queue_submit(*q, &submit, vk::Fence::null()) }
+            }
         };
         if let Err(code) = result {
             let e = map_device("vkQueueSubmit", code);
@@ -601,7 +817,7 @@ impl Backend for VulkanRing {
             }
             return Err(e.fence_error());
         }
-        hw.submits.fetch_add(1, Ordering::Relaxed);
+        hw.flags.submits.fetch_add(1, Ordering::Relaxed);
         st.next_value = value;
         job.value = value;
         prepared.value.store(value, Ordering::Release);
@@ -616,43 +832,69 @@ impl Backend for VulkanRing {
         Ok(fence)
     }
 
-    /// Submits the jobs `run_job` batched (one `vkQueueSubmit`).
+    /// Submits the jobs `run_job` batched on the current generation (one `vkQueueSubmit`).
+    /// A batch left on a generation lost meanwhile was failed by the loss.
     fn flush(&self) {
-        self.submit_batch();
+        let hw = lock(&self.slot.current);
+        hw.submit_batch();
     }
 
-    /// Vulkan has no queue reset, and a job still on the hardware cannot be taken off it. So
-    /// the honest answer to a timeout, until device recreation exists: stop; if the job
-    /// finished after all, start again ([`TimeoutStatus::NoHang`]); else blame it,
-    /// force-complete it with `TimedOut` and declare the device gone for the whole reset
-    /// domain ([`TimeoutStatus::NoDevice`]): every other fence signals `DeviceLost`. The
-    /// command buffers and buffers of force-completed jobs are recycled only once the
-    /// semaphore passes them.
+    /// See the module docs ("Timeouts"). Allocation-free and `Resv`-lock-free.
     fn timedout_job(&self, recovery: &mut Recovery<'_, Self>) -> TimeoutStatus {
         recovery.stop();
         if recovery.guilty_completed() {
             recovery.start();
             return TimeoutStatus::NoHang;
         }
+        let (hw, hang) =
+            recovery.with_guilty_payload(|j| (j.hw.clone(), j.hang)).unwrap_or((None, None));
+        // The ring the guilty job runs on (reference counts only: no allocation, and never
+        // the last reference: the job, the slot or the graveyard holds it).
+        let hw = hw.unwrap_or_else(|| lock(&self.slot.current).clone());
+        let stuck = match hw.counter() {
+            Err(vk::Result::ERROR_DEVICE_LOST) => true,
+            Ok(c) => {
+                let before = hw.tdr_counter.swap(c, Ordering::SeqCst);
+                before == c && hw.submitted.load(Ordering::SeqCst) > c
+            }
+            Err(_) => false,
+        };
+        if stuck {
+            // The hardware has not moved since the last timeout: stuck on a submission
+            // nothing in the process can release. The job at the head is not the culprit
+            // (the one that timed out first was): no blame. Every job on the ring ends
+            // `DeviceLost`, the generation is lost and recreated.
+            recovery.force_complete_all(FenceError::DeviceLost);
+            hw.core.mark_lost();
+            recovery.start();
+            return TimeoutStatus::Reset;
+        }
         recovery.blame();
         recovery.force_complete_guilty(FenceError::TimedOut);
-        recovery.device_gone();
-        TimeoutStatus::NoDevice
+        if let Some(v) = hang {
+            // An injected hang: release it; the guilty job then runs (late), and so do the
+            // jobs queued behind it.
+            hw.core.release_hang(v);
+        }
+        recovery.start();
+        TimeoutStatus::Reset
     }
 
     /// Allocation-free (the scheduler may free inside a signalling section, where even
     /// dropping a buffer's `Resv` may allocate): the job's command buffer, recording closure
-    /// and buffers go to the retired list, and are recycled and dropped by the next
-    /// `prepare_job` on this ring once the semaphore has passed the job (a forced completion
-    /// may still be running), or when the ring is dropped. Never waits.
+    /// and buffers go to the retired list of the `RingHw` it was recorded on, and are
+    /// recycled and dropped by a later `prepare_job` on it once its semaphore has passed the
+    /// job (a forced completion may still be running), or when that `RingHw` is destroyed
+    /// (after its hardware passed everything). Never waits.
     fn free_job(&self, mut job: VulkanJob, _info: &JobInfo) {
+        let Some(hw) = job.hw.take() else { return };
         if job.prepared.take().is_some() {
-            let mut st = lock(&self.hw.state);
+            let mut st = lock(&hw.state);
             st.prepared = st.prepared.saturating_sub(1);
         }
         let Some(cb) = job.cb.take() else { return };
         let keep = (job.record, std::mem::take(&mut job.declared));
         // Capacity: one entry per command buffer allocated (`CmdPool` invariant).
-        lock(&self.hw.pool).retired.push_back(Retired { value: job.value, cb, _keep: Some(keep) });
+        lock(&hw.pool).retired.push_back(Retired { value: job.value, cb, _keep: Some(keep) });
     }
 }

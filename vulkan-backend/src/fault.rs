@@ -1,0 +1,291 @@
+//! Fault injection (cargo feature `fault-injection`): hangs, slow jobs, failed submissions,
+//! dropped recordings, failed buffer allocations and device losses, on demand
+//! ([`VulkanJob::inject`](crate::VulkanJob::inject), [`VulkanDevice::lose_device`](crate::VulkanDevice::lose_device))
+//! or drawn from a seeded [`FaultPlan`] ([`VulkanDevice::set_fault_plan`](crate::VulkanDevice::set_fault_plan)).
+//!
+//! # How each fault is made (lavapipe has no watchdog and never loses a device by itself)
+//! - [`JobFault::Hang`]: the job's submission waits on a value of the device's *hang* timeline
+//!   semaphore that only the host signals. The whole queue stalls behind it (as a hung ring
+//!   does). The timeout handler releases it (host-signals the value): the guilty job then
+//!   runs late, after its fence already reported `TimedOut`, and the innocent jobs queued
+//!   behind it on the `VkQueue` complete normally.
+//! - [`JobFault::HangForever`]: the same, on a *wedge* semaphore the timeout handler never
+//!   signals: it stands in for a shader hang on a driver without a watchdog. The handler sees
+//!   that the hardware made no progress across two timeouts, declares the device lost and a
+//!   new generation is created. The wedged device is destroyed only at teardown, where the
+//!   simulated wedge is released (a real one would be leaked: see the crate docs).
+//! - [`JobFault::Slow`]: the busy kernel is recorded before the job's own commands, sized
+//!   from a per-device calibration (measured when the device is created) to run about that
+//!   long.
+//! - [`JobFault::FailSubmit`]: `vkQueueSubmit` is not called; the job fails as if it had
+//!   returned the code. [`SubmitFault::DeviceLost`] takes the real device-loss path.
+//! - [`JobFault::DropRecording`]: the job is recorded, then the command buffer is thrown away
+//!   and arming fails with [`RecordError::RecordingDropped`](crate::RecordError::RecordingDropped)
+//!   (no fence is handed out).
+//! - Buffer allocation failures: [`VulkanDevice::buffer`](crate::VulkanDevice::buffer) fails
+//!   with `ERROR_OUT_OF_DEVICE_MEMORY` before touching the driver.
+//!
+//! Hung and failing jobs are never batched: `run_job` first submits the jobs batched before
+//! them, then submits them alone (a hung job's wait must not hold back jobs batched ahead of
+//! it, and a failed submission fails that one job only).
+//!
+//! # Reproducibility
+//! A plan draws from its own generator (splitmix64), seeded; the draws happen in the order
+//! jobs are armed on the device handle (each armed job draws the same number of values,
+//! whatever it gets), so the same seed and the same sequence of arms inject the same faults.
+
+#![cfg_attr(not(feature = "fault-injection"), allow(dead_code, unreachable_pub))]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// A fault injected into one job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JobFault {
+    /// The submission waits on a host-signalled timeline value; the timeout handler releases
+    /// it (the job reports `TimedOut`, jobs behind it complete).
+    Hang,
+    /// Stands in for a real shader hang: nothing in the process can release it, so the
+    /// device is declared lost (every unfinished fence: `DeviceLost`) and recreated.
+    HangForever,
+    /// The busy kernel is recorded first, sized to run about this long.
+    Slow(Duration),
+    /// `vkQueueSubmit` reports this instead of submitting.
+    FailSubmit(SubmitFault),
+    /// The recording is dropped: arming fails with a typed `RecordError`, no fence.
+    DropRecording,
+}
+
+/// The failure an injected [`JobFault::FailSubmit`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SubmitFault {
+    /// `VK_ERROR_OUT_OF_DEVICE_MEMORY`: the job fails (`Driver(-12)`), the device lives on.
+    OutOfDeviceMemory,
+    /// `VK_ERROR_DEVICE_LOST`: the device-loss path (every fence `DeviceLost`, recreation).
+    DeviceLost,
+}
+
+/// A seeded plan of random faults for one device handle (builder). Probabilities are per
+/// armed job (per buffer allocation for [`fail_buffer_alloc`](FaultPlan::fail_buffer_alloc))
+/// and clamped to `0.0..=1.0`; at most one job fault is drawn per job, in the order hang,
+/// slow, fail-submit, drop-recording. A job with a fault of its own
+/// ([`VulkanJob::inject`](crate::VulkanJob::inject)) keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultPlan {
+    seed: u64,
+    hang: f64,
+    slow: f64,
+    slow_for: Duration,
+    fail_submit: f64,
+    drop_recording: f64,
+    fail_buffer_alloc: f64,
+    lose_device_after: Option<u64>,
+}
+
+impl FaultPlan {
+    /// A plan that injects nothing yet, drawing from `seed`.
+    pub fn new(seed: u64) -> Self {
+        FaultPlan {
+            seed,
+            hang: 0.0,
+            slow: 0.0,
+            slow_for: Duration::ZERO,
+            fail_submit: 0.0,
+            drop_recording: 0.0,
+            fail_buffer_alloc: 0.0,
+            lose_device_after: None,
+        }
+    }
+
+    /// The seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Hangs a job ([`JobFault::Hang`]) with probability `p`.
+    pub fn hang(mut self, p: f64) -> Self {
+        self.hang = p.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Makes a job slow ([`JobFault::Slow`] of `d`) with probability `p`.
+    pub fn slow(mut self, p: f64, d: Duration) -> Self {
+        self.slow = p.clamp(0.0, 1.0);
+        self.slow_for = d;
+        self
+    }
+
+    /// Fails a job's submission with `VK_ERROR_OUT_OF_DEVICE_MEMORY` with probability `p`
+    /// (device loss is [`lose_device_after`](FaultPlan::lose_device_after)).
+    pub fn fail_submit(mut self, p: f64) -> Self {
+        self.fail_submit = p.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Drops a job's recording ([`JobFault::DropRecording`]) with probability `p`.
+    pub fn drop_recording(mut self, p: f64) -> Self {
+        self.drop_recording = p.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Fails a buffer allocation with probability `p`.
+    pub fn fail_buffer_alloc(mut self, p: f64) -> Self {
+        self.fail_buffer_alloc = p.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Loses the device once, when submitting the job after the first `n` jobs submitted
+    /// since the plan was set (its `vkQueueSubmit` reports `VK_ERROR_DEVICE_LOST`).
+    pub fn lose_device_after(mut self, n_jobs: u64) -> Self {
+        self.lose_device_after = Some(n_jobs);
+        self
+    }
+}
+
+/// Faults injected so far on a device handle, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FaultStats {
+    /// Releasable hangs submitted.
+    pub hangs: u64,
+    /// Un-releasable hangs submitted.
+    pub hangs_forever: u64,
+    /// Slow jobs recorded.
+    pub slow: u64,
+    /// Submissions failed with `VK_ERROR_OUT_OF_DEVICE_MEMORY`.
+    pub failed_submits: u64,
+    /// Recordings dropped.
+    pub dropped_recordings: u64,
+    /// Buffer allocations failed.
+    pub failed_buffer_allocs: u64,
+    /// Device losses injected (a failed submission, the plan's `lose_device_after`, or
+    /// [`VulkanDevice::lose_device`](crate::VulkanDevice::lose_device)).
+    pub device_losses: u64,
+}
+
+/// The kinds counted in [`FaultStats`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Kind {
+    Hang = 0,
+    HangForever,
+    Slow,
+    FailedSubmit,
+    DroppedRecording,
+    FailedBufferAlloc,
+    DeviceLoss,
+}
+
+/// splitmix64.
+#[derive(Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        // Always draw, so that every job consumes the same number of values.
+        let x = self.next_f64();
+        x < p
+    }
+}
+
+/// A device handle's fault state (shared by its generations).
+#[derive(Debug, Default)]
+pub(crate) struct FaultState {
+    plan: Mutex<Option<(FaultPlan, Rng)>>,
+    counts: [AtomicU64; 7],
+    /// Jobs submitted since the plan was set, and the count after which the device is lost
+    /// (`u64::MAX`: never). Atomics: read in `run_job`, inside a signalling section.
+    submitted: AtomicU64,
+    lose_after: AtomicU64,
+}
+
+impl FaultState {
+    pub(crate) fn new() -> Self {
+        let s = FaultState::default();
+        s.lose_after.store(u64::MAX, Ordering::Relaxed);
+        s
+    }
+
+    pub(crate) fn set_plan(&self, plan: Option<FaultPlan>) {
+        let mut p = self.plan.lock().unwrap_or_else(|p| p.into_inner());
+        self.submitted.store(0, Ordering::SeqCst);
+        let after = plan.as_ref().and_then(|p| p.lose_device_after).unwrap_or(u64::MAX);
+        self.lose_after.store(after, Ordering::SeqCst);
+        *p = plan.map(|plan| {
+            let rng = Rng(plan.seed);
+            (plan, rng)
+        });
+    }
+
+    /// The fault the plan gives the job being armed (arm time, outside signalling sections).
+    pub(crate) fn draw_job(&self) -> Option<JobFault> {
+        let mut p = self.plan.lock().unwrap_or_else(|p| p.into_inner());
+        let (plan, rng) = p.as_mut()?;
+        let hang = rng.chance(plan.hang);
+        let slow = rng.chance(plan.slow);
+        let fail = rng.chance(plan.fail_submit);
+        let drop = rng.chance(plan.drop_recording);
+        if hang {
+            Some(JobFault::Hang)
+        } else if slow {
+            Some(JobFault::Slow(plan.slow_for))
+        } else if fail {
+            Some(JobFault::FailSubmit(SubmitFault::OutOfDeviceMemory))
+        } else if drop {
+            Some(JobFault::DropRecording)
+        } else {
+            None
+        }
+    }
+
+    /// Whether the plan fails this buffer allocation.
+    pub(crate) fn draw_buffer_alloc(&self) -> bool {
+        let mut p = self.plan.lock().unwrap_or_else(|p| p.into_inner());
+        match p.as_mut() {
+            Some((plan, rng)) => rng.chance(plan.fail_buffer_alloc),
+            None => false,
+        }
+    }
+
+    /// Counts a submission; whether it is the one that loses the device. Allocation-free.
+    pub(crate) fn lose_now(&self) -> bool {
+        let after = self.lose_after.load(Ordering::Relaxed);
+        if after == u64::MAX {
+            return false;
+        }
+        let n = self.submitted.fetch_add(1, Ordering::SeqCst);
+        n == after
+            && self
+                .lose_after
+                .compare_exchange(after, u64::MAX, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+    }
+
+    pub(crate) fn count(&self, kind: Kind) {
+        self.counts[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stats(&self) -> FaultStats {
+        let c = |k: Kind| self.counts[k as usize].load(Ordering::Relaxed);
+        FaultStats {
+            hangs: c(Kind::Hang),
+            hangs_forever: c(Kind::HangForever),
+            slow: c(Kind::Slow),
+            failed_submits: c(Kind::FailedSubmit),
+            dropped_recordings: c(Kind::DroppedRecording),
+            failed_buffer_allocs: c(Kind::FailedBufferAlloc),
+            device_losses: c(Kind::DeviceLoss),
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! Device loss and recreation: the shared device behind a [`VulkanDevice`] handle, its
+//! recovery thread, and the graveyard of lost generations (amdgpu's GPU reset and "VRAM
+//! lost" handling, `amdgpu_device_gpu_recover` / `amdgpu_vram_lost`, with the kernel's
+//! rule that a reset never frees memory the hardware may still touch).
+//!
+//! # Loss
+//! A core (one generation) is declared lost by whoever sees it first: the completion thread
+//! (`VK_ERROR_DEVICE_LOST` from a wait or counter read), a `vkQueueSubmit`, the timeout
+//! handler (a hang nothing can release: the hardware made no progress across two timeouts),
+//! or fault injection. `DeviceCore::mark_lost` sets the flag, signals every in-flight
+//! hardware fence of every ring `DeviceLost` (the scheduler retires those jobs with it) and
+//! wakes the recovery thread with an allocation-free notify: it may run inside a signalling
+//! section. Jobs already prepared on the lost core fail `DeviceLost` in `run_job` (their
+//! command buffers belong to its pool); arming a job while the replacement is not ready fails
+//! with `RecordError::DeviceLost`. So every fence ever handed out signals.
+//!
+//! # Recreation
+//! The recovery thread (never in a signalling section) creates a new core on the same
+//! physical device with the same configuration and kernels (built-in, then user kernels in
+//! creation order, so `Kernel` handles stay valid), gives every ring a new `RingHw` on it (the
+//! ring's `Scheduler`, entities, karma and bans are untouched, like the kernel's schedulers
+//! across an amdgpu reset), then publishes the generation and wakes
+//! [`wait_generation`](crate::VulkanDevice::wait_generation). Releasable injected hangs of the
+//! lost core are released first. Buffers keep their generation: using one of a lost
+//! generation is an error naming both generations (its memory is gone, "VRAM lost"); clients
+//! re-create buffers and resubmit their jobs (recording closures are re-recordable). If
+//! creation fails three times the device is gone for good: arming fails `DeviceLost` and
+//! `wait_generation` errors.
+//!
+//! # The graveyard
+//! A lost core may still be running work (a fake-lost lavapipe device is; a really lost one
+//! answers `VK_ERROR_DEVICE_LOST` quickly), and destroying a device with pending work never
+//! returns on lavapipe. So old cores and rings go to a graveyard owned by the recovery
+//! thread, which destroys a ring only once nothing else holds it and its semaphore has
+//! passed every value submitted to it (or reports the loss), and a core only once nothing
+//! holds it: the last drop of an old generation never lands in a signalling section. A
+//! device whose work never finishes (a real shader hang on a driver without a watchdog)
+//! must never be destroyed: at teardown it is leaked, with an error log, after waiting
+//! [`WEDGE_TEARDOWN_WAIT`]. A *simulated* wedge (`JobFault::HangForever`) is released at
+//! teardown, so tests do not leak.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+use ash::vk;
+use gpusched::ResetDomain;
+
+use crate::device::{DeviceCore, VulkanDevice};
+use crate::error::{DeviceError, InitError, ShaderError};
+use crate::fault::FaultState;
+use crate::instance::InstanceShared;
+use crate::kernel::{create_kernel, Kernel};
+use crate::ring::{RingHw, RingSlot};
+
+/// How long teardown waits for a lost generation's hardware before leaking it.
+pub(crate) const WEDGE_TEARDOWN_WAIT: Duration = Duration::from_secs(5);
+
+/// How often the recovery thread looks at the graveyard.
+const REAP_INTERVAL: Duration = Duration::from_millis(20);
+
+static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Wakes the recovery thread. `loss` is allocation-free (a mutex and a condvar notify).
+#[derive(Debug, Default)]
+pub(crate) struct Notify {
+    state: Mutex<NotifyState>,
+    cv: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct NotifyState {
+    loss: bool,
+    stop: bool,
+}
+
+impl Notify {
+    /// A core was lost: recreate.
+    pub(crate) fn loss(&self) {
+        lock(&self.state).loss = true;
+        self.cv.notify_all();
+    }
+
+    fn stop(&self) {
+        lock(&self.state).stop = true;
+        self.cv.notify_all();
+    }
+}
+
+/// Lost generations waiting for their hardware to finish.
+#[derive(Default)]
+struct Graveyard {
+    rings: Vec<Arc<RingHw>>,
+    cores: Vec<Arc<DeviceCore>>,
+}
+
+/// What a [`VulkanDevice`] handle shares: the current core and what survives recreation.
+pub(crate) struct DeviceShared {
+    pub(crate) id: u64,
+    pub(crate) name: String,
+    pub(crate) instance: Arc<InstanceShared>,
+    pub(crate) physical: vk::PhysicalDevice,
+    pub(crate) family: u32,
+    pub(crate) queue_count: u32,
+    current: Mutex<Arc<DeviceCore>>,
+    pub(crate) generation: AtomicU64,
+    pub(crate) generations: AtomicU64,
+    /// Recreation failed: the device is gone for good.
+    pub(crate) dead: AtomicBool,
+    /// `wait_generation` sleeps here.
+    gen_lock: Mutex<()>,
+    gen_cv: Condvar,
+    /// The rings (weakly), moved to each new core. Lock order: `user_kernels`, `slots`,
+    /// `current`.
+    pub(crate) slots: Mutex<Vec<Weak<RingSlot>>>,
+    /// User kernels, to create again on each new core: (SPIR-V, bindings, push size).
+    user_kernels: Mutex<Vec<(Vec<u8>, u32, u32)>>,
+    pub(crate) domain: ResetDomain,
+    pub(crate) notify: Arc<Notify>,
+    graveyard: Mutex<Graveyard>,
+    pub(crate) faults: FaultState,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    thread_id: OnceLock<ThreadId>,
+}
+
+impl fmt::Debug for DeviceShared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeviceShared")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeviceShared {
+    /// A new device handle with its first generation and its recovery thread.
+    pub(crate) fn create(
+        inst: Arc<InstanceShared>,
+        physical: vk::PhysicalDevice,
+        name: String,
+        family: u32,
+    ) -> Result<VulkanDevice, InitError> {
+        let id = NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed);
+        let notify = Arc::new(Notify::default());
+        let core =
+            DeviceCore::create(inst.clone(), physical, name.clone(), family, id, notify.clone())?;
+        #[cfg(feature = "fault-injection")]
+        core.calibrate_busy();
+        let shared = Arc::new(DeviceShared {
+            id,
+            name,
+            instance: inst,
+            physical,
+            family,
+            queue_count: core.queues.len() as u32,
+            generation: AtomicU64::new(core.generation),
+            generations: AtomicU64::new(1),
+            current: Mutex::new(core),
+            dead: AtomicBool::new(false),
+            gen_lock: Mutex::new(()),
+            gen_cv: Condvar::new(),
+            slots: Mutex::new(Vec::with_capacity(crate::MAX_RINGS)),
+            user_kernels: Mutex::new(Vec::new()),
+            domain: ResetDomain::new(format!("vk{id}")),
+            notify: notify.clone(),
+            graveyard: Mutex::new(Graveyard::default()),
+            faults: FaultState::new(),
+            thread: Mutex::new(None),
+            thread_id: OnceLock::new(),
+        });
+        let weak = Arc::downgrade(&shared);
+        let spawned = std::thread::Builder::new()
+            .name(format!("gpusched-vk-dev{id}-recovery"))
+            .spawn(move || recovery_thread(weak, notify));
+        match spawned {
+            Ok(h) => {
+                let _ = shared.thread_id.set(h.thread().id());
+                *lock(&shared.thread) = Some(h);
+            }
+            Err(e) => panic!("cannot start the vulkan recovery thread: {e}"),
+        }
+        Ok(VulkanDevice { shared })
+    }
+
+    /// The current core.
+    pub(crate) fn core(&self) -> Arc<DeviceCore> {
+        lock(&self.current).clone()
+    }
+
+    /// Creates a user kernel on the current core and remembers it for the next ones.
+    pub(crate) fn create_kernel(
+        &self,
+        spirv: &[u8],
+        bindings: u32,
+        push_size: u32,
+    ) -> Result<Kernel, ShaderError> {
+        // Held across creation: recreation swaps the core under this lock, so every kernel
+        // lands on every generation at the same index.
+        let mut user = lock(&self.user_kernels);
+        let core = self.core();
+        let raw = create_kernel(&core.device, spirv, bindings, push_size)?;
+        let mut k = lock(&core.kernels);
+        k.push(raw);
+        user.push((spirv.to_vec(), bindings, push_size));
+        Ok(Kernel { index: k.len() - 1, device: self.id, bindings, push_size })
+    }
+
+    pub(crate) fn wait_generation(
+        &self,
+        after: u64,
+        deadline: Instant,
+    ) -> Result<u64, DeviceError> {
+        let mut g = lock(&self.gen_lock);
+        loop {
+            let gen = self.generation.load(Ordering::SeqCst);
+            if gen > after {
+                return Ok(gen);
+            }
+            if self.dead.load(Ordering::SeqCst) {
+                return Err(DeviceError::DeviceLost { op: "device recreation" });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(DeviceError::Vk { op: "wait_generation", code: vk::Result::TIMEOUT });
+            }
+            g = self.gen_cv.wait_timeout(g, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// Whether only the caller's references remain: the current core is held by this
+    /// object alone and every ring of the graveyard by the graveyard alone.
+    pub(crate) fn quiescent(&self) -> bool {
+        let core = self.core();
+        // `core` + `current`.
+        if Arc::strong_count(&core) != 2 {
+            return false;
+        }
+        lock(&self.graveyard).rings.iter().all(|r| Arc::strong_count(r) == 1)
+    }
+
+    /// Creates the next generation (recovery thread, outside any signalling section).
+    fn recreate(&self) {
+        let t0 = Instant::now();
+        let old = self.core();
+        // Releasable injected hangs first: the lost core's queue then drains by itself.
+        old.release_injected(false);
+        let user = lock(&self.user_kernels);
+        let mut attempt = 0;
+        let new = loop {
+            attempt += 1;
+            let made = DeviceCore::create(
+                self.instance.clone(),
+                self.physical,
+                self.name.clone(),
+                self.family,
+                self.id,
+                self.notify.clone(),
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|core| {
+                let mut k = lock(&core.kernels);
+                for (spirv, bindings, push) in user.iter() {
+                    k.push(
+                        create_kernel(&core.device, spirv, *bindings, *push)
+                            .map_err(|e| e.to_string())?,
+                    );
+                }
+                drop(k);
+                Ok(core)
+            });
+            match made {
+                Ok(core) => break core,
+                Err(e) if attempt < 3 => {
+                    tracing::warn!(target: "gpusched_vulkan", device = %self.name, attempt, %e, "device recreation failed, retrying");
+                    std::thread::sleep(Duration::from_millis(10 * attempt));
+                }
+                Err(e) => {
+                    tracing::error!(target: "gpusched_vulkan", device = %self.name, %e, "device recreation failed: the device is gone");
+                    self.dead.store(true, Ordering::SeqCst);
+                    drop(lock(&self.gen_lock));
+                    self.gen_cv.notify_all();
+                    return;
+                }
+            }
+        };
+        // The old core's calibration (its queue may still be running work).
+        new.busy_ns_per_group
+            .store(old.busy_ns_per_group.load(Ordering::Relaxed), Ordering::Relaxed);
+        let slots = lock(&self.slots);
+        let mut fresh = Vec::with_capacity(slots.len());
+        for slot in slots.iter().filter_map(Weak::upgrade) {
+            match RingHw::new(&new, slot.queue, &slot.name, slot.credit_limit, slot.flags.clone()) {
+                Ok(hw) => fresh.push((slot, hw)),
+                Err(e) => {
+                    tracing::error!(target: "gpusched_vulkan", device = %self.name, %e, "ring recreation failed: the device is gone");
+                    self.dead.store(true, Ordering::SeqCst);
+                    drop(lock(&self.gen_lock));
+                    self.gen_cv.notify_all();
+                    return;
+                }
+            }
+        }
+        {
+            let mut rings = lock(&new.comp.rings);
+            rings.extend(fresh.iter().map(|(_, hw)| Arc::downgrade(hw)));
+        }
+        let mut graves = Vec::with_capacity(fresh.len());
+        for (slot, hw) in fresh {
+            graves.push(slot.swap(hw));
+        }
+        let generation = new.generation;
+        *lock(&self.current) = new;
+        drop(slots);
+        drop(user);
+        {
+            let mut g = lock(&self.graveyard);
+            g.rings.extend(graves);
+            g.cores.push(old);
+        }
+        {
+            let _g = lock(&self.gen_lock);
+            self.generation.store(generation, Ordering::SeqCst);
+            self.generations.fetch_add(1, Ordering::SeqCst);
+        }
+        self.gen_cv.notify_all();
+        tracing::warn!(target: "gpusched_vulkan", device = %self.name, generation, elapsed = ?t0.elapsed(), "device recreated");
+    }
+
+    /// Destroys what the graveyard may destroy now.
+    fn reap(&self) {
+        let mut g = lock(&self.graveyard);
+        g.rings.retain(|r| Arc::strong_count(r) > 1 || !r.passed());
+        g.cores.retain(|c| Arc::strong_count(c) > 1);
+    }
+
+    /// Teardown: releases every injected hang of the lost generations, waits (bounded) for
+    /// their hardware, destroys what finished and leaks what did not.
+    fn reap_final(&self) {
+        let mut g = std::mem::take(&mut *lock(&self.graveyard));
+        for c in &g.cores {
+            c.release_injected(true);
+        }
+        let deadline = Instant::now() + WEDGE_TEARDOWN_WAIT;
+        for r in g.rings.drain(..) {
+            while !r.passed() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if r.passed() {
+                drop(r);
+            } else {
+                tracing::error!(target: "gpusched_vulkan", device = %self.name, generation = r.core.generation, "a lost device generation never finished its work: leaking it (destroying it would never return)");
+                std::mem::forget(r);
+            }
+        }
+        drop(g);
+    }
+}
+
+impl Drop for DeviceShared {
+    fn drop(&mut self) {
+        self.notify.stop();
+        let handle = lock(&self.thread).take();
+        if let Some(h) = handle {
+            if Some(&std::thread::current().id()) != self.thread_id.get() {
+                let _ = h.join();
+            }
+        }
+        self.reap_final();
+        // The current core drops with `current` (destroyed once nothing else holds it).
+    }
+}
+
+fn recovery_thread(shared: Weak<DeviceShared>, notify: Arc<Notify>) {
+    loop {
+        {
+            let mut st = lock(&notify.state);
+            if !st.loss && !st.stop {
+                st = notify.cv.wait_timeout(st, REAP_INTERVAL).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            if st.stop {
+                return;
+            }
+            st.loss = false;
+        }
+        let Some(sh) = shared.upgrade() else { return };
+        if !sh.dead.load(Ordering::SeqCst) && sh.core().is_lost() {
+            sh.recreate();
+        }
+        sh.reap();
+        // May be the last reference: the drop then runs here and does not join this thread.
+        drop(sh);
+    }
+}

@@ -1,0 +1,1 @@
+//! Recovery tests (filled below).
