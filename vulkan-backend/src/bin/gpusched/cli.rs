@@ -43,6 +43,13 @@ pub(crate) struct DemoArgs {
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub(crate) rounds: u32,
 
+    /// Rings (schedulers), each over one of the device's compute queues, round robin;
+    /// clients load-balance over all of them. 0: one per compute queue (lavapipe has one).
+    /// More rings than queues share queues: a hang on one ring then stalls the others too.
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=8))]
+    pub(crate) rings: u32,
+
     /// Floats per buffer.
     #[arg(long, value_name = "N", default_value_t = 65_536,
           value_parser = clap::value_parser!(u32).range(64..=4_194_304))]

@@ -13,15 +13,17 @@
 //! The client waits for its chain and reads `y` back: it must be `2 v + 1 + S` everywhere.
 //! A round in which any job failed is skipped, not verified: a job's own entity's earlier
 //! jobs are ordered (FIFO) but their errors are not propagated to it (as in drm_sched), and a
-//! failed job's outputs are undefined. Every round starts from fresh fills, so a failed round
-//! never poisons the next one.
+//! failed job's outputs are undefined. Every round starts from fresh fills, and after a failed
+//! round the client re-creates its buffers (the failed fences stay in the old buffers'
+//! reservations, where the next round's jobs would find them), so a failed round never
+//! poisons the next one.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use gpusched::fence::{lockdep, Fence, FenceError};
+use gpusched::fence::{lockdep, Fence, FenceContext, FenceError};
 use gpusched::resv::{Exec, Usage};
 use gpusched::{Access, ArmError, Entity, Priority, Scheduler, SchedulerConfig};
 use gpusched_vulkan::{
@@ -41,7 +43,7 @@ const WATCHDOG: Duration = Duration::from_secs(60);
 /// Jobs per client round.
 const CHAIN: usize = 4;
 /// The most jobs the rogue client submits while waiting to be banned.
-const ROGUE_MAX: u32 = 16;
+const ROGUE_MAX: u32 = 8;
 /// Room in the job table for the set-up jobs (one per device generation) and retries.
 const SPARE_SLOTS: usize = 64;
 
@@ -49,10 +51,12 @@ fn push_consts(words: &[[u8; 4]]) -> Vec<u8> {
     words.concat()
 }
 
-/// A job and the buffers it declared (the job keeps its own list private).
+/// A job, the buffers it declared (the job keeps its own list private) and explicit
+/// dependencies.
 struct Spec {
     job: VulkanJob,
     buffers: Vec<(Buffer, Access)>,
+    deps: Vec<Fence>,
 }
 
 /// `buf[i] = value` for `n` floats.
@@ -64,7 +68,7 @@ fn fill(buf: &Buffer, value: f32, n: u32) -> Spec {
         ctx.dispatch(cb, &k, &[&b], &pc, [n.div_ceil(64), 1, 1])
     })
     .writes(buf);
-    Spec { job, buffers: vec![(buf.clone(), Access::Write)] }
+    Spec { job, buffers: vec![(buf.clone(), Access::Write)], deps: Vec::new() }
 }
 
 /// `y = a * x + y` over `n` floats.
@@ -77,7 +81,11 @@ fn saxpy(a: f32, x: &Buffer, y: &Buffer, n: u32) -> Spec {
     })
     .reads(x)
     .writes(y);
-    Spec { job, buffers: vec![(y.clone(), Access::Write), (x.clone(), Access::Read)] }
+    Spec {
+        job,
+        buffers: vec![(y.clone(), Access::Write), (x.clone(), Access::Read)],
+        deps: Vec::new(),
+    }
 }
 
 /// What everything running shares.
@@ -88,8 +96,8 @@ struct Run<'a> {
     ring_names: Vec<String>,
     rec: Arc<Recorder>,
     schedule: Option<Schedule>,
-    /// The shared buffer of the current generation, and its set-up job's slot.
-    shared: Mutex<Option<(Buffer, usize)>>,
+    /// The shared buffer of the current generation, its set-up job's slot and fence.
+    shared: Mutex<Option<(Buffer, usize, Fence)>>,
     /// Fills the shared buffer (kernel priority).
     setup: Entity<VulkanRing>,
     /// The highest device generation a client has seen (a marker when it grows).
@@ -128,7 +136,7 @@ impl Run<'_> {
         spec: Spec,
         meta: JobMeta,
     ) -> Result<(Fence, usize), SubmitError> {
-        let Spec { job, buffers } = spec;
+        let Spec { job, buffers, deps } = spec;
         let mut objects: Vec<(Buffer, Access)> = Vec::with_capacity(buffers.len());
         for (b, a) in buffers {
             if !objects.iter().any(|(o, _)| o.ptr_eq(&b)) {
@@ -139,7 +147,7 @@ impl Run<'_> {
         let mut exec = Exec::new();
         let armed = exec
             .lock_all(&resvs, |guards| {
-                let mut builder = entity.job(job);
+                let mut builder = entity.job(job).dependencies(deps);
                 for (g, (_, access)) in guards.iter_mut().zip(&objects) {
                     builder = builder.resv_dependencies(g, *access);
                     if g.reserve_fences(1).is_err() {
@@ -177,13 +185,14 @@ impl Run<'_> {
         Ok((armed.push(), slot))
     }
 
-    /// The shared buffer of generation `generation` (made and filled on first use), and the
-    /// slot of the job that fills it.
-    fn shared(&self, generation: u64) -> Result<(Buffer, usize), String> {
+    /// The shared buffer of generation `generation` (made and filled on first use, and made
+    /// again if its fill failed: its contents are then undefined, and every job reading it
+    /// would fail), the slot of the job that fills it, and that job's fence.
+    fn shared(&self, generation: u64) -> Result<(Buffer, usize, Fence), String> {
         let mut g = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((b, slot)) = &*g {
-            if b.generation() == generation {
-                return Ok((b.clone(), *slot));
+        if let Some((b, slot, f)) = &*g {
+            if b.generation() == generation && f.error().is_none() {
+                return Ok((b.clone(), *slot, f.clone()));
             }
         }
         let n = self.args.size;
@@ -195,11 +204,11 @@ impl Run<'_> {
             generation: s.generation(),
             deps: [None, None],
         };
-        let (_, slot) = self
+        let (f, slot) = self
             .submit(&self.setup, fill(&s, SHARED_VALUE, n), meta)
             .map_err(|e| format!("filling the shared buffer: {e}"))?;
-        *g = Some((s.clone(), slot));
-        Ok((s, slot))
+        *g = Some((s.clone(), slot, f.clone()));
+        Ok((s, slot, f))
     }
 
     /// Called when something failed in a way that may be a device loss: if the device was
@@ -246,7 +255,7 @@ fn refusal(e: &SubmitError) -> String {
     match e {
         SubmitError::Sched(s) if s.is_entity_stopped() => "entity banned or killed".into(),
         SubmitError::Sched(s) if s.is_scheduler_gone() => "scheduler gone".into(),
-        SubmitError::Record(r) if r.is_wrong_device() => "buffer of an older device".into(),
+        e if e.is_device_lost() => "device lost".into(),
         SubmitError::Record(_) => "recording failed".into(),
         SubmitError::Lock(_) => "buffer lock interrupted".into(),
         e => e.to_string(),
@@ -313,7 +322,7 @@ fn client_round(
             }
         }
         let Some((x, y)) = bufs.clone() else { break 'round RoundEnd::Skipped };
-        let (shared, shared_slot) = match run.shared(x.generation()) {
+        let (shared, shared_slot, _) = match run.shared(x.generation()) {
             Ok(s) => s,
             Err(e) => {
                 problem = Some(e);
@@ -404,6 +413,12 @@ fn client_round(
             }
         }
     };
+    if end != RoundEnd::Verified {
+        // A failed job's outputs are undefined, and its failed fence stays in the buffers'
+        // reservations, where the next round's jobs would find it as a dependency and fail
+        // too: start the next round on fresh buffers (as a client does after an error).
+        *bufs = None;
+    }
     if trouble {
         match run.recover(*generation) {
             Ok(Some(g)) => *generation = g,
@@ -416,56 +431,101 @@ fn client_round(
     end
 }
 
-/// The rogue client: every job hangs; two in flight, so that when the scheduler bans it the
-/// queued one ends `Cancelled`. Stops once banned. Returns problems.
+/// The rogue client: submits a job that hangs, then a harmless one gated on a host fence,
+/// and waits for the first. One hang at a time: a second hang queued behind the first would
+/// stall the (shared) queue again as soon as the TDR releases the first. While the scheduler
+/// has not banned it, it opens the gate and goes on; once banned, the gated job, still queued,
+/// ends `Cancelled`, and later submissions are refused. Returns problems.
 fn rogue_loop(
     run: &Run<'_>,
     entity: &Entity<VulkanRing>,
     bar: &indicatif::ProgressBar,
 ) -> Vec<String> {
     let mut problems = Vec::new();
-    let mut inflight: std::collections::VecDeque<Fence> = std::collections::VecDeque::new();
     let mut generation = run.dev.generation();
-    let mut submitted = 0;
-    let mut banned = false;
-    loop {
-        while !banned && inflight.len() < 2 && submitted < ROGUE_MAX {
-            let spec = Spec { job: faults::hang(VulkanJob::empty()), buffers: Vec::new() };
-            let meta = JobMeta {
-                client: run.args.clients,
-                kind: Kind::Rogue,
-                round: submitted,
-                generation,
-                deps: [None, None],
-            };
-            submitted += 1;
-            match run.submit(entity, spec, meta) {
-                Ok((f, _)) => inflight.push_back(f),
+    let gates = FenceContext::new("rogue-gate");
+    // Start once the shared buffer is ready: a hang submitted ahead of its fill would stall it.
+    if let Ok((_, _, f)) = run.shared(generation) {
+        let _ = f.wait_timeout(WATCHDOG);
+    }
+    let mut round = 0;
+    while round < ROGUE_MAX && entity.stopped().is_none() {
+        let meta = |kind, round| JobMeta {
+            client: run.args.clients,
+            kind,
+            round,
+            generation,
+            deps: [None, None],
+        };
+        let hang =
+            Spec { job: faults::hang(VulkanJob::empty()), buffers: Vec::new(), deps: Vec::new() };
+        let hung = run.submit(entity, hang, meta(Kind::Rogue, round));
+        let (gate, opener) = gates.next();
+        let gated = Spec { job: VulkanJob::empty(), buffers: Vec::new(), deps: vec![gate] };
+        let gated = run.submit(entity, gated, meta(Kind::RogueGated, round));
+        round += 1;
+        let mut lost = false;
+        for r in [&hung, &gated] {
+            if let Err(e) = r {
+                run.refuse(format!("rogue: {}", refusal(e)));
+                lost |= e.is_device_lost();
+            }
+        }
+        if lost {
+            // Refused because the device is being recreated: wait for it, and try again.
+            round -= 1;
+            match run.recover(generation) {
+                Ok(Some(g)) => generation = g,
+                Ok(None) => {}
                 Err(e) => {
-                    run.refuse(refusal(&e));
-                    banned = entity.stopped().is_some();
-                    if !banned {
-                        if let Ok(Some(g)) = run.recover(generation) {
-                            generation = g;
-                        }
+                    problems.push(format!("rogue: {e}"));
+                    break;
+                }
+            }
+        }
+        if let Ok((f, _)) = &hung {
+            match f.wait_timeout(WATCHDOG) {
+                Err(e) if e.is_timeout() => {
+                    problems.push(format!("rogue: a fence did not signal within {WATCHDOG:?}"));
+                }
+                Err(e) if e.fence_error() == Some(FenceError::DeviceLost) => {
+                    if let Ok(Some(g)) = run.recover(generation) {
+                        generation = g;
                     }
                 }
+                _ => {}
             }
         }
-        let Some(f) = inflight.pop_front() else { break };
-        match f.wait_timeout(WATCHDOG) {
-            Err(e) if e.is_timeout() => {
-                problems.push(format!("rogue: a fence did not signal within {WATCHDOG:?}"));
+        // Banned: the scheduler cancels the gated job; the gate signals afterwards.
+        if entity.stopped().is_some() {
+            if let Ok((f, _)) = &gated {
+                let _ = f.wait_timeout(WATCHDOG);
             }
-            Err(e) if e.fence_error() == Some(FenceError::DeviceLost) => {
-                if let Ok(Some(g)) = run.recover(generation) {
-                    generation = g;
-                }
+        }
+        opener.signal();
+        if let Ok((f, _)) = &gated {
+            if f.wait_timeout(WATCHDOG).is_err_and(|e| e.is_timeout()) {
+                problems.push(format!("rogue: a gated fence did not signal within {WATCHDOG:?}"));
             }
-            _ => {}
         }
         bar.inc(1);
-        banned = banned || entity.stopped().is_some();
+    }
+    let banned = entity.stopped().is_some();
+    if banned {
+        // One more try: refused at arm time.
+        let spec = Spec { job: VulkanJob::empty(), buffers: Vec::new(), deps: Vec::new() };
+        let meta = JobMeta {
+            client: run.args.clients,
+            kind: Kind::Rogue,
+            round,
+            generation,
+            deps: [None, None],
+        };
+        if let Err(e) = run.submit(entity, spec, meta) {
+            run.refuse(format!("rogue: {}", refusal(&e)));
+        } else {
+            problems.push("rogue: a banned entity accepted a job".into());
+        }
     }
     bar.finish_with_message(if banned { "banned" } else { "NOT banned" });
     problems
@@ -491,7 +551,8 @@ pub(crate) fn run(args: &DemoArgs) -> Result<bool, String> {
     });
     let schedule = args.faults().then(|| Schedule::new(seed, args.clients, args.rounds));
     println!(
-        "device: {} (validation {}), {} clients x {} rounds x {CHAIN} jobs, {} floats per buffer, TDR timeout {} ms",
+        "device: {} (validation {}), {} clients x {} rounds x {CHAIN} jobs, {} floats per buffer, \
+         TDR timeout {} ms",
         dev.name(),
         if dev.validation() { "on" } else { "off" },
         args.clients,
@@ -507,11 +568,14 @@ pub(crate) fn run(args: &DemoArgs) -> Result<bool, String> {
         None => println!("faults: off"),
     }
     let timeout = Duration::from_millis(args.timeout_ms);
-    let ring_names: Vec<String> = vec!["ring0".into(), "ring1".into()];
+    let ring_count = if args.rings == 0 { dev.queue_count().min(8) } else { args.rings };
+    let ring_names: Vec<String> = (0..ring_count).map(|i| format!("ring{i}")).collect();
+    println!("rings: {ring_count} over {} compute queue(s)", dev.queue_count());
     let mut rings = Vec::new();
-    for name in &ring_names {
+    for (i, name) in ring_names.iter().enumerate() {
+        let queue = i as u32 % dev.queue_count();
         let ring = dev
-            .ring(0, SchedulerConfig::new(name.clone()).timeout(timeout))
+            .ring(queue, SchedulerConfig::new(name.clone()).timeout(timeout))
             .map_err(|e| format!("{name}: {e}"))?;
         rings.push(ring);
     }
@@ -545,7 +609,8 @@ pub(crate) fn run(args: &DemoArgs) -> Result<bool, String> {
         Progress::new(!args.no_progress, u64::from(args.clients * args.rounds) * CHAIN as u64);
     let bars: Vec<indicatif::ProgressBar> =
         clients.iter().map(|c| progress.client(&c.name, u64::from(args.rounds))).collect();
-    let rogue_bar = schedule.map(|_| progress.client("rogue", u64::from(ROGUE_MAX)));
+    let hangs_to_ban = u64::from(run.rings[0].config().hang_limit) + 1;
+    let rogue_bar = schedule.map(|_| progress.client("rogue", hangs_to_ban));
     let start = Instant::now();
     let (reports, rogue_problems) = std::thread::scope(|scope| {
         let run = &run;
@@ -629,7 +694,8 @@ pub(crate) fn run(args: &DemoArgs) -> Result<bool, String> {
     if rogue.stopped().is_some() {
         sum.banned.push("rogue".into());
     }
-    for r in &reports {
+    for (c, r) in clients.iter().zip(&reports) {
+        sum.per_client.push((c.name.clone(), r.verified, r.skipped, r.wrong));
         sum.rounds_verified += r.verified;
         sum.rounds_skipped += r.skipped;
         sum.verify_failures += r.wrong;

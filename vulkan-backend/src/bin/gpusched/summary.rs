@@ -52,6 +52,8 @@ pub(crate) struct Summary {
     pub(crate) rounds_verified: u64,
     pub(crate) rounds_skipped: u64,
     pub(crate) verify_failures: u64,
+    /// Per client: name, rounds verified, skipped, wrong.
+    pub(crate) per_client: Vec<(String, u64, u64, u64)>,
     /// Rounds verified after the hung one, of the client whose job hung.
     pub(crate) hang_client_verified_after: u64,
     pub(crate) validation_errors: u64,
@@ -95,7 +97,9 @@ impl Summary {
                 e => {
                     *self.errors.entry(e.name()).or_default() += 1;
                     row.errors += 1;
-                    if e == Outcome::TimedOut {
+                    // Blamed for a hang (it ran); a dependant failing with the same error
+                    // never ran, and is only counted by kind.
+                    if e == Outcome::TimedOut && r.ran() {
                         self.timeouts += 1;
                     }
                 }
@@ -188,6 +192,9 @@ impl Summary {
             "rounds verified      {} (skipped after a failed job: {}, wrong results: {})",
             self.rounds_verified, self.rounds_skipped, self.verify_failures
         );
+        for (name, v, s, w) in &self.per_client {
+            println!("  {name:<18} verified {v}, skipped {s}, wrong {w}");
+        }
         println!("validation errors    {}", self.validation_errors);
         println!("checker violations   {}", self.checker_violations);
         for p in &self.problems {
@@ -236,6 +243,9 @@ impl Summary {
             "rounds_skipped": self.rounds_skipped,
             "verify_failures": self.verify_failures,
             "hang_client_verified_after": self.hang_client_verified_after,
+            "per_client": self.per_client.iter().map(|(n, v, s, w)| {
+                json!({"name": n, "verified": v, "skipped": s, "wrong": w})
+            }).collect::<Vec<_>>(),
             "validation_errors": self.validation_errors,
             "checker_violations": self.checker_violations,
             "totals_add_up": self.totals_add_up(),

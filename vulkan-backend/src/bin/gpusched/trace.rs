@@ -116,6 +116,8 @@ pub(crate) enum Kind {
     FillShared = 4,
     /// The rogue client's job (always hangs).
     Rogue = 5,
+    /// The rogue client's harmless job, gated on a host fence.
+    RogueGated = 6,
 }
 
 impl Kind {
@@ -126,7 +128,8 @@ impl Kind {
             2 => "y += 2x",
             3 => "y += shared",
             4 => "fill shared",
-            _ => "rogue",
+            5 => "hang",
+            _ => "gated",
         }
     }
 }
@@ -395,7 +398,7 @@ impl Recorder {
                                    "id": flow, "pid": 1, "tid": ring + 1, "ts": us(start)}));
             }
         }
-        for r in records.iter().filter(|r| r.finished == Outcome::TimedOut) {
+        for r in records.iter().filter(|r| r.finished == Outcome::TimedOut && r.ran()) {
             let at = r.fin_ns.unwrap_or(0);
             events.push(json!({"name": "timeout", "cat": "fault", "ph": "i", "s": "g",
                                "pid": 1, "tid": 0, "ts": us(at),
