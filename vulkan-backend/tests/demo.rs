@@ -3,7 +3,9 @@
 //! what they should, no checker violation or validation error, the trace is valid Chrome
 //! trace-event JSON with a span per job run. And a bad command line exits with status 2.
 //!
-//! Skipped (with a message) when no Vulkan device can be created at all.
+//! Skipped (with a message) when no Vulkan device can be created at all. The faults run uses
+//! the default rings (one per compute queue: one on lavapipe); the run without faults uses
+//! two rings sharing the queue, so that dependencies cross rings in the trace.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -174,7 +176,6 @@ fn demo_without_faults_verifies_every_round() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[cfg(feature = "fault-injection")]
 #[test]
 fn demo_with_faults_recovers_and_adds_up() {
     let dir = out_dir("faults");
@@ -208,6 +209,8 @@ fn demo_with_faults_recovers_and_adds_up() {
     assert!(u(&s, "resets") >= 1, "the TDR ran: {s}");
     assert!(s["errors"]["device_lost"].as_u64() >= Some(1) || u(&s, "rounds_skipped") >= 1, "{s}");
     assert!(u(&s, "hang_client_verified_after") >= 1, "the hung client recovers: {s}");
+    assert!(u(&s["errors"], "cancelled") >= 1, "the banned rogue's queued job is cancelled: {s}");
+    assert!(u(&s["errors"], "timed_out") >= u(&s, "timeouts"), "{s}");
     assert!(u(&s, "rounds_verified") >= 1, "{s}");
     let markers = check_trace(&read_json(&tr), &s);
     for m in ["timeout", "reset", "device lost", "new device generation", "hang injected"] {
