@@ -1,4 +1,5 @@
-//! Fault injection for the demo, on `gpusched-vulkan`'s `fault-injection` API.
+//! Fault injection for the demo, on `gpusched-vulkan`'s `fault-injection` API (the binary
+//! requires that feature).
 //!
 //! The schedule, seeded (`--seed`) so a run can be replayed:
 //! - at 1/3 of the rounds, one job of one client's chain hangs (`JobFault::Hang`): the TDR
@@ -13,6 +14,7 @@
 
 use std::time::Duration;
 
+use gpusched_vulkan::{JobFault, VulkanDevice, VulkanJob};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -49,77 +51,27 @@ impl Schedule {
 /// How long a client waits for the device to come back after a loss.
 pub(crate) const RECREATE_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[cfg(feature = "fault-injection")]
-mod imp {
-    use std::time::Duration;
-
-    use gpusched_vulkan::{JobFault, VulkanDevice, VulkanJob};
-
-    /// Whether this build can inject faults.
-    pub(crate) const AVAILABLE: bool = true;
-
-    /// The job, made to hang (a wait on a host-controlled semaphore that only the TDR's
-    /// recovery releases).
-    pub(crate) fn hang(job: VulkanJob) -> VulkanJob {
-        job.inject(JobFault::Hang)
-    }
-
-    /// Declares the device lost (as `VK_ERROR_DEVICE_LOST` would).
-    pub(crate) fn lose_device(dev: &VulkanDevice) {
-        dev.lose_device();
-    }
-
-    /// Device generations so far (1 before any loss).
-    pub(crate) fn generations(dev: &VulkanDevice) -> u64 {
-        dev.generations()
-    }
-
-    /// Waits until the device's generation is past `seen`; returns the new one.
-    pub(crate) fn wait_generation(
-        dev: &VulkanDevice,
-        seen: u64,
-        timeout: Duration,
-    ) -> Result<u64, String> {
-        dev.wait_generation(seen, timeout).map_err(|e| e.to_string())
-    }
+/// The job, made to hang (a wait on a host-controlled semaphore that only the TDR's recovery
+/// releases).
+pub(crate) fn hang(job: VulkanJob) -> VulkanJob {
+    job.inject(JobFault::Hang)
 }
 
-#[cfg(not(feature = "fault-injection"))]
-mod imp {
-    //! Without the backend's `fault-injection` feature: no fault can be injected (the demo
-    //! refuses to start unless `--no-faults`), the device has one generation, and a device
-    //! loss cannot be recovered.
-    use std::time::Duration;
-
-    use gpusched_vulkan::{VulkanDevice, VulkanJob};
-
-    /// Whether this build can inject faults.
-    pub(crate) const AVAILABLE: bool = false;
-
-    /// Unreachable in this build: the demo refuses faults when [`AVAILABLE`] is false.
-    pub(crate) fn hang(job: VulkanJob) -> VulkanJob {
-        job
-    }
-
-    /// Unreachable in this build (see [`hang`]).
-    pub(crate) fn lose_device(_dev: &VulkanDevice) {}
-
-    /// One: this build cannot recreate a device.
-    pub(crate) fn generations(_dev: &VulkanDevice) -> u64 {
-        1
-    }
-
-    /// Fails at once: this build cannot recreate a device.
-    pub(crate) fn wait_generation(
-        dev: &VulkanDevice,
-        _seen: u64,
-        _timeout: Duration,
-    ) -> Result<u64, String> {
-        Err(format!(
-            "device {} was lost and this build cannot recreate it (feature fault-injection)",
-            dev.name()
-        ))
-    }
+/// Declares the device lost (as `VK_ERROR_DEVICE_LOST` would).
+pub(crate) fn lose_device(dev: &VulkanDevice) {
+    dev.lose_device();
 }
 
-pub(crate) use imp::{generations, hang, lose_device, wait_generation, AVAILABLE};
+/// Device generations so far (1 before any loss).
+pub(crate) fn generations(dev: &VulkanDevice) -> u64 {
+    dev.generations()
+}
+
+/// Waits until the device's generation is past `seen`; returns the new one.
+pub(crate) fn wait_generation(
+    dev: &VulkanDevice,
+    seen: u64,
+    timeout: Duration,
+) -> Result<u64, String> {
+    dev.wait_generation(seen, timeout).map_err(|e| e.to_string())
+}
