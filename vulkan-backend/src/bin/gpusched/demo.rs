@@ -557,7 +557,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<bool, String> {
     );
     match &schedule {
         Some(s) => println!(
-            "faults: seed {} (replay with --seed {}): client {} job {} hangs in round {}; a rogue client hangs until banned; device lost before round {}",
+            "faults: seed {} (replay with --seed {}): client {} job {} hangs in round {}; a rogue client hangs until banned; device lost during round {}",
             s.seed, s.seed, s.hang_client, s.hang_job, s.hang_round, s.loss_round
         ),
         None => println!("faults: off"),
