@@ -67,7 +67,7 @@ doctest:
 	bash scripts/check-readme.sh
 	$(ENV) cargo run -q -p gpusched-fence --example readme
 
-# The `gpusched` examples (scheduler/examples/): each checks its own outcome, exits non-zero on
+# The examples (scheduler/examples/, vulkan-backend/examples/): each checks its own outcome, exits non-zero on
 # failure and finishes in about a second.
 EXAMPLES := frame_loop_tokio frame_loop_smol priorities_and_hang checker_report custom_backend
 examples:
@@ -75,6 +75,8 @@ examples:
 		echo "[examples] cargo run -q -p gpusched --example $$ex"; \
 		$(ENV) cargo run -q -p gpusched --example $$ex; \
 	done
+	@echo "[examples] cargo run -q -p gpusched-vulkan --example frame_loop (validation on)"
+	$(ENV) GPUSCHED_VALIDATION=1 cargo run -q -p gpusched-vulkan --example frame_loop
 
 # The API docs, with every rustdoc warning (broken intra-doc links included) an error.
 doc:
@@ -87,7 +89,7 @@ features:
 # The published crates package and verify together (one `cargo package` call, so that
 # gpusched-resv and gpusched resolve their unpublished workspace dependencies locally).
 package:
-	$(ENV) cargo package --allow-dirty -p gpusched-fence -p gpusched-resv -p gpusched
+	$(ENV) cargo package --allow-dirty -p gpusched-fence -p gpusched-resv -p gpusched -p gpusched-vulkan
 
 loom:
 	$(ENV) bash scripts/loom.sh

@@ -5,7 +5,10 @@
 //! - `add_callback_signal`: register one completion callback, then complete (the Condvar
 //!   baseline keeps boxed callbacks in its mutex; the Event baseline registers a listener).
 //! - `wake_latency`: a ping-pong between two threads, each blocked in a wait until the other
-//!   signals; reported per one-way wake (round trip / 2).
+//!   signals; reported per one-way wake (round trip / 2). Fence waits spin briefly before
+//!   they sleep (`gpusched_fence::set_wait_spin`, 3 µs), so in a tight ping-pong they rarely
+//!   sleep; `wake_latency_nospin` turns the spin off, so every wait sleeps in the futex as the
+//!   Condvar's does: the like-for-like wake.
 //!
 //! After criterion, a short manual run takes the median of each and prints the ratios
 //! ours / Condvar and ours / Event.
@@ -142,6 +145,16 @@ fn ping_pong_fence(iters: u64) -> Duration {
     d / 2
 }
 
+/// The ping-pong with the fence's pre-sleep spin off (`set_wait_spin(0)`): every wait sleeps
+/// in the futex, as the Condvar does.
+fn ping_pong_fence_nospin(iters: u64) -> Duration {
+    let spin = gpusched_fence::wait_spin();
+    gpusched_fence::set_wait_spin(Duration::ZERO);
+    let d = ping_pong_fence(iters);
+    gpusched_fence::set_wait_spin(spin);
+    d
+}
+
 struct CvFlag {
     n: Mutex<u64>,
     cv: Condvar,
@@ -234,7 +247,7 @@ fn ping_pong_event(iters: u64) -> Duration {
 
 // --- criterion -------------------------------------------------------------------------------
 
-const GROUPS: [(&str, [(&str, Routine); 3]); 3] = [
+const GROUPS: [(&str, [(&str, Routine); 3]); 4] = [
     (
         "create_signal",
         [
@@ -254,6 +267,14 @@ const GROUPS: [(&str, [(&str, Routine); 3]); 3] = [
     (
         "wake_latency",
         [("fence", ping_pong_fence), ("condvar", ping_pong_condvar), ("event", ping_pong_event)],
+    ),
+    (
+        "wake_latency_nospin",
+        [
+            ("fence", ping_pong_fence_nospin),
+            ("condvar", ping_pong_condvar),
+            ("event", ping_pong_event),
+        ],
     ),
 ];
 

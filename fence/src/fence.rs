@@ -38,11 +38,12 @@ const ENABLE_SIGNALING: u32 = 1 << 1;
 /// notify when nobody listens keeps `signal()` allocation-free: `event_listener::Event::notify`
 /// allocates the event's shared state on first use. Never cleared.
 const LISTENING: u32 = 1 << 2;
-/// Set (AcqRel RMW) by a blocking waiter before it validates and parks on the fence's address
-/// in `parking_lot_core`'s global table; the signaller unparks that address when the previous
-/// word had this bit. Same total-order argument as `LISTENING`; the park's validation runs
-/// under the table's bucket lock, which the signaller's unpark also takes after setting
-/// `SIGNALED`, so a waiter either sees `SIGNALED` or is woken. Never cleared.
+/// Set (AcqRel RMW) by a blocking waiter before it re-checks `SIGNALED` and sleeps on this
+/// word (a futex on Linux, `park.rs`); the signaller wakes the word's sleepers when the
+/// previous word had this bit. Same total-order argument as `LISTENING`; the sleep compares
+/// the word under the kernel's lock and `SIGNALED` changes it before the wake, so a waiter
+/// either sees `SIGNALED` or is woken. Never cleared.
+#[cfg_attr(gpusched_loom, allow(dead_code))] // loom models the event-listener path only
 const PARKED: u32 = 1 << 3;
 
 /// The process-wide origin of fence timestamps.
@@ -452,20 +453,23 @@ impl Fence {
         }
         #[cfg(not(gpusched_loom))]
         if prev & PARKED != 0 {
-            // (With more than 8 threads parked on one fence, `unpark_all` spills its wake list
-            // to the heap: the one allocation a signal can make.)
-            // SAFETY: the key is the address of this fence's shared state, used as a parking
-            // key only by this fence's waiters (`park_until`), which follow the protocol of
-            // `PARKED`; the address stays valid while this handle lives.
-            unsafe {
-                parking_lot_core::unpark_all(self.addr(), parking_lot_core::DEFAULT_UNPARK_TOKEN);
-            }
+            // A futex wake on Linux (allocation-free); see `park.rs`.
+            crate::park::wake_all(&self.inner.state);
         }
         // A panicking callback must not cost the others their run: each runs exactly once,
         // and the first panic resumes after all of them.
+        // Work the callbacks defer (`defer_after_callbacks`) runs after the last of them.
         let mut panicked = None;
-        for (_, Callback(f)) in entries {
-            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
+        if !entries.is_empty() {
+            #[cfg(not(gpusched_loom))]
+            let mark = crate::defer::enter();
+            for (_, Callback(f)) in entries {
+                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
+                    panicked.get_or_insert(p);
+                }
+            }
+            #[cfg(not(gpusched_loom))]
+            if let Err(p) = std::panic::catch_unwind(|| crate::defer::leave(mark)) {
                 panicked.get_or_insert(p);
             }
         }
@@ -475,32 +479,24 @@ impl Fence {
         true
     }
 
-    /// Blocks this thread on the fence's address until it signals or `deadline` passes: a
-    /// futex-backed park in `parking_lot_core`'s table (as `std::sync::Condvar` is), so a
-    /// blocking wait wakes as fast as a condvar wait, with no per-wait allocation.
+    /// Blocks this thread on the fence's state word until it signals or `deadline` passes:
+    /// after a short spin (a few microseconds, as `i915_request_wait` spins before it sleeps:
+    /// a fence that signals within it costs no sleep and no wake syscall), a futex wait on
+    /// Linux (as `std::sync::Condvar`), with no per-wait allocation; see `park.rs`.
     #[cfg(not(gpusched_loom))]
     fn park_until(&self, deadline: Option<Instant>) -> Result<(), WaitError> {
-        ensure_parking_table();
-        loop {
-            self.inner.state.fetch_or(PARKED, Ordering::AcqRel);
+        crate::park::ensure_ready();
+        if crate::park::spin_until(&self.inner.state, SIGNALED, deadline) {
             if let Some(r) = self.poll_outcome() {
                 return r.map_err(WaitError::from);
             }
-            let validate = || self.inner.state.load(Ordering::Acquire) & SIGNALED == 0;
-            // SAFETY: the key is this fence's shared-state address (alive: we hold a handle),
-            // used only by this fence's waiters and signaller under the `PARKED` protocol; the
-            // callbacks neither panic nor call into parking_lot.
-            let result = unsafe {
-                parking_lot_core::park(
-                    self.addr(),
-                    validate,
-                    || {},
-                    |_, _| {},
-                    parking_lot_core::DEFAULT_PARK_TOKEN,
-                    deadline,
-                )
-            };
-            if let parking_lot_core::ParkResult::TimedOut = result {
+        }
+        loop {
+            let word = self.inner.state.fetch_or(PARKED, Ordering::AcqRel) | PARKED;
+            if let Some(r) = self.poll_outcome() {
+                return r.map_err(WaitError::from);
+            }
+            if word & SIGNALED == 0 && !crate::park::wait(&self.inner.state, word, deadline) {
                 return match self.poll_outcome() {
                     Some(r) => r.map_err(WaitError::from),
                     None => Err(WaitError::Timeout),
@@ -823,26 +819,5 @@ impl PreparedFence {
         }
         let fence = Fence { inner: self.inner };
         (fence.clone(), Signaller { fence })
-    }
-}
-
-/// Makes sure `parking_lot_core` has created its global table before any waiter sets
-/// `PARKED`: otherwise the first signaller to unpark would create it, allocating inside its
-/// signalling section. (Later growth of the table happens on the parking side only.)
-#[cfg(not(gpusched_loom))]
-fn ensure_parking_table() {
-    use std::sync::atomic::{AtomicBool, Ordering as StdOrdering};
-    static READY: AtomicBool = AtomicBool::new(false);
-    if !READY.load(StdOrdering::Acquire) {
-        static KEY: u8 = 0;
-        // SAFETY: the key is the address of a private static nobody parks on; unparking it
-        // wakes no one and only forces the table into existence.
-        unsafe {
-            parking_lot_core::unpark_all(
-                &KEY as *const u8 as usize,
-                parking_lot_core::DEFAULT_UNPARK_TOKEN,
-            );
-        }
-        READY.store(true, StdOrdering::Release);
     }
 }

@@ -33,17 +33,23 @@
 
 mod composite;
 mod context;
+#[cfg(not(gpusched_loom))]
+mod defer;
 mod error;
 mod fence;
 mod interrupt;
 pub mod lockdep;
 mod ops;
+#[cfg(not(gpusched_loom))]
+mod park;
 mod sync;
 #[cfg(not(gpusched_loom))]
 mod wait;
 
 pub use crate::composite::{merge, unwrap, FenceArray, PointOrderError, Timeline};
 pub use crate::context::{seqno_is_later, FenceContext, FenceContextBuilder, SeqnoWidth};
+#[cfg(not(gpusched_loom))]
+pub use crate::defer::{defer_after_callbacks, AfterCallbacks};
 pub use crate::error::{AlreadySignaled, FenceError, WaitError};
 #[cfg(not(gpusched_loom))]
 pub use crate::fence::PreparedFence;
@@ -52,3 +58,24 @@ pub use crate::interrupt::{InterruptDomain, InterruptSection};
 pub use crate::ops::{FenceOps, OpsWait};
 #[cfg(not(gpusched_loom))]
 pub use crate::wait::{wait_all, wait_any, FenceAwait, FenceFuture};
+
+/// Sets how long a blocking wait ([`Fence::wait`] and friends) spins on a pending fence
+/// before it sleeps, process-wide (default 3 µs; zero never spins; there is no spin on a
+/// single-CPU machine). A fence that signals within the spin wakes its waiter without a
+/// sleep, a wake syscall or a context switch, as the i915 driver spins before sleeping on a
+/// request; a longer spin trades CPU for latency. Waits on a backend fence whose
+/// [`FenceOps::wait`] blocks by itself do not spin.
+pub fn set_wait_spin(spin: std::time::Duration) {
+    #[cfg(not(gpusched_loom))]
+    park::set_spin(spin);
+    #[cfg(gpusched_loom)]
+    let _ = spin;
+}
+
+/// The spin of blocking waits (see [`set_wait_spin`]).
+pub fn wait_spin() -> std::time::Duration {
+    #[cfg(not(gpusched_loom))]
+    return park::spin();
+    #[cfg(gpusched_loom)]
+    std::time::Duration::ZERO
+}

@@ -37,6 +37,36 @@ fn wait_blocks_until_signal() {
     assert_eq!(rx.recv_timeout(WATCHDOG).unwrap(), Ok(()));
 }
 
+/// The pre-sleep spin is a process-wide knob; both sides of it (a waiter that sees the signal
+/// while spinning, one that sleeps first) wake with the outcome, and many sleepers (more than
+/// the 8 a `parking_lot` wake list holds inline) all wake from one signal.
+#[test]
+fn waits_wake_with_and_without_the_spin() {
+    let default = gpusched_fence::wait_spin();
+    assert!(!default.is_zero(), "blocking waits spin by default");
+    for spin in [Duration::ZERO, Duration::from_millis(200)] {
+        gpusched_fence::set_wait_spin(spin);
+        assert_eq!(gpusched_fence::wait_spin(), spin);
+        let (fence, signaller) = FenceContext::new("ring").next();
+        let rxs: Vec<_> = (0..12)
+            .map(|_| {
+                let f = fence.clone();
+                spawn(move || f.wait_timeout(WATCHDOG))
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(5));
+        signaller.signal_error(FenceError::TimedOut);
+        for rx in rxs {
+            assert_eq!(
+                rx.recv_timeout(WATCHDOG).unwrap(),
+                Err(WaitError::Failed(FenceError::TimedOut)),
+                "spin {spin:?}"
+            );
+        }
+    }
+    gpusched_fence::set_wait_spin(default);
+}
+
 #[test]
 fn many_waiters_all_wake() {
     let (fence, signaller) = FenceContext::new("ring").next();

@@ -359,6 +359,11 @@ pub(crate) fn arm<B: Backend>(b: JobBuilder<'_, B>) -> Result<ArmedJob<B>, ArmEr
         let (j, s) = (job.clone(), sched.clone());
         let cb = move |f: &Fence| {
             j.dep_signalled(f);
+            // Pump once the signal's callbacks have all run: jobs released by one signal are
+            // then selected together, by priority, and handed to the ring as one batch.
+            #[cfg(not(gpusched_loom))]
+            gpusched_fence::defer_after_callbacks(s);
+            #[cfg(gpusched_loom)]
             s.pump();
         };
         if let Err(already) = d.add_callback(cb) {

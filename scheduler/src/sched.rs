@@ -132,6 +132,14 @@ enum Step<B: Backend> {
     Idle,
 }
 
+/// A dependency callback defers the pump to the end of its signal's callback run.
+#[cfg(not(gpusched_loom))]
+impl<B: Backend> gpusched_fence::AfterCallbacks for SchedShared<B> {
+    fn after_callbacks(self: Arc<Self>) {
+        self.pump();
+    }
+}
+
 impl<B: Backend> SchedShared<B> {
     pub(crate) fn name(&self) -> &str {
         &self.config.name

@@ -267,3 +267,33 @@ fn later_fence_of_a_context_supersedes_an_earlier_failed_one() {
     assert_eq!(s.backend().run_tags(), vec![1]);
     assert_no_checker_violations();
 }
+
+/// Jobs released by one signal are selected together once its callbacks have run (the pump
+/// is deferred with `defer_after_callbacks`): by priority, not in the order they were armed,
+/// and all in one pump (one batch for a batching backend).
+#[test]
+fn jobs_released_by_one_signal_run_by_priority() {
+    let s = sched(MockRing::manual(), "ring", 1, Policy::Fifo);
+    let (gate, gate_s) = FenceContext::new("gate").next();
+    let prios = [Priority::Low, Priority::Normal, Priority::High, Priority::Kernel];
+    let es: Vec<_> = prios.iter().map(|p| Entity::new(&[&s], *p).unwrap()).collect();
+    // Armed lowest priority first: the gate's callbacks run in that order.
+    let fences: Vec<_> = es
+        .iter()
+        .enumerate()
+        .map(|(i, e)| e.job(job(i as u64)).dependency(gate.clone()).arm().unwrap().push())
+        .collect();
+    assert!(s.backend().run_tags().is_empty(), "nothing runs before the gate");
+    gate_s.signal();
+    // One credit: the first pick is the only one on the ring until it completes.
+    wait_until("the first pick", || s.backend().run_tags().len() == 1);
+    for _ in 0..4 {
+        wait_until("a job on the ring", || s.backend().in_flight() == 1);
+        assert!(s.backend().complete_next());
+    }
+    for f in &fences {
+        wait(f).unwrap();
+    }
+    assert_eq!(s.backend().run_tags(), vec![3, 2, 1, 0], "highest priority first");
+    assert_no_checker_violations();
+}

@@ -275,15 +275,20 @@ impl Model {
     }
 
     /// An external fence signalled: its callbacks run in the order they were added (arm
-    /// order), and each dependant's callback pumps at once. So jobs released by one fence
-    /// run in arm order as far as credits allow, not by priority.
+    /// order) and each marks its dependant ready; the scheduler's pump is deferred to the end
+    /// of the callback run (`defer_after_callbacks`). So jobs released by one fence are
+    /// selected together: by priority, then by policy.
     fn signal_ext(&mut self, k: usize) {
+        let mut released = false;
         for j in 0..self.jobs.len() {
             let job = &mut self.jobs[j];
             if matches!(job.dep, ArmedDep::External(d) if d == k) && !job.dep_seen {
                 job.dep_seen = true;
-                self.pump();
+                released = true;
             }
+        }
+        if released {
+            self.pump();
         }
     }
 
