@@ -57,8 +57,11 @@ test: setup
 	$(MAKE) --no-print-directory bench-test
 	$(MAKE) --no-print-directory package
 
+# With the Vulkan backend's fault injection, so that its recovery tests (tests/recovery.rs,
+# `required-features = ["fault-injection"]`) run too.
 nextest:
-	$(ENV) cargo nextest run --workspace --profile ci --no-tests=warn
+	$(ENV) cargo nextest run --workspace --profile ci --no-tests=warn \
+		--features gpusched-vulkan/fault-injection
 
 # nextest does not run doctests. The README example lives in fence/examples/readme.rs: check
 # that the README shows it verbatim, and run it.
@@ -80,7 +83,8 @@ examples:
 
 # The API docs, with every rustdoc warning (broken intra-doc links included) an error.
 doc:
-	$(ENV) RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+	$(ENV) RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps \
+		--features gpusched-vulkan/fault-injection
 
 # The checker is a default feature; the scheduler must also build without it.
 features:
@@ -107,6 +111,7 @@ fmt-check:
 
 clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 ci:
 	bash .ci/run

@@ -18,9 +18,26 @@
 //! # The contract
 //! The scheduler's: `prepare_job` records and allocates at arm time; `run_job` submits inside
 //! a signalling section without allocating, taking a `Resv` lock or waiting; the completion
-//! thread signals without allocating. A device is destroyed only after its work finished
-//! (`vkDeviceWaitIdle`), never with work pending. A timeout cannot be recovered without
-//! device recreation: the answer is [`TimeoutStatus::NoDevice`](gpusched::TimeoutStatus).
+//! thread signals without allocating; so does the timeout handler. Hardware progress (each
+//! ring's timeline semaphore) is tracked apart from fence state: a job whose fence was
+//! force-completed (timeout, device loss) keeps its command buffer and buffers until the
+//! hardware has really passed it. A device is destroyed only after its work finished, never
+//! with work pending. Every fence handed out signals.
+//!
+//! # Recovery (see [`recovery`])
+//! - A timeout blames the guilty job and ends it `TimedOut`; an injected hang is released;
+//!   innocent jobs queued behind it on the `VkQueue` complete by themselves (no resubmission
+//!   is needed: their command buffers are still valid and still queued). A ring whose
+//!   hardware makes no progress across three timeouts is stuck on a hang nothing can release
+//!   (a real shader hang on a driver without a watchdog cannot be reset in-process): the
+//!   device is declared lost.
+//! - Device loss fails every unfinished fence of the device `DeviceLost` and a new
+//!   *generation* is created in the background ([`VulkanDevice::generation`],
+//!   [`VulkanDevice::wait_generation`]); the rings, their schedulers, entities, karma, bans
+//!   and kernel handles carry over; buffers of the lost generation report
+//!   `DeviceLost`/[`RecordError::LostGeneration`]; clients re-create buffers and resubmit.
+//! - Fault injection (feature `fault-injection`, off by default): `fault::JobFault`,
+//!   `VulkanJob::inject`, a seeded `fault::FaultPlan`, `VulkanDevice::lose_device`.
 //!
 //! # Example
 //! ```no_run

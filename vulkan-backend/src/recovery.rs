@@ -36,7 +36,7 @@
 //! holds it: the last drop of an old generation never lands in a signalling section. A
 //! device whose work never finishes (a real shader hang on a driver without a watchdog)
 //! must never be destroyed: at teardown it is leaked, with an error log, after waiting
-//! [`WEDGE_TEARDOWN_WAIT`]. A *simulated* wedge (`JobFault::HangForever`) is released at
+//! 5 s. A *simulated* wedge (`JobFault::HangForever`) is released at
 //! teardown, so tests do not leak.
 
 use std::fmt;
@@ -78,6 +78,8 @@ pub(crate) struct Notify {
 struct NotifyState {
     loss: bool,
     stop: bool,
+    /// The graveyard is not empty: look at it every [`REAP_INTERVAL`].
+    graves: bool,
 }
 
 impl Notify {
@@ -85,6 +87,10 @@ impl Notify {
     pub(crate) fn loss(&self) {
         lock(&self.state).loss = true;
         self.cv.notify_all();
+    }
+
+    fn graves(&self, any: bool) {
+        lock(&self.state).graves = any;
     }
 
     fn stop(&self) {
@@ -234,15 +240,24 @@ impl DeviceShared {
         }
     }
 
-    /// Whether only the caller's references remain: the current core is held by this
-    /// object alone and every ring of the graveyard by the graveyard alone.
+    /// For [`VulkanDevice::close`], once no other handle or ring exists: releases every
+    /// injected hang of the lost generations (simulated wedges included: this is teardown),
+    /// destroys what the graveyard may destroy, and says whether only this object's
+    /// references remain (the current core held by `current` alone, the graveyard empty). A
+    /// lost generation stays alive while a buffer of it does, or while its hardware runs.
     pub(crate) fn quiescent(&self) -> bool {
         let core = self.core();
         // `core` + `current`.
         if Arc::strong_count(&core) != 2 {
             return false;
         }
-        lock(&self.graveyard).rings.iter().all(|r| Arc::strong_count(r) == 1)
+        let mut g = lock(&self.graveyard);
+        for c in &g.cores {
+            c.release_injected(true);
+        }
+        g.rings.retain(|r| Arc::strong_count(r) > 1 || !r.passed());
+        g.cores.retain(|c| Arc::strong_count(c) > 1);
+        g.rings.is_empty() && g.cores.is_empty()
     }
 
     /// Creates the next generation (recovery thread, outside any signalling section).
@@ -323,6 +338,7 @@ impl DeviceShared {
             let mut g = lock(&self.graveyard);
             g.rings.extend(graves);
             g.cores.push(old);
+            self.notify.graves(true);
         }
         {
             let _g = lock(&self.gen_lock);
@@ -338,6 +354,7 @@ impl DeviceShared {
         let mut g = lock(&self.graveyard);
         g.rings.retain(|r| Arc::strong_count(r) > 1 || !r.passed());
         g.cores.retain(|c| Arc::strong_count(c) > 1);
+        self.notify.graves(!g.rings.is_empty() || !g.cores.is_empty());
     }
 
     /// Teardown: releases every injected hang of the lost generations, waits (bounded) for
@@ -382,7 +399,11 @@ fn recovery_thread(shared: Weak<DeviceShared>, notify: Arc<Notify>) {
         {
             let mut st = lock(&notify.state);
             if !st.loss && !st.stop {
-                st = notify.cv.wait_timeout(st, REAP_INTERVAL).unwrap_or_else(|p| p.into_inner()).0;
+                st = if st.graves {
+                    notify.cv.wait_timeout(st, REAP_INTERVAL).unwrap_or_else(|p| p.into_inner()).0
+                } else {
+                    notify.cv.wait(st).unwrap_or_else(|p| p.into_inner())
+                };
             }
             if st.stop {
                 return;

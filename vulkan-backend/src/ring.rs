@@ -27,18 +27,23 @@
 //! # Timeouts (`timedout_job`)
 //! Vulkan has no queue reset and no way to take a submission off a queue. Inside the TDR's
 //! signalling section, allocation- and `Resv`-lock-free: stop the scheduler; a guilty job that
-//! completed after all is [`TimeoutStatus::NoHang`]. If the hardware made no progress since
-//! the previous timeout of this ring (the semaphore still stands where it stood then, with
-//! work pending) it is stuck on a submission nothing can release: every job of the ring is
-//! force-completed `DeviceLost`, the device generation is declared lost (see
+//! completed after all is [`TimeoutStatus::NoHang`]. Then the ring's hardware progress
+//! decides, not fence state: if the semaphore still stands where it stood at this ring's
+//! previous timeout, with work pending, the hardware is still on the submission that timed
+//! out then (already force-completed) and the job at the head has not even started: it is
+//! not blamed, and the answer is `NoHang` (wait another timeout). After [`STUCK_AFTER`]
+//! such timeouts in a row the ring is stuck on a submission nothing can release: every job
+//! of the ring is force-completed `DeviceLost`, the device generation is declared lost (see
 //! [`recovery`](crate::recovery)) and recreated, and the scheduler restarts. Otherwise the
 //! guilty job is blamed (karma; a banned entity's jobs end `Cancelled`) and force-completed
 //! `TimedOut`; an injected releasable hang is released; the scheduler restarts
 //! ([`TimeoutStatus::Reset`]). No job is resubmitted: the innocent jobs behind the guilty one
 //! are still queued on the `VkQueue` with valid command buffers and complete by themselves
 //! once it is released (or finishes, for a slow job), and their hardware fences, reattached
-//! by the restart, retire them. A slow job that runs past two timeouts is indistinguishable
-//! from a hang and costs a device generation.
+//! by the restart, retire them. A job slower than `STUCK_AFTER + 1` timeouts is
+//! indistinguishable from a hang and costs a device generation. Rings sharing a `VkQueue`
+//! (lavapipe has one) stall together: a ring whose head waits behind another ring's hung job
+//! may time out first and blame its own (innocent) head.
 //!
 //! # Batching and injected faults
 //! A job with an injected hang or submit failure is never batched: `run_job` submits the
@@ -46,7 +51,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
@@ -164,9 +169,16 @@ pub(crate) struct RingHw {
     pub(crate) completed: AtomicU64,
     flags: Arc<RingFlags>,
     /// The semaphore value at this ring's last timeout (`u64::MAX`: none yet): a timeout that
-    /// finds it unchanged, with work pending, means the hardware is stuck.
+    /// finds it unchanged, with work pending, means the hardware made no progress since.
     tdr_counter: AtomicU64,
+    /// Consecutive timeouts that found no progress.
+    tdr_stalls: AtomicU32,
 }
+
+/// Consecutive timeouts without hardware progress after which the ring is stuck for good
+/// (a hang nothing can release): the device generation is declared lost. A job slower than
+/// `STUCK_AFTER + 1` timeouts is indistinguishable from such a hang.
+pub(crate) const STUCK_AFTER: u32 = 2;
 
 impl RingHw {
     pub(crate) fn new(
@@ -219,6 +231,7 @@ impl RingHw {
             completed: AtomicU64::new(0),
             flags,
             tdr_counter: AtomicU64::new(u64::MAX),
+            tdr_stalls: AtomicU32::new(0),
         }))
     }
 
@@ -851,23 +864,36 @@ impl Backend for VulkanRing {
         // The ring the guilty job runs on (reference counts only: no allocation, and never
         // the last reference: the job, the slot or the graveyard holds it).
         let hw = hw.unwrap_or_else(|| lock(&self.slot.current).clone());
-        let stuck = match hw.counter() {
-            Err(vk::Result::ERROR_DEVICE_LOST) => true,
+        let stalls = match hw.counter() {
+            Err(vk::Result::ERROR_DEVICE_LOST) => STUCK_AFTER,
             Ok(c) => {
                 let before = hw.tdr_counter.swap(c, Ordering::SeqCst);
-                before == c && hw.submitted.load(Ordering::SeqCst) > c
+                if before == c && hw.submitted.load(Ordering::SeqCst) > c {
+                    hw.tdr_stalls.fetch_add(1, Ordering::SeqCst) + 1
+                } else {
+                    hw.tdr_stalls.store(0, Ordering::SeqCst);
+                    0
+                }
             }
-            Err(_) => false,
+            Err(_) => 0,
         };
-        if stuck {
-            // The hardware has not moved since the last timeout: stuck on a submission
-            // nothing in the process can release. The job at the head is not the culprit
-            // (the one that timed out first was): no blame. Every job on the ring ends
+        if stalls >= STUCK_AFTER {
+            // No hardware progress across several timeouts: stuck on a submission nothing in
+            // the process can release. The job at the head is not the culprit (the one that
+            // timed out first was, and was blamed then). Every job on the ring ends
             // `DeviceLost`, the generation is lost and recreated.
+            hw.tdr_stalls.store(0, Ordering::SeqCst);
             recovery.force_complete_all(FenceError::DeviceLost);
             hw.core.mark_lost();
             recovery.start();
             return TimeoutStatus::Reset;
+        }
+        if stalls > 0 {
+            // The hardware is still on the submission that timed out last time (force-
+            // completed then): the job at the head has not started. Not its fault: wait
+            // another timeout.
+            recovery.start();
+            return TimeoutStatus::NoHang;
         }
         recovery.blame();
         recovery.force_complete_guilty(FenceError::TimedOut);
