@@ -27,17 +27,21 @@ setup:
 	bash scripts/setup.sh
 
 # The main job: `gpusched demo` on the default Vulkan device (lavapipe when there is no GPU),
-# with the validation layer on. Pass options with DEMO_ARGS="--clients 8 --rounds 100".
+# with the validation layer on and faults injected (the binary needs gpusched-vulkan's
+# `fault-injection` feature). Pass options with DEMO_ARGS="--clients 8 --rounds 100"
+# (`gpusched demo --help` lists them).
 DEMO_ARGS ?=
 demo: setup
-	$(ENV) cargo run --release -p gpusched-vulkan --bin gpusched -- demo --validation $(DEMO_ARGS)
+	$(ENV) cargo run --release -p gpusched-vulkan --features fault-injection --bin gpusched -- \
+		demo --validation $(DEMO_ARGS)
 
 demo-fence: setup
 	$(ENV) cargo run --release -p gpusched-fence --example pipeline
 
-# The demo end to end with a small workload (part of `make test`).
+# The demo end to end with a small workload, faults included, its summary and trace checked
+# (vulkan-backend/tests/demo.rs; part of `make test`).
 demo-test:
-	$(ENV) cargo run -q -p gpusched-vulkan --bin gpusched -- demo --validation --rounds 4 --size 1024
+	$(ENV) cargo test -q -p gpusched-vulkan --features fault-injection --test demo
 	$(ENV) cargo run -q -p gpusched-fence --example pipeline
 
 # The whole test suite, in order. Steps are recipe lines (not prerequisites) so that `make -j`
