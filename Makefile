@@ -28,11 +28,11 @@ setup:
 
 # The main job: `gpusched demo` on the default Vulkan device (lavapipe when there is no GPU),
 # with the validation layer on and faults injected (the binary needs gpusched-vulkan's
-# `fault-injection` feature). Pass options with DEMO_ARGS="--clients 8 --rounds 100"
+# `cli` feature: fault injection plus clap, indicatif, serde_json, rand). Pass options with DEMO_ARGS="--clients 8 --rounds 100"
 # (`gpusched demo --help` lists them).
 DEMO_ARGS ?=
 demo: setup
-	$(ENV) cargo run --release -p gpusched-vulkan --features fault-injection --bin gpusched -- \
+	$(ENV) cargo run --release -p gpusched-vulkan --features cli --bin gpusched -- \
 		demo --validation $(DEMO_ARGS)
 
 demo-fence: setup
@@ -41,7 +41,7 @@ demo-fence: setup
 # The demo end to end with a small workload, faults included, its summary and trace checked
 # (vulkan-backend/tests/demo.rs; part of `make test`).
 demo-test:
-	$(ENV) cargo test -q -p gpusched-vulkan --features fault-injection --test demo
+	$(ENV) cargo test -q -p gpusched-vulkan --features cli --test demo
 	$(ENV) cargo run -q -p gpusched-fence --example pipeline
 
 # The whole test suite, in order. Steps are recipe lines (not prerequisites) so that `make -j`
@@ -57,11 +57,11 @@ test: setup
 	$(MAKE) --no-print-directory bench-test
 	$(MAKE) --no-print-directory package
 
-# With the Vulkan backend's fault injection, so that its recovery tests (tests/recovery.rs,
-# `required-features = ["fault-injection"]`) run too.
+# With the Vulkan backend's `cli` feature (fault injection + the binary), so that its recovery
+# tests (tests/recovery.rs) and the demo test (tests/demo.rs) run too.
 nextest:
 	$(ENV) cargo nextest run --workspace --profile ci --no-tests=warn \
-		--features gpusched-vulkan/fault-injection
+		--features gpusched-vulkan/cli
 
 # nextest does not run doctests. The README example lives in fence/examples/readme.rs: check
 # that the README shows it verbatim, and run it.
@@ -84,7 +84,7 @@ examples:
 # The API docs, with every rustdoc warning (broken intra-doc links included) an error.
 doc:
 	$(ENV) RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps \
-		--features gpusched-vulkan/fault-injection
+		--features gpusched-vulkan/cli
 
 # The checker is a default feature; the scheduler must also build without it.
 features:
