@@ -525,6 +525,17 @@ impl<B: Backend> SchedShared<B> {
         }
     }
 
+    /// Restarts a running timeout from `now` (never shortens it): another scheduler of the
+    /// reset domain recovered the hardware this one shares, so its head job's time on the
+    /// hardware starts again (`drm_sched_start` re-arms every ring the reset stopped).
+    pub(crate) fn extend_deadline(&self, now: Instant) {
+        let mut st = lock(&self.state);
+        let deadline = now + self.config.timeout;
+        if st.deadline.is_some_and(|d| d < deadline) && !st.stopped {
+            st.deadline = Some(deadline);
+        }
+    }
+
     /// Starts a pass over the pending list; see [`SchedShared::next_in_pass`].
     fn begin_pass(&self) -> u64 {
         let mut st = lock(&self.state);

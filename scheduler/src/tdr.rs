@@ -47,6 +47,9 @@ pub(crate) trait TimeoutTarget: Send + Sync {
     fn handle_timeout(&self, now: Instant);
     /// Declares the device gone: every fence ends `DeviceLost`.
     fn device_gone(&self);
+    /// Another scheduler of the domain reset the shared hardware: restart a running timeout
+    /// from `now`.
+    fn hardware_reset(&self, now: Instant);
 }
 
 pub(crate) struct DomainInner {
@@ -145,6 +148,19 @@ impl ResetDomain {
         let at = deadline.saturating_duration_since(self.inner.origin).as_nanos() as u64;
         if at < self.inner.next_wake.load(StdOrdering::SeqCst) {
             self.inner.unparker.unpark();
+        }
+    }
+
+    /// Every scheduler of the domain but `except` restarts its running timeout from `now`
+    /// (the hardware they share was just reset). Allocation-free.
+    pub(crate) fn hardware_reset(&self, except: *const (), now: Instant) {
+        let t = self.inner.targets.lock().unwrap_or_else(|p| p.into_inner());
+        for w in t.iter() {
+            if let Some(s) = w.upgrade() {
+                if Arc::as_ptr(&s) as *const () != except {
+                    s.hardware_reset(now);
+                }
+            }
         }
     }
 
@@ -376,7 +392,12 @@ impl<B: Backend> TimeoutTarget for SchedShared<B> {
         }
         match status {
             TimeoutStatus::NoHang => me.rearm(Instant::now()),
-            TimeoutStatus::Reset => {}
+            // The other rings of the domain share the hardware that was stalled or reset:
+            // their head jobs get their time again (or an innocent job queued behind the hang
+            // on the same hardware queue would time out next).
+            TimeoutStatus::Reset => {
+                me.domain.hardware_reset(Arc::as_ptr(&me) as *const (), Instant::now())
+            }
             TimeoutStatus::NoDevice => {
                 if me.gone_error().is_none() {
                     me.domain.all_gone();
@@ -385,6 +406,10 @@ impl<B: Backend> TimeoutTarget for SchedShared<B> {
         }
         drop(recovery);
         me.pump();
+    }
+
+    fn hardware_reset(&self, now: Instant) {
+        self.extend_deadline(now);
     }
 
     fn device_gone(&self) {

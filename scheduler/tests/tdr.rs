@@ -363,3 +363,31 @@ fn completion_racing_the_timeout_is_never_blamed() {
     eprintln!("race: {} handlers ran, {timed_out} jobs blamed, of {}", entered.len(), jobs.len());
     assert!(!entered.is_empty(), "the timeout should have fired at least once");
 }
+
+/// A reset restarts the timeouts of the domain's other schedulers (`drm_sched_start` re-arms
+/// every ring the reset stopped): a job on another ring that was stuck behind the hang on the
+/// shared hardware gets its time again instead of being blamed next.
+#[test]
+fn a_reset_restarts_the_other_rings_timeouts() {
+    let domain = ResetDomain::new("shared-queue");
+    let timeout = Duration::from_millis(1000);
+    let mk = |ring: MockRing, name: &str| {
+        let cfg = SchedulerConfig::new(name).timeout(timeout).reset_domain(&domain);
+        Scheduler::new(ring, cfg).unwrap()
+    };
+    let (a, b) = (mk(MockRing::immediate(), "a"), mk(MockRing::manual(), "b"));
+    let ea = Entity::new(&[&a], Priority::Normal).unwrap();
+    let eb = Entity::new(&[&b], Priority::Normal).unwrap();
+    let hung = ea.job(MockJob::new(1).behavior(MockBehavior::Hang)).arm().unwrap().push();
+    std::thread::sleep(Duration::from_millis(100));
+    // Stands for a job queued behind the hang on the same hardware queue.
+    let behind = eb.job(MockJob::new(2)).arm().unwrap().push();
+    assert_eq!(hung.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
+    // Past b's original deadline (about 1.1 s), well before the restarted one (about 2 s).
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(behind.status(), FenceStatus::Pending, "the innocent job was not blamed");
+    assert!(b.backend().complete_next());
+    assert_eq!(behind.wait_timeout(WATCHDOG), Ok(()));
+    assert_eq!((a.backend().timeouts(), b.backend().timeouts()), (1, 0));
+    assert_eq!(domain.recoveries(), 1);
+}
