@@ -16,12 +16,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use gpusched_benches::{metric, test_mode};
 use gpusched_fence::{Fence, FenceContext, Signaller};
 use gpusched_resv::{AcquireCtx, Exec, Resv, Usage, RESV_WW_CLASS};
-
-fn test_mode() -> bool {
-    std::env::args().any(|a| a == "--test")
-}
 
 /// Nanoseconds per call of `f`, over `iters` calls (for the printed ratios).
 fn ns_per_iter(iters: u64, mut f: impl FnMut()) -> f64 {
@@ -111,6 +108,9 @@ fn lock_add_unlock(c: &mut Criterion) {
         plain / base,
         ctx / base
     );
+    metric("resv.lock_add_unlock.std_ns", base);
+    metric("resv.lock_add_unlock.no_ctx_ns", plain);
+    metric("resv.lock_add_unlock.ctx_ns", ctx);
 }
 
 fn readers_under_writer(c: &mut Criterion) {
@@ -170,6 +170,10 @@ fn readers_under_writer(c: &mut Criterion) {
         unlocked_reads / locked_reads,
         unlocked_writes / locked_writes.max(1.0),
     );
+    metric("resv.readers.locked_reads_per_s", locked_reads);
+    metric("resv.readers.unlocked_reads_per_s", unlocked_reads);
+    metric("resv.readers.writes_per_s_with_locked", locked_writes);
+    metric("resv.readers.writes_per_s_with_unlocked", unlocked_writes);
 }
 
 fn exec_16(c: &mut Criterion) {
@@ -217,6 +221,9 @@ fn exec_16(c: &mut Criterion) {
         other_rounds.load(Ordering::Relaxed),
         other_backoffs.load(Ordering::Relaxed)
     );
+    metric("resv.exec16.alone_ns", alone);
+    metric("resv.exec16.contended_ns", contended);
+    metric("resv.exec16.backoffs_per_lock_all", backoffs as f64 / n as f64);
 }
 
 criterion_group!(benches, lock_add_unlock, readers_under_writer, exec_16);

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use ash::vk;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gpusched::{Entity, Priority, Scheduler, SchedulerConfig};
-use gpusched_benches::{metric, ns, percentile, test_mode};
+use gpusched_benches::{metric, ns, percentile, test_mode, thread_cpu, thread_cpu_since};
 use gpusched_vulkan::{Buffer, Builtin, VulkanDevice, VulkanJob, VulkanRing};
 
 /// Jobs per measured iteration.
@@ -183,16 +183,33 @@ impl Sched {
     }
 }
 
-/// One path's own measurements: the best throughput loop and the latency samples.
+/// One path's own measurements: the best throughput loop, the latency samples, and the CPU
+/// time its throughput loops took (the device's completion thread apart from the rest).
 #[derive(Default)]
 struct Path {
     best: Option<Duration>,
     lat: Vec<Duration>,
+    wall: Duration,
+    cpu_completion: Duration,
+    cpu_total: Duration,
 }
 
 impl Path {
-    fn time(&mut self, d: Duration) {
+    /// Runs one throughput loop, timing it and its CPU use.
+    fn time(&mut self, run: impl FnOnce() -> Duration) {
+        let before = thread_cpu();
+        let d = run();
         self.best = Some(self.best.map_or(d, |b| b.min(d)));
+        if let Some(before) = before {
+            self.wall += d;
+            for (name, t) in thread_cpu_since(&before) {
+                // Thread names are cut to 15 bytes: "gpusched-vk1-co(mpletion)".
+                if name.starts_with("gpusched-vk") {
+                    self.cpu_completion += t;
+                }
+                self.cpu_total += t;
+            }
+        }
     }
 }
 
@@ -209,11 +226,11 @@ fn measure(
     let mut p: [Path; 3] = Default::default();
     let rounds = 4;
     for _ in 0..rounds {
-        p[0].time(native.run(cb, jobs));
+        p[0].time(|| native.run(cb, jobs));
         p[0].lat.extend(native.latency(cb, samples / rounds));
         for (i, on) in [(1, false), (2, true)] {
             sched.batching(on, |s| {
-                p[i].time(s.run(jobs, make));
+                p[i].time(|| s.run(jobs, make));
                 p[i].lat.extend(s.latency(samples / rounds, make));
             });
         }
@@ -222,6 +239,7 @@ fn measure(
 }
 
 fn report(key: &str, name: &str, device: &str, paths: [Path; 3], jobs: u64, submits: (u64, u64)) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let [mut n, mut s, mut b] = paths;
     let rate = |p: &Path| jobs as f64 / p.best.expect("measured").as_secs_f64();
     let (nr, sr, br) = (rate(&n), rate(&s), rate(&b));
@@ -247,6 +265,26 @@ fn report(key: &str, name: &str, device: &str, paths: [Path; 3], jobs: u64, subm
         metric(&format!("vulkan.{key}.{label}.p99_ns"), ns(p99));
     }
     println!("{line}");
+    let mut line = format!("{name} CPU per job (throughput loops; {cores} cores):");
+    for (label, path) in [("native", &n), ("scheduler", &s), ("batched", &b)] {
+        if path.wall.is_zero() {
+            continue;
+        }
+        let loops = path.wall.as_secs_f64() * rate(path);
+        let per_job = |t: Duration| t.as_secs_f64() * 1e9 / loops;
+        line += &format!(
+            " {label} {:.0} µs (completion thread {:.0} µs, busy {:.0}% of the wall time);",
+            per_job(path.cpu_total) / 1e3,
+            per_job(path.cpu_completion) / 1e3,
+            100.0 * path.cpu_completion.as_secs_f64() / path.wall.as_secs_f64()
+        );
+        metric(&format!("vulkan.{key}.{label}.cpu_ns_per_job"), per_job(path.cpu_total));
+        metric(
+            &format!("vulkan.{key}.{label}.completion_thread_busy"),
+            path.cpu_completion.as_secs_f64() / path.wall.as_secs_f64(),
+        );
+    }
+    println!("{line}");
 }
 
 /// The three paths under criterion, in one group.
@@ -255,9 +293,8 @@ fn criterion_group3(
     group: &str,
     throughput: Throughput,
     per_iter: u64,
-    native: &mut Native,
+    (native, sched): (&mut Native, &Sched),
     cb: vk::CommandBuffer,
-    sched: &Sched,
     make: &dyn Fn() -> VulkanJob,
 ) {
     let mut g = c.benchmark_group(group);
@@ -300,7 +337,8 @@ fn bench_vulkan(c: &mut Criterion) {
     let empty_cb = native.record(&[], |_, _| Ok(()));
     let empty = || VulkanJob::empty();
     let tp = Throughput::Elements(BATCH);
-    criterion_group3(c, "vulkan_empty_job", tp, BATCH, &mut native, empty_cb, &sched, &empty);
+    let paths = (&mut native, &sched);
+    criterion_group3(c, "vulkan_empty_job", tp, BATCH, paths, empty_cb, &empty);
     let paths = measure(&mut native, empty_cb, &sched, &empty, jobs, samples);
     let submits = batched_submits(&sched, jobs, &empty);
     report("empty", "empty job", &device, paths, jobs, submits);
@@ -322,7 +360,8 @@ fn bench_vulkan(c: &mut Criterion) {
     };
     let (sjobs, ssamples) = if test_mode() { (8, 8) } else { (200, 200) };
     let tp = Throughput::Bytes(3 * u64::from(SAXPY_N) * 4);
-    criterion_group3(c, "vulkan_saxpy_1mib", tp, 1, &mut native, saxpy_cb, &sched, &make_saxpy);
+    let paths = (&mut native, &sched);
+    criterion_group3(c, "vulkan_saxpy_1mib", tp, 1, paths, saxpy_cb, &make_saxpy);
     let paths = measure(&mut native, saxpy_cb, &sched, &make_saxpy, sjobs, ssamples);
     let submits = batched_submits(&sched, sjobs, &make_saxpy);
     report("saxpy", "saxpy 1 MiB", &device, paths, sjobs, submits);

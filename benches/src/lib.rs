@@ -46,3 +46,39 @@ pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
 pub fn ns(d: Duration) -> f64 {
     d.as_nanos() as f64
 }
+
+/// CPU time of this process's threads, summed by thread name, from Linux's
+/// `/proc/self/task/*/schedstat` (nanoseconds on a CPU) and `comm`: the cheap profile the
+/// Vulkan bench prints to show which thread burns CPU during a run. `None` where `/proc` does
+/// not have them (not Linux, or a kernel without schedstats). Threads that exited between two
+/// snapshots drop out of the difference.
+pub fn thread_cpu() -> Option<std::collections::BTreeMap<String, Duration>> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir("/proc/self/task").ok()? {
+        let dir = entry.ok()?.path();
+        let (Ok(stat), Ok(comm)) = (
+            std::fs::read_to_string(dir.join("schedstat")),
+            std::fs::read_to_string(dir.join("comm")),
+        ) else {
+            continue; // the thread exited meanwhile
+        };
+        let on_cpu: u64 = stat.split_whitespace().next()?.parse().ok()?;
+        *by_name.entry(comm.trim().to_owned()).or_insert(Duration::ZERO) +=
+            Duration::from_nanos(on_cpu);
+    }
+    Some(by_name)
+}
+
+/// CPU time per thread name spent since `before` (a [`thread_cpu`] snapshot).
+pub fn thread_cpu_since(
+    before: &std::collections::BTreeMap<String, Duration>,
+) -> std::collections::BTreeMap<String, Duration> {
+    let now = thread_cpu().unwrap_or_default();
+    now.into_iter()
+        .map(|(name, t)| {
+            let d = t.saturating_sub(before.get(&name).copied().unwrap_or(Duration::ZERO));
+            (name, d)
+        })
+        .filter(|(_, d)| !d.is_zero())
+        .collect()
+}
