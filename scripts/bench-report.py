@@ -280,7 +280,7 @@ def main():
         f"Device: **{device or 'none (Vulkan bench skipped)'}**. Baseline (a): one "
         "`vkQueueSubmit` per job of a pre-recorded command buffer signalling a timeline "
         "semaphore, then one wait. (b) the same jobs through the scheduler, batching off; "
-        "(c) batching on. Throughput: best of 4 interleaved rounds; latency: submit → "
+        "(c) batching on. Throughput: best of 8 interleaved rounds; latency: submit → "
         "host-visible completion of single jobs, all rounds. Throughput ratios are "
         "ours / native jobs/s (higher is better); latency ratios ours / native.",
     )
@@ -363,22 +363,32 @@ def main():
         "semaphore. Mesa's common Vulkan runtime cannot block on several emulated timeline "
         "semaphores at once and *spins* (`__vk_sync_wait_many` in "
         "`src/vulkan/runtime/vk_sync.c`: \"there's nothing better we can do than spin\"), so "
-        "while jobs are in flight the thread occupies a core that lavapipe's own worker "
-        "threads need (the profile above). Reproduced without the scheduler: adding one "
-        "thread doing the same two-semaphore `WAIT_ANY` wait beside the native loop slowed "
-        "native SAXPY from 0.75–1.5 ms to 2.0–2.4 ms per job, the scheduler's range. The same "
-        "spin explains the SAXPY latency ratio (the single job shares the cores with the "
-        "spinning thread) and most of the empty-job throughput gap (an extra ~5 µs of CPU "
-        "per job on the completion thread). Not a scheduler cost, and real drivers block in "
-        "this wait; a fix in the backend (not done here: vulkan-backend/src is being changed "
-        "on another branch) would wait on the single busy ring's semaphore with a short "
-        "timeout instead of `WAIT_ANY` over two, or use one completion thread per ring.",
+        "while jobs are in flight that thread occupies a core that lavapipe's own worker "
+        "threads need: see the profile line under section 5 (native: 0%). Reproduced "
+        "without the scheduler: one extra thread doing the same two-semaphore `WAIT_ANY` "
+        "wait beside the native loop slowed native SAXPY from 0.75–1.5 ms to 2.0–2.4 ms per "
+        "job, the scheduler's range, and made the scheduler look faster than native. Not a "
+        "scheduler cost; real drivers block in this wait. A fix belongs in the backend (not "
+        "done here: vulkan-backend/src is being changed on another branch): wait on the one "
+        "busy ring's semaphore with a short timeout instead of `WAIT_ANY` over two, or use "
+        "one completion thread per ring. Across 5 runs on this machine (b)/(a) throughput "
+        "ranged 0.47–0.92× for empty jobs and 0.59–0.76× for SAXPY.",
+        "- **Latency** through the scheduler crosses two extra thread hops that native "
+        "does not: the completion thread (which, spinning, notices completion at once) and "
+        "the finished fence's signal → waiter wake (the wake-latency row of section 1). "
+        "Native blocks in `vkWaitSemaphores`, a condition variable in lavapipe. Which wins "
+        "depends on the machine's load: empty-job p50 (b)/(a) ranged 0.5–1.6× across runs "
+        "here. p99 values on this shared machine mostly show preemption.",
         "- **Batching** gains nothing with one submitting thread: the scheduler runs each job "
         "as soon as it is pushed (credits are free), so every pump hands over a batch of one; "
-        "batches form only when pushes arrive while a pump is running.",
-        "- **Wake latency** (fence vs Condvar): not worked on in this round; the two "
-        "measurements (criterion's and the bench's own medians) disagree by up to 1.7× on "
-        "this shared machine, so only a quiet machine can tell how far off 1.1× it is.",
+        "batches form only when pushes arrive while a pump is running. (b) and (c) therefore "
+        "do the same work, and their difference in a run is a measure of its noise.",
+        "- **Wake latency** (fence vs Condvar) was not worked on in this round. The bench's "
+        "own medians and criterion's disagree run to run on this shared machine (between "
+        "0.5× and 3× within one run); only a quiet machine can tell how far off 1.1× it is.",
+        "- **Recovery**: the timeout fires 50–80 µs after its deadline at p50 (the TDR "
+        "worker parks until the deadline and is then scheduled); p99 outliers of ms are "
+        "preemption on the shared cores.",
         "- The mock-ring rows measure CPU cost only; on 2 shared cores a single run can be "
         "off by 30%.",
     ]

@@ -213,7 +213,7 @@ impl Path {
     }
 }
 
-/// The three paths' own loops, interleaved in `rounds` rounds so that drift in the machine's
+/// The three paths' own loops, interleaved in 8 rounds so that drift in the machine's
 /// load hits them alike: throughput (best round) and latency (samples of every round).
 fn measure(
     native: &mut Native,
@@ -224,7 +224,7 @@ fn measure(
     samples: usize,
 ) -> [Path; 3] {
     let mut p: [Path; 3] = Default::default();
-    let rounds = 4;
+    let rounds = 8;
     for _ in 0..rounds {
         p[0].time(|| native.run(cb, jobs));
         p[0].lat.extend(native.latency(cb, samples / rounds));
