@@ -1,18 +1,24 @@
 //! Native Vulkan submission vs the same jobs through the scheduler, on one device (lavapipe
-//! unless `GPUSCHED_DEVICE` picks another):
-//! - `empty/native`: the baseline, raw `vkQueueSubmit` of one pre-recorded empty command
-//!   buffer per job, each signalling the next value of a timeline semaphore, then one
-//!   `vkWaitSemaphores` for the last value;
-//! - `empty/scheduler`: the same number of empty jobs armed and pushed on an entity of a
-//!   `VulkanRing` (recording, the ring's barriers, one submit per job, the completion
+//! unless `GPUSCHED_DEVICE` picks another), three paths per group:
+//! - `native` (a): the baseline, raw `vkQueueSubmit` of one pre-recorded command buffer per
+//!   job, each signalling the next value of a timeline semaphore, then one `vkWaitSemaphores`
+//!   for the last value;
+//! - `scheduler` (b): the same number of jobs armed and pushed on an entity of a `VulkanRing`
+//!   with batching off (recording, the ring's barriers, one submit per job, the completion
 //!   thread), then a wait on the last finished fence;
-//! - `saxpy_1mib/native` and `saxpy_1mib/scheduler`: the same with `y = 2x + y` over 1 MiB
-//!   (262,144 floats) per job.
+//! - `scheduler_batched` (c): the same with the ring's batching on (one `vkQueueSubmit` for
+//!   the jobs one pump hands over).
 //!
-//! After criterion's numbers, each group prints jobs per second from its own timed loop, the
-//! throughput ratio scheduler/native, and submit→completion latency p50/p99 for single jobs
-//! (native: the submitting thread blocks in `vkWaitSemaphores`; scheduler: push, then wait on
-//! the finished fence, which the completion thread signals).
+//! Groups: `vulkan_empty_job` (empty command buffers) and `vulkan_saxpy_1mib` (`y = 2x + y`
+//! over 1 MiB, 262,144 floats, per job).
+//!
+//! After criterion's numbers, each group runs its own loops, the three paths interleaved in 8
+//! rounds: jobs per second (best round) and the ratios to native; submit→completion latency
+//! p50/p99 of single jobs (native: the submitting thread blocks in `vkWaitSemaphores`;
+//! scheduler: push, then wait on the finished fence, which the completion thread signals);
+//! jobs per `vkQueueSubmit` with batching; and, from `/proc/self/task/*/schedstat`, the CPU
+//! time per job of each path's throughput loops, with the device's completion thread apart
+//! (the profile that shows lavapipe's spinning multi-semaphore wait, see benches/RESULTS.md).
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::time::{Duration, Instant};
