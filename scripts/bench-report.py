@@ -231,11 +231,12 @@ def main():
     if bo is not None:
         r.text(
             f"Back-offs (wound/wait `-EDEADLK` retries) per contended `lock_all`: {bo:.3f}. "
-            "The contended cost is dominated by them (each one releases everything and sleeps "
-            "until the contended lock is free: tens of µs on this machine), and varies a lot "
-            "between runs (3–45 µs per `lock_all` seen) with how often the two threads "
-            "actually collide; std mutexes taken in one global order never back off and let "
-            "one thread barge back in, so they stay near their uncontended cost."
+            "Contended, a `lock_all` costs tens of µs on this machine whichever order the "
+            "other thread uses (both orders: 1–45 µs across runs): a blocked ww-mutex lock "
+            "sleeps, and each hand-over is a sleep/wake pair on 2 shared cores; back-offs add "
+            "a release-everything-and-retry on top. Std mutexes taken in one global order let "
+            "the running thread barge back in and so stay near their uncontended cost; they "
+            "are the floor, not a like-for-like lock (no deadlock avoidance across orders)."
         )
 
     r.section(
@@ -386,6 +387,10 @@ def main():
         "- **Wake latency** (fence vs Condvar) was not worked on in this round. The bench's "
         "own medians and criterion's disagree run to run on this shared machine (between "
         "0.5× and 3× within one run); only a quiet machine can tell how far off 1.1× it is.",
+        "- **Checker**: compiled in and enabled vs compiled out is within this machine's "
+        "noise on mock-ring throughput (runs here gave 0.89–1.07×; below 1 means the noise "
+        "exceeded the cost). The checker's cost shows in the micro rows (annotated mutex, "
+        "fence create + signal), not at the scheduler's level.",
         "- **Recovery**: the timeout fires 50–80 µs after its deadline at p50 (the TDR "
         "worker parks until the deadline and is then scheduled); p99 outliers of ms are "
         "preemption on the shared cores.",
