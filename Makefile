@@ -19,7 +19,7 @@ help:
 	@echo "make setup      install what is missing (scripts/setup.sh)"
 	@echo "make nextest | doctest | examples | doc | features | loom | bench-test | package"
 	@echo "                one step of 'make test'"
-	@echo "make bench      run the criterion benches for real"
+	@echo "make bench      run the benches for real and write benches/RESULTS.md (~10 min)"
 	@echo "make fmt-check | clippy   the lint steps of .ci/run"
 	@echo "make ci         what CI runs (.ci/run)"
 
@@ -103,8 +103,26 @@ loom:
 bench-test:
 	$(ENV) cargo bench --workspace --bench '*' -- --test
 
+# Every bench for real, with short measurement times (about 10 minutes on 2 cores); then
+# checker_sched again with the checker compiled out (`--no-default-features`: cargo cannot
+# build one binary both ways), both builds' checker summaries rerun alternately (3 rounds),
+# and benches/RESULTS.md written from the numbers (scripts/bench-report.py). The full output
+# stays in target/bench.log. Override the criterion options with BENCH_ARGS=...
+BENCH_ARGS ?= --warm-up-time 1 --measurement-time 2 --sample-size 40 --noplot
+BENCH_LOG := target/bench.log
 bench:
-	$(ENV) cargo bench --workspace --bench '*'
+	mkdir -p target && date +%s > target/bench.since
+	$(ENV) cargo bench -p gpusched-benches --bench '*' -- $(BENCH_ARGS) 2>&1 | tee $(BENCH_LOG)
+	$(ENV) cargo bench -p gpusched-benches --no-default-features --bench checker_sched -- \
+		$(BENCH_ARGS) 2>&1 | tee -a $(BENCH_LOG)
+	for round in 1 2 3; do \
+		$(ENV) GPUSCHED_BENCH_SUMMARY_ONLY=1 cargo bench -q -p gpusched-benches \
+			--bench checker_sched 2>&1 | tee -a $(BENCH_LOG); \
+		$(ENV) GPUSCHED_BENCH_SUMMARY_ONLY=1 cargo bench -q -p gpusched-benches \
+			--no-default-features --bench checker_sched 2>&1 | tee -a $(BENCH_LOG); \
+	done
+	python3 scripts/bench-report.py $(BENCH_LOG) target/criterion "$$(cat target/bench.since)" \
+		benches/RESULTS.md
 
 fmt-check:
 	cargo fmt --all --check

@@ -8,6 +8,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion};
+use gpusched_benches::metric;
 use gpusched_fence::lockdep::{self, LockClass, Policy};
 use gpusched_fence::FenceContext;
 
@@ -115,12 +116,18 @@ fn summary(iters: u32) {
     println!("\nchecker cost summary ({iters} iterations, best of 3, ns per op):");
     for (name, on, off, std) in rows {
         let (on, off) = (on.as_secs_f64() * 1e9, off.as_secs_f64() * 1e9);
+        let key = name.replace([' ', '/', '+'], "_");
+        metric(&format!("checker.{key}.on_ns"), on);
+        metric(&format!("checker.{key}.off_ns"), off);
         print!("  {name:<20} on {on:7.1}  off {off:7.1}  on/off {:5.2}x", on / off.max(1e-3));
         if let Some(std) = std {
             let std = std.as_secs_f64() * 1e9;
             print!("  std {std:7.1}  on/std {:5.2}x", on / std.max(1e-3));
         }
         println!();
+        if let Some(std) = std {
+            metric(&format!("checker.{key}.std_ns"), std.as_secs_f64() * 1e9);
+        }
     }
 }
 

@@ -9,9 +9,13 @@
 //! criterion's numbers a summary prints ns/job, jobs/s and the on/off ratio from its own
 //! interleaved timed loops (best of 5).
 //!
-//! "Compiled out" is not measured here: `gpusched` depends on `gpusched-fence` with its
-//! default features, so cargo's feature unification keeps the `checker` feature on in this
-//! package whatever `--no-default-features` says. The summary prints `lockdep::ENABLED`.
+//! "Compiled out" is this same bench built with `--no-default-features` (the benches crate's
+//! `checker` feature forwards to `gpusched`, `gpusched-fence` and `gpusched-resv`; see
+//! `benches/Cargo.toml`): cargo cannot build one binary both ways. That build names its
+//! criterion group `checker_sched_compiled_out/...` and measures the scheduler once (there is
+//! no policy to switch). `make bench` runs both builds, then reruns both summaries interleaved
+//! (`GPUSCHED_BENCH_SUMMARY_ONLY=1`, three rounds) and `scripts/bench-report.py` divides the
+//! best compiled-in-and-enabled ns/job by the best compiled-out one.
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::hint::black_box;
@@ -21,13 +25,10 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gpusched::fence::lockdep::{self, Policy};
 use gpusched::testing::{MockJob, MockRing};
 use gpusched::{Backend, Entity, JobInfo, Priority, Scheduler, SchedulerConfig};
+use gpusched_benches::{metric, summary_only, test_mode};
 
 /// Jobs per measured iteration.
 const BATCH: u64 = 256;
-
-fn test_mode() -> bool {
-    std::env::args().any(|a| a == "--test")
-}
 
 fn with_policy<R>(p: Policy, f: impl FnOnce() -> R) -> R {
     lockdep::set_policy(p);
@@ -74,16 +75,28 @@ fn raw_mockring(jobs: u64) -> Duration {
 }
 
 fn bench(c: &mut Criterion) {
+    if summary_only() {
+        return;
+    }
     for entities in [1usize, 8] {
-        let mut g = c.benchmark_group(format!("checker_sched/entities_{entities}"));
+        let group = if lockdep::ENABLED { "checker_sched" } else { "checker_sched_compiled_out" };
+        let mut g = c.benchmark_group(format!("{group}/entities_{entities}"));
         g.throughput(Throughput::Elements(BATCH));
         g.bench_function("raw_mockring", |b| b.iter_custom(|iters| raw_mockring(iters * BATCH)));
-        g.bench_function("checker_on", |b| {
-            with_policy(Policy::Panic, || b.iter_custom(|iters| spread(entities, iters * BATCH)))
-        });
-        g.bench_function("checker_off", |b| {
-            with_policy(Policy::Off, || b.iter_custom(|iters| spread(entities, iters * BATCH)))
-        });
+        if lockdep::ENABLED {
+            g.bench_function("checker_on", |b| {
+                with_policy(Policy::Panic, || {
+                    b.iter_custom(|iters| spread(entities, iters * BATCH))
+                })
+            });
+            g.bench_function("checker_off", |b| {
+                with_policy(Policy::Off, || b.iter_custom(|iters| spread(entities, iters * BATCH)))
+            });
+        } else {
+            g.bench_function("compiled_out", |b| {
+                b.iter_custom(|iters| spread(entities, iters * BATCH))
+            });
+        }
         g.finish();
     }
 }
@@ -98,8 +111,21 @@ fn summary(jobs: u64) {
          compiled {}):",
         if lockdep::ENABLED { "in" } else { "out" }
     );
+    let build = if lockdep::ENABLED { "in" } else { "out" };
     let raw = best(&|| raw_mockring(jobs));
     println!("  raw_mockring           {raw:>8.0} ns/job  {:>6.2} M jobs/s (floor)", 1e3 / raw);
+    metric(&format!("checker_sched.{build}.raw_ns_per_job"), raw);
+    if !lockdep::ENABLED {
+        for entities in [1usize, 8] {
+            let out = best(&|| spread(entities, jobs));
+            println!(
+                "  entities_{entities:<2} compiled out {out:>8.0} ns/job  {:>6.2} M jobs/s",
+                1e3 / out
+            );
+            metric(&format!("checker_sched.out.entities_{entities}.ns_per_job"), out);
+        }
+        return;
+    }
     for entities in [1usize, 8] {
         let mut on = f64::INFINITY;
         let mut off = f64::INFINITY;
@@ -118,6 +144,8 @@ fn summary(jobs: u64) {
             on / off,
             on - off
         );
+        metric(&format!("checker_sched.in.entities_{entities}.on_ns_per_job"), on);
+        metric(&format!("checker_sched.in.entities_{entities}.off_ns_per_job"), off);
     }
     assert_eq!(lockdep::violations(), 0, "the checker reported violations");
 }

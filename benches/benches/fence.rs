@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion};
 use event_listener::{Event, Listener as _};
+use gpusched_benches::metric;
 use gpusched_fence::{Fence, FenceContext, Signaller};
 
 type Routine = fn(u64) -> Duration;
@@ -313,5 +314,8 @@ fn main() {
             ours / condvar,
             ours / event
         );
+        metric(&format!("fence.{group}.fence_ns"), ours);
+        metric(&format!("fence.{group}.condvar_ns"), condvar);
+        metric(&format!("fence.{group}.event_ns"), event);
     }
 }

@@ -4,7 +4,10 @@
 //! - `resv_readers_under_writer`: a reader that takes the lock against one that reads the
 //!   lock-free snapshot, while a writer thread keeps adding fences;
 //! - `resv_exec_16`: the multi-object locker over 16 objects, alone and against a second
-//!   thread locking the same 16 in reverse order.
+//!   thread locking the same 16 in reverse order; the contended baseline is 16
+//!   `std::sync::Mutex`es taken in one global order by both threads (the deadlock-free
+//!   scheme a caller can use when it controls every lock order, which wound/wait exists to
+//!   avoid needing).
 //!
 //! After criterion's numbers, each group prints a ratio from its own timed loop.
 #![allow(missing_docs)] // criterion_group! generates undocumented items
@@ -16,12 +19,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use gpusched_benches::{metric, test_mode};
 use gpusched_fence::{Fence, FenceContext, Signaller};
 use gpusched_resv::{AcquireCtx, Exec, Resv, Usage, RESV_WW_CLASS};
-
-fn test_mode() -> bool {
-    std::env::args().any(|a| a == "--test")
-}
 
 /// Nanoseconds per call of `f`, over `iters` calls (for the printed ratios).
 fn ns_per_iter(iters: u64, mut f: impl FnMut()) -> f64 {
@@ -111,6 +111,9 @@ fn lock_add_unlock(c: &mut Criterion) {
         plain / base,
         ctx / base
     );
+    metric("resv.lock_add_unlock.std_ns", base);
+    metric("resv.lock_add_unlock.no_ctx_ns", plain);
+    metric("resv.lock_add_unlock.ctx_ns", ctx);
 }
 
 fn readers_under_writer(c: &mut Criterion) {
@@ -170,6 +173,10 @@ fn readers_under_writer(c: &mut Criterion) {
         unlocked_reads / locked_reads,
         unlocked_writes / locked_writes.max(1.0),
     );
+    metric("resv.readers.locked_reads_per_s", locked_reads);
+    metric("resv.readers.unlocked_reads_per_s", unlocked_reads);
+    metric("resv.readers.writes_per_s_with_locked", locked_writes);
+    metric("resv.readers.writes_per_s_with_unlocked", unlocked_writes);
 }
 
 fn exec_16(c: &mut Criterion) {
@@ -202,12 +209,82 @@ fn exec_16(c: &mut Criterion) {
     };
     g.bench_function("two_threads_contending", |b| b.iter(|| forward(&objs, &mut exec)));
     g.finish();
+    while other_rounds.load(Ordering::Relaxed) == 0 {
+        thread::yield_now(); // contend only once the other thread is running
+    }
     let before = exec.contentions();
     let contended = ns_per_iter(n, || {
         forward(&objs, &mut exec);
     });
     let backoffs = exec.contentions() - before;
     drop(other);
+
+    // The same with the other thread in the same order: blocking without back-offs.
+    let same_rounds = Arc::new(AtomicU64::new(0));
+    let other_same = {
+        let (objs, rounds) = (objs.clone(), same_rounds.clone());
+        Background::spawn(1, move |stop| {
+            let set: Vec<&Resv> = objs.iter().collect();
+            let mut exec = Exec::new();
+            while !stop.load(Ordering::Relaxed) {
+                exec.lock_all(&set, |guards| black_box(guards.len())).unwrap();
+                rounds.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    while same_rounds.load(Ordering::Relaxed) == 0 {
+        thread::yield_now(); // contend only once the other thread is running
+    }
+    let same_order = ns_per_iter(n, || {
+        forward(&objs, &mut exec);
+    });
+    drop(other_same);
+    metric("resv.exec16.same_order_contended_ns", same_order);
+
+    // The baseline under contention: 16 std mutexes, both threads in the same order.
+    let mutexes: Arc<Vec<Mutex<u64>>> = Arc::new((0..N).map(|_| Mutex::new(0)).collect());
+    let lock_sorted = |ms: &Vec<Mutex<u64>>| {
+        let mut guards: Vec<_> = ms.iter().map(|m| m.lock().unwrap()).collect();
+        for g in &mut guards {
+            **g += 1;
+        }
+        black_box(guards.len())
+    };
+    let std_alone = ns_per_iter(n, || {
+        lock_sorted(&mutexes);
+    });
+    let std_rounds = Arc::new(AtomicU64::new(0));
+    let other_std = {
+        let (ms, rounds) = (mutexes.clone(), std_rounds.clone());
+        Background::spawn(1, move |stop| {
+            while !stop.load(Ordering::Relaxed) {
+                lock_sorted(&ms);
+                rounds.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    while std_rounds.load(Ordering::Relaxed) == 0 {
+        thread::yield_now(); // contend only once the other thread is running
+    }
+    let std_contended = ns_per_iter(n, || {
+        lock_sorted(&mutexes);
+    });
+    drop(other_std);
+    println!(
+        "ratio resv_exec_16 vs 16 std mutexes in one order: alone {:.2}x ({alone:.0} / \
+         {std_alone:.0} ns), two threads {:.2}x ({contended:.0} / {std_contended:.0} ns; the \
+         other std thread did {} rounds meanwhile)",
+        alone / std_alone,
+        contended / std_contended,
+        std_rounds.load(Ordering::Relaxed)
+    );
+    metric("resv.exec16.std_sorted_alone_ns", std_alone);
+    metric("resv.exec16.std_sorted_contended_ns", std_contended);
+    println!(
+        "ratio resv_exec_16: both threads in the same order: {same_order:.0} ns per lock_all \
+         ({:.2}x alone)",
+        same_order / alone
+    );
     println!(
         "ratio resv_exec_16: two_threads/one_thread = {:.2}x ({contended:.0} / {alone:.0} ns per \
          lock_all); back-offs per lock_all under contention: {:.3}; other thread: {} rounds, \
@@ -217,6 +294,9 @@ fn exec_16(c: &mut Criterion) {
         other_rounds.load(Ordering::Relaxed),
         other_backoffs.load(Ordering::Relaxed)
     );
+    metric("resv.exec16.alone_ns", alone);
+    metric("resv.exec16.contended_ns", contended);
+    metric("resv.exec16.backoffs_per_lock_all", backoffs as f64 / n as f64);
 }
 
 criterion_group!(benches, lock_add_unlock, readers_under_writer, exec_16);

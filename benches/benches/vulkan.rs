@@ -1,18 +1,24 @@
 //! Native Vulkan submission vs the same jobs through the scheduler, on one device (lavapipe
-//! unless `GPUSCHED_DEVICE` picks another):
-//! - `empty/native`: the baseline, raw `vkQueueSubmit` of one pre-recorded empty command
-//!   buffer per job, each signalling the next value of a timeline semaphore, then one
-//!   `vkWaitSemaphores` for the last value;
-//! - `empty/scheduler`: the same number of empty jobs armed and pushed on an entity of a
-//!   `VulkanRing` (recording, the ring's barriers, one submit per job, the completion
+//! unless `GPUSCHED_DEVICE` picks another), three paths per group:
+//! - `native` (a): the baseline, raw `vkQueueSubmit` of one pre-recorded command buffer per
+//!   job, each signalling the next value of a timeline semaphore, then one `vkWaitSemaphores`
+//!   for the last value;
+//! - `scheduler` (b): the same number of jobs armed and pushed on an entity of a `VulkanRing`
+//!   with batching off (recording, the ring's barriers, one submit per job, the completion
 //!   thread), then a wait on the last finished fence;
-//! - `saxpy_1mib/native` and `saxpy_1mib/scheduler`: the same with `y = 2x + y` over 1 MiB
-//!   (262,144 floats) per job.
+//! - `scheduler_batched` (c): the same with the ring's batching on (one `vkQueueSubmit` for
+//!   the jobs one pump hands over).
 //!
-//! After criterion's numbers, each group prints jobs per second from its own timed loop, the
-//! throughput ratio scheduler/native, and submit→completion latency p50/p99 for single jobs
-//! (native: the submitting thread blocks in `vkWaitSemaphores`; scheduler: push, then wait on
-//! the finished fence, which the completion thread signals).
+//! Groups: `vulkan_empty_job` (empty command buffers) and `vulkan_saxpy_1mib` (`y = 2x + y`
+//! over 1 MiB, 262,144 floats, per job).
+//!
+//! After criterion's numbers, each group runs its own loops, the three paths interleaved in 8
+//! rounds: jobs per second (best round) and the ratios to native; submit→completion latency
+//! p50/p99 of single jobs (native: the submitting thread blocks in `vkWaitSemaphores`;
+//! scheduler: push, then wait on the finished fence, which the completion thread signals);
+//! jobs per `vkQueueSubmit` with batching; and, from `/proc/self/task/*/schedstat`, the CPU
+//! time per job of each path's throughput loops, with the device's completion thread apart
+//! (the profile that shows lavapipe's spinning multi-semaphore wait, see benches/RESULTS.md).
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::time::{Duration, Instant};
@@ -20,16 +26,13 @@ use std::time::{Duration, Instant};
 use ash::vk;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gpusched::{Entity, Priority, Scheduler, SchedulerConfig};
+use gpusched_benches::{metric, ns, percentile, test_mode, thread_cpu, thread_cpu_since};
 use gpusched_vulkan::{Buffer, Builtin, VulkanDevice, VulkanJob, VulkanRing};
 
 /// Jobs per measured iteration.
 const BATCH: u64 = 64;
 /// Floats in the SAXPY vectors (1 MiB each).
 const SAXPY_N: u32 = 1 << 18;
-
-fn test_mode() -> bool {
-    std::env::args().any(|a| a == "--test")
-}
 
 /// Raw submission on the device's queue 0: a timeline semaphore, a pool, and pre-recorded
 /// command buffers (simultaneous use: one is pending many times at once).
@@ -149,9 +152,9 @@ impl Drop for Native {
     }
 }
 
-/// Jobs through the scheduler.
+/// Jobs through the scheduler, on one entity of a `VulkanRing`.
 struct Sched {
-    _ring: Scheduler<VulkanRing>,
+    ring: Scheduler<VulkanRing>,
     entity: Entity<VulkanRing>,
 }
 
@@ -178,35 +181,146 @@ impl Sched {
             })
             .collect()
     }
+
+    /// Runs `f` with the ring's batching set to `on`.
+    fn batching<R>(&self, on: bool, f: impl FnOnce(&Self) -> R) -> R {
+        self.ring.backend().set_batching(on);
+        f(self)
+    }
 }
 
-fn percentile(v: &mut [Duration], p: f64) -> Duration {
-    v.sort_unstable();
-    v[((v.len() - 1) as f64 * p).round() as usize]
+/// One path's own measurements: the best throughput loop, the latency samples, and the CPU
+/// time its throughput loops took (the device's completion thread apart from the rest).
+#[derive(Default)]
+struct Path {
+    best: Option<Duration>,
+    lat: Vec<Duration>,
+    wall: Duration,
+    cpu_completion: Duration,
+    cpu_total: Duration,
 }
 
-fn report(
-    name: &str,
-    device: &str,
-    native: (Duration, Vec<Duration>),
-    sched: (Duration, Vec<Duration>),
+impl Path {
+    /// Runs one throughput loop, timing it and its CPU use.
+    fn time(&mut self, run: impl FnOnce() -> Duration) {
+        let before = thread_cpu();
+        let d = run();
+        self.best = Some(self.best.map_or(d, |b| b.min(d)));
+        if let Some(before) = before {
+            self.wall += d;
+            for (name, t) in thread_cpu_since(&before) {
+                // Thread names are cut to 15 bytes: "gpusched-vk1-co(mpletion)".
+                if name.starts_with("gpusched-vk") {
+                    self.cpu_completion += t;
+                }
+                self.cpu_total += t;
+            }
+        }
+    }
+}
+
+/// The three paths' own loops, interleaved in 8 rounds so that drift in the machine's
+/// load hits them alike: throughput (best round) and latency (samples of every round).
+fn measure(
+    native: &mut Native,
+    cb: vk::CommandBuffer,
+    sched: &Sched,
+    make: &dyn Fn() -> VulkanJob,
     jobs: u64,
+    samples: usize,
+) -> [Path; 3] {
+    let mut p: [Path; 3] = Default::default();
+    let rounds = 8;
+    for _ in 0..rounds {
+        p[0].time(|| native.run(cb, jobs));
+        p[0].lat.extend(native.latency(cb, samples / rounds));
+        for (i, on) in [(1, false), (2, true)] {
+            sched.batching(on, |s| {
+                p[i].time(|| s.run(jobs, make));
+                p[i].lat.extend(s.latency(samples / rounds, make));
+            });
+        }
+    }
+    p
+}
+
+fn report(key: &str, name: &str, device: &str, paths: [Path; 3], jobs: u64, submits: (u64, u64)) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let [mut n, mut s, mut b] = paths;
+    let rate = |p: &Path| jobs as f64 / p.best.expect("measured").as_secs_f64();
+    let (nr, sr, br) = (rate(&n), rate(&s), rate(&b));
+    println!(
+        "{name} on {device}: native {nr:.0} jobs/s; scheduler {sr:.0} jobs/s ({:.2}x native); \
+         scheduler+batching {br:.0} jobs/s ({:.2}x native, {:.2} jobs per vkQueueSubmit)",
+        sr / nr,
+        br / nr,
+        submits.0 as f64 / submits.1.max(1) as f64
+    );
+    metric(&format!("vulkan.{key}.native.jobs_per_s"), nr);
+    metric(&format!("vulkan.{key}.scheduler.jobs_per_s"), sr);
+    metric(&format!("vulkan.{key}.batched.jobs_per_s"), br);
+    metric(
+        &format!("vulkan.{key}.batched.jobs_per_submit"),
+        submits.0 as f64 / submits.1.max(1) as f64,
+    );
+    let mut line = format!("{name} latency submit->completion:");
+    for (label, path) in [("native", &mut n), ("scheduler", &mut s), ("batched", &mut b)] {
+        let (p50, p99) = (percentile(&mut path.lat, 0.5), percentile(&mut path.lat, 0.99));
+        line += &format!(" {label} p50 {p50:?} p99 {p99:?};");
+        metric(&format!("vulkan.{key}.{label}.p50_ns"), ns(p50));
+        metric(&format!("vulkan.{key}.{label}.p99_ns"), ns(p99));
+    }
+    println!("{line}");
+    let mut line = format!("{name} CPU per job (throughput loops; {cores} cores):");
+    for (label, path) in [("native", &n), ("scheduler", &s), ("batched", &b)] {
+        if path.wall.is_zero() {
+            continue;
+        }
+        let loops = path.wall.as_secs_f64() * rate(path);
+        let per_job = |t: Duration| t.as_secs_f64() * 1e9 / loops;
+        line += &format!(
+            " {label} {:.0} µs (completion thread {:.0} µs, busy {:.0}% of the wall time);",
+            per_job(path.cpu_total) / 1e3,
+            per_job(path.cpu_completion) / 1e3,
+            100.0 * path.cpu_completion.as_secs_f64() / path.wall.as_secs_f64()
+        );
+        metric(&format!("vulkan.{key}.{label}.cpu_ns_per_job"), per_job(path.cpu_total));
+        metric(
+            &format!("vulkan.{key}.{label}.completion_thread_busy"),
+            path.cpu_completion.as_secs_f64() / path.wall.as_secs_f64(),
+        );
+    }
+    println!("{line}");
+}
+
+/// The three paths under criterion, in one group.
+fn criterion_group3(
+    c: &mut Criterion,
+    group: &str,
+    throughput: Throughput,
+    per_iter: u64,
+    (native, sched): (&mut Native, &Sched),
+    cb: vk::CommandBuffer,
+    make: &dyn Fn() -> VulkanJob,
 ) {
-    let (nt, mut nl) = native;
-    let (st, mut sl) = sched;
-    let nr = jobs as f64 / nt.as_secs_f64();
-    let sr = jobs as f64 / st.as_secs_f64();
-    println!(
-        "{name} on {device}: native {nr:.0} jobs/s, scheduler {sr:.0} jobs/s, ratio scheduler/native {:.2}",
-        sr / nr
-    );
-    println!(
-        "{name} latency submit->completion: native p50 {:?} p99 {:?}; scheduler p50 {:?} p99 {:?}",
-        percentile(&mut nl, 0.5),
-        percentile(&mut nl, 0.99),
-        percentile(&mut sl, 0.5),
-        percentile(&mut sl, 0.99)
-    );
+    let mut g = c.benchmark_group(group);
+    g.throughput(throughput);
+    g.bench_function("native", |b| b.iter_custom(|iters| native.run(cb, iters * per_iter)));
+    for (name, on) in [("scheduler", false), ("scheduler_batched", true)] {
+        sched.batching(on, |s| {
+            g.bench_function(name, |b| b.iter_custom(|iters| s.run(iters * per_iter, make)))
+        });
+    }
+    g.finish();
+}
+
+/// `vkQueueSubmit` calls and jobs of one batched throughput loop.
+fn batched_submits(sched: &Sched, jobs: u64, make: &dyn Fn() -> VulkanJob) -> (u64, u64) {
+    sched.batching(true, |s| {
+        let before = s.ring.backend().submits();
+        s.run(jobs, make);
+        (jobs, s.ring.backend().submits() - before)
+    })
 }
 
 fn bench_vulkan(c: &mut Criterion) {
@@ -218,23 +332,22 @@ fn bench_vulkan(c: &mut Criterion) {
         }
     };
     let device = dev.name().to_owned();
+    println!("vulkan device: {device}");
     let ring = dev.ring(0, SchedulerConfig::new("bench").credit_limit(64)).expect("ring");
     let entity = Entity::new(&[&ring], Priority::Normal).expect("entity");
-    let sched = Sched { _ring: ring, entity };
+    let sched = Sched { ring, entity };
     let mut native = Native::new(&dev);
-    let (jobs, samples) = if test_mode() { (64, 16) } else { (4000, 1000) };
+    let (jobs, samples) = if test_mode() { (64, 16) } else { (2000, 400) };
 
     // Empty jobs.
     let empty_cb = native.record(&[], |_, _| Ok(()));
     let empty = || VulkanJob::empty();
-    let mut g = c.benchmark_group("vulkan_empty_job");
-    g.throughput(Throughput::Elements(BATCH));
-    g.bench_function("native", |b| b.iter_custom(|iters| native.run(empty_cb, iters * BATCH)));
-    g.bench_function("scheduler", |b| b.iter_custom(|iters| sched.run(iters * BATCH, &empty)));
-    g.finish();
-    let n = (native.run(empty_cb, jobs), native.latency(empty_cb, samples));
-    let s = (sched.run(jobs, &empty), sched.latency(samples, &empty));
-    report("empty job", &device, n, s, jobs);
+    let tp = Throughput::Elements(BATCH);
+    let paths = (&mut native, &sched);
+    criterion_group3(c, "vulkan_empty_job", tp, BATCH, paths, empty_cb, &empty);
+    let paths = measure(&mut native, empty_cb, &sched, &empty, jobs, samples);
+    let submits = batched_submits(&sched, jobs, &empty);
+    report("empty", "empty job", &device, paths, jobs, submits);
 
     // SAXPY over 1 MiB.
     let x = dev.buffer(u64::from(SAXPY_N) * 4).expect("x");
@@ -252,14 +365,12 @@ fn bench_vulkan(c: &mut Criterion) {
         VulkanJob::new(move |ctx, cb| saxpy(ctx, cb, &xj, &yj)).reads(&xs).writes(&ys)
     };
     let (sjobs, ssamples) = if test_mode() { (8, 8) } else { (200, 200) };
-    let mut g = c.benchmark_group("vulkan_saxpy_1mib");
-    g.throughput(Throughput::Bytes(3 * u64::from(SAXPY_N) * 4));
-    g.bench_function("native", |b| b.iter_custom(|iters| native.run(saxpy_cb, iters)));
-    g.bench_function("scheduler", |b| b.iter_custom(|iters| sched.run(iters, &make_saxpy)));
-    g.finish();
-    let n = (native.run(saxpy_cb, sjobs), native.latency(saxpy_cb, ssamples));
-    let s = (sched.run(sjobs, &make_saxpy), sched.latency(ssamples, &make_saxpy));
-    report("saxpy 1 MiB", &device, n, s, sjobs);
+    let tp = Throughput::Bytes(3 * u64::from(SAXPY_N) * 4);
+    let paths = (&mut native, &sched);
+    criterion_group3(c, "vulkan_saxpy_1mib", tp, 1, paths, saxpy_cb, &make_saxpy);
+    let paths = measure(&mut native, saxpy_cb, &sched, &make_saxpy, sjobs, ssamples);
+    let submits = batched_submits(&sched, sjobs, &make_saxpy);
+    report("saxpy", "saxpy 1 MiB", &device, paths, sjobs, submits);
 
     drop((native, sched, make_saxpy, x, y, xn, yn));
     if dev.close(Duration::from_secs(60)).is_err() {
