@@ -1,42 +1,65 @@
-//! Logical devices: selection, creation, the per-device completion thread, teardown; the
+//! Logical devices: selection, creation, the rings' completion threads, teardown; the
 //! [`VulkanDevice`] handle over a device's successive generations (see
 //! [`recovery`](crate::recovery) for device loss and recreation).
 //!
 //! # Generations
 //! A [`VulkanDevice`] is a handle to a *shared device* whose current logical device (a
-//! `DeviceCore`: `VkDevice`, queues, kernels, memory, completion thread) is replaced when it
+//! `DeviceCore`: `VkDevice`, queues, kernels, memory) is replaced when it
 //! is lost, as amdgpu's GPU reset replaces the hardware state behind the same DRM file. Each
 //! core is one *generation* (a process-unique number). The rings' schedulers, entities,
 //! karma and bans, the reset domain, kernel handles and the fault plan survive recreation;
 //! buffers, command buffers and in-flight work belong to their generation and die with it.
 //!
-//! # The completion thread
-//! One thread per core waits on every ring's timeline semaphore at once
-//! (`vkWaitSemaphores` with `WAIT_ANY`, 10 ms timeout) for the next value each busy ring
-//! owes, plus a host-signalled *wake* timeline semaphore that a submission to an idle ring
-//! bumps (so the thread starts watching it at once). On waking it reads each watched ring's
-//! counter and signals that ring's hardware fences up to it, in order, running fence
-//! callbacks inline (the scheduler's completion path: finished fences, dependants, the next
-//! `run_job`): no thread hop on the completion path (a hop costs ~20 µs on our machines). The
-//! loop never allocates: its arrays are preallocated for [`MAX_RINGS`] rings. When a wait or a
-//! counter read reports `VK_ERROR_DEVICE_LOST` it declares the core lost (see
-//! [`recovery`](crate::recovery)) and exits.
+//! # The completion threads
+//! Each ring (one per ring and generation, see [`ring`](crate::ring)) has its own completion
+//! thread. While the ring is busy it blocks in `vkWaitSemaphores` on the ring's timeline
+//! semaphore *alone*, for the next value the ring owes (`completed + 1`; a batch signals
+//! only its last value, which the wait's `>=` covers), with a [`COMPLETION_TIMEOUT`] only to
+//! look at the loss flag again. On waking it reads the counter and signals the ring's
+//! hardware fences up to it, in order, running fence callbacks inline (the scheduler's
+//! completion path: finished fences, dependants, the next `run_job`): no thread hop on the
+//! completion path (a hop costs ~20 µs on our machines). While the ring is idle the thread
+//! parks (`std::thread::park`, no Vulkan call); a submission that takes the ring from idle to
+//! busy unparks it after publishing `submitted` (a futex wake: allocation-free, and an
+//! unpark that comes before the park is not lost). The loop never allocates. When a wait or
+//! a counter read reports `VK_ERROR_DEVICE_LOST` it declares the core lost (see
+//! [`recovery`](crate::recovery)) and exits; so does a thread whose core was declared lost
+//! elsewhere.
+//!
+//! Why one thread per ring rather than one per device waiting on every busy ring at once
+//! (`VK_SEMAPHORE_WAIT_ANY` over the rings' semaphores plus a host-signalled wake semaphore,
+//! as before): mesa's common runtime (lavapipe, and every mesa driver that emulates timeline
+//! semaphores) cannot block on several emulated timelines at once, and *spins*
+//! (`__vk_sync_wait_many` in `src/vulkan/runtime/vk_sync.c`: "there's nothing better we can
+//! do than spin"), which kept the thread on a CPU 59–81 % of the time and took a core from
+//! lavapipe's workers (benches/RESULTS.md). A single-semaphore wait blocks on a condition
+//! variable there and in every driver. One thread watching one busy ring and falling back to
+//! short timeouts when several are busy would delay the other rings' completions by the
+//! timeout and need a wake for a ring that becomes busy during a wait, which a
+//! single-semaphore wait cannot take. Threads cost a stack each (at most [`MAX_RINGS`] per
+//! device) and parked ones no CPU. Completions of different rings now run on different
+//! threads, concurrently, as completions of different devices always did; each ring's stay
+//! in order on its own thread.
 //!
 //! # Teardown
-//! The thread holds neither the core nor a ring while it sleeps (rings weakly, with the
-//! `in_wait` lock that a ring takes before destroying its semaphore). So dropping the last
-//! reference to a core destroys it on the dropping thread: the core stops and wakes the
-//! thread, joins it, releases injected hangs, waits for the device to go idle
-//! (`vkDeviceWaitIdle`: pending work always finishes first; destroying a device with pending
-//! work never returns on lavapipe) and destroys everything. A job whose hardware fence still
-//! has the scheduler's completion callback (its work is running) keeps its ring, and so the
-//! device, alive until it is done; the device is then destroyed on the completion thread.
-//! Call [`VulkanDevice::close`] for a synchronous teardown.
+//! A completion thread holds neither its ring nor the core while it sleeps (the ring weakly,
+//! and only the semaphore handle and a copy of the function table). A ring's drop waits for
+//! its hardware to pass everything submitted, sets the thread's `stop`, wakes it and joins
+//! it before destroying the semaphore (the thread, no longer able to upgrade the ring, holds
+//! no lock and leaves its wait at once), so the thread never waits on a destroyed semaphore;
+//! when the drop runs on the ring's own thread (its last reference went with a completion)
+//! the thread is between two waits and checks `stop` before the next. So dropping the last
+//! reference to a core destroys it on the dropping thread, after every ring (and so every
+//! completion thread) of it is gone: it releases injected hangs, waits for the device to go
+//! idle (`vkDeviceWaitIdle`: pending work always finishes first; destroying a device with
+//! pending work never returns on lavapipe) and destroys everything. A job whose hardware
+//! fence still has the scheduler's completion callback (its work is running) keeps its ring,
+//! and so the device, alive until it is done; the device is then destroyed on that ring's
+//! completion thread. Call [`VulkanDevice::close`] for a synchronous teardown.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::thread::{JoinHandle, ThreadId};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use ash::vk;
@@ -58,11 +81,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The most rings one device can have (the completion thread's arrays are preallocated).
+/// The most rings one device can have (each has its own completion thread).
 pub const MAX_RINGS: usize = 32;
 
-/// How long the completion thread blocks before looking again.
-const COMPLETION_TIMEOUT: Duration = Duration::from_millis(10);
+/// How long a ring's completion thread blocks in one wait before looking again (at the
+/// ring's counter, the loss flag and `stop`). Completions never wait for it: the wait returns
+/// as soon as the semaphore reaches the value.
+pub(crate) const COMPLETION_TIMEOUT: Duration = Duration::from_millis(100);
 
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 static LIVE_DEVICES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -135,16 +160,14 @@ pub(crate) struct DeviceCore {
     /// Scratch buffer of the busy kernel.
     pub(crate) scratch: vk::Buffer,
     scratch_memory: vk::DeviceMemory,
-    /// What the completion thread shares with the device.
-    pub(crate) comp: Arc<Completion>,
+    /// The rings and the loss flag.
+    pub(crate) comp: Completion,
     /// Wakes the shared device's recovery thread when this core is lost.
     pub(crate) notify: Arc<Notify>,
     /// Injected hangs: submissions that wait on host-signalled timeline values.
     pub(crate) injected: Injected,
     /// Nanoseconds one workgroup of the busy kernel (16 rounds) takes (0: not calibrated).
     pub(crate) busy_ns_per_group: AtomicU64,
-    thread: Mutex<Option<JoinHandle<()>>>,
-    thread_id: OnceLock<ThreadId>,
 }
 
 /// The semaphores of injected hangs (`JobFault::Hang` and `HangForever`): a hung job's
@@ -161,44 +184,16 @@ pub(crate) struct Injected {
     released: Mutex<(u64, u64)>,
 }
 
-/// What the completion thread needs, without holding the device: it must not keep the
-/// device alive while it sleeps, so that dropping the last handle of an idle device destroys
-/// it on the dropping thread. The device joins the thread before destroying anything.
+/// The core's rings and its loss flag (what device loss and `wait_idle` go through).
 pub(crate) struct Completion {
-    /// A copy of the device's function table (valid until the device joins the thread).
-    device: ash::Device,
-    /// The host-signalled wake timeline semaphore.
-    wake: vk::Semaphore,
-    /// Its last host-signalled value. The thread reads it here and waits for the next one
-    /// (reading the counter concurrently with host signals crashes the validation layer of
-    /// Debian 12, 1.3.239).
-    wake_value: Mutex<u64>,
     /// The rings, weakly (capacity [`MAX_RINGS`]).
     pub(crate) rings: Mutex<Vec<Weak<RingHw>>>,
     /// Set when the core is lost (a wait or submit reported `VK_ERROR_DEVICE_LOST`, an
-    /// injected loss, or a hang nothing can release).
+    /// injected loss, or a hang nothing can release). The rings' completion threads exit.
     pub(crate) lost: AtomicBool,
-    /// Set by the device's drop: the thread exits.
-    stop: AtomicBool,
-    /// Held by the thread from choosing the semaphores to wait on until the wait returns: a
-    /// ring destroys its semaphore only while holding it, so the thread never waits on a
-    /// destroyed semaphore, and never holds a ring (or the device) while it sleeps.
-    pub(crate) in_wait: Mutex<()>,
 }
 
 impl DeviceCore {
-    /// Host-signals the wake semaphore so the completion thread re-reads its ring list.
-    pub(crate) fn wake(&self) {
-        let mut v = lock(&self.comp.wake_value);
-        *v += 1;
-        let info = vk::SemaphoreSignalInfo::default().semaphore(self.comp.wake).value(*v);
-        // SAFETY: the wake semaphore is a timeline semaphore of this device; values increase
-        // under the mutex. A failure only delays completions to the next 10 ms timeout.
-        if let Err(e) = unsafe { self.device.signal_semaphore(&info) } {
-            tracing::warn!(target: "gpusched_vulkan", ?e, "wake signal failed");
-        }
-    }
-
     /// Whether this core was declared lost.
     pub(crate) fn is_lost(&self) -> bool {
         self.comp.lost.load(Ordering::SeqCst)
@@ -349,22 +344,11 @@ impl DeviceCore {
 
 impl Drop for DeviceCore {
     fn drop(&mut self) {
-        self.comp.stop.store(true, Ordering::SeqCst);
-        if !self.is_lost() {
-            self.wake();
-        }
-        let handle = lock(&self.thread).take();
-        if let Some(h) = handle {
-            if Some(&std::thread::current().id()) != self.thread_id.get() {
-                let _ = h.join();
-            }
-        }
         // Injected hangs would keep `vkDeviceWaitIdle` from returning.
         self.release_injected(true);
         let d = &self.device;
-        // SAFETY: the completion thread no longer uses the device (joined, or this drop runs
-        // on it and it exits on `stop` without touching the device); every ring, buffer and
-        // kernel handle is gone. `vkDeviceWaitIdle` lets pending work finish before anything
+        // SAFETY: every ring (each joined its completion thread, or dropped on it, and it
+        // exits without touching the device), buffer and kernel handle is gone. `vkDeviceWaitIdle` lets pending work finish before anything
         // is destroyed.
         unsafe {
             if let Err(e) = d.device_wait_idle() {
@@ -378,7 +362,6 @@ impl Drop for DeviceCore {
             d.destroy_buffer(self.scratch, None);
             d.free_memory(self.scratch_memory, None);
             self.memory.get_mut().unwrap_or_else(|p| p.into_inner()).destroy(d);
-            d.destroy_semaphore(self.comp.wake, None);
             d.destroy_semaphore(self.injected.hang, None);
             d.destroy_semaphore(self.injected.wedge, None);
             d.destroy_device(None);
@@ -388,66 +371,8 @@ impl Drop for DeviceCore {
     }
 }
 
-fn completion_thread(comp: Arc<Completion>) {
-    let mut sems: Vec<vk::Semaphore> = Vec::with_capacity(MAX_RINGS + 1);
-    let mut values: Vec<u64> = Vec::with_capacity(MAX_RINGS + 1);
-    let mut watched: Vec<Weak<RingHw>> = Vec::with_capacity(MAX_RINGS);
-    let timeout = COMPLETION_TIMEOUT.as_nanos() as u64;
-    loop {
-        if comp.stop.load(Ordering::SeqCst) || comp.lost.load(Ordering::SeqCst) {
-            return;
-        }
-        sems.clear();
-        values.clear();
-        let in_wait = comp.in_wait.lock().unwrap_or_else(|p| p.into_inner());
-        {
-            let rings = comp.rings.lock().unwrap_or_else(|p| p.into_inner());
-            for r in rings.iter().filter_map(Weak::upgrade) {
-                let completed = r.completed.load(Ordering::SeqCst);
-                if r.submitted.load(Ordering::SeqCst) > completed {
-                    sems.push(r.sem);
-                    values.push(completed + 1);
-                    watched.push(Arc::downgrade(&r));
-                }
-            }
-        }
-        let wake_seen = *comp.wake_value.lock().unwrap_or_else(|p| p.into_inner());
-        sems.push(comp.wake);
-        values.push(wake_seen + 1);
-        let info = vk::SemaphoreWaitInfo::default()
-            .flags(vk::SemaphoreWaitFlags::ANY)
-            .semaphores(&sems)
-            .values(&values);
-        // SAFETY: a ring destroys its semaphore only under `in_wait`, which this thread holds
-        // (and held when it saw the ring alive); the device and the wake semaphore are
-        // destroyed only after this thread is joined (or, when the device drops on this
-        // thread, after this iteration, and the loop then exits on `stop`).
-        let r = unsafe { comp.device.wait_semaphores(&info, timeout) };
-        drop(in_wait);
-        let mut lost = false;
-        match r {
-            Ok(()) | Err(vk::Result::TIMEOUT) => {}
-            Err(vk::Result::ERROR_DEVICE_LOST) => lost = true,
-            Err(e) => tracing::warn!(target: "gpusched_vulkan", ?e, "vkWaitSemaphores failed"),
-        }
-        if !lost {
-            // Each upgrade may be the last reference to a ring and the device once dropped:
-            // see `DeviceCore::drop`.
-            lost = watched.iter().filter_map(Weak::upgrade).any(|ring| ring.complete().is_err());
-        }
-        if lost {
-            tracing::error!(target: "gpusched_vulkan", "device lost");
-            match watched.iter().find_map(Weak::upgrade) {
-                Some(r) => r.core.mark_lost(),
-                None => comp.lost.store(true, Ordering::SeqCst),
-            }
-        }
-        watched.clear();
-    }
-}
-
 /// A Vulkan device: its queues as rings ([`ring`](VulkanDevice::ring)), buffers, kernels,
-/// and one completion thread, over successive generations (a lost device is recreated in
+/// and a completion thread per ring, over successive generations (a lost device is recreated in
 /// the background: see [`generation`](VulkanDevice::generation),
 /// [`wait_generation`](VulkanDevice::wait_generation)). Cheap to clone (shared). Each
 /// generation is destroyed when the last handle, ring, buffer and pending job of it are gone.
@@ -610,7 +535,7 @@ impl VulkanDevice {
 
     /// Destroys the device now, on this thread: waits for its work (as
     /// [`wait_idle`](VulkanDevice::wait_idle)), then for the references that the scheduler
-    /// and the completion thread drop asynchronously (finished jobs are freed just after their
+    /// and the completion threads drop asynchronously (finished jobs are freed just after their
     /// fences signal), and drops the last one, with every earlier generation still alive
     /// (each once its hardware has passed everything submitted to it; injected hangs are
     /// released first). Call it after dropping your rings, entities and buffers, before the
@@ -871,7 +796,7 @@ impl VulkanDevice {
 
 impl DeviceCore {
     /// Creates a logical device (one generation) on `physical`, with its kernels (the
-    /// built-in ones; the caller adds user kernels), queues, memory and completion thread.
+    /// built-in ones; the caller adds user kernels), queues and memory.
     pub(crate) fn create(
         inst: Arc<InstanceShared>,
         physical: vk::PhysicalDevice,
@@ -950,17 +875,6 @@ impl DeviceCore {
                 queue: Mutex::new(unsafe { device.get_device_queue(family, i) }),
             })
             .collect();
-        let mut type_info =
-            vk::SemaphoreTypeCreateInfo::default().semaphore_type(vk::SemaphoreType::TIMELINE);
-        let sinfo = vk::SemaphoreCreateInfo::default().push_next(&mut type_info);
-        // SAFETY: valid device; timeline semaphores are enabled.
-        let wake = match unsafe { device.create_semaphore(&sinfo, None) } {
-            Ok(s) => s,
-            Err(c) => {
-                destroy(&device);
-                return Err(map_init("vkCreateSemaphore", c));
-            }
-        };
         // Kernels and the scratch buffer.
         let mut kernels = Vec::new();
         for b in Builtin::ALL {
@@ -971,8 +885,6 @@ impl DeviceCore {
                     for k in &kernels {
                         KernelRaw::destroy(k, &device);
                     }
-                    // SAFETY: unused.
-                    unsafe { device.destroy_semaphore(wake, None) };
                     destroy(&device);
                     return Err(InitError::NoDevice(format!("{name}: built-in kernel {b:?}: {e}")));
                 }
@@ -1003,8 +915,6 @@ impl DeviceCore {
                     k.destroy(&device);
                 }
                 allocator.destroy(&device);
-                // SAFETY: unused.
-                unsafe { device.destroy_semaphore(wake, None) };
                 destroy(&device);
                 return Err(map_init("scratch buffer", c));
             }
@@ -1035,22 +945,16 @@ impl DeviceCore {
                 unsafe {
                     device.destroy_buffer(scratch, None);
                     device.free_memory(scratch_memory, None);
-                    device.destroy_semaphore(wake, None);
                 }
                 destroy(&device);
                 return Err(map_init("vkCreateSemaphore", c));
             }
         };
         let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
-        let comp = Arc::new(Completion {
-            device: device.clone(),
-            wake,
+        let comp = Completion {
             rings: Mutex::new(Vec::with_capacity(MAX_RINGS)),
-            wake_value: Mutex::new(0),
             lost: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            in_wait: Mutex::new(()),
-        });
+        };
         let core = Arc::new(DeviceCore {
             instance: inst,
             device,
@@ -1066,7 +970,7 @@ impl DeviceCore {
             kernels: Mutex::new(kernels),
             scratch,
             scratch_memory,
-            comp: comp.clone(),
+            comp,
             notify,
             injected: Injected {
                 hang,
@@ -1076,20 +980,8 @@ impl DeviceCore {
                 released: Mutex::new((0, 0)),
             },
             busy_ns_per_group: AtomicU64::new(0),
-            thread: Mutex::new(None),
-            thread_id: OnceLock::new(),
         });
         LIVE_DEVICES.fetch_add(1, Ordering::SeqCst);
-        let spawned = std::thread::Builder::new()
-            .name(format!("gpusched-vk{generation}-completion"))
-            .spawn(move || completion_thread(comp));
-        match spawned {
-            Ok(h) => {
-                let _ = core.thread_id.set(h.thread().id());
-                *lock(&core.thread) = Some(h);
-            }
-            Err(e) => panic!("cannot start the vulkan completion thread: {e}"),
-        }
         tracing::info!(target: "gpusched_vulkan", device = %core.name, generation, "device created");
         Ok(core)
     }

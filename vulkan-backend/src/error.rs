@@ -93,8 +93,8 @@ pub enum DeviceError {
         /// The Vulkan call.
         op: &'static str,
     },
-    /// A device has room for a fixed number of rings (the completion thread's arrays are
-    /// preallocated).
+    /// A device has room for a fixed number of rings ([`MAX_RINGS`](crate::MAX_RINGS), each
+    /// with its own completion thread).
     #[error("a device holds at most {0} rings")]
     TooManyRings(usize),
     /// The queue index does not exist in the device's compute queue family.

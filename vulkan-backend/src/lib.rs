@@ -3,13 +3,13 @@
 //!
 //! - A [`VulkanDevice`] is a logical device (loaded at run time with `ash`'s `Entry::load`;
 //!   chosen by [`DeviceSelector`], `GPUSCHED_DEVICE` = an index or a name substring;
-//!   validation with `GPUSCHED_VALIDATION=1`), with one completion thread.
+//!   validation with `GPUSCHED_VALIDATION=1`), with one completion thread per ring.
 //! - Each ring ([`VulkanDevice::ring`]) is a `gpusched::Scheduler<VulkanRing>` over a
 //!   `VkQueue` (rings may share one: lavapipe has a single queue). The hardware fence of job N
 //!   is "the ring's timeline semaphore reached N" (the design wgpu-hal's Vulkan backend uses
 //!   for its own fences), exposed through [`FenceOps`](gpusched::fence::FenceOps): polled with
 //!   `vkGetSemaphoreCounterValue`, waited with `vkWaitSemaphores`, signalled in order by the
-//!   device's completion thread.
+//!   ring's completion thread.
 //! - A [`VulkanJob`] is a recording closure (re-recordable on another device) plus the
 //!   [`Buffer`]s it reads and writes; [`VulkanDevice::submit`] does the implicit
 //!   synchronisation through the buffers' `Resv`s (`drm_sched_job_add_implicit_dependencies`).

@@ -52,14 +52,15 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::thread::{JoinHandle, Thread};
 use std::time::Instant;
 
 use ash::vk;
 use gpusched::fence::{Fence, FenceContext, FenceError, FenceOps, OpsWait, Signaller};
 use gpusched::{Backend, JobInfo, Recovery, TimeoutStatus};
 
-use crate::device::{DeviceCore, MAX_RINGS};
+use crate::device::{DeviceCore, COMPLETION_TIMEOUT, MAX_RINGS};
 use crate::error::{map_device, DeviceError, RecordError};
 use crate::fault::{JobFault, Kind, SubmitFault};
 use crate::job::{Prepared, RecordFn, VulkanJob};
@@ -151,6 +152,11 @@ struct RingState {
     /// Command buffers run but not yet submitted (batching); their values are
     /// `submitted + 1 ..= next_value`. Capacity: reserved with `in_flight`.
     batch: Vec<vk::CommandBuffer>,
+    /// The values the submissions not yet seen complete signal, in order: a batch signals
+    /// only its last job's value. Waits go for one of these (see `RingHw::signal_value`).
+    /// Capacity: reserved with `in_flight`, which always holds the job whose value each
+    /// entry is (so it is never longer); popped with it by `complete`.
+    signals: VecDeque<u64>,
 }
 
 /// A ring's hardware on one device generation: timeline semaphore, command pool, in-flight
@@ -167,6 +173,10 @@ pub(crate) struct RingHw {
     pub(crate) submitted: AtomicU64,
     /// The last value the completion thread saw the semaphore reach.
     pub(crate) completed: AtomicU64,
+    /// What the ring's completion thread shares with it.
+    watch: Arc<Watch>,
+    /// The completion thread, joined by the ring's drop (unless the drop runs on it).
+    thread: Mutex<Option<JoinHandle<()>>>,
     flags: Arc<RingFlags>,
     /// The semaphore value at this ring's last timeout (`u64::MAX`: none yet): a timeout that
     /// finds it unchanged, with work pending, means the hardware made no progress since.
@@ -209,7 +219,13 @@ impl RingHw {
             }
         };
         let cap = credit_limit as usize + 16;
-        Ok(Arc::new(RingHw {
+        let watch = Arc::new(Watch {
+            device: d.clone(),
+            sem,
+            stop: AtomicBool::new(false),
+            thread: OnceLock::new(),
+        });
+        let hw = Arc::new(RingHw {
             core: core.clone(),
             name: name.into(),
             queue,
@@ -220,6 +236,7 @@ impl RingHw {
                 in_flight: VecDeque::with_capacity(cap),
                 prepared: 0,
                 batch: Vec::with_capacity(cap),
+                signals: VecDeque::with_capacity(cap),
             }),
             pool: Mutex::new(CmdPool {
                 pool,
@@ -232,7 +249,33 @@ impl RingHw {
             flags,
             tdr_counter: AtomicU64::new(u64::MAX),
             tdr_stalls: AtomicU32::new(0),
-        }))
+            watch: watch.clone(),
+            thread: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&hw);
+        let spawned = std::thread::Builder::new()
+            .name(format!("gpusched-vk{}-{name}", core.generation))
+            .spawn(move || completion_thread(weak, watch));
+        match spawned {
+            Ok(h) => {
+                let _ = hw.watch.thread.set(h.thread().clone());
+                *lock(&hw.thread) = Some(h);
+                Ok(hw)
+            }
+            // Dropping `hw` destroys its pool and semaphore (nothing was submitted).
+            Err(_) => Err(DeviceError::OutOfMemory {
+                op: "spawning the ring's completion thread",
+                code: vk::Result::ERROR_OUT_OF_HOST_MEMORY,
+            }),
+        }
+    }
+
+    /// Wakes the ring's completion thread: a submission to an idle ring (it parks while the
+    /// ring is idle), or teardown. Allocation-free (a futex wake), no Vulkan call.
+    pub(crate) fn wake(&self) {
+        if let Some(t) = self.watch.thread.get() {
+            t.unpark();
+        }
     }
 
     /// The semaphore's current value (`vkGetSemaphoreCounterValue`).
@@ -256,6 +299,9 @@ impl RingHw {
         loop {
             let done = {
                 let mut st = lock(&self.state);
+                while st.signals.front().is_some_and(|s| *s <= value) {
+                    st.signals.pop_front();
+                }
                 match st.in_flight.front() {
                     Some((v, _)) if *v <= value => st.in_flight.pop_front(),
                     _ => None,
@@ -281,8 +327,19 @@ impl RingHw {
         }
     }
 
+    /// The value the submission that carries job value `value` signals (itself unless a
+    /// batch went past it; `value` if it is not submitted yet). Waits use it rather than
+    /// `value`: the Khronos validation layer of Debian 12 (1.3.239) expects a
+    /// single-semaphore wait to end on a value some submission signals exactly, and otherwise
+    /// blocks 10 s in the wait and reports `UNASSIGNED-VkSemaphore-state-timeout`.
+    pub(crate) fn signal_value(&self, value: u64) -> u64 {
+        let st = lock(&self.state);
+        st.signals.iter().find(|s| **s >= value).copied().unwrap_or(value)
+    }
+
     /// Signals every in-flight fence with `error` (device lost).
     pub(crate) fn fail_all(&self, error: FenceError) {
+        lock(&self.state).signals.clear();
         loop {
             let e = lock(&self.state).in_flight.pop_front();
             match e {
@@ -353,20 +410,98 @@ impl Drop for RingHw {
         );
         if !idle {
             tracing::error!(target: "gpusched_vulkan", ring = %self.name, "ring dropped with work still running: leaking its pool and semaphore");
+            // The thread must still be gone before the device can be destroyed.
+            self.stop_thread();
             return;
         }
-        // The completion thread may be waiting on the semaphore: wake it and wait for the
-        // wait to end. It cannot pick this ring again (its weak reference no longer upgrades).
-        if !self.core.comp.lost.load(Ordering::SeqCst) {
-            self.core.wake();
-        }
-        let _in_wait = lock(&self.core.comp.in_wait);
+        self.stop_thread();
         let pool = lock(&self.pool).pool;
         // SAFETY: all submitted work of this ring is done; freeing the pool frees its buffers;
-        // the completion thread is not waiting on the semaphore (`in_wait` is held).
+        // the completion thread is gone, or this drop runs on it, between two waits, and it
+        // checks `stop` before waiting again (`stop_thread`).
         unsafe {
             d.destroy_command_pool(pool, None);
             d.destroy_semaphore(self.sem, None);
+        }
+    }
+}
+
+impl RingHw {
+    /// Stops the completion thread and joins it (unless this runs on it). Deadlock-free: the
+    /// ring is being dropped, so the thread's weak reference no longer upgrades and it holds
+    /// no lock, runs no callback and takes no lock from here on: it is parked (the wake
+    /// ends that), or in a wait with a timeout ([`COMPLETION_TIMEOUT`]; after `drop`'s wait
+    /// for the hardware to pass everything submitted, it returns at once), and then exits.
+    fn stop_thread(&self) {
+        self.watch.stop.store(true, Ordering::SeqCst);
+        self.wake();
+        let handle = lock(&self.thread).take();
+        if let Some(h) = handle {
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+/// What a ring's completion thread shares with the ring, without holding it: the thread must
+/// not keep the ring (and so the device) alive while it sleeps.
+struct Watch {
+    /// A copy of the device's function table (valid while the ring lives: the ring holds the
+    /// core, and joins the thread before it is destroyed).
+    device: ash::Device,
+    /// The ring's timeline semaphore (destroyed by the ring's drop after `stop`).
+    sem: vk::Semaphore,
+    /// Set by the ring's drop: the thread exits before waiting again.
+    stop: AtomicBool,
+    /// The thread, for `unpark`.
+    thread: OnceLock<Thread>,
+}
+
+/// A ring's completion thread (see [`device`](crate::device), "The completion threads"):
+/// while the ring is busy, a single-semaphore `vkWaitSemaphores` for the next value it owes,
+/// then [`RingHw::complete`] (callbacks inline); while it is idle, parked until a submission
+/// wakes it. Exits when the ring is dropped or its core is lost. Allocation-free.
+fn completion_thread(ring: Weak<RingHw>, watch: Arc<Watch>) {
+    let timeout = COMPLETION_TIMEOUT.as_nanos() as u64;
+    loop {
+        // The next value the ring owes, if it is busy. Dropping `r` may drop the last
+        // reference to the ring (and the core): their drops then run here, between waits.
+        let next = {
+            let Some(r) = ring.upgrade() else { return };
+            if r.core.is_lost() {
+                return;
+            }
+            let completed = r.completed.load(Ordering::SeqCst);
+            (r.submitted.load(Ordering::SeqCst) > completed).then(|| r.signal_value(completed + 1))
+        };
+        if watch.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(value) = next else {
+            // Idle: a submission that makes the ring busy wakes us (`RingHw::wake` after it
+            // published `submitted`; an unpark before the park is not lost).
+            std::thread::park();
+            continue;
+        };
+        let sems = [watch.sem];
+        let values = [value];
+        let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
+        // SAFETY: the ring destroys the semaphore only after setting `stop` and joining this
+        // thread, or, when its drop runs on this thread, before this thread checks `stop`
+        // above; the device outlives the ring. `value` was submitted (the ring is busy).
+        let r = unsafe { watch.device.wait_semaphores(&info, timeout) };
+        let mut lost = false;
+        match r {
+            Ok(()) | Err(vk::Result::TIMEOUT) => {}
+            Err(vk::Result::ERROR_DEVICE_LOST) => lost = true,
+            Err(e) => tracing::warn!(target: "gpusched_vulkan", ?e, "vkWaitSemaphores failed"),
+        }
+        let Some(r) = ring.upgrade() else { return };
+        if lost || r.complete().is_err() {
+            tracing::error!(target: "gpusched_vulkan", ring = %r.name, "device lost");
+            r.core.mark_lost();
+            return;
         }
     }
 }
@@ -393,7 +528,7 @@ impl FenceOps for HwOps {
     }
 
     fn enable_signaling(&self) -> bool {
-        // The completion thread watches every ring with work: nothing to start.
+        // Each ring's completion thread watches it while it has work: nothing to start.
         !self.signaled()
     }
 
@@ -410,7 +545,7 @@ impl FenceOps for HwOps {
             }
         };
         let sems = [r.sem];
-        let values = [v];
+        let values = [r.signal_value(v)];
         let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
         // SAFETY: the semaphore is live while `r` is held.
         match unsafe { r.core.device.wait_semaphores(&info, timeout) } {
@@ -585,10 +720,11 @@ impl RingHw {
         match result {
             Ok(()) => {
                 hw.flags.submits.fetch_add(1, Ordering::Relaxed);
+                st.signals.push_back(last);
                 let prev = hw.submitted.swap(last, Ordering::SeqCst);
                 if prev <= hw.completed.load(Ordering::SeqCst) {
-                    // The ring was idle: the completion thread may not be watching it.
-                    hw.core.wake();
+                    // The ring was idle: its completion thread may be parked.
+                    hw.wake();
                 }
             }
             Err(e) => {
@@ -729,6 +865,7 @@ impl Backend for VulkanRing {
             st.prepared += 1;
             let need = st.prepared;
             st.in_flight.reserve(need);
+            st.signals.reserve(need);
             st.batch.reserve(need);
         }
         job.hw = Some(hw);
@@ -836,6 +973,7 @@ impl Backend for VulkanRing {
             return Err(e.fence_error());
         }
         hw.flags.submits.fetch_add(1, Ordering::Relaxed);
+        st.signals.push_back(value);
         st.next_value = value;
         job.value = value;
         prepared.value.store(value, Ordering::Release);
@@ -844,8 +982,8 @@ impl Backend for VulkanRing {
         drop(st);
         let prev = hw.submitted.swap(value, Ordering::SeqCst);
         if prev <= hw.completed.load(Ordering::SeqCst) {
-            // The ring was idle: the completion thread may not be watching it.
-            hw.core.wake();
+            // The ring was idle: its completion thread may be parked.
+            hw.wake();
         }
         Ok(fence)
     }
