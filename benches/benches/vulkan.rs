@@ -18,21 +18,39 @@
 //! scheduler: push, then wait on the finished fence, which the completion thread signals);
 //! jobs per `vkQueueSubmit` with batching; and, from `/proc/self/task/*/schedstat`, the CPU
 //! time per job of each path's throughput loops, with the device's completion thread apart
-//! (the profile that shows lavapipe's spinning multi-semaphore wait, see benches/RESULTS.md).
+//! (the profile that showed lavapipe's spinning multi-semaphore wait, see benches/RESULTS.md;
+//! the backend now waits on one semaphore per ring).
+//!
+//! Burst (`vulkan_burst`): [`BURST`] empty jobs gated on one host-signalled fence (an
+//! explicit dependency of every job), armed and pushed, then released at once by signalling
+//! the gate: the scheduler hands them to the ring together, which with batching submits them
+//! in one `vkQueueSubmit`. Timed from the gate's signal to the last job's finished fence.
+//! Baselines: the same number of pre-recorded empty command buffers, one `vkQueueSubmit`
+//! each (a1) or all in one (a2), then one wait. Reported: jobs per second (best of 8
+//! interleaved rounds), the ratios, and the jobs per `vkQueueSubmit` of the batched path.
+//!
+//! Device loss (`fault-injection`): on a second logical device, a ring with an injected hang
+//! and 8 jobs queued behind it; `VulkanDevice::lose_device`, then the time to every in-flight
+//! fence signalled `DeviceLost`, to the next generation ready (`wait_generation`), and to the
+//! first job on it done; p50 and max over several losses. Baseline for the generation: a
+//! fresh logical device created (`VulkanDevice::sibling`) and its first job done.
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::time::{Duration, Instant};
 
 use ash::vk;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use gpusched::fence::FenceError;
 use gpusched::{Entity, Priority, Scheduler, SchedulerConfig};
 use gpusched_benches::{metric, ns, percentile, test_mode, thread_cpu, thread_cpu_since};
-use gpusched_vulkan::{Buffer, Builtin, VulkanDevice, VulkanJob, VulkanRing};
+use gpusched_vulkan::{Buffer, Builtin, JobFault, VulkanDevice, VulkanJob, VulkanRing};
 
 /// Jobs per measured iteration.
 const BATCH: u64 = 64;
 /// Floats in the SAXPY vectors (1 MiB each).
 const SAXPY_N: u32 = 1 << 18;
+/// Jobs released by one gate in the burst scenario.
+const BURST: usize = 32;
 
 /// Raw submission on the device's queue 0: a timeline semaphore, a pool, and pre-recorded
 /// command buffers (simultaneous use: one is pending many times at once).
@@ -110,6 +128,40 @@ impl Native {
         self.value
     }
 
+    /// `n` submissions of `cb` in one `vkQueueSubmit` (one `VkSubmitInfo`, the last value).
+    fn submit_all(&mut self, cb: vk::CommandBuffer, n: usize) -> u64 {
+        self.value += 1;
+        let cbs = vec![cb; n];
+        let sems = [self.sem];
+        let values = [self.value];
+        let mut tl = vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&values);
+        let submit = [vk::SubmitInfo::default()
+            .command_buffers(&cbs)
+            .signal_semaphores(&sems)
+            .push_next(&mut tl)];
+        let d = self.dev.ash_device();
+        // SAFETY: as `submit`; simultaneous use also allows one command buffer several times
+        // in one batch.
+        self.dev
+            .with_queue(0, |q| unsafe { d.queue_submit(q, &submit, vk::Fence::null()) })
+            .expect("submit");
+        self.value
+    }
+
+    /// `bursts` bursts of [`BURST`] jobs: one submit each, or all of a burst in one.
+    fn burst(&mut self, cb: vk::CommandBuffer, bursts: usize, one_submit: bool) -> Duration {
+        let start = Instant::now();
+        for _ in 0..bursts {
+            let last = if one_submit {
+                self.submit_all(cb, BURST)
+            } else {
+                (0..BURST).map(|_| self.submit(cb)).last().unwrap_or(0)
+            };
+            self.wait(last);
+        }
+        start.elapsed()
+    }
+
     fn wait(&self, value: u64) {
         let sems = [self.sem];
         let values = [value];
@@ -180,6 +232,29 @@ impl Sched {
                 t.elapsed()
             })
             .collect()
+    }
+
+    /// `bursts` bursts: [`BURST`] empty jobs each depending on a fresh gate fence, armed and
+    /// pushed, then released by signalling the gate; timed from each signal to the last
+    /// job's finished fence.
+    fn burst(&self, gates: &gpusched::fence::FenceContext, bursts: usize) -> Duration {
+        let mut total = Duration::ZERO;
+        for _ in 0..bursts {
+            let (gate, signaller) = gates.next();
+            let fences: Vec<_> = (0..BURST)
+                .map(|_| {
+                    let job = self.entity.job(VulkanJob::empty()).dependency(gate.clone());
+                    job.arm().expect("arm").push()
+                })
+                .collect();
+            let t = Instant::now();
+            signaller.signal();
+            for f in &fences {
+                f.wait_timeout(Duration::from_secs(60)).expect("job");
+            }
+            total += t.elapsed();
+        }
+        total
     }
 
     /// Runs `f` with the ring's batching set to `on`.
@@ -323,6 +398,123 @@ fn batched_submits(sched: &Sched, jobs: u64, make: &dyn Fn() -> VulkanJob) -> (u
     })
 }
 
+/// The burst scenario (see the module docs): criterion, then 8 interleaved rounds.
+fn bench_burst(c: &mut Criterion, native: &mut Native, sched: &Sched, cb: vk::CommandBuffer) {
+    let gates = gpusched::fence::FenceContext::new("bench.gate");
+    let mut g = c.benchmark_group("vulkan_burst");
+    g.throughput(Throughput::Elements(BURST as u64));
+    g.bench_function("native_each", |b| {
+        b.iter_custom(|iters| native.burst(cb, iters as usize, false))
+    });
+    g.bench_function("native_one_submit", |b| {
+        b.iter_custom(|iters| native.burst(cb, iters as usize, true))
+    });
+    for (name, on) in [("scheduler", false), ("scheduler_batched", true)] {
+        sched.batching(on, |s| {
+            g.bench_function(name, |b| b.iter_custom(|iters| s.burst(&gates, iters as usize)))
+        });
+    }
+    g.finish();
+    let bursts = if test_mode() { 2 } else { 50 };
+    let mut best = [Duration::MAX; 4];
+    let mut submits = (0u64, 0u64);
+    for _ in 0..8 {
+        best[0] = best[0].min(native.burst(cb, bursts, false));
+        best[1] = best[1].min(native.burst(cb, bursts, true));
+        best[2] = best[2].min(sched.batching(false, |s| s.burst(&gates, bursts)));
+        let before = sched.ring.backend().submits();
+        best[3] = best[3].min(sched.batching(true, |s| s.burst(&gates, bursts)));
+        submits.0 += (bursts * BURST) as u64;
+        submits.1 += sched.ring.backend().submits() - before;
+    }
+    let rate = |d: Duration| (bursts * BURST) as f64 / d.as_secs_f64();
+    let [each, one, unbatched, batched] = best.map(rate);
+    let per_submit = submits.0 as f64 / submits.1.max(1) as f64;
+    println!(
+        "burst of {BURST} jobs released by one signal: native one submit each (a1) {each:.0} \
+         jobs/s, all in one submit (a2) {one:.0} jobs/s; scheduler, batching off {unbatched:.0} \
+         jobs/s ({:.2}x a1), on {batched:.0} jobs/s ({:.2}x a1, {:.2}x a2, {per_submit:.2} jobs \
+         per vkQueueSubmit)",
+        unbatched / each,
+        batched / each,
+        batched / one,
+    );
+    metric("vulkan.burst.native_each.jobs_per_s", each);
+    metric("vulkan.burst.native_one.jobs_per_s", one);
+    metric("vulkan.burst.scheduler.jobs_per_s", unbatched);
+    metric("vulkan.burst.batched.jobs_per_s", batched);
+    metric("vulkan.burst.batched.jobs_per_submit", per_submit);
+    metric("vulkan.burst.batched_vs_native_each", batched / each);
+    metric("vulkan.burst.batched_vs_native_one", batched / one);
+}
+
+/// Device-loss recovery times (see the module docs), on a sibling of `dev`.
+fn bench_device_loss(dev: &VulkanDevice) {
+    const WATCHDOG: Duration = Duration::from_secs(60);
+    let losses = if test_mode() { 2 } else { 8 };
+    let run_one = |e: &Entity<VulkanRing>| {
+        let f = e.job(VulkanJob::empty()).arm().expect("arm").push();
+        f.wait_timeout(WATCHDOG).expect("a job on the new generation");
+    };
+    // Baseline: a logical device from scratch, then its first job.
+    let mut fresh = Vec::new();
+    for _ in 0..losses {
+        let t = Instant::now();
+        let d = dev.sibling().expect("sibling device");
+        let ring = d.ring(0, SchedulerConfig::new("fresh")).expect("ring");
+        let e = Entity::new(&[&ring], Priority::Normal).expect("entity");
+        run_one(&e);
+        fresh.push(t.elapsed());
+        drop((e, ring));
+        if d.close(WATCHDOG).is_err() {
+            println!("warning: a sibling device was still referenced");
+        }
+    }
+    let d = dev.sibling().expect("sibling device");
+    let ring = d.ring(0, SchedulerConfig::new("loss")).expect("ring");
+    let e = Entity::new(&[&ring], Priority::Normal).expect("entity");
+    run_one(&e);
+    let (mut failed, mut ready, mut first) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..losses {
+        let gen = d.generation();
+        let mut fences =
+            vec![e.job(VulkanJob::empty().inject(JobFault::Hang)).arm().expect("arm").push()];
+        fences.extend((0..8).map(|_| e.job(VulkanJob::empty()).arm().expect("arm").push()));
+        let t = Instant::now();
+        d.lose_device();
+        for f in &fences {
+            let r = f.wait_timeout(WATCHDOG);
+            assert!(
+                matches!(r, Err(gpusched::fence::WaitError::Failed(FenceError::DeviceLost))),
+                "an in-flight job ended {r:?}, not DeviceLost"
+            );
+        }
+        failed.push(t.elapsed());
+        d.wait_generation(gen, WATCHDOG).expect("the next generation");
+        ready.push(t.elapsed());
+        run_one(&e);
+        first.push(t.elapsed());
+    }
+    assert_eq!(d.generations(), losses as u64 + 1);
+    drop((e, ring));
+    if d.close(WATCHDOG).is_err() {
+        println!("warning: the lost device was still referenced");
+    }
+    let mut line = format!("device loss ({losses} losses):");
+    for (key, label, v) in [
+        ("fences_failed", "lose_device -> every in-flight fence DeviceLost", &mut failed),
+        ("generation_ready", "-> next generation ready", &mut ready),
+        ("first_job_done", "-> first job on it done", &mut first),
+        ("fresh_device_first_job", "baseline: new logical device + first job", &mut fresh),
+    ] {
+        let (p50, max) = (percentile(v, 0.5), percentile(v, 1.0));
+        line += &format!(" {label} p50 {p50:?} max {max:?};");
+        metric(&format!("vulkan.loss.{key}.p50_ns"), ns(p50));
+        metric(&format!("vulkan.loss.{key}.max_ns"), ns(max));
+    }
+    println!("{line}");
+}
+
 fn bench_vulkan(c: &mut Criterion) {
     let dev = match VulkanDevice::new() {
         Ok(d) => d,
@@ -349,6 +541,9 @@ fn bench_vulkan(c: &mut Criterion) {
     let submits = batched_submits(&sched, jobs, &empty);
     report("empty", "empty job", &device, paths, jobs, submits);
 
+    // A burst of jobs released by one signal.
+    bench_burst(c, &mut native, &sched, empty_cb);
+
     // SAXPY over 1 MiB.
     let x = dev.buffer(u64::from(SAXPY_N) * 4).expect("x");
     let y = dev.buffer(u64::from(SAXPY_N) * 4).expect("y");
@@ -373,6 +568,7 @@ fn bench_vulkan(c: &mut Criterion) {
     report("saxpy", "saxpy 1 MiB", &device, paths, sjobs, submits);
 
     drop((native, sched, make_saxpy, x, y, xn, yn));
+    bench_device_loss(&dev);
     if dev.close(Duration::from_secs(60)).is_err() {
         println!("warning: the device was still referenced at the end of the bench");
     }
