@@ -301,6 +301,19 @@ def main():
                   f"vulkan.{k}.{path}.p50_ns", target=tgt)
             r.row(f"{name}: latency p99 {tag}/(a)", f"vulkan.{k}.native.p99_ns",
                   f"vulkan.{k}.{path}.p99_ns")
+    r.row("burst of 32 released by one signal: batching off / (a1) one submit each",
+          "vulkan.burst.native_each.jobs_per_s", "vulkan.burst.scheduler.jobs_per_s", unit="/s",
+          crit=("vulkan_burst/scheduler", "vulkan_burst/native_each"))
+    r.row("burst of 32 released by one signal: batching on / (a1) one submit each",
+          "vulkan.burst.native_each.jobs_per_s", "vulkan.burst.batched.jobs_per_s", unit="/s",
+          crit=("vulkan_burst/scheduler_batched", "vulkan_burst/native_each"))
+    r.row("burst of 32 released by one signal: batching on / (a2) all in one submit",
+          "vulkan.burst.native_one.jobs_per_s", "vulkan.burst.batched.jobs_per_s", unit="/s",
+          crit=("vulkan_burst/scheduler_batched", "vulkan_burst/native_one_submit"))
+    bjps = m.get("vulkan.burst.batched.jobs_per_submit")
+    if bjps is not None:
+        r.text(f"Burst batching: {bjps:.2f} jobs per `vkQueueSubmit` (32 jobs released by "
+               "one signal, batching on).")
     jps = m.get("vulkan.empty.batched.jobs_per_submit")
     busy = m.get("vulkan.saxpy.scheduler.completion_thread_busy")
     cpu_n, cpu_s = m.get("vulkan.saxpy.native.cpu_ns_per_job"), m.get(
@@ -333,10 +346,16 @@ def main():
                   f"recovery.t{t}ms.reset_to_running.{q}_ns")
         r.row(f"{t} ms timeout: reset start → innocent done (p50)", None,
               f"recovery.t{t}ms.reset_to_done.p50_ns")
-    r.lines.append(
-        "| Vulkan device-loss recovery | – | pending | – | – | – | pending: needs the "
-        "Vulkan backend's fault injection (branch vkfault) |"
-    )
+    for key, label in [
+        ("fences_failed", "Vulkan device loss: lose_device → every in-flight fence DeviceLost"),
+        ("generation_ready", "Vulkan device loss: lose_device → next generation ready"),
+        ("first_job_done", "Vulkan device loss: lose_device → first job on it done"),
+    ]:
+        # Baseline for the generation rows: a logical device created from scratch and its
+        # first job done (`VulkanDevice::sibling`).
+        base = "vulkan.loss.fresh_device_first_job.p50_ns" if key != "fences_failed" else None
+        r.row(f"{label} (p50)", base, f"vulkan.loss.{key}.p50_ns")
+        r.row(f"{label} (max)", None, f"vulkan.loss.{key}.max_ns")
 
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     head = [
