@@ -138,6 +138,9 @@ impl DeviceConfig {
 /// One `VkQueue`, shared by the rings on it: `vkQueueSubmit` is serialised by the mutex.
 pub(crate) struct QueueSlot {
     pub(crate) queue: Mutex<vk::Queue>,
+    /// Successful `vkQueueSubmit` calls on it, counted under `queue`: each submission's
+    /// sequence number (the rings' timeout handlers compare them, see `ring`, "Timeouts").
+    pub(crate) seq: AtomicU64,
 }
 
 pub(crate) struct DeviceCore {
@@ -873,6 +876,7 @@ impl DeviceCore {
             .map(|i| QueueSlot {
                 // SAFETY: the family and index were created with the device.
                 queue: Mutex::new(unsafe { device.get_device_queue(family, i) }),
+                seq: AtomicU64::new(0),
             })
             .collect();
         // Kernels and the scratch buffer.

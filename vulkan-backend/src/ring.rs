@@ -41,9 +41,17 @@
 //! are still queued on the `VkQueue` with valid command buffers and complete by themselves
 //! once it is released (or finishes, for a slow job), and their hardware fences, reattached
 //! by the restart, retire them. A job slower than `STUCK_AFTER + 1` timeouts is
-//! indistinguishable from a hang and costs a device generation. Rings sharing a `VkQueue`
-//! (lavapipe has one) stall together: a ring whose head waits behind another ring's hung job
-//! may time out first and blame its own (innocent) head.
+//! indistinguishable from a hang and costs a device generation.
+//!
+//! Rings sharing a `VkQueue` (lavapipe has one) stall together. After a reset, the other
+//! rings' timeouts restart at about the moment the hung ring's next job starts its own, so
+//! the ring whose head merely waits behind that job often timed out first and blamed its
+//! innocent head (`gpusched demo --rings 2`: 6–7 timeouts where one ring gives 4). So before
+//! anything else the handler asks whether the guilty job's submission is queued behind an
+//! unfinished earlier submission of another ring on the same `VkQueue` (each `vkQueueSubmit`
+//! gets a per-queue sequence number; each ring keeps those of its unfinished submissions):
+//! then it has not started, and the answer is `NoHang`; the other ring's timeout deals with
+//! the job that holds the queue.
 //!
 //! # Batching and injected faults
 //! A job with an injected hang or submit failure is never batched: `run_job` submits the
@@ -152,11 +160,12 @@ struct RingState {
     /// Command buffers run but not yet submitted (batching); their values are
     /// `submitted + 1 ..= next_value`. Capacity: reserved with `in_flight`.
     batch: Vec<vk::CommandBuffer>,
-    /// The values the submissions not yet seen complete signal, in order: a batch signals
+    /// The values the submissions not yet seen complete signal, in order, with each
+    /// submission's sequence number on its `VkQueue` (`QueueSlot::seq`): a batch signals
     /// only its last job's value. Waits go for one of these (see `RingHw::signal_value`).
     /// Capacity: reserved with `in_flight`, which always holds the job whose value each
     /// entry is (so it is never longer); popped with it by `complete`.
-    signals: VecDeque<u64>,
+    signals: VecDeque<(u64, u64)>,
 }
 
 /// A ring's hardware on one device generation: timeline semaphore, command pool, in-flight
@@ -299,7 +308,7 @@ impl RingHw {
         loop {
             let done = {
                 let mut st = lock(&self.state);
-                while st.signals.front().is_some_and(|s| *s <= value) {
+                while st.signals.front().is_some_and(|s| s.0 <= value) {
                     st.signals.pop_front();
                 }
                 match st.in_flight.front() {
@@ -334,7 +343,39 @@ impl RingHw {
     /// blocks 10 s in the wait and reports `UNASSIGNED-VkSemaphore-state-timeout`.
     pub(crate) fn signal_value(&self, value: u64) -> u64 {
         let st = lock(&self.state);
-        st.signals.iter().find(|s| **s >= value).copied().unwrap_or(value)
+        st.signals.iter().find(|s| s.0 >= value).map_or(value, |s| s.0)
+    }
+
+    /// The queue sequence number of the submission that carries job value `value` (`None`:
+    /// not submitted, or already seen complete).
+    fn queue_seq_of(&self, value: u64) -> Option<u64> {
+        let st = lock(&self.state);
+        st.signals.iter().find(|s| s.0 >= value).map(|s| s.1)
+    }
+
+    /// The queue sequence number of this ring's oldest submission the hardware has not
+    /// finished (`None`: none).
+    fn oldest_unfinished_seq(&self) -> Option<u64> {
+        let done = self.counter().ok()?;
+        let st = lock(&self.state);
+        st.signals.iter().find(|s| s.0 > done).map(|s| s.1)
+    }
+
+    /// Whether the submission carrying job value `value` waits behind an unfinished earlier
+    /// submission of another ring on the same `VkQueue` (it has not started: queues run in
+    /// order and every command buffer starts with a full barrier). Allocation-free.
+    fn behind_another_ring(&self, value: u64) -> bool {
+        let Some(mine) = self.queue_seq_of(value) else { return false };
+        let rings = lock(&self.core.comp.rings);
+        rings.iter().any(|w| {
+            // As in `DeviceCore::mark_lost`: the upgrade is dropped inside the timeout handler,
+            // which is the last reference only if every other holder let go meanwhile.
+            w.upgrade().is_some_and(|r| {
+                !std::ptr::eq(Arc::as_ptr(&r), self)
+                    && r.queue == self.queue
+                    && r.oldest_unfinished_seq().is_some_and(|s| s < mine)
+            })
+        })
     }
 
     /// Signals every in-flight fence with `error` (device lost).
@@ -709,18 +750,20 @@ impl RingHw {
                 .command_buffers(&st.batch)
                 .signal_semaphores(&sems)
                 .push_next(&mut timeline)];
-            let q = lock(&hw.core.queues[hw.queue as usize].queue);
+            let slot = &hw.core.queues[hw.queue as usize];
+            let q = lock(&slot.queue);
             // SAFETY: the queue is externally synchronised by its mutex; the command buffers
             // are executable and not pending; `last` is above every value signalled or
             // pending on the semaphore (values increase under the ring lock).
             unsafe { hw.core.device.queue_submit(*q, &submit, vk::Fence::null()) }
+                .map(|()| slot.seq.fetch_add(1, Ordering::SeqCst) + 1)
                 .map_err(|code| map_device("vkQueueSubmit", code))
         };
         st.batch.clear();
         match result {
-            Ok(()) => {
+            Ok(seq) => {
                 hw.flags.submits.fetch_add(1, Ordering::Relaxed);
-                st.signals.push_back(last);
+                st.signals.push_back((last, seq));
                 let prev = hw.submitted.swap(last, Ordering::SeqCst);
                 if prev <= hw.completed.load(Ordering::SeqCst) {
                     // The ring was idle: its completion thread may be parked.
@@ -956,24 +999,29 @@ impl Backend for VulkanRing {
                     .command_buffers(&cbs)
                     .signal_semaphores(&sems)
                     .push_next(&mut timeline)];
-                let q = lock(&hw.core.queues[hw.queue as usize].queue);
+                let slot = &hw.core.queues[hw.queue as usize];
+                let q = lock(&slot.queue);
                 // SAFETY: the queue is externally synchronised by its mutex; the command
                 // buffer is executable and not pending; `value` is above every value signalled
                 // or pending on the semaphore (values increase under the ring lock); the wait
                 // semaphore is a timeline semaphore of this device.
                 unsafe { hw.core.device.queue_submit(*q, &submit, vk::Fence::null()) }
+                    .map(|()| slot.seq.fetch_add(1, Ordering::SeqCst) + 1)
             }
         };
-        if let Err(code) = result {
-            let e = map_device("vkQueueSubmit", code);
-            drop(st);
-            if e.is_device_lost() {
-                hw.core.mark_lost();
+        let seq = match result {
+            Ok(seq) => seq,
+            Err(code) => {
+                let e = map_device("vkQueueSubmit", code);
+                drop(st);
+                if e.is_device_lost() {
+                    hw.core.mark_lost();
+                }
+                return Err(e.fence_error());
             }
-            return Err(e.fence_error());
-        }
+        };
         hw.flags.submits.fetch_add(1, Ordering::Relaxed);
-        st.signals.push_back(value);
+        st.signals.push_back((value, seq));
         st.next_value = value;
         job.value = value;
         prepared.value.store(value, Ordering::Release);
@@ -1003,11 +1051,19 @@ impl Backend for VulkanRing {
             recovery.start();
             return TimeoutStatus::NoHang;
         }
-        let (hw, hang) =
-            recovery.with_guilty_payload(|j| (j.hw.clone(), j.hang)).unwrap_or((None, None));
+        let (hw, hang, value) = recovery
+            .with_guilty_payload(|j| (j.hw.clone(), j.hang, j.value))
+            .unwrap_or((None, None, 0));
         // The ring the guilty job runs on (reference counts only: no allocation, and never
         // the last reference: the job, the slot or the graveyard holds it).
         let hw = hw.unwrap_or_else(|| lock(&self.slot.current).clone());
+        if value != 0 && hw.behind_another_ring(value) {
+            // Queued behind another ring's unfinished submission on the shared `VkQueue`:
+            // it has not started. That ring's own timeout deals with its job; wait another
+            // timeout.
+            recovery.start();
+            return TimeoutStatus::NoHang;
+        }
         let stalls = match hw.counter() {
             Err(vk::Result::ERROR_DEVICE_LOST) => STUCK_AFTER,
             Ok(c) => {
