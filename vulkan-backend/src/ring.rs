@@ -62,7 +62,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::thread::{JoinHandle, Thread};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ash::vk;
 use gpusched::fence::{Fence, FenceContext, FenceError, FenceOps, OpsWait, Signaller};
@@ -233,6 +233,7 @@ impl RingHw {
             sem,
             stop: AtomicBool::new(false),
             thread: OnceLock::new(),
+            adopted: Mutex::new(Adopted { ring: None, exited: false }),
         });
         let hw = Arc::new(RingHw {
             core: core.clone(),
@@ -468,6 +469,24 @@ impl Drop for RingHw {
 }
 
 impl RingHw {
+    /// Hands the ring to its own completion thread, which keeps it until it holds the last
+    /// reference and then drops it between two waits (the ring's `RingSlot` is gone). So the
+    /// last reference to a ring is never dropped inside a signalling section (a job freed by
+    /// a callback, a fence polled there): `RingHw::drop` waits, joins, and drops the retired
+    /// jobs' buffers, whose `Resv`s may allocate (arc-swap's per-thread debt list on a fresh
+    /// thread does). Allocation-free. A thread that has exited (a lost core) adopts nothing:
+    /// the recovery thread's graveyard holds a lost generation's rings instead.
+    fn adopt(self: &Arc<Self>) {
+        {
+            let mut a = lock(&self.watch.adopted);
+            if a.exited {
+                return;
+            }
+            a.ring = Some(self.clone());
+        }
+        self.wake();
+    }
+
     /// Stops the completion thread and joins it (unless this runs on it). Deadlock-free: the
     /// ring is being dropped, so the thread's weak reference no longer upgrades and it holds
     /// no lock, runs no callback and takes no lock from here on: it is parked (the wake
@@ -497,15 +516,51 @@ struct Watch {
     stop: AtomicBool,
     /// The thread, for `unpark`.
     thread: OnceLock<Thread>,
+    /// The ring, once its `RingSlot` (the scheduler's backend) is gone: see
+    /// [`RingHw::adopt`].
+    adopted: Mutex<Adopted>,
 }
+
+/// A ring held by its own completion thread until every other reference is gone.
+struct Adopted {
+    ring: Option<Arc<RingHw>>,
+    /// The thread has exited (or is exiting): nothing can be adopted any more.
+    exited: bool,
+}
+
+/// How often a completion thread that holds its ring looks whether it holds the last
+/// reference (while the ring is idle).
+const ADOPTED_POLL: Duration = Duration::from_millis(5);
 
 /// A ring's completion thread (see [`device`](crate::device), "The completion threads"):
 /// while the ring is busy, a single-semaphore `vkWaitSemaphores` for the next value it owes,
 /// then [`RingHw::complete`] (callbacks inline); while it is idle, parked until a submission
 /// wakes it. Exits when the ring is dropped or its core is lost. Allocation-free.
 fn completion_thread(ring: Weak<RingHw>, watch: Arc<Watch>) {
+    completion_loop(&ring, &watch);
+    // Exiting: give up an adopted ring (its drop may run here, outside any section).
+    let adopted = {
+        let mut a = lock(&watch.adopted);
+        a.exited = true;
+        a.ring.take()
+    };
+    drop(adopted);
+}
+
+fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
     let timeout = COMPLETION_TIMEOUT.as_nanos() as u64;
     loop {
+        // Holding the last reference to an adopted ring: drop it here (see `RingHw::adopt`);
+        // the next upgrade fails and the thread exits.
+        let last = {
+            let mut a = lock(&watch.adopted);
+            match &a.ring {
+                Some(r) if Arc::strong_count(r) == 1 => a.ring.take(),
+                _ => None,
+            }
+        };
+        let adopted = last.is_none() && lock(&watch.adopted).ring.is_some();
+        drop(last);
         // The next value the ring owes, if it is busy. Dropping `r` may drop the last
         // reference to the ring (and the core): their drops then run here, between waits.
         let next = {
@@ -521,8 +576,13 @@ fn completion_thread(ring: Weak<RingHw>, watch: Arc<Watch>) {
         }
         let Some(value) = next else {
             // Idle: a submission that makes the ring busy wakes us (`RingHw::wake` after it
-            // published `submitted`; an unpark before the park is not lost).
-            std::thread::park();
+            // published `submitted`; an unpark before the park is not lost). Holding the
+            // ring, look again soon whether the other references are gone.
+            if adopted {
+                std::thread::park_timeout(ADOPTED_POLL);
+            } else {
+                std::thread::park();
+            }
             continue;
         };
         let sems = [watch.sem];
@@ -650,8 +710,17 @@ impl RingSlot {
     }
 
     /// Moves the ring to `hw` (a new generation); returns the old one.
+    ///
+    /// (See also `Drop`: the current `RingHw` goes to its completion thread.)
     pub(crate) fn swap(&self, hw: Arc<RingHw>) -> Arc<RingHw> {
         std::mem::replace(&mut *lock(&self.current), hw)
+    }
+}
+
+impl Drop for RingSlot {
+    fn drop(&mut self) {
+        let hw = self.current.get_mut().unwrap_or_else(|p| p.into_inner());
+        hw.adopt();
     }
 }
 

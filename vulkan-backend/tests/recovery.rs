@@ -91,6 +91,49 @@ impl Gate {
 }
 
 #[test]
+fn a_ring_waiting_behind_another_rings_hang_on_the_shared_queue_is_not_blamed() {
+    let _s = serial();
+    let live = live_devices();
+    let Some(dev) = device() else { return };
+    let timeout = Duration::from_millis(150);
+    // Two rings on one `VkQueue` (lavapipe has one queue anyway).
+    let ra = dev.ring(0, SchedulerConfig::new("ra").timeout(timeout)).unwrap();
+    let rb = dev.ring(0, SchedulerConfig::new("rb").timeout(timeout)).unwrap();
+    let guilty = Entity::new(&[&ra], Priority::Normal).unwrap();
+    let innocent = Entity::new(&[&rb], Priority::Normal).unwrap();
+    let gate = Gate::new(&dev);
+    let g = dev.buffer(u64::from(N) * 4).unwrap();
+    let bufs: Vec<_> = (0..3).map(|_| dev.buffer(u64::from(N) * 4).unwrap()).collect();
+    // Ring A's job hangs, and once released still waits for the gate: it holds the queue
+    // long after its own timeout. Ring B's jobs are queued behind it.
+    let hung = VulkanDevice::submit(&guilty, gate.job(&g, 7.0).inject(JobFault::Hang)).unwrap();
+    let fences: Vec<_> = bufs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| VulkanDevice::submit(&innocent, fill_job(b, i as f32 + 1.0, N)).unwrap())
+        .collect();
+    assert_eq!(wait(&hung), failed(FenceError::TimedOut));
+    // Several of ring B's timeouts pass while A's submission still holds the queue: B's head
+    // has not started, and must not be blamed.
+    std::thread::sleep(timeout * 4);
+    assert!(rb.backend().hw_progress() < rb.backend().submitted(), "B ran behind the gate");
+    gate.open();
+    for (i, (f, b)) in fences.iter().zip(&bufs).enumerate() {
+        wait_ok(f);
+        assert_all(b, i as f32 + 1.0);
+    }
+    // Ring B's timeouts were answered "no hang" (counted as TDR runs, not resets).
+    assert!(dev.reset_domain().recoveries() >= 2, "ring B never timed out: the test is void");
+    assert_eq!(dev.fault_stats().hangs, 1);
+    assert_eq!(dev.generations(), 1);
+    assert_no_validation_errors();
+    gate.destroy(&dev);
+    drop((guilty, innocent, ra, rb, g, bufs, fences, hung));
+    close(dev);
+    assert_eq!(live_devices(), live);
+}
+
+#[test]
 fn a_hung_job_times_out_and_the_jobs_behind_it_complete() {
     let _s = serial();
     let live = live_devices();
