@@ -48,7 +48,11 @@
 //! it before destroying the semaphore (the thread, no longer able to upgrade the ring, holds
 //! no lock and leaves its wait at once), so the thread never waits on a destroyed semaphore;
 //! when the drop runs on the ring's own thread (its last reference went with a completion)
-//! the thread is between two waits and checks `stop` before the next. So dropping the last
+//! the thread is between two waits and checks `stop` before the next. Once a ring's
+//! scheduler (its `RingSlot`) is gone, its completion thread holds the ring until every other
+//! reference (jobs still in flight or being freed) is gone and drops it between two waits,
+//! so a ring is never destroyed inside a signalling section (a lost generation's rings are
+//! held by the recovery thread's graveyard instead). So dropping the last
 //! reference to a core destroys it on the dropping thread, after every ring (and so every
 //! completion thread) of it is gone: it releases injected hangs, waits for the device to go
 //! idle (`vkDeviceWaitIdle`: pending work always finishes first; destroying a device with
