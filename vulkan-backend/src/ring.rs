@@ -51,7 +51,9 @@
 //! unfinished earlier submission of another ring on the same `VkQueue` (each `vkQueueSubmit`
 //! gets a per-queue sequence number; each ring keeps those of its unfinished submissions):
 //! then it has not started, and the answer is `NoHang`; the other ring's timeout deals with
-//! the job that holds the queue.
+//! the job that holds the queue. The timeout after such an answer is `NoHang` too (the head
+//! started at most one timeout ago, when the submission ahead finished); the one after that
+//! judges it as usual.
 //!
 //! # Batching and injected faults
 //! A job with an injected hang or submit failure is never batched: `run_job` submits the
@@ -192,6 +194,10 @@ pub(crate) struct RingHw {
     tdr_counter: AtomicU64,
     /// Consecutive timeouts that found no progress.
     tdr_stalls: AtomicU32,
+    /// The last timeout found the head queued behind another ring's submission: the next
+    /// one, if that submission has finished, gives the head a whole timeout (it may have
+    /// just started).
+    tdr_behind: AtomicBool,
 }
 
 /// Consecutive timeouts without hardware progress after which the ring is stuck for good
@@ -259,6 +265,7 @@ impl RingHw {
             flags,
             tdr_counter: AtomicU64::new(u64::MAX),
             tdr_stalls: AtomicU32::new(0),
+            tdr_behind: AtomicBool::new(false),
             watch: watch.clone(),
             thread: Mutex::new(None),
         });
@@ -1130,6 +1137,12 @@ impl Backend for VulkanRing {
             // Queued behind another ring's unfinished submission on the shared `VkQueue`:
             // it has not started. That ring's own timeout deals with its job; wait another
             // timeout.
+            hw.tdr_behind.store(true, Ordering::SeqCst);
+            recovery.start();
+            return TimeoutStatus::NoHang;
+        }
+        if hw.tdr_behind.swap(false, Ordering::SeqCst) {
+            // It was behind at the last timeout: it started at most one timeout ago.
             recovery.start();
             return TimeoutStatus::NoHang;
         }
