@@ -13,8 +13,8 @@
 //!   baseline is a job's push → `run_job` on an idle ring, the normal path to the hardware;
 //! - `reset → innocent done`: handler start → the innocent job's hardware fence signalled.
 //!
-//! Printed as p50/p99 over the rounds. The Vulkan device-loss recovery time needs fault
-//! injection in the Vulkan backend and is not measured here.
+//! Printed as p50/p99 over the rounds. The Vulkan device-loss recovery time is measured by
+//! the `vulkan` bench (it needs a Vulkan device and the backend's `fault-injection`).
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::sync::atomic::{AtomicU64, Ordering};
