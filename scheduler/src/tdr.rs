@@ -304,7 +304,12 @@ impl<B: Backend> Recovery<'_, B> {
     /// [`FenceError::DeviceLost`], later arms fail and later pushes end `DeviceLost`.
     pub fn device_gone(&mut self) {
         self.sched.domain.all_gone();
-        self.stopped = false;
+        if self.stopped {
+            // A stopped ring never selects again: restart it (its pending list is empty now,
+            // and the scheduler is shut, so nothing runs) so that selection cancels the jobs
+            // still queued, in timeline order.
+            self.start();
+        }
     }
 
     /// The standard reset: stop; if the guilty job completed after all, start again and

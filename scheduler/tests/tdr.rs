@@ -89,6 +89,28 @@ fn no_device_loses_every_fence_and_later_pushes_fail() {
     assert!(err.error.is_scheduler_gone(), "{}", err.error);
 }
 
+/// Regression (fault suite, seed 18): a backend that stops the ring before declaring the
+/// device gone (`stop` then `device_gone`, as `MockRing` does) left the scheduler stopped, so
+/// the jobs still queued (here: no credits left for them) were never cancelled and their
+/// fences never signalled.
+#[test]
+fn no_device_after_stop_cancels_queued_jobs() {
+    let s = Scheduler::new(
+        MockRing::immediate(),
+        SchedulerConfig::new("ring").timeout(Duration::from_millis(40)).credit_limit(1),
+    )
+    .unwrap();
+    s.backend().set_timeout_answer(TimeoutStatus::NoDevice);
+    let a = Entity::new(&[&s], Priority::Normal).unwrap();
+    let b = Entity::new(&[&s], Priority::Normal).unwrap();
+    let hung = a.job(MockJob::new(1).behavior(MockBehavior::Hang)).arm().unwrap().push();
+    let queued = b.job(MockJob::new(2)).arm().unwrap().push();
+    assert_eq!(hung.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::DeviceLost)));
+    assert_eq!(queued.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::DeviceLost)));
+    assert_eq!(s.backend().run_tags(), vec![1], "the queued job never reached the ring");
+    assert_eq!(s.stats().queued, 0);
+}
+
 #[test]
 fn reset_interrupts_interruptible_waits_only() {
     let domain = ResetDomain::new("gpu0");
