@@ -331,7 +331,9 @@ pub(crate) fn arm<B: Backend>(b: JobBuilder<'_, B>) -> Result<ArmedJob<B>, ArmEr
             continue;
         }
         match same_sched_owner(&sched, &d) {
-            Some((owner, seqno)) => same.push(SameSchedDep { entity: owner, seqno, finished: d }),
+            Some((owner, seqno, job)) => {
+                same.push(SameSchedDep { entity: owner, seqno, finished: d, job })
+            }
             None => external.push(d),
         }
     }
@@ -350,6 +352,7 @@ pub(crate) fn arm<B: Backend>(b: JobBuilder<'_, B>) -> Result<ArmedJob<B>, ArmEr
         submit_order: AtomicU64::new(0),
         state: AtomicU64::new(state::ARMED),
         recovery_epoch: AtomicU64::new(0),
+        deferred_error: Mutex::new(None),
     });
     {
         let (j, s) = (job.clone(), sched.clone());
@@ -369,16 +372,18 @@ pub(crate) fn arm<B: Backend>(b: JobBuilder<'_, B>) -> Result<ArmedJob<B>, ArmEr
     Ok(ArmedJob { job: Some(job), sched, slot: key })
 }
 
-/// If `fence` is the finished fence of an entity bound to `sched`, that entity and the seqno.
+/// If `fence` is the finished fence of an entity bound to `sched`, that entity, the seqno, and
+/// the job itself if it is queued or on the ring.
+#[allow(clippy::type_complexity)]
 fn same_sched_owner<B: Backend>(
     sched: &Arc<SchedShared<B>>,
     fence: &Fence,
-) -> Option<(Arc<EntityShared<B>>, u64)> {
+) -> Option<(Arc<EntityShared<B>>, u64, Option<Arc<JobInner<B>>>)> {
     let st = lock(&sched.state);
-    st.slots
-        .iter()
-        .find(|(_, s)| s.entity.finished_ctx.id() == fence.context())
-        .map(|(_, s)| (s.entity.clone(), fence.seqno()))
+    let (_, slot) = st.slots.iter().find(|(_, s)| s.entity.finished_ctx.id() == fence.context())?;
+    let job =
+        slot.queue.iter().chain(st.pending.iter()).find(|j| j.finished.ptr_eq(fence)).cloned();
+    Some((slot.entity.clone(), fence.seqno(), job))
 }
 
 /// Flattens composites, keeps the later fence per context (`drm_sched_job_add_dependency`),

@@ -25,6 +25,18 @@ pub(crate) struct SameSchedDep<B: Backend> {
     pub(crate) entity: Arc<EntityShared<B>>,
     pub(crate) seqno: u64,
     pub(crate) finished: Fence,
+    /// The job itself when it was queued or on the ring at arm time: a job that failed but
+    /// signals later, in timeline order (`JobInner::deferred_error`), is already failed for
+    /// its dependants.
+    pub(crate) job: Option<Arc<JobInner<B>>>,
+}
+
+impl<B: Backend> SameSchedDep<B> {
+    /// The dependency's error: its finished fence's, or the one it will signal once its
+    /// entity's previous job has.
+    pub(crate) fn error(&self) -> Option<FenceError> {
+        self.finished.error().or_else(|| self.job.as_ref().and_then(|j| *lock(&j.deferred_error)))
+    }
 }
 
 /// The hardware side of a job. Protected by `JobInner::hw`.
@@ -80,6 +92,12 @@ pub(crate) struct JobInner<B: Backend> {
     pub(crate) state: AtomicU64,
     /// The last recovery pass (`SchedState::recovery_epoch`) that handled this job.
     pub(crate) recovery_epoch: AtomicU64,
+    /// Set when the job must end with this error without (again) reaching the hardware (its
+    /// `run_job` failed, or a same-scheduler dependency failed before its resubmission) while
+    /// its entity's previous job had not signalled: it stays in the pending list, holding its
+    /// credits, until that job signals and retires it (`SchedShared::release_deferred`), so
+    /// the entity's timeline signals in seqno order. Whoever `take`s the error retires it.
+    pub(crate) deferred_error: Mutex<Option<FenceError>>,
 }
 
 /// The head job's readiness.
@@ -106,7 +124,7 @@ impl<B: Backend> JobInner<B> {
             return Readiness::Failed(e);
         }
         for d in self.same_sched.iter() {
-            if let Some(e) = d.finished.error() {
+            if let Some(e) = d.error() {
                 return Readiness::Failed(e);
             }
             let scheduled = d.entity.scheduled_seqno.load(Ordering::Acquire) >= d.seqno;

@@ -122,6 +122,9 @@ pub(crate) struct SchedShared<B: Backend> {
     /// Queued jobs plus credits in flight, for load balancing (approximate).
     pub(crate) load: AtomicUsize,
     pub(crate) counters: Counters,
+    /// Pending jobs with a deferred error (`JobInner::deferred_error`): while zero, retiring
+    /// a job skips the search for a deferred successor.
+    deferred: AtomicUsize,
 }
 
 /// What the pump does next.
@@ -323,11 +326,13 @@ impl<B: Backend> SchedShared<B> {
     fn run(self: &Arc<Self>, job: Arc<JobInner<B>>) {
         let _section = lockdep::signalling_section();
         job.signal_scheduled(None);
-        job.entity.scheduled_seqno.fetch_max(job.info.seqno, Ordering::AcqRel);
         self.counters.run.fetch_add(1, Ordering::Relaxed);
         diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, "run");
         match self.run_payload(&job) {
             Ok(hw) => {
+                // Only now is it on the ring, ahead of anything that depends on it being
+                // scheduled (a failed submission must not satisfy such a dependency).
+                job.entity.scheduled_seqno.fetch_max(job.info.seqno, Ordering::AcqRel);
                 let callback = lock(&job.hw).callback.take();
                 let Some(callback) = callback else {
                     unreachable!("a job's completion callback is boxed at arm and taken once")
@@ -346,7 +351,48 @@ impl<B: Backend> SchedShared<B> {
                     }
                 }
             }
-            Err(e) => self.hw_done(&job, Some(e)),
+            Err(e) => self.fail_in_order(&job, e),
+        }
+    }
+
+    /// Ends a job on the pending list that will not (again) reach the hardware with `error`,
+    /// in its entity's timeline order: now if the entity's previous job has signalled, else
+    /// when it does (`release_deferred`). Allocation-free.
+    fn fail_in_order(self: &Arc<Self>, job: &Arc<JobInner<B>>, error: FenceError) {
+        if !job.prev_signalled() {
+            *lock(&job.deferred_error) = Some(error);
+            self.deferred.fetch_add(1, Ordering::AcqRel);
+            // The previous job may have signalled (and looked for us) just before the error
+            // was stored: recheck. Whoever takes the error retires the job.
+            if !job.prev_signalled() {
+                return;
+            }
+            if lock(&job.deferred_error).take().is_none() {
+                return;
+            }
+            self.deferred.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.hw_done(job, Some(error));
+    }
+
+    /// `job` has signalled its finished fence: retires the deferred job that waited for it
+    /// (its entity's next job), if any, which in turn releases its own successor.
+    fn release_deferred(self: &Arc<Self>, job: &JobInner<B>) {
+        if self.deferred.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let next = {
+            let st = lock(&self.state);
+            st.pending
+                .iter()
+                .find(|j| j.prev_finished.as_ref().is_some_and(|p| p.ptr_eq(&job.finished)))
+                .cloned()
+        };
+        let Some(next) = next else { return };
+        let error = lock(&next.deferred_error).take();
+        if let Some(error) = error {
+            self.deferred.fetch_sub(1, Ordering::AcqRel);
+            self.hw_done(&next, Some(error));
         }
     }
 
@@ -382,6 +428,7 @@ impl<B: Backend> SchedShared<B> {
         job.signal_finished(error);
         job.entity.job_done();
         self.retire_for_free(job);
+        self.release_deferred(job);
         self.pump();
     }
 
@@ -564,7 +611,8 @@ impl<B: Backend> SchedShared<B> {
         while let Some(job) = self.next_in_pass(epoch) {
             // Only jobs detached by `stop_ring` hold their callback; the others completed.
             let detached = lock(&job.hw).callback.is_some();
-            if !detached {
+            if !detached || lock(&job.deferred_error).is_some() {
+                // Completed, or already ending with an error in timeline order.
                 continue;
             }
             if let Some(e) = job.entity.stopped_error() {
@@ -588,6 +636,10 @@ impl<B: Backend> SchedShared<B> {
     pub(crate) fn start_ring(self: &Arc<Self>) {
         let epoch = self.begin_pass();
         while let Some(job) = self.next_in_pass(epoch) {
+            if lock(&job.deferred_error).is_some() {
+                // Ends when its entity's previous job signals, not on the hardware.
+                continue;
+            }
             let retire = {
                 let mut h = lock(&job.hw);
                 match (h.fence.clone(), h.callback.take()) {
@@ -643,6 +695,9 @@ impl<B: Backend> SchedShared<B> {
                 h.callback = f.take_callback(id);
             }
         }
+        if lock(&job.deferred_error).take().is_some() {
+            self.deferred.fetch_sub(1, Ordering::AcqRel);
+        }
         self.load.fetch_sub(job.info.credits as usize, Ordering::Relaxed);
         self.counters.finished_err.fetch_add(1, Ordering::Relaxed);
         diag!(debug, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "force-completed");
@@ -650,6 +705,7 @@ impl<B: Backend> SchedShared<B> {
         job.signal_finished(Some(error));
         job.entity.job_done();
         self.retire_for_free(job);
+        self.release_deferred(job);
     }
 
     /// Force-completes every job on the ring with `error`.
@@ -788,6 +844,7 @@ impl<B: Backend> Scheduler<B> {
             gone: Mutex::new(None),
             load: AtomicUsize::new(0),
             counters: Counters::default(),
+            deferred: AtomicUsize::new(0),
         });
         let target: Arc<dyn TimeoutTarget> = shared.clone();
         domain.register(Arc::downgrade(&target));

@@ -359,6 +359,11 @@ impl<B: Backend> TimeoutTarget for SchedShared<B> {
             }
         };
         let Some(head) = head else { return };
+        if lock(&head.deferred_error).is_some() {
+            // Never on the hardware: it ends when its entity's previous job signals.
+            me.rearm(now);
+            return;
+        }
         // Poll the hardware fence with no lock held: a backend fence (`FenceOps::signaled`)
         // may signal on the spot and run the completion callback, which takes the state lock.
         let hw = lock(&head.hw).fence.clone();
