@@ -2,7 +2,7 @@
 //! writes it from `run_job`, completion and `timedout_job`, inside signalling sections, so
 //! nothing here allocates after [`Ledger::new`]).
 
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 /// A job's computed value from its index and its inputs' values (0 = the input had no value
@@ -36,8 +36,6 @@ pub struct JobLedger {
     pub finished_signals: AtomicU32,
     /// Signals of its scheduled fence.
     pub scheduled_signals: AtomicU32,
-    /// The global tick at which its finished fence signalled (timeline-order check).
-    pub finished_tick: AtomicU64,
     /// The jobs whose values it reads, sorted (its explicit and implicit dependencies), set
     /// when its payload is made, before it is armed.
     pub inputs: OnceLock<Box<[usize]>>,
@@ -47,7 +45,6 @@ pub struct JobLedger {
 #[derive(Debug)]
 pub struct Ledger {
     jobs: Box<[JobLedger]>,
-    tick: AtomicU64,
     /// Backend objects alive (payloads, buffers, rings): worlds count up when they make one
     /// and down when it drops; zero after teardown.
     pub live_objects: AtomicI64,
@@ -58,7 +55,6 @@ impl Ledger {
     pub fn new(jobs: usize) -> Ledger {
         Ledger {
             jobs: (0..jobs).map(|_| JobLedger::default()).collect(),
-            tick: AtomicU64::new(1),
             live_objects: AtomicI64::new(0),
         }
     }
@@ -89,10 +85,7 @@ impl Ledger {
 
     /// Records a finished-fence signal of job `idx` (from a fence callback).
     pub fn finished_signalled(&self, idx: usize) {
-        let t = self.tick.fetch_add(1, Ordering::AcqRel);
-        let j = &self.jobs[idx];
-        j.finished_tick.store(t, Ordering::Release);
-        j.finished_signals.fetch_add(1, Ordering::AcqRel);
+        self.jobs[idx].finished_signals.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Records a scheduled-fence signal of job `idx`.

@@ -223,13 +223,13 @@ impl Scenario {
                 } else if r < 0.06 && stuck < cfg.max_stuck {
                     stuck += 1;
                     Fault::Slow(cfg.timeout * 3)
-                } else if r < 0.10 {
+                } else if r < 0.085 {
                     Fault::FailSubmit
                 } else {
                     Fault::None
                 }
             };
-            let drop_unpushed = !entities[entity].rogue && rng.gen_bool(0.04);
+            let drop_unpushed = !entities[entity].rogue && rng.gen_bool(0.025);
             jobs.push(JobPlan {
                 entity,
                 deps,
