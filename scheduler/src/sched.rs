@@ -31,7 +31,7 @@ use crate::backend::Backend;
 use crate::config::{Policy, Priority, SchedulerConfig};
 use crate::entity::EntityShared;
 use crate::error::SchedError;
-use crate::job::{state, JobInner, Readiness};
+use crate::job::{state, JobInner, Readiness, SameSchedDep};
 use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::tdr::{ResetDomain, TimeoutTarget};
 
@@ -618,6 +618,13 @@ impl<B: Backend> SchedShared<B> {
             if let Some(e) = job.entity.stopped_error() {
                 // A banned or killed entity's jobs are not rerun (`-ECANCELED` in the kernel).
                 self.force_complete(&job, e);
+                continue;
+            }
+            // A dependency on a job of this ring was met when that job was scheduled; if it
+            // failed since (the guilty job, a banned entity's job), this job must not run on
+            // its missing results: it ends with that error, as it would had it not run yet.
+            if let Some(e) = job.same_sched.iter().find_map(SameSchedDep::error) {
+                self.fail_in_order(&job, e);
                 continue;
             }
             match self.run_payload(&job) {

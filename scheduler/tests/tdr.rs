@@ -385,3 +385,24 @@ fn completion_racing_the_timeout_is_never_blamed() {
     eprintln!("race: {} handlers ran, {timed_out} jobs blamed, of {}", entered.len(), jobs.len());
     assert!(!entered.is_empty(), "the timeout should have fired at least once");
 }
+
+/// Regression (fault suite, seeds 5, 8, 12): a job that depended on a job of its own ring
+/// (met once that job was scheduled) was on the ring behind it when that job hung; after the
+/// reset it was resubmitted and ran on the guilty job's missing results, ending `Ok`. Now it
+/// ends with the guilty job's error, and is not rerun.
+#[test]
+fn dependant_on_the_ring_behind_a_guilty_job_fails_instead_of_rerunning() {
+    let s = sched(MockRing::immediate(), 40);
+    let bad = Entity::new(&[&s], Priority::Normal).unwrap();
+    let good = Entity::new(&[&s], Priority::Normal).unwrap();
+    let hung = bad.job(MockJob::new(1).behavior(MockBehavior::Hang)).arm().unwrap().push();
+    let dependant = good.job(MockJob::new(2)).dependency(hung.clone()).arm().unwrap().push();
+    let innocent = good.job(MockJob::new(3)).arm().unwrap().push();
+    assert_eq!(hung.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
+    assert_eq!(dependant.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
+    assert_eq!(innocent.wait_timeout(WATCHDOG), Ok(()));
+    assert!(dependant.timestamp().unwrap() <= innocent.timestamp().unwrap());
+    // 2 ran once (behind the hang), never again; 3 ran before and after the reset.
+    assert_eq!(s.backend().run_tags(), vec![1, 2, 3, 3]);
+    assert_eq!(s.backend().completed_tags(), vec![3]);
+}
