@@ -38,9 +38,6 @@ pub struct Summary {
     pub resets: usize,
     /// Whether the device was lost.
     pub device_lost: bool,
-    /// Jobs that succeeded through the known scheduler bug the oracle still accepts (a
-    /// dependant resubmitted behind a job that failed in a reset; see the oracle's docs).
-    pub known_bug: usize,
 }
 
 /// A failed scenario: its seed, what went wrong, and a dump to debug it.

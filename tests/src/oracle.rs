@@ -57,15 +57,6 @@ pub(crate) struct Observed<'a> {
     pub(crate) device_lost: bool,
 }
 
-/// KNOWN BUG, accepted until the fix on branch `faultsuite-resubmit-dependants` is merged
-/// (it needs `scheduler/tests/model.rs` updated): a job that depended on a job of its own ring
-/// (met once that job was *scheduled*) sits behind it on the ring; when that job fails in a
-/// reset (guilty `TimedOut`, or `Cancelled` as a banned entity's job), the dependant is
-/// resubmitted as innocent and succeeds on its missing results. Accepted only in exactly that
-/// shape (the dependant ran at least twice, the dependency failed `TimedOut` or `Cancelled`)
-/// and counted in [`Summary::known_bug`]. Set to `false` with the fix.
-const ACCEPT_RESUBMITTED_DEPENDANT: bool = true;
-
 /// Most ambiguous inputs whose combinations are enumerated for the value check.
 const MAX_AMBIGUOUS: usize = 10;
 
@@ -169,17 +160,8 @@ pub(crate) fn check(scn: &Scenario, obs: &Observed<'_>, problems: &mut Vec<Strin
                 if plan.drop_unpushed {
                     bad("dropped unpushed, yet succeeded".into());
                 }
-                let known_bug = ACCEPT_RESUBMITTED_DEPENDANT
-                    && runs >= 2
-                    && failed_deps
-                        .iter()
-                        .all(|&(_, x)| matches!(x, FenceError::TimedOut | FenceError::Cancelled));
                 if !failed_deps.is_empty() {
-                    if known_bug {
-                        summary.known_bug += 1;
-                    } else {
-                        bad(format!("succeeded although its dependencies failed: {failed_deps:?}"));
-                    }
+                    bad(format!("succeeded although its dependencies failed: {failed_deps:?}"));
                 }
                 if plan.fault == Fault::Hang || plan.fault == Fault::FailSubmit {
                     bad(format!("succeeded with fault {:?}", plan.fault));
