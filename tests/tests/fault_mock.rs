@@ -125,7 +125,7 @@ fn soak() {
     let first = env_u64("FAULT_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64 & 0xFFFF_FFFF_0000_0000)
+            .map_or(1, |d| d.as_nanos() as u64)
     });
     let start = Instant::now();
     let mut totals = Totals::default();
