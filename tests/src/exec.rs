@@ -38,6 +38,10 @@ pub struct Summary {
     pub resets: usize,
     /// Whether the device was lost.
     pub device_lost: bool,
+    /// Entities banned (stopped `Cancelled` after too many hangs).
+    pub banned: usize,
+    /// Entities killed.
+    pub killed: usize,
 }
 
 /// A failed scenario: its seed, what went wrong, and a dump to debug it.

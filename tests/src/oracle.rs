@@ -198,6 +198,11 @@ pub(crate) fn check(scn: &Scenario, obs: &Observed<'_>, problems: &mut Vec<Strin
     for (e, plan) in scn.entities.iter().enumerate() {
         let blamed = guilty_per_entity[e];
         let stop = obs.stopped[e];
+        match stop {
+            Some(FenceError::Cancelled) => summary.banned += 1,
+            Some(FenceError::Killed) => summary.killed += 1,
+            _ => {}
+        }
         if blamed > scn.hang_limit && stop.is_none() {
             problems.push(format!(
                 "entity {e}: blamed {blamed} times (hang limit {}) but not banned",

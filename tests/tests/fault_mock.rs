@@ -15,7 +15,14 @@
 use std::time::{Duration, Instant};
 
 use gpusched::fence::lockdep::CheckingAllocator;
-use gpusched_tests::{run_scenario, Failure, MockWorld, PlanConfig, Summary};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use gpusched::Scheduler;
+use gpusched_tests::{
+    run_scenario, Failure, Fault, FaultJob, FaultRing, Ledger, MockWorld, PlanConfig, Scenario,
+    Summary, World,
+};
 
 #[global_allocator]
 static ALLOC: CheckingAllocator = CheckingAllocator::new(std::alloc::System);
@@ -44,6 +51,8 @@ struct Totals {
     arm_refused: usize,
     resets: usize,
     device_lost: usize,
+    banned: usize,
+    killed: usize,
 }
 
 impl Totals {
@@ -55,6 +64,8 @@ impl Totals {
         self.arm_refused += s.arm_refused;
         self.resets += s.resets;
         self.device_lost += usize::from(s.device_lost);
+        self.banned += s.banned;
+        self.killed += s.killed;
     }
 }
 
@@ -63,14 +74,16 @@ impl std::fmt::Display for Totals {
         write!(
             f,
             "{} scenarios, {} jobs: {} ok, {} failed, {} arms refused; {} guilty resets; {} \
-             device losses",
+             device losses; {} entities banned, {} killed",
             self.scenarios,
             self.jobs,
             self.ok,
             self.failed,
             self.arm_refused,
             self.resets,
-            self.device_lost
+            self.device_lost,
+            self.banned,
+            self.killed
         )
     }
 }
@@ -113,6 +126,7 @@ fn fixed_seeds() {
     // The suite must exercise what it claims to: over the fixed set, every kind of outcome.
     if seeds.len() >= 100 {
         assert!(totals.resets > 0 && totals.device_lost > 0 && totals.arm_refused > 0, "{totals}");
+        assert!(totals.banned > 0 && totals.killed > 0, "{totals}");
         assert!(totals.ok * 3 > totals.jobs, "too few successes to check results: {totals}");
     }
 }
@@ -141,5 +155,59 @@ fn soak() {
     eprintln!(
         "fault soak (mock): seeds {first}..{seed}: {totals} in {el:.1} s ({:.1} scenarios/s)",
         totals.scenarios as f64 / el
+    );
+}
+
+/// The mock world with its computed results corrupted after the scenario: the oracle must
+/// notice (a suite that cannot fail checks nothing).
+struct Corrupting {
+    inner: MockWorld,
+    ledger: Arc<Ledger>,
+}
+
+impl World for Corrupting {
+    type Backend = FaultRing;
+    const NAME: &'static str = "corrupting mock";
+
+    fn new(scenario: &Scenario, ledger: Arc<Ledger>) -> Result<Self, String> {
+        Ok(Corrupting { inner: MockWorld::new(scenario, ledger.clone())?, ledger })
+    }
+
+    fn schedulers(&self) -> &[Scheduler<FaultRing>] {
+        self.inner.schedulers()
+    }
+
+    fn payload(&self, idx: usize, fault: Fault) -> FaultJob {
+        self.inner.payload(idx, fault)
+    }
+
+    fn lose_device(&self) {
+        self.inner.lose_device();
+    }
+
+    fn collect(&self) -> Result<(), String> {
+        for j in 0..self.ledger.len() {
+            self.ledger.job(j).result.fetch_xor(0x100, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    fn teardown(self) -> Result<(), String> {
+        let Corrupting { inner, ledger } = self;
+        drop(ledger);
+        inner.teardown()
+    }
+}
+
+#[test]
+fn the_oracle_catches_wrong_results() {
+    let cfg = PlanConfig::default();
+    let failure = (0..20)
+        .find_map(|seed| run_scenario::<Corrupting>(seed, &cfg).err())
+        .unwrap_or_else(|| panic!("20 scenarios with corrupted results passed the oracle"));
+    assert!(
+        failure.problems.iter().any(|p| p.contains("computed")),
+        "unexpected problems: {:?}",
+        failure.problems
     );
 }
