@@ -605,7 +605,8 @@ impl<B: Backend> SchedShared<B> {
     }
 
     /// `drm_sched_resubmit_jobs`: runs the unfinished pending jobs again, in ring order (after
-    /// a hardware reset, their old hardware fences are dead: whatever state they show).
+    /// a hardware reset, their old hardware fences are dead: only one that signalled
+    /// successfully says the job finished).
     pub(crate) fn resubmit(self: &Arc<Self>) {
         let epoch = self.begin_pass();
         while let Some(job) = self.next_in_pass(epoch) {
@@ -613,6 +614,17 @@ impl<B: Backend> SchedShared<B> {
             let detached = lock(&job.hw).callback.is_some();
             if !detached || lock(&job.deferred_error).is_some() {
                 // Completed, or already ending with an error in timeline order.
+                continue;
+            }
+            // Its hardware fence signalled successfully after `stop_ring` detached the
+            // callback: the hardware finished it (as `drm_sched_stop` finds a signalled
+            // parent fence). `start_ring` retires it with that result; neither rerun nor
+            // fail it. (A reset's dead fences signal an error, so they do not count.)
+            let completed = lock(&job.hw)
+                .fence
+                .as_ref()
+                .is_some_and(|f| f.is_signaled() && f.error().is_none());
+            if completed {
                 continue;
             }
             if let Some(e) = job.entity.stopped_error() {

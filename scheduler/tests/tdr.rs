@@ -406,3 +406,78 @@ fn dependant_on_the_ring_behind_a_guilty_job_fails_instead_of_rerunning() {
     assert_eq!(s.backend().run_tags(), vec![1, 2, 3, 3]);
     assert_eq!(s.backend().completed_tags(), vec![3]);
 }
+
+/// A ring driven by hand: job `1` hangs; the timeout handler stops the scheduler, then the
+/// hardware completes every other job on the ring (their completions land after the stop
+/// detached the scheduler's callbacks), then the standard reset steps run.
+struct CompletesDuringReset {
+    ctx: gpusched::fence::FenceContext,
+    hw: std::sync::Mutex<Vec<(u64, gpusched::fence::Signaller)>>,
+    runs: std::sync::Mutex<Vec<u64>>,
+}
+
+impl gpusched::Backend for CompletesDuringReset {
+    type Job = u64;
+
+    fn run_job(
+        &self,
+        tag: &mut u64,
+        _info: &gpusched::JobInfo,
+    ) -> Result<gpusched::fence::Fence, FenceError> {
+        let (fence, signaller) = self.ctx.next();
+        self.runs.lock().unwrap().push(*tag);
+        self.hw.lock().unwrap().push((*tag, signaller));
+        Ok(fence)
+    }
+
+    fn timedout_job(&self, r: &mut gpusched::Recovery<'_, Self>) -> TimeoutStatus {
+        r.stop();
+        let done: Vec<_> = {
+            let mut hw = self.hw.lock().unwrap();
+            let (hang, done): (Vec<_>, Vec<_>) = hw.drain(..).partition(|(t, _)| *t == 1);
+            *hw = hang;
+            done
+        };
+        for (_, s) in done {
+            s.signal();
+        }
+        r.blame();
+        r.force_complete_guilty(FenceError::TimedOut);
+        self.hw.lock().unwrap().clear(); // the reset
+        r.resubmit();
+        r.start();
+        TimeoutStatus::Reset
+    }
+}
+
+/// Regression (fault suite, seed 239, a race): jobs that completed on the hardware while the
+/// timeout handler had the scheduler stopped were treated as unfinished by the resubmission:
+/// a killed entity's job was force-completed `Killed` although it had finished (`kill` leaves
+/// jobs on the hardware alone), its dependant then failed with that error, and innocent jobs
+/// ran twice. Now they keep their hardware result and are not rerun.
+#[test]
+fn jobs_completed_during_a_reset_keep_their_hardware_result() {
+    let ring = CompletesDuringReset {
+        ctx: gpusched::fence::FenceContext::new("hand"),
+        hw: std::sync::Mutex::new(Vec::new()),
+        runs: std::sync::Mutex::new(Vec::new()),
+    };
+    let s = Scheduler::new(
+        ring,
+        SchedulerConfig::new("ring").timeout(Duration::from_millis(40)).hang_limit(10),
+    )
+    .unwrap();
+    let guilty = Entity::new(&[&s], Priority::Normal).unwrap();
+    let killed = Entity::new(&[&s], Priority::Normal).unwrap();
+    let other = Entity::new(&[&s], Priority::Normal).unwrap();
+    let hung = guilty.job(1).arm().unwrap().push();
+    let on_hw = killed.job(2).arm().unwrap().push();
+    let dependant = other.job(3).dependency(on_hw.clone()).arm().unwrap().push();
+    let innocent = other.job(4).arm().unwrap().push();
+    killed.kill();
+    assert_eq!(hung.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
+    assert_eq!(on_hw.wait_timeout(WATCHDOG), Ok(()), "it had finished on the hardware");
+    assert_eq!(dependant.wait_timeout(WATCHDOG), Ok(()));
+    assert_eq!(innocent.wait_timeout(WATCHDOG), Ok(()));
+    assert_eq!(*s.backend().runs.lock().unwrap(), vec![1, 2, 3, 4], "nothing rerun");
+}
