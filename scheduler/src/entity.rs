@@ -331,9 +331,7 @@ pub(crate) fn arm<B: Backend>(b: JobBuilder<'_, B>) -> Result<ArmedJob<B>, ArmEr
             continue;
         }
         match same_sched_owner(&sched, &d) {
-            Some((owner, seqno, job)) => {
-                same.push(SameSchedDep { entity: owner, seqno, finished: d, job })
-            }
+            Some((owner, seqno)) => same.push(SameSchedDep { entity: owner, seqno, finished: d }),
             None => external.push(d),
         }
     }
@@ -372,18 +370,16 @@ pub(crate) fn arm<B: Backend>(b: JobBuilder<'_, B>) -> Result<ArmedJob<B>, ArmEr
     Ok(ArmedJob { job: Some(job), sched, slot: key })
 }
 
-/// If `fence` is the finished fence of an entity bound to `sched`, that entity, the seqno, and
-/// the job itself if it is queued or on the ring.
-#[allow(clippy::type_complexity)]
+/// If `fence` is the finished fence of an entity bound to `sched`, that entity and the seqno.
 fn same_sched_owner<B: Backend>(
     sched: &Arc<SchedShared<B>>,
     fence: &Fence,
-) -> Option<(Arc<EntityShared<B>>, u64, Option<Arc<JobInner<B>>>)> {
+) -> Option<(Arc<EntityShared<B>>, u64)> {
     let st = lock(&sched.state);
-    let (_, slot) = st.slots.iter().find(|(_, s)| s.entity.finished_ctx.id() == fence.context())?;
-    let job =
-        slot.queue.iter().chain(st.pending.iter()).find(|j| j.finished.ptr_eq(fence)).cloned();
-    Some((slot.entity.clone(), fence.seqno(), job))
+    st.slots
+        .iter()
+        .find(|(_, s)| s.entity.finished_ctx.id() == fence.context())
+        .map(|(_, s)| (s.entity.clone(), fence.seqno()))
 }
 
 /// Flattens composites, keeps the later fence per context (`drm_sched_job_add_dependency`),

@@ -11,6 +11,7 @@
 //! banned entity, a failed dependency and a shut-down scheduler signal the finished fence with
 //! an error without running the job.
 
+use std::collections::VecDeque;
 use std::fmt;
 
 use gpusched_fence::{Callback, CallbackId, Fence, FenceError, Signaller};
@@ -25,17 +26,18 @@ pub(crate) struct SameSchedDep<B: Backend> {
     pub(crate) entity: Arc<EntityShared<B>>,
     pub(crate) seqno: u64,
     pub(crate) finished: Fence,
-    /// The job itself when it was queued or on the ring at arm time: a job that failed but
-    /// signals later, in timeline order (`JobInner::deferred_error`), is already failed for
-    /// its dependants.
-    pub(crate) job: Option<Arc<JobInner<B>>>,
 }
 
 impl<B: Backend> SameSchedDep<B> {
-    /// The dependency's error: its finished fence's, or the one it will signal once its
-    /// entity's previous job has.
-    pub(crate) fn error(&self) -> Option<FenceError> {
-        self.finished.error().or_else(|| self.job.as_ref().and_then(|j| *lock(&j.deferred_error)))
+    /// The dependency's error: its finished fence's, or, if it is a job of `pending` (the
+    /// scheduler's pending list, given while any job there has a deferred error) that failed
+    /// but signals later in timeline order (`JobInner::deferred_error`), that error: it is
+    /// already failed for its dependants.
+    pub(crate) fn error(&self, pending: Option<&VecDeque<Arc<JobInner<B>>>>) -> Option<FenceError> {
+        self.finished.error().or_else(|| {
+            let job = pending?.iter().find(|j| j.finished.ptr_eq(&self.finished))?;
+            *lock(&job.deferred_error)
+        })
     }
 }
 
@@ -108,7 +110,8 @@ pub(crate) enum Readiness {
 }
 
 impl<B: Backend> JobInner<B> {
-    pub(crate) fn readiness(&self) -> Readiness {
+    /// `pending`: see [`SameSchedDep::error`].
+    pub(crate) fn readiness(&self, pending: Option<&VecDeque<Arc<JobInner<B>>>>) -> Readiness {
         if self.state.load(Ordering::Acquire) == state::DROPPED {
             return Readiness::Failed(FenceError::Cancelled);
         }
@@ -124,7 +127,7 @@ impl<B: Backend> JobInner<B> {
             return Readiness::Failed(e);
         }
         for d in self.same_sched.iter() {
-            if let Some(e) = d.error() {
+            if let Some(e) = d.error(pending) {
                 return Readiness::Failed(e);
             }
             let scheduled = d.entity.scheduled_seqno.load(Ordering::Acquire) >= d.seqno;

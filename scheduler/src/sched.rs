@@ -31,7 +31,7 @@ use crate::backend::Backend;
 use crate::config::{Policy, Priority, SchedulerConfig};
 use crate::entity::EntityShared;
 use crate::error::SchedError;
-use crate::job::{state, JobInner, Readiness, SameSchedDep};
+use crate::job::{state, JobInner, Readiness};
 use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::tdr::{ResetDomain, TimeoutTarget};
 
@@ -196,6 +196,9 @@ impl<B: Backend> SchedShared<B> {
         if st.stopped {
             return Step::Idle;
         }
+        // Same-ring dependencies may have failed without signalling yet (a deferred error):
+        // readiness then looks them up on the pending list.
+        let deferred_in = (self.deferred.load(Ordering::Acquire) > 0).then_some(&st.pending);
         if st.shut {
             // Shut down or device gone: nothing runs any more; queued jobs end with the
             // scheduler's error, each after its entity's previous job (timeline order).
@@ -205,7 +208,7 @@ impl<B: Backend> SchedShared<B> {
                 if ready {
                     if let Some(job) = slot.queue.pop_front() {
                         self.load.fetch_sub(1, Ordering::Relaxed);
-                        let e = match job.readiness() {
+                        let e = match job.readiness(deferred_in) {
                             Readiness::Failed(FenceError::Cancelled) => FenceError::Cancelled,
                             _ => error,
                         };
@@ -232,7 +235,7 @@ impl<B: Backend> SchedShared<B> {
                 let key = st.order[p][idx];
                 let slot = &st.slots[key];
                 let Some(head) = slot.queue.front() else { continue };
-                match head.readiness() {
+                match head.readiness(deferred_in) {
                     Readiness::Blocked => continue,
                     Readiness::Failed(_) if !head.prev_signalled() => {
                         // Ends without running, but not before the entity's previous job
@@ -635,7 +638,11 @@ impl<B: Backend> SchedShared<B> {
             // A dependency on a job of this ring was met when that job was scheduled; if it
             // failed since (the guilty job, a banned entity's job), this job must not run on
             // its missing results: it ends with that error, as it would had it not run yet.
-            if let Some(e) = job.same_sched.iter().find_map(SameSchedDep::error) {
+            let dep_error = {
+                let st = lock(&self.state);
+                job.same_sched.iter().find_map(|d| d.error(Some(&st.pending)))
+            };
+            if let Some(e) = dep_error {
                 self.fail_in_order(&job, e);
                 continue;
             }

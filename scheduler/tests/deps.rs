@@ -317,8 +317,12 @@ fn failed_submission_signals_in_timeline_order_and_fails_dependants() {
     let e = Entity::new(&[&s], Priority::Normal).unwrap();
     let other = Entity::new(&[&s], Priority::Normal).unwrap();
     let first = e.job(job(1)).arm().unwrap().push();
-    let failing = e.job(job(2)).arm().unwrap().push();
-    let dependant = other.job(job(3)).dependency(failing.clone()).arm().unwrap().push();
+    // The dependant is armed before the job it depends on is pushed (its fence may be
+    // published from arm on): the scheduler cannot find that job at arm time.
+    let failing = e.job(job(2)).arm().unwrap();
+    let dependant = other.job(job(3)).dependency(failing.finished().clone()).arm().unwrap();
+    let failing = failing.push();
+    let dependant = dependant.push();
     wait_until("the first job on the ring", || s.backend().ring.in_flight() == 1);
     std::thread::sleep(std::time::Duration::from_millis(20));
     assert!(!failing.is_signaled(), "signalled before the entity's previous job");
