@@ -481,3 +481,26 @@ fn jobs_completed_during_a_reset_keep_their_hardware_result() {
     assert_eq!(innocent.wait_timeout(WATCHDOG), Ok(()));
     assert_eq!(*s.backend().runs.lock().unwrap(), vec![1, 2, 3, 4], "nothing rerun");
 }
+
+/// Regression (fault suite under load, seed 747): the resubmission fails a job whose
+/// same-ring dependency was the guilty one, after its entity's previous job (deferred); a
+/// dependant of that job armed before it was pushed must see the failure too, not rerun.
+#[test]
+fn deferred_failure_in_a_reset_fails_dependants_armed_before_the_push() {
+    let s = sched(MockRing::immediate(), 40);
+    let g = Entity::new(&[&s], Priority::Normal).unwrap();
+    let e = Entity::new(&[&s], Priority::Normal).unwrap();
+    let f = Entity::new(&[&s], Priority::Normal).unwrap();
+    let hung = g.job(MockJob::new(1).behavior(MockBehavior::Hang)).arm().unwrap().push();
+    let prev = e.job(MockJob::new(2)).arm().unwrap().push();
+    let failing = e.job(MockJob::new(3)).dependency(hung.clone()).arm().unwrap();
+    let dependant = f.job(MockJob::new(4)).dependency(failing.finished().clone()).arm().unwrap();
+    let failing = failing.push();
+    let dependant = dependant.push();
+    assert_eq!(hung.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
+    assert_eq!(prev.wait_timeout(WATCHDOG), Ok(()));
+    assert_eq!(failing.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
+    assert_eq!(dependant.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
+    assert!(prev.timestamp().unwrap() <= failing.timestamp().unwrap());
+    assert_eq!(s.backend().completed_tags(), vec![2], "only the innocent job completes");
+}
