@@ -131,7 +131,10 @@ impl<B: Backend> JobInner<B> {
                 return Readiness::Failed(e);
             }
             let scheduled = d.entity.scheduled_seqno.load(Ordering::Acquire) >= d.seqno;
-            if !scheduled && !d.finished.is_signaled() {
+            // While any job of its entity is failing in timeline order (a deferred error), a
+            // scheduled job may be that one: wait for its finished fence instead.
+            let failing = d.entity.deferred_jobs.load(Ordering::Acquire) != 0;
+            if (!scheduled || failing) && !d.finished.is_signaled() {
                 return Readiness::Blocked;
             }
         }

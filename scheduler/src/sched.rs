@@ -362,20 +362,38 @@ impl<B: Backend> SchedShared<B> {
     /// in its entity's timeline order: now if the entity's previous job has signalled, else
     /// when it does (`release_deferred`). Allocation-free.
     fn fail_in_order(self: &Arc<Self>, job: &Arc<JobInner<B>>, error: FenceError) {
-        if !job.prev_signalled() {
-            *lock(&job.deferred_error) = Some(error);
-            self.deferred.fetch_add(1, Ordering::AcqRel);
-            // The previous job may have signalled (and looked for us) just before the error
-            // was stored: recheck. Whoever takes the error retires the job.
-            if !job.prev_signalled() {
-                return;
-            }
-            if lock(&job.deferred_error).take().is_none() {
-                return;
-            }
-            self.deferred.fetch_sub(1, Ordering::AcqRel);
+        if job.prev_signalled() {
+            self.hw_done(job, Some(error));
+            return;
         }
-        self.hw_done(job, Some(error));
+        // Counted before the error is visible, so that a same-ring dependant never sees the
+        // job as merely scheduled while it is failing (`JobInner::readiness`).
+        job.entity.deferred_jobs.fetch_add(1, Ordering::AcqRel);
+        self.deferred.fetch_add(1, Ordering::AcqRel);
+        *lock(&job.deferred_error) = Some(error);
+        // The previous job may have signalled (and looked for us) just before the error was
+        // stored: recheck.
+        if job.prev_signalled() {
+            self.retire_deferred(job, error);
+        }
+    }
+
+    /// Retires a deferred job; the caller that really retired it (`hw_done` retires once)
+    /// clears its deferred state, after its finished fence signalled: until then its
+    /// dependants must keep seeing it as failing.
+    fn retire_deferred(self: &Arc<Self>, job: &Arc<JobInner<B>>, error: FenceError) {
+        if self.hw_done(job, Some(error)) {
+            self.clear_deferred(job);
+        }
+    }
+
+    /// Clears a job's deferred error once its finished fence has signalled; the one that
+    /// clears it uncounts it.
+    fn clear_deferred(&self, job: &JobInner<B>) {
+        if lock(&job.deferred_error).take().is_some() {
+            self.deferred.fetch_sub(1, Ordering::AcqRel);
+            job.entity.deferred_jobs.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// `job` has signalled its finished fence: retires the deferred job that waited for it
@@ -392,21 +410,25 @@ impl<B: Backend> SchedShared<B> {
                 .cloned()
         };
         let Some(next) = next else { return };
-        let error = lock(&next.deferred_error).take();
+        let error = *lock(&next.deferred_error);
         if let Some(error) = error {
-            self.deferred.fetch_sub(1, Ordering::AcqRel);
-            self.hw_done(&next, Some(error));
+            self.retire_deferred(&next, error);
         }
     }
 
     /// The hardware fence of `job` signalled (or `run_job` failed): retire it
-    /// (`drm_sched_job_done`). Inside a signalling section; allocation-free.
-    pub(crate) fn hw_done(self: &Arc<Self>, job: &Arc<JobInner<B>>, error: Option<FenceError>) {
+    /// (`drm_sched_job_done`). Inside a signalling section; allocation-free. Returns whether
+    /// this call retired it (`false`: it was already retired).
+    pub(crate) fn hw_done(
+        self: &Arc<Self>,
+        job: &Arc<JobInner<B>>,
+        error: Option<FenceError>,
+    ) -> bool {
         {
             let mut st = lock(&self.state);
             let Some(pos) = st.pending.iter().position(|j| Arc::ptr_eq(j, job)) else {
                 // Already retired (force-completed by a reset).
-                return;
+                return false;
             };
             st.pending.remove(pos);
             st.credits_used -= job.info.credits;
@@ -433,6 +455,7 @@ impl<B: Backend> SchedShared<B> {
         self.retire_for_free(job);
         self.release_deferred(job);
         self.pump();
+        true
     }
 
     /// Queues a finished job for `free_job`, which the pump calls. Allocation-free: when the
@@ -721,14 +744,12 @@ impl<B: Backend> SchedShared<B> {
                 h.callback = f.take_callback(id);
             }
         }
-        if lock(&job.deferred_error).take().is_some() {
-            self.deferred.fetch_sub(1, Ordering::AcqRel);
-        }
         self.load.fetch_sub(job.info.credits as usize, Ordering::Relaxed);
         self.counters.finished_err.fetch_add(1, Ordering::Relaxed);
         diag!(debug, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "force-completed");
         job.entity.count_outcome(Some(error));
         job.signal_finished(Some(error));
+        self.clear_deferred(job);
         job.entity.job_done();
         self.retire_for_free(job);
         self.release_deferred(job);
