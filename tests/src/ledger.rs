@@ -2,7 +2,7 @@
 //! writes it from `run_job`, completion and `timedout_job`, inside signalling sections, so
 //! nothing here allocates after [`Ledger::new`]).
 
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 /// A job's computed value from its index and its inputs' values (0 = the input had no value
@@ -32,6 +32,8 @@ pub struct JobLedger {
     pub guilty: AtomicU32,
     /// The value the hardware computed (0: never executed to completion).
     pub result: AtomicU32,
+    /// Ledger ticks of its `run_job` calls (first, last) and of its execution (diagnostics).
+    pub run_ticks: [AtomicU64; 3],
     /// Signals of its finished fence (counted by a callback).
     pub finished_signals: AtomicU32,
     /// Signals of its scheduled fence.
@@ -45,6 +47,8 @@ pub struct JobLedger {
 #[derive(Debug)]
 pub struct Ledger {
     jobs: Box<[JobLedger]>,
+    /// A global event counter for the diagnostics ticks.
+    pub tick: AtomicU64,
     /// Backend objects alive (payloads, buffers, rings): worlds count up when they make one
     /// and down when it drops; zero after teardown.
     pub live_objects: AtomicI64,
@@ -55,6 +59,7 @@ impl Ledger {
     pub fn new(jobs: usize) -> Ledger {
         Ledger {
             jobs: (0..jobs).map(|_| JobLedger::default()).collect(),
+            tick: AtomicU64::new(1),
             live_objects: AtomicI64::new(0),
         }
     }
@@ -80,7 +85,18 @@ impl Ledger {
         let inputs = self.jobs[idx].inputs.get().map_or(&[][..], |b| &b[..]);
         let v = job_value(idx, inputs.iter().map(|&d| self.jobs[d].result.load(Ordering::Acquire)));
         self.jobs[idx].result.store(v, Ordering::Release);
+        let t = self.tick.fetch_add(1, Ordering::AcqRel);
+        self.jobs[idx].run_ticks[2].store(t, Ordering::Release);
         v
+    }
+
+    /// Records a `run_job` call of job `idx` (diagnostics ticks).
+    pub fn ran(&self, idx: usize) {
+        let t = self.tick.fetch_add(1, Ordering::AcqRel);
+        let j = &self.jobs[idx];
+        let _ = j.run_ticks[0].compare_exchange(0, t, Ordering::AcqRel, Ordering::Acquire);
+        j.run_ticks[1].store(t, Ordering::Release);
+        j.runs.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Records a finished-fence signal of job `idx` (from a fence callback).

@@ -190,7 +190,7 @@ impl Backend for FaultRing {
 
     fn run_job(&self, job: &mut FaultJob, _info: &JobInfo) -> Result<Fence, FenceError> {
         let ledger = &self.shared.device.ledger;
-        ledger.job(job.idx).runs.fetch_add(1, Ordering::AcqRel);
+        ledger.ran(job.idx);
         if self.shared.device.lost.load(Ordering::Acquire) {
             return Err(FenceError::DeviceLost);
         }
@@ -246,6 +246,9 @@ impl Backend for FaultRing {
         }
         let ledger = &self.shared.device.ledger;
         ledger.job(idx).guilty.fetch_add(1, Ordering::AcqRel);
+        // Diagnostics: when the reset happened (a guilty job never executes).
+        let t = ledger.tick.fetch_add(1, Ordering::AcqRel);
+        ledger.job(idx).run_ticks[2].store(t, Ordering::Release);
         let status = recovery.standard_reset(|| {
             self.reset_hw();
             true

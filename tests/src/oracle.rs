@@ -299,7 +299,7 @@ pub(crate) fn dump(scn: &Scenario, records: &[Record], ledger: &Ledger) -> Strin
         let _ = writeln!(
             s,
             "  job {j} (entity {}): {} seqno {:?} inputs {:?} prepared {} runs {} cancelled {} \
-             freed {} guilty {} result {:#010x} signals {}/{}",
+             freed {} guilty {} result {:#010x} signals {}/{} ticks {:?}",
             scn.jobs[j].entity,
             match (&r.arm_error, r.finished.as_ref().map(outcome)) {
                 (Some(e), _) => format!("arm refused `{e}`"),
@@ -318,6 +318,7 @@ pub(crate) fn dump(scn: &Scenario, records: &[Record], ledger: &Ledger) -> Strin
             l.result.load(Ordering::Acquire),
             l.scheduled_signals.load(Ordering::Acquire),
             l.finished_signals.load(Ordering::Acquire),
+            l.run_ticks.iter().map(|t| t.load(Ordering::Acquire)).collect::<Vec<_>>(),
         );
     }
     s
