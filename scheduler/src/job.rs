@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 
-use gpusched_fence::{Callback, CallbackId, Fence, FenceError, Signaller};
+use gpusched_fence::{Callback, CallbackId, Fence, FenceError, FenceStatus, Signaller};
 
 use crate::backend::{Backend, JobInfo};
 use crate::entity::EntityShared;
@@ -34,10 +34,16 @@ impl<B: Backend> SameSchedDep<B> {
     /// but signals later in timeline order (`JobInner::deferred_error`), that error: it is
     /// already failed for its dependants.
     pub(crate) fn error(&self, pending: Option<&VecDeque<Arc<JobInner<B>>>>) -> Option<FenceError> {
-        self.finished.error().or_else(|| {
-            let job = pending?.iter().find(|j| j.finished.ptr_eq(&self.finished))?;
-            *lock(&job.deferred_error)
-        })
+        self.finished.error().or_else(|| self.deferred_error(pending))
+    }
+
+    /// The deferred error of the dependency, if it is a job of `pending` with one.
+    pub(crate) fn deferred_error(
+        &self,
+        pending: Option<&VecDeque<Arc<JobInner<B>>>>,
+    ) -> Option<FenceError> {
+        let job = pending?.iter().find(|j| j.finished.ptr_eq(&self.finished))?;
+        *lock(&job.deferred_error)
     }
 }
 
@@ -127,14 +133,21 @@ impl<B: Backend> JobInner<B> {
             return Readiness::Failed(e);
         }
         for d in self.same_sched.iter() {
-            if let Some(e) = d.error(pending) {
+            // One read of the fence: it may signal (with an error) while we look, and a
+            // second read could then see it signalled but not the error.
+            match d.finished.status() {
+                FenceStatus::Failed(e) => return Readiness::Failed(e),
+                FenceStatus::Signaled => continue,
+                FenceStatus::Pending => {}
+            }
+            if let Some(e) = d.deferred_error(pending) {
                 return Readiness::Failed(e);
             }
             let scheduled = d.entity.scheduled_seqno.load(Ordering::Acquire) >= d.seqno;
             // While any job of its entity is failing in timeline order (a deferred error), a
             // scheduled job may be that one: wait for its finished fence instead.
             let failing = d.entity.deferred_jobs.load(Ordering::Acquire) != 0;
-            if (!scheduled || failing) && !d.finished.is_signaled() {
+            if !scheduled || failing {
                 return Readiness::Blocked;
             }
         }
