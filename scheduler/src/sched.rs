@@ -175,8 +175,16 @@ impl<B: Backend> SchedShared<B> {
     }
 
     fn drain(self: &Arc<Self>) {
+        // The run lock is held for each step, and from a job's `run_job` on until the flush
+        // that hands it to the hardware, so a TDR stop (which takes it) never sees a job that
+        // a batching backend has taken but not yet submitted. Between steps of a drain that
+        // ran nothing it is released, so a long run of frees or cancels cannot starve the TDR.
+        let mut batch_open = None;
         loop {
-            let _running = lock(&self.run_lock);
+            let (running, ran) = match batch_open.take() {
+                Some(guard) => (guard, true),
+                None => (lock(&self.run_lock), false),
+            };
             let step = {
                 let mut st = lock(&self.state);
                 match st.to_free.pop_front() {
@@ -186,15 +194,23 @@ impl<B: Backend> SchedShared<B> {
             };
             match step {
                 Step::Idle => {
-                    // Hand a batched backend its batch (still holding the run lock, so a TDR
-                    // stop never sees jobs the hardware has not been given).
+                    // Hand a batched backend its batch (still holding the run lock).
                     let _section = lockdep::signalling_section();
                     self.backend.flush();
+                    drop(running);
                     return;
                 }
                 Step::Free(job) => self.free(&job),
                 Step::Cancel(job, e) => self.cancel(&job, e),
-                Step::Run(job) => self.run(job),
+                Step::Run(job) => {
+                    self.run(job);
+                    batch_open = Some(running);
+                    continue;
+                }
+            }
+            // A job ran earlier in this drain: keep the lock until its flush.
+            if ran {
+                batch_open = Some(running);
             }
         }
     }
