@@ -200,6 +200,23 @@ pub(crate) struct Completion {
     pub(crate) lost: AtomicBool,
 }
 
+impl Completion {
+    /// The live rings, upgraded into a stack array (allocation-free) under `rings`, which is
+    /// released on return: callers use and drop them with no lock held (dropping one may be
+    /// the last reference, and `RingHw::drop` waits). At most [`MAX_RINGS`]: a core can have
+    /// more live rings only briefly (rings whose scheduler is gone, held by their completion
+    /// threads until their last jobs are freed), and each ring's completion thread fails its
+    /// ring's fences itself when it sees the core lost.
+    pub(crate) fn snapshot(&self) -> [Option<Arc<RingHw>>; MAX_RINGS] {
+        let mut out = [const { None }; MAX_RINGS];
+        let rings = lock(&self.rings);
+        for (o, r) in out.iter_mut().zip(rings.iter().filter_map(Weak::upgrade)) {
+            *o = Some(r);
+        }
+        out
+    }
+}
+
 impl DeviceCore {
     /// Whether this core was declared lost.
     pub(crate) fn is_lost(&self) -> bool {
@@ -210,14 +227,18 @@ impl DeviceCore {
     /// (jobs prepared on it and not yet submitted fail `DeviceLost` in `run_job`), and the
     /// recovery thread is woken to create the next generation. Allocation-free (it may run in
     /// the timeout handler or a `run_job`, inside a signalling section). Idempotent.
+    ///
+    /// `comp.rings` is held only to take the rings (into a stack array): the fences are
+    /// failed, their callbacks run, and the references are dropped after it is released, so
+    /// no callback runs under it (a callback that reaches `comp.rings`, e.g. a timeout
+    /// handler asking `behind_another_ring`, or a ring's drop, cannot deadlock on it).
     pub(crate) fn mark_lost(&self) {
         self.comp.lost.store(true, Ordering::SeqCst);
-        {
-            let rings = lock(&self.comp.rings);
-            for r in rings.iter().filter_map(Weak::upgrade) {
-                r.fail_all(FenceError::DeviceLost);
-            }
+        let rings = self.comp.snapshot();
+        for r in rings.iter().flatten() {
+            r.fail_all(FenceError::DeviceLost);
         }
+        drop(rings);
         self.notify.loss();
     }
 

@@ -374,15 +374,13 @@ impl RingHw {
     /// order and every command buffer starts with a full barrier). Allocation-free.
     fn behind_another_ring(&self, value: u64) -> bool {
         let Some(mine) = self.queue_seq_of(value) else { return false };
-        let rings = lock(&self.core.comp.rings);
-        rings.iter().any(|w| {
-            // As in `DeviceCore::mark_lost`: the upgrade is dropped inside the timeout handler,
-            // which is the last reference only if every other holder let go meanwhile.
-            w.upgrade().is_some_and(|r| {
-                !std::ptr::eq(Arc::as_ptr(&r), self)
-                    && r.queue == self.queue
-                    && r.oldest_unfinished_seq().is_some_and(|s| s < mine)
-            })
+        // Taken under `comp.rings`, looked at and dropped after it is released (see
+        // `DeviceCore::mark_lost`).
+        let rings = self.core.comp.snapshot();
+        rings.iter().flatten().any(|r| {
+            !std::ptr::eq(Arc::as_ptr(r), self)
+                && r.queue == self.queue
+                && r.oldest_unfinished_seq().is_some_and(|s| s < mine)
         })
     }
 
@@ -573,6 +571,9 @@ fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
         let next = {
             let Some(r) = ring.upgrade() else { return };
             if r.core.is_lost() {
+                // `mark_lost` failed this ring's fences, unless the core had more live rings
+                // than it takes at once (`Completion::snapshot`): this covers those.
+                r.fail_all(FenceError::DeviceLost);
                 return;
             }
             let completed = r.completed.load(Ordering::SeqCst);
