@@ -155,12 +155,17 @@ pub(crate) struct RingFlags {
 struct RingState {
     /// The last timeline value submitted.
     next_value: u64,
-    /// Submitted jobs not yet signalled, in value order. Capacity: credit limit + prepared.
-    in_flight: VecDeque<(u64, Signaller)>,
+    /// Published hardware fences not yet signalled, in value (seqno) order. Capacity: credit
+    /// limit + prepared. Only the ring's drainer pops it (see [`RingHw::drain`]).
+    in_flight: VecDeque<InFlight>,
+    /// A thread is signalling this ring's fences ([`RingHw::drain`]): fences of one ring
+    /// signal one at a time, in value order, whoever completes or fails them.
+    draining: bool,
     /// Jobs prepared and not yet run or freed (room reserved for them).
     prepared: usize,
-    /// Command buffers run but not yet submitted (batching); their values are
-    /// `submitted + 1 ..= next_value`. Capacity: reserved with `in_flight`.
+    /// Command buffers run but not yet submitted (batching); their values are the last
+    /// `batch.len()` values up to `next_value`, and theirs are the last `batch.len()` entries
+    /// of `in_flight`. Capacity: reserved with `in_flight`.
     batch: Vec<vk::CommandBuffer>,
     /// The values the submissions not yet seen complete signal, in order, with each
     /// submission's sequence number on its `VkQueue` (`QueueSlot::seq`): a batch signals
@@ -168,6 +173,15 @@ struct RingState {
     /// Capacity: reserved with `in_flight`, which always holds the job whose value each
     /// entry is (so it is never longer); popped with it by `complete`.
     signals: VecDeque<(u64, u64)>,
+}
+
+/// A published hardware fence: its value (and seqno), its signaller, and the error it ends
+/// with if its submission failed or the device was lost (`None`: it signals once the
+/// semaphore reaches `value`).
+struct InFlight {
+    value: u64,
+    signaller: Signaller,
+    error: Option<FenceError>,
 }
 
 /// A ring's hardware on one device generation: timeline semaphore, command pool, in-flight
@@ -250,6 +264,7 @@ impl RingHw {
             state: Mutex::new(RingState {
                 next_value: 0,
                 in_flight: VecDeque::with_capacity(cap),
+                draining: false,
                 prepared: 0,
                 batch: Vec::with_capacity(cap),
                 signals: VecDeque::with_capacity(cap),
@@ -312,25 +327,46 @@ impl RingHw {
                 return Ok(());
             }
         };
+        // Before taking the lock: a drainer that reads `completed` under it afterwards sees
+        // the new value (see `drain`).
         self.completed.fetch_max(value, Ordering::SeqCst);
+        let mut st = lock(&self.state);
+        while st.signals.front().is_some_and(|s| s.0 <= value) {
+            st.signals.pop_front();
+        }
+        self.drain(st);
+        Ok(())
+    }
+
+    /// Signals the fences at the front of `in_flight` that are done (the semaphore passed
+    /// them, by `completed`) or failed, one at a time, in value order, outside the lock
+    /// (callbacks run here: the scheduler's completion, dependants, the next `run_job`). One
+    /// drainer per ring: a caller that finds another thread (or an outer frame of its own:
+    /// a callback that fails a batch) draining leaves its update (`completed`, an entry's
+    /// error) to it, which sees it when it next takes the lock; the drainer clears
+    /// `draining` under the lock in the same critical section where it finds nothing left,
+    /// so no update is missed. Allocation-free, no wait.
+    fn drain<'a>(&'a self, mut st: MutexGuard<'a, RingState>) {
+        if st.draining {
+            return;
+        }
+        st.draining = true;
         loop {
-            let done = {
-                let mut st = lock(&self.state);
-                while st.signals.front().is_some_and(|s| s.0 <= value) {
-                    st.signals.pop_front();
-                }
-                match st.in_flight.front() {
-                    Some((v, _)) if *v <= value => st.in_flight.pop_front(),
-                    _ => None,
-                }
+            let done = self.completed.load(Ordering::SeqCst);
+            let next = match st.in_flight.front() {
+                Some(f) if f.error.is_some() || f.value <= done => st.in_flight.pop_front(),
+                _ => None,
             };
-            match done {
-                // Callbacks run here: the scheduler's completion, dependants, next run_job.
-                Some((_, s)) => {
-                    s.signal();
-                }
-                None => return Ok(()),
-            }
+            let Some(f) = next else {
+                st.draining = false;
+                return;
+            };
+            drop(st);
+            match f.error {
+                Some(e) => f.signaller.signal_error(e),
+                None => f.signaller.signal(),
+            };
+            st = lock(&self.state);
         }
     }
 
@@ -384,18 +420,16 @@ impl RingHw {
         })
     }
 
-    /// Signals every in-flight fence with `error` (device lost).
+    /// Signals every in-flight fence the semaphore has not passed with `error` (device
+    /// lost), in value order, through the ring's drainer (see `drain`). Allocation-free.
     pub(crate) fn fail_all(&self, error: FenceError) {
-        lock(&self.state).signals.clear();
-        loop {
-            let e = lock(&self.state).in_flight.pop_front();
-            match e {
-                Some((_, s)) => {
-                    s.signal_error(error);
-                }
-                None => return,
-            }
+        let mut st = lock(&self.state);
+        st.signals.clear();
+        let done = self.completed.load(Ordering::SeqCst);
+        for f in st.in_flight.iter_mut().filter(|f| f.value > done) {
+            f.error.get_or_insert(error);
         }
+        self.drain(st);
     }
 
     /// A command buffer ready for recording: a recycled one whose value the semaphore has
@@ -815,7 +849,6 @@ impl RingHw {
             return;
         }
         let last = st.next_value;
-        let first_unsubmitted = hw.submitted.load(Ordering::SeqCst);
         let result = if hw.core.is_lost() {
             Err(DeviceError::DeviceLost { op: "vkQueueSubmit" })
         } else {
@@ -836,6 +869,7 @@ impl RingHw {
                 .map(|()| slot.seq.fetch_add(1, Ordering::SeqCst) + 1)
                 .map_err(|code| map_device("vkQueueSubmit", code))
         };
+        let batched = st.batch.len();
         st.batch.clear();
         match result {
             Ok(seq) => {
@@ -848,26 +882,21 @@ impl RingHw {
                 }
             }
             Err(e) => {
-                // The batch never reached the hardware: its fences end with the error, one
-                // at a time and outside the lock (their callbacks re-enter the scheduler).
-                // The semaphore never reaches these values: rewind so later jobs reuse them.
-                st.next_value = first_unsubmitted;
+                // The batch never reached the hardware: its fences (the last `batched`
+                // entries) end with the error, in value order, after the fences before them
+                // (the ring's drainer signals them outside the lock: their callbacks re-enter
+                // the scheduler). Their values are not reused (a later submission signals a
+                // higher value, which timeline waits cover), so seqnos stay unique.
                 let error = e.fence_error();
-                drop(guard);
+                for f in st.in_flight.iter_mut().rev().take(batched) {
+                    f.error.get_or_insert(error);
+                }
                 if e.is_device_lost() {
+                    drop(guard);
                     hw.core.mark_lost();
+                    guard = lock(&hw.state);
                 }
-                loop {
-                    let entry = {
-                        let mut st = lock(&hw.state);
-                        match st.in_flight.back() {
-                            Some((v, _)) if *v > first_unsubmitted => st.in_flight.pop_back(),
-                            _ => None,
-                        }
-                    };
-                    let Some((_, signaller)) = entry else { break };
-                    signaller.signal_error(error);
-                }
+                hw.drain(guard);
             }
         }
     }
@@ -1027,7 +1056,7 @@ impl Backend for VulkanRing {
             job.value = value;
             prepared.value.store(value, Ordering::Release);
             let (fence, signaller) = prepared.hw.init(value);
-            st.in_flight.push_back((value, signaller));
+            st.in_flight.push_back(InFlight { value, signaller, error: None });
             return Ok(fence);
         }
         if !st.batch.is_empty() {
@@ -1103,7 +1132,7 @@ impl Backend for VulkanRing {
         job.value = value;
         prepared.value.store(value, Ordering::Release);
         let (fence, signaller) = prepared.hw.init(value);
-        st.in_flight.push_back((value, signaller));
+        st.in_flight.push_back(InFlight { value, signaller, error: None });
         drop(st);
         let prev = hw.submitted.swap(value, Ordering::SeqCst);
         if prev <= hw.completed.load(Ordering::SeqCst) {
