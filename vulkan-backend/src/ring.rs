@@ -490,9 +490,18 @@ impl Drop for RingHw {
             Ok(()) | Err(vk::Result::ERROR_DEVICE_LOST)
         );
         if !idle {
-            tracing::error!(target: "gpusched_vulkan", ring = %self.name, "ring dropped with work still running: leaking its pool and semaphore");
+            tracing::error!(target: "gpusched_vulkan", ring = %self.name, "ring dropped with work still running: leaking its pool, semaphore, retired buffers and device");
             // The thread must still be gone before the device can be destroyed.
             self.stop_thread();
+            // Leak everything the hardware may still use: the retired jobs' buffers (their
+            // memory would go back to the allocator and be reused under the running work)
+            // and the core (its drop waits for the device to idle, which never happens on a
+            // hang, and destroys kernels and memory in use). The in-flight fences are not
+            // leaked: they hold no hardware resource, and dropping them ends them
+            // `Abandoned` (their jobs were force-completed already), so nothing waits forever.
+            let retired = std::mem::take(&mut lock(&self.pool).retired);
+            std::mem::forget(retired);
+            std::mem::forget(self.core.clone());
             return;
         }
         self.stop_thread();
