@@ -390,6 +390,13 @@ impl RingHw {
         st.signals.iter().find(|s| s.0 >= value).map_or(value, |s| s.0)
     }
 
+    /// The value the submission that carries job value `value` signals, if one does (`None`:
+    /// not submitted yet, its submission failed, or already seen complete).
+    fn submitted_signal_value(&self, value: u64) -> Option<u64> {
+        let st = lock(&self.state);
+        st.signals.iter().find(|s| s.0 >= value).map(|s| s.0)
+    }
+
     /// The queue sequence number of the submission that carries job value `value` (`None`:
     /// not submitted, or already seen complete).
     fn queue_seq_of(&self, value: u64) -> Option<u64> {
@@ -684,30 +691,47 @@ impl FenceOps for HwOps {
         !self.signaled()
     }
 
+    /// Waits in slices of at most [`HW_WAIT_SLICE`], looking at the loss flag between them:
+    /// a device loss fails the fence (`fail_all`) without the semaphore ever reaching its
+    /// value, and an untimed wait must then end (the generic wait sees the failed fence)
+    /// rather than stay blocked in the driver until teardown. A value no submission carries
+    /// (batched and not flushed yet, or its submission failed) goes to the generic wait too.
     fn wait(&self, deadline: Option<Instant>) -> OpsWait {
         let v = self.value.load(Ordering::Acquire);
         let Some(r) = self.ring.upgrade() else { return OpsWait::Unsupported };
         if v == 0 {
             return OpsWait::Unsupported;
         }
-        let timeout = match deadline {
-            None => u64::MAX,
-            Some(d) => {
-                d.saturating_duration_since(Instant::now()).as_nanos().min(u64::MAX as u128) as u64
-            }
-        };
+        let Some(target) = r.submitted_signal_value(v) else { return OpsWait::Unsupported };
         let sems = [r.sem];
-        let values = [r.signal_value(v)];
+        let values = [target];
         let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
-        // SAFETY: the semaphore is live while `r` is held.
-        match unsafe { r.core.device.wait_semaphores(&info, timeout) } {
-            Ok(()) => OpsWait::Signaled,
-            Err(vk::Result::TIMEOUT) => OpsWait::TimedOut,
-            // Device lost or another failure: the completion thread signals the error.
-            Err(_) => OpsWait::Unsupported,
+        loop {
+            if r.core.is_lost() {
+                return OpsWait::Unsupported;
+            }
+            let slice = match deadline {
+                None => HW_WAIT_SLICE,
+                Some(d) => d.saturating_duration_since(Instant::now()).min(HW_WAIT_SLICE),
+            };
+            // SAFETY: the semaphore is live while `r` is held.
+            match unsafe { r.core.device.wait_semaphores(&info, slice.as_nanos() as u64) } {
+                Ok(()) => return OpsWait::Signaled,
+                Err(vk::Result::TIMEOUT) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return OpsWait::TimedOut;
+                    }
+                }
+                // Device lost or another failure: the completion thread signals the error.
+                Err(_) => return OpsWait::Unsupported,
+            }
         }
     }
 }
+
+/// The longest single `vkWaitSemaphores` of a hardware fence's wait ([`HwOps`]), between two
+/// looks at the loss flag.
+const HW_WAIT_SLICE: Duration = Duration::from_millis(10);
 
 /// A ring across device generations: its current `RingHw`, swapped to one on the new core
 /// by the recovery thread. What the scheduler's backend holds.
