@@ -280,7 +280,7 @@ impl DeviceCore {
         // signalled (callers hold `released`). A lost device may refuse: nothing waits then.
         if let Err(e) = unsafe { self.device.signal_semaphore(&info) } {
             if e != vk::Result::ERROR_DEVICE_LOST {
-                tracing::warn!(target: "gpusched_vulkan", ?e, "releasing an injected hang failed");
+                diag!(warn, target: "gpusched_vulkan", ?e, "releasing an injected hang failed");
             }
         }
     }

@@ -372,7 +372,7 @@ impl DeviceShared {
             if r.passed() {
                 drop(r);
             } else {
-                tracing::error!(target: "gpusched_vulkan", device = %self.name, generation = r.core.generation, "a lost device generation never finished its work: leaking it (destroying it would never return)");
+                diag!(error, target: "gpusched_vulkan", device = %self.name, generation = r.core.generation, "a lost device generation never finished its work: leaking it (destroying it would never return)");
                 std::mem::forget(r);
             }
         }

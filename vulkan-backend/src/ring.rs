@@ -323,7 +323,7 @@ impl RingHw {
             Ok(v) => v,
             Err(vk::Result::ERROR_DEVICE_LOST) => return Err(()),
             Err(e) => {
-                tracing::warn!(target: "gpusched_vulkan", ring = %self.name, ?e, "counter read failed");
+                diag!(warn, target: "gpusched_vulkan", ring = %self.name, ?e, "counter read failed");
                 return Ok(());
             }
         };
@@ -497,7 +497,7 @@ impl Drop for RingHw {
             Ok(()) | Err(vk::Result::ERROR_DEVICE_LOST)
         );
         if !idle {
-            tracing::error!(target: "gpusched_vulkan", ring = %self.name, "ring dropped with work still running: leaking its pool, semaphore, retired buffers and device");
+            diag!(error, target: "gpusched_vulkan", ring = %self.name, "ring dropped with work still running: leaking its pool, semaphore, retired buffers and device");
             // The thread must still be gone before the device can be destroyed.
             self.stop_thread();
             // Leak everything the hardware may still use: the retired jobs' buffers (their
@@ -654,11 +654,11 @@ fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
         match r {
             Ok(()) | Err(vk::Result::TIMEOUT) => {}
             Err(vk::Result::ERROR_DEVICE_LOST) => lost = true,
-            Err(e) => tracing::warn!(target: "gpusched_vulkan", ?e, "vkWaitSemaphores failed"),
+            Err(e) => diag!(warn, target: "gpusched_vulkan", ?e, "vkWaitSemaphores failed"),
         }
         let Some(r) = ring.upgrade() else { return };
         if lost || r.complete().is_err() {
-            tracing::error!(target: "gpusched_vulkan", ring = %r.name, "device lost");
+            diag!(error, target: "gpusched_vulkan", ring = %r.name, "device lost");
             r.core.mark_lost();
             return;
         }
