@@ -295,8 +295,10 @@ impl DeviceCore {
     /// Measures the busy kernel on the idle queue: one warm-up dispatch, then the median of
     /// three timed ones (host time from submit to fence, so it includes the submission
     /// latency: negligible at milliseconds). Keeps a default (lavapipe on our 2-core VMs) on
-    /// failure. Shared machines make it noisy (±50% seen): the timeout handler tolerates a
-    /// slow job up to three timeouts.
+    /// failure. Shared machines make it noisy (±50% seen), so a `Slow` job meant to run
+    /// just under the timeout may overrun it: the timeout handler blames a job still running
+    /// at its first timeout (`TimedOut`); only a ring that then makes no progress across
+    /// more timeouts (`STUCK_AFTER`) is declared lost.
     #[cfg(feature = "fault-injection")]
     pub(crate) fn calibrate_busy(&self) {
         const DEFAULT_NS: u64 = 50_000;
@@ -626,6 +628,11 @@ impl VulkanDevice {
     /// Runs `f` with queue `queue_index` of the compute family (current generation) locked
     /// (`vkQueueSubmit` must be externally synchronised; the rings on that queue take the
     /// same lock).
+    ///
+    /// `f` must only use the queue and return: the rings on that queue cannot submit while it
+    /// runs, so submitting a job (or anything that makes a ring submit) inside it deadlocks,
+    /// and so does waiting for a fence of a ring on that queue whose job is not submitted
+    /// yet (it never will be until `f` returns).
     ///
     /// # Panics
     /// If the queue does not exist (misuse; see [`queue_count`](VulkanDevice::queue_count)).
