@@ -593,25 +593,42 @@ const ADOPTED_POLL: Duration = Duration::from_millis(5);
 /// wakes it. Exits when the ring is dropped or its core is lost. Allocation-free.
 fn completion_thread(ring: Weak<RingHw>, watch: Arc<Watch>) {
     completion_loop(&ring, &watch);
-    // Exiting: give up an adopted ring (its drop may run here, outside any section).
-    let adopted = {
+    // Exiting (its core is lost): nothing can be adopted any more. An adopted ring is still
+    // held until every other reference is gone (jobs being freed after the loss failed them,
+    // a temporary upgrade by a fence's `signaled` or `mark_lost`), then dropped here, outside
+    // any signalling section.
+    let mut adopted = {
         let mut a = lock(&watch.adopted);
         a.exited = true;
         a.ring.take()
     };
-    drop(adopted);
+    while let Some(r) = adopted.take() {
+        match Arc::try_unwrap(r) {
+            Ok(hw) => drop(hw),
+            Err(r) => {
+                adopted = Some(r);
+                std::thread::sleep(ADOPTED_POLL);
+            }
+        }
+    }
 }
 
 fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
     let timeout = COMPLETION_TIMEOUT.as_nanos() as u64;
     loop {
         // Holding the last reference to an adopted ring: drop it here (see `RingHw::adopt`);
-        // the next upgrade fails and the thread exits.
+        // the next upgrade fails and the thread exits. `Arc::try_unwrap` takes it
+        // atomically: a weak reference upgraded at the same moment (a fence's `signaled`,
+        // `mark_lost`) either keeps it adopted or fails, and never becomes the last one.
         let last = {
             let mut a = lock(&watch.adopted);
-            match &a.ring {
-                Some(r) if Arc::strong_count(r) == 1 => a.ring.take(),
-                _ => None,
+            match a.ring.take().map(Arc::try_unwrap) {
+                Some(Ok(hw)) => Some(hw),
+                Some(Err(r)) => {
+                    a.ring = Some(r);
+                    None
+                }
+                None => None,
             }
         };
         let adopted = last.is_none() && lock(&watch.adopted).ring.is_some();
