@@ -182,6 +182,21 @@ struct InFlight {
     value: u64,
     signaller: Signaller,
     error: Option<FenceError>,
+    /// The value the fence's [`HwOps`] polls, shared with it: set to 0 (never signalled by
+    /// the hardware) when the fence is marked failed, so that the semaphore reaching `value`
+    /// later (a failed batch's values are passed by the next submission) cannot make it
+    /// report success.
+    ops_value: Arc<AtomicU64>,
+}
+
+impl InFlight {
+    /// Marks the fence failed with `error` (unless it is already).
+    fn fail(&mut self, error: FenceError) {
+        if self.error.is_none() {
+            self.error = Some(error);
+            self.ops_value.store(0, Ordering::Release);
+        }
+    }
 }
 
 /// A ring's hardware on one device generation: timeline semaphore, command pool, in-flight
@@ -434,7 +449,7 @@ impl RingHw {
         st.signals.clear();
         let done = self.completed.load(Ordering::SeqCst);
         for f in st.in_flight.iter_mut().filter(|f| f.value > done) {
-            f.error.get_or_insert(error);
+            f.fail(error);
         }
         self.drain(st);
     }
@@ -693,11 +708,16 @@ impl FenceOps for HwOps {
         "gpusched-vulkan"
     }
 
+    /// Whether the semaphore reached the fence's value. A fence marked failed (its value
+    /// reset to 0 under the ring lock, before any later submission) is never reported
+    /// signalled: the value is read again after the semaphore.
     fn signaled(&self) -> bool {
         let v = self.value.load(Ordering::Acquire);
         match self.ring.upgrade() {
             Some(r) if v != 0 => {
-                r.completed.load(Ordering::SeqCst) >= v || r.counter().is_ok_and(|c| c >= v)
+                let reached =
+                    r.completed.load(Ordering::SeqCst) >= v || r.counter().is_ok_and(|c| c >= v);
+                reached && self.value.load(Ordering::Acquire) == v
             }
             _ => false,
         }
@@ -939,7 +959,7 @@ impl RingHw {
                 // higher value, which timeline waits cover), so seqnos stay unique.
                 let error = e.fence_error();
                 for f in st.in_flight.iter_mut().rev().take(batched) {
-                    f.error.get_or_insert(error);
+                    f.fail(error);
                 }
                 if e.is_device_lost() {
                     drop(guard);
@@ -1106,7 +1126,12 @@ impl Backend for VulkanRing {
             job.value = value;
             prepared.value.store(value, Ordering::Release);
             let (fence, signaller) = prepared.hw.init(value);
-            st.in_flight.push_back(InFlight { value, signaller, error: None });
+            st.in_flight.push_back(InFlight {
+                value,
+                signaller,
+                error: None,
+                ops_value: prepared.value.clone(),
+            });
             return Ok(fence);
         }
         if !st.batch.is_empty() {
@@ -1182,7 +1207,12 @@ impl Backend for VulkanRing {
         job.value = value;
         prepared.value.store(value, Ordering::Release);
         let (fence, signaller) = prepared.hw.init(value);
-        st.in_flight.push_back(InFlight { value, signaller, error: None });
+        st.in_flight.push_back(InFlight {
+            value,
+            signaller,
+            error: None,
+            ops_value: prepared.value.clone(),
+        });
         drop(st);
         let prev = hw.submitted.swap(value, Ordering::SeqCst);
         if prev <= hw.completed.load(Ordering::SeqCst) {
