@@ -56,6 +56,9 @@ pub(crate) struct EntityShared<B: Backend> {
     pub(crate) is_stopped: AtomicBool,
     /// Hangs blamed on this entity.
     pub(crate) karma: AtomicU32,
+    /// Its jobs with a deferred error not yet cleared (`JobInner::deferred_error`): counted
+    /// before the error is set and uncounted after the job's finished fence signalled.
+    pub(crate) deferred_jobs: AtomicUsize,
     /// The highest seqno pushed or dropped so far: pushes must follow arm order.
     pub(crate) pushed_seqno: AtomicU64,
     /// The last finished fence armed, for flush.
@@ -157,6 +160,7 @@ impl<B: Backend> Entity<B> {
                 stopped: Mutex::new(None),
                 is_stopped: AtomicBool::new(false),
                 karma: AtomicU32::new(0),
+                deferred_jobs: AtomicUsize::new(0),
                 pushed_seqno: AtomicU64::new(0),
                 last_finished: Mutex::new(None),
                 detached: std::sync::atomic::AtomicBool::new(false),
@@ -350,10 +354,13 @@ pub(crate) fn arm<B: Backend>(b: JobBuilder<'_, B>) -> Result<ArmedJob<B>, ArmEr
         submit_order: AtomicU64::new(0),
         state: AtomicU64::new(state::ARMED),
         recovery_epoch: AtomicU64::new(0),
+        deferred_error: Mutex::new(None),
     });
     {
         let (j, s) = (job.clone(), sched.clone());
-        lock(&job.hw).callback = Some(Callback::new(move |hw: &Fence| s.hw_done(&j, hw.error())));
+        lock(&job.hw).callback = Some(Callback::new(move |hw: &Fence| {
+            s.hw_done(&j, hw.error());
+        }));
     }
     for d in external {
         let (j, s) = (job.clone(), sched.clone());

@@ -11,9 +11,10 @@
 //! banned entity, a failed dependency and a shut-down scheduler signal the finished fence with
 //! an error without running the job.
 
+use std::collections::VecDeque;
 use std::fmt;
 
-use gpusched_fence::{Callback, CallbackId, Fence, FenceError, Signaller};
+use gpusched_fence::{Callback, CallbackId, Fence, FenceError, FenceStatus, Signaller};
 
 use crate::backend::{Backend, JobInfo};
 use crate::entity::EntityShared;
@@ -25,6 +26,25 @@ pub(crate) struct SameSchedDep<B: Backend> {
     pub(crate) entity: Arc<EntityShared<B>>,
     pub(crate) seqno: u64,
     pub(crate) finished: Fence,
+}
+
+impl<B: Backend> SameSchedDep<B> {
+    /// The dependency's error: its finished fence's, or, if it is a job of `pending` (the
+    /// scheduler's pending list, given while any job there has a deferred error) that failed
+    /// but signals later in timeline order (`JobInner::deferred_error`), that error: it is
+    /// already failed for its dependants.
+    pub(crate) fn error(&self, pending: Option<&VecDeque<Arc<JobInner<B>>>>) -> Option<FenceError> {
+        self.finished.error().or_else(|| self.deferred_error(pending))
+    }
+
+    /// The deferred error of the dependency, if it is a job of `pending` with one.
+    pub(crate) fn deferred_error(
+        &self,
+        pending: Option<&VecDeque<Arc<JobInner<B>>>>,
+    ) -> Option<FenceError> {
+        let job = pending?.iter().find(|j| j.finished.ptr_eq(&self.finished))?;
+        *lock(&job.deferred_error)
+    }
 }
 
 /// The hardware side of a job. Protected by `JobInner::hw`.
@@ -80,6 +100,12 @@ pub(crate) struct JobInner<B: Backend> {
     pub(crate) state: AtomicU64,
     /// The last recovery pass (`SchedState::recovery_epoch`) that handled this job.
     pub(crate) recovery_epoch: AtomicU64,
+    /// Set when the job must end with this error without (again) reaching the hardware (its
+    /// `run_job` failed, or a same-scheduler dependency failed before its resubmission) while
+    /// its entity's previous job had not signalled: it stays in the pending list, holding its
+    /// credits, until that job signals and retires it (`SchedShared::release_deferred`), so
+    /// the entity's timeline signals in seqno order. Whoever `take`s the error retires it.
+    pub(crate) deferred_error: Mutex<Option<FenceError>>,
 }
 
 /// The head job's readiness.
@@ -90,7 +116,8 @@ pub(crate) enum Readiness {
 }
 
 impl<B: Backend> JobInner<B> {
-    pub(crate) fn readiness(&self) -> Readiness {
+    /// `pending`: see [`SameSchedDep::error`].
+    pub(crate) fn readiness(&self, pending: Option<&VecDeque<Arc<JobInner<B>>>>) -> Readiness {
         if self.state.load(Ordering::Acquire) == state::DROPPED {
             return Readiness::Failed(FenceError::Cancelled);
         }
@@ -106,11 +133,21 @@ impl<B: Backend> JobInner<B> {
             return Readiness::Failed(e);
         }
         for d in self.same_sched.iter() {
-            if let Some(e) = d.finished.error() {
+            // One read of the fence: it may signal (with an error) while we look, and a
+            // second read could then see it signalled but not the error.
+            match d.finished.status() {
+                FenceStatus::Failed(e) => return Readiness::Failed(e),
+                FenceStatus::Signaled => continue,
+                FenceStatus::Pending => {}
+            }
+            if let Some(e) = d.deferred_error(pending) {
                 return Readiness::Failed(e);
             }
             let scheduled = d.entity.scheduled_seqno.load(Ordering::Acquire) >= d.seqno;
-            if !scheduled && !d.finished.is_signaled() {
+            // While any job of its entity is failing in timeline order (a deferred error), a
+            // scheduled job may be that one: wait for its finished fence instead.
+            let failing = d.entity.deferred_jobs.load(Ordering::Acquire) != 0;
+            if !scheduled || failing {
                 return Readiness::Blocked;
             }
         }

@@ -122,6 +122,9 @@ pub(crate) struct SchedShared<B: Backend> {
     /// Queued jobs plus credits in flight, for load balancing (approximate).
     pub(crate) load: AtomicUsize,
     pub(crate) counters: Counters,
+    /// Pending jobs with a deferred error (`JobInner::deferred_error`): while zero, retiring
+    /// a job skips the search for a deferred successor.
+    deferred: AtomicUsize,
 }
 
 /// What the pump does next.
@@ -201,6 +204,9 @@ impl<B: Backend> SchedShared<B> {
         if st.stopped {
             return Step::Idle;
         }
+        // Same-ring dependencies may have failed without signalling yet (a deferred error):
+        // readiness then looks them up on the pending list.
+        let deferred_in = (self.deferred.load(Ordering::Acquire) > 0).then_some(&st.pending);
         if st.shut {
             // Shut down or device gone: nothing runs any more; queued jobs end with the
             // scheduler's error, each after its entity's previous job (timeline order).
@@ -210,7 +216,7 @@ impl<B: Backend> SchedShared<B> {
                 if ready {
                     if let Some(job) = slot.queue.pop_front() {
                         self.load.fetch_sub(1, Ordering::Relaxed);
-                        let e = match job.readiness() {
+                        let e = match job.readiness(deferred_in) {
                             Readiness::Failed(FenceError::Cancelled) => FenceError::Cancelled,
                             _ => error,
                         };
@@ -237,7 +243,7 @@ impl<B: Backend> SchedShared<B> {
                 let key = st.order[p][idx];
                 let slot = &st.slots[key];
                 let Some(head) = slot.queue.front() else { continue };
-                match head.readiness() {
+                match head.readiness(deferred_in) {
                     Readiness::Blocked => continue,
                     Readiness::Failed(_) if !head.prev_signalled() => {
                         // Ends without running, but not before the entity's previous job
@@ -331,11 +337,13 @@ impl<B: Backend> SchedShared<B> {
     fn run(self: &Arc<Self>, job: Arc<JobInner<B>>) {
         let _section = lockdep::signalling_section();
         job.signal_scheduled(None);
-        job.entity.scheduled_seqno.fetch_max(job.info.seqno, Ordering::AcqRel);
         self.counters.run.fetch_add(1, Ordering::Relaxed);
         diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, "run");
         match self.run_payload(&job) {
             Ok(hw) => {
+                // Only now is it on the ring, ahead of anything that depends on it being
+                // scheduled (a failed submission must not satisfy such a dependency).
+                job.entity.scheduled_seqno.fetch_max(job.info.seqno, Ordering::AcqRel);
                 let callback = lock(&job.hw).callback.take();
                 let Some(callback) = callback else {
                     unreachable!("a job's completion callback is boxed at arm and taken once")
@@ -354,18 +362,81 @@ impl<B: Backend> SchedShared<B> {
                     }
                 }
             }
-            Err(e) => self.hw_done(&job, Some(e)),
+            Err(e) => self.fail_in_order(&job, e),
+        }
+    }
+
+    /// Ends a job on the pending list that will not (again) reach the hardware with `error`,
+    /// in its entity's timeline order: now if the entity's previous job has signalled, else
+    /// when it does (`release_deferred`). Allocation-free.
+    fn fail_in_order(self: &Arc<Self>, job: &Arc<JobInner<B>>, error: FenceError) {
+        if job.prev_signalled() {
+            self.hw_done(job, Some(error));
+            return;
+        }
+        // Counted before the error is visible, so that a same-ring dependant never sees the
+        // job as merely scheduled while it is failing (`JobInner::readiness`).
+        job.entity.deferred_jobs.fetch_add(1, Ordering::AcqRel);
+        self.deferred.fetch_add(1, Ordering::AcqRel);
+        *lock(&job.deferred_error) = Some(error);
+        // The previous job may have signalled (and looked for us) just before the error was
+        // stored: recheck.
+        if job.prev_signalled() {
+            self.retire_deferred(job, error);
+        }
+    }
+
+    /// Retires a deferred job; the caller that really retired it (`hw_done` retires once)
+    /// clears its deferred state, after its finished fence signalled: until then its
+    /// dependants must keep seeing it as failing.
+    fn retire_deferred(self: &Arc<Self>, job: &Arc<JobInner<B>>, error: FenceError) {
+        if self.hw_done(job, Some(error)) {
+            self.clear_deferred(job);
+        }
+    }
+
+    /// Clears a job's deferred error once its finished fence has signalled; the one that
+    /// clears it uncounts it.
+    fn clear_deferred(&self, job: &JobInner<B>) {
+        if lock(&job.deferred_error).take().is_some() {
+            self.deferred.fetch_sub(1, Ordering::AcqRel);
+            job.entity.deferred_jobs.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// `job` has signalled its finished fence: retires the deferred job that waited for it
+    /// (its entity's next job), if any, which in turn releases its own successor.
+    fn release_deferred(self: &Arc<Self>, job: &JobInner<B>) {
+        if self.deferred.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let next = {
+            let st = lock(&self.state);
+            st.pending
+                .iter()
+                .find(|j| j.prev_finished.as_ref().is_some_and(|p| p.ptr_eq(&job.finished)))
+                .cloned()
+        };
+        let Some(next) = next else { return };
+        let error = *lock(&next.deferred_error);
+        if let Some(error) = error {
+            self.retire_deferred(&next, error);
         }
     }
 
     /// The hardware fence of `job` signalled (or `run_job` failed): retire it
-    /// (`drm_sched_job_done`). Inside a signalling section; allocation-free.
-    pub(crate) fn hw_done(self: &Arc<Self>, job: &Arc<JobInner<B>>, error: Option<FenceError>) {
+    /// (`drm_sched_job_done`). Inside a signalling section; allocation-free. Returns whether
+    /// this call retired it (`false`: it was already retired).
+    pub(crate) fn hw_done(
+        self: &Arc<Self>,
+        job: &Arc<JobInner<B>>,
+        error: Option<FenceError>,
+    ) -> bool {
         {
             let mut st = lock(&self.state);
             let Some(pos) = st.pending.iter().position(|j| Arc::ptr_eq(j, job)) else {
                 // Already retired (force-completed by a reset).
-                return;
+                return false;
             };
             st.pending.remove(pos);
             st.credits_used -= job.info.credits;
@@ -390,7 +461,9 @@ impl<B: Backend> SchedShared<B> {
         job.signal_finished(error);
         job.entity.job_done();
         self.retire_for_free(job);
+        self.release_deferred(job);
         self.pump();
+        true
     }
 
     /// Queues a finished job for `free_job`, which the pump calls. Allocation-free: when the
@@ -577,18 +650,42 @@ impl<B: Backend> SchedShared<B> {
     }
 
     /// `drm_sched_resubmit_jobs`: runs the unfinished pending jobs again, in ring order (after
-    /// a hardware reset, their old hardware fences are dead: whatever state they show).
+    /// a hardware reset, their old hardware fences are dead: only one that signalled
+    /// successfully says the job finished).
     pub(crate) fn resubmit(self: &Arc<Self>) {
         let epoch = self.begin_pass();
         while let Some(job) = self.next_in_pass(epoch) {
             // Only jobs detached by `stop_ring` hold their callback; the others completed.
             let detached = lock(&job.hw).callback.is_some();
-            if !detached {
+            if !detached || lock(&job.deferred_error).is_some() {
+                // Completed, or already ending with an error in timeline order.
+                continue;
+            }
+            // Its hardware fence signalled successfully after `stop_ring` detached the
+            // callback: the hardware finished it (as `drm_sched_stop` finds a signalled
+            // parent fence). `start_ring` retires it with that result; neither rerun nor
+            // fail it. (A reset's dead fences signal an error, so they do not count.)
+            let completed = lock(&job.hw)
+                .fence
+                .as_ref()
+                .is_some_and(|f| f.is_signaled() && f.error().is_none());
+            if completed {
                 continue;
             }
             if let Some(e) = job.entity.stopped_error() {
                 // A banned or killed entity's jobs are not rerun (`-ECANCELED` in the kernel).
                 self.force_complete(&job, e);
+                continue;
+            }
+            // A dependency on a job of this ring was met when that job was scheduled; if it
+            // failed since (the guilty job, a banned entity's job), this job must not run on
+            // its missing results: it ends with that error, as it would had it not run yet.
+            let dep_error = {
+                let st = lock(&self.state);
+                job.same_sched.iter().find_map(|d| d.error(Some(&st.pending)))
+            };
+            if let Some(e) = dep_error {
+                self.fail_in_order(&job, e);
                 continue;
             }
             match self.run_payload(&job) {
@@ -607,6 +704,10 @@ impl<B: Backend> SchedShared<B> {
     pub(crate) fn start_ring(self: &Arc<Self>) {
         let epoch = self.begin_pass();
         while let Some(job) = self.next_in_pass(epoch) {
+            if lock(&job.deferred_error).is_some() {
+                // Ends when its entity's previous job signals, not on the hardware.
+                continue;
+            }
             let retire = {
                 let mut h = lock(&job.hw);
                 match (h.fence.clone(), h.callback.take()) {
@@ -667,8 +768,10 @@ impl<B: Backend> SchedShared<B> {
         diag!(debug, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "force-completed");
         job.entity.count_outcome(Some(error));
         job.signal_finished(Some(error));
+        self.clear_deferred(job);
         job.entity.job_done();
         self.retire_for_free(job);
+        self.release_deferred(job);
     }
 
     /// Force-completes every job on the ring with `error`.
@@ -807,6 +910,7 @@ impl<B: Backend> Scheduler<B> {
             gone: Mutex::new(None),
             load: AtomicUsize::new(0),
             counters: Counters::default(),
+            deferred: AtomicUsize::new(0),
         });
         let target: Arc<dyn TimeoutTarget> = shared.clone();
         domain.register(Arc::downgrade(&target));

@@ -320,7 +320,12 @@ impl<B: Backend> Recovery<'_, B> {
     /// [`FenceError::DeviceLost`], later arms fail and later pushes end `DeviceLost`.
     pub fn device_gone(&mut self) {
         self.sched.domain.all_gone();
-        self.stopped = false;
+        if self.stopped {
+            // A stopped ring never selects again: restart it (its pending list is empty now,
+            // and the scheduler is shut, so nothing runs) so that selection cancels the jobs
+            // still queued, in timeline order.
+            self.start();
+        }
     }
 
     /// The standard reset: stop; if the guilty job completed after all, start again and
@@ -370,6 +375,11 @@ impl<B: Backend> TimeoutTarget for SchedShared<B> {
             }
         };
         let Some(head) = head else { return };
+        if lock(&head.deferred_error).is_some() {
+            // Never on the hardware: it ends when its entity's previous job signals.
+            me.rearm(now);
+            return;
+        }
         // Poll the hardware fence with no lock held: a backend fence (`FenceOps::signaled`)
         // may signal on the spot and run the completion callback, which takes the state lock.
         let hw = lock(&head.hw).fence.clone();

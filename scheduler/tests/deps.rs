@@ -297,3 +297,72 @@ fn jobs_released_by_one_signal_run_by_priority() {
     assert_eq!(s.backend().run_tags(), vec![3, 2, 1, 0], "highest priority first");
     assert_no_checker_violations();
 }
+
+/// A manual mock ring whose `run_job` fails for one tag (a submission failure, not a hardware
+/// fault).
+struct FailingSubmit {
+    ring: MockRing,
+    fail_tag: u64,
+}
+
+impl gpusched::Backend for FailingSubmit {
+    type Job = MockJob;
+
+    fn prepare_job(&self, job: &mut MockJob, info: &gpusched::JobInfo) -> Result<(), FenceError> {
+        self.ring.prepare_job(job, info)
+    }
+
+    fn run_job(
+        &self,
+        job: &mut MockJob,
+        info: &gpusched::JobInfo,
+    ) -> Result<gpusched::fence::Fence, FenceError> {
+        if job.tag == self.fail_tag {
+            return Err(FenceError::Driver(-5));
+        }
+        self.ring.run_job(job, info)
+    }
+
+    fn timedout_job(&self, r: &mut gpusched::Recovery<'_, Self>) -> gpusched::TimeoutStatus {
+        r.standard_reset(|| {
+            self.ring.reset_hw();
+            true
+        })
+    }
+
+    fn free_job(&self, job: MockJob, info: &gpusched::JobInfo) {
+        self.ring.free_job(job, info)
+    }
+}
+
+/// Regression (fault suite, seeds 0 and 68): a job whose submission failed while its
+/// entity's previous job was still on the ring signalled its finished fence at once, before
+/// that job's (the entity's timeline out of seqno order), and a job of another entity that
+/// depended on it on the same ring ran anyway (its `scheduled` state met the same-scheduler
+/// shortcut). Now it fails after the previous job, and its dependants fail with its error.
+#[test]
+fn failed_submission_signals_in_timeline_order_and_fails_dependants() {
+    let backend = FailingSubmit { ring: MockRing::manual(), fail_tag: 2 };
+    let s = Scheduler::new(backend, gpusched::SchedulerConfig::new("ring")).unwrap();
+    let e = Entity::new(&[&s], Priority::Normal).unwrap();
+    let other = Entity::new(&[&s], Priority::Normal).unwrap();
+    let first = e.job(job(1)).arm().unwrap().push();
+    // The dependant is armed before the job it depends on is pushed (its fence may be
+    // published from arm on): the scheduler cannot find that job at arm time.
+    let failing = e.job(job(2)).arm().unwrap();
+    let dependant = other.job(job(3)).dependency(failing.finished().clone()).arm().unwrap();
+    let failing = failing.push();
+    let dependant = dependant.push();
+    wait_until("the first job on the ring", || s.backend().ring.in_flight() == 1);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert!(!failing.is_signaled(), "signalled before the entity's previous job");
+    // The dependant may fail now: the failure is known, it need not wait for the signal.
+    assert!(s.backend().ring.complete_next());
+    assert_eq!(wait(&first), Ok(()));
+    assert_eq!(wait(&failing), Err(FenceError::Driver(-5)));
+    assert!(first.timestamp().unwrap() <= failing.timestamp().unwrap());
+    assert_eq!(wait(&dependant), Err(FenceError::Driver(-5)));
+    assert_eq!(s.backend().ring.run_tags(), vec![1], "the dependant must not run");
+    assert_eq!(s.stats().credits_in_flight, 0);
+    assert_no_checker_violations();
+}

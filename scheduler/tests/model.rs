@@ -120,6 +120,9 @@ struct MJob {
     push_order: u64,
     scheduled: Option<Outcome>,
     finished: Option<Outcome>,
+    /// Off the ring, ending with this error once its entity's previous job has finished
+    /// (a same-ring dependency failed in a reset while it sat behind it).
+    deferred: Option<FenceError>,
 }
 
 #[derive(Clone, Debug)]
@@ -198,6 +201,9 @@ impl Model {
             ArmedDep::SameSched(d) => {
                 let dep = &self.jobs[d];
                 if let Some(Err(e)) = dep.finished {
+                    return Readiness::Failed(e);
+                }
+                if let Some(e) = dep.deferred {
                     return Readiness::Failed(e);
                 }
                 let scheduled = self.entities[dep.entity].ran_max.is_some_and(|m| m >= dep.idx);
@@ -306,8 +312,22 @@ impl Model {
         });
         self.credits -= job.credits;
         self.completed_log.push(entry.job as u64);
+        self.release_deferred();
         self.pump();
         true
+    }
+
+    /// Deferred jobs whose entity's previous job has finished end with their error, in
+    /// timeline order (`release_deferred` in sched.rs).
+    fn release_deferred(&mut self) {
+        loop {
+            let next = (0..self.jobs.len())
+                .find(|&j| self.jobs[j].deferred.is_some() && self.prev_signalled(j));
+            let Some(j) = next else { return };
+            let e = self.jobs[j].deferred.take();
+            self.jobs[j].finished = e.map(Err);
+            self.credits -= self.jobs[j].credits;
+        }
     }
 
     /// `Recovery::standard_reset` on the head job, then the worker's pump.
@@ -329,12 +349,26 @@ impl Model {
                     self.credits -= self.jobs[j].credits;
                 }
                 None => {
+                    // A same-ring dependency that failed (in this reset or before): the job
+                    // is not rerun; it ends with that error in its entity's timeline order.
+                    let dep_error = match self.jobs[j].dep {
+                        ArmedDep::SameSched(d) => match self.jobs[d].finished {
+                            Some(Err(e)) => Some(e),
+                            _ => self.jobs[d].deferred,
+                        },
+                        _ => None,
+                    };
+                    if let Some(e) = dep_error {
+                        self.jobs[j].deferred = Some(e);
+                        continue;
+                    }
                     let hang = self.jobs[j].behavior == Behavior::Hang;
                     self.ring.push_back(RingEntry { job: j, hang });
                     self.run_log.push(j as u64);
                 }
             }
         }
+        self.release_deferred();
         self.pump();
     }
 
@@ -386,6 +420,7 @@ impl Model {
             push_order,
             scheduled: None,
             finished: None,
+            deferred: None,
         });
         self.pump();
     }
@@ -394,6 +429,9 @@ impl Model {
     fn teardown_outcome(&self, j: usize) -> Outcome {
         if let Some(o) = self.jobs[j].finished {
             return o;
+        }
+        if let Some(e) = self.jobs[j].deferred {
+            return Err(e);
         }
         if self.ring.iter().any(|e| e.job == j) {
             match self.jobs[j].behavior {

@@ -89,6 +89,28 @@ fn no_device_loses_every_fence_and_later_pushes_fail() {
     assert!(err.error.is_scheduler_gone(), "{}", err.error);
 }
 
+/// Regression (fault suite, seed 18): a backend that stops the ring before declaring the
+/// device gone (`stop` then `device_gone`, as `MockRing` does) left the scheduler stopped, so
+/// the jobs still queued (here: no credits left for them) were never cancelled and their
+/// fences never signalled.
+#[test]
+fn no_device_after_stop_cancels_queued_jobs() {
+    let s = Scheduler::new(
+        MockRing::immediate(),
+        SchedulerConfig::new("ring").timeout(Duration::from_millis(40)).credit_limit(1),
+    )
+    .unwrap();
+    s.backend().set_timeout_answer(TimeoutStatus::NoDevice);
+    let a = Entity::new(&[&s], Priority::Normal).unwrap();
+    let b = Entity::new(&[&s], Priority::Normal).unwrap();
+    let hung = a.job(MockJob::new(1).behavior(MockBehavior::Hang)).arm().unwrap().push();
+    let queued = b.job(MockJob::new(2)).arm().unwrap().push();
+    assert_eq!(hung.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::DeviceLost)));
+    assert_eq!(queued.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::DeviceLost)));
+    assert_eq!(s.backend().run_tags(), vec![1], "the queued job never reached the ring");
+    assert_eq!(s.stats().queued, 0);
+}
+
 #[test]
 fn reset_interrupts_interruptible_waits_only() {
     let domain = ResetDomain::new("gpu0");
@@ -390,4 +412,123 @@ fn a_reset_restarts_the_other_rings_timeouts() {
     assert_eq!(behind.wait_timeout(WATCHDOG), Ok(()));
     assert_eq!((a.backend().timeouts(), b.backend().timeouts()), (1, 0));
     assert_eq!(domain.recoveries(), 1);
+}
+
+/// Regression (fault suite, seeds 5, 8, 12): a job that depended on a job of its own ring
+/// (met once that job was scheduled) was on the ring behind it when that job hung; after the
+/// reset it was resubmitted and ran on the guilty job's missing results, ending `Ok`. Now it
+/// ends with the guilty job's error, and is not rerun.
+#[test]
+fn dependant_on_the_ring_behind_a_guilty_job_fails_instead_of_rerunning() {
+    let s = sched(MockRing::immediate(), 40);
+    let bad = Entity::new(&[&s], Priority::Normal).unwrap();
+    let good = Entity::new(&[&s], Priority::Normal).unwrap();
+    let hung = bad.job(MockJob::new(1).behavior(MockBehavior::Hang)).arm().unwrap().push();
+    let dependant = good.job(MockJob::new(2)).dependency(hung.clone()).arm().unwrap().push();
+    let innocent = good.job(MockJob::new(3)).arm().unwrap().push();
+    assert_eq!(hung.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
+    assert_eq!(dependant.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
+    assert_eq!(innocent.wait_timeout(WATCHDOG), Ok(()));
+    assert!(dependant.timestamp().unwrap() <= innocent.timestamp().unwrap());
+    // 2 ran once (behind the hang), never again; 3 ran before and after the reset.
+    assert_eq!(s.backend().run_tags(), vec![1, 2, 3, 3]);
+    assert_eq!(s.backend().completed_tags(), vec![3]);
+}
+
+/// A ring driven by hand: job `1` hangs; the timeout handler stops the scheduler, then the
+/// hardware completes every other job on the ring (their completions land after the stop
+/// detached the scheduler's callbacks), then the standard reset steps run.
+struct CompletesDuringReset {
+    ctx: gpusched::fence::FenceContext,
+    hw: std::sync::Mutex<Vec<(u64, gpusched::fence::Signaller)>>,
+    runs: std::sync::Mutex<Vec<u64>>,
+}
+
+impl gpusched::Backend for CompletesDuringReset {
+    type Job = u64;
+
+    fn run_job(
+        &self,
+        tag: &mut u64,
+        _info: &gpusched::JobInfo,
+    ) -> Result<gpusched::fence::Fence, FenceError> {
+        let (fence, signaller) = self.ctx.next();
+        self.runs.lock().unwrap().push(*tag);
+        self.hw.lock().unwrap().push((*tag, signaller));
+        Ok(fence)
+    }
+
+    fn timedout_job(&self, r: &mut gpusched::Recovery<'_, Self>) -> TimeoutStatus {
+        r.stop();
+        let done: Vec<_> = {
+            let mut hw = self.hw.lock().unwrap();
+            let (hang, done): (Vec<_>, Vec<_>) = hw.drain(..).partition(|(t, _)| *t == 1);
+            *hw = hang;
+            done
+        };
+        for (_, s) in done {
+            s.signal();
+        }
+        r.blame();
+        r.force_complete_guilty(FenceError::TimedOut);
+        self.hw.lock().unwrap().clear(); // the reset
+        r.resubmit();
+        r.start();
+        TimeoutStatus::Reset
+    }
+}
+
+/// Regression (fault suite, seed 239, a race): jobs that completed on the hardware while the
+/// timeout handler had the scheduler stopped were treated as unfinished by the resubmission:
+/// a killed entity's job was force-completed `Killed` although it had finished (`kill` leaves
+/// jobs on the hardware alone), its dependant then failed with that error, and innocent jobs
+/// ran twice. Now they keep their hardware result and are not rerun.
+#[test]
+fn jobs_completed_during_a_reset_keep_their_hardware_result() {
+    let ring = CompletesDuringReset {
+        ctx: gpusched::fence::FenceContext::new("hand"),
+        hw: std::sync::Mutex::new(Vec::new()),
+        runs: std::sync::Mutex::new(Vec::new()),
+    };
+    let s = Scheduler::new(
+        ring,
+        SchedulerConfig::new("ring").timeout(Duration::from_millis(40)).hang_limit(10),
+    )
+    .unwrap();
+    let guilty = Entity::new(&[&s], Priority::Normal).unwrap();
+    let killed = Entity::new(&[&s], Priority::Normal).unwrap();
+    let other = Entity::new(&[&s], Priority::Normal).unwrap();
+    let hung = guilty.job(1).arm().unwrap().push();
+    let on_hw = killed.job(2).arm().unwrap().push();
+    let dependant = other.job(3).dependency(on_hw.clone()).arm().unwrap().push();
+    let innocent = other.job(4).arm().unwrap().push();
+    killed.kill();
+    assert_eq!(hung.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
+    assert_eq!(on_hw.wait_timeout(WATCHDOG), Ok(()), "it had finished on the hardware");
+    assert_eq!(dependant.wait_timeout(WATCHDOG), Ok(()));
+    assert_eq!(innocent.wait_timeout(WATCHDOG), Ok(()));
+    assert_eq!(*s.backend().runs.lock().unwrap(), vec![1, 2, 3, 4], "nothing rerun");
+}
+
+/// Regression (fault suite under load, seed 747): the resubmission fails a job whose
+/// same-ring dependency was the guilty one, after its entity's previous job (deferred); a
+/// dependant of that job armed before it was pushed must see the failure too, not rerun.
+#[test]
+fn deferred_failure_in_a_reset_fails_dependants_armed_before_the_push() {
+    let s = sched(MockRing::immediate(), 40);
+    let g = Entity::new(&[&s], Priority::Normal).unwrap();
+    let e = Entity::new(&[&s], Priority::Normal).unwrap();
+    let f = Entity::new(&[&s], Priority::Normal).unwrap();
+    let hung = g.job(MockJob::new(1).behavior(MockBehavior::Hang)).arm().unwrap().push();
+    let prev = e.job(MockJob::new(2)).arm().unwrap().push();
+    let failing = e.job(MockJob::new(3)).dependency(hung.clone()).arm().unwrap();
+    let dependant = f.job(MockJob::new(4)).dependency(failing.finished().clone()).arm().unwrap();
+    let failing = failing.push();
+    let dependant = dependant.push();
+    assert_eq!(hung.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
+    assert_eq!(prev.wait_timeout(WATCHDOG), Ok(()));
+    assert_eq!(failing.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
+    assert_eq!(dependant.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
+    assert!(prev.timestamp().unwrap() <= failing.timestamp().unwrap());
+    assert_eq!(s.backend().completed_tags(), vec![2], "only the innocent job completes");
 }

@@ -1,0 +1,73 @@
+//! The [`World`] trait: the backend-specific part of the fault suite. The engine
+//! ([`run_scenario`](crate::run_scenario)) generates a scenario, makes a world for it, and
+//! drives it through this trait only; a Vulkan world implements it over `gpusched-vulkan`'s
+//! fault API the same way [`MockWorld`](crate::MockWorld) does over a software ring.
+
+use std::sync::Arc;
+
+use gpusched::{Backend, Scheduler};
+
+use crate::ledger::Ledger;
+use crate::plan::{Fault, Scenario};
+
+/// A backend world for fault scenarios.
+///
+/// # Contract
+/// - [`new`](World::new) makes `scenario.rings` schedulers in **one reset domain** (one
+///   device), each with the scenario's credit limit, timeout, hang limit and policy.
+/// - [`payload`](World::payload) makes job `idx`'s payload. Executed on the hardware, it
+///   computes [`job_value`](crate::job_value)`(idx, inputs)` from the results of the jobs listed
+///   in `ledger.job(idx).inputs` (set before the call; 0 for an input without a result) and
+///   makes it readable through the ledger's `result` by the time [`collect`](World::collect)
+///   returns. Fault behaviour: [`Fault::Hang`] never completes until the ring is reset;
+///   [`Fault::Slow`] runs that long; [`Fault::FailSubmit`] fails its first `run_job` with
+///   [`SUBMIT_ERROR`](crate::SUBMIT_ERROR).
+/// - The backend counts into the ledger: `prepared` in `prepare_job`, `runs` in `run_job`,
+///   `cancelled` in `cancel_job`, `freed` in `free_job`, and `guilty` for the job it resets as
+///   guilty in `timedout_job` (only when the reset blames it: not when it answers `NoHang`).
+///   Backend objects count into `live_objects` (up when made, down when dropped).
+/// - `timedout_job` resets the ring (`Recovery::standard_reset`) when the head job is really
+///   stuck, answers `NoHang` when the hardware is making progress (a fault-free job that is
+///   only late because the host is busy), and declares the device gone (`NoDevice`) once
+///   [`lose_device`](World::lose_device) was called.
+/// - [`lose_device`](World::lose_device) loses the device: nothing completes afterwards;
+///   submissions fail with `DeviceLost`, and jobs on the hardware end `DeviceLost` through the
+///   timeout handler.
+pub trait World: Sized + Send + Sync + 'static {
+    /// The backend of the world's schedulers.
+    type Backend: Backend;
+
+    /// The world's name in reports (`mock`, `vulkan`).
+    const NAME: &'static str;
+
+    /// Makes the world for `scenario`, writing its observations into `ledger`.
+    ///
+    /// # Errors
+    /// The world cannot be made (no device): the scenario is skipped with this reason.
+    fn new(scenario: &Scenario, ledger: Arc<Ledger>) -> Result<Self, String>;
+
+    /// The rings' schedulers, one per ring of the scenario.
+    fn schedulers(&self) -> &[Scheduler<Self::Backend>];
+
+    /// Job `idx`'s payload, with `fault` (see the contract).
+    fn payload(&self, idx: usize, fault: Fault) -> <Self::Backend as Backend>::Job;
+
+    /// Loses the device (see the contract).
+    fn lose_device(&self);
+
+    /// Called once every fence of the scenario has signalled: make every computed result
+    /// visible in the ledger (a Vulkan world reads its buffers back here).
+    ///
+    /// # Errors
+    /// A result could not be read.
+    fn collect(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Drops the schedulers and everything else, and checks that the backend released every
+    /// object (threads joined, devices destroyed).
+    ///
+    /// # Errors
+    /// What leaked.
+    fn teardown(self) -> Result<(), String>;
+}
