@@ -8,7 +8,11 @@
 //! ring executes in order, as the scheduler's same-ring dependency shortcut requires (Vulkan
 //! does not order separate submissions by itself). It ends with a barrier to the host, so
 //! host reads after the fence see the results. Signal operations of one queue complete in
-//! submission order, so "the semaphore reached N" implies jobs `..=N` are done.
+//! submission order, so "the semaphore reached N" implies jobs `..=N` are done. The hardware
+//! fences of a ring (one fence context, seqno = value) signal in value order, one at a time,
+//! outside the ring lock, by whichever thread is draining the ring (`RingHw::drain`):
+//! completion, device loss and a failed batch only mark entries done or failed and leave the
+//! signalling to it. A failed batch's values are not reused.
 //!
 //! # Contract (see [`gpusched::Backend`])
 //! `prepare_job` (arm time) records the command buffer on the ring's *current* hardware ring
