@@ -200,6 +200,23 @@ pub(crate) struct Completion {
     pub(crate) lost: AtomicBool,
 }
 
+impl Completion {
+    /// The live rings, upgraded into a stack array (allocation-free) under `rings`, which is
+    /// released on return: callers use and drop them with no lock held (dropping one may be
+    /// the last reference, and `RingHw::drop` waits). At most [`MAX_RINGS`]: a core can have
+    /// more live rings only briefly (rings whose scheduler is gone, held by their completion
+    /// threads until their last jobs are freed), and each ring's completion thread fails its
+    /// ring's fences itself when it sees the core lost.
+    pub(crate) fn snapshot(&self) -> [Option<Arc<RingHw>>; MAX_RINGS] {
+        let mut out = [const { None }; MAX_RINGS];
+        let rings = lock(&self.rings);
+        for (o, r) in out.iter_mut().zip(rings.iter().filter_map(Weak::upgrade)) {
+            *o = Some(r);
+        }
+        out
+    }
+}
+
 impl DeviceCore {
     /// Whether this core was declared lost.
     pub(crate) fn is_lost(&self) -> bool {
@@ -210,14 +227,18 @@ impl DeviceCore {
     /// (jobs prepared on it and not yet submitted fail `DeviceLost` in `run_job`), and the
     /// recovery thread is woken to create the next generation. Allocation-free (it may run in
     /// the timeout handler or a `run_job`, inside a signalling section). Idempotent.
+    ///
+    /// `comp.rings` is held only to take the rings (into a stack array): the fences are
+    /// failed, their callbacks run, and the references are dropped after it is released, so
+    /// no callback runs under it (a callback that reaches `comp.rings`, e.g. a timeout
+    /// handler asking `behind_another_ring`, or a ring's drop, cannot deadlock on it).
     pub(crate) fn mark_lost(&self) {
         self.comp.lost.store(true, Ordering::SeqCst);
-        {
-            let rings = lock(&self.comp.rings);
-            for r in rings.iter().filter_map(Weak::upgrade) {
-                r.fail_all(FenceError::DeviceLost);
-            }
+        let rings = self.comp.snapshot();
+        for r in rings.iter().flatten() {
+            r.fail_all(FenceError::DeviceLost);
         }
+        drop(rings);
         self.notify.loss();
     }
 
@@ -259,7 +280,7 @@ impl DeviceCore {
         // signalled (callers hold `released`). A lost device may refuse: nothing waits then.
         if let Err(e) = unsafe { self.device.signal_semaphore(&info) } {
             if e != vk::Result::ERROR_DEVICE_LOST {
-                tracing::warn!(target: "gpusched_vulkan", ?e, "releasing an injected hang failed");
+                diag!(warn, target: "gpusched_vulkan", ?e, "releasing an injected hang failed");
             }
         }
     }
@@ -274,8 +295,10 @@ impl DeviceCore {
     /// Measures the busy kernel on the idle queue: one warm-up dispatch, then the median of
     /// three timed ones (host time from submit to fence, so it includes the submission
     /// latency: negligible at milliseconds). Keeps a default (lavapipe on our 2-core VMs) on
-    /// failure. Shared machines make it noisy (±50% seen): the timeout handler tolerates a
-    /// slow job up to three timeouts.
+    /// failure. Shared machines make it noisy (±50% seen), so a `Slow` job meant to run
+    /// just under the timeout may overrun it: the timeout handler blames a job still running
+    /// at its first timeout (`TimedOut`); only a ring that then makes no progress across
+    /// more timeouts (`STUCK_AFTER`) is declared lost.
     #[cfg(feature = "fault-injection")]
     pub(crate) fn calibrate_busy(&self) {
         const DEFAULT_NS: u64 = 50_000;
@@ -605,6 +628,11 @@ impl VulkanDevice {
     /// Runs `f` with queue `queue_index` of the compute family (current generation) locked
     /// (`vkQueueSubmit` must be externally synchronised; the rings on that queue take the
     /// same lock).
+    ///
+    /// `f` must only use the queue and return: the rings on that queue cannot submit while it
+    /// runs, so submitting a job (or anything that makes a ring submit) inside it deadlocks,
+    /// and so does waiting for a fence of a ring on that queue whose job is not submitted
+    /// yet (it never will be until `f` returns).
     ///
     /// # Panics
     /// If the queue does not exist (misuse; see [`queue_count`](VulkanDevice::queue_count)).

@@ -67,6 +67,12 @@ impl fmt::Debug for VulkanJob {
 
 impl VulkanJob {
     /// A job that records with `record`.
+    ///
+    /// `record` runs when the job is armed, on the arming thread, with the ring's command
+    /// pool locked (and, through [`VulkanDevice::submit`](crate::VulkanDevice::submit), the
+    /// declared buffers' reservation locks held). It must only record: submitting or arming
+    /// a job on the same ring deadlocks on the pool lock, and waiting for a fence may
+    /// deadlock too (the completion path frees finished jobs into that pool, and needs it).
     pub fn new(
         record: impl Fn(&RecordCtx<'_>, vk::CommandBuffer) -> Result<(), RecordError> + Send + 'static,
     ) -> Self {

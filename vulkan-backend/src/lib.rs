@@ -62,6 +62,17 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+/// A `tracing` event exempt from the checker's allocation rule, for paths a signalling
+/// section can reach (a timeout handler, `run_job`, a fence callback, a ring's drop): a
+/// subscriber may allocate to format it, and a diagnostic must not count as reclaim (the
+/// `GFP_NOWAIT` analogue, `lockdep::no_reclaim`; the scheduler's own `diag!` does the same).
+macro_rules! diag {
+    ($level:ident, $($arg:tt)*) => {{
+        let _exempt = gpusched::fence::lockdep::no_reclaim();
+        tracing::$level!($($arg)*);
+    }};
+}
+
 mod device;
 mod error;
 #[cfg(feature = "fault-injection")]

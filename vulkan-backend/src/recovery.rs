@@ -255,7 +255,7 @@ impl DeviceShared {
         for c in &g.cores {
             c.release_injected(true);
         }
-        g.rings.retain(|r| Arc::strong_count(r) > 1 || !r.passed());
+        bury(&mut g.rings);
         g.cores.retain(|c| Arc::strong_count(c) > 1);
         g.rings.is_empty() && g.cores.is_empty()
     }
@@ -352,7 +352,7 @@ impl DeviceShared {
     /// Destroys what the graveyard may destroy now.
     fn reap(&self) {
         let mut g = lock(&self.graveyard);
-        g.rings.retain(|r| Arc::strong_count(r) > 1 || !r.passed());
+        bury(&mut g.rings);
         g.cores.retain(|c| Arc::strong_count(c) > 1);
         self.notify.graves(!g.rings.is_empty() || !g.cores.is_empty());
     }
@@ -372,11 +372,39 @@ impl DeviceShared {
             if r.passed() {
                 drop(r);
             } else {
-                tracing::error!(target: "gpusched_vulkan", device = %self.name, generation = r.core.generation, "a lost device generation never finished its work: leaking it (destroying it would never return)");
+                diag!(error, target: "gpusched_vulkan", device = %self.name, generation = r.core.generation, "a lost device generation never finished its work: leaking it (destroying it would never return)");
                 std::mem::forget(r);
             }
         }
         drop(g);
+    }
+}
+
+/// Destroys the graveyard's rings whose hardware passed everything submitted and that
+/// nothing else holds. `Arc::try_unwrap` takes the last reference atomically: a weak
+/// reference upgraded at the same moment (a hardware fence's `signaled`, `mark_lost`) either
+/// keeps the ring here for the next look or fails to upgrade, so such a temporary reference
+/// never becomes the last one (whose drop would run `RingHw::drop` where it is let go,
+/// possibly inside a signalling section). Allocation-free.
+fn bury(rings: &mut Vec<Arc<RingHw>>) {
+    let mut i = 0;
+    while i < rings.len() {
+        if Arc::strong_count(&rings[i]) > 1 || !rings[i].passed() {
+            i += 1;
+            continue;
+        }
+        let r = rings.swap_remove(i);
+        match Arc::try_unwrap(r) {
+            // Looks at index `i` again: the former last entry moved there.
+            Ok(hw) => drop(hw),
+            Err(r) => {
+                // Upgraded meanwhile: back to its place (room was just freed).
+                rings.push(r);
+                let last = rings.len() - 1;
+                rings.swap(i, last);
+                i += 1;
+            }
+        }
     }
 }
 

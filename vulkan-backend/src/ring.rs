@@ -8,7 +8,11 @@
 //! ring executes in order, as the scheduler's same-ring dependency shortcut requires (Vulkan
 //! does not order separate submissions by itself). It ends with a barrier to the host, so
 //! host reads after the fence see the results. Signal operations of one queue complete in
-//! submission order, so "the semaphore reached N" implies jobs `..=N` are done.
+//! submission order, so "the semaphore reached N" implies jobs `..=N` are done. The hardware
+//! fences of a ring (one fence context, seqno = value) signal in value order, one at a time,
+//! outside the ring lock, by whichever thread is draining the ring (`RingHw::drain`):
+//! completion, device loss and a failed batch only mark entries done or failed and leave the
+//! signalling to it. A failed batch's values are not reused.
 //!
 //! # Contract (see [`gpusched::Backend`])
 //! `prepare_job` (arm time) records the command buffer on the ring's *current* hardware ring
@@ -155,12 +159,17 @@ pub(crate) struct RingFlags {
 struct RingState {
     /// The last timeline value submitted.
     next_value: u64,
-    /// Submitted jobs not yet signalled, in value order. Capacity: credit limit + prepared.
-    in_flight: VecDeque<(u64, Signaller)>,
+    /// Published hardware fences not yet signalled, in value (seqno) order. Capacity: credit
+    /// limit + prepared. Only the ring's drainer pops it (see [`RingHw::drain`]).
+    in_flight: VecDeque<InFlight>,
+    /// A thread is signalling this ring's fences ([`RingHw::drain`]): fences of one ring
+    /// signal one at a time, in value order, whoever completes or fails them.
+    draining: bool,
     /// Jobs prepared and not yet run or freed (room reserved for them).
     prepared: usize,
-    /// Command buffers run but not yet submitted (batching); their values are
-    /// `submitted + 1 ..= next_value`. Capacity: reserved with `in_flight`.
+    /// Command buffers run but not yet submitted (batching); their values are the last
+    /// `batch.len()` values up to `next_value`, and theirs are the last `batch.len()` entries
+    /// of `in_flight`. Capacity: reserved with `in_flight`.
     batch: Vec<vk::CommandBuffer>,
     /// The values the submissions not yet seen complete signal, in order, with each
     /// submission's sequence number on its `VkQueue` (`QueueSlot::seq`): a batch signals
@@ -168,6 +177,30 @@ struct RingState {
     /// Capacity: reserved with `in_flight`, which always holds the job whose value each
     /// entry is (so it is never longer); popped with it by `complete`.
     signals: VecDeque<(u64, u64)>,
+}
+
+/// A published hardware fence: its value (and seqno), its signaller, and the error it ends
+/// with if its submission failed or the device was lost (`None`: it signals once the
+/// semaphore reaches `value`).
+struct InFlight {
+    value: u64,
+    signaller: Signaller,
+    error: Option<FenceError>,
+    /// The value the fence's [`HwOps`] polls, shared with it: set to 0 (never signalled by
+    /// the hardware) when the fence is marked failed, so that the semaphore reaching `value`
+    /// later (a failed batch's values are passed by the next submission) cannot make it
+    /// report success.
+    ops_value: Arc<AtomicU64>,
+}
+
+impl InFlight {
+    /// Marks the fence failed with `error` (unless it is already).
+    fn fail(&mut self, error: FenceError) {
+        if self.error.is_none() {
+            self.error = Some(error);
+            self.ops_value.store(0, Ordering::Release);
+        }
+    }
 }
 
 /// A ring's hardware on one device generation: timeline semaphore, command pool, in-flight
@@ -250,6 +283,7 @@ impl RingHw {
             state: Mutex::new(RingState {
                 next_value: 0,
                 in_flight: VecDeque::with_capacity(cap),
+                draining: false,
                 prepared: 0,
                 batch: Vec::with_capacity(cap),
                 signals: VecDeque::with_capacity(cap),
@@ -308,29 +342,50 @@ impl RingHw {
             Ok(v) => v,
             Err(vk::Result::ERROR_DEVICE_LOST) => return Err(()),
             Err(e) => {
-                tracing::warn!(target: "gpusched_vulkan", ring = %self.name, ?e, "counter read failed");
+                diag!(warn, target: "gpusched_vulkan", ring = %self.name, ?e, "counter read failed");
                 return Ok(());
             }
         };
+        // Before taking the lock: a drainer that reads `completed` under it afterwards sees
+        // the new value (see `drain`).
         self.completed.fetch_max(value, Ordering::SeqCst);
+        let mut st = lock(&self.state);
+        while st.signals.front().is_some_and(|s| s.0 <= value) {
+            st.signals.pop_front();
+        }
+        self.drain(st);
+        Ok(())
+    }
+
+    /// Signals the fences at the front of `in_flight` that are done (the semaphore passed
+    /// them, by `completed`) or failed, one at a time, in value order, outside the lock
+    /// (callbacks run here: the scheduler's completion, dependants, the next `run_job`). One
+    /// drainer per ring: a caller that finds another thread (or an outer frame of its own:
+    /// a callback that fails a batch) draining leaves its update (`completed`, an entry's
+    /// error) to it, which sees it when it next takes the lock; the drainer clears
+    /// `draining` under the lock in the same critical section where it finds nothing left,
+    /// so no update is missed. Allocation-free, no wait.
+    fn drain<'a>(&'a self, mut st: MutexGuard<'a, RingState>) {
+        if st.draining {
+            return;
+        }
+        st.draining = true;
         loop {
-            let done = {
-                let mut st = lock(&self.state);
-                while st.signals.front().is_some_and(|s| s.0 <= value) {
-                    st.signals.pop_front();
-                }
-                match st.in_flight.front() {
-                    Some((v, _)) if *v <= value => st.in_flight.pop_front(),
-                    _ => None,
-                }
+            let done = self.completed.load(Ordering::SeqCst);
+            let next = match st.in_flight.front() {
+                Some(f) if f.error.is_some() || f.value <= done => st.in_flight.pop_front(),
+                _ => None,
             };
-            match done {
-                // Callbacks run here: the scheduler's completion, dependants, next run_job.
-                Some((_, s)) => {
-                    s.signal();
-                }
-                None => return Ok(()),
-            }
+            let Some(f) = next else {
+                st.draining = false;
+                return;
+            };
+            drop(st);
+            match f.error {
+                Some(e) => f.signaller.signal_error(e),
+                None => f.signaller.signal(),
+            };
+            st = lock(&self.state);
         }
     }
 
@@ -354,6 +409,13 @@ impl RingHw {
         st.signals.iter().find(|s| s.0 >= value).map_or(value, |s| s.0)
     }
 
+    /// The value the submission that carries job value `value` signals, if one does (`None`:
+    /// not submitted yet, its submission failed, or already seen complete).
+    fn submitted_signal_value(&self, value: u64) -> Option<u64> {
+        let st = lock(&self.state);
+        st.signals.iter().find(|s| s.0 >= value).map(|s| s.0)
+    }
+
     /// The queue sequence number of the submission that carries job value `value` (`None`:
     /// not submitted, or already seen complete).
     fn queue_seq_of(&self, value: u64) -> Option<u64> {
@@ -374,30 +436,26 @@ impl RingHw {
     /// order and every command buffer starts with a full barrier). Allocation-free.
     fn behind_another_ring(&self, value: u64) -> bool {
         let Some(mine) = self.queue_seq_of(value) else { return false };
-        let rings = lock(&self.core.comp.rings);
-        rings.iter().any(|w| {
-            // As in `DeviceCore::mark_lost`: the upgrade is dropped inside the timeout handler,
-            // which is the last reference only if every other holder let go meanwhile.
-            w.upgrade().is_some_and(|r| {
-                !std::ptr::eq(Arc::as_ptr(&r), self)
-                    && r.queue == self.queue
-                    && r.oldest_unfinished_seq().is_some_and(|s| s < mine)
-            })
+        // Taken under `comp.rings`, looked at and dropped after it is released (see
+        // `DeviceCore::mark_lost`).
+        let rings = self.core.comp.snapshot();
+        rings.iter().flatten().any(|r| {
+            !std::ptr::eq(Arc::as_ptr(r), self)
+                && r.queue == self.queue
+                && r.oldest_unfinished_seq().is_some_and(|s| s < mine)
         })
     }
 
-    /// Signals every in-flight fence with `error` (device lost).
+    /// Signals every in-flight fence the semaphore has not passed with `error` (device
+    /// lost), in value order, through the ring's drainer (see `drain`). Allocation-free.
     pub(crate) fn fail_all(&self, error: FenceError) {
-        lock(&self.state).signals.clear();
-        loop {
-            let e = lock(&self.state).in_flight.pop_front();
-            match e {
-                Some((_, s)) => {
-                    s.signal_error(error);
-                }
-                None => return,
-            }
+        let mut st = lock(&self.state);
+        st.signals.clear();
+        let done = self.completed.load(Ordering::SeqCst);
+        for f in st.in_flight.iter_mut().filter(|f| f.value > done) {
+            f.fail(error);
         }
+        self.drain(st);
     }
 
     /// A command buffer ready for recording: a recycled one whose value the semaphore has
@@ -458,9 +516,18 @@ impl Drop for RingHw {
             Ok(()) | Err(vk::Result::ERROR_DEVICE_LOST)
         );
         if !idle {
-            tracing::error!(target: "gpusched_vulkan", ring = %self.name, "ring dropped with work still running: leaking its pool and semaphore");
+            diag!(error, target: "gpusched_vulkan", ring = %self.name, "ring dropped with work still running: leaking its pool, semaphore, retired buffers and device");
             // The thread must still be gone before the device can be destroyed.
             self.stop_thread();
+            // Leak everything the hardware may still use: the retired jobs' buffers (their
+            // memory would go back to the allocator and be reused under the running work)
+            // and the core (its drop waits for the device to idle, which never happens on a
+            // hang, and destroys kernels and memory in use). The in-flight fences are not
+            // leaked: they hold no hardware resource, and dropping them ends them
+            // `Abandoned` (their jobs were force-completed already), so nothing waits forever.
+            let retired = std::mem::take(&mut lock(&self.pool).retired);
+            std::mem::forget(retired);
+            std::mem::forget(self.core.clone());
             return;
         }
         self.stop_thread();
@@ -545,25 +612,42 @@ const ADOPTED_POLL: Duration = Duration::from_millis(5);
 /// wakes it. Exits when the ring is dropped or its core is lost. Allocation-free.
 fn completion_thread(ring: Weak<RingHw>, watch: Arc<Watch>) {
     completion_loop(&ring, &watch);
-    // Exiting: give up an adopted ring (its drop may run here, outside any section).
-    let adopted = {
+    // Exiting (its core is lost): nothing can be adopted any more. An adopted ring is still
+    // held until every other reference is gone (jobs being freed after the loss failed them,
+    // a temporary upgrade by a fence's `signaled` or `mark_lost`), then dropped here, outside
+    // any signalling section.
+    let mut adopted = {
         let mut a = lock(&watch.adopted);
         a.exited = true;
         a.ring.take()
     };
-    drop(adopted);
+    while let Some(r) = adopted.take() {
+        match Arc::try_unwrap(r) {
+            Ok(hw) => drop(hw),
+            Err(r) => {
+                adopted = Some(r);
+                std::thread::sleep(ADOPTED_POLL);
+            }
+        }
+    }
 }
 
 fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
     let timeout = COMPLETION_TIMEOUT.as_nanos() as u64;
     loop {
         // Holding the last reference to an adopted ring: drop it here (see `RingHw::adopt`);
-        // the next upgrade fails and the thread exits.
+        // the next upgrade fails and the thread exits. `Arc::try_unwrap` takes it
+        // atomically: a weak reference upgraded at the same moment (a fence's `signaled`,
+        // `mark_lost`) either keeps it adopted or fails, and never becomes the last one.
         let last = {
             let mut a = lock(&watch.adopted);
-            match &a.ring {
-                Some(r) if Arc::strong_count(r) == 1 => a.ring.take(),
-                _ => None,
+            match a.ring.take().map(Arc::try_unwrap) {
+                Some(Ok(hw)) => Some(hw),
+                Some(Err(r)) => {
+                    a.ring = Some(r);
+                    None
+                }
+                None => None,
             }
         };
         let adopted = last.is_none() && lock(&watch.adopted).ring.is_some();
@@ -573,6 +657,9 @@ fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
         let next = {
             let Some(r) = ring.upgrade() else { return };
             if r.core.is_lost() {
+                // `mark_lost` failed this ring's fences, unless the core had more live rings
+                // than it takes at once (`Completion::snapshot`): this covers those.
+                r.fail_all(FenceError::DeviceLost);
                 return;
             }
             let completed = r.completed.load(Ordering::SeqCst);
@@ -603,11 +690,11 @@ fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
         match r {
             Ok(()) | Err(vk::Result::TIMEOUT) => {}
             Err(vk::Result::ERROR_DEVICE_LOST) => lost = true,
-            Err(e) => tracing::warn!(target: "gpusched_vulkan", ?e, "vkWaitSemaphores failed"),
+            Err(e) => diag!(warn, target: "gpusched_vulkan", ?e, "vkWaitSemaphores failed"),
         }
         let Some(r) = ring.upgrade() else { return };
         if lost || r.complete().is_err() {
-            tracing::error!(target: "gpusched_vulkan", ring = %r.name, "device lost");
+            diag!(error, target: "gpusched_vulkan", ring = %r.name, "device lost");
             r.core.mark_lost();
             return;
         }
@@ -625,11 +712,16 @@ impl FenceOps for HwOps {
         "gpusched-vulkan"
     }
 
+    /// Whether the semaphore reached the fence's value. A fence marked failed (its value
+    /// reset to 0 under the ring lock, before any later submission) is never reported
+    /// signalled: the value is read again after the semaphore.
     fn signaled(&self) -> bool {
         let v = self.value.load(Ordering::Acquire);
         match self.ring.upgrade() {
             Some(r) if v != 0 => {
-                r.completed.load(Ordering::SeqCst) >= v || r.counter().is_ok_and(|c| c >= v)
+                let reached =
+                    r.completed.load(Ordering::SeqCst) >= v || r.counter().is_ok_and(|c| c >= v);
+                reached && self.value.load(Ordering::Acquire) == v
             }
             _ => false,
         }
@@ -640,30 +732,47 @@ impl FenceOps for HwOps {
         !self.signaled()
     }
 
+    /// Waits in slices of at most [`HW_WAIT_SLICE`], looking at the loss flag between them:
+    /// a device loss fails the fence (`fail_all`) without the semaphore ever reaching its
+    /// value, and an untimed wait must then end (the generic wait sees the failed fence)
+    /// rather than stay blocked in the driver until teardown. A value no submission carries
+    /// (batched and not flushed yet, or its submission failed) goes to the generic wait too.
     fn wait(&self, deadline: Option<Instant>) -> OpsWait {
         let v = self.value.load(Ordering::Acquire);
         let Some(r) = self.ring.upgrade() else { return OpsWait::Unsupported };
         if v == 0 {
             return OpsWait::Unsupported;
         }
-        let timeout = match deadline {
-            None => u64::MAX,
-            Some(d) => {
-                d.saturating_duration_since(Instant::now()).as_nanos().min(u64::MAX as u128) as u64
-            }
-        };
+        let Some(target) = r.submitted_signal_value(v) else { return OpsWait::Unsupported };
         let sems = [r.sem];
-        let values = [r.signal_value(v)];
+        let values = [target];
         let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
-        // SAFETY: the semaphore is live while `r` is held.
-        match unsafe { r.core.device.wait_semaphores(&info, timeout) } {
-            Ok(()) => OpsWait::Signaled,
-            Err(vk::Result::TIMEOUT) => OpsWait::TimedOut,
-            // Device lost or another failure: the completion thread signals the error.
-            Err(_) => OpsWait::Unsupported,
+        loop {
+            if r.core.is_lost() {
+                return OpsWait::Unsupported;
+            }
+            let slice = match deadline {
+                None => HW_WAIT_SLICE,
+                Some(d) => d.saturating_duration_since(Instant::now()).min(HW_WAIT_SLICE),
+            };
+            // SAFETY: the semaphore is live while `r` is held.
+            match unsafe { r.core.device.wait_semaphores(&info, slice.as_nanos() as u64) } {
+                Ok(()) => return OpsWait::Signaled,
+                Err(vk::Result::TIMEOUT) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return OpsWait::TimedOut;
+                    }
+                }
+                // Device lost or another failure: the completion thread signals the error.
+                Err(_) => return OpsWait::Unsupported,
+            }
         }
     }
 }
+
+/// The longest single `vkWaitSemaphores` of a hardware fence's wait ([`HwOps`]), between two
+/// looks at the loss flag.
+const HW_WAIT_SLICE: Duration = Duration::from_millis(10);
 
 /// A ring across device generations: its current `RingHw`, swapped to one on the new core
 /// by the recovery thread. What the scheduler's backend holds.
@@ -814,7 +923,6 @@ impl RingHw {
             return;
         }
         let last = st.next_value;
-        let first_unsubmitted = hw.submitted.load(Ordering::SeqCst);
         let result = if hw.core.is_lost() {
             Err(DeviceError::DeviceLost { op: "vkQueueSubmit" })
         } else {
@@ -835,6 +943,7 @@ impl RingHw {
                 .map(|()| slot.seq.fetch_add(1, Ordering::SeqCst) + 1)
                 .map_err(|code| map_device("vkQueueSubmit", code))
         };
+        let batched = st.batch.len();
         st.batch.clear();
         match result {
             Ok(seq) => {
@@ -847,26 +956,21 @@ impl RingHw {
                 }
             }
             Err(e) => {
-                // The batch never reached the hardware: its fences end with the error, one
-                // at a time and outside the lock (their callbacks re-enter the scheduler).
-                // The semaphore never reaches these values: rewind so later jobs reuse them.
-                st.next_value = first_unsubmitted;
+                // The batch never reached the hardware: its fences (the last `batched`
+                // entries) end with the error, in value order, after the fences before them
+                // (the ring's drainer signals them outside the lock: their callbacks re-enter
+                // the scheduler). Their values are not reused (a later submission signals a
+                // higher value, which timeline waits cover), so seqnos stay unique.
                 let error = e.fence_error();
-                drop(guard);
+                for f in st.in_flight.iter_mut().rev().take(batched) {
+                    f.fail(error);
+                }
                 if e.is_device_lost() {
+                    drop(guard);
                     hw.core.mark_lost();
+                    guard = lock(&hw.state);
                 }
-                loop {
-                    let entry = {
-                        let mut st = lock(&hw.state);
-                        match st.in_flight.back() {
-                            Some((v, _)) if *v > first_unsubmitted => st.in_flight.pop_back(),
-                            _ => None,
-                        }
-                    };
-                    let Some((_, signaller)) = entry else { break };
-                    signaller.signal_error(error);
-                }
+                hw.drain(guard);
             }
         }
     }
@@ -1026,7 +1130,12 @@ impl Backend for VulkanRing {
             job.value = value;
             prepared.value.store(value, Ordering::Release);
             let (fence, signaller) = prepared.hw.init(value);
-            st.in_flight.push_back((value, signaller));
+            st.in_flight.push_back(InFlight {
+                value,
+                signaller,
+                error: None,
+                ops_value: prepared.value.clone(),
+            });
             return Ok(fence);
         }
         if !st.batch.is_empty() {
@@ -1102,7 +1211,12 @@ impl Backend for VulkanRing {
         job.value = value;
         prepared.value.store(value, Ordering::Release);
         let (fence, signaller) = prepared.hw.init(value);
-        st.in_flight.push_back((value, signaller));
+        st.in_flight.push_back(InFlight {
+            value,
+            signaller,
+            error: None,
+            ops_value: prepared.value.clone(),
+        });
         drop(st);
         let prev = hw.submitted.swap(value, Ordering::SeqCst);
         if prev <= hw.completed.load(Ordering::SeqCst) {

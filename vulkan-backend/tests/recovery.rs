@@ -599,3 +599,79 @@ fn random_faults_every_fence_signals_and_results_are_right() {
     close(dev);
     assert_eq!(live_devices(), live, "seed {seed}");
 }
+
+/// Registers a callback on each fence that records its seqno and outcome, in signal order
+/// (into room reserved up front: callbacks run in signalling sections, which must not
+/// allocate).
+fn record_order(fences: &[gpusched::fence::Fence]) -> std::sync::Arc<Mutex<Vec<(u64, bool)>>> {
+    let order = std::sync::Arc::new(Mutex::new(Vec::with_capacity(fences.len())));
+    for f in fences {
+        let o = order.clone();
+        let cb = move |f: &gpusched::fence::Fence| {
+            o.lock().unwrap().push((f.seqno(), f.error().is_none()));
+        };
+        if let Err(already) = f.add_callback(cb) {
+            already.0(f);
+        }
+    }
+    order
+}
+
+/// Review finding 4: a ring's fences signal in seqno order when the device is lost, whether
+/// the loss fails them all (work stalled behind a hang) or races the completion thread
+/// completing the earlier ones (jobs finishing as the loss arrives): the jobs of one entity on
+/// one ring finish in push order, every completed one before every failed one.
+#[test]
+fn a_lost_device_fails_a_rings_fences_in_seqno_order() {
+    let _s = serial();
+    let live = live_devices();
+    let Some(dev) = device() else { return };
+    let ring = dev.ring(0, SchedulerConfig::new("r0")).unwrap();
+    let e = Entity::new(&[&ring], Priority::Normal).unwrap();
+    // Stalled behind a hang: the loss fails every one of them.
+    let mut fences =
+        vec![VulkanDevice::submit(&e, VulkanJob::empty().inject(JobFault::Hang)).unwrap()];
+    for _ in 0..16 {
+        fences.push(VulkanDevice::submit(&e, VulkanJob::empty()).unwrap());
+    }
+    let order = record_order(&fences);
+    let deadline = Instant::now() + WATCHDOG;
+    while ring.backend().submitted() < 17 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut gen = dev.generation();
+    dev.lose_device();
+    for f in &fences {
+        assert_eq!(wait(f), failed(FenceError::DeviceLost));
+    }
+    let got = order.lock().unwrap().clone();
+    let mut sorted = got.clone();
+    sorted.sort_unstable();
+    assert_eq!(got, sorted, "fences signalled out of seqno order");
+    assert_eq!(got.len(), fences.len());
+    // Racing completions: the loss arrives while the ring completes its jobs.
+    for round in 0..4 {
+        gen = dev.wait_generation(gen, WATCHDOG).unwrap();
+        let fences: Vec<_> =
+            (0..48).map(|_| VulkanDevice::submit(&e, VulkanJob::empty()).unwrap()).collect();
+        let order = record_order(&fences);
+        std::thread::sleep(Duration::from_micros(200 * round));
+        dev.lose_device();
+        for f in &fences {
+            let r = wait(f);
+            assert!(r.is_ok() || r == failed(FenceError::DeviceLost), "{r:?}");
+        }
+        let got = order.lock().unwrap().clone();
+        let mut sorted = got.clone();
+        // By seqno, and every completed fence before every failed one.
+        sorted.sort_unstable();
+        assert_eq!(got, sorted, "round {round}: fences signalled out of seqno order");
+        let first_failed = got.iter().position(|(_, ok)| !ok).unwrap_or(got.len());
+        assert!(got[first_failed..].iter().all(|(_, ok)| !ok), "round {round}: {got:?}");
+    }
+    dev.wait_generation(gen, WATCHDOG).unwrap();
+    assert_no_validation_errors();
+    drop((e, ring, fences));
+    close(dev);
+    assert_eq!(live_devices(), live);
+}
