@@ -169,6 +169,7 @@ def main():
         ("create_signal", "create + signal"),
         ("add_callback_signal", "add_callback + signal"),
         ("wake_latency", "cross-thread signal → wake"),
+        ("wake_latency_nospin", "cross-thread signal → wake, spin off"),
     ]:
         tgt = ("≤ 1.1× Condvar", le(1.1)) if g == "wake_latency" else None
         r.row(f"{label} vs Condvar", f"fence.{g}.condvar_ns", f"fence.{g}.fence_ns",
@@ -378,34 +379,35 @@ def main():
         "",
         "## Notes",
         "",
-        "- **Vulkan throughput on lavapipe.** The device's completion thread waits with "
-        "`vkWaitSemaphores(WAIT_ANY)` over the ring's timeline semaphore and a wake "
-        "semaphore. Mesa's common Vulkan runtime cannot block on several emulated timeline "
-        "semaphores at once and *spins* (`__vk_sync_wait_many` in "
-        "`src/vulkan/runtime/vk_sync.c`: \"there's nothing better we can do than spin\"), so "
-        "while jobs are in flight that thread occupies a core that lavapipe's own worker "
-        "threads need: see the profile line under section 5 (native: 0%). Reproduced "
-        "without the scheduler: one extra thread doing the same two-semaphore `WAIT_ANY` "
-        "wait beside the native loop slowed native SAXPY from 0.75–1.5 ms to 2.0–2.4 ms per "
-        "job, the scheduler's range, and made the scheduler look faster than native. Not a "
-        "scheduler cost; real drivers block in this wait. A fix belongs in the backend (not "
-        "done here: vulkan-backend/src is being changed on another branch): wait on the one "
-        "busy ring's semaphore with a short timeout instead of `WAIT_ANY` over two, or use "
-        "one completion thread per ring. Across 5 runs on this machine (b)/(a) throughput "
-        "ranged 0.47–0.92× for empty jobs and 0.59–0.76× for SAXPY.",
-        "- **Latency** through the scheduler crosses two extra thread hops that native "
-        "does not: the completion thread (which, spinning, notices completion at once) and "
-        "the finished fence's signal → waiter wake (the wake-latency row of section 1). "
-        "Native blocks in `vkWaitSemaphores`, a condition variable in lavapipe. Which wins "
-        "depends on the machine's load: empty-job p50 (b)/(a) ranged 0.5–1.6× across runs "
-        "here. p99 values on this shared machine mostly show preemption.",
-        "- **Batching** gains nothing with one submitting thread: the scheduler runs each job "
-        "as soon as it is pushed (credits are free), so every pump hands over a batch of one; "
-        "batches form only when pushes arrive while a pump is running. (b) and (c) therefore "
-        "do the same work, and their difference in a run is a measure of its noise.",
-        "- **Wake latency** (fence vs Condvar) was not worked on in this round. The bench's "
-        "own medians and criterion's disagree run to run on this shared machine (between "
-        "0.5× and 3× within one run); only a quiet machine can tell how far off 1.1× it is.",
+        "- **Vulkan throughput on lavapipe.** The backend used to wait for completions with "
+        "one thread per device doing `vkWaitSemaphores(WAIT_ANY)` over every busy ring's "
+        "timeline semaphore and a wake semaphore. Mesa's common Vulkan runtime cannot block "
+        "on several emulated timeline semaphores at once and *spins* (`__vk_sync_wait_many` "
+        "in `src/vulkan/runtime/vk_sync.c`: \"there's nothing better we can do than spin\"): "
+        "that thread was on a CPU 59–92% of the wall time, taking a core from lavapipe's "
+        "workers, and SAXPY through the scheduler ran at 0.54–0.74× native. Now each ring "
+        "has its own completion thread blocked in a single-semaphore wait (2% busy): SAXPY "
+        "(b)/(a) 0.94–0.97×. Empty jobs stay below the target: each completion now wakes a "
+        "sleeping thread (the old spinning one noticed at once), and on 2 shared cores the "
+        "extra wake-up per job is a large share of a ~7 µs job; across runs (b)/(a) ranged "
+        "0.66–0.86×.",
+        "- **Latency** through the scheduler crosses extra thread hops that native does not: "
+        "the ring's completion thread and the finished fence's signal → waiter wake. p99 "
+        "values on this shared machine mostly show preemption.",
+        "- **Batching** forms batches only when several jobs are handed over together: one "
+        "thread pushing jobs one by one gets each run at once (credits are free), 1 job per "
+        "submit. A burst released by one signal (32 jobs behind one gate fence) is selected "
+        "after the signal's callbacks and goes out as one `vkQueueSubmit` (32 jobs per "
+        "submit). lavapipe spends its time per command buffer, not per submit, so the gain "
+        "is small here; a real GPU (~20–30 µs of CPU per submit) is where it should show.",
+        "- **Wake latency**: blocking fence waits spin for up to 3 µs before they sleep on a "
+        "futex (`set_wait_spin`, as i915 spins before sleeping on a request), so a tight "
+        "ping-pong rarely sleeps: that is the default row. The spin-off row compares the "
+        "sleeping paths like for like; on this shared machine it is unstable: interleaved "
+        "medians from 0.39× to 1.15× in separate runs, and 5.2× in the committed run, whose "
+        "Condvar median (2.2 µs one way) means its Condvar waits mostly did not sleep; "
+        "criterion's estimates of the same pair: 0.9–1.3×. Only a quiet machine can settle "
+        "it.",
         "- **Checker**: compiled in and enabled vs compiled out is within this machine's "
         "noise on mock-ring throughput (runs here gave 0.89–1.07×; below 1 means the noise "
         "exceeded the cost). The checker's cost shows in the micro rows (annotated mutex, "
