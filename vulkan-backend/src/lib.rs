@@ -40,7 +40,8 @@
 //!   `VulkanJob::inject`, a seeded `fault::FaultPlan`, `VulkanDevice::lose_device`.
 //!
 //! # Example
-//! ```no_run
+//! Runs in CI on lavapipe (`make doctest`); it needs a Vulkan driver.
+//! ```
 //! use std::time::Duration;
 //! use gpusched::{Entity, Priority, SchedulerConfig};
 //! use gpusched_vulkan::{Builtin, VulkanDevice, VulkanJob};
@@ -59,6 +60,9 @@
 //! let done = VulkanDevice::submit(&client, job)?;
 //! done.wait_timeout(Duration::from_secs(10))?;
 //! assert!(buf.read_f32(Duration::from_secs(1))?.iter().all(|v| *v == 2.5));
+//! // Destroy the device before the process exits (after its rings, entities and buffers).
+//! drop((client, ring, buf));
+//! dev.close(Duration::from_secs(10)).map_err(|_| "device still referenced")?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
