@@ -4,7 +4,8 @@
 //! loss and recreation, kills, dropped jobs, a rogue client), with every job's value computed
 //! on the device from its inputs' buffers, checked by the oracle.
 //!
-//! - `fixed_seeds`: seeds `0..FAULT_SEEDS` (default 10), what CI runs (tens of seconds).
+//! - `fixed_seeds`: what CI runs (seconds): seeds `0..12` and four that lose the device, or
+//!   `0..FAULT_SEEDS`.
 //! - `FAULT_SEED=<n>` replays one seed (printed with every failure).
 //! - `FAULT_STRICT=1` also fails on the known backend bugs the oracle tolerates and counts on
 //!   Vulkan (listed in `VulkanWorld`'s docs); `FAULT_DUMP=1` prints every failing seed's dump.
@@ -28,6 +29,10 @@ use gpusched_tests::{
 use gpusched_vulkan::{
     live_devices, validation_errors, DeviceConfig, InitError, VulkanDevice, VulkanJob, VulkanRing,
 };
+
+/// Seeds of `VULKAN_PLAN` that lose the device (one with a rogue client, one with a kill),
+/// added to the CI set `0..12`, which has none.
+const LOSS_SEEDS: [u64; 4] = [16, 36, 80, 107];
 
 #[global_allocator]
 static ALLOC: CheckingAllocator = CheckingAllocator::new(std::alloc::System);
@@ -155,8 +160,13 @@ fn fixed_seeds() {
     let devices = live_devices();
     let seeds: Vec<u64> = match env_u64("FAULT_SEED") {
         Some(seed) => vec![seed],
-        None => (0..env_u64("FAULT_SEEDS").unwrap_or(10)).collect(),
+        None => match env_u64("FAULT_SEEDS") {
+            Some(n) => (0..n).collect(),
+            None => (0..12).chain(LOSS_SEEDS).collect(),
+        },
     };
+    let default_set =
+        std::env::var_os("FAULT_SEED").is_none() && std::env::var_os("FAULT_SEEDS").is_none();
     let start = Instant::now();
     let mut totals = Totals::default();
     let mut failures: Vec<Failure> = Vec::new();
@@ -183,13 +193,16 @@ fn fixed_seeds() {
     }
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
-        "fault suite (vulkan): seeds {}..={}: {totals} in {secs:.1} s ({:.2} scenarios/s)",
-        seeds[0],
-        seeds[seeds.len() - 1],
+        "fault suite (vulkan): seeds {seeds:?}: {totals} in {secs:.1} s ({:.2} scenarios/s)",
         totals.scenarios as f64 / secs
     );
     assert_eq!(live_devices(), devices, "devices left alive after the scenarios");
-    assert!(totals.ok > 0, "no job succeeded: nothing was checked: {totals}");
+    assert!(totals.ok * 3 > totals.jobs, "too few successes to check results: {totals}");
+    if default_set {
+        // The CI set must exercise what it claims to.
+        assert!(totals.device_lost == LOSS_SEEDS.len(), "{totals}");
+        assert!(totals.banned > 0 && totals.killed > 0 && totals.arm_refused > 0, "{totals}");
+    }
 }
 
 #[test]
