@@ -33,7 +33,7 @@
 //! A `VulkanRing` batches the jobs handed over in one go into one `vkQueueSubmit` that signals
 //! only the last job's timeline value, so every job of a batch completes when the whole batch
 //! does: a slow job batched behind fault-free ones makes the head of the batch late, and the
-//! timeout handler blames that innocent job (seed 4: a fault-free job `TimedOut`, its entity
+//! timeout handler blames that innocent job (seeds 4, 7, 25: a fault-free job `TimedOut`, its entity
 //! banned after "0 hangs"). Until the backend fixes that, the world turns batching off
 //! (`VulkanRing::set_batching(false)`); `GPUSCHED_FAULT_BATCHING=1` turns it back on to
 //! reproduce.

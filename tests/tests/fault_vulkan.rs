@@ -193,7 +193,12 @@ fn fixed_seeds() {
     }
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
-        "fault suite (vulkan): seeds {seeds:?}: {totals} in {secs:.1} s ({:.2} scenarios/s)",
+        "fault suite (vulkan): seeds {}: {totals} in {secs:.1} s ({:.2} scenarios/s)",
+        if seeds.len() > 20 {
+            format!("{}..={}", seeds[0], seeds[seeds.len() - 1])
+        } else {
+            format!("{seeds:?}")
+        },
         totals.scenarios as f64 / secs
     );
     assert_eq!(live_devices(), devices, "devices left alive after the scenarios");
