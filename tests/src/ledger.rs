@@ -38,6 +38,9 @@ pub struct JobLedger {
     pub finished_signals: AtomicU32,
     /// Signals of its scheduled fence.
     pub scheduled_signals: AtomicU32,
+    /// Its computed value cannot be checked: it read, or its result lies in, the memory of a
+    /// device generation that was lost (Vulkan's "VRAM lost"). Set by the world.
+    pub unchecked: std::sync::atomic::AtomicBool,
     /// The jobs whose values it reads, sorted (its explicit and implicit dependencies), set
     /// when its payload is made, before it is armed.
     pub inputs: OnceLock<Box<[usize]>>,

@@ -8,7 +8,7 @@
 //! buffers' `Resv`s, read or written, through `JobBuilder::resv_dependencies`), and faults:
 //! hung jobs, slow jobs past the timeout, failed submissions, device loss, entities killed
 //! mid-flight, armed jobs dropped unpushed. The executor ([`run_scenario`]) runs it against a
-//! [`World`] (the backend: [`MockWorld`] here, a Vulkan world over `gpusched-vulkan` later)
+//! [`World`] (the backend: [`MockWorld`] on a software ring, [`VulkanWorld`] over `gpusched-vulkan` on lavapipe)
 //! from several submitter threads, and the oracle checks, after every scenario, the rules its
 //! module documents: every fence handed out signalled exactly once; every error is the right
 //! one (guilty `TimedOut`, banned `Cancelled`, killed `Killed`, lost `DeviceLost`, a failed
@@ -24,6 +24,7 @@ mod ledger;
 mod mock;
 mod oracle;
 mod plan;
+mod vulkan;
 mod world;
 
 pub use crate::exec::{run_scenario, Failure, Summary, WATCHDOG};
@@ -32,4 +33,5 @@ pub use crate::mock::{FaultJob, FaultRing, MockWorld};
 pub use crate::plan::{
     EntityPlan, Event, EventKind, Fault, JobPlan, PlanConfig, Scenario, SUBMIT_ERROR,
 };
+pub use crate::vulkan::{VulkanWorld, VULKAN_PLAN};
 pub use crate::world::World;

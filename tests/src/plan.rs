@@ -106,8 +106,11 @@ pub struct PlanConfig {
     pub max_threads: usize,
     /// Most hung or slow jobs of well-behaved entities (each costs a timeout).
     pub max_stuck: usize,
-    /// The scheduler timeout of the world (a slow job runs three times as long).
+    /// The scheduler timeout of the world.
     pub timeout: Duration,
+    /// How many timeouts a slow job runs (3 by default; a Vulkan ring declares its device
+    /// lost after three timeouts without progress, so the Vulkan world uses less).
+    pub slow_timeouts: f64,
 }
 
 impl Default for PlanConfig {
@@ -120,6 +123,7 @@ impl Default for PlanConfig {
             max_threads: 3,
             max_stuck: 2,
             timeout: Duration::from_millis(25),
+            slow_timeouts: 3.0,
         }
     }
 }
@@ -222,7 +226,7 @@ impl Scenario {
                     Fault::Hang
                 } else if r < 0.06 && stuck < cfg.max_stuck {
                     stuck += 1;
-                    Fault::Slow(cfg.timeout * 3)
+                    Fault::Slow(cfg.timeout.mul_f64(cfg.slow_timeouts))
                 } else if r < 0.085 {
                     Fault::FailSubmit
                 } else {

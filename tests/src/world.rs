@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use gpusched::fence::FenceError;
 use gpusched::{Backend, Scheduler};
 
 use crate::ledger::Ledger;
@@ -21,7 +22,7 @@ use crate::plan::{Fault, Scenario};
 ///   makes it readable through the ledger's `result` by the time [`collect`](World::collect)
 ///   returns. Fault behaviour: [`Fault::Hang`] never completes until the ring is reset;
 ///   [`Fault::Slow`] runs that long; [`Fault::FailSubmit`] fails its first `run_job` with
-///   [`SUBMIT_ERROR`](crate::SUBMIT_ERROR).
+///   [`World::SUBMIT_ERROR`].
 /// - The backend counts into the ledger: `prepared` in `prepare_job`, `runs` in `run_job`,
 ///   `cancelled` in `cancel_job`, `freed` in `free_job`, and `guilty` for the job it resets as
 ///   guilty in `timedout_job` (only when the reset blames it: not when it answers `NoHang`).
@@ -39,6 +40,33 @@ pub trait World: Sized + Send + Sync + 'static {
 
     /// The world's name in reports (`mock`, `vulkan`).
     const NAME: &'static str;
+
+    /// The error a [`Fault::FailSubmit`] job's fence ends with.
+    const SUBMIT_ERROR: FenceError = crate::plan::SUBMIT_ERROR;
+
+    /// Whether the backend counts every call of the contract (`runs`, `cancelled`, `guilty`,
+    /// and `freed` in `free_job`). A world over a backend it cannot instrument (Vulkan: the
+    /// `VulkanRing` is the crate's own `Backend`) sets it to `false` and counts only what it
+    /// observes from outside: `prepared` (its recording closure runs in `prepare_job`) and
+    /// `freed` (the payload dropped, which the backend may defer to teardown); the oracle
+    /// then relaxes the rules that need the other counters (see its docs).
+    const COUNTS_BACKEND_CALLS: bool = true;
+
+    /// Whether the device comes back after [`lose_device`](World::lose_device) (Vulkan
+    /// recreates it as a new generation): jobs armed after the loss may succeed, and arms
+    /// refused by `prepare_job` while it is recreated are justified.
+    const RECOVERS_FROM_LOSS: bool = false;
+
+    /// Whether a reset reruns the jobs that were on the hardware (the scheduler's
+    /// `Recovery::standard_reset`), so that those whose same-ring dependency was blamed end
+    /// with its error. A Vulkan ring cannot take submissions off its queue: they run to
+    /// completion after the blamed job (see the oracle's docs for what is tolerated).
+    const RERUNS_AFTER_RESET: bool = true;
+
+    /// Whether each entity's finished fences are known to signal in seqno order. `false`
+    /// only for a world with a known, reported backend bug (Vulkan): inversions are then
+    /// counted in the [`Summary`](crate::Summary) instead of failing the scenario.
+    const TIMELINE_IN_ORDER: bool = true;
 
     /// Makes the world for `scenario`, writing its observations into `ledger`.
     ///
