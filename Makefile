@@ -92,7 +92,13 @@ features:
 
 # The published crates package and verify together (one `cargo package` call, so that
 # gpusched-resv and gpusched resolve their unpublished workspace dependencies locally).
+# Cargo unpacks that local registry into $CARGO_HOME/registry/src/<hash of its path>/ and
+# reuses an unpacked crate of the same name and version: a clone at a path used before
+# would verify against stale sources. So drop our own unpacked crates first.
+CARGO_HOME ?= $(HOME)/.cargo
 package:
+	rm -rf $(CARGO_HOME)/registry/src/*/gpusched-[0-9]* \
+		$(CARGO_HOME)/registry/src/*/gpusched-{fence,resv,vulkan}-[0-9]*
 	$(ENV) cargo package --allow-dirty -p gpusched-fence -p gpusched-resv -p gpusched -p gpusched-vulkan
 
 loom:
