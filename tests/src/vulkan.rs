@@ -39,11 +39,6 @@
 //! reproduce.
 //!
 //! # Known backend bugs, tolerated and counted (`FAULT_STRICT=1` in `fault_vulkan` fails on them)
-//! - An entity's finished fences sometimes signal out of seqno order (seeds 1, 33, 34 of
-//!   `VULKAN_PLAN`, intermittently, a few percent of scenarios): the hardware fence's
-//!   `FenceOps::signaled` polls the semaphore counter, so whoever polls a later job's fence
-//!   signals it before the completion thread signalled an earlier one
-//!   ([`World::TIMELINE_IN_ORDER`] false).
 //! - A job already on the `VkQueue` behind a same-ring dependency that is then blamed runs
 //!   to completion and succeeds (seed 7): `VulkanRing::timedout_job` never reruns jobs, so
 //!   the scheduler's resubmission path, which fails such dependants, is never taken
@@ -172,8 +167,6 @@ impl World for VulkanWorld {
     const COUNTS_BACKEND_CALLS: bool = false;
     const RECOVERS_FROM_LOSS: bool = true;
     const RERUNS_AFTER_RESET: bool = false;
-    /// A known bug (see the module docs).
-    const TIMELINE_IN_ORDER: bool = false;
 
     fn new(scenario: &Scenario, ledger: Arc<Ledger>) -> Result<Self, String> {
         let validation = std::env::var("GPUSCHED_TEST_NOVAL").is_err();

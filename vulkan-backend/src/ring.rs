@@ -12,7 +12,11 @@
 //! fences of a ring (one fence context, seqno = value) signal in value order, one at a time,
 //! outside the ring lock, by whichever thread is draining the ring (`RingHw::drain`):
 //! completion, device loss and a failed batch only mark entries done or failed and leave the
-//! signalling to it. A failed batch's values are not reused.
+//! signalling to it. A failed batch's values are not reused. A hardware fence's
+//! [`FenceOps::signaled`] poll reports what the drain has signalled (`RingHw::signalled`),
+//! never the semaphore counter, which runs ahead of the drain: a poll must not signal a later
+//! fence before the drain has signalled the earlier ones. Hardware progress (stuck
+//! detection, recycling, `hw_progress`) reads the counter.
 //!
 //! # Contract (see [`gpusched::Backend`])
 //! `prepare_job` (arm time) records the command buffer on the ring's *current* hardware ring
@@ -31,7 +35,8 @@
 //! # Timeouts (`timedout_job`)
 //! Vulkan has no queue reset and no way to take a submission off a queue. Inside the TDR's
 //! signalling section, allocation- and `Resv`-lock-free: stop the scheduler; a guilty job that
-//! completed after all is [`TimeoutStatus::NoHang`]. Then the ring's hardware progress
+//! completed after all (its fence signalled, or the semaphore passed its value and the drain
+//! has yet to signal it) is [`TimeoutStatus::NoHang`]. Then the ring's hardware progress
 //! decides, not fence state: if the semaphore still stands where it stood at this ring's
 //! previous timeout, with work pending, the hardware is still on the submission that timed
 //! out then (already force-completed) and the job at the head has not even started: it is
@@ -217,6 +222,11 @@ pub(crate) struct RingHw {
     pub(crate) submitted: AtomicU64,
     /// The last value the completion thread saw the semaphore reach.
     pub(crate) completed: AtomicU64,
+    /// The value of the last in-flight entry the ring's drainer has signalled (successfully
+    /// or not): every fence of the ring up to it has signalled, in order. What a hardware
+    /// fence's [`HwOps::signaled`] reports, never the semaphore counter, which runs ahead of
+    /// the drain (a poll of a later fence would otherwise signal it before earlier ones).
+    signalled: AtomicU64,
     /// What the ring's completion thread shares with it.
     watch: Arc<Watch>,
     /// The completion thread, joined by the ring's drop (unless the drop runs on it).
@@ -296,6 +306,7 @@ impl RingHw {
             }),
             submitted: AtomicU64::new(0),
             completed: AtomicU64::new(0),
+            signalled: AtomicU64::new(0),
             flags,
             tdr_counter: AtomicU64::new(u64::MAX),
             tdr_stalls: AtomicU32::new(0),
@@ -385,6 +396,9 @@ impl RingHw {
                 Some(e) => f.signaller.signal_error(e),
                 None => f.signaller.signal(),
             };
+            // After the signal: a poll of this fence or a later one (`HwOps::signaled`) never
+            // runs ahead of the drain.
+            self.signalled.fetch_max(f.value, Ordering::SeqCst);
             st = lock(&self.state);
         }
     }
@@ -712,16 +726,17 @@ impl FenceOps for HwOps {
         "gpusched-vulkan"
     }
 
-    /// Whether the semaphore reached the fence's value. A fence marked failed (its value
-    /// reset to 0 under the ring lock, before any later submission) is never reported
-    /// signalled: the value is read again after the semaphore.
+    /// Whether the ring's in-order drain has passed the fence (`RingHw::signalled`), not
+    /// whether the semaphore reached its value: the fences of a ring signal in value order,
+    /// one at a time, by the drainer only, so a poll (`Fence::is_signaled`, the TDR's
+    /// `guilty_completed`, a waiter) never signals a later fence before an earlier one. A
+    /// fence marked failed (its value reset to 0 under the ring lock) is never reported
+    /// signalled: the value is read again after the ring's.
     fn signaled(&self) -> bool {
         let v = self.value.load(Ordering::Acquire);
         match self.ring.upgrade() {
             Some(r) if v != 0 => {
-                let reached =
-                    r.completed.load(Ordering::SeqCst) >= v || r.counter().is_ok_and(|c| c >= v);
-                reached && self.value.load(Ordering::Acquire) == v
+                r.signalled.load(Ordering::SeqCst) >= v && self.value.load(Ordering::Acquire) == v
             }
             _ => false,
         }
@@ -737,6 +752,9 @@ impl FenceOps for HwOps {
     /// value, and an untimed wait must then end (the generic wait sees the failed fence)
     /// rather than stay blocked in the driver until teardown. A value no submission carries
     /// (batched and not flushed yet, or its submission failed) goes to the generic wait too.
+    /// [`OpsWait::Signaled`] means the semaphore reached the value; the fence itself signals
+    /// when the ring's drain gets to it (in order, see [`HwOps::signaled`]): until then the
+    /// generic wait, which `Fence::wait` falls back to, waits for that signal.
     fn wait(&self, deadline: Option<Instant>) -> OpsWait {
         let v = self.value.load(Ordering::Acquire);
         let Some(r) = self.ring.upgrade() else { return OpsWait::Unsupported };
@@ -1237,16 +1255,18 @@ impl Backend for VulkanRing {
     /// See the module docs ("Timeouts"). Allocation-free and `Resv`-lock-free.
     fn timedout_job(&self, recovery: &mut Recovery<'_, Self>) -> TimeoutStatus {
         recovery.stop();
-        if recovery.guilty_completed() {
-            recovery.start();
-            return TimeoutStatus::NoHang;
-        }
         let (hw, hang, value) = recovery
             .with_guilty_payload(|j| (j.hw.clone(), j.hang, j.value))
             .unwrap_or((None, None, 0));
         // The ring the guilty job runs on (reference counts only: no allocation, and never
         // the last reference: the job, the slot or the graveyard holds it).
         let hw = hw.unwrap_or_else(|| lock(&self.slot.current).clone());
+        // Completed: its fence signalled, or the hardware passed it and the ring's drain
+        // (which alone signals its fences, in order) has not got to it yet.
+        if recovery.guilty_completed() || (value != 0 && hw.counter().is_ok_and(|c| c >= value)) {
+            recovery.start();
+            return TimeoutStatus::NoHang;
+        }
         if value != 0 && hw.behind_another_ring(value) {
             // Queued behind another ring's unfinished submission on the shared `VkQueue`:
             // it has not started. That ring's own timeout deals with its job; wait another
