@@ -715,6 +715,37 @@ impl<B: Backend> SchedShared<B> {
         }
     }
 
+    /// Ends, with the failed dependency's error and in timeline order, every job still on the
+    /// hardware whose same-ring dependency has failed since it was scheduled (the guilty job,
+    /// a banned entity's job), without rerunning anything: for backends that cannot take
+    /// work off the hardware and do not resubmit. The hardware may still run such a job;
+    /// its resources are freed through `free_job`, which must keep them until the hardware
+    /// has passed it. Allocation-free.
+    pub(crate) fn fail_dependants(self: &Arc<Self>) {
+        let epoch = self.begin_pass();
+        while let Some(job) = self.next_in_pass(epoch) {
+            // Only jobs detached by `stop_ring` hold their callback; the others completed.
+            let detached = lock(&job.hw).callback.is_some();
+            if !detached || lock(&job.deferred_error).is_some() {
+                continue;
+            }
+            let completed = lock(&job.hw)
+                .fence
+                .as_ref()
+                .is_some_and(|f| f.is_signaled() && f.error().is_none());
+            if completed {
+                continue;
+            }
+            let dep_error = {
+                let st = lock(&self.state);
+                job.same_sched.iter().find_map(|d| d.error(Some(&st.pending)))
+            };
+            if let Some(e) = dep_error {
+                self.fail_in_order(&job, e);
+            }
+        }
+    }
+
     /// `drm_sched_start`: retires jobs that completed while stopped, reattaches completion
     /// callbacks, re-arms the timeout and runs queued work.
     pub(crate) fn start_ring(self: &Arc<Self>) {

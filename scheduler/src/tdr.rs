@@ -293,6 +293,18 @@ impl<B: Backend> Recovery<'_, B> {
         self.sched.force_complete_all(error);
     }
 
+    /// Ends every job still on the ring whose same-ring dependency has failed (typically the
+    /// guilty job just force-completed) with that dependency's error, in timeline order,
+    /// without rerunning anything. For a backend that does not [`resubmit`](Recovery::resubmit)
+    /// (its queued hardware work simply continues, as a Vulkan queue's does after a hang is
+    /// released): a job scheduled behind a failed dependency on the same ring would otherwise
+    /// run on its missing results and end `Ok`. The hardware may still run such a job; keep its
+    /// resources until the hardware has passed it (as after `force_complete_guilty`). Call
+    /// between [`stop`](Recovery::stop) and [`start`](Recovery::start).
+    pub fn fail_dependants(&mut self) {
+        self.sched.fail_dependants();
+    }
+
     /// Opens an interrupt section on the reset domain until recovery ends: every interruptible
     /// wait on the domain's fences returns `Interrupted`, new ones fail at once; plain waits
     /// keep waiting.

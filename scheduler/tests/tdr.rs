@@ -157,6 +157,10 @@ enum Mode {
     Standard,
     ForceAll(FenceError),
     Hold,
+    /// A backend that cannot take work off its queue and never resubmits (Vulkan): the
+    /// guilty job ends `TimedOut`, its same-ring dependants fail, the hang is released and
+    /// the queued hardware work simply continues.
+    NoResubmit,
 }
 
 impl Scripted {
@@ -204,6 +208,15 @@ impl gpusched::Backend for Scripted {
                 self.ring.reset_hw();
                 true
             }),
+            Mode::NoResubmit => {
+                r.stop();
+                r.blame();
+                r.force_complete_guilty(FenceError::TimedOut);
+                r.fail_dependants();
+                self.ring.release_hangs();
+                r.start();
+                TimeoutStatus::Reset
+            }
             Mode::ForceAll(e) => {
                 r.stop();
                 r.force_complete_all(e);
@@ -531,4 +544,26 @@ fn deferred_failure_in_a_reset_fails_dependants_armed_before_the_push() {
     assert_eq!(dependant.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
     assert!(prev.timestamp().unwrap() <= failing.timestamp().unwrap());
     assert_eq!(s.backend().completed_tags(), vec![2], "only the innocent job completes");
+}
+
+/// A backend that never resubmits: a job queued on the hardware behind a same-ring
+/// dependency that timed out must end with that error (`Recovery::fail_dependants`), not run
+/// on the guilty job's missing results and end `Ok`; an independent job queued behind the
+/// hang completes normally.
+#[test]
+fn without_resubmission_same_ring_dependants_of_the_guilty_fail() {
+    let s = scripted(Mode::NoResubmit, 100, None);
+    let bad = Entity::new(&[&s], Priority::Normal).unwrap();
+    let dep = Entity::new(&[&s], Priority::Normal).unwrap();
+    let other = Entity::new(&[&s], Priority::Normal).unwrap();
+    let hung = bad.job(MockJob::new(1).behavior(MockBehavior::Hang)).arm().unwrap().push();
+    // Same scheduler: met once the hung job is scheduled, so it is on the ring behind it.
+    let dependant = dep.job(MockJob::new(2)).dependency(hung.clone()).arm().unwrap().push();
+    let innocent = other.job(MockJob::new(3)).arm().unwrap().push();
+    assert_eq!(hung.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
+    assert_eq!(dependant.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
+    assert_eq!(innocent.wait_timeout(WATCHDOG), Ok(()));
+    // The hardware did run all three (nothing was taken off it), in ring order.
+    assert_eq!(s.backend().ring.completed_tags(), vec![1, 2, 3]);
+    assert_eq!(s.stats().credits_in_flight, 0);
 }
