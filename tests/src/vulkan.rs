@@ -38,11 +38,13 @@
 //! (`VulkanRing::set_batching(false)`); `GPUSCHED_FAULT_BATCHING=1` turns it back on to
 //! reproduce.
 //!
-//! # Known backend bugs, tolerated and counted (`FAULT_STRICT=1` in `fault_vulkan` fails on them)
-//! - A job already on the `VkQueue` behind a same-ring dependency that is then blamed runs
-//!   to completion and succeeds (seed 7): `VulkanRing::timedout_job` never reruns jobs, so
-//!   the scheduler's resubmission path, which fails such dependants, is never taken
-//!   ([`World::RERUNS_AFTER_RESET`] false).
+//! # Checked like the other worlds
+//! The oracle checks the Vulkan world with the default [`World::RERUNS_AFTER_RESET`] and
+//! [`World::TIMELINE_IN_ORDER`]: a job queued on the `VkQueue` behind a same-ring dependency
+//! that is blamed ends with its error (`VulkanRing::timedout_job` calls
+//! `Recovery::fail_dependants`; its command buffer still runs), and a ring's hardware fences
+//! signal only through its in-order drain (a poll never signals one early). `FAULT_STRICT=1`
+//! in `fault_vulkan` still fails on any occurrence the oracle would tolerate and count.
 //!
 //! # Faults
 //! [`Fault::Hang`] → `JobFault::Hang` (released by the timeout handler), [`Fault::Slow`] →
@@ -166,7 +168,6 @@ impl World for VulkanWorld {
     const SUBMIT_ERROR: FenceError = FenceError::Driver(-12);
     const COUNTS_BACKEND_CALLS: bool = false;
     const RECOVERS_FROM_LOSS: bool = true;
-    const RERUNS_AFTER_RESET: bool = false;
 
     fn new(scenario: &Scenario, ledger: Arc<Ledger>) -> Result<Self, String> {
         let validation = std::env::var("GPUSCHED_TEST_NOVAL").is_err();

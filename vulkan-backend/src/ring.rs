@@ -40,7 +40,9 @@
 //! decides, not fence state: if the semaphore still stands where it stood at this ring's
 //! previous timeout, with work pending, the hardware is still on the submission that timed
 //! out then (already force-completed) and the job at the head has not even started: it is
-//! not blamed, and the answer is `NoHang` (wait another timeout). After [`STUCK_AFTER`]
+//! not blamed, and the answer is `NoHang` (wait another timeout); so is a job queued behind
+//! an unfinished earlier submission of its ring (one force-completed while it runs on) when the
+//! semaphore did move. After [`STUCK_AFTER`]
 //! such timeouts in a row the ring is stuck on a submission nothing can release: every job
 //! of the ring is force-completed `DeviceLost`, the device generation is declared lost (see
 //! [`recovery`](crate::recovery)) and recreated, and the scheduler restarts. Otherwise the
@@ -49,7 +51,10 @@
 //! ([`TimeoutStatus::Reset`]). No job is resubmitted: the innocent jobs behind the guilty one
 //! are still queued on the `VkQueue` with valid command buffers and complete by themselves
 //! once it is released (or finishes, for a slow job), and their hardware fences, reattached
-//! by the restart, retire them. A job slower than `STUCK_AFTER + 1` timeouts is
+//! by the restart, retire them. Those among them that depend on a failed job of the ring
+//! (the guilty one, transitively) would run on its missing results: they end with its error
+//! ([`Recovery::fail_dependants`], the scheduler's resubmission rule without the rerun),
+//! and keep their resources until the semaphore passes them. A job slower than `STUCK_AFTER + 1` timeouts is
 //! indistinguishable from a hang and costs a device generation.
 //!
 //! Rings sharing a `VkQueue` (lavapipe has one) stall together. After a reset, the other
@@ -177,11 +182,12 @@ struct RingState {
     /// of `in_flight`. Capacity: reserved with `in_flight`.
     batch: Vec<vk::CommandBuffer>,
     /// The values the submissions not yet seen complete signal, in order, with each
-    /// submission's sequence number on its `VkQueue` (`QueueSlot::seq`): a batch signals
+    /// submission's sequence number on its `VkQueue` (`QueueSlot::seq`) and the value of
+    /// the injected releasable hang it waits for (0: none): a batch signals
     /// only its last job's value. Waits go for one of these (see `RingHw::signal_value`).
     /// Capacity: reserved with `in_flight`, which always holds the job whose value each
     /// entry is (so it is never longer); popped with it by `complete`.
-    signals: VecDeque<(u64, u64)>,
+    signals: VecDeque<(u64, u64, u64)>,
 }
 
 /// A published hardware fence: its value (and seqno), its signaller, and the error it ends
@@ -435,6 +441,36 @@ impl RingHw {
     fn queue_seq_of(&self, value: u64) -> Option<u64> {
         let st = lock(&self.state);
         st.signals.iter().find(|s| s.0 >= value).map(|s| s.1)
+    }
+
+    /// Whether an earlier submission of this ring than the one carrying job value `value` is
+    /// unfinished (the job has not started: the ring runs in order). Allocation-free.
+    fn behind_own_submission(&self, value: u64) -> bool {
+        let Ok(done) = self.counter() else { return false };
+        let st = lock(&self.state);
+        st.signals.iter().find(|s| s.0 > done).is_some_and(|s| s.0 < value)
+    }
+
+    /// Releases the injected (releasable) hangs of this ring's unfinished submissions before
+    /// the one carrying job value `value`: jobs force-completed while still queued (the
+    /// dependants of a blamed job, `Recovery::fail_dependants`), whose hang no timeout of
+    /// their own will release, and which the jobs behind them wait for. Allocation-free.
+    fn release_hangs_before(&self, value: u64) {
+        let Ok(done) = self.counter() else { return };
+        // One at a time, in submission order, the ring lock not held (a host signal): the
+        // validation layer wants each signal at most one past a pending wait.
+        let mut from = done;
+        loop {
+            let next = {
+                let st = lock(&self.state);
+                st.signals.iter().find(|s| s.0 > from && s.0 < value).map(|s| (s.0, s.2))
+            };
+            let Some((v, hang)) = next else { return };
+            if hang != 0 {
+                self.core.release_hang(hang);
+            }
+            from = v;
+        }
     }
 
     /// The queue sequence number of this ring's oldest submission the hardware has not
@@ -966,7 +1002,7 @@ impl RingHw {
         match result {
             Ok(seq) => {
                 hw.flags.submits.fetch_add(1, Ordering::Relaxed);
-                st.signals.push_back((last, seq));
+                st.signals.push_back((last, seq, 0));
                 let prev = hw.submitted.swap(last, Ordering::SeqCst);
                 if prev <= hw.completed.load(Ordering::SeqCst) {
                     // The ring was idle: its completion thread may be parked.
@@ -1224,7 +1260,7 @@ impl Backend for VulkanRing {
             }
         };
         hw.flags.submits.fetch_add(1, Ordering::Relaxed);
-        st.signals.push_back((value, seq));
+        st.signals.push_back((value, seq, job.hang.unwrap_or(0)));
         st.next_value = value;
         job.value = value;
         prepared.value.store(value, Ordering::Release);
@@ -1307,12 +1343,30 @@ impl Backend for VulkanRing {
         if stalls > 0 {
             // The hardware is still on the submission that timed out last time (force-
             // completed then): the job at the head has not started. Not its fault: wait
-            // another timeout.
+            // another timeout. A force-completed submission ahead of it that waits on an
+            // injected hang is released (a real hang stays, and the ring ends up stuck).
+            if value != 0 {
+                hw.release_hangs_before(value);
+            }
+            recovery.start();
+            return TimeoutStatus::NoHang;
+        }
+        if value != 0 && hw.behind_own_submission(value) {
+            // The hardware made progress, but is still on an earlier submission of this ring
+            // (a job force-completed while it still runs: a dependant of an earlier guilty
+            // job, `fail_dependants`): the guilty job has not started. Wait another timeout,
+            // releasing the injected hangs ahead of it (see above).
+            hw.release_hangs_before(value);
             recovery.start();
             return TimeoutStatus::NoHang;
         }
         recovery.blame();
         recovery.force_complete_guilty(FenceError::TimedOut);
+        // Nothing is resubmitted, so the scheduler's resubmission never fails the jobs queued
+        // behind the guilty one that depend on it (on this ring): they would run on its
+        // missing results and end `Ok`. They end with its error now; their command buffers
+        // still run, and are retired once the semaphore passes them (`free_job`).
+        recovery.fail_dependants();
         if let Some(v) = hang {
             // An injected hang: release it; the guilty job then runs (late), and so do the
             // jobs queued behind it.
