@@ -29,14 +29,13 @@
 //! generation, and such jobs, like every job whose own buffer was lost, are marked
 //! `unchecked` in the ledger (not value-checked).
 //!
-//! # Batching is off
-//! A `VulkanRing` batches the jobs handed over in one go into one `vkQueueSubmit` that signals
-//! only the last job's timeline value, so every job of a batch completes when the whole batch
-//! does: a slow job batched behind fault-free ones makes the head of the batch late, and the
-//! timeout handler blames that innocent job (seeds 4, 7, 25: a fault-free job `TimedOut`, its entity
-//! banned after "0 hangs"). Until the backend fixes that, the world turns batching off
-//! (`VulkanRing::set_batching(false)`); `GPUSCHED_FAULT_BATCHING=1` turns it back on to
-//! reproduce.
+//! # Batching is on
+//! A `VulkanRing` batches the jobs handed over in one go into one `vkQueueSubmit` with one
+//! `VkSubmitInfo` per job, each signalling its own job's timeline value, so each job of a
+//! batch completes on its own (when one submit signalled only the last job's value, a slow
+//! job batched behind fault-free ones made the head of the batch late and the timeout handler
+//! blamed that innocent job: seeds 4, 7, 25). The world keeps the backend's default, batching
+//! on; `GPUSCHED_FAULT_BATCHING=0` turns it off (`VulkanRing::set_batching(false)`).
 //!
 //! # Checked like the other worlds
 //! The oracle checks the Vulkan world with the default [`World::RERUNS_AFTER_RESET`] and
@@ -183,7 +182,7 @@ impl World for VulkanWorld {
             .create_kernel(FNV_STEP, 2, 4)
             .unwrap_or_else(|e| panic!("the fnv_step kernel was refused: {e}"));
         let queues = device.queue_count();
-        let batching = std::env::var("GPUSCHED_FAULT_BATCHING").is_ok_and(|v| v == "1");
+        let batching = std::env::var("GPUSCHED_FAULT_BATCHING").map_or(true, |v| v != "0");
         let schedulers = (0..scenario.rings)
             .map(|r| {
                 let config = SchedulerConfig::new(format!("vk-fault-ring{r}"))

@@ -13,8 +13,8 @@
 //! # The completion threads
 //! Each ring (one per ring and generation, see [`ring`](crate::ring)) has its own completion
 //! thread. While the ring is busy it blocks in `vkWaitSemaphores` on the ring's timeline
-//! semaphore *alone*, for the next value the ring owes (`completed + 1`; a batch signals
-//! only its last value, which the wait's `>=` covers), with a [`COMPLETION_TIMEOUT`] only to
+//! semaphore *alone*, for the next value the ring owes (`completed + 1`: every submitted job,
+//! batched or not, signals its own value), with a [`COMPLETION_TIMEOUT`] only to
 //! look at the loss flag again. On waking it reads the counter and signals the ring's
 //! hardware fences up to it, in order, running fence callbacks inline (the scheduler's
 //! completion path: finished fences, dependants, the next `run_job`): no thread hop on the

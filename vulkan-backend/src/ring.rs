@@ -24,7 +24,9 @@
 //! [`FenceOps`] and reserves room in the in-flight list; the job keeps its `RingHw`.
 //! `run_job` (signalling section) takes the ring lock, then the queue lock, submits one
 //! `VkSubmitInfo` signalling the next value (or batches it for `flush`: one `vkQueueSubmit`
-//! per batch), and publishes the prepared fence: no allocation, no `Resv` lock, no wait. A
+//! per batch, of up to [`SUBMIT_CHUNK`] jobs, with one `VkSubmitInfo` per job signalling that
+//! job's own value, so a job of a batch completes, and is judged by the timeout handler, on
+//! its own, not when the whole batch does), and publishes the prepared fence: no allocation, no `Resv` lock, no wait. A
 //! job prepared on a generation that was lost ends `DeviceLost` there (its command buffer
 //! belongs to the dead pool). Command buffers, recording closures and buffers of finished
 //! jobs go, in `free_job`, to the retired list of the job's own `RingHw` and are reused or
@@ -183,8 +185,9 @@ struct RingState {
     batch: Vec<vk::CommandBuffer>,
     /// The values the submissions not yet seen complete signal, in order, with each
     /// submission's sequence number on its `VkQueue` (`QueueSlot::seq`) and the value of
-    /// the injected releasable hang it waits for (0: none): a batch signals
-    /// only its last job's value. Waits go for one of these (see `RingHw::signal_value`).
+    /// the injected releasable hang it waits for (0: none): one per submitted job (the jobs
+    /// of a batch share the sequence number of their `vkQueueSubmit`). Waits go for one of
+    /// these (see `RingHw::signal_value`).
     /// Capacity: reserved with `in_flight`, which always holds the job whose value each
     /// entry is (so it is never longer); popped with it by `complete`.
     signals: VecDeque<(u64, u64, u64)>,
@@ -248,6 +251,10 @@ pub(crate) struct RingHw {
     /// just started).
     tdr_behind: AtomicBool,
 }
+
+/// The most jobs of a batch one `vkQueueSubmit` carries (one `VkSubmitInfo` each, in stack
+/// arrays: `flush` does not allocate); a larger batch takes several calls.
+pub(crate) const SUBMIT_CHUNK: usize = 32;
 
 /// Consecutive timeouts without hardware progress after which the ring is stuck for good
 /// (a hang nothing can release): the device generation is declared lost. A job slower than
@@ -419,8 +426,9 @@ impl RingHw {
         }
     }
 
-    /// The value the submission that carries job value `value` signals (itself unless a
-    /// batch went past it; `value` if it is not submitted yet). Waits use it rather than
+    /// The value the submission that carries job value `value` signals (the next one
+    /// submitted at or above it: itself, unless its submission failed; `value` if it is not
+    /// submitted yet). Waits use it rather than
     /// `value`: the Khronos validation layer of Debian 12 (1.3.239) expects a
     /// single-semaphore wait to end on a value some submission signals exactly, and otherwise
     /// blocks 10 s in the wait and reports `UNASSIGNED-VkSemaphore-state-timeout`.
@@ -916,15 +924,15 @@ impl fmt::Debug for VulkanRing {
 
 impl VulkanRing {
     /// Turns batching on (the default) or off: with it, the jobs the scheduler hands over in
-    /// one go are submitted with one `vkQueueSubmit` (one `VkSubmitInfo` whose command buffers
-    /// run in order and which signals the last job's value), which saves the per-submit CPU
-    /// cost of real drivers; without it every job is its own submit.
+    /// one go are submitted with one `vkQueueSubmit` (up to 32 jobs a call; one `VkSubmitInfo`
+    /// per job, in order, each signalling its own job's value), which saves the per-submit
+    /// CPU cost of real drivers; without it every job is its own submit.
     pub fn set_batching(&self, on: bool) {
         self.slot.flags.batching.store(on, Ordering::Relaxed);
     }
 
     /// How many `vkQueueSubmit` calls this ring made, over every generation (one per job
-    /// without batching, one per batch with it).
+    /// without batching, one per batch of up to 32 jobs with it).
     pub fn submits(&self) -> u64 {
         self.slot.flags.submits.load(Ordering::Relaxed)
     }
@@ -967,8 +975,11 @@ impl VulkanRing {
 }
 
 impl RingHw {
-    /// Submits the batched jobs (see [`Backend::flush`]). Allocation-free: the batch's room
-    /// was reserved at prepare time.
+    /// Submits the batched jobs (see [`Backend::flush`]): one `vkQueueSubmit` per
+    /// [`SUBMIT_CHUNK`] jobs (one for a usual batch), with one `VkSubmitInfo` per job that
+    /// signals the job's own value, so each job completes (and is judged by the timeout
+    /// handler) on its own. Allocation-free: the arrays are on the stack, the batch's room was
+    /// reserved at prepare time.
     fn submit_batch(&self) {
         let hw = self;
         let mut guard = lock(&hw.state);
@@ -977,46 +988,77 @@ impl RingHw {
             return;
         }
         let last = st.next_value;
-        let result = if hw.core.is_lost() {
-            Err(DeviceError::DeviceLost { op: "vkQueueSubmit" })
-        } else {
-            let sems = [hw.sem];
-            let values = [last];
-            let mut timeline =
-                vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&values);
-            let submit = [vk::SubmitInfo::default()
-                .command_buffers(&st.batch)
-                .signal_semaphores(&sems)
-                .push_next(&mut timeline)];
+        let batched = st.batch.len();
+        let first = last + 1 - batched as u64;
+        // The values of the jobs submitted so far; the first error stops the batch.
+        let mut done = first - 1;
+        let mut result = Ok(());
+        let sems = [hw.sem];
+        for (i, chunk) in st.batch.chunks(SUBMIT_CHUNK).enumerate() {
+            if hw.core.is_lost() {
+                result = Err(DeviceError::DeviceLost { op: "vkQueueSubmit" });
+                break;
+            }
+            let base = first + (i * SUBMIT_CHUNK) as u64;
+            let mut values = [0u64; SUBMIT_CHUNK];
+            for (k, v) in values.iter_mut().enumerate() {
+                *v = base + k as u64;
+            }
+            let mut timelines = [vk::TimelineSemaphoreSubmitInfo::default(); SUBMIT_CHUNK];
+            for (t, v) in timelines.iter_mut().zip(&values) {
+                *t = t.signal_semaphore_values(std::slice::from_ref(v));
+            }
+            let mut submits = [vk::SubmitInfo::default(); SUBMIT_CHUNK];
+            for ((s, cb), t) in submits.iter_mut().zip(chunk).zip(timelines.iter_mut()) {
+                *s = vk::SubmitInfo::default()
+                    .command_buffers(std::slice::from_ref(cb))
+                    .signal_semaphores(&sems)
+                    .push_next(t);
+            }
             let slot = &hw.core.queues[hw.queue as usize];
             let q = lock(&slot.queue);
             // SAFETY: the queue is externally synchronised by its mutex; the command buffers
-            // are executable and not pending; `last` is above every value signalled or
-            // pending on the semaphore (values increase under the ring lock).
-            unsafe { hw.core.device.queue_submit(*q, &submit, vk::Fence::null()) }
-                .map(|()| slot.seq.fetch_add(1, Ordering::SeqCst) + 1)
-                .map_err(|code| map_device("vkQueueSubmit", code))
-        };
-        let batched = st.batch.len();
-        st.batch.clear();
-        match result {
-            Ok(seq) => {
-                hw.flags.submits.fetch_add(1, Ordering::Relaxed);
-                st.signals.push_back((last, seq, 0));
-                let prev = hw.submitted.swap(last, Ordering::SeqCst);
-                if prev <= hw.completed.load(Ordering::SeqCst) {
-                    // The ring was idle: its completion thread may be parked.
-                    hw.wake();
+            // are executable and not pending; each submit signals its job's value, above
+            // every value signalled or pending on the semaphore (values increase under the
+            // ring lock, and in submission order within the call).
+            let r = unsafe {
+                hw.core.device.queue_submit(*q, &submits[..chunk.len()], vk::Fence::null())
+            }
+            .map(|()| slot.seq.fetch_add(1, Ordering::SeqCst) + 1);
+            drop(q);
+            match r {
+                Ok(seq) => {
+                    hw.flags.submits.fetch_add(1, Ordering::Relaxed);
+                    for &v in &values[..chunk.len()] {
+                        // Capacity: one entry per in-flight job, reserved at prepare time.
+                        st.signals.push_back((v, seq, 0));
+                    }
+                    done = base + chunk.len() as u64 - 1;
+                }
+                Err(code) => {
+                    result = Err(map_device("vkQueueSubmit", code));
+                    break;
                 }
             }
+        }
+        st.batch.clear();
+        if done >= first {
+            let prev = hw.submitted.swap(done, Ordering::SeqCst);
+            if prev <= hw.completed.load(Ordering::SeqCst) {
+                // The ring was idle: its completion thread may be parked.
+                hw.wake();
+            }
+        }
+        match result {
+            Ok(()) => {}
             Err(e) => {
-                // The batch never reached the hardware: its fences (the last `batched`
-                // entries) end with the error, in value order, after the fences before them
-                // (the ring's drainer signals them outside the lock: their callbacks re-enter
-                // the scheduler). Their values are not reused (a later submission signals a
-                // higher value, which timeline waits cover), so seqnos stay unique.
+                // The rest of the batch never reached the hardware: its fences (the entries
+                // above `done`) end with the error, in value order, after the fences before
+                // them (the ring's drainer signals them outside the lock: their callbacks
+                // re-enter the scheduler). Their values are not reused (a later submission
+                // signals a higher value, which timeline waits cover), so seqnos stay unique.
                 let error = e.fence_error();
-                for f in st.in_flight.iter_mut().rev().take(batched) {
+                for f in st.in_flight.iter_mut().rev().take(batched).filter(|f| f.value > done) {
                     f.fail(error);
                 }
                 if e.is_device_lost() {

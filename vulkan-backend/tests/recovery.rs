@@ -675,3 +675,34 @@ fn a_lost_device_fails_a_rings_fences_in_seqno_order() {
     close(dev);
     assert_eq!(live_devices(), live);
 }
+
+/// Each job of a batch signals its own value: a fast job batched before a slow one completes
+/// without waiting for it (when a batch signalled only its last value, it completed with the
+/// slow one, and a timeout then blamed it).
+#[test]
+fn a_job_of_a_batch_completes_before_a_slow_job_batched_after_it() {
+    let Some(dev) = device() else { return };
+    let ring = dev.ring(0, SchedulerConfig::new("slowbatch")).unwrap();
+    assert!(ring.backend().batching());
+    let e = Entity::new(&[&ring], Priority::Normal).unwrap();
+    let n = 1024u32;
+    let a = dev.buffer(u64::from(n) * 4).unwrap();
+    let gate = gpusched::fence::FenceContext::new("gate").next();
+    let gated = e.job(VulkanJob::empty()).dependency(gate.0.clone()).arm().unwrap().push();
+    let fast = VulkanDevice::submit(&e, fill_job(&a, 2.0, n)).unwrap();
+    let slow =
+        VulkanDevice::submit(&e, VulkanJob::empty().inject(JobFault::Slow(Duration::from_secs(3))))
+            .unwrap();
+    let submits = ring.backend().submits();
+    gate.1.signal();
+    wait_ok(&gated);
+    wait_ok(&fast);
+    assert!(!slow.is_signaled(), "the fast job completed only with the slow one");
+    // The three jobs went out together.
+    assert_eq!(ring.backend().submits(), submits + 1);
+    wait_ok(&slow);
+    assert!(a.read_f32(WATCHDOG).unwrap().iter().all(|v| *v == 2.0));
+    drop((e, ring, a));
+    assert_no_validation_errors();
+    close(dev);
+}
