@@ -251,12 +251,13 @@ impl DeviceCore {
         }
     }
 
-    /// Releases injected hangs up to wait value `value` (host signal). Allocation-free.
+    /// Releases injected hangs up to wait value `value` (host signals, one value at a time:
+    /// the validation layer wants no signal past a pending wait). Allocation-free.
     pub(crate) fn release_hang(&self, value: u64) {
         let mut r = lock(&self.injected.released);
-        if value > r.0 {
-            self.signal(self.injected.hang, value);
-            r.0 = value;
+        while r.0 < value {
+            r.0 += 1;
+            self.signal(self.injected.hang, r.0);
         }
     }
 

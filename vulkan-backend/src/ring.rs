@@ -185,12 +185,14 @@ struct RingState {
     batch: Vec<vk::CommandBuffer>,
     /// The values the submissions not yet seen complete signal, in order, with each
     /// submission's sequence number on its `VkQueue` (`QueueSlot::seq`) and the value of
-    /// the injected releasable hang it waits for (0: none): one per submitted job (the jobs
+    /// the injected releasable hang it waits for (0: none), and whether its job was freed
+    /// with that hang pending (an orphan: released once the hardware reaches it, see
+    /// `RingHw::release_orphan`): one per submitted job (the jobs
     /// of a batch share the sequence number of their `vkQueueSubmit`). Waits go for one of
     /// these (see `RingHw::signal_value`).
     /// Capacity: reserved with `in_flight`, which always holds the job whose value each
     /// entry is (so it is never longer); popped with it by `complete`.
-    signals: VecDeque<(u64, u64, u64)>,
+    signals: VecDeque<(u64, u64, u64, bool)>,
 }
 
 /// A published hardware fence: its value (and seqno), its signaller, and the error it ends
@@ -378,6 +380,7 @@ impl RingHw {
             st.signals.pop_front();
         }
         self.drain(st);
+        self.release_orphan();
         Ok(())
     }
 
@@ -449,6 +452,22 @@ impl RingHw {
     fn queue_seq_of(&self, value: u64) -> Option<u64> {
         let st = lock(&self.state);
         st.signals.iter().find(|s| s.0 >= value).map(|s| s.1)
+    }
+
+    /// Releases the injected hang of the submission the hardware is on, if its job was freed
+    /// with it pending (force-completed while queued: nothing will time it out, and the ring
+    /// behind it would stay stuck). Only at the head of the hardware, so that a hang ahead of
+    /// it, still to be judged by a timeout, is not released with it (releasing a value
+    /// releases every lower one). Allocation-free.
+    fn release_orphan(&self) {
+        let Ok(done) = self.counter() else { return };
+        let hang = {
+            let st = lock(&self.state);
+            st.signals.iter().find(|s| s.0 > done).and_then(|s| s.3.then_some(s.2))
+        };
+        if let Some(h) = hang.filter(|&h| h != 0) {
+            self.core.release_hang(h);
+        }
     }
 
     /// Whether an earlier submission of this ring than the one carrying job value `value` is
@@ -1031,7 +1050,7 @@ impl RingHw {
                     hw.flags.submits.fetch_add(1, Ordering::Relaxed);
                     for &v in &values[..chunk.len()] {
                         // Capacity: one entry per in-flight job, reserved at prepare time.
-                        st.signals.push_back((v, seq, 0));
+                        st.signals.push_back((v, seq, 0, false));
                     }
                     done = base + chunk.len() as u64 - 1;
                 }
@@ -1302,7 +1321,7 @@ impl Backend for VulkanRing {
             }
         };
         hw.flags.submits.fetch_add(1, Ordering::Relaxed);
-        st.signals.push_back((value, seq, job.hang.unwrap_or(0)));
+        st.signals.push_back((value, seq, job.hang.unwrap_or(0), false));
         st.next_value = value;
         job.value = value;
         prepared.value.store(value, Ordering::Release);
@@ -1424,8 +1443,24 @@ impl Backend for VulkanRing {
     /// recycled and dropped by a later `prepare_job` on it once its semaphore has passed the
     /// job (a forced completion may still be running), or when that `RingHw` is destroyed
     /// (after its hardware passed everything). Never waits.
+    ///
+    /// A job freed with an injected releasable hang still pending (force-completed while on
+    /// the hardware: a dependant of a blamed job, a banned entity's job) has its hang
+    /// released once the hardware reaches it (`RingHw::release_orphan`): nothing will time it
+    /// out any more, and the ring behind it would stay stuck.
     fn free_job(&self, mut job: VulkanJob, _info: &JobInfo) {
         let Some(hw) = job.hw.take() else { return };
+        if job.hang.take().is_some() {
+            // Marked an orphan, released once the hardware reaches it (a completed job's
+            // entry is gone).
+            {
+                let mut st = lock(&hw.state);
+                if let Some(s) = st.signals.iter_mut().find(|s| s.0 == job.value) {
+                    s.3 = true;
+                }
+            }
+            hw.release_orphan();
+        }
         if job.prepared.take().is_some() {
             let mut st = lock(&hw.state);
             st.prepared = st.prepared.saturating_sub(1);
