@@ -48,14 +48,15 @@
 //!   generation); a job marked `unchecked` in the ledger (its memory was lost) is not
 //!   value-checked.
 //! - **Worlds that do not rerun jobs after a reset** ([`World::RERUNS_AFTER_RESET`](crate::World::RERUNS_AFTER_RESET) false:
-//!   Vulkan cannot take a submission off a queue): a job already on the hardware behind a
+//!   a backend that cannot take a submission off a queue and leaves its dependants be; Vulkan
+//!   fails them, `Recovery::fail_dependants`): a job already on the hardware behind a
 //!   stuck dependency that is then blamed (`TimedOut`) runs to completion after it, on its
 //!   (late) results, and succeeds. This breaks propagation, so it is a known backend
 //!   limitation, not a rule: the oracle tolerates it only for blamed stuck dependencies and
 //!   counts it ([`Summary::ran_past_failed_dependency`](crate::Summary)); the computed value
 //!   is still checked.
 //! - **Worlds whose timelines are known to invert** ([`World::TIMELINE_IN_ORDER`](crate::World::TIMELINE_IN_ORDER) false:
-//!   Vulkan, a known backend bug): an entity's finished fences signalling out of seqno order
+//!   a world with a known backend bug; none now): an entity's finished fences signalling out of seqno order
 //!   are counted ([`Summary::timeline_inversions`](crate::Summary)), not reported.
 //! - **Exactly once, no leaks.** Each handed-out fence signalled once (counted by callbacks);
 //!   each armed job was prepared once and freed once, cancelled at most once and only if it
@@ -178,12 +179,15 @@ pub(crate) fn check(scn: &Scenario, obs: &Observed<'_>, problems: &mut Vec<Strin
         let guilty = if tr.counts_backend_calls {
             counted_guilty
         } else {
-            // Blamed: a stuck job that timed out, not by a dependency's timeout (it reached
-            // the hardware: it computed a value, since blamed jobs run on, late).
+            // Blamed: a stuck job that timed out, not by a dependency's timeout. In a world
+            // that does not rerun jobs after a reset, a job that computed a value reached the
+            // hardware and was blamed there (blamed jobs run on, late). In one that does
+            // (Vulkan fails such dependants without rerunning them, but their command buffers
+            // still run and compute), a job ended by a timed-out dependency was not blamed.
             u32::from(
                 plan.fault.is_stuck()
                     && st == Err(FenceError::TimedOut)
-                    && (l.result.load(Ordering::Acquire) != 0
+                    && ((!tr.reruns_after_reset && l.result.load(Ordering::Acquire) != 0)
                         || !failed_deps.iter().any(|&(_, y)| y == FenceError::TimedOut)),
             )
         };

@@ -29,25 +29,21 @@
 //! generation, and such jobs, like every job whose own buffer was lost, are marked
 //! `unchecked` in the ledger (not value-checked).
 //!
-//! # Batching is off
-//! A `VulkanRing` batches the jobs handed over in one go into one `vkQueueSubmit` that signals
-//! only the last job's timeline value, so every job of a batch completes when the whole batch
-//! does: a slow job batched behind fault-free ones makes the head of the batch late, and the
-//! timeout handler blames that innocent job (seeds 4, 7, 25: a fault-free job `TimedOut`, its entity
-//! banned after "0 hangs"). Until the backend fixes that, the world turns batching off
-//! (`VulkanRing::set_batching(false)`); `GPUSCHED_FAULT_BATCHING=1` turns it back on to
-//! reproduce.
+//! # Batching is on
+//! A `VulkanRing` batches the jobs handed over in one go into one `vkQueueSubmit` with one
+//! `VkSubmitInfo` per job, each signalling its own job's timeline value, so each job of a
+//! batch completes on its own (when one submit signalled only the last job's value, a slow
+//! job batched behind fault-free ones made the head of the batch late and the timeout handler
+//! blamed that innocent job: seeds 4, 7, 25). The world keeps the backend's default, batching
+//! on; `GPUSCHED_FAULT_BATCHING=0` turns it off (`VulkanRing::set_batching(false)`).
 //!
-//! # Known backend bugs, tolerated and counted (`FAULT_STRICT=1` in `fault_vulkan` fails on them)
-//! - An entity's finished fences sometimes signal out of seqno order (seeds 1, 33, 34 of
-//!   `VULKAN_PLAN`, intermittently, a few percent of scenarios): the hardware fence's
-//!   `FenceOps::signaled` polls the semaphore counter, so whoever polls a later job's fence
-//!   signals it before the completion thread signalled an earlier one
-//!   ([`World::TIMELINE_IN_ORDER`] false).
-//! - A job already on the `VkQueue` behind a same-ring dependency that is then blamed runs
-//!   to completion and succeeds (seed 7): `VulkanRing::timedout_job` never reruns jobs, so
-//!   the scheduler's resubmission path, which fails such dependants, is never taken
-//!   ([`World::RERUNS_AFTER_RESET`] false).
+//! # Checked like the other worlds
+//! The oracle checks the Vulkan world with the default [`World::RERUNS_AFTER_RESET`] and
+//! [`World::TIMELINE_IN_ORDER`]: a job queued on the `VkQueue` behind a same-ring dependency
+//! that is blamed ends with its error (`VulkanRing::timedout_job` calls
+//! `Recovery::fail_dependants`; its command buffer still runs), and a ring's hardware fences
+//! signal only through its in-order drain (a poll never signals one early). `FAULT_STRICT=1`
+//! in `fault_vulkan` still fails on any occurrence the oracle would tolerate and count.
 //!
 //! # Faults
 //! [`Fault::Hang`] → `JobFault::Hang` (released by the timeout handler), [`Fault::Slow`] →
@@ -171,9 +167,6 @@ impl World for VulkanWorld {
     const SUBMIT_ERROR: FenceError = FenceError::Driver(-12);
     const COUNTS_BACKEND_CALLS: bool = false;
     const RECOVERS_FROM_LOSS: bool = true;
-    const RERUNS_AFTER_RESET: bool = false;
-    /// A known bug (see the module docs).
-    const TIMELINE_IN_ORDER: bool = false;
 
     fn new(scenario: &Scenario, ledger: Arc<Ledger>) -> Result<Self, String> {
         let validation = std::env::var("GPUSCHED_TEST_NOVAL").is_err();
@@ -189,7 +182,7 @@ impl World for VulkanWorld {
             .create_kernel(FNV_STEP, 2, 4)
             .unwrap_or_else(|e| panic!("the fnv_step kernel was refused: {e}"));
         let queues = device.queue_count();
-        let batching = std::env::var("GPUSCHED_FAULT_BATCHING").is_ok_and(|v| v == "1");
+        let batching = std::env::var("GPUSCHED_FAULT_BATCHING").map_or(true, |v| v != "0");
         let schedulers = (0..scenario.rings)
             .map(|r| {
                 let config = SchedulerConfig::new(format!("vk-fault-ring{r}"))

@@ -13,8 +13,8 @@
 //! # The completion threads
 //! Each ring (one per ring and generation, see [`ring`](crate::ring)) has its own completion
 //! thread. While the ring is busy it blocks in `vkWaitSemaphores` on the ring's timeline
-//! semaphore *alone*, for the next value the ring owes (`completed + 1`; a batch signals
-//! only its last value, which the wait's `>=` covers), with a [`COMPLETION_TIMEOUT`] only to
+//! semaphore *alone*, for the next value the ring owes (`completed + 1`: every submitted job,
+//! batched or not, signals its own value), with a [`COMPLETION_TIMEOUT`] only to
 //! look at the loss flag again. On waking it reads the counter and signals the ring's
 //! hardware fences up to it, in order, running fence callbacks inline (the scheduler's
 //! completion path: finished fences, dependants, the next `run_job`): no thread hop on the
@@ -251,12 +251,13 @@ impl DeviceCore {
         }
     }
 
-    /// Releases injected hangs up to wait value `value` (host signal). Allocation-free.
+    /// Releases injected hangs up to wait value `value` (host signals, one value at a time:
+    /// the validation layer wants no signal past a pending wait). Allocation-free.
     pub(crate) fn release_hang(&self, value: u64) {
         let mut r = lock(&self.injected.released);
-        if value > r.0 {
-            self.signal(self.injected.hang, value);
-            r.0 = value;
+        while r.0 < value {
+            r.0 += 1;
+            self.signal(self.injected.hang, r.0);
         }
     }
 

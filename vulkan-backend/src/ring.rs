@@ -12,7 +12,11 @@
 //! fences of a ring (one fence context, seqno = value) signal in value order, one at a time,
 //! outside the ring lock, by whichever thread is draining the ring (`RingHw::drain`):
 //! completion, device loss and a failed batch only mark entries done or failed and leave the
-//! signalling to it. A failed batch's values are not reused.
+//! signalling to it. A failed batch's values are not reused. A hardware fence's
+//! [`FenceOps::signaled`] poll reports what the drain has signalled (`RingHw::signalled`),
+//! never the semaphore counter, which runs ahead of the drain: a poll must not signal a later
+//! fence before the drain has signalled the earlier ones. Hardware progress (stuck
+//! detection, recycling, `hw_progress`) reads the counter.
 //!
 //! # Contract (see [`gpusched::Backend`])
 //! `prepare_job` (arm time) records the command buffer on the ring's *current* hardware ring
@@ -20,7 +24,9 @@
 //! [`FenceOps`] and reserves room in the in-flight list; the job keeps its `RingHw`.
 //! `run_job` (signalling section) takes the ring lock, then the queue lock, submits one
 //! `VkSubmitInfo` signalling the next value (or batches it for `flush`: one `vkQueueSubmit`
-//! per batch), and publishes the prepared fence: no allocation, no `Resv` lock, no wait. A
+//! per batch, of up to [`SUBMIT_CHUNK`] jobs, with one `VkSubmitInfo` per job signalling that
+//! job's own value, so a job of a batch completes, and is judged by the timeout handler, on
+//! its own, not when the whole batch does), and publishes the prepared fence: no allocation, no `Resv` lock, no wait. A
 //! job prepared on a generation that was lost ends `DeviceLost` there (its command buffer
 //! belongs to the dead pool). Command buffers, recording closures and buffers of finished
 //! jobs go, in `free_job`, to the retired list of the job's own `RingHw` and are reused or
@@ -31,11 +37,14 @@
 //! # Timeouts (`timedout_job`)
 //! Vulkan has no queue reset and no way to take a submission off a queue. Inside the TDR's
 //! signalling section, allocation- and `Resv`-lock-free: stop the scheduler; a guilty job that
-//! completed after all is [`TimeoutStatus::NoHang`]. Then the ring's hardware progress
+//! completed after all (its fence signalled, or the semaphore passed its value and the drain
+//! has yet to signal it) is [`TimeoutStatus::NoHang`]. Then the ring's hardware progress
 //! decides, not fence state: if the semaphore still stands where it stood at this ring's
 //! previous timeout, with work pending, the hardware is still on the submission that timed
 //! out then (already force-completed) and the job at the head has not even started: it is
-//! not blamed, and the answer is `NoHang` (wait another timeout). After [`STUCK_AFTER`]
+//! not blamed, and the answer is `NoHang` (wait another timeout); so is a job queued behind
+//! an unfinished earlier submission of its ring (one force-completed while it runs on) when the
+//! semaphore did move. After [`STUCK_AFTER`]
 //! such timeouts in a row the ring is stuck on a submission nothing can release: every job
 //! of the ring is force-completed `DeviceLost`, the device generation is declared lost (see
 //! [`recovery`](crate::recovery)) and recreated, and the scheduler restarts. Otherwise the
@@ -44,7 +53,10 @@
 //! ([`TimeoutStatus::Reset`]). No job is resubmitted: the innocent jobs behind the guilty one
 //! are still queued on the `VkQueue` with valid command buffers and complete by themselves
 //! once it is released (or finishes, for a slow job), and their hardware fences, reattached
-//! by the restart, retire them. A job slower than `STUCK_AFTER + 1` timeouts is
+//! by the restart, retire them. Those among them that depend on a failed job of the ring
+//! (the guilty one, transitively) would run on its missing results: they end with its error
+//! ([`Recovery::fail_dependants`], the scheduler's resubmission rule without the rerun),
+//! and keep their resources until the semaphore passes them. A job slower than `STUCK_AFTER + 1` timeouts is
 //! indistinguishable from a hang and costs a device generation.
 //!
 //! Rings sharing a `VkQueue` (lavapipe has one) stall together. After a reset, the other
@@ -172,11 +184,15 @@ struct RingState {
     /// of `in_flight`. Capacity: reserved with `in_flight`.
     batch: Vec<vk::CommandBuffer>,
     /// The values the submissions not yet seen complete signal, in order, with each
-    /// submission's sequence number on its `VkQueue` (`QueueSlot::seq`): a batch signals
-    /// only its last job's value. Waits go for one of these (see `RingHw::signal_value`).
+    /// submission's sequence number on its `VkQueue` (`QueueSlot::seq`) and the value of
+    /// the injected releasable hang it waits for (0: none), and whether its job was freed
+    /// with that hang pending (an orphan: released once the hardware reaches it, see
+    /// `RingHw::release_orphan`): one per submitted job (the jobs
+    /// of a batch share the sequence number of their `vkQueueSubmit`). Waits go for one of
+    /// these (see `RingHw::signal_value`).
     /// Capacity: reserved with `in_flight`, which always holds the job whose value each
     /// entry is (so it is never longer); popped with it by `complete`.
-    signals: VecDeque<(u64, u64)>,
+    signals: VecDeque<(u64, u64, u64, bool)>,
 }
 
 /// A published hardware fence: its value (and seqno), its signaller, and the error it ends
@@ -217,6 +233,11 @@ pub(crate) struct RingHw {
     pub(crate) submitted: AtomicU64,
     /// The last value the completion thread saw the semaphore reach.
     pub(crate) completed: AtomicU64,
+    /// The value of the last in-flight entry the ring's drainer has signalled (successfully
+    /// or not): every fence of the ring up to it has signalled, in order. What a hardware
+    /// fence's [`HwOps::signaled`] reports, never the semaphore counter, which runs ahead of
+    /// the drain (a poll of a later fence would otherwise signal it before earlier ones).
+    signalled: AtomicU64,
     /// What the ring's completion thread shares with it.
     watch: Arc<Watch>,
     /// The completion thread, joined by the ring's drop (unless the drop runs on it).
@@ -232,6 +253,10 @@ pub(crate) struct RingHw {
     /// just started).
     tdr_behind: AtomicBool,
 }
+
+/// The most jobs of a batch one `vkQueueSubmit` carries (one `VkSubmitInfo` each, in stack
+/// arrays: `flush` does not allocate); a larger batch takes several calls.
+pub(crate) const SUBMIT_CHUNK: usize = 32;
 
 /// Consecutive timeouts without hardware progress after which the ring is stuck for good
 /// (a hang nothing can release): the device generation is declared lost. A job slower than
@@ -296,6 +321,7 @@ impl RingHw {
             }),
             submitted: AtomicU64::new(0),
             completed: AtomicU64::new(0),
+            signalled: AtomicU64::new(0),
             flags,
             tdr_counter: AtomicU64::new(u64::MAX),
             tdr_stalls: AtomicU32::new(0),
@@ -354,6 +380,7 @@ impl RingHw {
             st.signals.pop_front();
         }
         self.drain(st);
+        self.release_orphan();
         Ok(())
     }
 
@@ -385,6 +412,9 @@ impl RingHw {
                 Some(e) => f.signaller.signal_error(e),
                 None => f.signaller.signal(),
             };
+            // After the signal: a poll of this fence or a later one (`HwOps::signaled`) never
+            // runs ahead of the drain.
+            self.signalled.fetch_max(f.value, Ordering::SeqCst);
             st = lock(&self.state);
         }
     }
@@ -399,8 +429,9 @@ impl RingHw {
         }
     }
 
-    /// The value the submission that carries job value `value` signals (itself unless a
-    /// batch went past it; `value` if it is not submitted yet). Waits use it rather than
+    /// The value the submission that carries job value `value` signals (the next one
+    /// submitted at or above it: itself, unless its submission failed; `value` if it is not
+    /// submitted yet). Waits use it rather than
     /// `value`: the Khronos validation layer of Debian 12 (1.3.239) expects a
     /// single-semaphore wait to end on a value some submission signals exactly, and otherwise
     /// blocks 10 s in the wait and reports `UNASSIGNED-VkSemaphore-state-timeout`.
@@ -421,6 +452,52 @@ impl RingHw {
     fn queue_seq_of(&self, value: u64) -> Option<u64> {
         let st = lock(&self.state);
         st.signals.iter().find(|s| s.0 >= value).map(|s| s.1)
+    }
+
+    /// Releases the injected hang of the submission the hardware is on, if its job was freed
+    /// with it pending (force-completed while queued: nothing will time it out, and the ring
+    /// behind it would stay stuck). Only at the head of the hardware, so that a hang ahead of
+    /// it, still to be judged by a timeout, is not released with it (releasing a value
+    /// releases every lower one). Allocation-free.
+    fn release_orphan(&self) {
+        let Ok(done) = self.counter() else { return };
+        let hang = {
+            let st = lock(&self.state);
+            st.signals.iter().find(|s| s.0 > done).and_then(|s| s.3.then_some(s.2))
+        };
+        if let Some(h) = hang.filter(|&h| h != 0) {
+            self.core.release_hang(h);
+        }
+    }
+
+    /// Whether an earlier submission of this ring than the one carrying job value `value` is
+    /// unfinished (the job has not started: the ring runs in order). Allocation-free.
+    fn behind_own_submission(&self, value: u64) -> bool {
+        let Ok(done) = self.counter() else { return false };
+        let st = lock(&self.state);
+        st.signals.iter().find(|s| s.0 > done).is_some_and(|s| s.0 < value)
+    }
+
+    /// Releases the injected (releasable) hangs of this ring's unfinished submissions before
+    /// the one carrying job value `value`: jobs force-completed while still queued (the
+    /// dependants of a blamed job, `Recovery::fail_dependants`), whose hang no timeout of
+    /// their own will release, and which the jobs behind them wait for. Allocation-free.
+    fn release_hangs_before(&self, value: u64) {
+        let Ok(done) = self.counter() else { return };
+        // One at a time, in submission order, the ring lock not held (a host signal): the
+        // validation layer wants each signal at most one past a pending wait.
+        let mut from = done;
+        loop {
+            let next = {
+                let st = lock(&self.state);
+                st.signals.iter().find(|s| s.0 > from && s.0 < value).map(|s| (s.0, s.2))
+            };
+            let Some((v, hang)) = next else { return };
+            if hang != 0 {
+                self.core.release_hang(hang);
+            }
+            from = v;
+        }
     }
 
     /// The queue sequence number of this ring's oldest submission the hardware has not
@@ -712,16 +789,17 @@ impl FenceOps for HwOps {
         "gpusched-vulkan"
     }
 
-    /// Whether the semaphore reached the fence's value. A fence marked failed (its value
-    /// reset to 0 under the ring lock, before any later submission) is never reported
-    /// signalled: the value is read again after the semaphore.
+    /// Whether the ring's in-order drain has passed the fence (`RingHw::signalled`), not
+    /// whether the semaphore reached its value: the fences of a ring signal in value order,
+    /// one at a time, by the drainer only, so a poll (`Fence::is_signaled`, the TDR's
+    /// `guilty_completed`, a waiter) never signals a later fence before an earlier one. A
+    /// fence marked failed (its value reset to 0 under the ring lock) is never reported
+    /// signalled: the value is read again after the ring's.
     fn signaled(&self) -> bool {
         let v = self.value.load(Ordering::Acquire);
         match self.ring.upgrade() {
             Some(r) if v != 0 => {
-                let reached =
-                    r.completed.load(Ordering::SeqCst) >= v || r.counter().is_ok_and(|c| c >= v);
-                reached && self.value.load(Ordering::Acquire) == v
+                r.signalled.load(Ordering::SeqCst) >= v && self.value.load(Ordering::Acquire) == v
             }
             _ => false,
         }
@@ -737,6 +815,9 @@ impl FenceOps for HwOps {
     /// value, and an untimed wait must then end (the generic wait sees the failed fence)
     /// rather than stay blocked in the driver until teardown. A value no submission carries
     /// (batched and not flushed yet, or its submission failed) goes to the generic wait too.
+    /// [`OpsWait::Signaled`] means the semaphore reached the value; the fence itself signals
+    /// when the ring's drain gets to it (in order, see [`HwOps::signaled`]): until then the
+    /// generic wait, which `Fence::wait` falls back to, waits for that signal.
     fn wait(&self, deadline: Option<Instant>) -> OpsWait {
         let v = self.value.load(Ordering::Acquire);
         let Some(r) = self.ring.upgrade() else { return OpsWait::Unsupported };
@@ -862,15 +943,15 @@ impl fmt::Debug for VulkanRing {
 
 impl VulkanRing {
     /// Turns batching on (the default) or off: with it, the jobs the scheduler hands over in
-    /// one go are submitted with one `vkQueueSubmit` (one `VkSubmitInfo` whose command buffers
-    /// run in order and which signals the last job's value), which saves the per-submit CPU
-    /// cost of real drivers; without it every job is its own submit.
+    /// one go are submitted with one `vkQueueSubmit` (up to 32 jobs a call; one `VkSubmitInfo`
+    /// per job, in order, each signalling its own job's value), which saves the per-submit
+    /// CPU cost of real drivers; without it every job is its own submit.
     pub fn set_batching(&self, on: bool) {
         self.slot.flags.batching.store(on, Ordering::Relaxed);
     }
 
     /// How many `vkQueueSubmit` calls this ring made, over every generation (one per job
-    /// without batching, one per batch with it).
+    /// without batching, one per batch of up to 32 jobs with it).
     pub fn submits(&self) -> u64 {
         self.slot.flags.submits.load(Ordering::Relaxed)
     }
@@ -913,8 +994,11 @@ impl VulkanRing {
 }
 
 impl RingHw {
-    /// Submits the batched jobs (see [`Backend::flush`]). Allocation-free: the batch's room
-    /// was reserved at prepare time.
+    /// Submits the batched jobs (see [`Backend::flush`]): one `vkQueueSubmit` per
+    /// [`SUBMIT_CHUNK`] jobs (one for a usual batch), with one `VkSubmitInfo` per job that
+    /// signals the job's own value, so each job completes (and is judged by the timeout
+    /// handler) on its own. Allocation-free: the arrays are on the stack, the batch's room was
+    /// reserved at prepare time.
     fn submit_batch(&self) {
         let hw = self;
         let mut guard = lock(&hw.state);
@@ -923,46 +1007,77 @@ impl RingHw {
             return;
         }
         let last = st.next_value;
-        let result = if hw.core.is_lost() {
-            Err(DeviceError::DeviceLost { op: "vkQueueSubmit" })
-        } else {
-            let sems = [hw.sem];
-            let values = [last];
-            let mut timeline =
-                vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&values);
-            let submit = [vk::SubmitInfo::default()
-                .command_buffers(&st.batch)
-                .signal_semaphores(&sems)
-                .push_next(&mut timeline)];
+        let batched = st.batch.len();
+        let first = last + 1 - batched as u64;
+        // The values of the jobs submitted so far; the first error stops the batch.
+        let mut done = first - 1;
+        let mut result = Ok(());
+        let sems = [hw.sem];
+        for (i, chunk) in st.batch.chunks(SUBMIT_CHUNK).enumerate() {
+            if hw.core.is_lost() {
+                result = Err(DeviceError::DeviceLost { op: "vkQueueSubmit" });
+                break;
+            }
+            let base = first + (i * SUBMIT_CHUNK) as u64;
+            let mut values = [0u64; SUBMIT_CHUNK];
+            for (k, v) in values.iter_mut().enumerate() {
+                *v = base + k as u64;
+            }
+            let mut timelines = [vk::TimelineSemaphoreSubmitInfo::default(); SUBMIT_CHUNK];
+            for (t, v) in timelines.iter_mut().zip(&values) {
+                *t = t.signal_semaphore_values(std::slice::from_ref(v));
+            }
+            let mut submits = [vk::SubmitInfo::default(); SUBMIT_CHUNK];
+            for ((s, cb), t) in submits.iter_mut().zip(chunk).zip(timelines.iter_mut()) {
+                *s = vk::SubmitInfo::default()
+                    .command_buffers(std::slice::from_ref(cb))
+                    .signal_semaphores(&sems)
+                    .push_next(t);
+            }
             let slot = &hw.core.queues[hw.queue as usize];
             let q = lock(&slot.queue);
             // SAFETY: the queue is externally synchronised by its mutex; the command buffers
-            // are executable and not pending; `last` is above every value signalled or
-            // pending on the semaphore (values increase under the ring lock).
-            unsafe { hw.core.device.queue_submit(*q, &submit, vk::Fence::null()) }
-                .map(|()| slot.seq.fetch_add(1, Ordering::SeqCst) + 1)
-                .map_err(|code| map_device("vkQueueSubmit", code))
-        };
-        let batched = st.batch.len();
-        st.batch.clear();
-        match result {
-            Ok(seq) => {
-                hw.flags.submits.fetch_add(1, Ordering::Relaxed);
-                st.signals.push_back((last, seq));
-                let prev = hw.submitted.swap(last, Ordering::SeqCst);
-                if prev <= hw.completed.load(Ordering::SeqCst) {
-                    // The ring was idle: its completion thread may be parked.
-                    hw.wake();
+            // are executable and not pending; each submit signals its job's value, above
+            // every value signalled or pending on the semaphore (values increase under the
+            // ring lock, and in submission order within the call).
+            let r = unsafe {
+                hw.core.device.queue_submit(*q, &submits[..chunk.len()], vk::Fence::null())
+            }
+            .map(|()| slot.seq.fetch_add(1, Ordering::SeqCst) + 1);
+            drop(q);
+            match r {
+                Ok(seq) => {
+                    hw.flags.submits.fetch_add(1, Ordering::Relaxed);
+                    for &v in &values[..chunk.len()] {
+                        // Capacity: one entry per in-flight job, reserved at prepare time.
+                        st.signals.push_back((v, seq, 0, false));
+                    }
+                    done = base + chunk.len() as u64 - 1;
+                }
+                Err(code) => {
+                    result = Err(map_device("vkQueueSubmit", code));
+                    break;
                 }
             }
+        }
+        st.batch.clear();
+        if done >= first {
+            let prev = hw.submitted.swap(done, Ordering::SeqCst);
+            if prev <= hw.completed.load(Ordering::SeqCst) {
+                // The ring was idle: its completion thread may be parked.
+                hw.wake();
+            }
+        }
+        match result {
+            Ok(()) => {}
             Err(e) => {
-                // The batch never reached the hardware: its fences (the last `batched`
-                // entries) end with the error, in value order, after the fences before them
-                // (the ring's drainer signals them outside the lock: their callbacks re-enter
-                // the scheduler). Their values are not reused (a later submission signals a
-                // higher value, which timeline waits cover), so seqnos stay unique.
+                // The rest of the batch never reached the hardware: its fences (the entries
+                // above `done`) end with the error, in value order, after the fences before
+                // them (the ring's drainer signals them outside the lock: their callbacks
+                // re-enter the scheduler). Their values are not reused (a later submission
+                // signals a higher value, which timeline waits cover), so seqnos stay unique.
                 let error = e.fence_error();
-                for f in st.in_flight.iter_mut().rev().take(batched) {
+                for f in st.in_flight.iter_mut().rev().take(batched).filter(|f| f.value > done) {
                     f.fail(error);
                 }
                 if e.is_device_lost() {
@@ -1206,7 +1321,7 @@ impl Backend for VulkanRing {
             }
         };
         hw.flags.submits.fetch_add(1, Ordering::Relaxed);
-        st.signals.push_back((value, seq));
+        st.signals.push_back((value, seq, job.hang.unwrap_or(0), false));
         st.next_value = value;
         job.value = value;
         prepared.value.store(value, Ordering::Release);
@@ -1237,16 +1352,18 @@ impl Backend for VulkanRing {
     /// See the module docs ("Timeouts"). Allocation-free and `Resv`-lock-free.
     fn timedout_job(&self, recovery: &mut Recovery<'_, Self>) -> TimeoutStatus {
         recovery.stop();
-        if recovery.guilty_completed() {
-            recovery.start();
-            return TimeoutStatus::NoHang;
-        }
         let (hw, hang, value) = recovery
             .with_guilty_payload(|j| (j.hw.clone(), j.hang, j.value))
             .unwrap_or((None, None, 0));
         // The ring the guilty job runs on (reference counts only: no allocation, and never
         // the last reference: the job, the slot or the graveyard holds it).
         let hw = hw.unwrap_or_else(|| lock(&self.slot.current).clone());
+        // Completed: its fence signalled, or the hardware passed it and the ring's drain
+        // (which alone signals its fences, in order) has not got to it yet.
+        if recovery.guilty_completed() || (value != 0 && hw.counter().is_ok_and(|c| c >= value)) {
+            recovery.start();
+            return TimeoutStatus::NoHang;
+        }
         if value != 0 && hw.behind_another_ring(value) {
             // Queued behind another ring's unfinished submission on the shared `VkQueue`:
             // it has not started. That ring's own timeout deals with its job; wait another
@@ -1287,12 +1404,30 @@ impl Backend for VulkanRing {
         if stalls > 0 {
             // The hardware is still on the submission that timed out last time (force-
             // completed then): the job at the head has not started. Not its fault: wait
-            // another timeout.
+            // another timeout. A force-completed submission ahead of it that waits on an
+            // injected hang is released (a real hang stays, and the ring ends up stuck).
+            if value != 0 {
+                hw.release_hangs_before(value);
+            }
+            recovery.start();
+            return TimeoutStatus::NoHang;
+        }
+        if value != 0 && hw.behind_own_submission(value) {
+            // The hardware made progress, but is still on an earlier submission of this ring
+            // (a job force-completed while it still runs: a dependant of an earlier guilty
+            // job, `fail_dependants`): the guilty job has not started. Wait another timeout,
+            // releasing the injected hangs ahead of it (see above).
+            hw.release_hangs_before(value);
             recovery.start();
             return TimeoutStatus::NoHang;
         }
         recovery.blame();
         recovery.force_complete_guilty(FenceError::TimedOut);
+        // Nothing is resubmitted, so the scheduler's resubmission never fails the jobs queued
+        // behind the guilty one that depend on it (on this ring): they would run on its
+        // missing results and end `Ok`. They end with its error now; their command buffers
+        // still run, and are retired once the semaphore passes them (`free_job`).
+        recovery.fail_dependants();
         if let Some(v) = hang {
             // An injected hang: release it; the guilty job then runs (late), and so do the
             // jobs queued behind it.
@@ -1308,8 +1443,24 @@ impl Backend for VulkanRing {
     /// recycled and dropped by a later `prepare_job` on it once its semaphore has passed the
     /// job (a forced completion may still be running), or when that `RingHw` is destroyed
     /// (after its hardware passed everything). Never waits.
+    ///
+    /// A job freed with an injected releasable hang still pending (force-completed while on
+    /// the hardware: a dependant of a blamed job, a banned entity's job) has its hang
+    /// released once the hardware reaches it (`RingHw::release_orphan`): nothing will time it
+    /// out any more, and the ring behind it would stay stuck.
     fn free_job(&self, mut job: VulkanJob, _info: &JobInfo) {
         let Some(hw) = job.hw.take() else { return };
+        if job.hang.take().is_some() {
+            // Marked an orphan, released once the hardware reaches it (a completed job's
+            // entry is gone).
+            {
+                let mut st = lock(&hw.state);
+                if let Some(s) = st.signals.iter_mut().find(|s| s.0 == job.value) {
+                    s.3 = true;
+                }
+            }
+            hw.release_orphan();
+        }
         if job.prepared.take().is_some() {
             let mut st = lock(&hw.state);
             st.prepared = st.prepared.saturating_sub(1);

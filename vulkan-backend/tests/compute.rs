@@ -320,3 +320,37 @@ fn batching_on_and_off_give_the_same_results() {
     assert_no_validation_errors();
     close(dev);
 }
+
+/// A batch larger than one `vkQueueSubmit` carries (32 jobs) goes out in several calls, in
+/// order: the chain's result is right.
+#[test]
+fn a_batch_of_more_than_32_jobs_is_submitted_in_order() {
+    let Some(dev) = device() else { return };
+    let ring = dev.ring(0, SchedulerConfig::new("big").credit_limit(64)).unwrap();
+    assert!(ring.backend().batching());
+    let e = Entity::new(&[&ring], Priority::Normal).unwrap();
+    let n = 4096u32;
+    let a = dev.buffer(u64::from(n) * 4).unwrap();
+    let b = dev.buffer(u64::from(n) * 4).unwrap();
+    let gate = gpusched::fence::FenceContext::new("gate").next();
+    let gated = e.job(VulkanJob::empty()).dependency(gate.0.clone()).arm().unwrap().push();
+    VulkanDevice::submit(&e, fill_job(&a, 1.0, n)).unwrap();
+    VulkanDevice::submit(&e, fill_job(&b, 0.5, n)).unwrap();
+    let mut last = None;
+    for _ in 0..40 {
+        last = Some(VulkanDevice::submit(&e, saxpy_job(1.0, &a, &b, n)).unwrap());
+    }
+    gate.1.signal();
+    wait_ok(&gated);
+    wait_ok(&last.unwrap());
+    let out = b.read_f32(WATCHDOG).unwrap();
+    assert!(out.iter().all(|v| *v == 40.5), "{:?}", &out[..4]);
+    // 43 jobs, released together: at least two calls for the batch (32 a call), far fewer
+    // than one per job.
+    let submits = ring.backend().submits();
+    assert!((2..43).contains(&submits), "{submits} submits for 43 jobs");
+    assert_eq!(ring.backend().completed(), 43);
+    drop((e, ring, a, b));
+    assert_no_validation_errors();
+    close(dev);
+}

@@ -8,7 +8,8 @@
 
 mod common;
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ash::vk;
@@ -674,4 +675,85 @@ fn a_lost_device_fails_a_rings_fences_in_seqno_order() {
     drop((e, ring, fences));
     close(dev);
     assert_eq!(live_devices(), live);
+}
+
+/// Each job of a batch signals its own value: a fast job batched before a slow one completes
+/// without waiting for it (when a batch signalled only its last value, it completed with the
+/// slow one, and a timeout then blamed it).
+#[test]
+fn a_job_of_a_batch_completes_before_a_slow_job_batched_after_it() {
+    let Some(dev) = device() else { return };
+    let ring = dev.ring(0, SchedulerConfig::new("slowbatch")).unwrap();
+    assert!(ring.backend().batching());
+    let e = Entity::new(&[&ring], Priority::Normal).unwrap();
+    let n = 1024u32;
+    let a = dev.buffer(u64::from(n) * 4).unwrap();
+    let gate = gpusched::fence::FenceContext::new("gate").next();
+    let gated = e.job(VulkanJob::empty()).dependency(gate.0.clone()).arm().unwrap().push();
+    let fast = VulkanDevice::submit(&e, fill_job(&a, 2.0, n)).unwrap();
+    let slow =
+        VulkanDevice::submit(&e, VulkanJob::empty().inject(JobFault::Slow(Duration::from_secs(3))))
+            .unwrap();
+    let submits = ring.backend().submits();
+    gate.1.signal();
+    wait_ok(&gated);
+    wait_ok(&fast);
+    assert!(!slow.is_signaled(), "the fast job completed only with the slow one");
+    // The three jobs went out together.
+    assert_eq!(ring.backend().submits(), submits + 1);
+    wait_ok(&slow);
+    assert!(a.read_f32(WATCHDOG).unwrap().iter().all(|v| *v == 2.0));
+    drop((e, ring, a));
+    assert_no_validation_errors();
+    close(dev);
+}
+
+/// A ring's hardware fences signal in order, through the ring's drain only: while the drain
+/// is held in the first fence's callback, polling the second fence reports it pending even
+/// though the semaphore has passed both (a poll that read the semaphore signalled it first).
+#[test]
+fn polling_a_hardware_fence_never_signals_it_before_the_earlier_ones() {
+    let Some(dev) = device() else { return };
+    let ring = dev.ring(0, SchedulerConfig::new("inorder")).unwrap();
+    ring.backend().set_batching(false);
+    let e = Entity::new(&[&ring], Priority::Normal).unwrap();
+    let first = VulkanDevice::submit(
+        &e,
+        VulkanJob::empty().inject(JobFault::Slow(Duration::from_millis(500))),
+    )
+    .unwrap();
+    let second = VulkanDevice::submit(&e, VulkanJob::empty()).unwrap();
+    let hw = ring.pending_hw_fences();
+    assert_eq!(hw.len(), 2, "both jobs on the hardware");
+    // Atomics, not a channel: the callback runs in a signalling section (no allocation).
+    let entered = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(AtomicBool::new(false));
+    let (ent, rel) = (entered.clone(), release.clone());
+    hw[0]
+        .add_callback(move |_| {
+            ent.store(true, Ordering::SeqCst);
+            let until = Instant::now() + WATCHDOG;
+            while !rel.load(Ordering::SeqCst) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+        .unwrap_or_else(|_| panic!("the slow job finished before its callback was added"));
+    let deadline = Instant::now() + WATCHDOG;
+    while !entered.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the first hardware fence never signalled");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let deadline = Instant::now() + WATCHDOG;
+    while ring.backend().hw_progress() < hw[1].seqno() {
+        assert!(Instant::now() < deadline, "the hardware never passed the second job");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(!hw[1].is_signaled(), "a poll signalled the second fence inside the first's drain");
+    release.store(true, Ordering::SeqCst);
+    hw[1].wait_timeout(WATCHDOG).unwrap();
+    wait_ok(&first);
+    wait_ok(&second);
+    drop((e, ring, hw, first, second));
+    assert_no_validation_errors();
+    close(dev);
 }
