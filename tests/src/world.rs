@@ -57,10 +57,12 @@ pub trait World: Sized + Send + Sync + 'static {
     /// refused by `prepare_job` while it is recreated are justified.
     const RECOVERS_FROM_LOSS: bool = false;
 
-    /// Whether a reset reruns the jobs that were on the hardware (the scheduler's
-    /// `Recovery::standard_reset`), so that those whose same-ring dependency was blamed end
-    /// with its error. A Vulkan ring cannot take submissions off its queue: they run to
-    /// completion after the blamed job (see the oracle's docs for what is tolerated).
+    /// Whether the jobs whose same-ring dependency was blamed end with its error (both
+    /// worlds: the mock through `Recovery::standard_reset`'s resubmission, Vulkan through
+    /// `Recovery::fail_dependants`, since a Vulkan ring cannot take submissions off its
+    /// queue). `false` only for a backend with that bug: such jobs are then counted, not
+    /// failed (see the oracle's docs). It also tells the oracle whether a stuck job that
+    /// computed a value can be taken as blamed (not when failed dependants still run).
     const RERUNS_AFTER_RESET: bool = true;
 
     /// Whether each entity's finished fences are known to signal in seqno order. `false`
