@@ -404,10 +404,8 @@ def main():
         "futex (`set_wait_spin`, as i915 spins before sleeping on a request), so a tight "
         "ping-pong rarely sleeps: that is the default row. The spin-off row compares the "
         "sleeping paths like for like; on this shared machine it is unstable: interleaved "
-        "medians from 0.39× to 1.15× in separate runs, and 5.2× in the committed run, whose "
-        "Condvar median (2.2 µs one way) means its Condvar waits mostly did not sleep; "
-        "criterion's estimates of the same pair: 0.9–1.3×. Only a quiet machine can settle "
-        "it.",
+        "medians from 0.39× to 1.15× in separate runs (once 5.2×, in a run whose Condvar "
+        "waits mostly did not sleep: 2.2 µs one way), criterion's estimates 0.85–1.3×.",
         "- **Checker**: compiled in and enabled vs compiled out is within this machine's "
         "noise on mock-ring throughput (runs here gave 0.89–1.07×; below 1 means the noise "
         "exceeded the cost). The checker's cost shows in the micro rows (annotated mutex, "
