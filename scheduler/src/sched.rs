@@ -665,27 +665,35 @@ impl<B: Backend> SchedShared<B> {
         }
     }
 
+    /// Whether a pending job is still unfinished on the stopped hardware: detached by
+    /// `stop_ring` (the others completed), not already ending with an error in timeline
+    /// order, and its hardware fence has not signalled successfully since (then the hardware
+    /// finished it, as `drm_sched_stop` finds a signalled parent fence, and `start_ring`
+    /// retires it with that result: neither rerun nor fail it; a reset's dead fences signal
+    /// an error, so they do not count).
+    fn unfinished_on_hw(job: &JobInner<B>) -> bool {
+        let detached = lock(&job.hw).callback.is_some();
+        if !detached || lock(&job.deferred_error).is_some() {
+            return false;
+        }
+        !lock(&job.hw).fence.as_ref().is_some_and(|f| f.is_signaled() && f.error().is_none())
+    }
+
+    /// The error of a same-ring dependency that failed after it was met (when it was
+    /// scheduled): the guilty job, a banned entity's job. The dependant must not run on its
+    /// missing results: it ends with that error, as it would had it not run yet.
+    fn failed_same_ring_dep(&self, job: &JobInner<B>) -> Option<FenceError> {
+        let st = lock(&self.state);
+        job.same_sched.iter().find_map(|d| d.error(Some(&st.pending)))
+    }
+
     /// `drm_sched_resubmit_jobs`: runs the unfinished pending jobs again, in ring order (after
     /// a hardware reset, their old hardware fences are dead: only one that signalled
     /// successfully says the job finished).
     pub(crate) fn resubmit(self: &Arc<Self>) {
         let epoch = self.begin_pass();
         while let Some(job) = self.next_in_pass(epoch) {
-            // Only jobs detached by `stop_ring` hold their callback; the others completed.
-            let detached = lock(&job.hw).callback.is_some();
-            if !detached || lock(&job.deferred_error).is_some() {
-                // Completed, or already ending with an error in timeline order.
-                continue;
-            }
-            // Its hardware fence signalled successfully after `stop_ring` detached the
-            // callback: the hardware finished it (as `drm_sched_stop` finds a signalled
-            // parent fence). `start_ring` retires it with that result; neither rerun nor
-            // fail it. (A reset's dead fences signal an error, so they do not count.)
-            let completed = lock(&job.hw)
-                .fence
-                .as_ref()
-                .is_some_and(|f| f.is_signaled() && f.error().is_none());
-            if completed {
+            if !Self::unfinished_on_hw(&job) {
                 continue;
             }
             if let Some(e) = job.entity.stopped_error() {
@@ -693,14 +701,7 @@ impl<B: Backend> SchedShared<B> {
                 self.force_complete(&job, e);
                 continue;
             }
-            // A dependency on a job of this ring was met when that job was scheduled; if it
-            // failed since (the guilty job, a banned entity's job), this job must not run on
-            // its missing results: it ends with that error, as it would had it not run yet.
-            let dep_error = {
-                let st = lock(&self.state);
-                job.same_sched.iter().find_map(|d| d.error(Some(&st.pending)))
-            };
-            if let Some(e) = dep_error {
+            if let Some(e) = self.failed_same_ring_dep(&job) {
                 self.fail_in_order(&job, e);
                 continue;
             }
@@ -724,23 +725,10 @@ impl<B: Backend> SchedShared<B> {
     pub(crate) fn fail_dependants(self: &Arc<Self>) {
         let epoch = self.begin_pass();
         while let Some(job) = self.next_in_pass(epoch) {
-            // Only jobs detached by `stop_ring` hold their callback; the others completed.
-            let detached = lock(&job.hw).callback.is_some();
-            if !detached || lock(&job.deferred_error).is_some() {
+            if !Self::unfinished_on_hw(&job) {
                 continue;
             }
-            let completed = lock(&job.hw)
-                .fence
-                .as_ref()
-                .is_some_and(|f| f.is_signaled() && f.error().is_none());
-            if completed {
-                continue;
-            }
-            let dep_error = {
-                let st = lock(&self.state);
-                job.same_sched.iter().find_map(|d| d.error(Some(&st.pending)))
-            };
-            if let Some(e) = dep_error {
+            if let Some(e) = self.failed_same_ring_dep(&job) {
                 self.fail_in_order(&job, e);
             }
         }

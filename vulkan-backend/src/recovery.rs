@@ -28,7 +28,7 @@
 //! `wait_generation` errors.
 //!
 //! # The graveyard
-//! A lost core may still be running work (a fake-lost lavapipe device is; a really lost one
+//! A lost core may still be running work (a device whose loss was injected on lavapipe is; a really lost one
 //! answers `VK_ERROR_DEVICE_LOST` quickly), and destroying a device with pending work never
 //! returns on lavapipe. So old cores and rings go to a graveyard owned by the recovery
 //! thread, which destroys a ring only once nothing else holds it and its semaphore has

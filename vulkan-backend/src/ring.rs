@@ -539,7 +539,7 @@ impl RingHw {
     /// passed, a free one, or a new one.
     fn acquire_cb(&self, pool: &mut CmdPool) -> Result<vk::CommandBuffer, vk::Result> {
         if let Some(r) = pool.retired.front() {
-            // Hardware progress, not fence state: a lost (even fake-lost) device may still
+            // Hardware progress, not fence state: a lost device (even one whose loss was injected) may still
             // run these command buffers.
             let done = match self.counter() {
                 Ok(c) => c.max(self.completed.load(Ordering::SeqCst)),
@@ -585,7 +585,7 @@ impl Drop for RingHw {
         let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
         // SAFETY: the semaphore is live; waiting before destroying keeps the pool and the
         // semaphore alive while the hardware may still use them (also on a lost core: a
-        // fake-lost device still runs its work; a really lost one answers DEVICE_LOST). A
+        // device whose loss was injected still runs its work; a really lost one answers DEVICE_LOST). A
         // device that never finishes (a real hang) leaks them instead of destroying objects
         // in use.
         let idle = matches!(
