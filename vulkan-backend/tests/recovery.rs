@@ -361,6 +361,74 @@ fn device_loss_fails_every_fence_and_the_next_generation_works() {
     assert_eq!(live_devices(), live, "a device generation leaked");
 }
 
+/// Fault suite seed 442: an injected loss leaves the lost generation's submitted work running
+/// on the same physical device (lavapipe runs the dispatches of every `VkDevice` of a
+/// physical device on one thread pool), so the new generation's first compute job waits
+/// behind a lost slow job. Its timeout must not blame it (here, at hang limit 0, that would
+/// also ban its innocent client): the ring waits while a lost generation still runs work.
+#[test]
+fn a_new_generations_job_waiting_behind_a_lost_generations_work_is_not_blamed() {
+    let _s = serial();
+    let live = live_devices();
+    let Some(dev) = device() else { return };
+    let timeout = Duration::from_millis(200);
+    // The busy kernel's speed on a shared machine varies: measure an injected slow job now
+    // and size the lost one to run about two timeouts (the handler waits up to two timeouts
+    // for a lost generation, then gives the job a whole one).
+    let probe_ring = dev.ring(0, SchedulerConfig::new("probe").timeout(WATCHDOG)).unwrap();
+    let probe_e = Entity::new(&[&probe_ring], Priority::Normal).unwrap();
+    let asked = Duration::from_millis(200);
+    let t0 = Instant::now();
+    let probe =
+        VulkanDevice::submit(&probe_e, VulkanJob::empty().inject(JobFault::Slow(asked))).unwrap();
+    wait_ok(&probe);
+    let factor = t0.elapsed().as_secs_f64() / asked.as_secs_f64();
+    drop((probe, probe_e, probe_ring));
+    let ring = dev.ring(0, SchedulerConfig::new("r0").timeout(timeout).hang_limit(0)).unwrap();
+    let lost_client = Entity::new(&[&ring], Priority::Normal).unwrap();
+    let client = Entity::new(&[&ring], Priority::Normal).unwrap();
+    let gen0 = dev.generation();
+    let slow = VulkanDevice::submit(
+        &lost_client,
+        VulkanJob::empty().inject(JobFault::Slow((timeout * 2).div_f64(factor))),
+    )
+    .unwrap();
+    // On the hardware before the loss.
+    let deadline = Instant::now() + WATCHDOG;
+    while ring.backend().submitted() == 0 {
+        assert!(Instant::now() < deadline, "the slow job was never submitted");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let t_loss = Instant::now();
+    dev.lose_device();
+    assert_eq!(wait(&slow), failed(FenceError::DeviceLost));
+    dev.wait_generation(gen0, WATCHDOG).unwrap();
+    let recoveries = dev.reset_domain().recoveries();
+    // A compute job of the new generation: queued behind the lost slow job's dispatch.
+    let b = dev.buffer(u64::from(N) * 4).unwrap();
+    let f = VulkanDevice::submit(&client, fill_job(&b, 5.0, N)).unwrap();
+    let outcome = wait(&f);
+    let took = t_loss.elapsed();
+    eprintln!(
+        "lost generation: the new job ended {outcome:?} {took:?} after the loss, after {} \
+         timeouts",
+        dev.reset_domain().recoveries() - recoveries
+    );
+    assert_eq!(outcome, Ok(()), "an innocent job behind a lost generation's work was blamed");
+    assert_eq!(client.stopped(), None, "its client was banned");
+    assert_all(&b, 5.0);
+    // Not void: the job did wait past its timeout behind the lost work.
+    assert!(
+        dev.reset_domain().recoveries() > recoveries,
+        "the new job finished within its timeout ({took:?}): the lost work did not delay it"
+    );
+    assert_eq!(dev.generations(), 2);
+    assert_no_validation_errors();
+    drop((lost_client, client, ring, b, slow, f));
+    close(dev);
+    assert_eq!(live_devices(), live);
+}
+
 #[test]
 fn injected_submit_failures_out_of_memory_and_device_lost() {
     let _s = serial();
