@@ -679,6 +679,13 @@ impl<B: Backend> SchedShared<B> {
         !lock(&job.hw).fence.as_ref().is_some_and(|f| f.is_signaled() && f.error().is_none())
     }
 
+    /// Whether a pending job was unfinished on the hardware when `stop_ring` stopped it
+    /// (detached) and is not already ending with an error in timeline order, whatever its
+    /// hardware fence did since (see [`fail_dependants`](Self::fail_dependants)).
+    fn detached_at_stop(job: &JobInner<B>) -> bool {
+        lock(&job.hw).callback.is_some() && lock(&job.deferred_error).is_none()
+    }
+
     /// The error of a same-ring dependency that failed after it was met (when it was
     /// scheduled): the guilty job, a banned entity's job. The dependant must not run on its
     /// missing results: it ends with that error, as it would had it not run yet.
@@ -722,10 +729,18 @@ impl<B: Backend> SchedShared<B> {
     /// work off the hardware and do not resubmit. The hardware may still run such a job;
     /// its resources are freed through `free_job`, which must keep them until the hardware
     /// has passed it. Allocation-free.
+    ///
+    /// Unlike [`resubmit`](Self::resubmit), a job the hardware finished *after* the stop
+    /// fails too (only `stop_ring` decides what was unfinished: a job still detached then):
+    /// it ran behind its failed dependency on the same ring, so on that job's late results
+    /// (a blamed slow job that finished meanwhile, or a hang the backend released before
+    /// this pass: the Vulkan ring releases a freed guilty job's hang as soon as the scheduler
+    /// frees it, fault suite seeds 233 and 354), and it ends with the dependency's error
+    /// however fast the hardware was.
     pub(crate) fn fail_dependants(self: &Arc<Self>) {
         let epoch = self.begin_pass();
         while let Some(job) = self.next_in_pass(epoch) {
-            if !Self::unfinished_on_hw(&job) {
+            if !Self::detached_at_stop(&job) {
                 continue;
             }
             if let Some(e) = self.failed_same_ring_dep(&job) {

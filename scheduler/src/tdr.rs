@@ -301,9 +301,11 @@ impl<B: Backend> Recovery<'_, B> {
     /// without rerunning anything. For a backend that does not [`resubmit`](Recovery::resubmit)
     /// (its queued hardware work simply continues, as a Vulkan queue's does after a hang is
     /// released): a job scheduled behind a failed dependency on the same ring would otherwise
-    /// run on its missing results and end `Ok`. The hardware may still run such a job; keep its
-    /// resources until the hardware has passed it (as after `force_complete_guilty`). Call
-    /// between [`stop`](Recovery::stop) and [`start`](Recovery::start).
+    /// run on its missing results and end `Ok`. A job the hardware finishes between `stop` and
+    /// this call (behind a released hang, or a blamed slow job that finished meanwhile) fails
+    /// too: it ran on the failed job's late results. The hardware may still run such a job;
+    /// keep its resources until the hardware has passed it (as after `force_complete_guilty`).
+    /// Call between [`stop`](Recovery::stop) and [`start`](Recovery::start).
     pub fn fail_dependants(&mut self) {
         self.sched.fail_dependants();
     }

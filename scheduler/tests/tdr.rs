@@ -161,6 +161,10 @@ enum Mode {
     /// guilty job ends `TimedOut`, its same-ring dependants fail, the hang is released and
     /// the queued hardware work simply continues.
     NoResubmit,
+    /// The same, with the hang released (and the jobs behind it finished by the hardware)
+    /// before `fail_dependants`: as when the Vulkan ring released a freed guilty job's hang
+    /// inside the recovery, or a blamed slow job finishes meanwhile.
+    NoResubmitReleasedEarly,
 }
 
 impl Scripted {
@@ -214,6 +218,15 @@ impl gpusched::Backend for Scripted {
                 r.force_complete_guilty(FenceError::TimedOut);
                 r.fail_dependants();
                 self.ring.release_hangs();
+                r.start();
+                TimeoutStatus::Reset
+            }
+            Mode::NoResubmitReleasedEarly => {
+                r.stop();
+                r.blame();
+                r.force_complete_guilty(FenceError::TimedOut);
+                self.ring.release_hangs();
+                r.fail_dependants();
                 r.start();
                 TimeoutStatus::Reset
             }
@@ -564,6 +577,27 @@ fn without_resubmission_same_ring_dependants_of_the_guilty_fail() {
     assert_eq!(dependant.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
     assert_eq!(innocent.wait_timeout(WATCHDOG), Ok(()));
     // The hardware did run all three (nothing was taken off it), in ring order.
+    assert_eq!(s.backend().ring.completed_tags(), vec![1, 2, 3]);
+    assert_eq!(s.stats().credits_in_flight, 0);
+}
+
+/// Fault suite seeds 233 and 354 (Vulkan): the hardware finished a same-ring dependant of the
+/// guilty job between the stop and `fail_dependants` (the guilty job's hang was released
+/// first): it ran on the guilty job's late results and must still end with its error, not
+/// `Ok` because its hardware fence signalled.
+#[test]
+fn without_resubmission_a_dependant_the_hardware_finished_during_recovery_fails() {
+    let s = scripted(Mode::NoResubmitReleasedEarly, 100, None);
+    let bad = Entity::new(&[&s], Priority::Normal).unwrap();
+    let dep = Entity::new(&[&s], Priority::Normal).unwrap();
+    let other = Entity::new(&[&s], Priority::Normal).unwrap();
+    let hung = bad.job(MockJob::new(1).behavior(MockBehavior::Hang)).arm().unwrap().push();
+    let dependant = dep.job(MockJob::new(2)).dependency(hung.clone()).arm().unwrap().push();
+    let innocent = other.job(MockJob::new(3)).arm().unwrap().push();
+    assert_eq!(hung.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
+    assert_eq!(dependant.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
+    assert_eq!(innocent.wait_timeout(WATCHDOG), Ok(()));
+    // The hardware ran all three before `fail_dependants` looked (the test is not void).
     assert_eq!(s.backend().ring.completed_tags(), vec![1, 2, 3]);
     assert_eq!(s.stats().credits_in_flight, 0);
 }

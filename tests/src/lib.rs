@@ -18,8 +18,15 @@
 //!
 //! A failure is a [`Failure`]: the seed, every broken rule, and a dump of the scenario and of
 //! each job's outcome. The suites print how to replay it (`FAULT_SEED=<seed>`).
+//!
+//! The suites share their seed loop, replay and soak ([`run_seeds`], [`soak`], configured by a
+//! [`Harness`]; the variables are listed in the `harness` module): `FAULT_SEED=<n>` replays one
+//! seed, `FAULT_SEEDS=<n>` runs the mock suite on seeds `0..n` and `FAULT_VULKAN_SEEDS=<n>` the
+//! Vulkan suite (each suite its own count: a Vulkan scenario is far slower),
+//! `FAULT_SOAK_SECS` sizes the soaks, `FAULT_DUMP=1` prints every failing seed's dump.
 
 mod exec;
+mod harness;
 mod ledger;
 mod mock;
 mod oracle;
@@ -28,6 +35,7 @@ mod vulkan;
 mod world;
 
 pub use crate::exec::{run_scenario, Failure, Summary, WATCHDOG};
+pub use crate::harness::{env_u64, run_seeds, soak, Harness, Seeds, Totals};
 pub use crate::ledger::{job_value, JobLedger, Ledger};
 pub use crate::mock::{FaultJob, FaultRing, MockWorld};
 pub use crate::plan::{

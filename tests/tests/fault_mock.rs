@@ -4,125 +4,39 @@
 //! and a rogue client, each checked by the oracle (see `gpusched_tests`'s docs).
 //!
 //! - `fixed_seeds`: seeds `0..FAULT_SEEDS` (default 500), what CI runs.
-//! - `FAULT_SEED=<n>` replays one seed (printed with every failure).
-//! - `soak` (ignored): random seeds for `FAULT_SOAK_SECS` seconds (default 60), printing
-//!   scenarios/s and the seed range: `cargo test -p gpusched-tests --test fault_mock --release
-//!   -- --ignored soak --nocapture`.
+//! - `FAULT_SEED=<n>` replays one seed (printed with every failure); `FAULT_DUMP=1` prints
+//!   every failing seed's dump.
+//! - `soak` (ignored): consecutive seeds for `FAULT_SOAK_SECS` seconds (default
+//!   60), printing scenarios/s and the seed range: `cargo test -p gpusched-tests --test
+//!   fault_mock --release -- --ignored soak --nocapture`.
+//!
+//! The seed loop, replay and soak are `gpusched_tests::run_seeds` and `soak` (the `harness`
+//! module), shared with `fault_vulkan`.
 //!
 //! Runs under the checker's allocator: an allocation inside a signalling section (the
 //! scheduler's or the world's) is a violation, and every scenario asserts none occurred.
 
-use std::time::{Duration, Instant};
-
-use gpusched::fence::lockdep::CheckingAllocator;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use gpusched::fence::lockdep::CheckingAllocator;
 use gpusched::Scheduler;
 use gpusched_tests::{
-    run_scenario, Failure, Fault, FaultJob, FaultRing, Ledger, MockWorld, PlanConfig, Scenario,
-    Summary, World,
+    run_scenario, run_seeds, Fault, FaultJob, FaultRing, Harness, Ledger, MockWorld, PlanConfig,
+    Scenario, World,
 };
 
 #[global_allocator]
 static ALLOC: CheckingAllocator = CheckingAllocator::new(std::alloc::System);
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|s| {
-        s.trim().parse().unwrap_or_else(|_| panic!("{name}={s}: not a non-negative integer"))
-    })
-}
-
-#[track_caller]
-fn report(f: &Failure) -> ! {
-    panic!(
-        "{f}\nreplay: FAULT_SEED={} cargo nextest run -p gpusched-tests --test fault_mock \
-         fixed_seeds --no-capture",
-        f.seed
-    )
-}
-
-#[derive(Default)]
-struct Totals {
-    scenarios: u64,
-    jobs: usize,
-    ok: usize,
-    failed: usize,
-    arm_refused: usize,
-    resets: usize,
-    device_lost: usize,
-    banned: usize,
-    killed: usize,
-}
-
-impl Totals {
-    fn add(&mut self, s: &Summary) {
-        self.scenarios += 1;
-        self.jobs += s.jobs;
-        self.ok += s.ok;
-        self.failed += s.failed;
-        self.arm_refused += s.arm_refused;
-        self.resets += s.resets;
-        self.device_lost += usize::from(s.device_lost);
-        self.banned += s.banned;
-        self.killed += s.killed;
-    }
-}
-
-impl std::fmt::Display for Totals {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} scenarios, {} jobs: {} ok, {} failed, {} arms refused; {} guilty resets; {} \
-             device losses; {} entities banned, {} killed",
-            self.scenarios,
-            self.jobs,
-            self.ok,
-            self.failed,
-            self.arm_refused,
-            self.resets,
-            self.device_lost,
-            self.banned,
-            self.killed
-        )
-    }
-}
+const HARNESS: Harness =
+    Harness { test: "fault_mock", world: MockWorld::NAME, seeds_var: "FAULT_SEEDS", soak_secs: 60 };
 
 #[test]
 fn fixed_seeds() {
     let cfg = PlanConfig::default();
-    let seeds: Vec<u64> = match env_u64("FAULT_SEED") {
-        Some(seed) => vec![seed],
-        None => (0..env_u64("FAULT_SEEDS").unwrap_or(500)).collect(),
-    };
-    let start = Instant::now();
-    let mut totals = Totals::default();
-    let mut failures: Vec<Failure> = Vec::new();
-    for &seed in &seeds {
-        match run_scenario::<MockWorld>(seed, &cfg) {
-            Ok(s) => totals.add(&s),
-            Err(f) => {
-                eprintln!("seed {seed} FAILED: {}", f.problems.join("; "));
-                failures.push(f);
-            }
-        }
-    }
-    if let Some(first) = failures.first() {
-        let seeds: Vec<u64> = failures.iter().map(|f| f.seed).collect();
-        eprintln!(
-            "{} of {} seeds failed: {seeds:?}",
-            failures.len(),
-            totals.scenarios as usize + failures.len()
-        );
-        report(first);
-    }
-    let secs = start.elapsed().as_secs_f64();
-    eprintln!(
-        "fault suite (mock): seeds {}..={}: {totals} in {secs:.1} s ({:.1} scenarios/s)",
-        seeds[0],
-        seeds[seeds.len() - 1],
-        totals.scenarios as f64 / secs
-    );
+    let seeds = HARNESS.seeds(|| (0..500).collect()).seeds;
+    let totals = run_seeds(&HARNESS, &seeds, |seed| run_scenario::<MockWorld>(seed, &cfg));
     // The suite must exercise what it claims to: over the fixed set, every kind of outcome.
     if seeds.len() >= 100 {
         assert!(totals.resets > 0 && totals.device_lost > 0 && totals.arm_refused > 0, "{totals}");
@@ -135,27 +49,7 @@ fn fixed_seeds() {
 #[ignore = "soak: runs random seeds for FAULT_SOAK_SECS seconds (default 60)"]
 fn soak() {
     let cfg = PlanConfig::default();
-    let secs = env_u64("FAULT_SOAK_SECS").unwrap_or(60);
-    let first = env_u64("FAULT_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-    });
-    let start = Instant::now();
-    let mut totals = Totals::default();
-    let mut seed = first;
-    while start.elapsed() < Duration::from_secs(secs) {
-        match run_scenario::<MockWorld>(seed, &cfg) {
-            Ok(s) => totals.add(&s),
-            Err(f) => report(&f),
-        }
-        seed = seed.wrapping_add(1);
-    }
-    let el = start.elapsed().as_secs_f64();
-    eprintln!(
-        "fault soak (mock): seeds {first}..{seed}: {totals} in {el:.1} s ({:.1} scenarios/s)",
-        totals.scenarios as f64 / el
-    );
+    gpusched_tests::soak(&HARNESS, |seed| run_scenario::<MockWorld>(seed, &cfg));
 }
 
 /// The mock world with its computed results corrupted after the scenario: the oracle must

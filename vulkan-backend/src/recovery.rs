@@ -33,7 +33,11 @@
 //! returns on lavapipe. So old cores and rings go to a graveyard owned by the recovery
 //! thread, which destroys a ring only once nothing else holds it and its semaphore has
 //! passed every value submitted to it (or reports the loss), and a core only once nothing
-//! holds it: the last drop of an old generation never lands in a signalling section. A
+//! holds it: the last drop of an old generation never lands in a signalling section. While
+//! a graveyard ring still has work its hardware has not passed, `DeviceShared::lost_busy`
+//! says so: that work shares the physical device with the new generation (lavapipe runs
+//! every `VkDevice`'s dispatches on one thread pool), and the timeout handler does not
+//! blame a new job that may be queued behind it (see the ring's docs, "Timeouts"). A
 //! device whose work never finishes (a real shader hang on a driver without a watchdog)
 //! must never be destroyed: at teardown it is leaked, with an error log, after waiting
 //! 5 s. A *simulated* wedge (`JobFault::HangForever`) is released at
@@ -119,6 +123,13 @@ pub(crate) struct DeviceShared {
     pub(crate) generations: AtomicU64,
     /// Recreation failed: the device is gone for good.
     pub(crate) dead: AtomicBool,
+    /// A ring of a lost generation (in the graveyard) has work its hardware has not passed:
+    /// that work may still hold the physical device (a loss injected on lavapipe leaves it
+    /// running, on the thread pool that runs every `VkDevice`'s dispatches), so a job of
+    /// the new generation may be queued behind it without having started. Set by the
+    /// recovery thread (`recreate`, then every reap), read by the timeout handler
+    /// (`VulkanRing::timedout_job`), which does not blame such a job.
+    pub(crate) lost_busy: AtomicBool,
     /// `wait_generation` sleeps here.
     gen_lock: Mutex<()>,
     gen_cv: Condvar,
@@ -170,6 +181,7 @@ impl DeviceShared {
             generations: AtomicU64::new(1),
             current: Mutex::new(core),
             dead: AtomicBool::new(false),
+            lost_busy: AtomicBool::new(false),
             gen_lock: Mutex::new(()),
             gen_cv: Condvar::new(),
             slots: Mutex::new(Vec::with_capacity(crate::MAX_RINGS)),
@@ -326,6 +338,9 @@ impl DeviceShared {
             let mut rings = lock(&new.comp.rings);
             rings.extend(fresh.iter().map(|(_, hw)| Arc::downgrade(hw)));
         }
+        // Before any ring moves to the new core (so before any of its jobs can time out):
+        // the old rings may still run work. The reap below refines it.
+        self.lost_busy.store(true, Ordering::SeqCst);
         let mut graves = Vec::with_capacity(fresh.len());
         for (slot, hw) in fresh {
             graves.push(slot.swap(hw));
@@ -353,6 +368,7 @@ impl DeviceShared {
     fn reap(&self) {
         let mut g = lock(&self.graveyard);
         bury(&mut g.rings);
+        self.lost_busy.store(g.rings.iter().any(|r| !r.passed()), Ordering::SeqCst);
         g.cores.retain(|c| Arc::strong_count(c) > 1);
         self.notify.graves(!g.rings.is_empty() || !g.cores.is_empty());
     }

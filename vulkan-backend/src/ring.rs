@@ -71,6 +71,16 @@
 //! started at most one timeout ago, when the submission ahead finished); the one after that
 //! judges it as usual.
 //!
+//! Lost generations stall a new one the same way. An injected loss (and a device a real hang
+//! left running) keeps executing the lost generation's submitted work, on the same physical
+//! device: lavapipe runs the dispatches of every `VkDevice` of a physical device on one
+//! thread pool, so the new generation's first compute job waited behind a lost slow job
+//! and was blamed by its first timeout (fault suite seed 442: an innocent job `TimedOut`,
+//! its entity banned at hang limit 0). So while a ring of a lost generation has work its
+//! hardware has not passed (`DeviceShared::lost_busy`, kept by the recovery thread), the
+//! answer is `NoHang` as above, at most [`STUCK_AFTER`] times per ring and generation (a
+//! lost generation wedged for good delays a real hang's blame, never prevents it).
+//!
 //! # Batching and injected faults
 //! A job with an injected hang or submit failure is never batched: `run_job` submits the
 //! jobs batched before it, then submits it alone (with its wait on the hang semaphore).
@@ -248,10 +258,15 @@ pub(crate) struct RingHw {
     tdr_counter: AtomicU64,
     /// Consecutive timeouts that found no progress.
     tdr_stalls: AtomicU32,
-    /// The last timeout found the head queued behind another ring's submission: the next
-    /// one, if that submission has finished, gives the head a whole timeout (it may have
-    /// just started).
+    /// The last timeout found the head queued behind another ring's submission (or behind a
+    /// lost generation's work): the next one, if that submission has finished, gives the
+    /// head a whole timeout (it may have just started).
     tdr_behind: AtomicBool,
+    /// Timeouts of this ring answered `NoHang` because a lost generation of its device still
+    /// ran work on the hardware (`DeviceShared::lost_busy`): at most [`STUCK_AFTER`] over the
+    /// ring's life (one generation), so that a lost generation wedged for good delays the
+    /// blame of a real hang here a few timeouts, never forever.
+    tdr_lost_waits: AtomicU32,
 }
 
 /// The most jobs of a batch one `vkQueueSubmit` carries (one `VkSubmitInfo` each, in stack
@@ -326,6 +341,7 @@ impl RingHw {
             tdr_counter: AtomicU64::new(u64::MAX),
             tdr_stalls: AtomicU32::new(0),
             tdr_behind: AtomicBool::new(false),
+            tdr_lost_waits: AtomicU32::new(0),
             watch: watch.clone(),
             thread: Mutex::new(None),
         });
@@ -1368,6 +1384,19 @@ impl Backend for VulkanRing {
             // Queued behind another ring's unfinished submission on the shared `VkQueue`:
             // it has not started. That ring's own timeout deals with its job; wait another
             // timeout.
+            hw.tdr_behind.store(true, Ordering::SeqCst);
+            recovery.start();
+            return TimeoutStatus::NoHang;
+        }
+        if value != 0
+            && self.slot.shared.lost_busy.load(Ordering::SeqCst)
+            && hw.tdr_lost_waits.fetch_add(1, Ordering::SeqCst) < STUCK_AFTER
+        {
+            // A lost generation of this device still runs work (an injected loss leaves it
+            // running; lavapipe runs the dispatches of every `VkDevice` of a physical device
+            // on one thread pool): the guilty job may be queued behind it on the hardware
+            // and not have started. Not its fault: wait another timeout (bounded: see
+            // `tdr_lost_waits`), then give it a whole one (it may have just started).
             hw.tdr_behind.store(true, Ordering::SeqCst);
             recovery.start();
             return TimeoutStatus::NoHang;

@@ -361,6 +361,86 @@ fn device_loss_fails_every_fence_and_the_next_generation_works() {
     assert_eq!(live_devices(), live, "a device generation leaked");
 }
 
+/// Fault suite seed 442: an injected loss leaves the lost generation's submitted work running
+/// on the same physical device (lavapipe runs the dispatches of every `VkDevice` of a
+/// physical device on one thread pool), so the new generation's first compute job waits
+/// behind a lost slow job. Its timeout must not blame it (here, at hang limit 0, that would
+/// also ban its innocent client): the ring waits while a lost generation still runs work
+/// (up to two timeouts, then gives the job a whole one: blamed at the fourth at the
+/// earliest; before the fix, at the first).
+#[test]
+fn a_new_generations_job_waiting_behind_a_lost_generations_work_is_not_blamed() {
+    let _s = serial();
+    let live = live_devices();
+    let Some(dev) = device() else { return };
+    let timeout = Duration::from_millis(200);
+    // The busy kernel's speed on a shared machine varies: measure an injected slow job now
+    // and size the lost one to run about two timeouts.
+    let probe_ring = dev.ring(0, SchedulerConfig::new("probe").timeout(WATCHDOG)).unwrap();
+    let probe_e = Entity::new(&[&probe_ring], Priority::Normal).unwrap();
+    let asked = Duration::from_millis(200);
+    let t0 = Instant::now();
+    let probe =
+        VulkanDevice::submit(&probe_e, VulkanJob::empty().inject(JobFault::Slow(asked))).unwrap();
+    wait_ok(&probe);
+    let factor = t0.elapsed().as_secs_f64() / asked.as_secs_f64();
+    drop((probe, probe_e, probe_ring));
+    let ring = dev.ring(0, SchedulerConfig::new("r0").timeout(timeout).hang_limit(0)).unwrap();
+    // If the machine's speed changed since the probe, the lost job may end before the new
+    // job's first timeout (the scenario did not happen: resized up) or outlive the ring's
+    // patience (blamed at the fourth timeout or later, as designed: resized down); retried.
+    let mut ask = (timeout * 2).div_f64(factor);
+    let mut attempts = 0;
+    let (lost_client, client, b, slow, f) = loop {
+        attempts += 1;
+        assert!(attempts <= 6, "no lost job delayed the new one past a timeout, within bounds");
+        let lost_client = Entity::new(&[&ring], Priority::Normal).unwrap();
+        let client = Entity::new(&[&ring], Priority::Normal).unwrap();
+        let gen = dev.generation();
+        let before = ring.backend().submitted();
+        let slow =
+            VulkanDevice::submit(&lost_client, VulkanJob::empty().inject(JobFault::Slow(ask)))
+                .unwrap();
+        // On the hardware before the loss.
+        let deadline = Instant::now() + WATCHDOG;
+        while ring.backend().submitted() == before {
+            assert!(Instant::now() < deadline, "the slow job was never submitted");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let t_loss = Instant::now();
+        dev.lose_device();
+        assert_eq!(wait(&slow), failed(FenceError::DeviceLost));
+        dev.wait_generation(gen, WATCHDOG).unwrap();
+        let recoveries = dev.reset_domain().recoveries();
+        // A compute job of the new generation: queued behind the lost slow job's dispatch.
+        let b = dev.buffer(u64::from(N) * 4).unwrap();
+        let f = VulkanDevice::submit(&client, fill_job(&b, 5.0, N)).unwrap();
+        let outcome = wait(&f);
+        let timeouts = dev.reset_domain().recoveries() - recoveries;
+        eprintln!(
+            "lost generation: Slow({ask:?}); the new job ended {outcome:?} {:?} after the \
+             loss, after {timeouts} timeouts",
+            t_loss.elapsed()
+        );
+        match outcome {
+            Ok(()) if timeouts == 0 => ask = ask.mul_f64(1.6),
+            Ok(()) => break (lost_client, client, b, slow, f),
+            Err(WaitError::Failed(FenceError::TimedOut)) if timeouts >= 4 => ask = ask.mul_f64(0.6),
+            other => panic!(
+                "the new job behind the lost generation's work ended {other:?} after \
+                 {timeouts} timeouts (blamed although it may not have started)"
+            ),
+        }
+    };
+    assert_eq!(client.stopped(), None, "its client was banned");
+    assert_all(&b, 5.0);
+    assert_eq!(dev.generations(), 1 + attempts);
+    assert_no_validation_errors();
+    drop((lost_client, client, ring, b, slow, f));
+    close(dev);
+    assert_eq!(live_devices(), live);
+}
+
 #[test]
 fn injected_submit_failures_out_of_memory_and_device_lost() {
     let _s = serial();
