@@ -27,6 +27,38 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Every test's start: the tests run one at a time (they count live devices and time
+/// hangs), the live-device count now, and a validated device (`None`: no Vulkan, skipped).
+fn setup() -> Option<(MutexGuard<'static, ()>, usize, VulkanDevice)> {
+    let s = serial();
+    let live = live_devices();
+    Some((s, live, device()?))
+}
+
+/// Every test's end, once it dropped its handles: no validation error or checker violation,
+/// the device destroyed synchronously, and no device generation left alive.
+#[track_caller]
+fn teardown(dev: VulkanDevice, live: usize) {
+    assert_no_validation_errors();
+    close(dev);
+    assert_eq!(live_devices(), live, "a device generation leaked");
+}
+
+/// How many times longer than asked an injected [`JobFault::Slow`] job runs now (the busy
+/// kernel is calibrated when the device is created; its speed on a shared machine varies by
+/// 2x over seconds): one `Slow(200 ms)` job on a probe ring without a timeout.
+fn slow_factor(dev: &VulkanDevice) -> f64 {
+    let probe_ring = dev.ring(0, SchedulerConfig::new("probe").timeout(WATCHDOG)).unwrap();
+    let probe_e = Entity::new(&[&probe_ring], Priority::Normal).unwrap();
+    let asked = Duration::from_millis(200);
+    let t0 = Instant::now();
+    let probe =
+        VulkanDevice::submit(&probe_e, VulkanJob::empty().inject(JobFault::Slow(asked))).unwrap();
+    wait_ok(&probe);
+    eprintln!("slow: Slow({asked:?}) took {:?}", t0.elapsed());
+    t0.elapsed().as_secs_f64() / asked.as_secs_f64()
+}
+
 fn failed(e: FenceError) -> Result<(), WaitError> {
     Err(WaitError::Failed(e))
 }
@@ -93,9 +125,7 @@ impl Gate {
 
 #[test]
 fn a_ring_waiting_behind_another_rings_hang_on_the_shared_queue_is_not_blamed() {
-    let _s = serial();
-    let live = live_devices();
-    let Some(dev) = device() else { return };
+    let Some((_s, live, dev)) = setup() else { return };
     let timeout = Duration::from_millis(150);
     // Two rings on one `VkQueue` (lavapipe has one queue anyway).
     let ra = dev.ring(0, SchedulerConfig::new("ra").timeout(timeout)).unwrap();
@@ -130,15 +160,12 @@ fn a_ring_waiting_behind_another_rings_hang_on_the_shared_queue_is_not_blamed() 
     assert_no_validation_errors();
     gate.destroy(&dev);
     drop((guilty, innocent, ra, rb, g, bufs, fences, hung));
-    close(dev);
-    assert_eq!(live_devices(), live);
+    teardown(dev, live);
 }
 
 #[test]
 fn a_hung_job_times_out_and_the_jobs_behind_it_complete() {
-    let _s = serial();
-    let live = live_devices();
-    let Some(dev) = device() else { return };
+    let Some((_s, live, dev)) = setup() else { return };
     let timeout = Duration::from_millis(200);
     let ring = dev.ring(0, SchedulerConfig::new("r0").timeout(timeout)).unwrap();
     let guilty = Entity::new(&[&ring], Priority::Normal).unwrap();
@@ -188,31 +215,19 @@ fn a_hung_job_times_out_and_the_jobs_behind_it_complete() {
     assert_no_validation_errors();
     gate.destroy(&dev);
     drop((guilty, innocent, ring, bufs, fresh, fences, hung, after));
-    close(dev);
-    assert_eq!(live_devices(), live);
+    teardown(dev, live);
 }
 
 #[test]
 fn a_slow_job_past_the_timeout_is_blamed_and_keeps_its_memory() {
-    let _s = serial();
-    let live = live_devices();
-    let Some(dev) = device() else { return };
+    let Some((_s, live, dev)) = setup() else { return };
     // One and a half timeouts: past it, below the three timeouts without progress that would
     // declare the hardware stuck, and away from two timeouts, where the job behind it times
     // out (its timer starts at the slow job's timeout): a slow job ending just then made that
     // job's handler see progress and blame it. The busy kernel's speed on a shared machine varies by 2x
     // over seconds: measure how long an injected slow job takes now, and size from that.
     let timeout = Duration::from_millis(250);
-    let probe_ring = dev.ring(0, SchedulerConfig::new("probe").timeout(WATCHDOG)).unwrap();
-    let probe_e = Entity::new(&[&probe_ring], Priority::Normal).unwrap();
-    let asked = Duration::from_millis(200);
-    let t0 = Instant::now();
-    let probe =
-        VulkanDevice::submit(&probe_e, VulkanJob::empty().inject(JobFault::Slow(asked))).unwrap();
-    wait_ok(&probe);
-    let factor = t0.elapsed().as_secs_f64() / asked.as_secs_f64();
-    eprintln!("slow: Slow({asked:?}) took {:?}", t0.elapsed());
-    drop((probe, probe_e, probe_ring));
+    let factor = slow_factor(&dev);
     let ring = dev.ring(0, SchedulerConfig::new("r0").timeout(timeout)).unwrap();
     let e = Entity::new(&[&ring], Priority::Normal).unwrap();
     let other = Entity::new(&[&ring], Priority::Normal).unwrap();
@@ -256,16 +271,13 @@ fn a_slow_job_past_the_timeout_is_blamed_and_keeps_its_memory() {
     assert_all(&fresh, 1.0);
     assert_eq!(dev.fault_stats().slow, 1 + attempts);
     assert!(e.stats().finished_err >= 1);
-    assert_no_validation_errors();
     drop((e, other, ring, x, fresh, slow, next));
-    close(dev);
-    assert_eq!(live_devices(), live);
+    teardown(dev, live);
 }
 
 #[test]
 fn a_client_past_its_hang_limit_is_banned_and_the_others_go_on() {
-    let _s = serial();
-    let Some(dev) = device() else { return };
+    let Some((_s, live, dev)) = setup() else { return };
     let ring = dev
         .ring(0, SchedulerConfig::new("r0").timeout(Duration::from_millis(100)).hang_limit(1))
         .unwrap();
@@ -289,16 +301,13 @@ fn a_client_past_its_hang_limit_is_banned_and_the_others_go_on() {
     assert_all(&y, 5.0);
     assert_eq!(dev.reset_domain().recoveries(), 2);
     assert_eq!(dev.generations(), 1);
-    assert_no_validation_errors();
     drop((bad, good, ring, b, y, ok));
-    close(dev);
+    teardown(dev, live);
 }
 
 #[test]
 fn device_loss_fails_every_fence_and_the_next_generation_works() {
-    let _s = serial();
-    let live = live_devices();
-    let Some(dev) = device() else { return };
+    let Some((_s, live, dev)) = setup() else { return };
     let ring = dev.ring(0, SchedulerConfig::new("r0")).unwrap();
     let e = Entity::new(&[&ring], Priority::Normal).unwrap();
     let kernel = dev.create_kernel(gpusched_vulkan::Builtin::Fill.spirv(), 1, 8).unwrap();
@@ -357,8 +366,7 @@ fn device_loss_fails_every_fence_and_the_next_generation_works() {
     let dev = dev.close(Duration::from_millis(200)).expect_err("the old buffer is alive");
     assert_ne!(live_devices(), live);
     drop(old);
-    close(dev);
-    assert_eq!(live_devices(), live, "a device generation leaked");
+    teardown(dev, live);
 }
 
 /// Fault suite seed 442: an injected loss leaves the lost generation's submitted work running
@@ -370,21 +378,11 @@ fn device_loss_fails_every_fence_and_the_next_generation_works() {
 /// earliest; before the fix, at the first).
 #[test]
 fn a_new_generations_job_waiting_behind_a_lost_generations_work_is_not_blamed() {
-    let _s = serial();
-    let live = live_devices();
-    let Some(dev) = device() else { return };
+    let Some((_s, live, dev)) = setup() else { return };
     let timeout = Duration::from_millis(200);
     // The busy kernel's speed on a shared machine varies: measure an injected slow job now
     // and size the lost one to run about two timeouts.
-    let probe_ring = dev.ring(0, SchedulerConfig::new("probe").timeout(WATCHDOG)).unwrap();
-    let probe_e = Entity::new(&[&probe_ring], Priority::Normal).unwrap();
-    let asked = Duration::from_millis(200);
-    let t0 = Instant::now();
-    let probe =
-        VulkanDevice::submit(&probe_e, VulkanJob::empty().inject(JobFault::Slow(asked))).unwrap();
-    wait_ok(&probe);
-    let factor = t0.elapsed().as_secs_f64() / asked.as_secs_f64();
-    drop((probe, probe_e, probe_ring));
+    let factor = slow_factor(&dev);
     let ring = dev.ring(0, SchedulerConfig::new("r0").timeout(timeout).hang_limit(0)).unwrap();
     // If the machine's speed changed since the probe, the lost job may end before the new
     // job's first timeout (the scenario did not happen: resized up) or outlive the ring's
@@ -435,17 +433,13 @@ fn a_new_generations_job_waiting_behind_a_lost_generations_work_is_not_blamed() 
     assert_eq!(client.stopped(), None, "its client was banned");
     assert_all(&b, 5.0);
     assert_eq!(dev.generations(), 1 + attempts);
-    assert_no_validation_errors();
     drop((lost_client, client, ring, b, slow, f));
-    close(dev);
-    assert_eq!(live_devices(), live);
+    teardown(dev, live);
 }
 
 #[test]
 fn injected_submit_failures_out_of_memory_and_device_lost() {
-    let _s = serial();
-    let live = live_devices();
-    let Some(dev) = device() else { return };
+    let Some((_s, live, dev)) = setup() else { return };
     let ring = dev.ring(0, SchedulerConfig::new("r0")).unwrap();
     let e = Entity::new(&[&ring], Priority::Normal).unwrap();
     let b = dev.buffer(u64::from(N) * 4).unwrap();
@@ -495,16 +489,13 @@ fn injected_submit_failures_out_of_memory_and_device_lost() {
     assert!(gen2 > gen1);
     assert_eq!(dev.generations(), 3);
     assert_eq!(dev.fault_stats().device_losses, 2);
-    assert_no_validation_errors();
     drop((e, ring, b, lost, f, fs, fourth));
-    close(dev);
-    assert_eq!(live_devices(), live);
+    teardown(dev, live);
 }
 
 #[test]
 fn buffer_allocation_failures_and_dropped_recordings() {
-    let _s = serial();
-    let Some(dev) = device() else { return };
+    let Some((_s, live, dev)) = setup() else { return };
     dev.set_fault_plan(Some(FaultPlan::new(1).fail_buffer_alloc(1.0)));
     let err = dev.buffer(4096).unwrap_err();
     assert!(matches!(err, BufferError::Device(ref d) if d.is_out_of_memory()), "{err}");
@@ -539,16 +530,13 @@ fn buffer_allocation_failures_and_dropped_recordings() {
     let f = VulkanDevice::submit(&e, fill_job(&b, 8.0, N)).unwrap();
     wait_ok(&f);
     assert_all(&b, 8.0);
-    assert_no_validation_errors();
     drop((e, ring, b, f));
-    close(dev);
+    teardown(dev, live);
 }
 
 #[test]
 fn a_hang_nothing_can_release_loses_the_device_which_comes_back() {
-    let _s = serial();
-    let live = live_devices();
-    let Some(dev) = device() else { return };
+    let Some((_s, live, dev)) = setup() else { return };
     let ring = dev
         .ring(0, SchedulerConfig::new("r0").timeout(Duration::from_millis(100)).hang_limit(10))
         .unwrap();
@@ -573,11 +561,9 @@ fn a_hang_nothing_can_release_loses_the_device_which_comes_back() {
     let f = VulkanDevice::submit(&other, fill_job(&nb, 2.0, N)).unwrap();
     wait_ok(&f);
     assert_all(&nb, 2.0);
-    assert_no_validation_errors();
     drop((e, other, ring, b, nb, wedged, behind, f));
     // The wedged generation is released (simulated) and destroyed at teardown.
-    close(dev);
-    assert_eq!(live_devices(), live, "the wedged generation leaked");
+    teardown(dev, live);
 }
 
 /// Seeded random faults (replay with `GPUSCHED_FAULT_SEED=<seed>`): every fence signals,
@@ -675,10 +661,8 @@ fn random_faults_every_fence_signals_and_results_are_right() {
     wait_ok(&f);
     assert_all(&b, 0.5);
     assert!(ok > 0, "seed {seed}");
-    assert_no_validation_errors();
     drop((clients, ring, b, f, pending));
-    close(dev);
-    assert_eq!(live_devices(), live, "seed {seed}");
+    teardown(dev, live);
 }
 
 /// Registers a callback on each fence that records its seqno and outcome, in signal order
@@ -704,9 +688,7 @@ fn record_order(fences: &[gpusched::fence::Fence]) -> std::sync::Arc<Mutex<Vec<(
 /// one ring finish in push order, every completed one before every failed one.
 #[test]
 fn a_lost_device_fails_a_rings_fences_in_seqno_order() {
-    let _s = serial();
-    let live = live_devices();
-    let Some(dev) = device() else { return };
+    let Some((_s, live, dev)) = setup() else { return };
     let ring = dev.ring(0, SchedulerConfig::new("r0")).unwrap();
     let e = Entity::new(&[&ring], Priority::Normal).unwrap();
     // Stalled behind a hang: the loss fails every one of them.
@@ -751,10 +733,8 @@ fn a_lost_device_fails_a_rings_fences_in_seqno_order() {
         assert!(got[first_failed..].iter().all(|(_, ok)| !ok), "round {round}: {got:?}");
     }
     dev.wait_generation(gen, WATCHDOG).unwrap();
-    assert_no_validation_errors();
     drop((e, ring, fences));
-    close(dev);
-    assert_eq!(live_devices(), live);
+    teardown(dev, live);
 }
 
 /// Each job of a batch signals its own value: a fast job batched before a slow one completes
@@ -762,7 +742,7 @@ fn a_lost_device_fails_a_rings_fences_in_seqno_order() {
 /// slow one, and a timeout then blamed it).
 #[test]
 fn a_job_of_a_batch_completes_before_a_slow_job_batched_after_it() {
-    let Some(dev) = device() else { return };
+    let Some((_s, live, dev)) = setup() else { return };
     let ring = dev.ring(0, SchedulerConfig::new("slowbatch")).unwrap();
     assert!(ring.backend().batching());
     let e = Entity::new(&[&ring], Priority::Normal).unwrap();
@@ -784,8 +764,7 @@ fn a_job_of_a_batch_completes_before_a_slow_job_batched_after_it() {
     wait_ok(&slow);
     assert!(a.read_f32(WATCHDOG).unwrap().iter().all(|v| *v == 2.0));
     drop((e, ring, a));
-    assert_no_validation_errors();
-    close(dev);
+    teardown(dev, live);
 }
 
 /// A ring's hardware fences signal in order, through the ring's drain only: while the drain
@@ -793,7 +772,7 @@ fn a_job_of_a_batch_completes_before_a_slow_job_batched_after_it() {
 /// though the semaphore has passed both (a poll that read the semaphore signalled it first).
 #[test]
 fn polling_a_hardware_fence_never_signals_it_before_the_earlier_ones() {
-    let Some(dev) = device() else { return };
+    let Some((_s, live, dev)) = setup() else { return };
     let ring = dev.ring(0, SchedulerConfig::new("inorder")).unwrap();
     ring.backend().set_batching(false);
     let e = Entity::new(&[&ring], Priority::Normal).unwrap();
@@ -834,6 +813,5 @@ fn polling_a_hardware_fence_never_signals_it_before_the_earlier_ones() {
     wait_ok(&first);
     wait_ok(&second);
     drop((e, ring, hw, first, second));
-    assert_no_validation_errors();
-    close(dev);
+    teardown(dev, live);
 }
