@@ -559,13 +559,12 @@ fn deferred_failure_in_a_reset_fails_dependants_armed_before_the_push() {
     assert_eq!(s.backend().completed_tags(), vec![2], "only the innocent job completes");
 }
 
-/// A backend that never resubmits: a job queued on the hardware behind a same-ring
-/// dependency that timed out must end with that error (`Recovery::fail_dependants`), not run
-/// on the guilty job's missing results and end `Ok`; an independent job queued behind the
-/// hang completes normally.
-#[test]
-fn without_resubmission_same_ring_dependants_of_the_guilty_fail() {
-    let s = scripted(Mode::NoResubmit, 100, None);
+/// A guilty hung job, a same-ring dependant queued behind it and an independent job, on a
+/// backend that never resubmits (`mode`): the dependant must end with the guilty job's error
+/// (`Recovery::fail_dependants`), not run on its missing results and end `Ok`; the
+/// independent job completes normally.
+fn same_ring_dependant_of_the_guilty_fails(mode: Mode) {
+    let s = scripted(mode, 100, None);
     let bad = Entity::new(&[&s], Priority::Normal).unwrap();
     let dep = Entity::new(&[&s], Priority::Normal).unwrap();
     let other = Entity::new(&[&s], Priority::Normal).unwrap();
@@ -581,23 +580,17 @@ fn without_resubmission_same_ring_dependants_of_the_guilty_fail() {
     assert_eq!(s.stats().credits_in_flight, 0);
 }
 
-/// Fault suite seeds 233 and 354 (Vulkan): the hardware finished a same-ring dependant of the
-/// guilty job between the stop and `fail_dependants` (the guilty job's hang was released
-/// first): it ran on the guilty job's late results and must still end with its error, not
-/// `Ok` because its hardware fence signalled.
+/// The dependant is still queued on the hardware when `fail_dependants` runs.
+#[test]
+fn without_resubmission_same_ring_dependants_of_the_guilty_fail() {
+    same_ring_dependant_of_the_guilty_fails(Mode::NoResubmit);
+}
+
+/// Fault suite seeds 233 and 354 (Vulkan): the hardware finished the dependant between the
+/// stop and `fail_dependants` (the guilty job's hang was released first): it ran on the
+/// guilty job's late results and must still end with its error, not `Ok` because its
+/// hardware fence signalled.
 #[test]
 fn without_resubmission_a_dependant_the_hardware_finished_during_recovery_fails() {
-    let s = scripted(Mode::NoResubmitReleasedEarly, 100, None);
-    let bad = Entity::new(&[&s], Priority::Normal).unwrap();
-    let dep = Entity::new(&[&s], Priority::Normal).unwrap();
-    let other = Entity::new(&[&s], Priority::Normal).unwrap();
-    let hung = bad.job(MockJob::new(1).behavior(MockBehavior::Hang)).arm().unwrap().push();
-    let dependant = dep.job(MockJob::new(2)).dependency(hung.clone()).arm().unwrap().push();
-    let innocent = other.job(MockJob::new(3)).arm().unwrap().push();
-    assert_eq!(hung.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
-    assert_eq!(dependant.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::TimedOut)));
-    assert_eq!(innocent.wait_timeout(WATCHDOG), Ok(()));
-    // The hardware ran all three before `fail_dependants` looked (the test is not void).
-    assert_eq!(s.backend().ring.completed_tags(), vec![1, 2, 3]);
-    assert_eq!(s.stats().credits_in_flight, 0);
+    same_ring_dependant_of_the_guilty_fails(Mode::NoResubmitReleasedEarly);
 }

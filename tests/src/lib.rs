@@ -42,4 +42,4 @@ pub use crate::plan::{
     EntityPlan, Event, EventKind, Fault, JobPlan, PlanConfig, Scenario, SUBMIT_ERROR,
 };
 pub use crate::vulkan::{VulkanWorld, VULKAN_PLAN};
-pub use crate::world::World;
+pub use crate::world::{Corrupting, World};

@@ -101,3 +101,51 @@ pub trait World: Sized + Send + Sync + 'static {
     /// What leaked.
     fn teardown(self) -> Result<(), String>;
 }
+
+/// World `W` with every computed result corrupted after [`collect`](World::collect): the
+/// oracle must notice (a suite that cannot fail checks nothing). Everything else is `W`'s.
+#[derive(Debug)]
+pub struct Corrupting<W> {
+    inner: W,
+    ledger: Arc<Ledger>,
+}
+
+impl<W: World> World for Corrupting<W> {
+    type Backend = W::Backend;
+    const NAME: &'static str = "corrupting";
+    const SUBMIT_ERROR: FenceError = W::SUBMIT_ERROR;
+    const COUNTS_BACKEND_CALLS: bool = W::COUNTS_BACKEND_CALLS;
+    const RECOVERS_FROM_LOSS: bool = W::RECOVERS_FROM_LOSS;
+    const RERUNS_AFTER_RESET: bool = W::RERUNS_AFTER_RESET;
+    const TIMELINE_IN_ORDER: bool = W::TIMELINE_IN_ORDER;
+
+    fn new(scenario: &Scenario, ledger: Arc<Ledger>) -> Result<Self, String> {
+        Ok(Corrupting { inner: W::new(scenario, ledger.clone())?, ledger })
+    }
+
+    fn schedulers(&self) -> &[Scheduler<Self::Backend>] {
+        self.inner.schedulers()
+    }
+
+    fn payload(&self, idx: usize, fault: Fault) -> <Self::Backend as Backend>::Job {
+        self.inner.payload(idx, fault)
+    }
+
+    fn lose_device(&self) {
+        self.inner.lose_device();
+    }
+
+    fn collect(&self) -> Result<(), String> {
+        self.inner.collect()?;
+        for j in 0..self.ledger.len() {
+            self.ledger.job(j).result.fetch_xor(0x100, std::sync::atomic::Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    fn teardown(self) -> Result<(), String> {
+        let Corrupting { inner, ledger } = self;
+        drop(ledger);
+        inner.teardown()
+    }
+}

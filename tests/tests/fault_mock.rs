@@ -16,15 +16,8 @@
 //! Runs under the checker's allocator: an allocation inside a signalling section (the
 //! scheduler's or the world's) is a violation, and every scenario asserts none occurred.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-
 use gpusched::fence::lockdep::CheckingAllocator;
-use gpusched::Scheduler;
-use gpusched_tests::{
-    run_scenario, run_seeds, Fault, FaultJob, FaultRing, Harness, Ledger, MockWorld, PlanConfig,
-    Scenario, World,
-};
+use gpusched_tests::{run_scenario, run_seeds, Corrupting, Harness, MockWorld, PlanConfig, World};
 
 #[global_allocator]
 static ALLOC: CheckingAllocator = CheckingAllocator::new(std::alloc::System);
@@ -52,52 +45,11 @@ fn soak() {
     gpusched_tests::soak(&HARNESS, |seed| run_scenario::<MockWorld>(seed, &cfg));
 }
 
-/// The mock world with its computed results corrupted after the scenario: the oracle must
-/// notice (a suite that cannot fail checks nothing).
-struct Corrupting {
-    inner: MockWorld,
-    ledger: Arc<Ledger>,
-}
-
-impl World for Corrupting {
-    type Backend = FaultRing;
-    const NAME: &'static str = "corrupting mock";
-
-    fn new(scenario: &Scenario, ledger: Arc<Ledger>) -> Result<Self, String> {
-        Ok(Corrupting { inner: MockWorld::new(scenario, ledger.clone())?, ledger })
-    }
-
-    fn schedulers(&self) -> &[Scheduler<FaultRing>] {
-        self.inner.schedulers()
-    }
-
-    fn payload(&self, idx: usize, fault: Fault) -> FaultJob {
-        self.inner.payload(idx, fault)
-    }
-
-    fn lose_device(&self) {
-        self.inner.lose_device();
-    }
-
-    fn collect(&self) -> Result<(), String> {
-        for j in 0..self.ledger.len() {
-            self.ledger.job(j).result.fetch_xor(0x100, Ordering::AcqRel);
-        }
-        Ok(())
-    }
-
-    fn teardown(self) -> Result<(), String> {
-        let Corrupting { inner, ledger } = self;
-        drop(ledger);
-        inner.teardown()
-    }
-}
-
 #[test]
 fn the_oracle_catches_wrong_results() {
     let cfg = PlanConfig::default();
     let failure = (0..20)
-        .find_map(|seed| run_scenario::<Corrupting>(seed, &cfg).err())
+        .find_map(|seed| run_scenario::<Corrupting<MockWorld>>(seed, &cfg).err())
         .unwrap_or_else(|| panic!("20 scenarios with corrupted results passed the oracle"));
     assert!(
         failure.problems.iter().any(|p| p.contains("computed")),

@@ -22,19 +22,14 @@
 //! allocator: an allocation inside a signalling section is a violation. Skipped, with the
 //! reason printed, when no Vulkan device can be created.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use gpusched::fence::lockdep::CheckingAllocator;
-use gpusched::Scheduler;
 use gpusched_tests::{
-    run_scenario, run_seeds, Failure, Fault, Harness, Ledger, Scenario, Summary, VulkanWorld,
-    World, VULKAN_PLAN,
+    run_scenario, run_seeds, Corrupting, Failure, Harness, Scenario, Summary, VulkanWorld, World,
+    VULKAN_PLAN,
 };
-use gpusched_vulkan::{
-    live_devices, validation_errors, DeviceConfig, InitError, VulkanDevice, VulkanJob, VulkanRing,
-};
+use gpusched_vulkan::{live_devices, validation_errors, DeviceConfig, InitError, VulkanDevice};
 
 /// Seeds of `VULKAN_PLAN` that lose the device (one with a rogue client, one with a kill),
 /// added to the CI set `0..12`, which has none.
@@ -131,57 +126,13 @@ fn soak() {
     assert_eq!(live_devices(), devices, "devices left alive after the soak");
 }
 
-/// The Vulkan world with its read-back results corrupted: the oracle must notice.
-struct Corrupting {
-    inner: VulkanWorld,
-    ledger: Arc<Ledger>,
-}
-
-impl World for Corrupting {
-    type Backend = VulkanRing;
-    const NAME: &'static str = "corrupting vulkan";
-    const SUBMIT_ERROR: gpusched::fence::FenceError = VulkanWorld::SUBMIT_ERROR;
-    const COUNTS_BACKEND_CALLS: bool = VulkanWorld::COUNTS_BACKEND_CALLS;
-    const RECOVERS_FROM_LOSS: bool = VulkanWorld::RECOVERS_FROM_LOSS;
-
-    fn new(scenario: &Scenario, ledger: Arc<Ledger>) -> Result<Self, String> {
-        Ok(Corrupting { inner: VulkanWorld::new(scenario, ledger.clone())?, ledger })
-    }
-
-    fn schedulers(&self) -> &[Scheduler<VulkanRing>] {
-        self.inner.schedulers()
-    }
-
-    fn payload(&self, idx: usize, fault: Fault) -> VulkanJob {
-        self.inner.payload(idx, fault)
-    }
-
-    fn lose_device(&self) {
-        self.inner.lose_device();
-    }
-
-    fn collect(&self) -> Result<(), String> {
-        self.inner.collect()?;
-        for j in 0..self.ledger.len() {
-            self.ledger.job(j).result.fetch_xor(0x100, Ordering::AcqRel);
-        }
-        Ok(())
-    }
-
-    fn teardown(self) -> Result<(), String> {
-        let Corrupting { inner, ledger } = self;
-        drop(ledger);
-        inner.teardown()
-    }
-}
-
 #[test]
 fn the_oracle_catches_wrong_results() {
     if !vulkan_available() {
         return;
     }
     let failure = (0..5)
-        .find_map(|seed| run_scenario::<Corrupting>(seed, &VULKAN_PLAN).err())
+        .find_map(|seed| run_scenario::<Corrupting<VulkanWorld>>(seed, &VULKAN_PLAN).err())
         .unwrap_or_else(|| panic!("5 scenarios with corrupted results passed the oracle"));
     assert!(
         failure.problems.iter().any(|p| p.contains("computed")),
