@@ -683,9 +683,73 @@ struct Adopted {
 /// reference (while the ring is idle).
 const ADOPTED_POLL: Duration = Duration::from_millis(5);
 
+/// The longest a completion thread polls the semaphore before it blocks (see [`Pace`]).
+pub(crate) const SPIN_MAX: Duration = Duration::from_micros(20);
+
+/// A completion thread's estimate of how fast its ring completes jobs, for the bounded
+/// spin before a blocking wait (see [`device`](crate::device), "The completion threads").
+///
+/// `per_job` is a moving average (weight 1/4 per sample) of the time per job between two
+/// wakes that found progress, with the ring busy in between (the wait after a park starts a
+/// new measure: an idle gap is no job's duration); 0 while unknown.
+#[derive(Debug, Default)]
+struct Pace {
+    /// When the last wake that found progress saw it (`None`: the ring was idle since).
+    last: Option<Instant>,
+    /// Average time per completed job, in nanoseconds (0: unknown).
+    per_job: u64,
+}
+
+impl Pace {
+    /// How long to poll before blocking: twice the expected time to the next completion,
+    /// at most [`SPIN_MAX`]; nothing when jobs take longer than that (or nothing is known):
+    /// polling then only takes a CPU from the work.
+    fn spin_budget(&self) -> Duration {
+        let max = SPIN_MAX.as_nanos() as u64;
+        if self.per_job == 0 || self.per_job > max {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos((2 * self.per_job).min(max))
+    }
+
+    /// `jobs` values completed, seen at `now`.
+    fn progress(&mut self, now: Instant, jobs: u64) {
+        if let Some(last) = self.last {
+            let sample = (now.saturating_duration_since(last).as_nanos() as u64) / jobs.max(1);
+            self.per_job = if self.per_job == 0 { sample } else { (3 * self.per_job + sample) / 4 };
+        }
+        self.last = Some(now);
+    }
+}
+
+/// Polls the semaphore until it reaches `value`, for at most `budget`, yielding the CPU
+/// between reads (a runnable thread on this core, the driver's queue thread or a submitter,
+/// goes first). Returns whether it got there; errors are left to the blocking wait, which
+/// reports them.
+fn spin_until(watch: &Watch, value: u64, budget: Duration) -> bool {
+    if budget.is_zero() {
+        return false;
+    }
+    let start = Instant::now();
+    loop {
+        // SAFETY: as the blocking wait in `completion_loop`: the ring destroys the semaphore
+        // only after setting `stop` and joining this thread (or on this thread, after it).
+        match unsafe { watch.device.get_semaphore_counter_value(watch.sem) } {
+            Ok(c) if c >= value => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+        if start.elapsed() >= budget {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// A ring's completion thread (see [`device`](crate::device), "The completion threads"):
-/// while the ring is busy, a single-semaphore `vkWaitSemaphores` for the next value it owes,
-/// then [`RingHw::complete`] (callbacks inline); while it is idle, parked until a submission
+/// while the ring is busy, a bounded poll of the semaphore when its jobs complete faster
+/// than [`SPIN_MAX`] ([`Pace`]), then a single-semaphore `vkWaitSemaphores` for the next
+/// value it owes, then [`RingHw::complete`] (callbacks inline); while it is idle, parked until a submission
 /// wakes it. Exits when the ring is dropped or its core is lost. Allocation-free.
 fn completion_thread(ring: Weak<RingHw>, watch: Arc<Watch>) {
     completion_loop(&ring, &watch);
@@ -711,6 +775,7 @@ fn completion_thread(ring: Weak<RingHw>, watch: Arc<Watch>) {
 
 fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
     let timeout = COMPLETION_TIMEOUT.as_nanos() as u64;
+    let mut pace = Pace::default();
     loop {
         // Holding the last reference to an adopted ring: drop it here (see `RingHw::adopt`);
         // the next upgrade fails and the thread exits. `Arc::try_unwrap` takes it
@@ -754,15 +819,21 @@ fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
             } else {
                 std::thread::park();
             }
+            pace.last = None;
             continue;
         };
         let sems = [watch.sem];
         let values = [value];
         let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
-        // SAFETY: the ring destroys the semaphore only after setting `stop` and joining this
-        // thread, or, when its drop runs on this thread, before this thread checks `stop`
-        // above; the device outlives the ring. `value` was submitted (the ring is busy).
-        let r = unsafe { watch.device.wait_semaphores(&info, timeout) };
+        let r = if spin_until(watch, value, pace.spin_budget()) {
+            Ok(())
+        } else {
+            // SAFETY: the ring destroys the semaphore only after setting `stop` and joining
+            // this thread, or, when its drop runs on this thread, before this thread checks
+            // `stop` above; the device outlives the ring. `value` was submitted (the ring is
+            // busy).
+            unsafe { watch.device.wait_semaphores(&info, timeout) }
+        };
         let mut lost = false;
         match r {
             Ok(()) | Err(vk::Result::TIMEOUT) => {}
@@ -770,10 +841,15 @@ fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
             Err(e) => diag!(warn, target: "gpusched_vulkan", ?e, "vkWaitSemaphores failed"),
         }
         let Some(r) = ring.upgrade() else { return };
+        let before = r.completed.load(Ordering::SeqCst);
         if lost || r.complete().is_err() {
             diag!(error, target: "gpusched_vulkan", ring = %r.name, "device lost");
             r.core.mark_lost();
             return;
+        }
+        let done = r.completed.load(Ordering::SeqCst).saturating_sub(before);
+        if done > 0 {
+            pace.progress(Instant::now(), done);
         }
     }
 }
