@@ -329,6 +329,10 @@ impl RingHw {
             watch: watch.clone(),
             thread: Mutex::new(None),
         });
+        if SPIN_CPUS.load(Ordering::Relaxed) == 0 {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            SPIN_CPUS.store(cpus, Ordering::Relaxed);
+        }
         let weak = Arc::downgrade(&hw);
         let spawned = std::thread::Builder::new()
             .name(format!("gpusched-vk{}-{name}", core.generation))
@@ -722,6 +726,10 @@ impl Pace {
     }
 }
 
+/// The CPUs this process may run on, for [`spin_until`]; set when a ring is created (finding
+/// it out may allocate: the completion loop does not). 0 until then: no spinning.
+static SPIN_CPUS: AtomicUsize = AtomicUsize::new(0);
+
 /// How often [`spin_until`] reads the counter: each read takes the driver's semaphore lock,
 /// which its queue thread needs to signal.
 const POLL_EVERY: Duration = Duration::from_micros(1);
@@ -739,17 +747,11 @@ const POLL_EVERY: Duration = Duration::from_micros(1);
 /// lavapipe its queue thread), at most half the CPUs spin at once, process-wide: others
 /// block at once.
 fn spin_until(watch: &Watch, value: u64, budget: Duration) -> bool {
-    static CPUS: AtomicUsize = AtomicUsize::new(0);
     static SPINNING: AtomicUsize = AtomicUsize::new(0);
     if budget.is_zero() {
         return false;
     }
-    let mut cpus = CPUS.load(Ordering::Relaxed);
-    if cpus == 0 {
-        cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        CPUS.store(cpus, Ordering::Relaxed);
-    }
-    if SPINNING.fetch_add(1, Ordering::AcqRel) >= cpus / 2 {
+    if SPINNING.fetch_add(1, Ordering::AcqRel) >= SPIN_CPUS.load(Ordering::Relaxed) / 2 {
         SPINNING.fetch_sub(1, Ordering::AcqRel);
         return false;
     }
