@@ -78,8 +78,10 @@ examples:
 		echo "[examples] cargo run -q -p gpusched --example $$ex"; \
 		$(ENV) cargo run -q -p gpusched --example $$ex; \
 	done
-	@echo "[examples] cargo run -q -p gpusched-vulkan --example frame_loop (validation on)"
-	$(ENV) GPUSCHED_VALIDATION=1 cargo run -q -p gpusched-vulkan --example frame_loop
+	@set -e; for exec in block-on tokio smol; do \
+		echo "[examples] cargo run -q -p gpusched-vulkan --example frame_loop -- $$exec (validation on)"; \
+		$(ENV) GPUSCHED_VALIDATION=1 cargo run -q -p gpusched-vulkan --example frame_loop -- $$exec; \
+	done
 
 # The API docs, with every rustdoc warning (broken intra-doc links included) an error.
 doc:

@@ -18,14 +18,11 @@
 //! best compiled-in-and-enabled ns/job by the best compiled-out one.
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
-use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gpusched::fence::lockdep::{self, Policy};
-use gpusched::testing::{MockJob, MockRing};
-use gpusched::{Backend, Entity, JobInfo, Priority, Scheduler, SchedulerConfig};
-use gpusched_benches::{metric, summary_only, test_mode};
+use gpusched_benches::{metric, mock_raw, mock_spread, summary_only, test_mode};
 
 /// Jobs per measured iteration.
 const BATCH: u64 = 256;
@@ -37,43 +34,6 @@ fn with_policy<R>(p: Policy, f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// Arm + push `jobs` jobs round-robin over `entities` entities; waits for the last one.
-fn spread(entities: usize, jobs: u64) -> Duration {
-    let config = SchedulerConfig::new("checker-bench").credit_limit(64);
-    let s = Scheduler::new(MockRing::immediate(), config).expect("valid config");
-    let es: Vec<_> = (0..entities)
-        .map(|_| Entity::new(&[&s], Priority::Normal).expect("one scheduler"))
-        .collect();
-    let start = Instant::now();
-    let mut last = None;
-    for i in 0..jobs {
-        let e = &es[i as usize % entities];
-        last = Some(e.job(MockJob::new(i)).arm().expect("arm").push());
-    }
-    if let Some(f) = &last {
-        f.wait_timeout(Duration::from_secs(60)).expect("the last job completes");
-    }
-    let elapsed = start.elapsed();
-    black_box(&es);
-    elapsed
-}
-
-/// The floor: the ring alone through the `Backend` trait, no scheduler.
-fn raw_mockring(jobs: u64) -> Duration {
-    let ring = MockRing::immediate();
-    let start = Instant::now();
-    for i in 0..jobs {
-        let info =
-            JobInfo { id: i, seqno: i + 1, credits: 1, priority: Priority::Normal, entity: 1 };
-        let mut job = MockJob::new(i);
-        ring.prepare_job(&mut job, &info).expect("prepare");
-        let hw = ring.run_job(&mut job, &info).expect("run");
-        assert!(hw.is_signaled());
-        ring.free_job(job, &info);
-    }
-    start.elapsed()
-}
-
 fn bench(c: &mut Criterion) {
     if summary_only() {
         return;
@@ -82,19 +42,21 @@ fn bench(c: &mut Criterion) {
         let group = if lockdep::ENABLED { "checker_sched" } else { "checker_sched_compiled_out" };
         let mut g = c.benchmark_group(format!("{group}/entities_{entities}"));
         g.throughput(Throughput::Elements(BATCH));
-        g.bench_function("raw_mockring", |b| b.iter_custom(|iters| raw_mockring(iters * BATCH)));
+        g.bench_function("raw_mockring", |b| b.iter_custom(|iters| mock_raw(iters * BATCH)));
         if lockdep::ENABLED {
             g.bench_function("checker_on", |b| {
                 with_policy(Policy::Panic, || {
-                    b.iter_custom(|iters| spread(entities, iters * BATCH))
+                    b.iter_custom(|iters| mock_spread(entities, iters * BATCH))
                 })
             });
             g.bench_function("checker_off", |b| {
-                with_policy(Policy::Off, || b.iter_custom(|iters| spread(entities, iters * BATCH)))
+                with_policy(Policy::Off, || {
+                    b.iter_custom(|iters| mock_spread(entities, iters * BATCH))
+                })
             });
         } else {
             g.bench_function("compiled_out", |b| {
-                b.iter_custom(|iters| spread(entities, iters * BATCH))
+                b.iter_custom(|iters| mock_spread(entities, iters * BATCH))
             });
         }
         g.finish();
@@ -112,12 +74,12 @@ fn summary(jobs: u64) {
         if lockdep::ENABLED { "in" } else { "out" }
     );
     let build = if lockdep::ENABLED { "in" } else { "out" };
-    let raw = best(&|| raw_mockring(jobs));
+    let raw = best(&|| mock_raw(jobs));
     println!("  raw_mockring           {raw:>8.0} ns/job  {:>6.2} M jobs/s (floor)", 1e3 / raw);
     metric(&format!("checker_sched.{build}.raw_ns_per_job"), raw);
     if !lockdep::ENABLED {
         for entities in [1usize, 8] {
-            let out = best(&|| spread(entities, jobs));
+            let out = best(&|| mock_spread(entities, jobs));
             println!(
                 "  entities_{entities:<2} compiled out {out:>8.0} ns/job  {:>6.2} M jobs/s",
                 1e3 / out
@@ -130,8 +92,8 @@ fn summary(jobs: u64) {
         let mut on = f64::INFINITY;
         let mut off = f64::INFINITY;
         for _ in 0..5 {
-            on = on.min(with_policy(Policy::Panic, || per_job(spread(entities, jobs))));
-            off = off.min(with_policy(Policy::Off, || per_job(spread(entities, jobs))));
+            on = on.min(with_policy(Policy::Panic, || per_job(mock_spread(entities, jobs))));
+            off = off.min(with_policy(Policy::Off, || per_job(mock_spread(entities, jobs))));
         }
         println!(
             "  entities_{entities:<2} checker on  {on:>8.0} ns/job  {:>6.2} M jobs/s",

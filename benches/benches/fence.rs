@@ -156,12 +156,20 @@ fn ping_pong_fence_nospin(iters: u64) -> Duration {
     d
 }
 
+/// A counter one thread raises and another waits for: the baselines' wake primitive.
+trait Flag: Default + Send + Sync + 'static {
+    fn set(&self, v: u64);
+    fn wait_for(&self, v: u64);
+}
+
+/// The counter behind a `std::sync::Condvar`.
+#[derive(Default)]
 struct CvFlag {
     n: Mutex<u64>,
     cv: Condvar,
 }
 
-impl CvFlag {
+impl Flag for CvFlag {
     fn set(&self, v: u64) {
         *self.n.lock().unwrap() = v;
         self.cv.notify_all();
@@ -174,36 +182,14 @@ impl CvFlag {
     }
 }
 
-fn ping_pong_condvar(iters: u64) -> Duration {
-    let ping = Arc::new(CvFlag { n: Mutex::new(0), cv: Condvar::new() });
-    let pong = Arc::new(CvFlag { n: Mutex::new(0), cv: Condvar::new() });
-    let (pi, po) = (ping.clone(), pong.clone());
-    let barrier = Arc::new(Barrier::new(2));
-    let b = barrier.clone();
-    let t = thread::spawn(move || {
-        b.wait();
-        for i in 1..=iters {
-            pi.wait_for(i);
-            po.set(i);
-        }
-    });
-    barrier.wait();
-    let start = Instant::now();
-    for i in 1..=iters {
-        ping.set(i);
-        pong.wait_for(i);
-    }
-    let d = start.elapsed();
-    t.join().unwrap();
-    d / 2
-}
-
+/// An atomic counter with a bare `event_listener::Event`.
+#[derive(Default)]
 struct EvFlag {
     n: AtomicU64,
     ev: Event,
 }
 
-impl EvFlag {
+impl Flag for EvFlag {
     fn set(&self, v: u64) {
         self.n.store(v, Ordering::Release);
         self.ev.notify(usize::MAX);
@@ -222,9 +208,9 @@ impl EvFlag {
     }
 }
 
-fn ping_pong_event(iters: u64) -> Duration {
-    let ping = Arc::new(EvFlag { n: AtomicU64::new(0), ev: Event::new() });
-    let pong = Arc::new(EvFlag { n: AtomicU64::new(0), ev: Event::new() });
+/// The ping-pong of [`ping_pong_fence`] over two `F` flags: the time of one hand-over.
+fn ping_pong_flag<F: Flag>(iters: u64) -> Duration {
+    let (ping, pong) = (Arc::new(F::default()), Arc::new(F::default()));
     let (pi, po) = (ping.clone(), pong.clone());
     let barrier = Arc::new(Barrier::new(2));
     let b = barrier.clone();
@@ -244,6 +230,14 @@ fn ping_pong_event(iters: u64) -> Duration {
     let d = start.elapsed();
     t.join().unwrap();
     d / 2
+}
+
+fn ping_pong_condvar(iters: u64) -> Duration {
+    ping_pong_flag::<CvFlag>(iters)
+}
+
+fn ping_pong_event(iters: u64) -> Duration {
+    ping_pong_flag::<EvFlag>(iters)
 }
 
 // --- criterion -------------------------------------------------------------------------------

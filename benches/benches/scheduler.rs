@@ -20,7 +20,6 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::collections::VecDeque;
-use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -28,60 +27,25 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gpusched::fence::Fence;
 use gpusched::testing::{MockJob, MockRing};
-use gpusched::{ArmedJob, Backend, Entity, JobInfo, Policy, Priority, Scheduler, SchedulerConfig};
-use gpusched_benches::{metric, test_mode};
+use gpusched::{ArmedJob, Entity, Policy, Priority, Scheduler, SchedulerConfig};
+use gpusched_benches::{metric, mock_raw, mock_scheduler, mock_spread, test_mode};
 
 /// Jobs per measured iteration.
 const BATCH: u64 = 256;
 
-fn sched(name: &str) -> Scheduler<MockRing> {
-    let config = SchedulerConfig::new(name).credit_limit(64);
-    Scheduler::new(MockRing::immediate(), config).expect("valid config")
-}
-
 /// One variant: runs `jobs` jobs on fresh state and returns the time they took.
 type Variant = fn(u64) -> Duration;
 
-fn raw_mockring(jobs: u64) -> Duration {
-    let ring = MockRing::immediate();
-    let start = Instant::now();
-    for i in 0..jobs {
-        let info =
-            JobInfo { id: i, seqno: i + 1, credits: 1, priority: Priority::Normal, entity: 1 };
-        let mut job = MockJob::new(i);
-        ring.prepare_job(&mut job, &info).expect("prepare");
-        let hw = ring.run_job(&mut job, &info).expect("run");
-        assert!(hw.is_signaled());
-        ring.free_job(job, &info);
-    }
-    start.elapsed()
-}
-
-fn spread(entities: usize, jobs: u64) -> Duration {
-    let s = sched("bench");
-    let es: Vec<_> = (0..entities).map(|_| Entity::new(&[&s], Priority::Normal).unwrap()).collect();
-    let start = Instant::now();
-    let mut last = None;
-    for i in 0..jobs {
-        let e = &es[i as usize % entities];
-        last = Some(e.job(MockJob::new(i)).arm().expect("arm").push());
-    }
-    let elapsed = start.elapsed();
-    assert!(last.is_none_or(|f| f.is_signaled()));
-    black_box(&es);
-    elapsed
-}
-
 fn entities_1(jobs: u64) -> Duration {
-    spread(1, jobs)
+    mock_spread(1, jobs)
 }
 
 fn entities_8(jobs: u64) -> Duration {
-    spread(8, jobs)
+    mock_spread(8, jobs)
 }
 
 fn entities_64(jobs: u64) -> Duration {
-    spread(64, jobs)
+    mock_spread(64, jobs)
 }
 
 /// Job `i` depends on job `i - 1`, which is armed but not yet pushed when `i` is armed.
@@ -111,15 +75,15 @@ fn chain(scheds: &[Scheduler<MockRing>], jobs: u64) -> Duration {
 }
 
 fn chain_same_sched(jobs: u64) -> Duration {
-    chain(&[sched("a")], jobs)
+    chain(&[mock_scheduler("a")], jobs)
 }
 
 fn chain_cross_sched(jobs: u64) -> Duration {
-    chain(&[sched("a"), sched("b")], jobs)
+    chain(&[mock_scheduler("a"), mock_scheduler("b")], jobs)
 }
 
 const VARIANTS: [(&str, Variant); 6] = [
-    ("raw_mockring", raw_mockring),
+    ("raw_mockring", mock_raw),
     ("entities_1", entities_1),
     ("entities_8", entities_8),
     ("entities_64", entities_64),
@@ -142,7 +106,7 @@ fn bench_scheduler(c: &mut Criterion) {
     let ns = |f: Variant| {
         (0..3).map(|_| f(jobs).as_nanos() as f64 / jobs as f64).fold(f64::INFINITY, f64::min)
     };
-    let base = ns(raw_mockring);
+    let base = ns(mock_raw);
     println!("scheduler_jobs: raw_mockring {base:.0} ns/job (baseline)");
     metric("scheduler.raw_mockring.ns_per_job", base);
     for (name, f) in &VARIANTS[1..] {

@@ -6,7 +6,11 @@
 //! together with criterion's `target/criterion/**/new/estimates.json`, into
 //! `benches/RESULTS.md` (`make bench`).
 
-use std::time::Duration;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use gpusched::testing::{MockJob, MockRing};
+use gpusched::{Backend, Entity, JobInfo, Priority, Scheduler, SchedulerConfig};
 
 /// Whether the bench runs in criterion's test mode (`-- --test`: every bench once, as CI does);
 /// the benches' own timed loops then shrink to a few iterations.
@@ -81,4 +85,56 @@ pub fn thread_cpu_since(
         })
         .filter(|(_, d)| !d.is_zero())
         .collect()
+}
+
+/// A scheduler named `name` over a `MockRing::immediate()` (every job completes in its
+/// `run_job`), credit limit 64: the benches' mock setup.
+pub fn mock_scheduler(name: &str) -> Scheduler<MockRing> {
+    let config = SchedulerConfig::new(name).credit_limit(64);
+    Scheduler::new(MockRing::immediate(), config).expect("valid config")
+}
+
+/// The scheduler on the mock ring ([`mock_scheduler`]): arms and pushes
+/// `jobs` jobs round-robin over `entities` entities of one fresh scheduler and returns the
+/// time until the last one signalled (the scheduler and checker benches' loop).
+///
+/// # Panics
+/// If a job cannot be armed or the last one does not complete within a minute.
+pub fn mock_spread(entities: usize, jobs: u64) -> Duration {
+    let s = mock_scheduler("bench");
+    let es: Vec<_> = (0..entities)
+        .map(|_| Entity::new(&[&s], Priority::Normal).expect("one scheduler"))
+        .collect();
+    let start = Instant::now();
+    let mut last = None;
+    for i in 0..jobs {
+        let e = &es[i as usize % entities];
+        last = Some(e.job(MockJob::new(i)).arm().expect("arm").push());
+    }
+    if let Some(f) = &last {
+        f.wait_timeout(Duration::from_secs(60)).expect("the last job completes");
+    }
+    let elapsed = start.elapsed();
+    black_box(&es);
+    elapsed
+}
+
+/// The floor under [`mock_spread`]: `jobs` jobs through the mock ring's `Backend` methods
+/// alone (prepare, run, free), no scheduler.
+///
+/// # Panics
+/// If the mock ring refuses a job or does not complete it at once.
+pub fn mock_raw(jobs: u64) -> Duration {
+    let ring = MockRing::immediate();
+    let start = Instant::now();
+    for i in 0..jobs {
+        let info =
+            JobInfo { id: i, seqno: i + 1, credits: 1, priority: Priority::Normal, entity: 1 };
+        let mut job = MockJob::new(i);
+        ring.prepare_job(&mut job, &info).expect("prepare");
+        let hw = ring.run_job(&mut job, &info).expect("run");
+        assert!(hw.is_signaled());
+        ring.free_job(job, &info);
+    }
+    start.elapsed()
 }

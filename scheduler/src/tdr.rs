@@ -132,7 +132,10 @@ impl ResetDomain {
         &self.inner.interrupt
     }
 
-    /// How many timeout handlers have run.
+    /// How many timeout handlers have run: each time a job's timeout found it unfinished and
+    /// its backend's `timedout_job` ran, whatever that returned (a
+    /// [`TimeoutStatus::NoHang`](crate::TimeoutStatus::NoHang) extension of a slow but
+    /// progressing job counts too). Timeouts that found the job complete do not.
     pub fn recoveries(&self) -> u64 {
         self.inner.recoveries.load(StdOrdering::Relaxed)
     }

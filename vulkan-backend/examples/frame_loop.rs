@@ -1,5 +1,6 @@
 //! A headless compute frame loop on a real Vulkan device (lavapipe when there is no GPU),
-//! awaited with `futures-lite` (fences implement `IntoFuture`: any executor works).
+//! awaited on tokio, smol or `futures-lite`'s `block_on` (fences implement `IntoFuture`: any
+//! executor works; the loop is the same `async fn` on all three).
 //!
 //! Two rings, like an engine's async-compute and graphics queues. Frame `N`:
 //! - *simulate* on the compute ring: `state += 1` (SAXPY with `x = 1`), a write to `state`;
@@ -14,9 +15,10 @@
 //! finished fence and reads the image back on the host, checking `2 * (N - 1)`. So at most
 //! two frames are in flight, and the image is never overwritten while it is presented.
 //!
-//! Run: `cargo run -p gpusched-vulkan --example frame_loop` (add `GPUSCHED_VALIDATION=1` for
-//! the Khronos validation layer). It exits non-zero if a frame fails, shows the wrong
-//! values, or the validation layer or the checker reported anything.
+//! Run: `cargo run -p gpusched-vulkan --example frame_loop [-- tokio|smol]` (default:
+//! `futures_lite::future::block_on`; add `GPUSCHED_VALIDATION=1` for the Khronos validation
+//! layer). It exits non-zero if a frame fails, shows the wrong values, or the validation
+//! layer or the checker reported anything.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -120,7 +122,50 @@ async fn frame_loop(dev: &VulkanDevice) -> Result<(), String> {
     Ok(())
 }
 
+/// The executor that drives [`frame_loop`], from the first command-line argument.
+#[derive(Debug, Clone, Copy)]
+enum Executor {
+    /// A multi-threaded tokio runtime with two workers.
+    Tokio,
+    /// `smol::block_on`.
+    Smol,
+    /// `futures_lite::future::block_on` (the default).
+    BlockOn,
+}
+
+impl Executor {
+    fn from_args() -> Result<Self, String> {
+        match std::env::args().nth(1).as_deref() {
+            None | Some("block-on") => Ok(Executor::BlockOn),
+            Some("tokio") => Ok(Executor::Tokio),
+            Some("smol") => Ok(Executor::Smol),
+            Some(other) => {
+                Err(format!("unknown executor `{other}` (expected `tokio`, `smol` or `block-on`)"))
+            }
+        }
+    }
+
+    fn run(self, dev: &VulkanDevice) -> Result<(), String> {
+        match self {
+            Executor::Tokio => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .build()
+                .map_err(|e| format!("tokio runtime: {e}"))?
+                .block_on(frame_loop(dev)),
+            Executor::Smol => smol::block_on(frame_loop(dev)),
+            Executor::BlockOn => futures_lite::future::block_on(frame_loop(dev)),
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let executor = match Executor::from_args() {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("frame_loop: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let dev = match VulkanDevice::new() {
         Ok(d) => d,
         Err(e) => {
@@ -128,7 +173,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = futures_lite::future::block_on(frame_loop(&dev));
+    let result = executor.run(&dev);
     // Rings, entities and buffers are dropped by now; destroy the device before exit.
     if dev.close(WATCHDOG).is_err() {
         eprintln!("frame_loop: the device is still referenced");

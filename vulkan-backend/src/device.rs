@@ -75,7 +75,7 @@ use std::time::{Duration, Instant};
 use ash::vk;
 use gpusched::fence::FenceError;
 use gpusched::resv::{Exec, Usage};
-use gpusched::{Access, ArmError, Entity, ResetDomain, Scheduler, SchedulerConfig};
+use gpusched::{Access, ArmError, ArmedJob, Entity, ResetDomain, Scheduler, SchedulerConfig};
 
 use crate::error::{
     map_device, map_init, BufferError, DeviceError, InitError, ShaderError, SubmitError,
@@ -795,9 +795,11 @@ impl VulkanDevice {
 
     /// Submits `job` on `entity` with implicit synchronisation: locks every buffer the job
     /// declared (one [`Exec`] transaction), adds their fences as dependencies (a reader waits
-    /// for writers, a writer for everyone), reserves a fence slot in each, arms (records the
-    /// command buffer), adds the finished fence to each buffer (`Write` or `Read`), unlocks
-    /// and pushes. Returns the finished fence, which always signals.
+    /// for writers, a writer for everyone) beside the job's explicit ones
+    /// ([`VulkanJob::after`]), reserves a fence slot in each, arms (records the command
+    /// buffer), adds the finished fence to each buffer (`Write` or `Read`), unlocks and pushes.
+    /// Returns the finished fence, which always signals. [`VulkanDevice::arm`] followed by
+    /// [`ArmedJob::push`].
     ///
     /// The entity may span rings of several devices; the job then records for whichever it
     /// lands on (buffers of another device are refused).
@@ -810,7 +812,29 @@ impl VulkanDevice {
         entity: &Entity<VulkanRing>,
         job: VulkanJob,
     ) -> Result<gpusched::fence::Fence, SubmitError> {
-        submit(entity, job)
+        Ok(arm(entity, job)?.push())
+    }
+
+    /// Everything [`submit`](VulkanDevice::submit) does but the push
+    /// (`drm_sched_job_arm` without `drm_sched_entity_push_job`): the job is recorded, its
+    /// dependencies are set and its finished fence is already in its buffers' reservation
+    /// objects, so later submissions order after it. The caller gets the scheduled and
+    /// finished fences ([`ArmedJob::scheduled`], [`ArmedJob::finished`]) to add callbacks or
+    /// hand them out before the job can run, then pushes it. An armed job dropped instead of
+    /// pushed is cancelled: both fences signal `Cancelled`, and so do the jobs that depend
+    /// on it through its buffers. Push (or drop) it before arming the entity's next job: an
+    /// entity's jobs must be pushed in the order they were armed (the scheduler panics
+    /// otherwise; the kernel asks the same of `drm_sched_job_arm` and
+    /// `drm_sched_entity_push_job`, under one lock when threads share an entity). Other
+    /// entities' jobs that touch its buffers wait for it until then.
+    ///
+    /// # Errors
+    /// As [`submit`](VulkanDevice::submit).
+    pub fn arm(
+        entity: &Entity<VulkanRing>,
+        job: VulkanJob,
+    ) -> Result<ArmedJob<VulkanRing>, SubmitError> {
+        arm(entity, job)
     }
 }
 
@@ -1036,10 +1060,10 @@ fn no_such_queue(index: u32, count: u32) -> ! {
     panic!("queue index {index} out of range: the compute family has {count} queues")
 }
 
-pub(crate) fn submit(
+fn arm(
     entity: &Entity<VulkanRing>,
-    job: VulkanJob,
-) -> Result<gpusched::fence::Fence, SubmitError> {
+    mut job: VulkanJob,
+) -> Result<ArmedJob<VulkanRing>, SubmitError> {
     // Distinct buffers, each with its strongest access.
     let mut objects: Vec<(Buffer, Access)> = Vec::with_capacity(job.writes.len() + job.reads.len());
     for (b, a) in job
@@ -1056,7 +1080,8 @@ pub(crate) fn submit(
     let mut exec = Exec::new();
     let armed = exec
         .lock_all(&resvs, |guards| {
-            let mut builder = entity.job(job);
+            let deps = std::mem::take(&mut job.deps);
+            let mut builder = entity.job(job).dependencies(deps);
             for (g, (_, access)) in guards.iter_mut().zip(&objects) {
                 builder = builder.resv_dependencies(g, *access);
                 if g.reserve_fences(1).is_err() {
@@ -1080,5 +1105,5 @@ pub(crate) fn submit(
             Ok(armed)
         })
         .map_err(SubmitError::Lock)??;
-    Ok(armed.push())
+    Ok(armed)
 }

@@ -8,7 +8,7 @@ use crate::fault::JobFault;
 use crate::ring::RingHw;
 
 use ash::vk;
-use gpusched::fence::PreparedFence;
+use gpusched::fence::{Fence, PreparedFence};
 
 use crate::error::RecordError;
 use crate::kernel::RecordCtx;
@@ -34,6 +34,8 @@ pub struct VulkanJob {
     pub(crate) record: RecordFn,
     pub(crate) reads: Vec<Buffer>,
     pub(crate) writes: Vec<Buffer>,
+    /// Explicit dependencies ([`VulkanJob::after`]), taken at arm time.
+    pub(crate) deps: Vec<Fence>,
     /// Every declared buffer (reads then writes), for the recording checks.
     pub(crate) declared: Vec<Buffer>,
     /// The recorded command buffer, of `hw`'s pool.
@@ -57,6 +59,7 @@ impl fmt::Debug for VulkanJob {
         f.debug_struct("VulkanJob")
             .field("reads", &self.reads)
             .field("writes", &self.writes)
+            .field("deps", &self.deps.len())
             .field("value", &self.value)
             .field("error", &self.error)
             .field("fault", &self.fault)
@@ -80,6 +83,7 @@ impl VulkanJob {
             record: Box::new(record),
             reads: Vec::new(),
             writes: Vec::new(),
+            deps: Vec::new(),
             declared: Vec::new(),
             cb: None,
             hw: None,
@@ -107,6 +111,16 @@ impl VulkanJob {
     pub fn writes(mut self, buffer: &Buffer) -> Self {
         self.writes.push(buffer.clone());
         self.declared.push(buffer.clone());
+        self
+    }
+
+    /// Adds an explicit dependency (`drm_sched_job_add_dependency`): the job runs only after
+    /// `fence` signalled, and ends with its error if it failed (a dependency's error
+    /// propagates). For orderings no buffer expresses (a host-side producer, a fence from
+    /// another device or another API); buffers declared with [`reads`](Self::reads) and
+    /// [`writes`](Self::writes) need none.
+    pub fn after(mut self, fence: &Fence) -> Self {
+        self.deps.push(fence.clone());
         self
     }
 

@@ -354,3 +354,98 @@ fn a_batch_of_more_than_32_jobs_is_submitted_in_order() {
     assert_no_validation_errors();
     close(dev);
 }
+
+#[test]
+fn explicit_dependency_orders_and_propagates_errors() {
+    use gpusched::fence::{FenceContext, FenceError};
+    let Some(dev) = device() else { return };
+    let ring = dev.ring(0, SchedulerConfig::new("after")).unwrap();
+    let client = Entity::new(&[&ring], Priority::Normal).unwrap();
+    let (a, b) = (dev.buffer(u64::from(N) * 4).unwrap(), dev.buffer(u64::from(N) * 4).unwrap());
+    let host = FenceContext::new("host producer");
+
+    // The fill of `a` waits for a host fence: no buffer links the two.
+    let (gate, open) = host.next();
+    let filled = VulkanDevice::submit(&client, fill_job(&a, 3.0, N).after(&gate)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(!filled.is_signaled(), "ran before its explicit dependency signalled");
+    assert_eq!(ring.stats().jobs_run, 0);
+    open.signal();
+    wait_ok(&filled);
+    assert!(a.read_f32(WATCHDOG).unwrap().iter().all(|v| *v == 3.0));
+
+    // A failed explicit dependency fails the job with its error; the job never runs.
+    let (gate, fail) = host.next();
+    let skipped = VulkanDevice::submit(&client, fill_job(&b, 5.0, N).after(&gate)).unwrap();
+    fail.signal_error(FenceError::Killed);
+    assert_eq!(
+        skipped.wait_timeout(WATCHDOG),
+        Err(gpusched::fence::WaitError::Failed(FenceError::Killed))
+    );
+    assert_eq!(ring.stats().jobs_run, 1, "only the first fill ran");
+
+    drop((client, ring, a, b));
+    assert_no_validation_errors();
+    close(dev);
+}
+
+#[test]
+fn arm_publishes_the_fence_before_push_and_drop_cancels() {
+    use gpusched::fence::FenceError;
+    let Some(dev) = device() else { return };
+    let ring = dev.ring(0, SchedulerConfig::new("arm")).unwrap();
+    let client = Entity::new(&[&ring], Priority::Normal).unwrap();
+    // Another client: an entity's own jobs must be pushed in the order they were armed.
+    let other = Entity::new(&[&ring], Priority::Normal).unwrap();
+    let x = dev.buffer(u64::from(N) * 4).unwrap();
+    let y = dev.buffer(u64::from(N) * 4).unwrap();
+
+    // Armed, not pushed: its finished fence is already in `y`'s reservation object, so
+    // another client's reader submitted now orders after it; callbacks added before the push
+    // see both fences.
+    let armed = VulkanDevice::arm(&client, fill_job(&y, 2.0, N)).unwrap();
+    let order = Arc::new(AtomicU64::new(0));
+    let o = order.clone();
+    armed
+        .scheduled()
+        .add_callback(move |_| {
+            o.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst).ok();
+        })
+        .unwrap();
+    let o = order.clone();
+    armed
+        .finished()
+        .add_callback(move |_| {
+            o.compare_exchange(1, 2, Ordering::SeqCst, Ordering::SeqCst).ok();
+        })
+        .unwrap();
+    VulkanDevice::submit(&other, fill_job(&x, 1.0, N)).unwrap();
+    let reader = VulkanDevice::submit(&other, saxpy_job(1.0, &y, &x, N)).unwrap();
+    let filled = armed.push();
+    wait_ok(&reader);
+    assert_eq!(order.load(Ordering::SeqCst), 2, "scheduled, then finished");
+    assert!(filled.is_signaled());
+    assert!(x.read_f32(WATCHDOG).unwrap().iter().all(|v| *v == 3.0), "x = 1 + y after y = 2");
+
+    // Dropped instead of pushed: both fences signal Cancelled, and a job that reads the
+    // buffer after it ends with that error instead of reading what was never written.
+    let armed = VulkanDevice::arm(&client, fill_job(&y, 7.0, N)).unwrap();
+    let (scheduled, finished) = (armed.scheduled().clone(), armed.finished().clone());
+    let reader = VulkanDevice::submit(&other, saxpy_job(1.0, &y, &x, N)).unwrap();
+    drop(armed);
+    assert_eq!(finished.error(), Some(FenceError::Cancelled));
+    assert!(scheduled.is_signaled());
+    assert_eq!(
+        reader.wait_timeout(WATCHDOG),
+        Err(gpusched::fence::WaitError::Failed(FenceError::Cancelled))
+    );
+    assert_eq!(
+        x.read_f32(WATCHDOG),
+        Err(gpusched::fence::WaitError::Failed(FenceError::Cancelled)),
+        "a read of x reports its failed writer"
+    );
+
+    drop((client, other, ring, x, y));
+    assert_no_validation_errors();
+    close(dev);
+}

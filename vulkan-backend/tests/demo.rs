@@ -56,6 +56,32 @@ fn read_json(path: &PathBuf) -> Value {
     serde_json::from_str(&s).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
+/// Runs `gpusched demo ARGS --summary-json .. --trace ..` into a fresh directory named after
+/// `test`; returns the summary and the trace (checked with [`check_trace`]: its markers), or
+/// `None` when no Vulkan device exists. The run must succeed and its totals add up.
+fn demo(test: &str, args: &[&str]) -> Option<(Value, Vec<String>)> {
+    let dir = out_dir(test);
+    let (sj, tr) = (dir.join("summary.json"), dir.join("trace.json"));
+    let mut all = vec!["demo"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&[
+        "--summary-json",
+        sj.to_str().expect("utf-8 path"),
+        "--trace",
+        tr.to_str().expect("utf-8 path"),
+    ]);
+    let o = run(&all);
+    if no_device(&o) {
+        return None;
+    }
+    assert!(o.status.success(), "{}", text(&o));
+    let s = read_json(&sj);
+    check_totals(&s);
+    let markers = check_trace(&read_json(&tr), &s);
+    let _ = std::fs::remove_dir_all(&dir);
+    Some((s, markers))
+}
+
 fn u(v: &Value, key: &str) -> u64 {
     v[key].as_u64().unwrap_or_else(|| panic!("summary field {key} missing or not a count: {v}"))
 }
@@ -145,64 +171,20 @@ fn check_trace(t: &Value, summary: &Value) -> Vec<String> {
 
 #[test]
 fn demo_without_faults_verifies_every_round() {
-    let dir = out_dir("nofaults");
-    let (sj, tr) = (dir.join("summary.json"), dir.join("trace.json"));
-    let o = run(&[
-        "demo",
-        "--no-faults",
-        "--clients",
-        "3",
-        "--rounds",
-        "4",
-        "--size",
-        "1024",
-        "--summary-json",
-        sj.to_str().expect("utf-8 path"),
-        "--trace",
-        tr.to_str().expect("utf-8 path"),
-    ]);
-    if no_device(&o) {
-        return;
-    }
-    assert!(o.status.success(), "{}", text(&o));
-    let s = read_json(&sj);
-    check_totals(&s);
+    let args = ["--no-faults", "--clients", "3", "--rounds", "4", "--size", "1024"];
+    let Some((s, markers)) = demo("nofaults", &args) else { return };
     assert_eq!(u(&s, "error_total"), 0, "{s}");
     assert_eq!(u(&s, "rounds_verified"), 12, "{s}");
     assert_eq!(u(&s, "published"), 12 * 4 + 1, "4 jobs a round plus the shared buffer's fill: {s}");
     assert_eq!(u(&s, "generations"), 1, "{s}");
-    let markers = check_trace(&read_json(&tr), &s);
     assert!(markers.is_empty(), "no fault, no marker: {markers:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn demo_with_faults_recovers_and_adds_up() {
-    let dir = out_dir("faults");
-    let (sj, tr) = (dir.join("summary.json"), dir.join("trace.json"));
-    let o = run(&[
-        "demo",
-        "--clients",
-        "3",
-        "--rounds",
-        "6",
-        "--size",
-        "1024",
-        "--timeout-ms",
-        "200",
-        "--seed",
-        "7",
-        "--summary-json",
-        sj.to_str().expect("utf-8 path"),
-        "--trace",
-        tr.to_str().expect("utf-8 path"),
-    ]);
-    if no_device(&o) {
-        return;
-    }
-    assert!(o.status.success(), "{}", text(&o));
-    let s = read_json(&sj);
-    check_totals(&s);
+    let args =
+        ["--clients", "3", "--rounds", "6", "--size", "1024", "--timeout-ms", "200", "--seed", "7"];
+    let Some((s, markers)) = demo("faults", &args) else { return };
     assert_eq!(u(&s, "generations"), 2, "one device loss: {s}");
     assert_eq!(s["banned_clients"], serde_json::json!(["rogue"]), "{s}");
     assert!(u(&s, "timeouts") >= 1, "the hangs time out: {s}");
@@ -212,11 +194,9 @@ fn demo_with_faults_recovers_and_adds_up() {
     assert!(u(&s["errors"], "cancelled") >= 1, "the banned rogue's queued job is cancelled: {s}");
     assert!(u(&s["errors"], "timed_out") >= u(&s, "timeouts"), "{s}");
     assert!(u(&s, "rounds_verified") >= 1, "{s}");
-    let markers = check_trace(&read_json(&tr), &s);
     for m in ["timeout", "reset", "device lost", "new device generation", "hang injected"] {
         assert!(markers.iter().any(|n| n == m), "no `{m}` marker in {markers:?}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

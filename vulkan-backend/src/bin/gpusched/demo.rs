@@ -24,8 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use gpusched::fence::{lockdep, Fence, FenceContext, FenceError};
-use gpusched::resv::{Exec, Usage};
-use gpusched::{Access, ArmError, Entity, Priority, Scheduler, SchedulerConfig};
+use gpusched::{Entity, Priority, Scheduler, SchedulerConfig};
 use gpusched_vulkan::{
     Buffer, Builtin, DeviceConfig, SubmitError, VulkanDevice, VulkanJob, VulkanRing,
 };
@@ -51,41 +50,27 @@ fn push_consts(words: &[[u8; 4]]) -> Vec<u8> {
     words.concat()
 }
 
-/// A job, the buffers it declared (the job keeps its own list private) and explicit
-/// dependencies.
-struct Spec {
-    job: VulkanJob,
-    buffers: Vec<(Buffer, Access)>,
-    deps: Vec<Fence>,
-}
-
 /// `buf[i] = value` for `n` floats.
-fn fill(buf: &Buffer, value: f32, n: u32) -> Spec {
+fn fill(buf: &Buffer, value: f32, n: u32) -> VulkanJob {
     let b = buf.clone();
-    let job = VulkanJob::new(move |ctx, cb| {
+    VulkanJob::new(move |ctx, cb| {
         let k = ctx.builtin(Builtin::Fill);
         let pc = push_consts(&[value.to_ne_bytes(), n.to_ne_bytes()]);
         ctx.dispatch(cb, &k, &[&b], &pc, [n.div_ceil(64), 1, 1])
     })
-    .writes(buf);
-    Spec { job, buffers: vec![(buf.clone(), Access::Write)], deps: Vec::new() }
+    .writes(buf)
 }
 
 /// `y = a * x + y` over `n` floats.
-fn saxpy(a: f32, x: &Buffer, y: &Buffer, n: u32) -> Spec {
+fn saxpy(a: f32, x: &Buffer, y: &Buffer, n: u32) -> VulkanJob {
     let (xb, yb) = (x.clone(), y.clone());
-    let job = VulkanJob::new(move |ctx, cb| {
+    VulkanJob::new(move |ctx, cb| {
         let k = ctx.builtin(Builtin::Saxpy);
         let pc = push_consts(&[a.to_ne_bytes(), n.to_ne_bytes()]);
         ctx.dispatch(cb, &k, &[&xb, &yb], &pc, [n.div_ceil(64), 1, 1])
     })
     .reads(x)
-    .writes(y);
-    Spec {
-        job,
-        buffers: vec![(y.clone(), Access::Write), (x.clone(), Access::Read)],
-        deps: Vec::new(),
-    }
+    .writes(y)
 }
 
 /// What everything running shares.
@@ -124,54 +109,17 @@ impl Run<'_> {
         self.ring_names.iter().position(|n| *n == name).map(|i| i as u32)
     }
 
-    /// Submits `job` on `entity` with implicit synchronisation (as
-    /// [`VulkanDevice::submit`]: one `Exec` transaction over the job's buffers, their fences
-    /// as dependencies, the finished fence added back), recording it in `slot`: the ring it
-    /// landed on, and callbacks on its scheduled and finished fences, added before the job is
-    /// pushed. Written here because `VulkanDevice::submit` returns only the finished fence
-    /// and the trace wants the scheduled one.
+    /// Submits `job` on `entity` ([`VulkanDevice::arm`]: implicit synchronisation through
+    /// its buffers, its explicit dependencies), recording it in a new slot of the trace: the
+    /// ring it landed on, and callbacks on its scheduled and finished fences, added before
+    /// the job is pushed.
     fn submit(
         &self,
         entity: &Entity<VulkanRing>,
-        spec: Spec,
+        job: VulkanJob,
         meta: JobMeta,
     ) -> Result<(Fence, usize), SubmitError> {
-        let Spec { job, buffers, deps } = spec;
-        let mut objects: Vec<(Buffer, Access)> = Vec::with_capacity(buffers.len());
-        for (b, a) in buffers {
-            if !objects.iter().any(|(o, _)| o.ptr_eq(&b)) {
-                objects.push((b, a));
-            }
-        }
-        let resvs: Vec<&gpusched::resv::Resv> = objects.iter().map(|(b, _)| b.resv()).collect();
-        let mut exec = Exec::new();
-        let armed = exec
-            .lock_all(&resvs, |guards| {
-                let mut builder = entity.job(job).dependencies(deps);
-                for (g, (_, access)) in guards.iter_mut().zip(&objects) {
-                    builder = builder.resv_dependencies(g, *access);
-                    if g.reserve_fences(1).is_err() {
-                        return Err(SubmitError::Reserve);
-                    }
-                }
-                let armed =
-                    builder.arm().map_err(|ArmError { error, mut payload }| {
-                        match payload.take_error() {
-                            Some(e) => SubmitError::Record(e),
-                            None => SubmitError::Sched(error),
-                        }
-                    })?;
-                let finished = armed.finished().clone();
-                for (g, (_, access)) in guards.iter_mut().zip(&objects) {
-                    let usage = match access {
-                        Access::Write => Usage::Write,
-                        Access::Read => Usage::Read,
-                    };
-                    g.add_fence(finished.clone(), usage);
-                }
-                Ok(armed)
-            })
-            .map_err(SubmitError::Lock)??;
+        let armed = VulkanDevice::arm(entity, job)?;
         let Some(slot) = self.rec.open(meta) else {
             // Dropping the armed job cancels it: its fences signal, nothing leaks.
             drop(armed);
@@ -334,7 +282,7 @@ fn client_round(
             .schedule
             .filter(|s| s.hang_client == c.index && s.hang_round == round)
             .map(|s| s.hang_job);
-        let specs = [
+        let jobs = [
             fill(&x, value, n),
             fill(&y, 1.0, n),
             saxpy(2.0, &x, &y, n),
@@ -344,7 +292,7 @@ fn client_round(
         let mut slots: [Option<usize>; CHAIN] = [None; CHAIN];
         let mut fences: Vec<Fence> = Vec::with_capacity(CHAIN);
         let mut complete = true;
-        for (k, mut spec) in specs.into_iter().enumerate() {
+        for (k, mut job) in jobs.into_iter().enumerate() {
             let entity = if k < 2 { &c.producer } else { &c.consumer };
             let deps = match k {
                 2 => [slots[0], slots[1]],
@@ -352,7 +300,7 @@ fn client_round(
                 _ => [None, None],
             };
             if hang == Some(k) {
-                spec.job = faults::hang(spec.job);
+                job = faults::hang(job);
                 run.rec.marker("hang injected", format!("{} round {round} job {k}", c.name));
             }
             let meta = JobMeta {
@@ -362,7 +310,7 @@ fn client_round(
                 generation: x.generation(),
                 deps,
             };
-            match run.submit(entity, spec, meta) {
+            match run.submit(entity, job, meta) {
                 Ok((f, slot)) => {
                     slots[k] = Some(slot);
                     fences.push(f);
@@ -457,11 +405,9 @@ fn rogue_loop(
             generation,
             deps: [None, None],
         };
-        let hang =
-            Spec { job: faults::hang(VulkanJob::empty()), buffers: Vec::new(), deps: Vec::new() };
-        let hung = run.submit(entity, hang, meta(Kind::Rogue, round));
+        let hung = run.submit(entity, faults::hang(VulkanJob::empty()), meta(Kind::Rogue, round));
         let (gate, opener) = gates.next();
-        let gated = Spec { job: VulkanJob::empty(), buffers: Vec::new(), deps: vec![gate] };
+        let gated = VulkanJob::empty().after(&gate);
         let gated = run.submit(entity, gated, meta(Kind::RogueGated, round));
         round += 1;
         let mut lost = false;
@@ -513,7 +459,7 @@ fn rogue_loop(
     let banned = entity.stopped().is_some();
     if banned {
         // One more try: refused at arm time.
-        let spec = Spec { job: VulkanJob::empty(), buffers: Vec::new(), deps: Vec::new() };
+        let job = VulkanJob::empty();
         let meta = JobMeta {
             client: run.args.clients,
             kind: Kind::Rogue,
@@ -521,7 +467,7 @@ fn rogue_loop(
             generation,
             deps: [None, None],
         };
-        if let Err(e) = run.submit(entity, spec, meta) {
+        if let Err(e) = run.submit(entity, job, meta) {
             run.refuse(format!("rogue: {}", refusal(&e)));
         } else {
             problems.push("rogue: a banned entity accepted a job".into());
