@@ -19,7 +19,10 @@
 //! jobs per `vkQueueSubmit` with batching; and, from `/proc/self/task/*/schedstat`, the CPU
 //! time per job of each path's throughput loops, with the device's completion thread apart
 //! (the profile that showed lavapipe's spinning multi-semaphore wait, see benches/RESULTS.md;
-//! the backend now waits on one semaphore per ring).
+//! the backend now waits on one semaphore per ring, and polls it for a few µs first while its
+//! jobs complete less than 20 µs apart, so the completion thread's share of an empty job
+//! includes that polling). Native command buffers carry the ring's barriers (a full barrier
+//! before the work, one to the host after), so both paths execute the same commands.
 //!
 //! Burst (`vulkan_burst`): [`BURST`] empty jobs gated on one host-signalled fence (an
 //! explicit dependency of every job), armed and pushed, then released at once by signalling
@@ -78,7 +81,8 @@ impl Native {
         Native { dev: dev.clone(), sem, pool, value: 0 }
     }
 
-    /// A command buffer recorded by `f` (with the ring's barriers, for a like-for-like job).
+    /// A command buffer recorded by `f` with the ring's barriers around it (a full barrier
+    /// before, a barrier to the host after), so that it executes what a job's does.
     fn record(
         &self,
         declared: &[Buffer],
@@ -104,8 +108,22 @@ impl Native {
                 f(ctx, cb)
             })
             .expect("record");
-        // SAFETY: recording.
-        unsafe { d.end_command_buffer(cb).expect("end") };
+        let to_host = [vk::MemoryBarrier::default()
+            .src_access_mask(vk::AccessFlags::MEMORY_WRITE)
+            .dst_access_mask(vk::AccessFlags::HOST_READ)];
+        // SAFETY: recording; the ring's closing barrier (`ring::host_barrier`).
+        unsafe {
+            d.cmd_pipeline_barrier(
+                cb,
+                vk::PipelineStageFlags::ALL_COMMANDS,
+                vk::PipelineStageFlags::HOST,
+                vk::DependencyFlags::empty(),
+                &to_host,
+                &[],
+                &[],
+            );
+            d.end_command_buffer(cb).expect("end");
+        }
         cb
     }
 
