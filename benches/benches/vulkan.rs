@@ -21,8 +21,10 @@
 //! (the profile that showed lavapipe's spinning multi-semaphore wait, see benches/RESULTS.md;
 //! the backend now waits on one semaphore per ring, and polls it for a few µs first while its
 //! jobs complete less than 20 µs apart, so the completion thread's share of an empty job
-//! includes that polling). Native command buffers carry the ring's barriers (a full barrier
-//! before the work, one to the host after), so both paths execute the same commands.
+//! includes that polling). Both paths execute the same commands: native SAXPY command
+//! buffers carry the ring's barriers (a full barrier before the work, one to the host after),
+//! and an empty job is an empty command buffer on both (`VulkanJob::empty` records no
+//! barrier).
 //!
 //! Burst (`vulkan_burst`): [`BURST`] empty jobs gated on one host-signalled fence (an
 //! explicit dependency of every job), armed and pushed, then released at once by signalling
@@ -81,16 +83,8 @@ impl Native {
         Native { dev: dev.clone(), sem, pool, value: 0 }
     }
 
-    /// A command buffer recorded by `f` with the ring's barriers around it (a full barrier
-    /// before, a barrier to the host after), so that it executes what a job's does.
-    fn record(
-        &self,
-        declared: &[Buffer],
-        f: impl FnOnce(
-            &gpusched_vulkan::RecordCtx<'_>,
-            vk::CommandBuffer,
-        ) -> Result<(), gpusched_vulkan::RecordError>,
-    ) -> vk::CommandBuffer {
+    /// A new command buffer of the pool, recording (reusable: simultaneous use).
+    fn begin(&self) -> vk::CommandBuffer {
         let d = self.dev.ash_device();
         let info = vk::CommandBufferAllocateInfo::default()
             .command_pool(self.pool)
@@ -102,6 +96,29 @@ impl Native {
         let cb = unsafe { d.allocate_command_buffers(&info).expect("cb")[0] };
         // SAFETY: a fresh command buffer.
         unsafe { d.begin_command_buffer(cb, &begin).expect("begin") };
+        cb
+    }
+
+    /// An empty command buffer: no command at all, as `VulkanJob::empty` records.
+    fn record_empty(&self) -> vk::CommandBuffer {
+        let cb = self.begin();
+        // SAFETY: recording, nothing recorded.
+        unsafe { self.dev.ash_device().end_command_buffer(cb).expect("end") };
+        cb
+    }
+
+    /// A command buffer recorded by `f` with the ring's barriers around it (a full barrier
+    /// before, a barrier to the host after), so that it executes what a job's does.
+    fn record(
+        &self,
+        declared: &[Buffer],
+        f: impl FnOnce(
+            &gpusched_vulkan::RecordCtx<'_>,
+            vk::CommandBuffer,
+        ) -> Result<(), gpusched_vulkan::RecordError>,
+    ) -> vk::CommandBuffer {
+        let d = self.dev.ash_device();
+        let cb = self.begin();
         self.dev
             .record_into(cb, declared, |ctx, cb| {
                 ctx.barrier(cb);
@@ -550,7 +567,7 @@ fn bench_vulkan(c: &mut Criterion) {
     let (jobs, samples) = if test_mode() { (64, 16) } else { (2000, 400) };
 
     // Empty jobs.
-    let empty_cb = native.record(&[], |_, _| Ok(()));
+    let empty_cb = native.record_empty();
     let empty = || VulkanJob::empty();
     let tp = Throughput::Elements(BATCH);
     let paths = (&mut native, &sched);

@@ -36,6 +36,8 @@ pub struct VulkanJob {
     pub(crate) writes: Vec<Buffer>,
     /// Explicit dependencies ([`VulkanJob::after`]), taken at arm time.
     pub(crate) deps: Vec<Fence>,
+    /// Made by [`VulkanJob::empty`]: recorded without the ring's barriers.
+    pub(crate) bare: bool,
     /// Every declared buffer (reads then writes), for the recording checks.
     pub(crate) declared: Vec<Buffer>,
     /// The recorded command buffer, of `hw`'s pool.
@@ -84,6 +86,7 @@ impl VulkanJob {
             reads: Vec::new(),
             writes: Vec::new(),
             deps: Vec::new(),
+            bare: false,
             declared: Vec::new(),
             cb: None,
             hw: None,
@@ -95,9 +98,15 @@ impl VulkanJob {
         }
     }
 
-    /// A job that records nothing (it still orders and signals like any other).
+    /// A job that records nothing (it still orders and signals like any other): a pure
+    /// synchronisation point. Its command buffer holds no command at all, not even the ring's
+    /// barriers (it has no work to order after earlier jobs and no writes to make visible to
+    /// the host; its semaphore signal still waits for every command submitted before it), so
+    /// it costs what a native empty submission costs.
     pub fn empty() -> Self {
-        Self::new(|_, _| Ok(()))
+        let mut job = Self::new(|_, _| Ok(()));
+        job.bare = true;
+        job
     }
 
     /// Declares that the job reads `buffer`: it waits for the buffer's writers.

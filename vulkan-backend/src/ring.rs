@@ -7,7 +7,9 @@
 //! it runs after, and sees the writes of, everything submitted to its queue before it: the
 //! ring executes in order, as the scheduler's same-ring dependency shortcut requires (Vulkan
 //! does not order separate submissions by itself). It ends with a barrier to the host, so
-//! host reads after the fence see the results. Signal operations of one queue complete in
+//! host reads after the fence see the results. A [`VulkanJob::empty`](crate::VulkanJob::empty)
+//! job records neither (no command: nothing to order or make visible; its semaphore signal
+//! still waits for every command submitted before it, which is all its fence promises). Signal operations of one queue complete in
 //! submission order, so "the semaphore reached N" implies jobs `..=N` are done. The hardware
 //! fences of a ring (one fence context, seqno = value) signal in value order, one at a time,
 //! outside the ring lock, by whichever thread is draining the ring (`RingHw::drain`):
@@ -1238,7 +1240,11 @@ impl RingHw {
             pool.free.push(cb);
             return Err(RecordError::Vk { op: "vkBeginCommandBuffer", code });
         }
-        full_barrier(d, cb);
+        // An empty job (no injected busy kernel either) records no command at all.
+        let bare = job.bare && !matches!(job.fault, Some(JobFault::Slow(_)));
+        if !bare {
+            full_barrier(d, cb);
+        }
         let ctx = RecordCtx { core, declared: &job.declared };
         let mut recorded = Ok(());
         if let Some(JobFault::Slow(t)) = job.fault {
@@ -1249,7 +1255,7 @@ impl RingHw {
         if recorded.is_ok() {
             recorded = (job.record)(&ctx, cb);
         }
-        if recorded.is_ok() {
+        if recorded.is_ok() && !bare {
             host_barrier(d, cb);
         }
         // SAFETY: `cb` is recording; ending it even after a failed recording puts it in a
