@@ -40,7 +40,7 @@
 //! |---|---|---|
 //! | the signalling-contract checker ([`fence::lockdep`]) | cargo feature `checker` (forwards to `gpusched-fence/checker` and `gpusched-resv/checker`); without it every annotation compiles to nothing, with the same API | on |
 //! | fault injection | planned, with the Vulkan backend (`gpusched-vulkan`) | — |
-//! | Vulkan validation layer | environment `GPUSCHED_VALIDATION=1`, Vulkan backend (`gpusched-vulkan`, in progress) | off |
+//! | Vulkan validation layer | environment `GPUSCHED_VALIDATION=1`, Vulkan backend (`gpusched-vulkan`) | off |
 //!
 //! # Examples
 //! In `scheduler/examples/` (`cargo run -p gpusched --example NAME`): `frame_loop_tokio` and

@@ -16,7 +16,8 @@
 //! signalling section: selection, `run_job`, the hardware-fence callback, completion. None of
 //! it allocates: entity queue slots are reserved at arm time, the pending list is sized to the
 //! credit limit at creation (a job carries at least one credit), the free list to twice that
-//! (a full free list frees in place), and the completion callback is boxed at arm time. None of it takes a `Resv` lock or waits.
+//! (a full free list frees in place), and the completion callback is boxed at arm time. None
+//! of it takes a `Resv` lock or waits.
 
 use std::collections::VecDeque;
 use std::fmt;

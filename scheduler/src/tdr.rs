@@ -16,15 +16,15 @@
 //! [`Recovery::interrupt_waits`] only bumps an epoch and notifies. A backend that allocates or
 //! takes a `Resv` lock in `timedout_job` is reported by the checker.
 //!
-//! The steps, in the usual order: [`stop`](Recovery::stop) (no new `run_job`, completion
-//! callbacks detached), [`guilty_completed`](Recovery::guilty_completed) (the job finished
-//! just as the timeout fired: not guilty), [`blame`](Recovery::blame) (karma; past the hang
-//! limit the entity is banned and its queued and future jobs end `Cancelled`),
+//! The steps, in the usual order: [`stop`](Recovery::stop) (no new `run_job`, completion callbacks
+//! detached), [`guilty_completed`](Recovery::guilty_completed) (the job finished just as the
+//! timeout fired: not guilty), [`blame`](Recovery::blame) (karma; past the hang limit the entity is
+//! banned and its queued and future jobs end `Cancelled`),
 //! [`force_complete_guilty`](Recovery::force_complete_guilty) /
-//! [`force_complete_all`](Recovery::force_complete_all), [`interrupt_waits`](Recovery::interrupt_waits),
-//! the hardware reset (the backend's own), [`resubmit`](Recovery::resubmit),
-//! [`start`](Recovery::start); or [`device_gone`](Recovery::device_gone).
-//! [`Recovery::standard_reset`] runs that sequence.
+//! [`force_complete_all`](Recovery::force_complete_all),
+//! [`interrupt_waits`](Recovery::interrupt_waits), the hardware reset (the backend's own),
+//! [`resubmit`](Recovery::resubmit), [`start`](Recovery::start); or
+//! [`device_gone`](Recovery::device_gone). [`Recovery::standard_reset`] runs that sequence.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering as StdOrdering};

@@ -2,19 +2,19 @@
 //! `tests/tests/`). This library is the fault-injection engine they share.
 //!
 //! # The fault suite (issue #9)
-//! A seeded generator ([`Scenario::generate`]) makes a scenario: entities at mixed priorities
-//! (one perhaps rogue, hanging until banned) on one to three rings of one device, a random DAG
-//! of jobs with explicit dependencies (earlier jobs' finished fences) and implicit ones (shared
-//! buffers' `Resv`s, read or written, through `JobBuilder::resv_dependencies`), and faults:
-//! hung jobs, slow jobs past the timeout, failed submissions, device loss, entities killed
-//! mid-flight, armed jobs dropped unpushed. The executor ([`run_scenario`]) runs it against a
-//! [`World`] (the backend: [`MockWorld`] on a software ring, [`VulkanWorld`] over `gpusched-vulkan` on lavapipe)
-//! from several submitter threads, and the oracle checks, after every scenario, the rules its
-//! module documents: every fence handed out signalled exactly once; every error is the right
-//! one (guilty `TimedOut`, banned `Cancelled`, killed `Killed`, lost `DeviceLost`, a failed
-//! dependency's error propagated); every innocent job succeeded with the right computed
-//! result ([`job_value`]); no deadlock (a watchdog per scenario, [`WATCHDOG`]); no checker
-//! violation; no leaked job, payload, ring or scheduler.
+//! A seeded generator ([`Scenario::generate`]) makes a scenario: entities at mixed priorities (one
+//! perhaps rogue, hanging until banned) on one to three rings of one device, a random DAG of jobs
+//! with explicit dependencies (earlier jobs' finished fences) and implicit ones (shared buffers'
+//! `Resv`s, read or written, through `JobBuilder::resv_dependencies`), and faults: hung jobs, slow
+//! jobs past the timeout, failed submissions, device loss, entities killed mid-flight, armed jobs
+//! dropped unpushed. The executor ([`run_scenario`]) runs it against a [`World`] (the backend:
+//! [`MockWorld`] on a software ring, [`VulkanWorld`] over `gpusched-vulkan` on lavapipe) from
+//! several submitter threads, and the oracle checks, after every scenario, the rules its module
+//! documents: every fence handed out signalled exactly once; every error is the right one (guilty
+//! `TimedOut`, banned `Cancelled`, killed `Killed`, lost `DeviceLost`, a failed dependency's error
+//! propagated); every innocent job succeeded with the right computed result ([`job_value`]); no
+//! deadlock (a watchdog per scenario, [`WATCHDOG`]); no checker violation; no leaked job, payload,
+//! ring or scheduler.
 //!
 //! A failure is a [`Failure`]: the seed, every broken rule, and a dump of the scenario and of
 //! each job's outcome. The suites print how to replay it (`FAULT_SEED=<seed>`).

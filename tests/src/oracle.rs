@@ -9,13 +9,12 @@
 //!   orders them: as in the kernel, an entity's failed job does not fail its later jobs). A
 //!   failed effective dependency fails the job with that dependency's error; with several
 //!   failed, whichever was seen first (racy, so any of them is accepted).
-//! - **Justified errors.** A job may end with: `Cancelled` if it was dropped unpushed (then
-//!   nothing else) or its entity was banned; its entity's stop error (`Killed`, or
-//!   `Cancelled` once banned); `TimedOut` only if the world reset it as guilty; `DeviceLost`
-//!   only if the device was lost; the world's
-//!   [`SUBMIT_ERROR`](crate::World::SUBMIT_ERROR) only if its own submission failed; or an
-//!   effective dependency's error. Anything else (an innocent job `TimedOut`, `Abandoned`, a
-//!   `Killed` job of a live entity) is a violation.
+//! - **Justified errors.** A job may end with: `Cancelled` if it was dropped unpushed (then nothing
+//!   else) or its entity was banned; its entity's stop error (`Killed`, or `Cancelled` once
+//!   banned); `TimedOut` only if the world reset it as guilty; `DeviceLost` only if the device was
+//!   lost; the world's [`SUBMIT_ERROR`](crate::World::SUBMIT_ERROR) only if its own submission
+//!   failed; or an effective dependency's error. Anything else (an innocent job `TimedOut`,
+//!   `Abandoned`, a `Killed` job of a live entity) is a violation.
 //! - **Innocent jobs succeed.** A job without a fault, pushed, of an entity never killed or
 //!   banned, on a device never lost, whose effective dependencies all succeeded, must succeed:
 //!   resets of other jobs resubmit it.
@@ -33,31 +32,32 @@
 //! - **Bans.** An entity blamed for more than `hang_limit` hangs is banned (stopped with
 //!   `Cancelled`, unless it was killed first); an entity stopped with `Cancelled` was blamed
 //!   that often.
-//! - **Worlds that cannot count backend calls** ([`World::COUNTS_BACKEND_CALLS`](crate::World::COUNTS_BACKEND_CALLS) false: Vulkan,
-//!   whose `VulkanRing` is not ours to instrument) count `prepared` and `freed` only. Then:
-//!   `TimedOut` is justified for a job with a stuck fault (hang or slow), not by a `guilty`
-//!   count; an entity's blame count is its stuck jobs that ended `TimedOut` and either
-//!   reached the hardware (a computed value: a blamed job runs on, late) or had no dependency
-//!   that timed out; a failed
-//!   submission is justified by the fault alone (no `runs` count); `cancelled` is not
-//!   checked; `freed` is checked after teardown (the backend retires payloads lazily), by the
-//!   executor.
-//! - **Worlds that recover from device loss** ([`World::RECOVERS_FROM_LOSS`](crate::World::RECOVERS_FROM_LOSS): Vulkan makes a
-//!   new generation): an arm refused by `prepare_job` (`SchedError::Prepare`) is justified
-//!   once the device was lost (the replacement not ready yet, or a payload made for the lost
-//!   generation); a job marked `unchecked` in the ledger (its memory was lost) is not
-//!   value-checked.
-//! - **Worlds that do not rerun jobs after a reset** ([`World::RERUNS_AFTER_RESET`](crate::World::RERUNS_AFTER_RESET) false:
-//!   a backend that cannot take a submission off a queue and leaves its dependants be; Vulkan
-//!   fails them, `Recovery::fail_dependants`): a job already on the hardware behind a
-//!   stuck dependency that is then blamed (`TimedOut`) runs to completion after it, on its
-//!   (late) results, and succeeds. This breaks propagation, so it is a known backend
-//!   limitation, not a rule: the oracle tolerates it only for blamed stuck dependencies and
-//!   counts it ([`Summary::ran_past_failed_dependency`](crate::Summary)); the computed value
-//!   is still checked.
-//! - **Worlds whose timelines are known to invert** ([`World::TIMELINE_IN_ORDER`](crate::World::TIMELINE_IN_ORDER) false:
-//!   a world with a known backend bug; none now): an entity's finished fences signalling out of seqno order
-//!   are counted ([`Summary::timeline_inversions`](crate::Summary)), not reported.
+//! - **Worlds that cannot count backend calls**
+//!   ([`World::COUNTS_BACKEND_CALLS`](crate::World::COUNTS_BACKEND_CALLS) false: Vulkan, whose
+//!   `VulkanRing` is not ours to instrument) count `prepared` and `freed` only. Then: `TimedOut` is
+//!   justified for a job with a stuck fault (hang or slow), not by a `guilty` count; an entity's
+//!   blame count is its stuck jobs that ended `TimedOut` and either reached the hardware (a
+//!   computed value: a blamed job runs on, late) or had no dependency that timed out; a failed
+//!   submission is justified by the fault alone (no `runs` count); `cancelled` is not checked;
+//!   `freed` is checked after teardown (the backend retires payloads lazily), by the executor.
+//! - **Worlds that recover from device loss**
+//!   ([`World::RECOVERS_FROM_LOSS`](crate::World::RECOVERS_FROM_LOSS): Vulkan makes a new
+//!   generation): an arm refused by `prepare_job` (`SchedError::Prepare`) is justified once the
+//!   device was lost (the replacement not ready yet, or a payload made for the lost generation); a
+//!   job marked `unchecked` in the ledger (its memory was lost) is not value-checked.
+//! - **Worlds that do not rerun jobs after a reset**
+//!   ([`World::RERUNS_AFTER_RESET`](crate::World::RERUNS_AFTER_RESET) false: a backend that cannot
+//!   take a submission off a queue and leaves its dependants be; Vulkan fails them,
+//!   `Recovery::fail_dependants`): a job already on the hardware behind a stuck dependency that is
+//!   then blamed (`TimedOut`) runs to completion after it, on its (late) results, and succeeds.
+//!   This breaks propagation, so it is a known backend limitation, not a rule: the oracle tolerates
+//!   it only for blamed stuck dependencies and counts it
+//!   ([`Summary::ran_past_failed_dependency`](crate::Summary)); the computed value is still
+//!   checked.
+//! - **Worlds whose timelines are known to invert**
+//!   ([`World::TIMELINE_IN_ORDER`](crate::World::TIMELINE_IN_ORDER) false: a world with a known
+//!   backend bug; none now): an entity's finished fences signalling out of seqno order are counted
+//!   ([`Summary::timeline_inversions`](crate::Summary)), not reported.
 //! - **Exactly once, no leaks.** Each handed-out fence signalled once (counted by callbacks);
 //!   each armed job was prepared once and freed once, cancelled at most once and only if it
 //!   never ran; each refused arm never reached the backend; each entity's finished fences

@@ -821,12 +821,13 @@ impl VulkanDevice {
     /// objects, so later submissions order after it. The caller gets the scheduled and
     /// finished fences ([`ArmedJob::scheduled`], [`ArmedJob::finished`]) to add callbacks or
     /// hand them out before the job can run, then pushes it. An armed job dropped instead of
-    /// pushed is cancelled: both fences signal `Cancelled`, and so do the jobs that depend
-    /// on it through its buffers. Push (or drop) it before arming the entity's next job: an
-    /// entity's jobs must be pushed in the order they were armed (the scheduler panics
-    /// otherwise; the kernel asks the same of `drm_sched_job_arm` and
-    /// `drm_sched_entity_push_job`, under one lock when threads share an entity). Other
-    /// entities' jobs that touch its buffers wait for it until then.
+    /// pushed is cancelled, in its entity's timeline order: both fences signal `Cancelled`,
+    /// and so do the jobs that depend on it through its buffers. An entity's jobs must be
+    /// pushed (or dropped) in the order they were armed: pushing one after a later-armed job
+    /// was pushed or dropped panics (the kernel asks the same of `drm_sched_job_arm` and
+    /// `drm_sched_entity_push_job`, under one lock when threads share an entity). Until the
+    /// push, jobs that touch its buffers wait for it: waiting on its finished fence before
+    /// pushing it deadlocks.
     ///
     /// # Errors
     /// As [`submit`](VulkanDevice::submit).

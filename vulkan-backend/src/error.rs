@@ -255,9 +255,9 @@ pub enum RecordError {
         /// The generation the job records for.
         device: u64,
     },
-    /// The device generation the job would record for is lost and its replacement is not
-    /// ready yet: wait for it ([`VulkanDevice::wait_generation`](crate::VulkanDevice::wait_generation))
-    /// and submit again.
+    /// The device generation the job would record for is lost and its replacement is not ready yet:
+    /// wait for it ([`VulkanDevice::wait_generation`](crate::VulkanDevice::wait_generation)) and
+    /// submit again.
     #[error(
         "device generation {generation} is lost; wait for the next generation and submit again"
     )]

@@ -1,7 +1,8 @@
-//! Fault injection (cargo feature `fault-injection`): hangs, slow jobs, failed submissions,
-//! dropped recordings, failed buffer allocations and device losses, on demand
-//! ([`VulkanJob::inject`](crate::VulkanJob::inject), [`VulkanDevice::lose_device`](crate::VulkanDevice::lose_device))
-//! or drawn from a seeded [`FaultPlan`] ([`VulkanDevice::set_fault_plan`](crate::VulkanDevice::set_fault_plan)).
+//! Fault injection (cargo feature `fault-injection`): hangs, slow jobs, failed submissions, dropped
+//! recordings, failed buffer allocations and device losses, on demand
+//! ([`VulkanJob::inject`](crate::VulkanJob::inject),
+//! [`VulkanDevice::lose_device`](crate::VulkanDevice::lose_device)) or drawn from a seeded
+//! [`FaultPlan`] ([`VulkanDevice::set_fault_plan`](crate::VulkanDevice::set_fault_plan)).
 //!
 //! # How each fault is made (lavapipe has no watchdog and never loses a device by itself)
 //! - [`JobFault::Hang`]: the job's submission waits on a value of the device's *hang* timeline

@@ -28,20 +28,19 @@
 //! `wait_generation` errors.
 //!
 //! # The graveyard
-//! A lost core may still be running work (a device whose loss was injected on lavapipe is; a really lost one
-//! answers `VK_ERROR_DEVICE_LOST` quickly), and destroying a device with pending work never
-//! returns on lavapipe. So old cores and rings go to a graveyard owned by the recovery
-//! thread, which destroys a ring only once nothing else holds it and its semaphore has
-//! passed every value submitted to it (or reports the loss), and a core only once nothing
-//! holds it: the last drop of an old generation never lands in a signalling section. While
-//! a graveyard ring still has work its hardware has not passed, `DeviceShared::lost_busy`
-//! says so: that work shares the physical device with the new generation (lavapipe runs
-//! every `VkDevice`'s dispatches on one thread pool), and the timeout handler does not
-//! blame a new job that may be queued behind it (see the ring's docs, "Timeouts"). A
-//! device whose work never finishes (a real shader hang on a driver without a watchdog)
-//! must never be destroyed: at teardown it is leaked, with an error log, after waiting
-//! 5 s. A *simulated* wedge (`JobFault::HangForever`) is released at
-//! teardown, so tests do not leak.
+//! A lost core may still be running work (a device whose loss was injected on lavapipe is; a really
+//! lost one answers `VK_ERROR_DEVICE_LOST` quickly), and destroying a device with pending work
+//! never returns on lavapipe. So old cores and rings go to a graveyard owned by the recovery
+//! thread, which destroys a ring only once nothing else holds it and its semaphore has passed every
+//! value submitted to it (or reports the loss), and a core only once nothing holds it: the last
+//! drop of an old generation never lands in a signalling section. While a graveyard ring still has
+//! work its hardware has not passed, `DeviceShared::lost_busy` says so: that
+//! work shares the physical device with the new generation (lavapipe runs every `VkDevice`'s
+//! dispatches on one thread pool), and the timeout handler does not blame a new job that may be
+//! queued behind it (see the ring's docs, "Timeouts"). A device whose work never finishes (a real
+//! shader hang on a driver without a watchdog) must never be destroyed: at teardown it is leaked,
+//! with an error log, after waiting 5 s. A *simulated* wedge (`JobFault::HangForever`) is released
+//! at teardown, so tests do not leak.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -9,13 +9,13 @@
 //! does not order separate submissions by itself). It ends with a barrier to the host, so
 //! host reads after the fence see the results. A [`VulkanJob::empty`](crate::VulkanJob::empty)
 //! job records neither (no command: nothing to order or make visible; its semaphore signal
-//! still waits for every command submitted before it, which is all its fence promises). Signal operations of one queue complete in
-//! submission order, so "the semaphore reached N" implies jobs `..=N` are done. The hardware
-//! fences of a ring (one fence context, seqno = value) signal in value order, one at a time,
-//! outside the ring lock, by whichever thread is draining the ring (`RingHw::drain`):
-//! completion, device loss and a failed batch only mark entries done or failed and leave the
-//! signalling to it. A failed batch's values are not reused. A hardware fence's
-//! [`FenceOps::signaled`] poll reports what the drain has signalled (`RingHw::signalled`),
+//! still waits for every command submitted before it, which is all its fence promises).
+//! Signal operations of one queue complete in submission order, so "the semaphore reached N"
+//! implies jobs `..=N` are done. The hardware fences of a ring (one fence context, seqno = value)
+//! signal in value order, one at a time, outside the ring lock, by whichever thread is draining the
+//! ring (`RingHw::drain`): completion, device loss and a failed batch only mark entries done or
+//! failed and leave the signalling to it. A failed batch's values are not reused. A hardware
+//! fence's [`FenceOps::signaled`] poll reports what the drain has signalled (`RingHw::signalled`),
 //! never the semaphore counter, which runs ahead of the drain: a poll must not signal a later
 //! fence before the drain has signalled the earlier ones. Hardware progress (stuck
 //! detection, recycling, `hw_progress`) reads the counter.
@@ -28,37 +28,36 @@
 //! `VkSubmitInfo` signalling the next value (or batches it for `flush`: one `vkQueueSubmit`
 //! per batch, of up to [`SUBMIT_CHUNK`] jobs, with one `VkSubmitInfo` per job signalling that
 //! job's own value, so a job of a batch completes, and is judged by the timeout handler, on
-//! its own, not when the whole batch does), and publishes the prepared fence: no allocation, no `Resv` lock, no wait. A
-//! job prepared on a generation that was lost ends `DeviceLost` there (its command buffer
-//! belongs to the dead pool). Command buffers, recording closures and buffers of finished
-//! jobs go, in `free_job`, to the retired list of the job's own `RingHw` and are reused or
-//! dropped only once its semaphore has passed their value: hardware progress is tracked
-//! apart from fence state, so a force-completed job (timeout, device loss) that is still
-//! running or queued on the hardware keeps its resources.
+//! its own, not when the whole batch does), and publishes the prepared fence: no
+//! allocation, no `Resv` lock, no wait. A job prepared on a generation that was lost ends
+//! `DeviceLost` there (its command buffer belongs to the dead pool). Command buffers, recording
+//! closures and buffers of finished jobs go, in `free_job`, to the retired list of the job's own
+//! `RingHw` and are reused or dropped only once its semaphore has passed their value: hardware
+//! progress is tracked apart from fence state, so a force-completed job (timeout, device loss) that
+//! is still running or queued on the hardware keeps its resources.
 //!
 //! # Timeouts (`timedout_job`)
 //! Vulkan has no queue reset and no way to take a submission off a queue. Inside the TDR's
 //! signalling section, allocation- and `Resv`-lock-free: stop the scheduler; a guilty job that
-//! completed after all (its fence signalled, or the semaphore passed its value and the drain
-//! has yet to signal it) is [`TimeoutStatus::NoHang`]. Then the ring's hardware progress
-//! decides, not fence state: if the semaphore still stands where it stood at this ring's
-//! previous timeout, with work pending, the hardware is still on the submission that timed
-//! out then (already force-completed) and the job at the head has not even started: it is
-//! not blamed, and the answer is `NoHang` (wait another timeout); so is a job queued behind
-//! an unfinished earlier submission of its ring (one force-completed while it runs on) when the
-//! semaphore did move. After [`STUCK_AFTER`]
-//! such timeouts in a row the ring is stuck on a submission nothing can release: every job
-//! of the ring is force-completed `DeviceLost`, the device generation is declared lost (see
-//! [`recovery`](crate::recovery)) and recreated, and the scheduler restarts. Otherwise the
+//! completed after all (its fence signalled, or the semaphore passed its value and the drain has
+//! yet to signal it) is [`TimeoutStatus::NoHang`]. Then the ring's hardware progress decides, not
+//! fence state: if the semaphore still stands where it stood at this ring's previous timeout, with
+//! work pending, the hardware is still on the submission that timed out then (already
+//! force-completed) and the job at the head has not even started: it is not blamed, and the answer
+//! is `NoHang` (wait another timeout); so is a job queued behind an unfinished earlier submission
+//! of its ring (one force-completed while it runs on) when the semaphore did move. After
+//! [`STUCK_AFTER`] such timeouts in a row the ring is stuck on a submission nothing can release:
+//! every job of the ring is force-completed `DeviceLost`, the device generation is declared lost
+//! (see [`recovery`](crate::recovery)) and recreated, and the scheduler restarts. Otherwise the
 //! guilty job is blamed (karma; a banned entity's jobs end `Cancelled`) and force-completed
 //! `TimedOut`; an injected releasable hang is released; the scheduler restarts
-//! ([`TimeoutStatus::Reset`]). No job is resubmitted: the innocent jobs behind the guilty one
-//! are still queued on the `VkQueue` with valid command buffers and complete by themselves
-//! once it is released (or finishes, for a slow job), and their hardware fences, reattached
-//! by the restart, retire them. Those among them that depend on a failed job of the ring
-//! (the guilty one, transitively) would run on its missing results: they end with its error
-//! ([`Recovery::fail_dependants`], the scheduler's resubmission rule without the rerun),
-//! and keep their resources until the semaphore passes them. A job slower than `STUCK_AFTER + 1` timeouts is
+//! ([`TimeoutStatus::Reset`]). No job is resubmitted: the innocent jobs behind the guilty one are
+//! still queued on the `VkQueue` with valid command buffers and complete by themselves once it is
+//! released (or finishes, for a slow job), and their hardware fences, reattached by the restart,
+//! retire them. Those among them that depend on a failed job of the ring (the guilty one,
+//! transitively) would run on its missing results: they end with its error
+//! ([`Recovery::fail_dependants`], the scheduler's resubmission rule without the rerun), and keep
+//! their resources until the semaphore passes them. A job slower than `STUCK_AFTER + 1` timeouts is
 //! indistinguishable from a hang and costs a device generation.
 //!
 //! Rings sharing a `VkQueue` (lavapipe has one) stall together. After a reset, the other
@@ -80,8 +79,12 @@
 //! and was blamed by its first timeout (fault suite seed 442: an innocent job `TimedOut`,
 //! its entity banned at hang limit 0). So while a ring of a lost generation has work its
 //! hardware has not passed (`DeviceShared::lost_busy`, kept by the recovery thread), the
-//! answer is `NoHang` as above, at most [`STUCK_AFTER`] times per ring and generation (a
-//! lost generation wedged for good delays a real hang's blame, never prevents it).
+//! answer is `NoHang` as above, at most [`STUCK_AFTER`] times per ring and generation, then
+//! once more as for a head that was behind (a lost generation wedged for good delays a real
+//! hang's blame by a few timeouts, never prevents it). lavapipe interleaves the devices'
+//! dispatches, so a new job waits for the lost dispatch running when it arrives, not for all
+//! the lost work (tried: 16 lost slow jobs of 0.4 timeouts delay it by one of them); a lost
+//! job running past about three timeouts still gets it blamed.
 //!
 //! # Batching and injected faults
 //! A job with an injected hang or submit failure is never batched: `run_job` submits the
@@ -195,15 +198,14 @@ struct RingState {
     /// `batch.len()` values up to `next_value`, and theirs are the last `batch.len()` entries
     /// of `in_flight`. Capacity: reserved with `in_flight`.
     batch: Vec<vk::CommandBuffer>,
-    /// The values the submissions not yet seen complete signal, in order, with each
-    /// submission's sequence number on its `VkQueue` (`QueueSlot::seq`) and the value of
-    /// the injected releasable hang it waits for (0: none), and whether its job was freed
-    /// with that hang pending (an orphan: released once the hardware reaches it, see
-    /// `RingHw::release_orphan`): one per submitted job (the jobs
-    /// of a batch share the sequence number of their `vkQueueSubmit`). Waits go for one of
-    /// these (see `RingHw::signal_value`).
-    /// Capacity: reserved with `in_flight`, which always holds the job whose value each
-    /// entry is (so it is never longer); popped with it by `complete`.
+    /// The values the submissions not yet seen complete signal, in order, with each submission's
+    /// sequence number on its `VkQueue` (`QueueSlot::seq`) and the value of the injected releasable
+    /// hang it waits for (0: none), and whether its job was freed with that hang pending (an
+    /// orphan: released once the hardware reaches it, see `RingHw::release_orphan`): one per
+    /// submitted job (the jobs of a batch share the sequence number of their `vkQueueSubmit`).
+    /// Waits go for one of these (see `RingHw::signal_value`). Capacity: reserved with `in_flight`,
+    /// which always holds the job whose value each entry is (so it is never longer); popped with it
+    /// by `complete`.
     signals: VecDeque<(u64, u64, u64, bool)>,
 }
 
@@ -451,12 +453,11 @@ impl RingHw {
         }
     }
 
-    /// The value the submission that carries job value `value` signals (the next one
-    /// submitted at or above it: itself, unless its submission failed; `value` if it is not
-    /// submitted yet). Waits use it rather than
-    /// `value`: the Khronos validation layer of Debian 12 (1.3.239) expects a
-    /// single-semaphore wait to end on a value some submission signals exactly, and otherwise
-    /// blocks 10 s in the wait and reports `UNASSIGNED-VkSemaphore-state-timeout`.
+    /// The value the submission that carries job value `value` signals (the next one submitted at
+    /// or above it: itself, unless its submission failed; `value` if it is not submitted yet).
+    /// Waits use it rather than `value`: the Khronos validation layer of Debian 12 (1.3.239)
+    /// expects a single-semaphore wait to end on a value some submission signals exactly, and
+    /// otherwise blocks 10 s in the wait and reports `UNASSIGNED-VkSemaphore-state-timeout`.
     pub(crate) fn signal_value(&self, value: u64) -> u64 {
         let st = lock(&self.state);
         st.signals.iter().find(|s| s.0 >= value).map_or(value, |s| s.0)
@@ -532,7 +533,8 @@ impl RingHw {
 
     /// Whether the submission carrying job value `value` waits behind an unfinished earlier
     /// submission of another ring on the same `VkQueue` (it has not started: queues run in
-    /// order and every command buffer starts with a full barrier). Allocation-free.
+    /// order and every non-empty command buffer starts with a full barrier; an empty job has
+    /// nothing of its own to run). Allocation-free.
     fn behind_another_ring(&self, value: u64) -> bool {
         let Some(mine) = self.queue_seq_of(value) else { return false };
         // Taken under `comp.rings`, looked at and dropped after it is released (see
