@@ -83,6 +83,52 @@ struct NotifyState {
     stop: bool,
     /// The graveyard is not empty: look at it every [`REAP_INTERVAL`].
     graves: bool,
+    /// The device's last handle went (see [`DeviceShared`]'s `Drop`): what the recovery
+    /// thread destroys before it exits.
+    teardown: Option<Teardown>,
+}
+
+/// What is left to destroy once a device's last handle went: its current core (a reference;
+/// destroyed once it is the last one) and its graveyard.
+struct Teardown {
+    core: Arc<DeviceCore>,
+    graveyard: Graveyard,
+}
+
+impl fmt::Debug for Teardown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Teardown")
+            .field("generation", &self.core.generation)
+            .field("graves", &(self.graveyard.rings.len() + self.graveyard.cores.len()))
+            .finish()
+    }
+}
+
+impl Teardown {
+    /// Outside any signalling section: the graveyard as at teardown ([`reap_final`]), then,
+    /// with `wait_core` (on the recovery thread), the core once nothing else holds it (a
+    /// buffer or kernel handle the application still keeps keeps it alive: looked at every
+    /// [`REAP_INTERVAL`]), so that its destruction (`vkDeviceWaitIdle`, `vkDestroyDevice`)
+    /// never runs where the last handle happened to drop, which may be a fence callback.
+    /// Without it (`VulkanDevice::close`, which found nothing else holding the device) the
+    /// core is let go here.
+    fn run(self, wait_core: bool) {
+        let Teardown { mut core, mut graveyard } = self;
+        reap_final(&mut graveyard, &core.name);
+        if !wait_core {
+            return;
+        }
+        loop {
+            match Arc::try_unwrap(core) {
+                Ok(c) => {
+                    drop(c);
+                    return;
+                }
+                Err(c) => core = c,
+            }
+            std::thread::sleep(REAP_INTERVAL);
+        }
+    }
 }
 
 impl Notify {
@@ -371,28 +417,28 @@ impl DeviceShared {
         g.cores.retain(|c| Arc::strong_count(c) > 1);
         self.notify.graves(!g.rings.is_empty() || !g.cores.is_empty());
     }
+}
 
-    /// Teardown: releases every injected hang of the lost generations, waits (bounded) for
-    /// their hardware, destroys what finished and leaks what did not.
-    fn reap_final(&self) {
-        let mut g = std::mem::take(&mut *lock(&self.graveyard));
-        for c in &g.cores {
-            c.release_injected(true);
-        }
-        let deadline = Instant::now() + WEDGE_TEARDOWN_WAIT;
-        for r in g.rings.drain(..) {
-            while !r.passed() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            if r.passed() {
-                drop(r);
-            } else {
-                diag!(error, target: "gpusched_vulkan", device = %self.name, generation = r.core.generation, "a lost device generation never finished its work: leaking it (destroying it would never return)");
-                std::mem::forget(r);
-            }
-        }
-        drop(g);
+/// Teardown of a graveyard: releases every injected hang of the lost generations, waits
+/// (bounded) for their hardware, destroys what finished and leaks what did not. Waits: never
+/// in a signalling section (the recovery thread, or `VulkanDevice::close`'s thread).
+fn reap_final(g: &mut Graveyard, name: &str) {
+    for c in &g.cores {
+        c.release_injected(true);
     }
+    let deadline = Instant::now() + WEDGE_TEARDOWN_WAIT;
+    for r in g.rings.drain(..) {
+        while !r.passed() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if r.passed() {
+            drop(r);
+        } else {
+            diag!(error, target: "gpusched_vulkan", device = %name, generation = r.core.generation, "a lost device generation never finished its work: leaking it (destroying it would never return)");
+            std::mem::forget(r);
+        }
+    }
+    g.cores.clear();
 }
 
 /// Destroys the graveyard's rings whose hardware passed everything submitted and that
@@ -439,11 +485,39 @@ impl DeviceShared {
     }
 }
 
+/// The last handle of a device may go anywhere, a fence callback on a completion thread
+/// included (the application dropped its handles while a job ran: the job's completion frees
+/// the last reference), that is inside a signalling section, where nothing may wait. So the
+/// drop neither joins the recovery thread nor destroys anything: it hands the current core
+/// (a reference) and the graveyard to the recovery thread ([`Teardown`]), which destroys them
+/// and exits, detached. Allocation-free. Only when the recovery thread is already stopped
+/// ([`VulkanDevice::close`](crate::VulkanDevice::close), on the application's thread) or the
+/// drop runs on it does the teardown happen here.
 impl Drop for DeviceShared {
     fn drop(&mut self) {
-        self.stop_recovery();
-        self.reap_final();
-        // The current core drops with `current` (destroyed once nothing else holds it).
+        let handle = self.thread.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        let on_recovery = Some(&std::thread::current().id()) == self.thread_id.get();
+        let graveyard = std::mem::take(self.graveyard.get_mut().unwrap_or_else(|p| p.into_inner()));
+        let core = self.current.get_mut().unwrap_or_else(|p| p.into_inner()).clone();
+        let teardown = Teardown { core, graveyard };
+        match handle {
+            Some(h) if !on_recovery => {
+                {
+                    let mut st = lock(&self.notify.state);
+                    st.teardown = Some(teardown);
+                    st.stop = true;
+                }
+                self.notify.cv.notify_all();
+                // Detached: it exits once the teardown is done.
+                drop(h);
+            }
+            _ => {
+                gpusched::fence::lockdep::might_wait();
+                // Stopped already (its teardown slot unused), or this is the recovery thread.
+                self.notify.stop();
+                teardown.run(on_recovery);
+            }
+        }
     }
 }
 
@@ -459,6 +533,11 @@ fn recovery_thread(shared: Weak<DeviceShared>, notify: Arc<Notify>) {
                 };
             }
             if st.stop {
+                let teardown = st.teardown.take();
+                drop(st);
+                if let Some(t) = teardown {
+                    t.run(true);
+                }
                 return;
             }
             st.loss = false;

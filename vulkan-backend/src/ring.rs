@@ -597,6 +597,10 @@ impl RingHw {
 
 impl Drop for RingHw {
     fn drop(&mut self) {
+        // Waits for the semaphore: never in a signalling section (the last reference is taken
+        // by the adopting completion thread outside its sections, the graveyard, or a
+        // teardown; see `Arc::try_unwrap` at those places).
+        gpusched::fence::lockdep::might_wait();
         let d = &self.core.device;
         if !self.passed() {
             // Nothing will time this ring's jobs out any more: release injected hangs (a
