@@ -485,14 +485,15 @@ impl DeviceShared {
     }
 }
 
-/// The last handle of a device may go anywhere, a fence callback on a completion thread
-/// included (the application dropped its handles while a job ran: the job's completion frees
-/// the last reference), that is inside a signalling section, where nothing may wait. So the
-/// drop neither joins the recovery thread nor destroys anything: it hands the current core
-/// (a reference) and the graveyard to the recovery thread ([`Teardown`]), which destroys them
-/// and exits, detached. Allocation-free. Only when the recovery thread is already stopped
-/// ([`VulkanDevice::close`](crate::VulkanDevice::close), on the application's thread) or the
-/// drop runs on it does the teardown happen here.
+/// The last handle of a device may go in a fence callback on a ring's completion thread (the
+/// application dropped its handles while a job ran: the job's completion frees the last
+/// reference), that is inside a signalling section, where nothing may wait. There the drop
+/// neither joins the recovery thread nor destroys anything: it hands the current core (a
+/// reference) and the graveyard to the recovery thread ([`Teardown`]), which destroys them
+/// and exits, detached (allocation-free). Anywhere else (the application's thread, the
+/// recovery thread, [`VulkanDevice::close`](crate::VulkanDevice::close)) the teardown
+/// happens here, synchronously, so a device dropped before the process exits is destroyed
+/// before it does.
 impl Drop for DeviceShared {
     fn drop(&mut self) {
         let handle = self.thread.get_mut().unwrap_or_else(|p| p.into_inner()).take();
@@ -501,7 +502,7 @@ impl Drop for DeviceShared {
         let core = self.current.get_mut().unwrap_or_else(|p| p.into_inner()).clone();
         let teardown = Teardown { core, graveyard };
         match handle {
-            Some(h) if !on_recovery => {
+            Some(h) if !on_recovery && crate::ring::on_completion_thread() => {
                 {
                     let mut st = lock(&self.notify.state);
                     st.teardown = Some(teardown);
@@ -511,10 +512,16 @@ impl Drop for DeviceShared {
                 // Detached: it exits once the teardown is done.
                 drop(h);
             }
-            _ => {
+            handle => {
                 gpusched::fence::lockdep::might_wait();
-                // Stopped already (its teardown slot unused), or this is the recovery thread.
                 self.notify.stop();
+                if let Some(h) = handle {
+                    if !on_recovery {
+                        let _ = h.join();
+                    }
+                }
+                // The core is destroyed with its last reference: this one unless a buffer or
+                // kernel handle still holds it (or, on the recovery thread, once they went).
                 teardown.run(on_recovery);
             }
         }

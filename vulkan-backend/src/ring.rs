@@ -807,6 +807,18 @@ fn poll_until(watch: &Watch, value: u64, budget: Duration) -> bool {
     }
 }
 
+thread_local! {
+    /// This thread is a ring's completion thread: it signals hardware fences, and the
+    /// callbacks they run (the scheduler's completion, the application's) may drop the last
+    /// handle of a device, inside a signalling section.
+    static ON_COMPLETION_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is a ring's completion thread (allocation-free).
+pub(crate) fn on_completion_thread() -> bool {
+    ON_COMPLETION_THREAD.with(std::cell::Cell::get)
+}
+
 /// A ring's completion thread (see [`device`](crate::device), "The completion threads"):
 /// while the ring is busy, a bounded poll of the semaphore when its jobs complete faster
 /// than [`SPIN_MAX`] ([`Pace`], [`spin_until`]), then a single-semaphore `vkWaitSemaphores`
@@ -814,6 +826,7 @@ fn poll_until(watch: &Watch, value: u64, budget: Duration) -> bool {
 /// idle, parked until a submission wakes it. Exits when the ring is dropped or its core is
 /// lost. Allocation-free.
 fn completion_thread(ring: Weak<RingHw>, watch: Arc<Watch>) {
+    ON_COMPLETION_THREAD.with(|c| c.set(true));
     completion_loop(&ring, &watch);
     // Exiting (its core is lost): nothing can be adopted any more. An adopted ring is still
     // held until every other reference is gone (jobs being freed after the loss failed them,
@@ -1408,16 +1421,6 @@ impl Backend for VulkanRing {
         let cbs = [cb];
         let sems = [hw.sem];
         let values = [value];
-        let mut wait = None;
-        if hang {
-            let forever = job.fault == Some(JobFault::HangForever);
-            let (sem, v) = hw.core.next_hang_value(forever);
-            if !forever {
-                job.hang = Some(v);
-            }
-            faults.count(if forever { Kind::HangForever } else { Kind::Hang });
-            wait = Some((sem, v));
-        }
         let result = match fail {
             Some(code) => {
                 faults.count(if code == vk::Result::ERROR_DEVICE_LOST {
@@ -1428,6 +1431,26 @@ impl Backend for VulkanRing {
                 Err(code)
             }
             None => {
+                let slot = &hw.core.queues[hw.queue as usize];
+                let q = lock(&slot.queue);
+                // An injected hang's wait value is taken under the queue lock, so the values
+                // follow the queue's submission order: releasing one (which releases every
+                // lower value) never releases a hang queued behind it, whose own timeout
+                // has yet to come (two rings submitting at once took them in the other order:
+                // a later hang's release let the earlier-valued one run, fault suite seed
+                // 180). Queues of one device share the hang timeline: with several queues an
+                // injected hang may still be released by another queue's (fault injection
+                // only).
+                let mut wait = None;
+                if hang {
+                    let forever = job.fault == Some(JobFault::HangForever);
+                    let (sem, v) = hw.core.next_hang_value(forever);
+                    if !forever {
+                        job.hang = Some(v);
+                    }
+                    faults.count(if forever { Kind::HangForever } else { Kind::Hang });
+                    wait = Some((sem, v));
+                }
                 let wait_sems = [wait.map_or(vk::Semaphore::null(), |w| w.0)];
                 let wait_values = [wait.map_or(0, |w| w.1)];
                 let stages = [vk::PipelineStageFlags::ALL_COMMANDS];
@@ -1441,8 +1464,6 @@ impl Backend for VulkanRing {
                     .command_buffers(&cbs)
                     .signal_semaphores(&sems)
                     .push_next(&mut timeline)];
-                let slot = &hw.core.queues[hw.queue as usize];
-                let q = lock(&slot.queue);
                 // SAFETY: the queue is externally synchronised by its mutex; the command
                 // buffer is executable and not pending; `value` is above every value signalled
                 // or pending on the semaphore (values increase under the ring lock); the wait
