@@ -381,9 +381,10 @@ impl DeviceCore {
 
 impl Drop for DeviceCore {
     fn drop(&mut self) {
-        // `vkDeviceWaitIdle` waits for the device's work: never in a signalling section (the
-        // last reference is dropped by `VulkanDevice::close`, the recovery thread's teardown
-        // or graveyard, never by a fence callback).
+        // `vkDeviceWaitIdle` waits for the device's work, so this must not run in a signalling
+        // section: the last reference normally goes in `VulkanDevice::close`, the recovery
+        // thread's teardown or graveyard, or with the application's last buffer or kernel
+        // handle; the checker reports any other path.
         gpusched::fence::lockdep::might_wait();
         // Injected hangs would keep `vkDeviceWaitIdle` from returning.
         self.release_injected(true);

@@ -490,10 +490,10 @@ impl DeviceShared {
 /// reference), that is inside a signalling section, where nothing may wait. There the drop
 /// neither joins the recovery thread nor destroys anything: it hands the current core (a
 /// reference) and the graveyard to the recovery thread ([`Teardown`]), which destroys them
-/// and exits, detached (allocation-free). Anywhere else (the application's thread, the
-/// recovery thread, [`VulkanDevice::close`](crate::VulkanDevice::close)) the teardown
-/// happens here, synchronously, so a device dropped before the process exits is destroyed
-/// before it does.
+/// and exits, detached (allocation-free). So does a drop on the recovery thread itself, whose
+/// loop runs the teardown once the drop returned. Anywhere else (the application's thread,
+/// [`VulkanDevice::close`](crate::VulkanDevice::close)) the teardown happens here,
+/// synchronously, so a device dropped before the process exits is destroyed before it does.
 impl Drop for DeviceShared {
     fn drop(&mut self) {
         let handle = self.thread.get_mut().unwrap_or_else(|p| p.into_inner()).take();
@@ -501,29 +501,27 @@ impl Drop for DeviceShared {
         let graveyard = std::mem::take(self.graveyard.get_mut().unwrap_or_else(|p| p.into_inner()));
         let core = self.current.get_mut().unwrap_or_else(|p| p.into_inner()).clone();
         let teardown = Teardown { core, graveyard };
-        match handle {
-            Some(h) if !on_recovery && crate::ring::on_completion_thread() => {
-                {
-                    let mut st = lock(&self.notify.state);
-                    st.teardown = Some(teardown);
-                    st.stop = true;
-                }
-                self.notify.cv.notify_all();
-                // Detached: it exits once the teardown is done.
-                drop(h);
+        // On the recovery thread itself (its `drop(sh)` was the last reference) the core is
+        // still referenced by `self.current` until this returns: its loop runs the teardown
+        // after that, like a completion thread's.
+        if handle.is_some() && (on_recovery || crate::ring::on_completion_thread()) {
+            {
+                let mut st = lock(&self.notify.state);
+                st.teardown = Some(teardown);
+                st.stop = true;
             }
-            handle => {
-                gpusched::fence::lockdep::might_wait();
-                self.notify.stop();
-                if let Some(h) = handle {
-                    if !on_recovery {
-                        let _ = h.join();
-                    }
-                }
-                // The core is destroyed with its last reference: this one unless a buffer or
-                // kernel handle still holds it (or, on the recovery thread, once they went).
-                teardown.run(on_recovery);
+            self.notify.cv.notify_all();
+            // Detached: it exits once the teardown is done.
+            drop(handle);
+        } else {
+            gpusched::fence::lockdep::might_wait();
+            self.notify.stop();
+            if let Some(h) = handle {
+                let _ = h.join();
             }
+            // The core is destroyed with its last reference: this one unless a buffer or
+            // kernel handle still holds it.
+            teardown.run(false);
         }
     }
 }
@@ -549,7 +547,9 @@ fn recovery_thread(shared: Weak<DeviceShared>, notify: Arc<Notify>) {
             }
             st.loss = false;
         }
-        let Some(sh) = shared.upgrade() else { return };
+        // Gone: its drop is running and sets `stop` (with a teardown for this thread, or
+        // joining it): look again.
+        let Some(sh) = shared.upgrade() else { continue };
         if !sh.dead.load(Ordering::SeqCst) && sh.core().is_lost() {
             sh.recreate();
         }

@@ -815,3 +815,35 @@ fn polling_a_hardware_fence_never_signals_it_before_the_earlier_ones() {
     drop((e, ring, hw, first, second));
     teardown(dev, live);
 }
+
+/// The application drops its device right after a loss, while the recovery thread recreates
+/// it or reaps the lost generation (it then holds the device, and its own drop may be the
+/// last: the teardown must still run, once that drop returned). Every generation is
+/// destroyed each time, without `close`.
+#[test]
+fn dropping_a_device_right_after_a_loss_destroys_every_generation() {
+    let Some((_s, live, dev)) = setup() else { return };
+    drop(dev);
+    for round in 0..20u64 {
+        let dev = device().expect("a device, as before");
+        let ring = dev.ring(0, SchedulerConfig::new("r0")).unwrap();
+        let e = Entity::new(&[&ring], Priority::Normal).unwrap();
+        let b = dev.buffer(u64::from(N) * 4).unwrap();
+        let f = VulkanDevice::submit(&e, fill_job(&b, 1.0, N)).unwrap();
+        dev.lose_device();
+        // Wait a little longer each round, to meet the recovery thread at different points.
+        std::thread::sleep(Duration::from_micros(500 * round));
+        drop((e, ring, b, dev));
+        assert!(f.wait_timeout(WATCHDOG).is_ok() || f.error() == Some(FenceError::DeviceLost));
+        drop(f);
+        let deadline = Instant::now() + WATCHDOG;
+        while live_devices() > live {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: a device generation was never destroyed"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert_no_validation_errors();
+}
