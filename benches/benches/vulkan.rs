@@ -144,39 +144,28 @@ impl Native {
         cb
     }
 
+    /// One submission of `cb` signalling the next value.
     fn submit(&mut self, cb: vk::CommandBuffer) -> u64 {
+        self.submit_all(cb, 1)
+    }
+
+    /// `n` (at most [`BURST`]) submissions of `cb` in one `vkQueueSubmit` (one
+    /// `VkSubmitInfo`, the last value). No allocation: the baseline's loop stays as lean as
+    /// the ring's.
+    fn submit_all(&mut self, cb: vk::CommandBuffer, n: usize) -> u64 {
+        assert!((1..=BURST).contains(&n), "{n} command buffers in one submit");
         self.value += 1;
-        let cbs = [cb];
+        let cbs = [cb; BURST];
         let sems = [self.sem];
         let values = [self.value];
         let mut tl = vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&values);
         let submit = [vk::SubmitInfo::default()
-            .command_buffers(&cbs)
+            .command_buffers(&cbs[..n])
             .signal_semaphores(&sems)
             .push_next(&mut tl)];
         let d = self.dev.ash_device();
         // SAFETY: the queue is locked by `with_queue`; the command buffer allows simultaneous
-        // use; values increase.
-        self.dev
-            .with_queue(0, |q| unsafe { d.queue_submit(q, &submit, vk::Fence::null()) })
-            .expect("submit");
-        self.value
-    }
-
-    /// `n` submissions of `cb` in one `vkQueueSubmit` (one `VkSubmitInfo`, the last value).
-    fn submit_all(&mut self, cb: vk::CommandBuffer, n: usize) -> u64 {
-        self.value += 1;
-        let cbs = vec![cb; n];
-        let sems = [self.sem];
-        let values = [self.value];
-        let mut tl = vk::TimelineSemaphoreSubmitInfo::default().signal_semaphore_values(&values);
-        let submit = [vk::SubmitInfo::default()
-            .command_buffers(&cbs)
-            .signal_semaphores(&sems)
-            .push_next(&mut tl)];
-        let d = self.dev.ash_device();
-        // SAFETY: as `submit`; simultaneous use also allows one command buffer several times
-        // in one batch.
+        // use, also several times in one batch; values increase.
         self.dev
             .with_queue(0, |q| unsafe { d.queue_submit(q, &submit, vk::Fence::null()) })
             .expect("submit");
