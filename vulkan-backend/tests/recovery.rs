@@ -224,8 +224,9 @@ fn a_slow_job_past_the_timeout_is_blamed_and_keeps_its_memory() {
     // One and a half timeouts: past it, below the three timeouts without progress that would
     // declare the hardware stuck, and away from two timeouts, where the job behind it times
     // out (its timer starts at the slow job's timeout): a slow job ending just then made that
-    // job's handler see progress and blame it. The busy kernel's speed on a shared machine varies by 2x
-    // over seconds: measure how long an injected slow job takes now, and size from that.
+    // job's handler see progress and blame it. The busy kernel's speed on a shared machine
+    // varies by 2x over seconds: measure how long an injected slow job takes now, and size
+    // from that.
     let timeout = Duration::from_millis(250);
     let factor = slow_factor(&dev);
     let ring = dev.ring(0, SchedulerConfig::new("r0").timeout(timeout)).unwrap();
