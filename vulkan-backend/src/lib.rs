@@ -87,10 +87,11 @@ mod instance;
 mod job;
 mod kernel;
 mod memory;
-pub mod recovery;
 mod ring;
 
 pub use ash;
+
+pub use crate::device::recovery;
 
 pub use crate::device::{live_devices, DeviceConfig, DeviceSelector, VulkanDevice, MAX_RINGS};
 pub use crate::error::{

@@ -1,4 +1,4 @@
-//! Device loss and recreation: the shared device behind a [`VulkanDevice`] handle, its
+//! Device loss and recreation: the shared device behind a [`VulkanDevice`](crate::VulkanDevice) handle, its
 //! recovery thread, and the graveyard of lost generations (amdgpu's GPU reset and "VRAM
 //! lost" handling, `amdgpu_device_gpu_recover` / `amdgpu_vram_lost`, with the kernel's
 //! rule that a reset never frees memory the hardware may still touch).
@@ -43,28 +43,21 @@
 //! at teardown, so tests do not leak.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
-use std::thread::{JoinHandle, ThreadId};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use ash::vk;
-use gpusched::ResetDomain;
-
-use crate::device::{DeviceCore, VulkanDevice};
-use crate::error::{DeviceError, InitError, ShaderError};
-use crate::fault::FaultState;
-use crate::instance::InstanceShared;
-use crate::kernel::{create_kernel, Kernel};
-use crate::ring::{RingHw, RingSlot};
+use super::DeviceCore;
+/// Also reachable here, where the ring code imports it from.
+pub(crate) use super::DeviceShared;
+use crate::kernel::create_kernel;
+use crate::ring::RingHw;
 
 /// How long teardown waits for a lost generation's hardware before leaking it.
 pub(crate) const WEDGE_TEARDOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// How often the recovery thread looks at the graveyard.
 const REAP_INTERVAL: Duration = Duration::from_millis(20);
-
-static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -150,154 +143,13 @@ impl Notify {
 
 /// Lost generations waiting for their hardware to finish.
 #[derive(Default)]
-struct Graveyard {
+pub(super) struct Graveyard {
     rings: Vec<Arc<RingHw>>,
     cores: Vec<Arc<DeviceCore>>,
 }
 
-/// What a [`VulkanDevice`] handle shares: the current core and what survives recreation.
-pub(crate) struct DeviceShared {
-    pub(crate) id: u64,
-    pub(crate) name: String,
-    pub(crate) instance: Arc<InstanceShared>,
-    pub(crate) physical: vk::PhysicalDevice,
-    pub(crate) family: u32,
-    pub(crate) queue_count: u32,
-    current: Mutex<Arc<DeviceCore>>,
-    pub(crate) generation: AtomicU64,
-    pub(crate) generations: AtomicU64,
-    /// Recreation failed: the device is gone for good.
-    pub(crate) dead: AtomicBool,
-    /// A ring of a lost generation (in the graveyard) has work its hardware has not passed:
-    /// that work may still hold the physical device (a loss injected on lavapipe leaves it
-    /// running, on the thread pool that runs every `VkDevice`'s dispatches), so a job of
-    /// the new generation may be queued behind it without having started. Set by the
-    /// recovery thread (`recreate`, then every reap), read by the timeout handler
-    /// (`VulkanRing::timedout_job`), which does not blame such a job.
-    pub(crate) lost_busy: AtomicBool,
-    /// `wait_generation` sleeps here.
-    gen_lock: Mutex<()>,
-    gen_cv: Condvar,
-    /// The rings (weakly), moved to each new core. Lock order: `user_kernels`, `slots`,
-    /// `current`.
-    pub(crate) slots: Mutex<Vec<Weak<RingSlot>>>,
-    /// User kernels, to create again on each new core: (SPIR-V, bindings, push size).
-    user_kernels: Mutex<Vec<(Vec<u8>, u32, u32)>>,
-    pub(crate) domain: ResetDomain,
-    pub(crate) notify: Arc<Notify>,
-    graveyard: Mutex<Graveyard>,
-    pub(crate) faults: FaultState,
-    thread: Mutex<Option<JoinHandle<()>>>,
-    thread_id: OnceLock<ThreadId>,
-}
-
-impl fmt::Debug for DeviceShared {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeviceShared")
-            .field("id", &self.id)
-            .field("name", &self.name)
-            .field("generation", &self.generation)
-            .finish_non_exhaustive()
-    }
-}
-
 impl DeviceShared {
-    /// A new device handle with its first generation and its recovery thread.
-    pub(crate) fn create(
-        inst: Arc<InstanceShared>,
-        physical: vk::PhysicalDevice,
-        name: String,
-        family: u32,
-    ) -> Result<VulkanDevice, InitError> {
-        let id = NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed);
-        let notify = Arc::new(Notify::default());
-        let core =
-            DeviceCore::create(inst.clone(), physical, name.clone(), family, id, notify.clone())?;
-        #[cfg(feature = "fault-injection")]
-        core.calibrate_busy();
-        let shared = Arc::new(DeviceShared {
-            id,
-            name,
-            instance: inst,
-            physical,
-            family,
-            queue_count: core.queues.len() as u32,
-            generation: AtomicU64::new(core.generation),
-            generations: AtomicU64::new(1),
-            current: Mutex::new(core),
-            dead: AtomicBool::new(false),
-            lost_busy: AtomicBool::new(false),
-            gen_lock: Mutex::new(()),
-            gen_cv: Condvar::new(),
-            slots: Mutex::new(Vec::with_capacity(crate::MAX_RINGS)),
-            user_kernels: Mutex::new(Vec::new()),
-            domain: ResetDomain::new(format!("vk{id}")),
-            notify: notify.clone(),
-            graveyard: Mutex::new(Graveyard::default()),
-            faults: FaultState::new(),
-            thread: Mutex::new(None),
-            thread_id: OnceLock::new(),
-        });
-        let weak = Arc::downgrade(&shared);
-        let spawned = std::thread::Builder::new()
-            .name(format!("gpusched-vk-dev{id}-recovery"))
-            .spawn(move || recovery_thread(weak, notify));
-        match spawned {
-            Ok(h) => {
-                let _ = shared.thread_id.set(h.thread().id());
-                *lock(&shared.thread) = Some(h);
-            }
-            Err(e) => panic!("cannot start the vulkan recovery thread: {e}"),
-        }
-        Ok(VulkanDevice { shared })
-    }
-
-    /// The current core.
-    pub(crate) fn core(&self) -> Arc<DeviceCore> {
-        lock(&self.current).clone()
-    }
-
-    /// Creates a user kernel on the current core and remembers it for the next ones.
-    pub(crate) fn create_kernel(
-        &self,
-        spirv: &[u8],
-        bindings: u32,
-        push_size: u32,
-    ) -> Result<Kernel, ShaderError> {
-        // Held across creation: recreation swaps the core under this lock, so every kernel
-        // lands on every generation at the same index.
-        let mut user = lock(&self.user_kernels);
-        let core = self.core();
-        let raw = create_kernel(&core.device, spirv, bindings, push_size)?;
-        let mut k = lock(&core.kernels);
-        k.push(raw);
-        user.push((spirv.to_vec(), bindings, push_size));
-        Ok(Kernel { index: k.len() - 1, device: self.id, bindings, push_size })
-    }
-
-    pub(crate) fn wait_generation(
-        &self,
-        after: u64,
-        deadline: Instant,
-    ) -> Result<u64, DeviceError> {
-        let mut g = lock(&self.gen_lock);
-        loop {
-            let gen = self.generation.load(Ordering::SeqCst);
-            if gen > after {
-                return Ok(gen);
-            }
-            if self.dead.load(Ordering::SeqCst) {
-                return Err(DeviceError::DeviceLost { op: "device recreation" });
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(DeviceError::Vk { op: "wait_generation", code: vk::Result::TIMEOUT });
-            }
-            g = self.gen_cv.wait_timeout(g, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
-        }
-    }
-
-    /// For [`VulkanDevice::close`], once no other handle or ring exists: releases every
+    /// For [`VulkanDevice::close`](crate::VulkanDevice::close), once no other handle or ring exists: releases every
     /// injected hang of the lost generations (simulated wedges included: this is teardown),
     /// destroys what the graveyard may destroy, and says whether only this object's
     /// references remain (the current core held by `current` alone, the graveyard empty). A
@@ -471,7 +323,7 @@ fn bury(rings: &mut Vec<Arc<RingHw>>) {
 
 impl DeviceShared {
     /// Stops and joins the recovery thread (unless called on it). Afterwards nothing but
-    /// the handles holds this object: [`VulkanDevice::close`] calls it so that the last drop
+    /// the handles holds this object: [`VulkanDevice::close`](crate::VulkanDevice::close) calls it so that the last drop
     /// happens on its own thread (the recovery thread briefly holds a reference while it
     /// works).
     pub(crate) fn stop_recovery(&self) {
@@ -526,7 +378,7 @@ impl Drop for DeviceShared {
     }
 }
 
-fn recovery_thread(shared: Weak<DeviceShared>, notify: Arc<Notify>) {
+pub(super) fn recovery_thread(shared: Weak<DeviceShared>, notify: Arc<Notify>) {
     loop {
         {
             let mut st = lock(&notify.state);
