@@ -1,31 +1,27 @@
-//! Jobs: a recording closure plus the buffers it reads and writes.
+//! Jobs, in two parts: what the user describes ([`VulkanJob`]: a recording closure, the
+//! buffers it reads and writes, explicit dependencies, an injected fault) and what the
+//! backend owns for it from `prepare_job` to `free_job` (`Submission`: the recorded command
+//! buffer, the hardware ring it was recorded on, the prepared hardware fence, the timeline
+//! value, the recording error for [`VulkanDevice::submit`](crate::VulkanDevice::submit)).
 
 use std::fmt;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use crate::fault::JobFault;
-use crate::ring::RingHw;
-
 use ash::vk;
 use gpusched::fence::{Fence, PreparedFence};
 
 use crate::error::RecordError;
+use crate::fault::JobFault;
 use crate::kernel::RecordCtx;
 use crate::memory::Buffer;
+use crate::ring::RingHw;
 
 /// A recording closure: records the job's commands into a command buffer that is already
 /// begun (and is ended for it). It may run again on another device (re-recording), so it is
 /// `Fn`, and it gets the device's kernels through the [`RecordCtx`].
 pub type RecordFn =
     Box<dyn Fn(&RecordCtx<'_>, vk::CommandBuffer) -> Result<(), RecordError> + Send>;
-
-/// What `prepare_job` made for `run_job`.
-pub(crate) struct Prepared {
-    pub(crate) hw: PreparedFence,
-    /// The timeline value, shared with the hardware fence's ops; set by `run_job`.
-    pub(crate) value: Arc<AtomicU64>,
-}
 
 /// A job for a [`VulkanRing`](crate::VulkanRing): a recording closure and the buffers it
 /// reads and writes (for implicit synchronisation and to keep them alive until the hardware
@@ -40,20 +36,37 @@ pub struct VulkanJob {
     pub(crate) bare: bool,
     /// Every declared buffer (reads then writes), for the recording checks.
     pub(crate) declared: Vec<Buffer>,
+    /// An injected fault (explicit, or drawn from the device's plan at arm time).
+    pub(crate) fault: Option<JobFault>,
+    /// What the backend made of it (empty until `prepare_job`).
+    pub(crate) sub: Submission,
+}
+
+/// The backend's state of one job, from `prepare_job` (recording) to `free_job` (retiring
+/// its command buffer once the hardware passed it).
+#[derive(Default)]
+pub(crate) struct Submission {
     /// The recorded command buffer, of `hw`'s pool.
     pub(crate) cb: Option<vk::CommandBuffer>,
     /// The hardware ring (device generation) it was recorded on: it runs there, and its
     /// resources retire there.
     pub(crate) hw: Option<Arc<RingHw>>,
-    /// An injected fault (explicit or drawn from the device's plan at arm time).
-    pub(crate) fault: Option<JobFault>,
     /// The wait value of its injected releasable hang, once submitted.
     pub(crate) hang: Option<u64>,
+    /// What `prepare_job` made for `run_job`; taken by `run_job`.
     pub(crate) prepared: Option<Prepared>,
     /// The timeline value it was submitted with (0: never submitted).
     pub(crate) value: u64,
-    /// Why preparation failed, for [`VulkanDevice::submit`](crate::VulkanDevice::submit).
+    /// Why preparation failed, for [`VulkanDevice::submit`](crate::VulkanDevice::submit)
+    /// ([`VulkanJob::take_error`]).
     pub(crate) error: Option<RecordError>,
+}
+
+/// What `prepare_job` made for `run_job`.
+pub(crate) struct Prepared {
+    pub(crate) hw: PreparedFence,
+    /// The timeline value, shared with the hardware fence's ops; set by `run_job`.
+    pub(crate) value: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for VulkanJob {
@@ -62,10 +75,10 @@ impl fmt::Debug for VulkanJob {
             .field("reads", &self.reads)
             .field("writes", &self.writes)
             .field("deps", &self.deps.len())
-            .field("value", &self.value)
-            .field("error", &self.error)
+            .field("value", &self.sub.value)
+            .field("error", &self.sub.error)
             .field("fault", &self.fault)
-            .field("generation", &self.hw.as_ref().map(|h| h.core.generation))
+            .field("generation", &self.sub.hw.as_ref().map(|h| h.core.generation))
             .finish_non_exhaustive()
     }
 }
@@ -88,16 +101,10 @@ impl VulkanJob {
             deps: Vec::new(),
             bare: false,
             declared: Vec::new(),
-            cb: None,
-            hw: None,
             fault: None,
-            hang: None,
-            prepared: None,
-            value: 0,
-            error: None,
+            sub: Submission::default(),
         }
     }
-
     /// A job that records nothing (it still orders and signals like any other): a pure
     /// synchronisation point. Its command buffer holds no command at all, not even the ring's
     /// barriers (it has no work to order after earlier jobs and no writes to make visible to
@@ -144,6 +151,6 @@ impl VulkanJob {
     /// Why the last preparation (recording) failed, taken (after an `ArmError` whose error
     /// is `SchedError::Prepare`).
     pub fn take_error(&mut self) -> Option<RecordError> {
-        self.error.take()
+        self.sub.error.take()
     }
 }

@@ -1316,7 +1316,7 @@ impl Backend for VulkanRing {
     type Job = VulkanJob;
 
     fn prepare_job(&self, job: &mut VulkanJob, _info: &JobInfo) -> Result<(), FenceError> {
-        job.error = None;
+        job.sub.error = None;
         let faults = &self.slot.shared.faults;
         // Every armed job draws (reproducible plans); a job's own fault wins.
         let drawn = faults.draw_job();
@@ -1324,12 +1324,12 @@ impl Backend for VulkanRing {
             job.fault = drawn;
         }
         if self.slot.shared.dead.load(Ordering::SeqCst) {
-            job.error = Some(RecordError::DeviceLost { generation: self.generation() });
+            job.sub.error = Some(RecordError::DeviceLost { generation: self.generation() });
             return Err(FenceError::DeviceLost);
         }
         let hw = self.slot.hw();
         if hw.core.is_lost() {
-            job.error = Some(RecordError::DeviceLost { generation: hw.core.generation });
+            job.sub.error = Some(RecordError::DeviceLost { generation: hw.core.generation });
             return Err(FenceError::DeviceLost);
         }
         let cb = match hw.record(job) {
@@ -1338,7 +1338,7 @@ impl Backend for VulkanRing {
                 if e == RecordError::RecordingDropped {
                     faults.count(Kind::DroppedRecording);
                 }
-                job.error = Some(e);
+                job.sub.error = Some(e);
                 return Err(FenceError::Driver(-22)); // EINVAL
             }
         };
@@ -1350,9 +1350,9 @@ impl Backend for VulkanRing {
         let fence = hw.ctx.prepare(1, Some(Box::new(ops)));
         // Arming cannot fail after `prepare_job` succeeded, so a payload handed back by a
         // failed arm never holds a command buffer.
-        debug_assert!(job.cb.is_none(), "a job is prepared once");
-        job.cb = Some(cb);
-        job.prepared = Some(Prepared { hw: fence, value });
+        debug_assert!(job.sub.cb.is_none(), "a job is prepared once");
+        job.sub.cb = Some(cb);
+        job.sub.prepared = Some(Prepared { hw: fence, value });
         {
             let mut st = lock(&hw.state);
             st.prepared += 1;
@@ -1361,16 +1361,16 @@ impl Backend for VulkanRing {
             st.signals.reserve(need);
             st.batch.reserve(need);
         }
-        job.hw = Some(hw);
+        job.sub.hw = Some(hw);
         Ok(())
     }
 
     fn run_job(&self, job: &mut VulkanJob, _info: &JobInfo) -> Result<Fence, FenceError> {
-        let Some(prepared) = job.prepared.take() else {
+        let Some(prepared) = job.sub.prepared.take() else {
             // A resubmission: Vulkan has no queue reset, so there is none (see timedout_job).
             return Err(FenceError::Cancelled);
         };
-        let (Some(cb), Some(hw)) = (job.cb, job.hw.as_ref()) else {
+        let (Some(cb), Some(hw)) = (job.sub.cb, job.sub.hw.as_ref()) else {
             return Err(FenceError::Cancelled);
         };
         let faults = &self.slot.shared.faults;
@@ -1397,7 +1397,7 @@ impl Backend for VulkanRing {
             let value = st.next_value + 1;
             st.batch.push(cb);
             st.next_value = value;
-            job.value = value;
+            job.sub.value = value;
             prepared.value.store(value, Ordering::Release);
             let (fence, signaller) = prepared.hw.init(value);
             st.in_flight.push_back(InFlight {
@@ -1446,7 +1446,7 @@ impl Backend for VulkanRing {
                     let forever = job.fault == Some(JobFault::HangForever);
                     let (sem, v) = hw.core.next_hang_value(forever);
                     if !forever {
-                        job.hang = Some(v);
+                        job.sub.hang = Some(v);
                     }
                     faults.count(if forever { Kind::HangForever } else { Kind::Hang });
                     wait = Some((sem, v));
@@ -1484,9 +1484,9 @@ impl Backend for VulkanRing {
             }
         };
         hw.flags.submits.fetch_add(1, Ordering::Relaxed);
-        st.signals.push_back((value, seq, job.hang.unwrap_or(0), false));
+        st.signals.push_back((value, seq, job.sub.hang.unwrap_or(0), false));
         st.next_value = value;
-        job.value = value;
+        job.sub.value = value;
         prepared.value.store(value, Ordering::Release);
         let (fence, signaller) = prepared.hw.init(value);
         st.in_flight.push_back(InFlight {
@@ -1516,7 +1516,7 @@ impl Backend for VulkanRing {
     fn timedout_job(&self, recovery: &mut Recovery<'_, Self>) -> TimeoutStatus {
         recovery.stop();
         let (hw, hang, value) = recovery
-            .with_guilty_payload(|j| (j.hw.clone(), j.hang, j.value))
+            .with_guilty_payload(|j| (j.sub.hw.clone(), j.sub.hang, j.sub.value))
             .unwrap_or((None, None, 0));
         // The ring the guilty job runs on (reference counts only: no allocation, and never
         // the last reference: the job, the slot or the graveyard holds it).
@@ -1625,25 +1625,25 @@ impl Backend for VulkanRing {
     /// released once the hardware reaches it (`RingHw::release_orphan`): nothing will time it
     /// out any more, and the ring behind it would stay stuck.
     fn free_job(&self, mut job: VulkanJob, _info: &JobInfo) {
-        let Some(hw) = job.hw.take() else { return };
-        if job.hang.take().is_some() {
+        let Some(hw) = job.sub.hw.take() else { return };
+        if job.sub.hang.take().is_some() {
             // Marked an orphan, released once the hardware reaches it (a completed job's
             // entry is gone).
             {
                 let mut st = lock(&hw.state);
-                if let Some(s) = st.signals.iter_mut().find(|s| s.0 == job.value) {
+                if let Some(s) = st.signals.iter_mut().find(|s| s.0 == job.sub.value) {
                     s.3 = true;
                 }
             }
             hw.release_orphan();
         }
-        if job.prepared.take().is_some() {
+        if job.sub.prepared.take().is_some() {
             let mut st = lock(&hw.state);
             st.prepared = st.prepared.saturating_sub(1);
         }
-        let Some(cb) = job.cb.take() else { return };
+        let Some(cb) = job.sub.cb.take() else { return };
         let keep = (job.record, std::mem::take(&mut job.declared));
         // Capacity: one entry per command buffer allocated (`CmdPool` invariant).
-        lock(&hw.pool).retired.push_back(Retired { value: job.value, cb, _keep: Some(keep) });
+        lock(&hw.pool).retired.push_back(Retired { value: job.sub.value, cb, _keep: Some(keep) });
     }
 }
