@@ -15,6 +15,24 @@
 //!   synchronisation through the buffers' `Resv`s (`drm_sched_job_add_implicit_dependencies`).
 //! - Compute kernels: the [`Builtin`]s (fill, SAXPY, reduction, busy) and user SPIR-V.
 //!
+//! # Layers
+//! Each row holds the next ones it names (by `Arc`); "touched by" lists the threads that use
+//! it: *client* threads (the application: creating, arming, pushing, reading buffers), the
+//! scheduler's *pump* (whichever thread makes a job runnable: a client pushing, or a fence
+//! callback on a completion thread), a ring's *completion* thread, the device's *recovery*
+//! thread, the reset domain's *TDR* worker.
+//!
+//! | Layer | Owns | Touched by |
+//! |---|---|---|
+//! | [`VulkanDevice`] (`device/mod.rs`) | a `DeviceShared`; the public API | clients |
+//! | `DeviceShared` (`device/shared.rs`) | what survives a device loss: the current `DeviceCore`, the rings' `RingSlot`s (weakly), user kernels' SPIR-V, the reset domain, the fault plan, the graveyard of lost generations, the recovery thread | clients; recovery (recreation, reaping, teardown); TDR (`lost_busy`); a completion thread whose fence callback drops the last handle hands the teardown to recovery |
+//! | `DeviceCore` (`device/core.rs`) | one generation: the `VkDevice`, its queues, memory allocator, kernels, scratch buffer, injected-hang semaphores, the loss flag; destroyed with its last reference, never inside a signalling section | clients (recording, buffers), the pump (`run_job` submits on its queues), completion (declares loss), TDR (declares loss, releases hangs), recovery (creates it, buries it) |
+//! | [`VulkanRing`] (`ring`) | a `RingSlot`: the [`Backend`](gpusched::Backend) a `Scheduler` owns | clients (`prepare_job` at arm time), the pump (`run_job`, `flush`, `free_job`), TDR (`timedout_job`) |
+//! | `RingSlot` (`ring`) | one ring across generations: its current `RingHw`, name, queue, credit limit, batching flags; holds the `DeviceShared` | as `VulkanRing`; recovery swaps its `RingHw` |
+//! | `RingHw` (`ring`) | one ring on one generation: the timeline semaphore, command pool, in-flight list of hardware fences, the completion thread; holds the `DeviceCore` | the pump (submits), completion (drains the semaphore, signals the fences in order), TDR (judges progress, fails fences), recovery (its graveyard drops a lost one once its hardware passed its work) |
+//! | [`Buffer`] (`memory.rs`) | a `VkBuffer` and its memory block on one generation, and its `Resv`; holds the `DeviceCore` | clients (declaring, host reads and writes); kept by a job until its hardware passed it |
+//! | [`VulkanJob`] (`job.rs`) | the user's description (recording closure, declared buffers, explicit dependencies, injected fault) and the backend's `Submission` (command buffer, `RingHw`, prepared hardware fence, timeline value, recording error) | clients (built, then recorded at arm time); the pump (`run_job`, `free_job`: its command buffer and buffers go to the `RingHw`'s retired list) |
+//!
 //! # The contract
 //! The scheduler's: `prepare_job` records and allocates at arm time; `run_job` submits inside
 //! a signalling section without allocating, taking a `Resv` lock or waiting; the completion
