@@ -60,8 +60,8 @@ pub(crate) struct InstanceShared {
 
 /// The process's instances, one without and one with validation, created on first use and
 /// kept for the life of the process: every device shares one, and none is destroyed while a
-/// thread of another device may still run inside the loader or the layer (the validation
-/// layer of Debian 12, 1.3.239, crashes when instances come and go next to live devices).
+/// thread of another device may still run inside the loader or the layer (a validation
+/// layer may crash when instances come and go next to live devices).
 static INSTANCES: Mutex<[Option<Arc<InstanceShared>>; 2]> = Mutex::new([None, None]);
 
 impl InstanceShared {

@@ -1,7 +1,8 @@
-//! Device loss and recreation: the shared device behind a [`VulkanDevice`](crate::VulkanDevice) handle, its
-//! recovery thread, and the graveyard of lost generations (amdgpu's GPU reset and "VRAM
-//! lost" handling, `amdgpu_device_gpu_recover` / `amdgpu_vram_lost`, with the kernel's
-//! rule that a reset never frees memory the hardware may still touch).
+//! Device loss and recreation: the recovery thread of the shared device behind a
+//! [`VulkanDevice`](crate::VulkanDevice) handle (`DeviceShared`), its recreation of lost
+//! generations, the graveyard of lost generations, and the device's teardown (amdgpu's GPU
+//! reset and "VRAM lost" handling, `amdgpu_device_gpu_recover` / `amdgpu_vram_lost`, with the
+//! kernel's rule that a reset never frees memory the hardware may still touch).
 //!
 //! # Loss
 //! A core (one generation) is declared lost by whoever sees it first: the completion thread
