@@ -69,11 +69,11 @@
 //! completion thread. Call [`VulkanDevice::close`] for a synchronous teardown.
 
 mod calibrate;
-pub(crate) mod core;
+mod core;
 mod guard;
 pub mod recovery;
 mod select;
-pub(crate) mod shared;
+mod shared;
 mod submit;
 
 use std::fmt;
