@@ -1,0 +1,135 @@
+//! The [`Backend`] of a Vulkan ring.
+//!
+//! # Contract (see [`gpusched::Backend`])
+//! # Contract (see [`gpusched::Backend`])
+//! `prepare_job` (arm time) records the command buffer on the ring's *current* hardware ring
+//! (`RingHw`, one per device generation), allocates the hardware fence with its
+//! [`FenceOps`] and reserves room in the in-flight list; the job keeps its `RingHw`.
+//! `run_job` (signalling section) takes the ring lock, then the queue lock, submits one
+//! `VkSubmitInfo` signalling the next value (or batches it for `flush`: one `vkQueueSubmit`
+//! per batch, of up to [`SUBMIT_CHUNK`] jobs, with one `VkSubmitInfo` per job signalling that
+//! job's own value, so a job of a batch completes, and is judged by the timeout handler, on
+//! its own, not when the whole batch does), and publishes the prepared fence: no
+//! allocation, no `Resv` lock, no wait. A job prepared on a generation that was lost ends
+//! `DeviceLost` there (its command buffer belongs to the dead pool). Command buffers, recording
+//! closures and buffers of finished jobs go, in `free_job`, to the retired list of the job's own
+//! `RingHw` and are reused or dropped only once its semaphore has passed their value: hardware
+//! progress is tracked apart from fence state, so a force-completed job (timeout, device loss) that
+//! is still running or queued on the hardware keeps its resources.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use gpusched::fence::{Fence, FenceError};
+use gpusched::{Backend, JobInfo, Recovery, TimeoutStatus};
+
+use super::hw::Retired;
+use super::hw_fence::HwOps;
+use super::{lock, VulkanRing};
+use crate::error::RecordError;
+use crate::fault::{JobFault, Kind};
+use crate::job::{Prepared, VulkanJob};
+
+impl Backend for VulkanRing {
+    type Job = VulkanJob;
+
+    fn prepare_job(&self, job: &mut VulkanJob, _info: &JobInfo) -> Result<(), FenceError> {
+        job.error = None;
+        let faults = &self.slot.shared.faults;
+        // Every armed job draws (reproducible plans); a job's own fault wins.
+        let drawn = faults.draw_job();
+        if job.fault.is_none() {
+            job.fault = drawn;
+        }
+        if self.slot.shared.dead.load(Ordering::SeqCst) {
+            job.error = Some(RecordError::DeviceLost { generation: self.generation() });
+            return Err(FenceError::DeviceLost);
+        }
+        let hw = self.slot.hw();
+        if hw.core.is_lost() {
+            job.error = Some(RecordError::DeviceLost { generation: hw.core.generation });
+            return Err(FenceError::DeviceLost);
+        }
+        let cb = match hw.record(job) {
+            Ok(cb) => cb,
+            Err(e) => {
+                if e == RecordError::RecordingDropped {
+                    faults.count(Kind::DroppedRecording);
+                }
+                job.error = Some(e);
+                return Err(FenceError::Driver(-22)); // EINVAL
+            }
+        };
+        if let Some(JobFault::Slow(_)) = job.fault {
+            faults.count(Kind::Slow);
+        }
+        let value = Arc::new(AtomicU64::new(0));
+        let ops = HwOps { ring: Arc::downgrade(&hw), value: value.clone() };
+        let fence = hw.ctx.prepare(1, Some(Box::new(ops)));
+        // Arming cannot fail after `prepare_job` succeeded, so a payload handed back by a
+        // failed arm never holds a command buffer.
+        debug_assert!(job.cb.is_none(), "a job is prepared once");
+        job.cb = Some(cb);
+        job.prepared = Some(Prepared { hw: fence, value });
+        {
+            let mut st = lock(&hw.state);
+            st.prepared += 1;
+            let need = st.prepared;
+            st.in_flight.reserve(need);
+            st.signals.reserve(need);
+            st.batch.reserve(need);
+        }
+        job.hw = Some(hw);
+        Ok(())
+    }
+    fn run_job(&self, job: &mut VulkanJob, _info: &JobInfo) -> Result<Fence, FenceError> {
+        self.run(job)
+    }
+
+    /// Submits the jobs `run_job` batched on the current generation (one `vkQueueSubmit`).
+    /// A batch left on a generation lost meanwhile was failed by the loss.
+    fn flush(&self) {
+        // Never the last reference (the slot or, once swapped, the graveyard holds it).
+        let hw = self.slot.hw();
+        hw.submit_batch();
+    }
+
+    /// See the module docs ("Timeouts"). Allocation-free and `Resv`-lock-free.
+    fn timedout_job(&self, recovery: &mut Recovery<'_, Self>) -> TimeoutStatus {
+        self.judge_timeout(recovery)
+    }
+
+    /// Allocation-free (the scheduler may free inside a signalling section, where even
+    /// dropping a buffer's `Resv` may allocate): the job's command buffer, recording closure
+    /// and buffers go to the retired list of the `RingHw` it was recorded on, and are
+    /// recycled and dropped by a later `prepare_job` on it once its semaphore has passed the
+    /// job (a forced completion may still be running), or when that `RingHw` is destroyed
+    /// (after its hardware passed everything). Never waits.
+    ///
+    /// A job freed with an injected releasable hang still pending (force-completed while on
+    /// the hardware: a dependant of a blamed job, a banned entity's job) has its hang
+    /// released once the hardware reaches it (`RingHw::release_orphan`): nothing will time it
+    /// out any more, and the ring behind it would stay stuck.
+    fn free_job(&self, mut job: VulkanJob, _info: &JobInfo) {
+        let Some(hw) = job.hw.take() else { return };
+        if job.hang.take().is_some() {
+            // Marked an orphan, released once the hardware reaches it (a completed job's
+            // entry is gone).
+            {
+                let mut st = lock(&hw.state);
+                if let Some(s) = st.signals.iter_mut().find(|s| s.0 == job.value) {
+                    s.3 = true;
+                }
+            }
+            hw.release_orphan();
+        }
+        if job.prepared.take().is_some() {
+            let mut st = lock(&hw.state);
+            st.prepared = st.prepared.saturating_sub(1);
+        }
+        let Some(cb) = job.cb.take() else { return };
+        let keep = (job.record, std::mem::take(&mut job.declared));
+        // Capacity: one entry per command buffer allocated (`CmdPool` invariant).
+        lock(&hw.pool).retired.push_back(Retired { value: job.value, cb, _keep: Some(keep) });
+    }
+}

@@ -1,0 +1,233 @@
+//! The timeout decision (`timedout_job`).
+//!
+//! # Timeouts (`timedout_job`)
+//! # Timeouts (`timedout_job`)
+//! Vulkan has no queue reset and no way to take a submission off a queue. Inside the TDR's
+//! signalling section, allocation- and `Resv`-lock-free: stop the scheduler; a guilty job that
+//! completed after all (its fence signalled, or the semaphore passed its value and the drain has
+//! yet to signal it) is [`TimeoutStatus::NoHang`]. Then the ring's hardware progress decides, not
+//! fence state: if the semaphore still stands where it stood at this ring's previous timeout, with
+//! work pending, the hardware is still on the submission that timed out then (already
+//! force-completed) and the job at the head has not even started: it is not blamed, and the answer
+//! is `NoHang` (wait another timeout); so is a job queued behind an unfinished earlier submission
+//! of its ring (one force-completed while it runs on) when the semaphore did move. After
+//! [`STUCK_AFTER`] such timeouts in a row the ring is stuck on a submission nothing can release:
+//! every job of the ring is force-completed `DeviceLost`, the device generation is declared lost
+//! (see [`recovery`](crate::recovery)) and recreated, and the scheduler restarts. Otherwise the
+//! guilty job is blamed (karma; a banned entity's jobs end `Cancelled`) and force-completed
+//! `TimedOut`; an injected releasable hang is released; the scheduler restarts
+//! ([`TimeoutStatus::Reset`]). No job is resubmitted: the innocent jobs behind the guilty one are
+//! still queued on the `VkQueue` with valid command buffers and complete by themselves once it is
+//! released (or finishes, for a slow job), and their hardware fences, reattached by the restart,
+//! retire them. Those among them that depend on a failed job of the ring (the guilty one,
+//! transitively) would run on its missing results: they end with its error
+//! ([`Recovery::fail_dependants`], the scheduler's resubmission rule without the rerun), and keep
+//! their resources until the semaphore passes them. A job slower than `STUCK_AFTER + 1` timeouts is
+//! indistinguishable from a hang and costs a device generation.
+//!
+//! Rings sharing a `VkQueue` (lavapipe has one) stall together. After a reset, the other
+//! rings' timeouts restart at about the moment the hung ring's next job starts its own, so
+//! the ring whose head merely waits behind that job often timed out first and blamed its
+//! innocent head (`gpusched demo --rings 2`: 6–7 timeouts where one ring gives 4). So before
+//! anything else the handler asks whether the guilty job's submission is queued behind an
+//! unfinished earlier submission of another ring on the same `VkQueue` (each `vkQueueSubmit`
+//! gets a per-queue sequence number; each ring keeps those of its unfinished submissions):
+//! then it has not started, and the answer is `NoHang`; the other ring's timeout deals with
+//! the job that holds the queue. The timeout after such an answer is `NoHang` too (the head
+//! started at most one timeout ago, when the submission ahead finished); the one after that
+//! judges it as usual.
+//!
+//! Lost generations stall a new one the same way. An injected loss (and a device a real hang
+//! left running) keeps executing the lost generation's submitted work, on the same physical
+//! device: lavapipe runs the dispatches of every `VkDevice` of a physical device on one
+//! thread pool, so the new generation's first compute job waited behind a lost slow job
+//! and was blamed by its first timeout (fault suite seed 442: an innocent job `TimedOut`,
+//! its entity banned at hang limit 0). So while a ring of a lost generation has work its
+//! hardware has not passed (`DeviceShared::lost_busy`, kept by the recovery thread), the
+//! answer is `NoHang` as above, at most [`STUCK_AFTER`] times per ring and generation, then
+//! once more as for a head that was behind (a lost generation wedged for good delays a real
+//! hang's blame by a few timeouts, never prevents it). lavapipe interleaves the devices'
+//! dispatches, so a new job waits for the lost dispatch running when it arrives, not for all
+//! the lost work (tried: 16 lost slow jobs of 0.4 timeouts delay it by one of them); a lost
+//! job running past about three timeouts still gets it blamed.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ash::vk;
+use gpusched::fence::FenceError;
+use gpusched::{Recovery, TimeoutStatus};
+
+use super::hw::RingHw;
+use super::{lock, VulkanRing};
+
+/// Consecutive timeouts without hardware progress after which the ring is stuck for good
+/// (a hang nothing can release): the device generation is declared lost. A job slower than
+/// `STUCK_AFTER + 1` timeouts is indistinguishable from such a hang.
+pub(crate) const STUCK_AFTER: u32 = 2;
+
+impl RingHw {
+    /// The queue sequence number of the submission that carries job value `value` (`None`:
+    /// not submitted, or already seen complete).
+    pub(super) fn queue_seq_of(&self, value: u64) -> Option<u64> {
+        let st = lock(&self.state);
+        st.signals.iter().find(|s| s.0 >= value).map(|s| s.1)
+    }
+
+    /// Whether an earlier submission of this ring than the one carrying job value `value` is
+    /// unfinished (the job has not started: the ring runs in order). Allocation-free.
+    pub(super) fn behind_own_submission(&self, value: u64) -> bool {
+        let Ok(done) = self.counter() else { return false };
+        let st = lock(&self.state);
+        st.signals.iter().find(|s| s.0 > done).is_some_and(|s| s.0 < value)
+    }
+
+    /// Releases the injected (releasable) hangs of this ring's unfinished submissions before
+    /// the one carrying job value `value`: jobs force-completed while still queued (the
+    /// dependants of a blamed job, `Recovery::fail_dependants`), whose hang no timeout of
+    /// their own will release, and which the jobs behind them wait for. Allocation-free.
+    pub(super) fn release_hangs_before(&self, value: u64) {
+        let Ok(done) = self.counter() else { return };
+        // One at a time, in submission order, the ring lock not held (a host signal): the
+        // validation layer wants each signal at most one past a pending wait.
+        let mut from = done;
+        loop {
+            let next = {
+                let st = lock(&self.state);
+                st.signals.iter().find(|s| s.0 > from && s.0 < value).map(|s| (s.0, s.2))
+            };
+            let Some((v, hang)) = next else { return };
+            if hang != 0 {
+                self.core.release_hang(hang);
+            }
+            from = v;
+        }
+    }
+
+    /// The queue sequence number of this ring's oldest submission the hardware has not
+    /// finished (`None`: none).
+    pub(super) fn oldest_unfinished_seq(&self) -> Option<u64> {
+        let done = self.counter().ok()?;
+        let st = lock(&self.state);
+        st.signals.iter().find(|s| s.0 > done).map(|s| s.1)
+    }
+
+    /// Whether the submission carrying job value `value` waits behind an unfinished earlier
+    /// submission of another ring on the same `VkQueue` (it has not started: queues run in
+    /// order and every non-empty command buffer starts with a full barrier; an empty job has
+    /// nothing of its own to run). Allocation-free.
+    pub(super) fn behind_another_ring(&self, value: u64) -> bool {
+        let Some(mine) = self.queue_seq_of(value) else { return false };
+        // Taken under `comp.rings`, looked at and dropped after it is released (see
+        // `DeviceCore::mark_lost`).
+        let rings = self.core.comp.snapshot();
+        rings.iter().flatten().any(|r| {
+            !std::ptr::eq(Arc::as_ptr(r), self)
+                && r.queue == self.queue
+                && r.oldest_unfinished_seq().is_some_and(|s| s < mine)
+        })
+    }
+}
+
+impl VulkanRing {
+    /// The body of `timedout_job` (see the module docs).
+    pub(super) fn judge_timeout(&self, recovery: &mut Recovery<'_, Self>) -> TimeoutStatus {
+        recovery.stop();
+        let (hw, hang, value) = recovery
+            .with_guilty_payload(|j| (j.hw.clone(), j.hang, j.value))
+            .unwrap_or((None, None, 0));
+        // The ring the guilty job runs on (reference counts only: no allocation, and never
+        // the last reference: the job, the slot or the graveyard holds it).
+        let hw = hw.unwrap_or_else(|| lock(&self.slot.current).clone());
+        // Completed: its fence signalled, or the hardware passed it and the ring's drain
+        // (which alone signals its fences, in order) has not got to it yet.
+        if recovery.guilty_completed() || (value != 0 && hw.counter().is_ok_and(|c| c >= value)) {
+            recovery.start();
+            return TimeoutStatus::NoHang;
+        }
+        if value != 0 && hw.behind_another_ring(value) {
+            // Queued behind another ring's unfinished submission on the shared `VkQueue`:
+            // it has not started. That ring's own timeout deals with its job; wait another
+            // timeout.
+            hw.tdr_behind.store(true, Ordering::SeqCst);
+            recovery.start();
+            return TimeoutStatus::NoHang;
+        }
+        if value != 0
+            && self.slot.shared.lost_busy.load(Ordering::SeqCst)
+            && hw.tdr_lost_waits.fetch_add(1, Ordering::SeqCst) < STUCK_AFTER
+        {
+            // A lost generation of this device still runs work (an injected loss leaves it
+            // running; lavapipe runs the dispatches of every `VkDevice` of a physical device
+            // on one thread pool): the guilty job may be queued behind it on the hardware
+            // and not have started. Not its fault: wait another timeout (bounded: see
+            // `tdr_lost_waits`), then give it a whole one (it may have just started).
+            hw.tdr_behind.store(true, Ordering::SeqCst);
+            recovery.start();
+            return TimeoutStatus::NoHang;
+        }
+        if hw.tdr_behind.swap(false, Ordering::SeqCst) {
+            // It was behind at the last timeout: it started at most one timeout ago.
+            recovery.start();
+            return TimeoutStatus::NoHang;
+        }
+        let stalls = match hw.counter() {
+            Err(vk::Result::ERROR_DEVICE_LOST) => STUCK_AFTER,
+            Ok(c) => {
+                let before = hw.tdr_counter.swap(c, Ordering::SeqCst);
+                if before == c && hw.submitted.load(Ordering::SeqCst) > c {
+                    hw.tdr_stalls.fetch_add(1, Ordering::SeqCst) + 1
+                } else {
+                    hw.tdr_stalls.store(0, Ordering::SeqCst);
+                    0
+                }
+            }
+            Err(_) => 0,
+        };
+        if stalls >= STUCK_AFTER {
+            // No hardware progress across several timeouts: stuck on a submission nothing in
+            // the process can release. The job at the head is not the culprit (the one that
+            // timed out first was, and was blamed then). Every job on the ring ends
+            // `DeviceLost`, the generation is lost and recreated.
+            hw.tdr_stalls.store(0, Ordering::SeqCst);
+            recovery.force_complete_all(FenceError::DeviceLost);
+            hw.core.mark_lost();
+            recovery.start();
+            return TimeoutStatus::Reset;
+        }
+        if stalls > 0 {
+            // The hardware is still on the submission that timed out last time (force-
+            // completed then): the job at the head has not started. Not its fault: wait
+            // another timeout. A force-completed submission ahead of it that waits on an
+            // injected hang is released (a real hang stays, and the ring ends up stuck).
+            if value != 0 {
+                hw.release_hangs_before(value);
+            }
+            recovery.start();
+            return TimeoutStatus::NoHang;
+        }
+        if value != 0 && hw.behind_own_submission(value) {
+            // The hardware made progress, but is still on an earlier submission of this ring
+            // (a job force-completed while it still runs: a dependant of an earlier guilty
+            // job, `fail_dependants`): the guilty job has not started. Wait another timeout,
+            // releasing the injected hangs ahead of it (see above).
+            hw.release_hangs_before(value);
+            recovery.start();
+            return TimeoutStatus::NoHang;
+        }
+        recovery.blame();
+        recovery.force_complete_guilty(FenceError::TimedOut);
+        // Nothing is resubmitted, so the scheduler's resubmission never fails the jobs queued
+        // behind the guilty one that depend on it (on this ring): they would run on its
+        // missing results and end `Ok`. They end with its error now; their command buffers
+        // still run, and are retired once the semaphore passes them (`free_job`).
+        recovery.fail_dependants();
+        if let Some(v) = hang {
+            // An injected hang: release it; the guilty job then runs (late), and so do the
+            // jobs queued behind it.
+            hw.core.release_hang(v);
+        }
+        recovery.start();
+        TimeoutStatus::Reset
+    }
+}
