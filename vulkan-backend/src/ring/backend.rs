@@ -23,7 +23,7 @@ use std::sync::Arc;
 use gpusched::fence::{Fence, FenceError};
 use gpusched::{Backend, JobInfo, Recovery, TimeoutStatus};
 
-use super::hw::Retired;
+use super::hw::{KeptAlive, Retired};
 use super::hw_fence::HwOps;
 use super::{lock, VulkanRing};
 use crate::error::RecordError;
@@ -76,7 +76,7 @@ impl Backend for VulkanRing {
             st.prepared += 1;
             let need = st.prepared;
             st.in_flight.reserve(need);
-            st.signals.reserve(need);
+            st.submissions.reserve(need);
             st.batch.reserve(need);
         }
         job.hw = Some(hw);
@@ -117,8 +117,8 @@ impl Backend for VulkanRing {
             // entry is gone).
             {
                 let mut st = lock(&hw.state);
-                if let Some(s) = st.signals.iter_mut().find(|s| s.0 == job.value) {
-                    s.3 = true;
+                if let Some(s) = st.submissions.iter_mut().find(|s| s.value == job.value) {
+                    s.orphan = true;
                 }
             }
             hw.release_orphan();
@@ -128,8 +128,8 @@ impl Backend for VulkanRing {
             st.prepared = st.prepared.saturating_sub(1);
         }
         let Some(cb) = job.cb.take() else { return };
-        let keep = (job.record, std::mem::take(&mut job.declared));
+        let keep = KeptAlive { _record: job.record, _buffers: std::mem::take(&mut job.declared) };
         // Capacity: one entry per command buffer allocated (`CmdPool` invariant).
-        lock(&hw.pool).retired.push_back(Retired { value: job.value, cb, _keep: Some(keep) });
+        lock(&hw.pool).retired.push_back(Retired { value: job.value, cb, _keep: keep });
     }
 }

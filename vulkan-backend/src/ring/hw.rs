@@ -2,7 +2,7 @@
 //! in-flight list, retired list), and the in-order drain that signals its hardware fences.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 
@@ -10,6 +10,7 @@ use ash::vk;
 use gpusched::fence::{FenceContext, FenceError, Signaller};
 
 use super::completion::{completion_thread, Adopted, Watch, SPIN_CPUS};
+use super::timeout::StallState;
 use super::RingFlags;
 use crate::device::DeviceCore;
 use crate::error::{map_device, DeviceError};
@@ -23,7 +24,16 @@ use super::lock;
 pub(super) struct Retired {
     pub(super) value: u64,
     pub(super) cb: vk::CommandBuffer,
-    pub(super) _keep: Option<(RecordFn, Vec<Buffer>)>,
+    pub(super) _keep: KeptAlive,
+}
+
+/// What a retired job keeps alive until the hardware has passed it: the resources its
+/// command buffer may still use.
+pub(super) struct KeptAlive {
+    /// The recording closure (and whatever it captured).
+    pub(super) _record: RecordFn,
+    /// The buffers the job declared.
+    pub(super) _buffers: Vec<Buffer>,
 }
 
 /// The ring's command pool. Protected by `RingHw::pool` (a pool and its command buffers
@@ -56,15 +66,26 @@ pub(super) struct RingState {
     /// `batch.len()` values up to `next_value`, and theirs are the last `batch.len()` entries
     /// of `in_flight`. Capacity: reserved with `in_flight`.
     pub(super) batch: Vec<vk::CommandBuffer>,
-    /// The values the submissions not yet seen complete signal, in order, with each submission's
-    /// sequence number on its `VkQueue` (`QueueSlot::seq`) and the value of the injected releasable
-    /// hang it waits for (0: none), and whether its job was freed with that hang pending (an
-    /// orphan: released once the hardware reaches it, see `RingHw::release_orphan`): one per
-    /// submitted job (the jobs of a batch share the sequence number of their `vkQueueSubmit`).
-    /// Waits go for one of these (see `RingHw::signal_value`). Capacity: reserved with `in_flight`,
-    /// which always holds the job whose value each entry is (so it is never longer); popped with it
+    /// The submitted jobs not yet seen complete, in value order: one entry per submitted job.
+    /// Waits go for one of their values (see `RingHw::signal_value`). Capacity: reserved with
+    /// `in_flight`, which always holds the job of each entry (so it is never longer); popped
     /// by `complete`.
-    pub(super) signals: VecDeque<(u64, u64, u64, bool)>,
+    pub(super) submissions: VecDeque<Submission>,
+}
+
+/// A submitted job whose value the ring has not yet seen reached.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Submission {
+    /// The timeline value its `VkSubmitInfo` signals (the job's value).
+    pub(super) value: u64,
+    /// The sequence number of its `vkQueueSubmit` on its `VkQueue` (`QueueSlot::seq`); the
+    /// jobs of a batch share that of their call.
+    pub(super) queue_seq: u64,
+    /// The value of the injected releasable hang it waits for (0: none).
+    pub(super) hang: u64,
+    /// Its job was freed with that hang pending (an orphan): the hang is released once the
+    /// hardware reaches it (see `RingHw::release_orphan`).
+    pub(super) orphan: bool,
 }
 
 /// A published hardware fence: its value (and seqno), its signaller, and the error it ends
@@ -115,20 +136,8 @@ pub(crate) struct RingHw {
     /// The completion thread, joined by the ring's drop (unless the drop runs on it).
     pub(super) thread: Mutex<Option<JoinHandle<()>>>,
     pub(super) flags: Arc<RingFlags>,
-    /// The semaphore value at this ring's last timeout (`u64::MAX`: none yet): a timeout that
-    /// finds it unchanged, with work pending, means the hardware made no progress since.
-    pub(super) tdr_counter: AtomicU64,
-    /// Consecutive timeouts that found no progress.
-    pub(super) tdr_stalls: AtomicU32,
-    /// The last timeout found the head queued behind another ring's submission (or behind a
-    /// lost generation's work): the next one, if that submission has finished, gives the
-    /// head a whole timeout (it may have just started).
-    pub(super) tdr_behind: AtomicBool,
-    /// Timeouts of this ring answered `NoHang` because a lost generation of its device still
-    /// ran work on the hardware (`DeviceShared::lost_busy`): at most [`STUCK_AFTER`] over the
-    /// ring's life (one generation), so that a lost generation wedged for good delays the
-    /// blame of a real hang here a few timeouts, never forever.
-    pub(super) tdr_lost_waits: AtomicU32,
+    /// What the timeout handler remembers between this ring's timeouts.
+    pub(super) stall: StallState,
 }
 
 impl RingHw {
@@ -179,7 +188,7 @@ impl RingHw {
                 draining: false,
                 prepared: 0,
                 batch: Vec::with_capacity(cap),
-                signals: VecDeque::with_capacity(cap),
+                submissions: VecDeque::with_capacity(cap),
             }),
             pool: Mutex::new(CmdPool {
                 pool,
@@ -191,10 +200,7 @@ impl RingHw {
             completed: AtomicU64::new(0),
             signalled: AtomicU64::new(0),
             flags,
-            tdr_counter: AtomicU64::new(u64::MAX),
-            tdr_stalls: AtomicU32::new(0),
-            tdr_behind: AtomicBool::new(false),
-            tdr_lost_waits: AtomicU32::new(0),
+            stall: StallState::default(),
             watch: watch.clone(),
             thread: Mutex::new(None),
         });
@@ -249,8 +255,8 @@ impl RingHw {
         // the new value (see `drain`).
         self.completed.fetch_max(value, Ordering::SeqCst);
         let mut st = lock(&self.state);
-        while st.signals.front().is_some_and(|s| s.0 <= value) {
-            st.signals.pop_front();
+        while st.submissions.front().is_some_and(|s| s.value <= value) {
+            st.submissions.pop_front();
         }
         self.drain(st);
         self.release_orphan();
@@ -309,14 +315,14 @@ impl RingHw {
     /// otherwise blocks 10 s in the wait and reports `UNASSIGNED-VkSemaphore-state-timeout`.
     pub(crate) fn signal_value(&self, value: u64) -> u64 {
         let st = lock(&self.state);
-        st.signals.iter().find(|s| s.0 >= value).map_or(value, |s| s.0)
+        st.submissions.iter().find(|s| s.value >= value).map_or(value, |s| s.value)
     }
 
     /// The value the submission that carries job value `value` signals, if one does (`None`:
     /// not submitted yet, its submission failed, or already seen complete).
     pub(super) fn submitted_signal_value(&self, value: u64) -> Option<u64> {
         let st = lock(&self.state);
-        st.signals.iter().find(|s| s.0 >= value).map(|s| s.0)
+        st.submissions.iter().find(|s| s.value >= value).map(|s| s.value)
     }
 
     /// Releases the injected hang of the submission the hardware is on, if its job was freed
@@ -328,7 +334,7 @@ impl RingHw {
         let Ok(done) = self.counter() else { return };
         let hang = {
             let st = lock(&self.state);
-            st.signals.iter().find(|s| s.0 > done).and_then(|s| s.3.then_some(s.2))
+            st.submissions.iter().find(|s| s.value > done).and_then(|s| s.orphan.then_some(s.hang))
         };
         if let Some(h) = hang.filter(|&h| h != 0) {
             self.core.release_hang(h);
@@ -339,7 +345,7 @@ impl RingHw {
     /// lost), in value order, through the ring's drainer (see `drain`). Allocation-free.
     pub(crate) fn fail_all(&self, error: FenceError) {
         let mut st = lock(&self.state);
-        st.signals.clear();
+        st.submissions.clear();
         let done = self.completed.load(Ordering::SeqCst);
         for f in st.in_flight.iter_mut().filter(|f| f.value > done) {
             f.fail(error);

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use ash::vk;
 use gpusched::fence::{Fence, FenceError};
 
-use super::hw::{InFlight, RingHw};
+use super::hw::{InFlight, RingHw, Submission};
 use super::{lock, VulkanRing};
 use crate::device::DeviceCore;
 use crate::error::{map_device, DeviceError, RecordError};
@@ -82,7 +82,12 @@ impl RingHw {
                     hw.flags.submits.fetch_add(1, Ordering::Relaxed);
                     for &v in &values[..chunk.len()] {
                         // Capacity: one entry per in-flight job, reserved at prepare time.
-                        st.signals.push_back((v, seq, 0, false));
+                        st.submissions.push_back(Submission {
+                            value: v,
+                            queue_seq: seq,
+                            hang: 0,
+                            orphan: false,
+                        });
                     }
                     done = base + chunk.len() as u64 - 1;
                 }
@@ -314,7 +319,12 @@ impl VulkanRing {
             }
         };
         hw.flags.submits.fetch_add(1, Ordering::Relaxed);
-        st.signals.push_back((value, seq, job.hang.unwrap_or(0), false));
+        st.submissions.push_back(Submission {
+            value,
+            queue_seq: seq,
+            hang: job.hang.unwrap_or(0),
+            orphan: false,
+        });
         st.next_value = value;
         job.value = value;
         prepared.value.store(value, Ordering::Release);

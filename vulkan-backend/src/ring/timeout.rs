@@ -51,7 +51,7 @@
 //! the lost work (tried: 16 lost slow jobs of 0.4 timeouts delay it by one of them); a lost
 //! job running past about three timeouts still gets it blamed.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ash::vk;
@@ -66,12 +66,43 @@ use super::{lock, VulkanRing};
 /// `STUCK_AFTER + 1` timeouts is indistinguishable from such a hang.
 pub(crate) const STUCK_AFTER: u32 = 2;
 
+/// What the timeout handler remembers between a ring's timeouts (one per `RingHw`: a new
+/// generation starts afresh).
+#[derive(Debug)]
+pub(super) struct StallState {
+    /// The semaphore value at this ring's last timeout (`u64::MAX`: none yet): a timeout that
+    /// finds it unchanged, with work pending, means the hardware made no progress since.
+    pub(super) counter: AtomicU64,
+    /// Consecutive timeouts that found no progress.
+    pub(super) stalls: AtomicU32,
+    /// The last timeout found the head queued behind another ring's submission (or behind a
+    /// lost generation's work): the next one, if that submission has finished, gives the
+    /// head a whole timeout (it may have just started).
+    pub(super) behind: AtomicBool,
+    /// Timeouts of this ring answered `NoHang` because a lost generation of its device still
+    /// ran work on the hardware (`DeviceShared::lost_busy`): at most [`STUCK_AFTER`] over the
+    /// ring's life (one generation), so that a lost generation wedged for good delays the
+    /// blame of a real hang here a few timeouts, never forever.
+    pub(super) lost_waits: AtomicU32,
+}
+
+impl Default for StallState {
+    fn default() -> Self {
+        StallState {
+            counter: AtomicU64::new(u64::MAX),
+            stalls: AtomicU32::new(0),
+            behind: AtomicBool::new(false),
+            lost_waits: AtomicU32::new(0),
+        }
+    }
+}
+
 impl RingHw {
     /// The queue sequence number of the submission that carries job value `value` (`None`:
     /// not submitted, or already seen complete).
     pub(super) fn queue_seq_of(&self, value: u64) -> Option<u64> {
         let st = lock(&self.state);
-        st.signals.iter().find(|s| s.0 >= value).map(|s| s.1)
+        st.submissions.iter().find(|s| s.value >= value).map(|s| s.queue_seq)
     }
 
     /// Whether an earlier submission of this ring than the one carrying job value `value` is
@@ -79,7 +110,7 @@ impl RingHw {
     pub(super) fn behind_own_submission(&self, value: u64) -> bool {
         let Ok(done) = self.counter() else { return false };
         let st = lock(&self.state);
-        st.signals.iter().find(|s| s.0 > done).is_some_and(|s| s.0 < value)
+        st.submissions.iter().find(|s| s.value > done).is_some_and(|s| s.value < value)
     }
 
     /// Releases the injected (releasable) hangs of this ring's unfinished submissions before
@@ -94,7 +125,10 @@ impl RingHw {
         loop {
             let next = {
                 let st = lock(&self.state);
-                st.signals.iter().find(|s| s.0 > from && s.0 < value).map(|s| (s.0, s.2))
+                st.submissions
+                    .iter()
+                    .find(|s| s.value > from && s.value < value)
+                    .map(|s| (s.value, s.hang))
             };
             let Some((v, hang)) = next else { return };
             if hang != 0 {
@@ -109,7 +143,7 @@ impl RingHw {
     pub(super) fn oldest_unfinished_seq(&self) -> Option<u64> {
         let done = self.counter().ok()?;
         let st = lock(&self.state);
-        st.signals.iter().find(|s| s.0 > done).map(|s| s.1)
+        st.submissions.iter().find(|s| s.value > done).map(|s| s.queue_seq)
     }
 
     /// Whether the submission carrying job value `value` waits behind an unfinished earlier
@@ -149,24 +183,24 @@ impl VulkanRing {
             // Queued behind another ring's unfinished submission on the shared `VkQueue`:
             // it has not started. That ring's own timeout deals with its job; wait another
             // timeout.
-            hw.tdr_behind.store(true, Ordering::SeqCst);
+            hw.stall.behind.store(true, Ordering::SeqCst);
             recovery.start();
             return TimeoutStatus::NoHang;
         }
         if value != 0
             && self.slot.shared.lost_busy.load(Ordering::SeqCst)
-            && hw.tdr_lost_waits.fetch_add(1, Ordering::SeqCst) < STUCK_AFTER
+            && hw.stall.lost_waits.fetch_add(1, Ordering::SeqCst) < STUCK_AFTER
         {
             // A lost generation of this device still runs work (an injected loss leaves it
             // running; lavapipe runs the dispatches of every `VkDevice` of a physical device
             // on one thread pool): the guilty job may be queued behind it on the hardware
             // and not have started. Not its fault: wait another timeout (bounded: see
-            // `tdr_lost_waits`), then give it a whole one (it may have just started).
-            hw.tdr_behind.store(true, Ordering::SeqCst);
+            // `StallState::lost_waits`), then give it a whole one (it may have just started).
+            hw.stall.behind.store(true, Ordering::SeqCst);
             recovery.start();
             return TimeoutStatus::NoHang;
         }
-        if hw.tdr_behind.swap(false, Ordering::SeqCst) {
+        if hw.stall.behind.swap(false, Ordering::SeqCst) {
             // It was behind at the last timeout: it started at most one timeout ago.
             recovery.start();
             return TimeoutStatus::NoHang;
@@ -174,11 +208,11 @@ impl VulkanRing {
         let stalls = match hw.counter() {
             Err(vk::Result::ERROR_DEVICE_LOST) => STUCK_AFTER,
             Ok(c) => {
-                let before = hw.tdr_counter.swap(c, Ordering::SeqCst);
+                let before = hw.stall.counter.swap(c, Ordering::SeqCst);
                 if before == c && hw.submitted.load(Ordering::SeqCst) > c {
-                    hw.tdr_stalls.fetch_add(1, Ordering::SeqCst) + 1
+                    hw.stall.stalls.fetch_add(1, Ordering::SeqCst) + 1
                 } else {
-                    hw.tdr_stalls.store(0, Ordering::SeqCst);
+                    hw.stall.stalls.store(0, Ordering::SeqCst);
                     0
                 }
             }
@@ -189,7 +223,7 @@ impl VulkanRing {
             // the process can release. The job at the head is not the culprit (the one that
             // timed out first was, and was blamed then). Every job on the ring ends
             // `DeviceLost`, the generation is lost and recreated.
-            hw.tdr_stalls.store(0, Ordering::SeqCst);
+            hw.stall.stalls.store(0, Ordering::SeqCst);
             recovery.force_complete_all(FenceError::DeviceLost);
             hw.core.mark_lost();
             recovery.start();
