@@ -7,17 +7,18 @@
 //! A job with an injected hang or submit failure is never batched: `run_job` submits the
 //! jobs batched before it, then submits it alone (with its wait on the hang semaphore).
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
 use ash::vk;
 use gpusched::fence::{Fence, FenceError};
 
-use super::hw::{InFlight, RingHw, Submission};
+use super::hw::{InFlight, RingHw, RingState, Submission};
 use super::{lock, VulkanRing};
 use crate::device::DeviceCore;
 use crate::error::{map_device, DeviceError, RecordError};
 use crate::fault::{JobFault, Kind, SubmitFault};
-use crate::job::VulkanJob;
+use crate::job::{Prepared, VulkanJob};
 use crate::kernel::{full_barrier, host_barrier, RecordCtx};
 use crate::memory::Buffer;
 
@@ -79,16 +80,7 @@ impl RingHw {
             drop(q);
             match r {
                 Ok(seq) => {
-                    hw.flags.submits.fetch_add(1, Ordering::Relaxed);
-                    for &v in &values[..chunk.len()] {
-                        // Capacity: one entry per in-flight job, reserved at prepare time.
-                        st.submissions.push_back(Submission {
-                            value: v,
-                            queue_seq: seq,
-                            hang: 0,
-                            orphan: false,
-                        });
-                    }
+                    hw.note_queue_submit(&mut st.submissions, &values[..chunk.len()], seq, 0);
                     done = base + chunk.len() as u64 - 1;
                 }
                 Err(code) => {
@@ -99,11 +91,7 @@ impl RingHw {
         }
         st.batch.clear();
         if done >= first {
-            let prev = hw.submitted.swap(done, Ordering::SeqCst);
-            if prev <= hw.completed.load(Ordering::SeqCst) {
-                // The ring was idle: its completion thread may be parked.
-                hw.wake();
-            }
+            hw.publish_submitted(done);
         }
         match result {
             Ok(()) => {}
@@ -198,6 +186,62 @@ pub(crate) fn check_generation(b: &Buffer, core: &DeviceCore) -> Result<(), Reco
     }
 }
 
+/// Publishing a submission takes three steps, each a helper below, used by the single and
+/// the batched path alike: [`RingState::publish_fence`] when `run_job` hands the job's fence
+/// out (its value taken, its in-flight entry appended), [`RingHw::note_queue_submit`] after
+/// each successful `vkQueueSubmit` (the per-queue sequence number and one [`Submission`] per
+/// job it carries), then [`RingHw::publish_submitted`] (the completion thread may wait for
+/// the new values).
+impl RingState {
+    /// Takes `value` (the next timeline value; the caller stores it in the job) and hands out
+    /// the job's hardware fence:
+    /// the prepared fence is initialised with seqno `value`, the fence ops poll it, and its
+    /// in-flight entry is appended (the ring's drainer signals it). Under the ring lock;
+    /// allocation-free (room reserved at prepare time).
+    fn publish_fence(&mut self, value: u64, prepared: Prepared) -> Fence {
+        debug_assert_eq!(value, self.next_value + 1, "values are taken in order");
+        self.next_value = value;
+        prepared.value.store(value, Ordering::Release);
+        let (fence, signaller) = prepared.hw.init(value);
+        self.in_flight.push_back(InFlight {
+            value,
+            signaller,
+            error: None,
+            ops_value: prepared.value.clone(),
+        });
+        fence
+    }
+}
+
+impl RingHw {
+    /// Records a successful `vkQueueSubmit` (sequence number `seq` on its `VkQueue`) that
+    /// carried the jobs of `values`, the first (only, if `hang` is not 0) waiting on the
+    /// injected hang `hang`: counts the call and appends one [`Submission`] per job. Under
+    /// the ring lock (`submissions` is its `RingState::submissions`); allocation-free (room
+    /// reserved at prepare time).
+    fn note_queue_submit(
+        &self,
+        submissions: &mut VecDeque<Submission>,
+        values: &[u64],
+        seq: u64,
+        hang: u64,
+    ) {
+        self.flags.submits.fetch_add(1, Ordering::Relaxed);
+        for &value in values {
+            submissions.push_back(Submission { value, queue_seq: seq, hang, orphan: false });
+        }
+    }
+
+    /// Publishes `last` as the last value submitted (`submitted`, what the completion thread
+    /// waits for) and wakes the completion thread if the ring was idle (it may be parked).
+    fn publish_submitted(&self, last: u64) {
+        let prev = self.submitted.swap(last, Ordering::SeqCst);
+        if prev <= self.completed.load(Ordering::SeqCst) {
+            self.wake();
+        }
+    }
+}
+
 impl VulkanRing {
     /// The body of `run_job`.
     pub(super) fn run(&self, job: &mut VulkanJob) -> Result<Fence, FenceError> {
@@ -231,17 +275,8 @@ impl VulkanRing {
             // Submitted by `flush`, with the other jobs the scheduler hands over now.
             let value = st.next_value + 1;
             st.batch.push(cb);
-            st.next_value = value;
             job.value = value;
-            prepared.value.store(value, Ordering::Release);
-            let (fence, signaller) = prepared.hw.init(value);
-            st.in_flight.push_back(InFlight {
-                value,
-                signaller,
-                error: None,
-                ops_value: prepared.value.clone(),
-            });
-            return Ok(fence);
+            return Ok(st.publish_fence(value, prepared));
         }
         if !st.batch.is_empty() {
             // What was batched before this job goes first, in its own submission.
@@ -318,29 +353,11 @@ impl VulkanRing {
                 return Err(e.fence_error());
             }
         };
-        hw.flags.submits.fetch_add(1, Ordering::Relaxed);
-        st.submissions.push_back(Submission {
-            value,
-            queue_seq: seq,
-            hang: job.hang.unwrap_or(0),
-            orphan: false,
-        });
-        st.next_value = value;
+        hw.note_queue_submit(&mut st.submissions, &values, seq, job.hang.unwrap_or(0));
         job.value = value;
-        prepared.value.store(value, Ordering::Release);
-        let (fence, signaller) = prepared.hw.init(value);
-        st.in_flight.push_back(InFlight {
-            value,
-            signaller,
-            error: None,
-            ops_value: prepared.value.clone(),
-        });
+        let fence = st.publish_fence(value, prepared);
         drop(st);
-        let prev = hw.submitted.swap(value, Ordering::SeqCst);
-        if prev <= hw.completed.load(Ordering::SeqCst) {
-            // The ring was idle: its completion thread may be parked.
-            hw.wake();
-        }
+        hw.publish_submitted(value);
         Ok(fence)
     }
 }
