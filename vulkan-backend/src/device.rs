@@ -85,11 +85,8 @@ use crate::kernel::{create_kernel, Builtin, Kernel, KernelRaw};
 use crate::memory::{Allocator, Buffer};
 use crate::recovery::{DeviceShared, Notify};
 use crate::ring::{RingHw, RingSlot, VulkanRing};
+use crate::sync::lock;
 use crate::VulkanJob;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The most rings one device can have (each has its own completion thread).
 pub const MAX_RINGS: usize = 32;

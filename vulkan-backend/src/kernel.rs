@@ -13,6 +13,7 @@ use ash::vk;
 use crate::device::DeviceCore;
 use crate::error::{map_shader, RecordError, ShaderError};
 use crate::memory::Buffer;
+use crate::sync::lock;
 
 /// The built-in kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -308,7 +309,7 @@ impl RecordCtx<'_> {
                 return Err(RecordError::Workgroups { got: *g, max: m });
             }
         }
-        let kernels = self.core.kernels.lock().unwrap_or_else(|p| p.into_inner());
+        let kernels = lock(&self.core.kernels);
         let Some(raw) = kernels.get(kernel.index) else { return Err(RecordError::ForeignKernel) };
         let infos: Vec<[vk::DescriptorBufferInfo; 1]> = buffers
             .map(|b| {

@@ -89,6 +89,7 @@ mod kernel;
 mod memory;
 pub mod recovery;
 mod ring;
+mod sync;
 
 pub use ash;
 

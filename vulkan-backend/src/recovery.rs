@@ -44,7 +44,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,7 @@ use crate::fault::FaultState;
 use crate::instance::InstanceShared;
 use crate::kernel::{create_kernel, Kernel};
 use crate::ring::{RingHw, RingSlot};
+use crate::sync::lock;
 
 /// How long teardown waits for a lost generation's hardware before leaking it.
 pub(crate) const WEDGE_TEARDOWN_WAIT: Duration = Duration::from_secs(5);
@@ -65,10 +66,6 @@ pub(crate) const WEDGE_TEARDOWN_WAIT: Duration = Duration::from_secs(5);
 const REAP_INTERVAL: Duration = Duration::from_millis(20);
 
 static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Wakes the recovery thread. `loss` is allocation-free (a mutex and a condvar notify).
 #[derive(Debug, Default)]

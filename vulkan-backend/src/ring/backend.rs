@@ -25,10 +25,11 @@ use gpusched::{Backend, JobInfo, Recovery, TimeoutStatus};
 
 use super::hw::{KeptAlive, Retired};
 use super::hw_fence::HwOps;
-use super::{lock, VulkanRing};
+use super::VulkanRing;
 use crate::error::RecordError;
 use crate::fault::{JobFault, Kind};
 use crate::job::{Prepared, VulkanJob};
+use crate::sync::lock;
 
 impl Backend for VulkanRing {
     type Job = VulkanJob;

@@ -11,8 +11,8 @@ use ash::vk;
 use gpusched::fence::FenceError;
 
 use super::hw::RingHw;
-use super::lock;
 use crate::device::COMPLETION_TIMEOUT;
+use crate::sync::lock;
 
 impl RingHw {
     /// Hands the ring to its own completion thread, which keeps it until it holds the last

@@ -17,7 +17,7 @@ use crate::error::{map_device, DeviceError};
 use crate::job::RecordFn;
 use crate::memory::Buffer;
 
-use super::lock;
+use crate::sync::lock;
 
 /// A freed job: its command buffer, recording closure and buffers, kept until the semaphore
 /// has passed it and they can be recycled and dropped outside any signalling section.

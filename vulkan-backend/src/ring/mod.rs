@@ -42,21 +42,18 @@ mod timeout;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use ash::vk;
 
 use crate::device::MAX_RINGS;
 use crate::error::DeviceError;
 use crate::recovery::DeviceShared;
+use crate::sync::lock;
 
 pub(crate) use completion::on_completion_thread;
 pub(crate) use hw::RingHw;
 pub(crate) use submit::check_generation;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// What survives a ring's move to a new generation.
 #[derive(Debug, Default)]

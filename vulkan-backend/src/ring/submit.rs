@@ -14,13 +14,14 @@ use ash::vk;
 use gpusched::fence::{Fence, FenceError};
 
 use super::hw::{InFlight, RingHw, RingState, Submission};
-use super::{lock, VulkanRing};
+use super::VulkanRing;
 use crate::device::DeviceCore;
 use crate::error::{map_device, DeviceError, RecordError};
 use crate::fault::{JobFault, Kind, SubmitFault};
 use crate::job::{Prepared, VulkanJob};
 use crate::kernel::{full_barrier, host_barrier, RecordCtx};
 use crate::memory::Buffer;
+use crate::sync::lock;
 
 /// The most jobs of a batch one `vkQueueSubmit` carries (one `VkSubmitInfo` each, in stack
 /// arrays: `flush` does not allocate); a larger batch takes several calls.

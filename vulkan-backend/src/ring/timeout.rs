@@ -59,7 +59,8 @@ use gpusched::fence::FenceError;
 use gpusched::{Recovery, TimeoutStatus};
 
 use super::hw::RingHw;
-use super::{lock, VulkanRing};
+use super::VulkanRing;
+use crate::sync::lock;
 
 /// Consecutive timeouts without hardware progress after which the ring is stuck for good
 /// (a hang nothing can release): the device generation is declared lost. A job slower than
