@@ -1,21 +1,19 @@
-//! The [`Backend`] of a Vulkan ring.
+//! The [`Backend`] impl of a Vulkan ring: how the scheduler's hooks map to the ring.
 //!
-//! # Contract (see [`gpusched::Backend`])
-//! # Contract (see [`gpusched::Backend`])
-//! `prepare_job` (arm time) records the command buffer on the ring's *current* hardware ring
-//! (`RingHw`, one per device generation), allocates the hardware fence with its
-//! [`FenceOps`] and reserves room in the in-flight list; the job keeps its `RingHw`.
-//! `run_job` (signalling section) takes the ring lock, then the queue lock, submits one
-//! `VkSubmitInfo` signalling the next value (or batches it for `flush`: one `vkQueueSubmit`
-//! per batch, of up to [`SUBMIT_CHUNK`] jobs, with one `VkSubmitInfo` per job signalling that
-//! job's own value, so a job of a batch completes, and is judged by the timeout handler, on
-//! its own, not when the whole batch does), and publishes the prepared fence: no
-//! allocation, no `Resv` lock, no wait. A job prepared on a generation that was lost ends
-//! `DeviceLost` there (its command buffer belongs to the dead pool). Command buffers, recording
-//! closures and buffers of finished jobs go, in `free_job`, to the retired list of the job's own
-//! `RingHw` and are reused or dropped only once its semaphore has passed their value: hardware
-//! progress is tracked apart from fence state, so a force-completed job (timeout, device loss) that
-//! is still running or queued on the hardware keeps its resources.
+//! - `prepare_job` (arm time, may allocate) records the command buffer on the ring's
+//!   *current* `RingHw` (one per device generation), allocates the hardware fence with its
+//!   [`FenceOps`](gpusched::fence::FenceOps) and reserves room in the in-flight and
+//!   submission lists; the job keeps its `RingHw`.
+//! - `run_job` (signalling section: no allocation, no `Resv` lock, no wait; rule 4 of
+//!   CONTRACT.md) takes the ring lock, then the queue lock, submits the job (or batches it for
+//!   `flush`) and publishes the prepared fence. A job prepared on a generation since lost ends
+//!   `DeviceLost` (its command buffer belongs to the dead pool). A job handed over again (a
+//!   resubmission) ends `Cancelled`: a ring never resubmits (see `timeout.rs`).
+//! - `flush` submits the batch (see `submit.rs`).
+//! - `timedout_job` decides whether the guilty job hangs (see `timeout.rs`).
+//! - `free_job` (may run in a signalling section) hands the job's command buffer, recording
+//!   closure and buffers to the retired list of its own `RingHw`; they are reused or dropped
+//!   only once its semaphore has passed the job's value (see `hw.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -95,7 +93,7 @@ impl Backend for VulkanRing {
         hw.submit_batch();
     }
 
-    /// See the module docs ("Timeouts"). Allocation-free and `Resv`-lock-free.
+    /// See `timeout.rs`. Allocation-free and `Resv`-lock-free.
     fn timedout_job(&self, recovery: &mut Recovery<'_, Self>) -> TimeoutStatus {
         self.judge_timeout(recovery)
     }

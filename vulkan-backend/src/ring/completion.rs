@@ -1,6 +1,11 @@
-//! A ring's completion thread: it waits for the ring's timeline semaphore (a bounded poll
-//! first, when the ring's jobs complete fast: [`Pace`], [`spin_until`]) and signals the
-//! hardware fences it passed ([`RingHw::complete`]).
+//! A ring's completion thread: while the ring is busy it waits for the next value the ring
+//! owes (a bounded poll first, when the ring's jobs complete fast: [`Pace`], [`spin_until`];
+//! then a blocking `vkWaitSemaphores`) and signals the hardware fences the semaphore passed
+//! ([`RingHw::complete`], callbacks inline); while it is idle it parks until a submission
+//! wakes it. It holds the ring only through a weak reference ([`Watch`]), except once the
+//! ring's `RingSlot` is gone: it then adopts the ring ([`RingHw::adopt`]) and drops the last
+//! reference itself, between two waits, never inside a signalling section. It exits when the
+//! ring is dropped or its core is lost.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -130,13 +135,11 @@ const POLL_EVERY: Duration = Duration::from_micros(1);
 /// it sleeps; never on a single CPU. Returns whether it got there; errors are left to the
 /// blocking wait, which reports them.
 ///
-/// It does not yield: a thread that yields is queued behind whatever else runs on its CPU
-/// for a whole scheduler slice, and one that pushes jobs in a loop then kept completions
-/// (and so credits) waiting until the hardware ran dry (lavapipe, 2 cores: 10–18 % of
-/// submissions found it idle, against 1–2 % without the yield). So that spinning threads
-/// never take every CPU from the work (rings of one device share a `VkQueue`, and on
-/// lavapipe its queue thread), at most half the CPUs spin at once, process-wide: others
-/// block at once.
+/// It does not yield: a thread that yields waits behind whatever else runs on its CPU for a
+/// whole scheduler slice, which holds completions (and so credits) back from a client that
+/// submits in a loop until the hardware runs dry. So that spinning threads never take every
+/// CPU from the work (rings of one device share a `VkQueue`, and on lavapipe its queue
+/// thread), at most half the CPUs spin at once, process-wide: others block at once.
 fn spin_until(watch: &Watch, value: u64, budget: Duration) -> bool {
     static SPINNING: AtomicUsize = AtomicUsize::new(0);
     if budget.is_zero() {

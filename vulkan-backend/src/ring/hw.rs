@@ -1,5 +1,22 @@
-//! `RingHw`: a ring's hardware on one device generation (timeline semaphore, command pool,
-//! in-flight list, retired list), and the in-order drain that signals its hardware fences.
+//! `RingHw`: a ring's hardware on one device generation: its timeline semaphore, in-flight
+//! list, submission list, command pool with its retired list, and the drain that signals its
+//! hardware fences.
+//!
+//! # Signalling order
+//! Signal operations of one queue complete in submission order, so "the semaphore reached N"
+//! means jobs `..=N` are done. The hardware fences of a ring (one fence context, seqno =
+//! value) signal in value order, one at a time, outside the ring lock, by whichever thread
+//! is draining the ring ([`RingHw::drain`]): completion, device loss and a failed batch only
+//! mark entries done or failed and leave the signalling to it. A failed batch's values are
+//! never reused. [`RingHw::signalled`] records how far the drain got; hardware progress
+//! (stuck detection, recycling, `hw_progress`) reads the semaphore counter, which runs ahead
+//! of it.
+//!
+//! # Resources outlive fences
+//! A freed job's command buffer, recording closure and buffers wait in the retired list of
+//! the `RingHw` they were recorded on until its semaphore has passed the job's value (a
+//! force-completed job may still be queued or running), and are recycled or dropped then, or
+//! when the `RingHw` is destroyed after its hardware passed everything.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -95,10 +112,10 @@ pub(super) struct InFlight {
     pub(super) value: u64,
     pub(super) signaller: Signaller,
     pub(super) error: Option<FenceError>,
-    /// The value the fence's [`HwOps`] polls, shared with it: set to 0 (never signalled by
-    /// the hardware) when the fence is marked failed, so that the semaphore reaching `value`
-    /// later (a failed batch's values are passed by the next submission) cannot make it
-    /// report success.
+    /// The value the fence's [`HwOps`](super::hw_fence::HwOps) polls, shared with it: set to 0
+    /// (never signalled by the hardware) when the fence is marked failed, so that the semaphore
+    /// reaching `value` later (a failed batch's values are passed by the next submission) cannot
+    /// make it report success.
     pub(super) ops_value: Arc<AtomicU64>,
 }
 
@@ -128,8 +145,8 @@ pub(crate) struct RingHw {
     pub(crate) completed: AtomicU64,
     /// The value of the last in-flight entry the ring's drainer has signalled (successfully
     /// or not): every fence of the ring up to it has signalled, in order. What a hardware
-    /// fence's [`HwOps::signaled`] reports, never the semaphore counter, which runs ahead of
-    /// the drain (a poll of a later fence would otherwise signal it before earlier ones).
+    /// fence's poll (`HwOps::signaled`) reports, never the semaphore counter, which runs ahead
+    /// of the drain (a poll of a later fence would otherwise signal it before earlier ones).
     pub(super) signalled: AtomicU64,
     /// What the ring's completion thread shares with it.
     pub(super) watch: Arc<Watch>,
@@ -357,8 +374,8 @@ impl RingHw {
     /// passed, a free one, or a new one.
     pub(super) fn acquire_cb(&self, pool: &mut CmdPool) -> Result<vk::CommandBuffer, vk::Result> {
         if let Some(r) = pool.retired.front() {
-            // Hardware progress, not fence state: a lost device (even one whose loss was injected) may still
-            // run these command buffers.
+            // Hardware progress, not fence state: a lost device (even one whose loss was injected)
+            // may still run these command buffers.
             let done = match self.counter() {
                 Ok(c) => c.max(self.completed.load(Ordering::SeqCst)),
                 Err(vk::Result::ERROR_DEVICE_LOST) => u64::MAX,
@@ -405,11 +422,10 @@ impl Drop for RingHw {
         let sems = [self.sem];
         let values = [target];
         let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
-        // SAFETY: the semaphore is live; waiting before destroying keeps the pool and the
-        // semaphore alive while the hardware may still use them (also on a lost core: a
-        // device whose loss was injected still runs its work; a really lost one answers DEVICE_LOST). A
-        // device that never finishes (a real hang) leaks them instead of destroying objects
-        // in use.
+        // SAFETY: the semaphore is live; waiting before destroying keeps the pool and the semaphore
+        // alive while the hardware may still use them (also on a lost core: a device whose loss was
+        // injected still runs its work; a really lost one answers DEVICE_LOST). A device that never
+        // finishes (a real hang) leaks them instead of destroying objects in use.
         let idle = matches!(
             unsafe { d.wait_semaphores(&info, 10_000_000_000) },
             Ok(()) | Err(vk::Result::ERROR_DEVICE_LOST)

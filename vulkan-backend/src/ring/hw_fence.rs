@@ -1,5 +1,11 @@
 //! The hardware fence's backend hooks ([`FenceOps`]): "the ring's semaphore reached the
 //! job's value", as the ring's in-order drain reports it.
+//!
+//! A poll (`HwOps::signaled`) reports how far the ring's drain has signalled
+//! (`RingHw::signalled`), never the semaphore counter, which runs ahead of the drain: a poll
+//! must not signal a later fence of the ring before the drain has signalled the earlier
+//! ones. A wait (`HwOps::wait`) may wait on the semaphore, in slices, and leaves the
+//! signal itself to the drain.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -48,7 +54,7 @@ impl FenceOps for HwOps {
     /// rather than stay blocked in the driver until teardown. A value no submission carries
     /// (batched and not flushed yet, or its submission failed) goes to the generic wait too.
     /// [`OpsWait::Signaled`] means the semaphore reached the value; the fence itself signals
-    /// when the ring's drain gets to it (in order, see [`HwOps::signaled`]): until then the
+    /// when the ring's drain gets to it (in order, see `HwOps::signaled`): until then the
     /// generic wait, which `Fence::wait` falls back to, waits for that signal.
     fn wait(&self, deadline: Option<Instant>) -> OpsWait {
         let v = self.value.load(Ordering::Acquire);

@@ -1,37 +1,35 @@
-//! A ring: one scheduler's view of a `VkQueue`, with a timeline semaphore whose value N means
-//! "job N of this ring is done" (the hardware fence), a command pool, and the in-flight list
-//! the completion thread drains.
+//! A ring: one scheduler's view of a `VkQueue`. Its hardware fence is a timeline semaphore
+//! whose value N means "job N of this ring is done"; a command pool records its jobs; an
+//! in-flight list holds the fences its completion thread signals.
 //!
-//! The ring stack: [`VulkanRing`] (the scheduler's backend) → [`RingSlot`] (the ring across
-//! device generations) → [`RingHw`] (its hardware on one generation).
+//! The ring stack, outermost first:
+//! - [`VulkanRing`]: the scheduler's [`Backend`](gpusched::Backend), what
+//!   [`VulkanDevice::ring`](crate::VulkanDevice::ring) wraps in a `Scheduler`;
+//! - [`RingSlot`]: the ring across device generations (its current [`RingHw`], swapped to
+//!   the new core by the recovery thread);
+//! - [`RingHw`]: the ring's hardware on one generation.
 //!
 //! | file | concern |
 //! |---|---|
-//! | `mod.rs` | `VulkanRing`, `RingSlot`, `RingFlags` |
-//! | `hw.rs` | `RingHw`: semaphore, in-flight list, submissions, command pool, the drain |
-//! | `backend.rs` | the `Backend` impl (prepare, run, flush, timeout, free) |
-//! | `submit.rs` | recording, submission, batching |
-//! | `completion.rs` | the completion thread and its polling |
-//! | `hw_fence.rs` | the hardware fence's `FenceOps` |
-//! | `timeout.rs` | the timeout decision |
+//! | `mod.rs` | `VulkanRing`, `RingSlot`, `RingFlags` (what survives a new generation) |
+//! | `hw.rs` | `RingHw`: semaphore, in-flight and submission lists, command pool, drain, drop |
+//! | `backend.rs` | the `Backend` impl: prepare, run, flush, timeout, free |
+//! | `submit.rs` | recording, submission (single and batched), publishing a submission |
+//! | `completion.rs` | the completion thread: polling pace, waits, adopting a dropped ring |
+//! | `hw_fence.rs` | the hardware fence's `FenceOps` (`HwOps`) |
+//! | `timeout.rs` | the timeout decision (`timedout_job`), `StallState`, `STUCK_AFTER` |
 //!
-//! # Ordering
-//! Each command buffer starts with a global memory barrier (all commands → all commands), so
-//! it runs after, and sees the writes of, everything submitted to its queue before it: the
-//! ring executes in order, as the scheduler's same-ring dependency shortcut requires (Vulkan
-//! does not order separate submissions by itself). It ends with a barrier to the host, so
-//! host reads after the fence see the results. A [`VulkanJob::empty`](crate::VulkanJob::empty)
-//! job records neither (no command: nothing to order or make visible; its semaphore signal
-//! still waits for every command submitted before it, which is all its fence promises).
-//! Signal operations of one queue complete in submission order, so "the semaphore reached N"
-//! implies jobs `..=N` are done. The hardware fences of a ring (one fence context, seqno = value)
-//! signal in value order, one at a time, outside the ring lock, by whichever thread is draining the
-//! ring (`RingHw::drain`): completion, device loss and a failed batch only mark entries done or
-//! failed and leave the signalling to it. A failed batch's values are not reused. A hardware
-//! fence's [`FenceOps::signaled`] poll reports what the drain has signalled (`RingHw::signalled`),
-//! never the semaphore counter, which runs ahead of the drain: a poll must not signal a later
-//! fence before the drain has signalled the earlier ones. Hardware progress (stuck
-//! detection, recycling, `hw_progress`) reads the counter.
+//! # Invariants (each stated in full where it is enforced)
+//! - A ring executes in order, and host reads after a fence see the job's results (barriers
+//!   recorded around each job: `submit.rs`).
+//! - A ring's hardware fences signal exactly once (rule 1 of CONTRACT.md), in value order,
+//!   one at a time, by its drainer only (`hw.rs`); a poll never runs ahead of the drain
+//!   (`hw_fence.rs`).
+//! - `run_job`, `free_job`, the timeout handler and the completion thread neither allocate,
+//!   take a `Resv` lock nor wait (rule 4 of CONTRACT.md; `backend.rs`).
+//! - Hardware progress (the semaphore counter) is tracked apart from fence state: a
+//!   force-completed job keeps its command buffer and buffers until the hardware has passed
+//!   it (`hw.rs`, `backend.rs`), and the timeout decision reads the counter (`timeout.rs`).
 
 mod backend;
 mod completion;
@@ -130,8 +128,8 @@ impl Drop for RingSlot {
     }
 }
 
-/// The [`Backend`] of a Vulkan ring; made by [`VulkanDevice::ring`](crate::VulkanDevice::ring).
-/// It follows its device across generations.
+/// The [`Backend`](gpusched::Backend) of a Vulkan ring; made by
+/// [`VulkanDevice::ring`](crate::VulkanDevice::ring). It follows its device across generations.
 pub struct VulkanRing {
     pub(crate) slot: Arc<RingSlot>,
 }

@@ -1,11 +1,23 @@
 //! Recording and submission: a job's command buffer ([`RingHw::record`]), its submission
 //! alone (`VulkanRing::run`, the body of `run_job`) or in a batch ([`RingHw::submit_batch`],
-//! the body of `flush`).
+//! the body of `flush`), and the three steps that publish a submission.
 //!
+//! # Ordering on the queue
+//! Vulkan does not order separate submissions. Each recorded command buffer starts with a
+//! global memory barrier (all commands → all commands), so it runs after, and sees the writes
+//! of, everything submitted to its queue before it: the ring executes in order, as the
+//! scheduler's same-ring dependency shortcut requires. It ends with a barrier to the host, so
+//! host reads after the fence see the results. A [`VulkanJob::empty`](crate::VulkanJob::empty)
+//! job records neither (no command: nothing to order or make visible; its semaphore signal
+//! still waits for every command submitted before it, which is all its fence promises).
 //!
-//! # Batching and injected faults
-//! A job with an injected hang or submit failure is never batched: `run_job` submits the
-//! jobs batched before it, then submits it alone (with its wait on the hang semaphore).
+//! # Batching
+//! With batching on, `run_job` only takes the job's value and hands out its fence; `flush`
+//! submits the batch with one `vkQueueSubmit` per [`SUBMIT_CHUNK`] jobs, one `VkSubmitInfo`
+//! per job signalling that job's own value, so each job of a batch completes, and is judged
+//! by the timeout handler, on its own. A job with an injected hang or submit failure is
+//! never batched: `run_job` submits the jobs batched before it, then submits it alone (with
+//! its wait on the hang semaphore).
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -28,11 +40,11 @@ use crate::sync::lock;
 pub(crate) const SUBMIT_CHUNK: usize = 32;
 
 impl RingHw {
-    /// Submits the batched jobs (see [`Backend::flush`]): one `vkQueueSubmit` per
-    /// [`SUBMIT_CHUNK`] jobs (one for a usual batch), with one `VkSubmitInfo` per job that
-    /// signals the job's own value, so each job completes (and is judged by the timeout
-    /// handler) on its own. Allocation-free: the arrays are on the stack, the batch's room was
-    /// reserved at prepare time.
+    /// Submits the batched jobs (see [`Backend::flush`](gpusched::Backend::flush)): one
+    /// `vkQueueSubmit` per [`SUBMIT_CHUNK`] jobs (one for a usual batch), with one `VkSubmitInfo`
+    /// per job that signals the job's own value, so each job completes (and is judged by the
+    /// timeout handler) on its own. Allocation-free: the arrays are on the stack, the batch's room
+    /// was reserved at prepare time.
     pub(super) fn submit_batch(&self) {
         let hw = self;
         let mut guard = lock(&hw.state);
@@ -247,7 +259,7 @@ impl VulkanRing {
     /// The body of `run_job`.
     pub(super) fn run(&self, job: &mut VulkanJob) -> Result<Fence, FenceError> {
         let Some(prepared) = job.prepared.take() else {
-            // A resubmission: Vulkan has no queue reset, so there is none (see timedout_job).
+            // A resubmission: Vulkan has no queue reset, so there is none (see `timeout.rs`).
             return Err(FenceError::Cancelled);
         };
         let (Some(cb), Some(hw)) = (job.cb, job.hw.as_ref()) else {
@@ -304,14 +316,12 @@ impl VulkanRing {
             None => {
                 let slot = &hw.core.queues[hw.queue as usize];
                 let q = lock(&slot.queue);
-                // An injected hang's wait value is taken under the queue lock, so the values
-                // follow the queue's submission order: releasing one (which releases every
-                // lower value) never releases a hang queued behind it, whose own timeout
-                // has yet to come (two rings submitting at once took them in the other order:
-                // a later hang's release let the earlier-valued one run, fault suite seed
-                // 180). Queues of one device share the hang timeline: with several queues an
-                // injected hang may still be released by another queue's (fault injection
-                // only).
+                // An injected hang's wait value is taken under the queue lock, so hang values
+                // increase in the queue's submission order: releasing one (which releases
+                // every lower value) never releases a hang queued behind it, whose own
+                // timeout has yet to come. Queues of one device share the hang timeline: with
+                // several queues an injected hang may still be released by another queue's
+                // (fault injection only).
                 let mut wait = None;
                 if hang {
                     let forever = job.fault == Some(JobFault::HangForever);

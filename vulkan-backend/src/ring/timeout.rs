@@ -1,55 +1,46 @@
-//! The timeout decision (`timedout_job`).
+//! The timeout decision (`timedout_job`). It runs in the TDR's signalling section: no
+//! allocation, no `Resv` lock, no wait (rule 4 of CONTRACT.md).
 //!
-//! # Timeouts (`timedout_job`)
-//! # Timeouts (`timedout_job`)
-//! Vulkan has no queue reset and no way to take a submission off a queue. Inside the TDR's
-//! signalling section, allocation- and `Resv`-lock-free: stop the scheduler; a guilty job that
-//! completed after all (its fence signalled, or the semaphore passed its value and the drain has
-//! yet to signal it) is [`TimeoutStatus::NoHang`]. Then the ring's hardware progress decides, not
-//! fence state: if the semaphore still stands where it stood at this ring's previous timeout, with
-//! work pending, the hardware is still on the submission that timed out then (already
-//! force-completed) and the job at the head has not even started: it is not blamed, and the answer
-//! is `NoHang` (wait another timeout); so is a job queued behind an unfinished earlier submission
-//! of its ring (one force-completed while it runs on) when the semaphore did move. After
-//! [`STUCK_AFTER`] such timeouts in a row the ring is stuck on a submission nothing can release:
-//! every job of the ring is force-completed `DeviceLost`, the device generation is declared lost
-//! (see [`recovery`](crate::recovery)) and recreated, and the scheduler restarts. Otherwise the
-//! guilty job is blamed (karma; a banned entity's jobs end `Cancelled`) and force-completed
-//! `TimedOut`; an injected releasable hang is released; the scheduler restarts
-//! ([`TimeoutStatus::Reset`]). No job is resubmitted: the innocent jobs behind the guilty one are
-//! still queued on the `VkQueue` with valid command buffers and complete by themselves once it is
-//! released (or finishes, for a slow job), and their hardware fences, reattached by the restart,
-//! retire them. Those among them that depend on a failed job of the ring (the guilty one,
-//! transitively) would run on its missing results: they end with its error
-//! ([`Recovery::fail_dependants`], the scheduler's resubmission rule without the rerun), and keep
-//! their resources until the semaphore passes them. A job slower than `STUCK_AFTER + 1` timeouts is
-//! indistinguishable from a hang and costs a device generation.
+//! Vulkan has no queue reset and no way to take a submission off a queue, so nothing is
+//! resubmitted: the handler decides whether the guilty job really hangs, from the ring's
+//! hardware progress (the semaphore counter) rather than fence state. It stops the
+//! scheduler, restarts it before returning, and answers with the first case that applies:
 //!
-//! Rings sharing a `VkQueue` (lavapipe has one) stall together. After a reset, the other
-//! rings' timeouts restart at about the moment the hung ring's next job starts its own, so
-//! the ring whose head merely waits behind that job often timed out first and blamed its
-//! innocent head (`gpusched demo --rings 2`: 6–7 timeouts where one ring gives 4). So before
-//! anything else the handler asks whether the guilty job's submission is queued behind an
-//! unfinished earlier submission of another ring on the same `VkQueue` (each `vkQueueSubmit`
-//! gets a per-queue sequence number; each ring keeps those of its unfinished submissions):
-//! then it has not started, and the answer is `NoHang`; the other ring's timeout deals with
-//! the job that holds the queue. The timeout after such an answer is `NoHang` too (the head
-//! started at most one timeout ago, when the submission ahead finished); the one after that
-//! judges it as usual.
+//! 1. The guilty job completed after all (its fence signalled, or the semaphore passed its
+//!    value and the drain has yet to signal it): [`TimeoutStatus::NoHang`].
+//! 2. Its submission is queued behind an unfinished earlier submission of another ring on the
+//!    same `VkQueue` (rings may share one: lavapipe has a single queue; compared by
+//!    per-queue sequence numbers): it has not started. `NoHang`; the other ring's timeout
+//!    judges the job that holds the queue.
+//! 3. A lost generation of the device still runs work its hardware has not passed
+//!    (`DeviceShared::lost_busy`): the job may be waiting behind it on the same physical
+//!    device (an injected loss leaves that work running, and lavapipe runs the dispatches of
+//!    every `VkDevice` of a physical device on one thread pool). `NoHang`, at most
+//!    [`STUCK_AFTER`] times per ring and generation, so that a lost generation wedged for
+//!    good delays the blame of a real hang by a few timeouts and never prevents it.
+//! 4. The previous timeout answered 2 or 3: the head started at most one timeout ago, when
+//!    what it waited for finished. `NoHang`; the next timeout judges it as usual.
+//! 5. The semaphore stands where it stood at this ring's previous timeout, with work
+//!    pending: the hardware is still on the submission that timed out then (already
+//!    force-completed), and the head has not started. `NoHang`, after releasing the injected
+//!    hangs of force-completed submissions ahead of it. After [`STUCK_AFTER`] such timeouts
+//!    in a row (or a counter read that reports the device lost) the ring is stuck on
+//!    something nothing in the process can release: every job of the ring ends
+//!    `DeviceLost`, the generation is declared lost (see [`recovery`](crate::recovery)) and
+//!    recreated ([`TimeoutStatus::Reset`]).
+//! 6. The hardware moved but is still on an earlier submission of this ring (a job
+//!    force-completed while queued, such as a dependant of an earlier guilty job): `NoHang`,
+//!    after releasing the injected hangs ahead of the guilty job.
+//! 7. Otherwise the guilty job hangs: it is blamed (karma; a banned entity's jobs end
+//!    `Cancelled`) and force-completed `TimedOut`, the jobs of the ring that depend on it
+//!    end with its error ([`Recovery::fail_dependants`]: they would run on its missing
+//!    results), and an injected releasable hang is released: `Reset`.
 //!
-//! Lost generations stall a new one the same way. An injected loss (and a device a real hang
-//! left running) keeps executing the lost generation's submitted work, on the same physical
-//! device: lavapipe runs the dispatches of every `VkDevice` of a physical device on one
-//! thread pool, so the new generation's first compute job waited behind a lost slow job
-//! and was blamed by its first timeout (fault suite seed 442: an innocent job `TimedOut`,
-//! its entity banned at hang limit 0). So while a ring of a lost generation has work its
-//! hardware has not passed (`DeviceShared::lost_busy`, kept by the recovery thread), the
-//! answer is `NoHang` as above, at most [`STUCK_AFTER`] times per ring and generation, then
-//! once more as for a head that was behind (a lost generation wedged for good delays a real
-//! hang's blame by a few timeouts, never prevents it). lavapipe interleaves the devices'
-//! dispatches, so a new job waits for the lost dispatch running when it arrives, not for all
-//! the lost work (tried: 16 lost slow jobs of 0.4 timeouts delay it by one of them); a lost
-//! job running past about three timeouts still gets it blamed.
+//! The innocent jobs behind a blamed one are still queued on the `VkQueue` with valid
+//! command buffers: they complete by themselves once it is released (or finishes, for a slow
+//! job), and their hardware fences, reattached by the restart, retire them. A job slower than
+//! `STUCK_AFTER + 1` timeouts is indistinguishable from a hang and costs a device generation.
+//! The state these rules carry from one timeout to the next is [`StallState`].
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -174,14 +165,14 @@ impl VulkanRing {
         // The ring the guilty job runs on (reference counts only: no allocation, and never
         // the last reference: the job, the slot or the graveyard holds it).
         let hw = hw.unwrap_or_else(|| lock(&self.slot.current).clone());
-        // Completed: its fence signalled, or the hardware passed it and the ring's drain
+        // Case 1. Completed: its fence signalled, or the hardware passed it and the ring's drain
         // (which alone signals its fences, in order) has not got to it yet.
         if recovery.guilty_completed() || (value != 0 && hw.counter().is_ok_and(|c| c >= value)) {
             recovery.start();
             return TimeoutStatus::NoHang;
         }
         if value != 0 && hw.behind_another_ring(value) {
-            // Queued behind another ring's unfinished submission on the shared `VkQueue`:
+            // Case 2. Queued behind another ring's unfinished submission on the shared `VkQueue`:
             // it has not started. That ring's own timeout deals with its job; wait another
             // timeout.
             hw.stall.behind.store(true, Ordering::SeqCst);
@@ -192,7 +183,7 @@ impl VulkanRing {
             && self.slot.shared.lost_busy.load(Ordering::SeqCst)
             && hw.stall.lost_waits.fetch_add(1, Ordering::SeqCst) < STUCK_AFTER
         {
-            // A lost generation of this device still runs work (an injected loss leaves it
+            // Case 3. A lost generation of this device still runs work (an injected loss leaves it
             // running; lavapipe runs the dispatches of every `VkDevice` of a physical device
             // on one thread pool): the guilty job may be queued behind it on the hardware
             // and not have started. Not its fault: wait another timeout (bounded: see
@@ -202,7 +193,7 @@ impl VulkanRing {
             return TimeoutStatus::NoHang;
         }
         if hw.stall.behind.swap(false, Ordering::SeqCst) {
-            // It was behind at the last timeout: it started at most one timeout ago.
+            // Case 4. It was behind at the last timeout: it started at most one timeout ago.
             recovery.start();
             return TimeoutStatus::NoHang;
         }
@@ -220,9 +211,9 @@ impl VulkanRing {
             Err(_) => 0,
         };
         if stalls >= STUCK_AFTER {
-            // No hardware progress across several timeouts: stuck on a submission nothing in
-            // the process can release. The job at the head is not the culprit (the one that
-            // timed out first was, and was blamed then). Every job on the ring ends
+            // Case 5, stuck. No hardware progress across several timeouts: stuck on a submission
+            // nothing in the process can release. The job at the head is not the culprit (the one
+            // that timed out first was, and was blamed then). Every job on the ring ends
             // `DeviceLost`, the generation is lost and recreated.
             hw.stall.stalls.store(0, Ordering::SeqCst);
             recovery.force_complete_all(FenceError::DeviceLost);
@@ -231,7 +222,7 @@ impl VulkanRing {
             return TimeoutStatus::Reset;
         }
         if stalls > 0 {
-            // The hardware is still on the submission that timed out last time (force-
+            // Case 5. The hardware is still on the submission that timed out last time (force-
             // completed then): the job at the head has not started. Not its fault: wait
             // another timeout. A force-completed submission ahead of it that waits on an
             // injected hang is released (a real hang stays, and the ring ends up stuck).
@@ -242,14 +233,15 @@ impl VulkanRing {
             return TimeoutStatus::NoHang;
         }
         if value != 0 && hw.behind_own_submission(value) {
-            // The hardware made progress, but is still on an earlier submission of this ring
-            // (a job force-completed while it still runs: a dependant of an earlier guilty
+            // Case 6. The hardware made progress, but is still on an earlier submission of this
+            // ring (a job force-completed while it still runs: a dependant of an earlier guilty
             // job, `fail_dependants`): the guilty job has not started. Wait another timeout,
-            // releasing the injected hangs ahead of it (see above).
+            // releasing the injected hangs ahead of it (as in case 5).
             hw.release_hangs_before(value);
             recovery.start();
             return TimeoutStatus::NoHang;
         }
+        // Case 7: the guilty job hangs.
         recovery.blame();
         recovery.force_complete_guilty(FenceError::TimedOut);
         // Nothing is resubmitted, so the scheduler's resubmission never fails the jobs queued
