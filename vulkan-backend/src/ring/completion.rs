@@ -20,6 +20,31 @@ use crate::device::COMPLETION_TIMEOUT;
 use crate::sync::lock;
 
 impl RingHw {
+    /// Starts the ring's completion thread (once, from `RingHw::new`; the ring's `watch` is
+    /// fresh). Also finds out, once per process, how many CPUs may spin ([`SPIN_CPUS`]).
+    pub(super) fn start_completion_thread(self: &Arc<Self>) -> std::io::Result<()> {
+        if SPIN_CPUS.load(Ordering::Relaxed) == 0 {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            SPIN_CPUS.store(cpus, Ordering::Relaxed);
+        }
+        let weak = Arc::downgrade(self);
+        let watch = self.watch.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("gpusched-vk{}-{}", self.core.generation, self.name))
+            .spawn(move || completion_thread(weak, watch))?;
+        let _ = self.watch.thread.set(h.thread().clone());
+        *lock(&self.thread) = Some(h);
+        Ok(())
+    }
+
+    /// Wakes the ring's completion thread: a submission to an idle ring (it parks while the
+    /// ring is idle), or teardown. Allocation-free (a futex wake), no Vulkan call.
+    pub(crate) fn wake(&self) {
+        if let Some(t) = self.watch.thread.get() {
+            t.unpark();
+        }
+    }
+
     /// Hands the ring to its own completion thread, which keeps it until it holds the last
     /// reference and then drops it between two waits (the ring's `RingSlot` is gone). So the
     /// last reference to a ring is never dropped inside a signalling section (a job freed by
@@ -70,6 +95,20 @@ pub(super) struct Watch {
     /// The ring, once its `RingSlot` (the scheduler's backend) is gone: see
     /// [`RingHw::adopt`].
     pub(super) adopted: Mutex<Adopted>,
+}
+
+impl Watch {
+    /// What the completion thread of a ring whose semaphore is `sem` on `device` shares with
+    /// it (no thread yet, nothing adopted).
+    pub(super) fn new(device: &ash::Device, sem: vk::Semaphore) -> Arc<Watch> {
+        Arc::new(Watch {
+            device: device.clone(),
+            sem,
+            stop: AtomicBool::new(false),
+            thread: OnceLock::new(),
+            adopted: Mutex::new(Adopted { ring: None, exited: false }),
+        })
+    }
 }
 
 /// A ring held by its own completion thread until every other reference is gone.

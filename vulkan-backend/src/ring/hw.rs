@@ -19,14 +19,14 @@
 //! when the `RingHw` is destroyed after its hardware passed everything.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use ash::vk;
 use gpusched::fence::{FenceContext, FenceError, Signaller};
 
-use super::completion::{completion_thread, Adopted, Watch, SPIN_CPUS};
+use super::completion::Watch;
 use super::timeout::StallState;
 use super::RingFlags;
 use crate::device::DeviceCore;
@@ -186,13 +186,6 @@ impl RingHw {
             }
         };
         let cap = credit_limit as usize + 16;
-        let watch = Arc::new(Watch {
-            device: d.clone(),
-            sem,
-            stop: AtomicBool::new(false),
-            thread: OnceLock::new(),
-            adopted: Mutex::new(Adopted { ring: None, exited: false }),
-        });
         let hw = Arc::new(RingHw {
             core: core.clone(),
             name: name.into(),
@@ -218,36 +211,16 @@ impl RingHw {
             signalled: AtomicU64::new(0),
             flags,
             stall: StallState::default(),
-            watch: watch.clone(),
+            watch: Watch::new(d, sem),
             thread: Mutex::new(None),
         });
-        if SPIN_CPUS.load(Ordering::Relaxed) == 0 {
-            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            SPIN_CPUS.store(cpus, Ordering::Relaxed);
-        }
-        let weak = Arc::downgrade(&hw);
-        let spawned = std::thread::Builder::new()
-            .name(format!("gpusched-vk{}-{name}", core.generation))
-            .spawn(move || completion_thread(weak, watch));
-        match spawned {
-            Ok(h) => {
-                let _ = hw.watch.thread.set(h.thread().clone());
-                *lock(&hw.thread) = Some(h);
-                Ok(hw)
-            }
+        match hw.start_completion_thread() {
+            Ok(()) => Ok(hw),
             // Dropping `hw` destroys its pool and semaphore (nothing was submitted).
             Err(_) => Err(DeviceError::OutOfMemory {
                 op: "spawning the ring's completion thread",
                 code: vk::Result::ERROR_OUT_OF_HOST_MEMORY,
             }),
-        }
-    }
-
-    /// Wakes the ring's completion thread: a submission to an idle ring (it parks while the
-    /// ring is idle), or teardown. Allocation-free (a futex wake), no Vulkan call.
-    pub(crate) fn wake(&self) {
-        if let Some(t) = self.watch.thread.get() {
-            t.unpark();
         }
     }
 
