@@ -25,8 +25,9 @@
 //! - A ring's hardware fences signal exactly once (rule 1 of CONTRACT.md), in value order,
 //!   one at a time, by its drainer only (`hw.rs`); a poll never runs ahead of the drain
 //!   (`hw_fence.rs`).
-//! - `run_job`, `free_job`, the timeout handler and the completion thread neither allocate,
-//!   take a `Resv` lock nor wait (rule 4 of CONTRACT.md; `backend.rs`).
+//! - `run_job`, `free_job` and the timeout handler neither allocate, take a `Resv` lock nor
+//!   wait; the drain signals without allocating (rule 4 of CONTRACT.md; `backend.rs`,
+//!   `hw.rs`).
 //! - Hardware progress (the semaphore counter) is tracked apart from fence state: a
 //!   force-completed job keeps its command buffer and buffers until the hardware has passed
 //!   it (`hw.rs`, `backend.rs`), and the timeout decision reads the counter (`timeout.rs`).

@@ -59,7 +59,8 @@ use crate::sync::lock;
 pub(crate) const STUCK_AFTER: u32 = 2;
 
 /// What the timeout handler remembers between a ring's timeouts (one per `RingHw`: a new
-/// generation starts afresh).
+/// generation starts afresh). Read and written only by the timeout handler; atomics, so that
+/// it takes no lock for them.
 #[derive(Debug)]
 pub(super) struct StallState {
     /// The semaphore value at this ring's last timeout (`u64::MAX`: none yet): a timeout that
