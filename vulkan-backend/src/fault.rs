@@ -41,6 +41,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::sync::lock;
+
 /// A fault injected into one job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JobFault {
@@ -217,7 +219,7 @@ impl FaultState {
     }
 
     pub(crate) fn set_plan(&self, plan: Option<FaultPlan>) {
-        let mut p = self.plan.lock().unwrap_or_else(|p| p.into_inner());
+        let mut p = lock(&self.plan);
         self.submitted.store(0, Ordering::SeqCst);
         let after = plan.as_ref().and_then(|p| p.lose_device_after).unwrap_or(u64::MAX);
         self.lose_after.store(after, Ordering::SeqCst);
@@ -229,7 +231,7 @@ impl FaultState {
 
     /// The fault the plan gives the job being armed (arm time, outside signalling sections).
     pub(crate) fn draw_job(&self) -> Option<JobFault> {
-        let mut p = self.plan.lock().unwrap_or_else(|p| p.into_inner());
+        let mut p = lock(&self.plan);
         let (plan, rng) = p.as_mut()?;
         let hang = rng.chance(plan.hang);
         let slow = rng.chance(plan.slow);
@@ -250,7 +252,7 @@ impl FaultState {
 
     /// Whether the plan fails this buffer allocation.
     pub(crate) fn draw_buffer_alloc(&self) -> bool {
-        let mut p = self.plan.lock().unwrap_or_else(|p| p.into_inner());
+        let mut p = lock(&self.plan);
         match p.as_mut() {
             Some((plan, rng)) => rng.chance(plan.fail_buffer_alloc),
             None => false,

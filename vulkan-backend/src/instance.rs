@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use ash::vk;
 
 use crate::error::{map_init, InitError};
+use crate::sync::lock;
 
 static VALIDATION_ERRORS: AtomicU64 = AtomicU64::new(0);
 static VALIDATION_WARNINGS: AtomicU64 = AtomicU64::new(0);
@@ -67,7 +68,7 @@ static INSTANCES: Mutex<[Option<Arc<InstanceShared>>; 2]> = Mutex::new([None, No
 impl InstanceShared {
     /// The shared instance with or without validation.
     pub(crate) fn get(validation: bool) -> Result<Arc<Self>, InitError> {
-        let mut all = INSTANCES.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = lock(&INSTANCES);
         let slot = &mut all[usize::from(validation)];
         if let Some(i) = slot {
             return Ok(i.clone());

@@ -13,6 +13,7 @@ use ash::vk;
 use crate::device::DeviceCore;
 use crate::error::{map_shader, RecordError, ShaderError};
 use crate::memory::Buffer;
+use crate::sync::lock;
 
 /// The built-in kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -308,7 +309,7 @@ impl RecordCtx<'_> {
                 return Err(RecordError::Workgroups { got: *g, max: m });
             }
         }
-        let kernels = self.core.kernels.lock().unwrap_or_else(|p| p.into_inner());
+        let kernels = lock(&self.core.kernels);
         let Some(raw) = kernels.get(kernel.index) else { return Err(RecordError::ForeignKernel) };
         let infos: Vec<[vk::DescriptorBufferInfo; 1]> = buffers
             .map(|b| {
@@ -351,7 +352,7 @@ impl RecordCtx<'_> {
     /// Records a global memory barrier between commands of this job (compute and transfer
     /// writes made visible to later compute and transfer accesses).
     pub fn barrier(&self, cb: vk::CommandBuffer) {
-        crate::ring::full_barrier(&self.core.device, cb);
+        full_barrier(&self.core.device, cb);
     }
 
     /// Records `vkCmdFillBuffer` of the whole buffer with the 32-bit `value`.
@@ -370,4 +371,44 @@ impl RecordCtx<'_> {
         unsafe { self.core.device.cmd_fill_buffer(cb, buffer.raw(), 0, vk::WHOLE_SIZE, value) };
         Ok(())
     }
+}
+
+/// Records a global memory barrier: every earlier command's writes, visible to every later
+/// command.
+pub(crate) fn full_barrier(device: &ash::Device, cb: vk::CommandBuffer) {
+    let mb = [vk::MemoryBarrier::default()
+        .src_access_mask(vk::AccessFlags::MEMORY_WRITE)
+        .dst_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::MEMORY_WRITE)];
+    // SAFETY: `cb` is recording (callers hold its pool's lock).
+    unsafe {
+        device.cmd_pipeline_barrier(
+            cb,
+            vk::PipelineStageFlags::ALL_COMMANDS,
+            vk::PipelineStageFlags::ALL_COMMANDS,
+            vk::DependencyFlags::empty(),
+            &mb,
+            &[],
+            &[],
+        )
+    };
+}
+
+/// Records a memory barrier to the host: every earlier command's writes, visible to host
+/// reads after the semaphore signal.
+pub(crate) fn host_barrier(device: &ash::Device, cb: vk::CommandBuffer) {
+    let mb = [vk::MemoryBarrier::default()
+        .src_access_mask(vk::AccessFlags::MEMORY_WRITE)
+        .dst_access_mask(vk::AccessFlags::HOST_READ)];
+    // SAFETY: `cb` is recording (callers hold its pool's lock).
+    unsafe {
+        device.cmd_pipeline_barrier(
+            cb,
+            vk::PipelineStageFlags::ALL_COMMANDS,
+            vk::PipelineStageFlags::HOST,
+            vk::DependencyFlags::empty(),
+            &mb,
+            &[],
+            &[],
+        )
+    };
 }

@@ -106,6 +106,7 @@ mod job;
 mod kernel;
 mod memory;
 mod ring;
+mod sync;
 
 pub use ash;
 

@@ -26,6 +26,7 @@ use gpusched::resv::{Resv, Usage};
 
 use crate::device::DeviceCore;
 use crate::error::{map_memory, BufferError};
+use crate::sync::lock;
 
 /// Size of a sub-allocation chunk; larger buffers get their own allocation.
 pub(crate) const CHUNK: u64 = 4 << 20;
@@ -188,7 +189,7 @@ impl Drop for BufferInner {
         // SAFETY: no job uses the buffer any more (pending jobs hold a `Buffer` clone until
         // freed after the hardware passed them); the block goes back to the allocator.
         unsafe { self.core.device.destroy_buffer(self.buffer, None) };
-        let mut a = self.core.memory.lock().unwrap_or_else(|p| p.into_inner());
+        let mut a = lock(&self.core.memory);
         a.free(&self.core.device, self.block);
     }
 }
@@ -241,7 +242,7 @@ impl Buffer {
         // SAFETY: `buffer` was just created on `dev`.
         let req = unsafe { dev.get_buffer_memory_requirements(buffer) };
         let block = {
-            let mut a = core.memory.lock().unwrap_or_else(|p| p.into_inner());
+            let mut a = lock(&core.memory);
             a.alloc(dev, req.size, req.alignment)
         };
         let block = match block {
@@ -258,7 +259,7 @@ impl Buffer {
         if let Err(c) = unsafe { dev.bind_buffer_memory(buffer, block.memory, block.offset) } {
             // SAFETY: unused buffer; the block goes back.
             unsafe { dev.destroy_buffer(buffer, None) };
-            core.memory.lock().unwrap_or_else(|p| p.into_inner()).free(dev, block);
+            lock(&core.memory).free(dev, block);
             return Err(map_memory("vkBindBufferMemory", c));
         }
         Ok(Buffer {
@@ -336,7 +337,7 @@ impl Buffer {
         self.check_range(offset, data.len());
         self.check_lost()?;
         self.inner.resv.wait_unlocked(Usage::Read, false, Some(timeout))?;
-        let _g = self.inner.host.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = lock(&self.inner.host);
         // SAFETY: the range is inside the buffer's block (checked), the memory is mapped and
         // coherent, and no job is using it (waited above).
         unsafe {
@@ -367,7 +368,7 @@ impl Buffer {
         self.check_range(offset, len);
         self.check_lost()?;
         self.inner.resv.wait_unlocked(Usage::Write, false, Some(timeout))?;
-        let _g = self.inner.host.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = lock(&self.inner.host);
         let mut out = vec![0u8; len];
         // SAFETY: as in `write_bytes`; writers have finished and their command buffers end
         // with a barrier making their writes visible to the host.

@@ -4,7 +4,6 @@
 
 use std::sync::atomic::Ordering;
 #[cfg(feature = "fault-injection")]
-use std::sync::Mutex;
 use std::time::Duration;
 #[cfg(feature = "fault-injection")]
 use std::time::Instant;
@@ -13,12 +12,9 @@ use std::time::Instant;
 use ash::vk;
 
 use super::DeviceCore;
+use crate::sync::lock;
 
 #[cfg(feature = "fault-injection")]
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl DeviceCore {
     /// Busy-kernel workgroups (16 rounds each) that run about `d` on this device.
     pub(crate) fn busy_groups_for(&self, d: Duration) -> u32 {

@@ -19,10 +19,7 @@ use crate::instance::InstanceShared;
 use crate::kernel::{create_kernel, Builtin, KernelRaw};
 use crate::memory::Allocator;
 use crate::ring::RingHw;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::{self, lock};
 
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 static LIVE_DEVICES: AtomicUsize = AtomicUsize::new(0);
@@ -199,12 +196,12 @@ impl Drop for DeviceCore {
                     tracing::warn!(target: "gpusched_vulkan", ?e, "vkDeviceWaitIdle failed at teardown");
                 }
             }
-            for k in self.kernels.get_mut().unwrap_or_else(|p| p.into_inner()).iter() {
+            for k in sync::get_mut(&mut self.kernels).iter() {
                 k.destroy(d);
             }
             d.destroy_buffer(self.scratch, None);
             d.free_memory(self.scratch_memory, None);
-            self.memory.get_mut().unwrap_or_else(|p| p.into_inner()).destroy(d);
+            sync::get_mut(&mut self.memory).destroy(d);
             d.destroy_semaphore(self.injected.hang, None);
             d.destroy_semaphore(self.injected.wedge, None);
             d.destroy_device(None);

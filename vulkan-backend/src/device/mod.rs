@@ -78,7 +78,7 @@ mod submit;
 
 use std::fmt;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use ash::vk;
@@ -94,11 +94,8 @@ use crate::instance::InstanceShared;
 use crate::kernel::{Builtin, Kernel};
 use crate::memory::Buffer;
 use crate::ring::{RingHw, RingSlot, VulkanRing};
+use crate::sync::lock;
 use crate::VulkanJob;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The most rings one device can have (each has its own completion thread).
 pub const MAX_RINGS: usize = 32;

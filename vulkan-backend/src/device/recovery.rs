@@ -45,7 +45,7 @@
 
 use std::fmt;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use super::DeviceCore;
@@ -53,16 +53,13 @@ use super::DeviceCore;
 pub(crate) use super::DeviceShared;
 use crate::kernel::create_kernel;
 use crate::ring::RingHw;
+use crate::sync::{self, lock};
 
 /// How long teardown waits for a lost generation's hardware before leaking it.
 pub(crate) const WEDGE_TEARDOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// How often the recovery thread looks at the graveyard.
 const REAP_INTERVAL: Duration = Duration::from_millis(20);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Wakes the recovery thread. `loss` is allocation-free (a mutex and a condvar notify).
 #[derive(Debug, Default)]
@@ -349,10 +346,10 @@ impl DeviceShared {
 /// synchronously, so a device dropped before the process exits is destroyed before it does.
 impl Drop for DeviceShared {
     fn drop(&mut self) {
-        let handle = self.thread.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = sync::get_mut(&mut self.thread).take();
         let on_recovery = Some(&std::thread::current().id()) == self.thread_id.get();
-        let graveyard = std::mem::take(self.graveyard.get_mut().unwrap_or_else(|p| p.into_inner()));
-        let core = self.current.get_mut().unwrap_or_else(|p| p.into_inner()).clone();
+        let graveyard = std::mem::take(sync::get_mut(&mut self.graveyard));
+        let core = sync::get_mut(&mut self.current).clone();
         let teardown = Teardown { core, graveyard };
         // On the recovery thread itself (its `drop(sh)` was the last reference) the core is
         // still referenced by `self.current` until this returns: its loop runs the teardown
@@ -385,9 +382,9 @@ pub(super) fn recovery_thread(shared: Weak<DeviceShared>, notify: Arc<Notify>) {
             let mut st = lock(&notify.state);
             if !st.loss && !st.stop {
                 st = if st.graves {
-                    notify.cv.wait_timeout(st, REAP_INTERVAL).unwrap_or_else(|p| p.into_inner()).0
+                    sync::wait_timeout(&notify.cv, st, REAP_INTERVAL)
                 } else {
-                    notify.cv.wait(st).unwrap_or_else(|p| p.into_inner())
+                    sync::wait(&notify.cv, st)
                 };
             }
             if st.stop {

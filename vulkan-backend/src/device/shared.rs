@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::Instant;
 
@@ -19,12 +19,9 @@ use crate::fault::FaultState;
 use crate::instance::InstanceShared;
 use crate::kernel::{create_kernel, Kernel};
 use crate::ring::RingSlot;
+use crate::sync::{self, lock};
 
 static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// What a [`VulkanDevice`] handle shares: the current core and what survives recreation.
 pub(crate) struct DeviceShared {
@@ -164,7 +161,7 @@ impl DeviceShared {
             if now >= deadline {
                 return Err(DeviceError::Vk { op: "wait_generation", code: vk::Result::TIMEOUT });
             }
-            g = self.gen_cv.wait_timeout(g, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+            g = sync::wait_timeout(&self.gen_cv, g, deadline - now);
         }
     }
 }

@@ -1,0 +1,134 @@
+//! The [`Backend`] impl of a Vulkan ring: how the scheduler's hooks map to the ring.
+//!
+//! - `prepare_job` (arm time, may allocate) records the command buffer on the ring's
+//!   *current* `RingHw` (one per device generation), allocates the hardware fence with its
+//!   [`FenceOps`](gpusched::fence::FenceOps) and reserves room in the in-flight and
+//!   submission lists; the job keeps its `RingHw`.
+//! - `run_job` (signalling section: no allocation, no `Resv` lock, no wait; rule 4 of
+//!   CONTRACT.md) takes the ring lock, then the queue lock, submits the job (or batches it for
+//!   `flush`) and publishes the prepared fence. A job prepared on a generation since lost ends
+//!   `DeviceLost` (its command buffer belongs to the dead pool). A job handed over again (a
+//!   resubmission) ends `Cancelled`: a ring never resubmits (see `timeout.rs`).
+//! - `flush` submits the batch (see `submit.rs`).
+//! - `timedout_job` decides whether the guilty job hangs (see `timeout.rs`).
+//! - `free_job` (may run in a signalling section) hands the job's command buffer, recording
+//!   closure and buffers to the retired list of its own `RingHw`; they are reused or dropped
+//!   only once its semaphore has passed the job's value (see `hw.rs`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use gpusched::fence::{Fence, FenceError};
+use gpusched::{Backend, JobInfo, Recovery, TimeoutStatus};
+
+use super::hw::{KeptAlive, Retired};
+use super::hw_fence::HwOps;
+use super::VulkanRing;
+use crate::error::RecordError;
+use crate::fault::{JobFault, Kind};
+use crate::job::{Prepared, VulkanJob};
+use crate::sync::lock;
+
+impl Backend for VulkanRing {
+    type Job = VulkanJob;
+
+    fn prepare_job(&self, job: &mut VulkanJob, _info: &JobInfo) -> Result<(), FenceError> {
+        job.sub.error = None;
+        let faults = &self.slot.shared.faults;
+        // Every armed job draws (reproducible plans); a job's own fault wins.
+        let drawn = faults.draw_job();
+        if job.fault.is_none() {
+            job.fault = drawn;
+        }
+        if self.slot.shared.dead.load(Ordering::SeqCst) {
+            job.sub.error = Some(RecordError::DeviceLost { generation: self.generation() });
+            return Err(FenceError::DeviceLost);
+        }
+        let hw = self.slot.hw();
+        if hw.core.is_lost() {
+            job.sub.error = Some(RecordError::DeviceLost { generation: hw.core.generation });
+            return Err(FenceError::DeviceLost);
+        }
+        let cb = match hw.record(job) {
+            Ok(cb) => cb,
+            Err(e) => {
+                if e == RecordError::RecordingDropped {
+                    faults.count(Kind::DroppedRecording);
+                }
+                job.sub.error = Some(e);
+                return Err(FenceError::Driver(-22)); // EINVAL
+            }
+        };
+        if let Some(JobFault::Slow(_)) = job.fault {
+            faults.count(Kind::Slow);
+        }
+        let value = Arc::new(AtomicU64::new(0));
+        let ops = HwOps { ring: Arc::downgrade(&hw), value: value.clone() };
+        let fence = hw.ctx.prepare(1, Some(Box::new(ops)));
+        // Arming cannot fail after `prepare_job` succeeded, so a payload handed back by a
+        // failed arm never holds a command buffer.
+        debug_assert!(job.sub.cb.is_none(), "a job is prepared once");
+        job.sub.cb = Some(cb);
+        job.sub.prepared = Some(Prepared { hw: fence, value });
+        {
+            let mut st = lock(&hw.state);
+            st.prepared += 1;
+            let need = st.prepared;
+            st.in_flight.reserve(need);
+            st.submissions.reserve(need);
+            st.batch.reserve(need);
+        }
+        job.sub.hw = Some(hw);
+        Ok(())
+    }
+    fn run_job(&self, job: &mut VulkanJob, _info: &JobInfo) -> Result<Fence, FenceError> {
+        self.run(job)
+    }
+
+    /// Submits the jobs `run_job` batched on the current generation (one `vkQueueSubmit`).
+    /// A batch left on a generation lost meanwhile was failed by the loss.
+    fn flush(&self) {
+        // Never the last reference (the slot or, once swapped, the graveyard holds it).
+        let hw = self.slot.hw();
+        hw.submit_batch();
+    }
+
+    /// See `timeout.rs`. Allocation-free and `Resv`-lock-free.
+    fn timedout_job(&self, recovery: &mut Recovery<'_, Self>) -> TimeoutStatus {
+        self.judge_timeout(recovery)
+    }
+
+    /// Allocation-free (the scheduler may free inside a signalling section, where even
+    /// dropping a buffer's `Resv` may allocate): the job's command buffer, recording closure
+    /// and buffers go to the retired list of the `RingHw` it was recorded on, and are
+    /// recycled and dropped by a later `prepare_job` on it once its semaphore has passed the
+    /// job (a forced completion may still be running), or when that `RingHw` is destroyed
+    /// (after its hardware passed everything). Never waits.
+    ///
+    /// A job freed with an injected releasable hang still pending (force-completed while on
+    /// the hardware: a dependant of a blamed job, a banned entity's job) has its hang
+    /// released once the hardware reaches it (`RingHw::release_orphan`): nothing will time it
+    /// out any more, and the ring behind it would stay stuck.
+    fn free_job(&self, mut job: VulkanJob, _info: &JobInfo) {
+        let Some(hw) = job.sub.hw.take() else { return };
+        if job.sub.hang.take().is_some() {
+            // Marked an orphan, released once the hardware reaches it (a completed job's
+            // entry is gone).
+            {
+                let mut st = lock(&hw.state);
+                if let Some(s) = st.submissions.iter_mut().find(|s| s.value == job.sub.value) {
+                    s.orphan = true;
+                }
+            }
+            hw.release_orphan();
+        }
+        if job.sub.prepared.take().is_some() {
+            let mut st = lock(&hw.state);
+            st.prepared = st.prepared.saturating_sub(1);
+        }
+        let Some(cb) = job.sub.cb.take() else { return };
+        let keep = KeptAlive { _record: job.record, _buffers: std::mem::take(&mut job.declared) };
+        // Capacity: one entry per command buffer allocated (`CmdPool` invariant).
+        lock(&hw.pool).retired.push_back(Retired { value: job.sub.value, cb, _keep: keep });
+    }
+}

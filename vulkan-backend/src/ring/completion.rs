@@ -1,0 +1,339 @@
+//! A ring's completion thread: while the ring is busy it waits for the next value the ring
+//! owes (a bounded poll first, when the ring's jobs complete fast: [`Pace`], [`spin_until`];
+//! then a blocking `vkWaitSemaphores`) and signals the hardware fences the semaphore passed
+//! ([`RingHw::complete`], callbacks inline); while it is idle it parks until a submission
+//! wakes it. It holds the ring only through a weak reference ([`Watch`]), except once the
+//! ring's `RingSlot` is gone: it then adopts the ring ([`RingHw::adopt`]) and drops the last
+//! reference itself, between two waits, never inside a signalling section. It exits when the
+//! ring is dropped or its core is lost.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use ash::vk;
+use gpusched::fence::FenceError;
+
+use super::hw::RingHw;
+use crate::device::COMPLETION_TIMEOUT;
+use crate::sync::lock;
+
+impl RingHw {
+    /// Starts the ring's completion thread (once, from `RingHw::new`; the ring's `watch` is
+    /// fresh). Also finds out, once per process, how many CPUs may spin ([`SPIN_CPUS`]).
+    pub(super) fn start_completion_thread(self: &Arc<Self>) -> std::io::Result<()> {
+        if SPIN_CPUS.load(Ordering::Relaxed) == 0 {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            SPIN_CPUS.store(cpus, Ordering::Relaxed);
+        }
+        let weak = Arc::downgrade(self);
+        let watch = self.watch.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("gpusched-vk{}-{}", self.core.generation, self.name))
+            .spawn(move || completion_thread(weak, watch))?;
+        let _ = self.watch.thread.set(h.thread().clone());
+        *lock(&self.thread) = Some(h);
+        Ok(())
+    }
+
+    /// Wakes the ring's completion thread: a submission to an idle ring (it parks while the
+    /// ring is idle), or teardown. Allocation-free (a futex wake), no Vulkan call.
+    pub(crate) fn wake(&self) {
+        if let Some(t) = self.watch.thread.get() {
+            t.unpark();
+        }
+    }
+
+    /// Hands the ring to its own completion thread, which keeps it until it holds the last
+    /// reference and then drops it between two waits (the ring's `RingSlot` is gone). So the
+    /// last reference to a ring is never dropped inside a signalling section (a job freed by
+    /// a callback, a fence polled there): `RingHw::drop` waits, joins, and drops the retired
+    /// jobs' buffers, whose `Resv`s may allocate (arc-swap's per-thread debt list on a fresh
+    /// thread does). Allocation-free. A thread that has exited (a lost core) adopts nothing:
+    /// the recovery thread's graveyard holds a lost generation's rings instead.
+    pub(super) fn adopt(self: &Arc<Self>) {
+        {
+            let mut a = lock(&self.watch.adopted);
+            if a.exited {
+                return;
+            }
+            a.ring = Some(self.clone());
+        }
+        self.wake();
+    }
+
+    /// Stops the completion thread and joins it (unless this runs on it). Deadlock-free: the
+    /// ring is being dropped, so the thread's weak reference no longer upgrades and it holds
+    /// no lock, runs no callback and takes no lock from here on: it is parked (the wake
+    /// ends that), or in a wait with a timeout ([`COMPLETION_TIMEOUT`]; after `drop`'s wait
+    /// for the hardware to pass everything submitted, it returns at once), and then exits.
+    pub(super) fn stop_thread(&self) {
+        self.watch.stop.store(true, Ordering::SeqCst);
+        self.wake();
+        let handle = lock(&self.thread).take();
+        if let Some(h) = handle {
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+/// What a ring's completion thread shares with the ring, without holding it: the thread must
+/// not keep the ring (and so the device) alive while it sleeps.
+pub(super) struct Watch {
+    /// A copy of the device's function table (valid while the ring lives: the ring holds the
+    /// core, and joins the thread before it is destroyed).
+    pub(super) device: ash::Device,
+    /// The ring's timeline semaphore (destroyed by the ring's drop after `stop`).
+    pub(super) sem: vk::Semaphore,
+    /// Set by the ring's drop: the thread exits before waiting again.
+    pub(super) stop: AtomicBool,
+    /// The thread, for `unpark`.
+    pub(super) thread: OnceLock<Thread>,
+    /// The ring, once its `RingSlot` (the scheduler's backend) is gone: see
+    /// [`RingHw::adopt`].
+    pub(super) adopted: Mutex<Adopted>,
+}
+
+impl Watch {
+    /// What the completion thread of a ring whose semaphore is `sem` on `device` shares with
+    /// it (no thread yet, nothing adopted).
+    pub(super) fn new(device: &ash::Device, sem: vk::Semaphore) -> Arc<Watch> {
+        Arc::new(Watch {
+            device: device.clone(),
+            sem,
+            stop: AtomicBool::new(false),
+            thread: OnceLock::new(),
+            adopted: Mutex::new(Adopted { ring: None, exited: false }),
+        })
+    }
+}
+
+/// A ring held by its own completion thread until every other reference is gone.
+pub(super) struct Adopted {
+    pub(super) ring: Option<Arc<RingHw>>,
+    /// The thread has exited (or is exiting): nothing can be adopted any more.
+    pub(super) exited: bool,
+}
+
+/// How often a completion thread that holds its ring looks whether it holds the last
+/// reference (while the ring is idle).
+const ADOPTED_POLL: Duration = Duration::from_millis(5);
+
+/// The longest a completion thread polls the semaphore before it blocks (see [`Pace`]).
+pub(crate) const SPIN_MAX: Duration = Duration::from_micros(20);
+
+/// A completion thread's estimate of how fast its ring completes jobs, for the bounded
+/// spin before a blocking wait (see [`device`](crate::device), "The completion threads").
+///
+/// `per_job` is a moving average (weight 1/4 per sample) of the time per job between two
+/// wakes that found progress, with the ring busy in between (the wait after a park starts a
+/// new measure: an idle gap is no job's duration); 0 while unknown.
+#[derive(Debug, Default)]
+struct Pace {
+    /// When the last wake that found progress saw it (`None`: the ring was idle since).
+    last: Option<Instant>,
+    /// Average time per completed job, in nanoseconds (0: unknown).
+    per_job: u64,
+}
+
+impl Pace {
+    /// How long to poll before blocking: twice the expected time to the next completion,
+    /// at most [`SPIN_MAX`]; nothing when jobs take longer than that (or nothing is known):
+    /// polling then only takes a CPU from the work.
+    fn spin_budget(&self) -> Duration {
+        let max = SPIN_MAX.as_nanos() as u64;
+        if self.per_job == 0 || self.per_job > max {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos((2 * self.per_job).min(max))
+    }
+
+    /// `jobs` values completed, seen at `now`.
+    fn progress(&mut self, now: Instant, jobs: u64) {
+        if let Some(last) = self.last {
+            let sample = (now.saturating_duration_since(last).as_nanos() as u64) / jobs.max(1);
+            self.per_job = if self.per_job == 0 { sample } else { (3 * self.per_job + sample) / 4 };
+        }
+        self.last = Some(now);
+    }
+}
+
+/// The CPUs this process may run on, for [`spin_until`]; set when a ring is created (finding
+/// it out may allocate: the completion loop does not). 0 until then: no spinning.
+pub(super) static SPIN_CPUS: AtomicUsize = AtomicUsize::new(0);
+
+/// How often [`spin_until`] reads the counter: each read takes the driver's semaphore lock,
+/// which its queue thread needs to signal.
+const POLL_EVERY: Duration = Duration::from_micros(1);
+
+/// Polls the semaphore until it reaches `value`, for at most `budget`, reading the counter
+/// every [`POLL_EVERY`] and spinning (`spin_loop`) in between, as a fence wait spins before
+/// it sleeps; never on a single CPU. Returns whether it got there; errors are left to the
+/// blocking wait, which reports them.
+///
+/// It does not yield: a thread that yields waits behind whatever else runs on its CPU for a
+/// whole scheduler slice, which holds completions (and so credits) back from a client that
+/// submits in a loop until the hardware runs dry. So that spinning threads never take every
+/// CPU from the work (rings of one device share a `VkQueue`, and on lavapipe its queue
+/// thread), at most half the CPUs spin at once, process-wide: others block at once.
+fn spin_until(watch: &Watch, value: u64, budget: Duration) -> bool {
+    static SPINNING: AtomicUsize = AtomicUsize::new(0);
+    if budget.is_zero() {
+        return false;
+    }
+    if SPINNING.fetch_add(1, Ordering::AcqRel) >= SPIN_CPUS.load(Ordering::Relaxed) / 2 {
+        SPINNING.fetch_sub(1, Ordering::AcqRel);
+        return false;
+    }
+    let reached = poll_until(watch, value, budget);
+    SPINNING.fetch_sub(1, Ordering::AcqRel);
+    reached
+}
+
+/// The polling loop of [`spin_until`].
+fn poll_until(watch: &Watch, value: u64, budget: Duration) -> bool {
+    let start = Instant::now();
+    loop {
+        // SAFETY: as the blocking wait in `completion_loop`: the ring destroys the semaphore
+        // only after setting `stop` and joining this thread (or on this thread, after it).
+        match unsafe { watch.device.get_semaphore_counter_value(watch.sem) } {
+            Ok(c) if c >= value => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+        let polled = Instant::now();
+        if polled.saturating_duration_since(start) >= budget {
+            return false;
+        }
+        while polled.elapsed() < POLL_EVERY {
+            for _ in 0..32 {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// This thread is a ring's completion thread: it signals hardware fences, and the
+    /// callbacks they run (the scheduler's completion, the application's) may drop the last
+    /// handle of a device, inside a signalling section.
+    static ON_COMPLETION_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is a ring's completion thread (allocation-free).
+pub(crate) fn on_completion_thread() -> bool {
+    ON_COMPLETION_THREAD.with(std::cell::Cell::get)
+}
+
+/// A ring's completion thread (see [`device`](crate::device), "The completion threads"):
+/// while the ring is busy, a bounded poll of the semaphore when its jobs complete faster
+/// than [`SPIN_MAX`] ([`Pace`], [`spin_until`]), then a single-semaphore `vkWaitSemaphores`
+/// for the next value it owes, then [`RingHw::complete`] (callbacks inline); while it is
+/// idle, parked until a submission wakes it. Exits when the ring is dropped or its core is
+/// lost. Allocation-free.
+pub(super) fn completion_thread(ring: Weak<RingHw>, watch: Arc<Watch>) {
+    ON_COMPLETION_THREAD.with(|c| c.set(true));
+    completion_loop(&ring, &watch);
+    // Exiting (its core is lost): nothing can be adopted any more. An adopted ring is still
+    // held until every other reference is gone (jobs being freed after the loss failed them,
+    // a temporary upgrade by a fence's `signaled` or `mark_lost`), then dropped here, outside
+    // any signalling section.
+    let mut adopted = {
+        let mut a = lock(&watch.adopted);
+        a.exited = true;
+        a.ring.take()
+    };
+    while let Some(r) = adopted.take() {
+        match Arc::try_unwrap(r) {
+            Ok(hw) => drop(hw),
+            Err(r) => {
+                adopted = Some(r);
+                std::thread::sleep(ADOPTED_POLL);
+            }
+        }
+    }
+}
+
+fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
+    let timeout = COMPLETION_TIMEOUT.as_nanos() as u64;
+    let mut pace = Pace::default();
+    loop {
+        // Holding the last reference to an adopted ring: drop it here (see `RingHw::adopt`);
+        // the next upgrade fails and the thread exits. `Arc::try_unwrap` takes it
+        // atomically: a weak reference upgraded at the same moment (a fence's `signaled`,
+        // `mark_lost`) either keeps it adopted or fails, and never becomes the last one.
+        let last = {
+            let mut a = lock(&watch.adopted);
+            match a.ring.take().map(Arc::try_unwrap) {
+                Some(Ok(hw)) => Some(hw),
+                Some(Err(r)) => {
+                    a.ring = Some(r);
+                    None
+                }
+                None => None,
+            }
+        };
+        let adopted = last.is_none() && lock(&watch.adopted).ring.is_some();
+        drop(last);
+        // The next value the ring owes, if it is busy. Dropping `r` may drop the last
+        // reference to the ring (and the core): their drops then run here, between waits.
+        let next = {
+            let Some(r) = ring.upgrade() else { return };
+            if r.core.is_lost() {
+                // `mark_lost` failed this ring's fences, unless the core had more live rings
+                // than it takes at once (`Completion::snapshot`): this covers those.
+                r.fail_all(FenceError::DeviceLost);
+                return;
+            }
+            let completed = r.completed.load(Ordering::SeqCst);
+            (r.submitted.load(Ordering::SeqCst) > completed).then(|| r.signal_value(completed + 1))
+        };
+        if watch.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(value) = next else {
+            // Idle: a submission that makes the ring busy wakes us (`RingHw::wake` after it
+            // published `submitted`; an unpark before the park is not lost). Holding the
+            // ring, look again soon whether the other references are gone.
+            if adopted {
+                std::thread::park_timeout(ADOPTED_POLL);
+            } else {
+                std::thread::park();
+            }
+            pace.last = None;
+            continue;
+        };
+        let sems = [watch.sem];
+        let values = [value];
+        let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
+        let r = if spin_until(watch, value, pace.spin_budget()) {
+            Ok(())
+        } else {
+            // SAFETY: the ring destroys the semaphore only after setting `stop` and joining
+            // this thread, or, when its drop runs on this thread, before this thread checks
+            // `stop` above; the device outlives the ring. `value` was submitted (the ring is
+            // busy).
+            unsafe { watch.device.wait_semaphores(&info, timeout) }
+        };
+        let mut lost = false;
+        match r {
+            Ok(()) | Err(vk::Result::TIMEOUT) => {}
+            Err(vk::Result::ERROR_DEVICE_LOST) => lost = true,
+            Err(e) => diag!(warn, target: "gpusched_vulkan", ?e, "vkWaitSemaphores failed"),
+        }
+        let Some(r) = ring.upgrade() else { return };
+        let before = r.completed.load(Ordering::SeqCst);
+        if lost || r.complete().is_err() {
+            diag!(error, target: "gpusched_vulkan", ring = %r.name, "device lost");
+            r.core.mark_lost();
+            return;
+        }
+        let done = r.completed.load(Ordering::SeqCst).saturating_sub(before);
+        if done > 0 {
+            pace.progress(Instant::now(), done);
+        }
+    }
+}

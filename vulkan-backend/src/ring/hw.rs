@@ -1,0 +1,431 @@
+//! `RingHw`: a ring's hardware on one device generation: its timeline semaphore, in-flight
+//! list, submission list, command pool with its retired list, and the drain that signals its
+//! hardware fences.
+//!
+//! # Signalling order
+//! Signal operations of one queue complete in submission order, so "the semaphore reached N"
+//! means jobs `..=N` are done. The hardware fences of a ring (one fence context, seqno =
+//! value) signal in value order, one at a time, outside the ring lock, by whichever thread
+//! is draining the ring ([`RingHw::drain`]): completion, device loss and a failed batch only
+//! mark entries done or failed and leave the signalling to it. A failed batch's values are
+//! never reused. [`RingHw::signalled`] records how far the drain got; hardware progress
+//! (stuck detection, recycling, `hw_progress`) reads the semaphore counter, which runs ahead
+//! of it.
+//!
+//! # Resources outlive fences
+//! A freed job's command buffer, recording closure and buffers wait in the retired list of
+//! the `RingHw` they were recorded on until its semaphore has passed the job's value (a
+//! force-completed job may still be queued or running), and are recycled or dropped then, or
+//! when the `RingHw` is destroyed after its hardware passed everything.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use ash::vk;
+use gpusched::fence::{FenceContext, FenceError, Signaller};
+
+use super::completion::Watch;
+use super::timeout::StallState;
+use super::RingFlags;
+use crate::device::DeviceCore;
+use crate::error::{map_device, DeviceError};
+use crate::job::RecordFn;
+use crate::memory::Buffer;
+
+use crate::sync::lock;
+
+/// A freed job: its command buffer, recording closure and buffers, kept until the semaphore
+/// has passed it and they can be recycled and dropped outside any signalling section.
+pub(super) struct Retired {
+    pub(super) value: u64,
+    pub(super) cb: vk::CommandBuffer,
+    pub(super) _keep: KeptAlive,
+}
+
+/// What a retired job keeps alive until the hardware has passed it: the resources its
+/// command buffer may still use.
+pub(super) struct KeptAlive {
+    /// The recording closure (and whatever it captured).
+    pub(super) _record: RecordFn,
+    /// The buffers the job declared.
+    pub(super) _buffers: Vec<Buffer>,
+}
+
+/// The ring's command pool. Protected by `RingHw::pool` (a pool and its command buffers
+/// need external synchronisation while recording).
+///
+/// Invariant: `free` and `retired` each have capacity for every command buffer allocated
+/// (`total`), so `free_job`, which the scheduler may call inside a signalling section, never
+/// allocates.
+pub(super) struct CmdPool {
+    pub(super) pool: vk::CommandPool,
+    pub(super) total: usize,
+    pub(super) free: Vec<vk::CommandBuffer>,
+    /// In submission order: reusable once the semaphore reaches `value`.
+    pub(super) retired: VecDeque<Retired>,
+}
+
+/// The ring's submission state. Protected by `RingHw::state`.
+pub(super) struct RingState {
+    /// The last timeline value submitted.
+    pub(super) next_value: u64,
+    /// Published hardware fences not yet signalled, in value (seqno) order. Capacity: credit
+    /// limit + prepared. Only the ring's drainer pops it (see [`RingHw::drain`]).
+    pub(super) in_flight: VecDeque<InFlight>,
+    /// A thread is signalling this ring's fences ([`RingHw::drain`]): fences of one ring
+    /// signal one at a time, in value order, whoever completes or fails them.
+    pub(super) draining: bool,
+    /// Jobs prepared and not yet run or freed (room reserved for them).
+    pub(super) prepared: usize,
+    /// Command buffers run but not yet submitted (batching); their values are the last
+    /// `batch.len()` values up to `next_value`, and theirs are the last `batch.len()` entries
+    /// of `in_flight`. Capacity: reserved with `in_flight`.
+    pub(super) batch: Vec<vk::CommandBuffer>,
+    /// The submitted jobs not yet seen complete, in value order: one entry per submitted job.
+    /// Waits go for one of their values (see `RingHw::signal_value`). Capacity: reserved with
+    /// `in_flight`, which always holds the job of each entry (so it is never longer); popped
+    /// by `complete`.
+    pub(super) submissions: VecDeque<Submission>,
+}
+
+/// A submitted job whose value the ring has not yet seen reached.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Submission {
+    /// The timeline value its `VkSubmitInfo` signals (the job's value).
+    pub(super) value: u64,
+    /// The sequence number of its `vkQueueSubmit` on its `VkQueue` (`QueueSlot::seq`); the
+    /// jobs of a batch share that of their call.
+    pub(super) queue_seq: u64,
+    /// The value of the injected releasable hang it waits for (0: none).
+    pub(super) hang: u64,
+    /// Its job was freed with that hang pending (an orphan): the hang is released once the
+    /// hardware reaches it (see `RingHw::release_orphan`).
+    pub(super) orphan: bool,
+}
+
+/// A published hardware fence: its value (and seqno), its signaller, and the error it ends
+/// with if its submission failed or the device was lost (`None`: it signals once the
+/// semaphore reaches `value`).
+pub(super) struct InFlight {
+    pub(super) value: u64,
+    pub(super) signaller: Signaller,
+    pub(super) error: Option<FenceError>,
+    /// The value the fence's [`HwOps`](super::hw_fence::HwOps) polls, shared with it: set to 0
+    /// (never signalled by the hardware) when the fence is marked failed, so that the semaphore
+    /// reaching `value` later (a failed batch's values are passed by the next submission) cannot
+    /// make it report success.
+    pub(super) ops_value: Arc<AtomicU64>,
+}
+
+impl InFlight {
+    /// Marks the fence failed with `error` (unless it is already).
+    pub(super) fn fail(&mut self, error: FenceError) {
+        if self.error.is_none() {
+            self.error = Some(error);
+            self.ops_value.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// A ring's hardware on one device generation: timeline semaphore, command pool, in-flight
+/// list.
+pub(crate) struct RingHw {
+    pub(crate) core: Arc<DeviceCore>,
+    pub(super) name: Box<str>,
+    pub(crate) queue: u32,
+    pub(crate) sem: vk::Semaphore,
+    pub(super) ctx: FenceContext,
+    pub(super) state: Mutex<RingState>,
+    pub(super) pool: Mutex<CmdPool>,
+    /// The last value submitted (mirror of `next_value` for the completion thread).
+    pub(crate) submitted: AtomicU64,
+    /// The last value the completion thread saw the semaphore reach.
+    pub(crate) completed: AtomicU64,
+    /// The value of the last in-flight entry the ring's drainer has signalled (successfully
+    /// or not): every fence of the ring up to it has signalled, in order. What a hardware
+    /// fence's poll (`HwOps::signaled`) reports, never the semaphore counter, which runs ahead
+    /// of the drain (a poll of a later fence would otherwise signal it before earlier ones).
+    pub(super) signalled: AtomicU64,
+    /// What the ring's completion thread shares with it.
+    pub(super) watch: Arc<Watch>,
+    /// The completion thread, joined by the ring's drop (unless the drop runs on it).
+    pub(super) thread: Mutex<Option<JoinHandle<()>>>,
+    pub(super) flags: Arc<RingFlags>,
+    /// What the timeout handler remembers between this ring's timeouts.
+    pub(super) stall: StallState,
+}
+
+impl RingHw {
+    pub(crate) fn new(
+        core: &Arc<DeviceCore>,
+        queue: u32,
+        name: &str,
+        credit_limit: u32,
+        flags: Arc<RingFlags>,
+    ) -> Result<Arc<Self>, DeviceError> {
+        let d = &core.device;
+        let mut type_info = vk::SemaphoreTypeCreateInfo::default()
+            .semaphore_type(vk::SemaphoreType::TIMELINE)
+            .initial_value(0);
+        let sinfo = vk::SemaphoreCreateInfo::default().push_next(&mut type_info);
+        // SAFETY: valid device; timeline semaphores enabled.
+        let sem = unsafe { d.create_semaphore(&sinfo, None) }
+            .map_err(|c| map_device("vkCreateSemaphore", c))?;
+        let pinfo = vk::CommandPoolCreateInfo::default()
+            .queue_family_index(core.queue_family)
+            .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER);
+        // SAFETY: valid device and family.
+        let pool = match unsafe { d.create_command_pool(&pinfo, None) } {
+            Ok(p) => p,
+            Err(c) => {
+                // SAFETY: unused.
+                unsafe { d.destroy_semaphore(sem, None) };
+                return Err(map_device("vkCreateCommandPool", c));
+            }
+        };
+        let cap = credit_limit as usize + 16;
+        let hw = Arc::new(RingHw {
+            core: core.clone(),
+            name: name.into(),
+            queue,
+            sem,
+            ctx: FenceContext::builder(format!("{name}.hw")).driver_name("gpusched-vulkan").build(),
+            state: Mutex::new(RingState {
+                next_value: 0,
+                in_flight: VecDeque::with_capacity(cap),
+                draining: false,
+                prepared: 0,
+                batch: Vec::with_capacity(cap),
+                submissions: VecDeque::with_capacity(cap),
+            }),
+            pool: Mutex::new(CmdPool {
+                pool,
+                total: 0,
+                free: Vec::new(),
+                retired: VecDeque::new(),
+            }),
+            submitted: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            signalled: AtomicU64::new(0),
+            flags,
+            stall: StallState::default(),
+            watch: Watch::new(d, sem),
+            thread: Mutex::new(None),
+        });
+        match hw.start_completion_thread() {
+            Ok(()) => Ok(hw),
+            // Dropping `hw` destroys its pool and semaphore (nothing was submitted).
+            Err(_) => Err(DeviceError::OutOfMemory {
+                op: "spawning the ring's completion thread",
+                code: vk::Result::ERROR_OUT_OF_HOST_MEMORY,
+            }),
+        }
+    }
+
+    /// The semaphore's current value (`vkGetSemaphoreCounterValue`).
+    pub(crate) fn counter(&self) -> Result<u64, vk::Result> {
+        // SAFETY: the semaphore lives as long as the ring.
+        unsafe { self.core.device.get_semaphore_counter_value(self.sem) }
+    }
+
+    /// Signals the in-flight fences the semaphore has passed, in order (completion thread).
+    /// Allocation-free. `Err` means the device is lost.
+    pub(crate) fn complete(&self) -> Result<(), ()> {
+        let value = match self.counter() {
+            Ok(v) => v,
+            Err(vk::Result::ERROR_DEVICE_LOST) => return Err(()),
+            Err(e) => {
+                diag!(warn, target: "gpusched_vulkan", ring = %self.name, ?e, "counter read failed");
+                return Ok(());
+            }
+        };
+        // Before taking the lock: a drainer that reads `completed` under it afterwards sees
+        // the new value (see `drain`).
+        self.completed.fetch_max(value, Ordering::SeqCst);
+        let mut st = lock(&self.state);
+        while st.submissions.front().is_some_and(|s| s.value <= value) {
+            st.submissions.pop_front();
+        }
+        self.drain(st);
+        self.release_orphan();
+        Ok(())
+    }
+
+    /// Signals the fences at the front of `in_flight` that are done (the semaphore passed
+    /// them, by `completed`) or failed, one at a time, in value order, outside the lock
+    /// (callbacks run here: the scheduler's completion, dependants, the next `run_job`). One
+    /// drainer per ring: a caller that finds another thread (or an outer frame of its own:
+    /// a callback that fails a batch) draining leaves its update (`completed`, an entry's
+    /// error) to it, which sees it when it next takes the lock; the drainer clears
+    /// `draining` under the lock in the same critical section where it finds nothing left,
+    /// so no update is missed. Allocation-free, no wait.
+    pub(super) fn drain<'a>(&'a self, mut st: MutexGuard<'a, RingState>) {
+        if st.draining {
+            return;
+        }
+        st.draining = true;
+        loop {
+            let done = self.completed.load(Ordering::SeqCst);
+            let next = match st.in_flight.front() {
+                Some(f) if f.error.is_some() || f.value <= done => st.in_flight.pop_front(),
+                _ => None,
+            };
+            let Some(f) = next else {
+                st.draining = false;
+                return;
+            };
+            drop(st);
+            match f.error {
+                Some(e) => f.signaller.signal_error(e),
+                None => f.signaller.signal(),
+            };
+            // After the signal: a poll of this fence or a later one (`HwOps::signaled`) never
+            // runs ahead of the drain.
+            self.signalled.fetch_max(f.value, Ordering::SeqCst);
+            st = lock(&self.state);
+        }
+    }
+
+    /// Whether the hardware has passed everything submitted to this ring (or the device
+    /// reports itself lost: nothing runs on it any more).
+    pub(crate) fn passed(&self) -> bool {
+        match self.counter() {
+            Ok(v) => v >= self.submitted.load(Ordering::SeqCst),
+            Err(vk::Result::ERROR_DEVICE_LOST) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// The value the submission that carries job value `value` signals (the next one submitted at
+    /// or above it: itself, unless its submission failed; `value` if it is not submitted yet).
+    /// Waits use it rather than `value`: the Khronos validation layer of Debian 12 (1.3.239)
+    /// expects a single-semaphore wait to end on a value some submission signals exactly, and
+    /// otherwise blocks 10 s in the wait and reports `UNASSIGNED-VkSemaphore-state-timeout`.
+    pub(crate) fn signal_value(&self, value: u64) -> u64 {
+        let st = lock(&self.state);
+        st.submissions.iter().find(|s| s.value >= value).map_or(value, |s| s.value)
+    }
+
+    /// The value the submission that carries job value `value` signals, if one does (`None`:
+    /// not submitted yet, its submission failed, or already seen complete).
+    pub(super) fn submitted_signal_value(&self, value: u64) -> Option<u64> {
+        let st = lock(&self.state);
+        st.submissions.iter().find(|s| s.value >= value).map(|s| s.value)
+    }
+
+    /// Releases the injected hang of the submission the hardware is on, if its job was freed
+    /// with it pending (force-completed while queued: nothing will time it out, and the ring
+    /// behind it would stay stuck). Only at the head of the hardware, so that a hang ahead of
+    /// it, still to be judged by a timeout, is not released with it (releasing a value
+    /// releases every lower one). Allocation-free.
+    pub(super) fn release_orphan(&self) {
+        let Ok(done) = self.counter() else { return };
+        let hang = {
+            let st = lock(&self.state);
+            st.submissions.iter().find(|s| s.value > done).and_then(|s| s.orphan.then_some(s.hang))
+        };
+        if let Some(h) = hang.filter(|&h| h != 0) {
+            self.core.release_hang(h);
+        }
+    }
+
+    /// Signals every in-flight fence the semaphore has not passed with `error` (device
+    /// lost), in value order, through the ring's drainer (see `drain`). Allocation-free.
+    pub(crate) fn fail_all(&self, error: FenceError) {
+        let mut st = lock(&self.state);
+        st.submissions.clear();
+        let done = self.completed.load(Ordering::SeqCst);
+        for f in st.in_flight.iter_mut().filter(|f| f.value > done) {
+            f.fail(error);
+        }
+        self.drain(st);
+    }
+
+    /// A command buffer ready for recording: a recycled one whose value the semaphore has
+    /// passed, a free one, or a new one.
+    pub(super) fn acquire_cb(&self, pool: &mut CmdPool) -> Result<vk::CommandBuffer, vk::Result> {
+        if let Some(r) = pool.retired.front() {
+            // Hardware progress, not fence state: a lost device (even one whose loss was injected)
+            // may still run these command buffers.
+            let done = match self.counter() {
+                Ok(c) => c.max(self.completed.load(Ordering::SeqCst)),
+                Err(vk::Result::ERROR_DEVICE_LOST) => u64::MAX,
+                Err(_) => self.completed.load(Ordering::SeqCst),
+            };
+            if r.value <= done {
+                while pool.retired.front().is_some_and(|r| r.value <= done) {
+                    if let Some(r) = pool.retired.pop_front() {
+                        pool.free.push(r.cb);
+                    }
+                }
+            }
+        }
+        if let Some(cb) = pool.free.pop() {
+            return Ok(cb);
+        }
+        let info = vk::CommandBufferAllocateInfo::default()
+            .command_pool(pool.pool)
+            .level(vk::CommandBufferLevel::PRIMARY)
+            .command_buffer_count(1);
+        // SAFETY: the pool is locked by the caller.
+        let cb = unsafe { self.core.device.allocate_command_buffers(&info) }?[0];
+        pool.total += 1;
+        let (free, retired) = (pool.free.len(), pool.retired.len());
+        pool.free.reserve(pool.total - free);
+        pool.retired.reserve(pool.total - retired);
+        Ok(cb)
+    }
+}
+
+impl Drop for RingHw {
+    fn drop(&mut self) {
+        // Waits for the semaphore: never in a signalling section (the last reference is taken
+        // by the adopting completion thread outside its sections, the graveyard, or a
+        // teardown; see `Arc::try_unwrap` at those places).
+        gpusched::fence::lockdep::might_wait();
+        let d = &self.core.device;
+        if !self.passed() {
+            // Nothing will time this ring's jobs out any more: release injected hangs (a
+            // real hang stays, and the wait below gives up and leaks).
+            self.core.release_injected(true);
+        }
+        let target = self.submitted.load(Ordering::SeqCst);
+        let sems = [self.sem];
+        let values = [target];
+        let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
+        // SAFETY: the semaphore is live; waiting before destroying keeps the pool and the semaphore
+        // alive while the hardware may still use them (also on a lost core: a device whose loss was
+        // injected still runs its work; a really lost one answers DEVICE_LOST). A device that never
+        // finishes (a real hang) leaks them instead of destroying objects in use.
+        let idle = matches!(
+            unsafe { d.wait_semaphores(&info, 10_000_000_000) },
+            Ok(()) | Err(vk::Result::ERROR_DEVICE_LOST)
+        );
+        if !idle {
+            diag!(error, target: "gpusched_vulkan", ring = %self.name, "ring dropped with work still running: leaking its pool, semaphore, retired buffers and device");
+            // The thread must still be gone before the device can be destroyed.
+            self.stop_thread();
+            // Leak everything the hardware may still use: the retired jobs' buffers (their
+            // memory would go back to the allocator and be reused under the running work)
+            // and the core (its drop waits for the device to idle, which never happens on a
+            // hang, and destroys kernels and memory in use). The in-flight fences are not
+            // leaked: they hold no hardware resource, and dropping them ends them
+            // `Abandoned` (their jobs were force-completed already), so nothing waits forever.
+            let retired = std::mem::take(&mut lock(&self.pool).retired);
+            std::mem::forget(retired);
+            std::mem::forget(self.core.clone());
+            return;
+        }
+        self.stop_thread();
+        let pool = lock(&self.pool).pool;
+        // SAFETY: all submitted work of this ring is done; freeing the pool frees its buffers;
+        // the completion thread is gone, or this drop runs on it, between two waits, and it
+        // checks `stop` before waiting again (`stop_thread`).
+        unsafe {
+            d.destroy_command_pool(pool, None);
+            d.destroy_semaphore(self.sem, None);
+        }
+    }
+}

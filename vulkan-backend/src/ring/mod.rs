@@ -1,0 +1,202 @@
+//! A ring: one scheduler's view of a `VkQueue`. Its hardware fence is a timeline semaphore
+//! whose value N means "job N of this ring is done"; a command pool records its jobs; an
+//! in-flight list holds the fences its completion thread signals.
+//!
+//! The ring stack, outermost first:
+//! - [`VulkanRing`]: the scheduler's [`Backend`](gpusched::Backend), what
+//!   [`VulkanDevice::ring`](crate::VulkanDevice::ring) wraps in a `Scheduler`;
+//! - [`RingSlot`]: the ring across device generations (its current [`RingHw`], swapped to
+//!   the new core by the recovery thread);
+//! - [`RingHw`]: the ring's hardware on one generation.
+//!
+//! | file | concern |
+//! |---|---|
+//! | `mod.rs` | `VulkanRing`, `RingSlot`, `RingFlags` (what survives a new generation) |
+//! | `hw.rs` | `RingHw`: semaphore, in-flight and submission lists, command pool, drain, drop |
+//! | `backend.rs` | the `Backend` impl: prepare, run, flush, timeout, free |
+//! | `submit.rs` | recording, submission (single and batched), publishing a submission |
+//! | `completion.rs` | the completion thread: polling pace, waits, adopting a dropped ring |
+//! | `hw_fence.rs` | the hardware fence's `FenceOps` (`HwOps`) |
+//! | `timeout.rs` | the timeout decision (`timedout_job`), `StallState`, `STUCK_AFTER` |
+//!
+//! # Invariants (each stated in full where it is enforced)
+//! - A ring executes in order, and host reads after a fence see the job's results (barriers
+//!   recorded around each job: `submit.rs`).
+//! - A ring's hardware fences signal exactly once (rule 1 of CONTRACT.md), in value order,
+//!   one at a time, by its drainer only (`hw.rs`); a poll never runs ahead of the drain
+//!   (`hw_fence.rs`).
+//! - `run_job`, `free_job` and the timeout handler neither allocate, take a `Resv` lock nor
+//!   wait; the drain signals without allocating (rule 4 of CONTRACT.md; `backend.rs`,
+//!   `hw.rs`).
+//! - Hardware progress (the semaphore counter) is tracked apart from fence state: a
+//!   force-completed job keeps its command buffer and buffers until the hardware has passed
+//!   it (`hw.rs`, `backend.rs`), and the timeout decision reads the counter (`timeout.rs`).
+
+mod backend;
+mod completion;
+mod hw;
+mod hw_fence;
+mod submit;
+mod timeout;
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ash::vk;
+
+use crate::device::MAX_RINGS;
+use crate::error::DeviceError;
+use crate::recovery::DeviceShared;
+use crate::sync::{self, lock};
+
+pub(crate) use completion::on_completion_thread;
+pub(crate) use hw::RingHw;
+pub(crate) use submit::check_generation;
+
+/// What survives a ring's move to a new generation.
+#[derive(Debug, Default)]
+pub(crate) struct RingFlags {
+    /// Whether `run_job` defers submission to `flush` (one `vkQueueSubmit` per batch).
+    batching: AtomicBool,
+    /// `vkQueueSubmit` calls that succeeded, over every generation.
+    submits: AtomicU64,
+}
+
+/// A ring across device generations: its current `RingHw`, swapped to one on the new core
+/// by the recovery thread. What the scheduler's backend holds.
+pub(crate) struct RingSlot {
+    pub(crate) shared: Arc<DeviceShared>,
+    pub(crate) name: Box<str>,
+    pub(crate) queue: u32,
+    pub(crate) credit_limit: u32,
+    current: Mutex<Arc<RingHw>>,
+    pub(crate) flags: Arc<RingFlags>,
+}
+
+impl RingSlot {
+    pub(crate) fn new(
+        shared: &Arc<DeviceShared>,
+        queue: u32,
+        name: &str,
+        credit_limit: u32,
+    ) -> Result<Arc<RingSlot>, DeviceError> {
+        let flags = Arc::new(RingFlags::default());
+        flags.batching.store(true, Ordering::Relaxed);
+        // Under `slots`: recreation moves every registered slot, and a slot made during a
+        // recreation lands on the new core.
+        let mut slots = lock(&shared.slots);
+        slots.retain(|w| w.strong_count() > 0);
+        if slots.len() >= MAX_RINGS {
+            return Err(DeviceError::TooManyRings(MAX_RINGS));
+        }
+        let core = shared.core();
+        let hw = RingHw::new(&core, queue, name, credit_limit, flags.clone())?;
+        {
+            let mut rings = lock(&core.comp.rings);
+            rings.retain(|w| w.strong_count() > 0);
+            rings.push(Arc::downgrade(&hw));
+        }
+        let slot = Arc::new(RingSlot {
+            shared: shared.clone(),
+            name: name.into(),
+            queue,
+            credit_limit,
+            current: Mutex::new(hw),
+            flags,
+        });
+        slots.push(Arc::downgrade(&slot));
+        Ok(slot)
+    }
+
+    /// The current hardware ring.
+    pub(crate) fn hw(&self) -> Arc<RingHw> {
+        lock(&self.current).clone()
+    }
+
+    /// Moves the ring to `hw` (a new generation); returns the old one.
+    ///
+    /// (See also `Drop`: the current `RingHw` goes to its completion thread.)
+    pub(crate) fn swap(&self, hw: Arc<RingHw>) -> Arc<RingHw> {
+        std::mem::replace(&mut *lock(&self.current), hw)
+    }
+}
+
+impl Drop for RingSlot {
+    fn drop(&mut self) {
+        let hw = sync::get_mut(&mut self.current);
+        hw.adopt();
+    }
+}
+
+/// The [`Backend`](gpusched::Backend) of a Vulkan ring; made by
+/// [`VulkanDevice::ring`](crate::VulkanDevice::ring). It follows its device across generations.
+pub struct VulkanRing {
+    pub(crate) slot: Arc<RingSlot>,
+}
+
+impl fmt::Debug for VulkanRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hw = self.slot.hw();
+        f.debug_struct("VulkanRing")
+            .field("name", &hw.name)
+            .field("device", &hw.core.name)
+            .field("generation", &hw.core.generation)
+            .field("queue", &hw.queue)
+            .field("submitted", &hw.submitted.load(Ordering::SeqCst))
+            .field("completed", &hw.completed.load(Ordering::SeqCst))
+            .finish()
+    }
+}
+
+impl VulkanRing {
+    /// Turns batching on (the default) or off: with it, the jobs the scheduler hands over in
+    /// one go are submitted with one `vkQueueSubmit` (up to 32 jobs a call; one `VkSubmitInfo`
+    /// per job, in order, each signalling its own job's value), which saves the per-submit
+    /// CPU cost of real drivers; without it every job is its own submit.
+    pub fn set_batching(&self, on: bool) {
+        self.slot.flags.batching.store(on, Ordering::Relaxed);
+    }
+
+    /// How many `vkQueueSubmit` calls this ring made, over every generation (one per job
+    /// without batching, one per batch of up to 32 jobs with it).
+    pub fn submits(&self) -> u64 {
+        self.slot.flags.submits.load(Ordering::Relaxed)
+    }
+
+    /// Whether batching is on.
+    pub fn batching(&self) -> bool {
+        self.slot.flags.batching.load(Ordering::Relaxed)
+    }
+
+    /// The last timeline value submitted on the current generation.
+    pub fn submitted(&self) -> u64 {
+        self.slot.hw().submitted.load(Ordering::SeqCst)
+    }
+
+    /// The last timeline value the completion thread saw reached on the current generation.
+    pub fn completed(&self) -> u64 {
+        self.slot.hw().completed.load(Ordering::SeqCst)
+    }
+
+    /// The current value of the current generation's semaphore: how far the hardware got
+    /// (`vkGetSemaphoreCounterValue`; 0 if the read fails).
+    pub fn hw_progress(&self) -> u64 {
+        self.slot.hw().counter().unwrap_or(0)
+    }
+
+    /// The generation of the ring's device that new jobs record for.
+    pub fn generation(&self) -> u64 {
+        self.slot.hw().core.generation
+    }
+
+    /// The name of the ring's device.
+    pub fn device_name(&self) -> &str {
+        &self.slot.shared.name
+    }
+
+    /// The raw timeline semaphore of the current generation (diagnostics, benches).
+    pub fn semaphore(&self) -> vk::Semaphore {
+        self.slot.hw().sem
+    }
+}
