@@ -8,7 +8,9 @@
 //! `fs_reclaim_acquire`/`fs_reclaim_release` and `might_alloc`; `drivers/dma-buf/dma-resv.c`
 //! `dma_resv_lockdep` priming). This module does the same for Rust code using this workspace.
 //!
-//! # The contract (DESIGN.md) and how each rule is checked
+//! # The contract and how each rule is checked
+//! The rules are numbered in CONTRACT.md at the repository root (rules 4 to 7 are the ones
+//! checked here; [`Rule::contract_rule`] maps each report to its rule).
 //! Locks belong to static, named [`LockClass`]es; every thread keeps a fixed-size stack of
 //! the classes it holds (depth 48, no allocation); a global graph records an edge `A -> B`
 //! the first time `B` is taken while `A` is held. An acquisition whose new edge closes a
@@ -30,7 +32,7 @@
 //! process: `resv` in a section (`signalling -> resv`), allocation in a section
 //! (`signalling -> reclaim`), a blocking `resv` lock in reclaim (`reclaim -> resv`), an outer
 //! lock under `resv` (`resv -> outer`), a wait in a section. Allowed: waits under `resv`
-//! (rule 2) and in reclaim (rule 3), trylocks anywhere (a trylock records no edge, as in
+//! (rule 2 of CONTRACT.md) and in reclaim (rule 3), trylocks anywhere (a trylock records no edge, as in
 //! lockdep), allocations inside a reclaim section (`PF_MEMALLOC`: they cannot re-enter
 //! reclaim) or inside [`no_reclaim`] (the `GFP_NOWAIT` analogue).
 //!
