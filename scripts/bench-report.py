@@ -368,7 +368,7 @@ def main():
         f"- Machine: {ncpu} CPUs ({cpu}), Linux {kernel}",
         "- Every ratio compares numbers measured in the same run; \"ratio\" comes from the "
         "benches' own interleaved loops, \"criterion ratio\" from criterion's medians "
-        "(short measurement times). Targets are the issue's (#9); they are reported, not "
+        "(short measurement times). Targets are the project's performance goals; they are reported, not "
         "tested.",
         "- The machine is shared with other jobs (2 cores) and noisy: single numbers vary by "
         "±30% between runs; ratios less so.",

@@ -20,8 +20,7 @@
 //! once) for up to twice that time, as a fence wait spins a few µs before it sleeps and i915
 //! busy-waits on a request about to complete before it sleeps on the interrupt: a sleeping waiter
 //! makes every signal of the driver's queue thread a wake-up, and on lavapipe (2 cores) that woken
-//! thread preempted the queue thread about once per job (empty jobs: the queue thread's CPU per job
-//! fell from 7.5–8.1 to 6.1–6.9 µs once nothing slept on the semaphore). Longer jobs (SAXPY: ~800
+//! thread preempted the queue thread about once per job. Longer jobs (SAXPY: ~800
 //! µs) never poll: the poll would only take a CPU from the work. On waking it reads the counter and
 //! signals the ring's hardware fences up to it, in order, running fence callbacks inline (the
 //! scheduler's completion path: finished fences, dependants, the next `run_job`): no thread hop on
@@ -33,19 +32,18 @@
 //! so does a thread whose core was declared lost elsewhere.
 //!
 //! Why one thread per ring rather than one per device waiting on every busy ring at once
-//! (`VK_SEMAPHORE_WAIT_ANY` over the rings' semaphores plus a host-signalled wake semaphore,
-//! as before): mesa's common runtime (lavapipe, and every mesa driver that emulates timeline
+//! (`VK_SEMAPHORE_WAIT_ANY` over the rings' semaphores plus a host-signalled wake semaphore):
+//! mesa's common runtime (lavapipe, and every mesa driver that emulates timeline
 //! semaphores) cannot block on several emulated timelines at once, and *spins*
 //! (`__vk_sync_wait_many` in `src/vulkan/runtime/vk_sync.c`: "there's nothing better we can
-//! do than spin"), which kept the thread on a CPU 59–81 % of the time and took a core from
-//! lavapipe's workers (benches/RESULTS.md). A single-semaphore wait blocks on a condition
+//! do than spin"), which keeps the waiting thread on a CPU and takes a core from lavapipe's
+//! workers (benches/RESULTS.md). A single-semaphore wait blocks on a condition
 //! variable there and in every driver. One thread watching one busy ring and falling back to
 //! short timeouts when several are busy would delay the other rings' completions by the
 //! timeout and need a wake for a ring that becomes busy during a wait, which a
 //! single-semaphore wait cannot take. Threads cost a stack each (at most [`MAX_RINGS`] per
-//! device) and parked ones no CPU. Completions of different rings now run on different
-//! threads, concurrently, as completions of different devices always did; each ring's stay
-//! in order on its own thread.
+//! device) and parked ones no CPU. Completions of different rings run on different threads,
+//! concurrently; each ring's stay in order on its own thread.
 //!
 //! # Teardown
 //! A completion thread holds neither its ring nor the core while it sleeps (the ring weakly,
