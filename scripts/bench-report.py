@@ -13,7 +13,7 @@ OUT            the markdown file to write.
 
 Each table row sets a baseline against ours from the benches' own interleaved loops (ratio =
 ours / baseline unless the row says otherwise), criterion's median ratio for the same pair
-where criterion measured both, and the issue's target where it has one. Standard library only.
+where criterion measured both, and the project's target where it has one. Standard library only.
 """
 
 import datetime

@@ -35,7 +35,7 @@ mod vulkan;
 mod world;
 
 pub use crate::exec::{run_scenario, Failure, Summary, WATCHDOG};
-pub use crate::harness::{env_u64, run_seeds, soak, Harness, Seeds, Totals};
+pub use crate::harness::{env_u64, run_seeds, serial, soak, Harness, Seeds, Totals};
 pub use crate::ledger::{job_value, JobLedger, Ledger};
 pub use crate::mock::{FaultJob, FaultRing, MockWorld};
 pub use crate::plan::{

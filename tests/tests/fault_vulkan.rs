@@ -97,6 +97,7 @@ fn run(seed: u64) -> Result<Summary, Failure> {
 
 #[test]
 fn fixed_seeds() {
+    let _serial = gpusched_tests::serial();
     if !vulkan_available() {
         return;
     }
@@ -118,6 +119,7 @@ fn fixed_seeds() {
 #[test]
 #[ignore = "soak: runs random seeds on Vulkan for FAULT_SOAK_SECS seconds (default 120)"]
 fn soak() {
+    let _serial = gpusched_tests::serial();
     if !vulkan_available() {
         return;
     }
@@ -128,6 +130,7 @@ fn soak() {
 
 #[test]
 fn the_oracle_catches_wrong_results() {
+    let _serial = gpusched_tests::serial();
     if !vulkan_available() {
         return;
     }
