@@ -27,21 +27,21 @@ setup:
 	bash scripts/setup.sh
 
 # The main job: `gpusched demo` on the default Vulkan device (lavapipe when there is no GPU),
-# with the validation layer on and faults injected (the binary needs gpusched-vulkan's
-# `cli` feature: fault injection plus clap, indicatif, serde_json, rand). Pass options with DEMO_ARGS="--clients 8 --rounds 100"
-# (`gpusched demo --help` lists them).
+# with the validation layer on and faults injected. The binary is the `gpusched-demo` package
+# (demo/, not published), so gpusched-vulkan carries none of its command-line dependencies.
+# Pass options with DEMO_ARGS="--clients 8 --rounds 100" (`gpusched demo --help` lists them).
 DEMO_ARGS ?=
 demo: setup
-	$(ENV) cargo run --release -p gpusched-vulkan --features cli --bin gpusched -- \
+	$(ENV) cargo run --release -p gpusched-demo --bin gpusched -- \
 		demo --validation $(DEMO_ARGS)
 
 demo-fence: setup
 	$(ENV) cargo run --release -p gpusched-fence --example pipeline
 
 # The demo end to end with a small workload, faults included, its summary and trace checked
-# (vulkan-backend/tests/demo.rs; part of `make test`).
+# (demo/tests/demo.rs; part of `make test`).
 demo-test:
-	$(ENV) cargo test -q -p gpusched-vulkan --features cli --test demo
+	$(ENV) cargo test -q -p gpusched-demo --test demo
 	$(ENV) cargo run -q -p gpusched-fence --example pipeline
 
 # The whole test suite, in order. Steps are recipe lines (not prerequisites) so that `make -j`
@@ -57,11 +57,11 @@ test: setup
 	$(MAKE) --no-print-directory bench-test
 	$(MAKE) --no-print-directory package
 
-# With the Vulkan backend's `cli` feature (fault injection + the binary), so that its recovery
-# tests (tests/recovery.rs) and the demo test (tests/demo.rs) run too.
+# The workspace includes the demo package (demo/: its test runs the binary); with the Vulkan
+# backend's `fault-injection` feature, so that its recovery tests (tests/recovery.rs) run too.
 nextest:
 	$(ENV) cargo nextest run --workspace --profile ci --no-tests=warn \
-		--features gpusched-vulkan/cli
+		--features gpusched-vulkan/fault-injection
 
 # nextest does not run doctests. The README example lives in fence/examples/readme.rs: check
 # that the README shows it verbatim, and run it.
@@ -86,13 +86,13 @@ examples:
 # The API docs, with every rustdoc warning (broken intra-doc links included) an error.
 doc:
 	$(ENV) RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps \
-		--features gpusched-vulkan/cli
+		--features gpusched-vulkan/fault-injection
 
 # The checker is a default feature; the scheduler must also build without it.
 features:
 	$(ENV) cargo build -p gpusched --no-default-features
 
-# The published crates package and verify together (one `cargo package` call, so that
+# The four published crates (the demo, demo/, is `publish = false`) package and verify together (one `cargo package` call, so that
 # gpusched-resv and gpusched resolve their unpublished workspace dependencies locally).
 # Cargo unpacks that local registry into $CARGO_HOME/registry/src/<hash of its path>/ and
 # reuses an unpacked crate of the same name and version: a clone at a path used before

@@ -13,7 +13,7 @@ OUT            the markdown file to write.
 
 Each table row sets a baseline against ours from the benches' own interleaved loops (ratio =
 ours / baseline unless the row says otherwise), criterion's median ratio for the same pair
-where criterion measured both, and the issue's target where it has one. Standard library only.
+where criterion measured both, and the project's target where it has one. Standard library only.
 """
 
 import datetime
@@ -368,7 +368,7 @@ def main():
         f"- Machine: {ncpu} CPUs ({cpu}), Linux {kernel}",
         "- Every ratio compares numbers measured in the same run; \"ratio\" comes from the "
         "benches' own interleaved loops, \"criterion ratio\" from criterion's medians "
-        "(short measurement times). Targets are the issue's (#9); they are reported, not "
+        "(short measurement times). Targets are the project's performance goals; they are reported, not "
         "tested.",
         "- The machine is shared with other jobs (2 cores) and noisy: single numbers vary by "
         "±30% between runs; ratios less so.",

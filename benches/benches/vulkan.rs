@@ -18,10 +18,9 @@
 //! scheduler: push, then wait on the finished fence, which the completion thread signals);
 //! jobs per `vkQueueSubmit` with batching; and, from `/proc/self/task/*/schedstat`, the CPU
 //! time per job of each path's throughput loops, with the device's completion thread apart
-//! (the profile that showed lavapipe's spinning multi-semaphore wait, see benches/RESULTS.md;
-//! the backend now waits on one semaphore per ring, and polls it for a few µs first while its
-//! jobs complete less than 20 µs apart, so the completion thread's share of an empty job
-//! includes that polling). Both paths execute the same commands: native SAXPY command
+//! (it waits on one semaphore per ring, and polls it for a few µs first while its jobs
+//! complete less than 20 µs apart, so the completion thread's share of an empty job includes
+//! that polling). Both paths execute the same commands: native SAXPY command
 //! buffers carry the ring's barriers (a full barrier before the work, one to the host after),
 //! and an empty job is an empty command buffer on both (`VulkanJob::empty` records no
 //! barrier).

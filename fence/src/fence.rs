@@ -749,7 +749,7 @@ impl Drop for Signaller {
 mod tests {
     use super::*;
 
-    /// The memory contract (DESIGN.md): a pending fence costs at most 128 bytes with its
+    /// The memory rules (CONTRACT.md): a pending fence costs at most 128 bytes with its
     /// `Arc`. An `ArcInner` is the two reference counts (16 bytes on 64-bit targets) followed
     /// by the value.
     #[test]

@@ -1,5 +1,5 @@
 //! One place that picks std or loom primitives, so loom models see every synchronisation the
-//! modelled paths do (STYLE.md, habit 12). Build with `RUSTFLAGS="--cfg gpusched_loom"` for the
+//! modelled paths do. Build with `RUSTFLAGS="--cfg gpusched_loom"` for the
 //! loom flavour; a bare `--cfg loom` would also switch `event-listener`, which we do not want.
 
 #[cfg(gpusched_loom)]

@@ -44,4 +44,7 @@ fn policies() {
     let msg = err.downcast_ref::<String>().unwrap();
     assert!(msg.starts_with("gpusched lockdep: "), "{msg}");
     assert!(msg.contains(Rule::ResvInSignalling.sentence()), "{msg}");
+    // The first line names the rule of CONTRACT.md that was broken.
+    assert_eq!(Rule::ResvInSignalling.contract_rule(), Some(4));
+    assert!(msg.lines().next().unwrap().ends_with("(rule 4 of CONTRACT.md)"), "{msg}");
 }

@@ -1,6 +1,6 @@
 //! Signalling never allocates: with callbacks reserved and prepared beforehand, `signal()`
-//! performs zero allocations on the signalling thread (DESIGN.md, "Memory is part of the
-//! contract"). A counting global allocator counts per thread.
+//! performs zero allocations on the signalling thread (the memory rules of
+//! CONTRACT.md). A counting global allocator counts per thread.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -13,9 +13,9 @@
 //! # Contract rules enforced here
 //! Every acquisition is reported to the checker ([`gpusched_fence::lockdep`], class
 //! [`lockdep::RESV`](gpusched_fence::lockdep::RESV)): a reservation lock inside a signalling
-//! section, or a blocking one inside a reclaim section, is a violation (rules 4 and 6 of the
-//! contract); a trylock is annotated as such. Waiting for fences under a reservation lock is
-//! allowed (rule 2). The dma-buf locking convention (rule 8) is in the types: a locked
+//! section, or a blocking one inside a reclaim section, is a violation (rules 4 and 6 of
+//! CONTRACT.md); a trylock is annotated as such. Waiting for fences under a reservation lock
+//! is allowed (rule 2). The dma-buf locking convention (rule 8) is in the types: a locked
 //! operation without the lock does not compile.
 //!
 //! ```compile_fail,E0599

@@ -18,7 +18,7 @@
 //! - A fence replaces an older one of the same context whose usage is the same or later in
 //!   the [`Usage`] order (seen by no more queries than the new one), so no query ever stops
 //!   seeing a context it saw; signalled fences are pruned.
-//! - Waiting for fences under the lock is allowed (the checker's rule 2).
+//! - Waiting for fences under the lock is allowed (rule 2 of CONTRACT.md).
 
 use std::collections::TryReserveError;
 use std::fmt;

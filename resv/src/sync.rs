@@ -1,5 +1,5 @@
 //! One place that picks std or loom primitives, so loom models see every synchronisation the
-//! wound/wait paths do (STYLE.md, habit 12). Build with `RUSTFLAGS="--cfg gpusched_loom"` for
+//! wound/wait paths do. Build with `RUSTFLAGS="--cfg gpusched_loom"` for
 //! the loom flavour.
 
 #[cfg(gpusched_loom)]

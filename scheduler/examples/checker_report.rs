@@ -4,7 +4,7 @@
 //! Run: `cargo run -p gpusched --example checker_report`. It exits non-zero unless the
 //! checker reports the mistake (it needs the default `checker` feature).
 //!
-//! The mistake (the classic one; rule 4 of the contract): the render thread holds the
+//! The mistake (the classic one; rule 4 of CONTRACT.md): the render thread holds the
 //! engine's `frame_state` lock while it waits for a fence, and a completion callback (which
 //! runs on the signalling thread, inside a signalling section) takes the same lock. If the
 //! fence being waited on can only signal after that callback got the lock, the two threads

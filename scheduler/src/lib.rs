@@ -39,7 +39,7 @@
 //! | what | how | default |
 //! |---|---|---|
 //! | the signalling-contract checker ([`fence::lockdep`]) | cargo feature `checker` (forwards to `gpusched-fence/checker` and `gpusched-resv/checker`); without it every annotation compiles to nothing, with the same API | on |
-//! | fault injection | planned, with the Vulkan backend (`gpusched-vulkan`) | — |
+//! | fault injection | the mock ring in every build (`testing::MockBehavior`: hangs, failures); the Vulkan backend's cargo feature `fault-injection` (`gpusched-vulkan`: per-job faults, a seeded fault plan, device loss) | mock: always; Vulkan: off |
 //! | Vulkan validation layer | environment `GPUSCHED_VALIDATION=1`, Vulkan backend (`gpusched-vulkan`) | off |
 //!
 //! # Examples

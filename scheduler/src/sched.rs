@@ -736,7 +736,7 @@ impl<B: Backend> SchedShared<B> {
     /// it ran behind its failed dependency on the same ring, so on that job's late results
     /// (a blamed slow job that finished meanwhile, or a hang the backend released before
     /// this pass: the Vulkan ring releases a freed guilty job's hang as soon as the scheduler
-    /// frees it, fault suite seeds 233 and 354), and it ends with the dependency's error
+    /// frees it), and it ends with the dependency's error
     /// however fast the hardware was.
     pub(crate) fn fail_dependants(self: &Arc<Self>) {
         let epoch = self.begin_pass();

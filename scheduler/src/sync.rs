@@ -1,4 +1,4 @@
-//! One place that picks std or loom primitives (STYLE.md, habit 12).
+//! One place that picks std or loom primitives.
 
 //! `Arc` is always std's: the scheduler needs `Weak<dyn Trait>` and `Arc::new_cyclic`.
 pub(crate) use std::sync::Arc;

@@ -335,7 +335,7 @@ impl gpusched::Backend for FailingSubmit {
     }
 }
 
-/// Regression (fault suite, seeds 0 and 68): a job whose submission failed while its
+/// Regression (found by the fault suite): a job whose submission failed while its
 /// entity's previous job was still on the ring signalled its finished fence at once, before
 /// that job's (the entity's timeline out of seqno order), and a job of another entity that
 /// depended on it on the same ring ran anyway (its `scheduled` state met the same-scheduler

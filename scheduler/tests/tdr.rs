@@ -89,7 +89,7 @@ fn no_device_loses_every_fence_and_later_pushes_fail() {
     assert!(err.error.is_scheduler_gone(), "{}", err.error);
 }
 
-/// Regression (fault suite, seed 18): a backend that stops the ring before declaring the
+/// Regression (found by the fault suite): a backend that stops the ring before declaring the
 /// device gone (`stop` then `device_gone`, as `MockRing` does) left the scheduler stopped, so
 /// the jobs still queued (here: no credits left for them) were never cancelled and their
 /// fences never signalled.
@@ -440,7 +440,7 @@ fn a_reset_restarts_the_other_rings_timeouts() {
     assert_eq!(domain.recoveries(), 1);
 }
 
-/// Regression (fault suite, seeds 5, 8, 12): a job that depended on a job of its own ring
+/// Regression (found by the fault suite): a job that depended on a job of its own ring
 /// (met once that job was scheduled) was on the ring behind it when that job hung; after the
 /// reset it was resubmitted and ran on the guilty job's missing results, ending `Ok`. Now it
 /// ends with the guilty job's error, and is not rerun.
@@ -504,7 +504,7 @@ impl gpusched::Backend for CompletesDuringReset {
     }
 }
 
-/// Regression (fault suite, seed 239, a race): jobs that completed on the hardware while the
+/// Regression (found by the fault suite): jobs that completed on the hardware while the
 /// timeout handler had the scheduler stopped were treated as unfinished by the resubmission:
 /// a killed entity's job was force-completed `Killed` although it had finished (`kill` leaves
 /// jobs on the hardware alone), its dependant then failed with that error, and innocent jobs
@@ -536,7 +536,7 @@ fn jobs_completed_during_a_reset_keep_their_hardware_result() {
     assert_eq!(*s.backend().runs.lock().unwrap(), vec![1, 2, 3, 4], "nothing rerun");
 }
 
-/// Regression (fault suite under load, seed 747): the resubmission fails a job whose
+/// Regression (found by the fault suite): the resubmission fails a job whose
 /// same-ring dependency was the guilty one, after its entity's previous job (deferred); a
 /// dependant of that job armed before it was pushed must see the failure too, not rerun.
 #[test]
@@ -586,7 +586,7 @@ fn without_resubmission_same_ring_dependants_of_the_guilty_fail() {
     same_ring_dependant_of_the_guilty_fails(Mode::NoResubmit);
 }
 
-/// Fault suite seeds 233 and 354 (Vulkan): the hardware finished the dependant between the
+/// Regression (found by the Vulkan fault suite): the hardware finished the dependant between the
 /// stop and `fail_dependants` (the guilty job's hang was released first): it ran on the
 /// guilty job's late results and must still end with its error, not `Ok` because its
 /// hardware fence signalled.

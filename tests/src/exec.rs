@@ -87,6 +87,9 @@ impl fmt::Display for Failure {
 
 /// Generates the scenario of `seed` and runs it on a fresh `W` under the watchdog.
 ///
+/// It counts the checker violations raised in the process while it runs: hold
+/// [`serial`](crate::serial) so that no other test of the process runs meanwhile.
+///
 /// # Errors
 /// The invariants that did not hold, with the seed and a dump.
 pub fn run_scenario<W: World>(seed: u64, cfg: &PlanConfig) -> Result<Summary, Failure> {

@@ -11,8 +11,16 @@
 //! - `FAULT_SOAK_SECS`: the soak's duration (default [`Harness::soak_secs`]).
 //! - `FAULT_DUMP=1`: prints every failing seed's dump as it fails (the first one is always
 //!   printed, in the panic that ends the run).
+//!
+//! # One test at a time
+//! A scenario compares process-wide counters before and after it (checker violations,
+//! validation errors, live Vulkan devices), so two tests of one binary running scenarios at
+//! once would see each other's. Every test that runs scenarios holds [`serial`] throughout:
+//! plain `cargo test` (threads in one process) then runs them one at a time, as nextest
+//! (a process per test) always does.
 
 use std::fmt;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::exec::{Failure, Summary};
@@ -39,6 +47,14 @@ pub struct Seeds {
     /// Whether they are the suite's default set (no variable chose them): the suite then
     /// asserts that the set exercises what it claims to.
     pub default_set: bool,
+}
+
+/// Serialises the tests of one process that read process-wide state (see the module docs):
+/// hold the guard for the whole test. A test that panicked while holding it does not block
+/// the others (the poison is ignored: the lock guards no data).
+pub fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Reads a non-negative integer variable; `None` when unset.

@@ -1,7 +1,7 @@
 //! Cross-crate integration and fault-injection suites for `gpusched` (the suites live in
 //! `tests/tests/`). This library is the fault-injection engine they share.
 //!
-//! # The fault suite (issue #9)
+//! # The fault suite
 //! A seeded generator ([`Scenario::generate`]) makes a scenario: entities at mixed priorities (one
 //! perhaps rogue, hanging until banned) on one to three rings of one device, a random DAG of jobs
 //! with explicit dependencies (earlier jobs' finished fences) and implicit ones (shared buffers'
@@ -35,7 +35,7 @@ mod vulkan;
 mod world;
 
 pub use crate::exec::{run_scenario, Failure, Summary, WATCHDOG};
-pub use crate::harness::{env_u64, run_seeds, soak, Harness, Seeds, Totals};
+pub use crate::harness::{env_u64, run_seeds, serial, soak, Harness, Seeds, Totals};
 pub use crate::ledger::{job_value, JobLedger, Ledger};
 pub use crate::mock::{FaultJob, FaultRing, MockWorld};
 pub use crate::plan::{

@@ -34,7 +34,7 @@
 //! `VkSubmitInfo` per job, each signalling its own job's timeline value, so each job of a
 //! batch completes on its own (when one submit signalled only the last job's value, a slow
 //! job batched behind fault-free ones made the head of the batch late and the timeout handler
-//! blamed that innocent job: seeds 4, 7, 25). The world keeps the backend's default, batching
+//! blamed that innocent job). The world keeps the backend's default, batching
 //! on; `GPUSCHED_FAULT_BATCHING=0` turns it off (`VulkanRing::set_batching(false)`).
 //!
 //! # Checked like the other worlds
@@ -81,9 +81,8 @@ const WAIT: Duration = Duration::from_secs(30);
 /// job at the head of a ring at a timeout is blamed: the ring cannot tell it from a slow one),
 /// slow jobs of one and a quarter timeouts, and fewer jobs. A slow job runs on after its
 /// blame, and the busy kernel's calibration drifts 2x on a loaded machine: three timeouts
-/// without progress declare the device lost (seed 28 lost it with slow jobs of two
-/// timeouts; seeds 66, 73, 188, 252, 330, 363, 524, 548, 744 now and then with one and a
-/// half), and a slow job ending near two timeouts, when the job behind it times out, risks
+/// without progress declare the device lost (slow jobs of two timeouts, and now and then of
+/// one and a half, reached that), and a slow job ending near two timeouts, when the job behind it times out, risks
 /// that job's blame. At 1.25 those take a 2.4x and a 1.6x slowdown; a slow job that ends
 /// before its timeout (a 1.25x speed-up) is accepted by the oracle (`Ok` or `TimedOut`).
 pub const VULKAN_PLAN: PlanConfig = PlanConfig {

@@ -27,6 +27,7 @@ const HARNESS: Harness =
 
 #[test]
 fn fixed_seeds() {
+    let _serial = gpusched_tests::serial();
     let cfg = PlanConfig::default();
     let seeds = HARNESS.seeds(|| (0..500).collect()).seeds;
     let totals = run_seeds(&HARNESS, &seeds, |seed| run_scenario::<MockWorld>(seed, &cfg));
@@ -41,12 +42,14 @@ fn fixed_seeds() {
 #[test]
 #[ignore = "soak: runs random seeds for FAULT_SOAK_SECS seconds (default 60)"]
 fn soak() {
+    let _serial = gpusched_tests::serial();
     let cfg = PlanConfig::default();
     gpusched_tests::soak(&HARNESS, |seed| run_scenario::<MockWorld>(seed, &cfg));
 }
 
 #[test]
 fn the_oracle_catches_wrong_results() {
+    let _serial = gpusched_tests::serial();
     let cfg = PlanConfig::default();
     let failure = (0..20)
         .find_map(|seed| run_scenario::<Corrupting<MockWorld>>(seed, &cfg).err())

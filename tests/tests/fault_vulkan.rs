@@ -97,6 +97,7 @@ fn run(seed: u64) -> Result<Summary, Failure> {
 
 #[test]
 fn fixed_seeds() {
+    let _serial = gpusched_tests::serial();
     if !vulkan_available() {
         return;
     }
@@ -104,7 +105,7 @@ fn fixed_seeds() {
     let set = HARNESS.seeds(|| (0..12).chain(LOSS_SEEDS).collect());
     let totals = run_seeds(&HARNESS, &set.seeds, run);
     assert_eq!(live_devices(), devices, "devices left alive after the scenarios");
-    // Over a set (one scenario may well be mostly faults: seed 363 has no success).
+    // Over a set (one scenario may well be mostly faults, with no success at all).
     if set.seeds.len() >= 10 {
         assert!(totals.ok * 3 > totals.jobs, "too few successes to check results: {totals}");
     }
@@ -118,6 +119,7 @@ fn fixed_seeds() {
 #[test]
 #[ignore = "soak: runs random seeds on Vulkan for FAULT_SOAK_SECS seconds (default 120)"]
 fn soak() {
+    let _serial = gpusched_tests::serial();
     if !vulkan_available() {
         return;
     }
@@ -128,6 +130,7 @@ fn soak() {
 
 #[test]
 fn the_oracle_catches_wrong_results() {
+    let _serial = gpusched_tests::serial();
     if !vulkan_available() {
         return;
     }

@@ -370,7 +370,7 @@ fn device_loss_fails_every_fence_and_the_next_generation_works() {
     teardown(dev, live);
 }
 
-/// Fault suite seed 442: an injected loss leaves the lost generation's submitted work running
+/// Regression (found by the fault suite): an injected loss leaves the lost generation's submitted work running
 /// on the same physical device (lavapipe runs the dispatches of every `VkDevice` of a
 /// physical device on one thread pool), so the new generation's first compute job waits
 /// behind a lost slow job. Its timeout must not blame it (here, at hang limit 0, that would

@@ -50,8 +50,7 @@ impl<A> CheckingAllocator<A> {
 
 #[inline]
 fn hook() {
-    #[cfg(all(feature = "checker", not(gpusched_loom)))]
-    super::checker::might_alloc(core::panic::Location::caller(), true);
+    super::imp::might_alloc(core::panic::Location::caller(), true);
 }
 
 // SAFETY: every method forwards to `inner` with the caller's arguments unchanged, so `inner`'s
@@ -98,15 +97,13 @@ pub struct NoReclaim {
 /// this thread. For non-blocking pools and diagnostics inside signalling sections.
 #[inline]
 pub fn no_reclaim() -> NoReclaim {
-    #[cfg(all(feature = "checker", not(gpusched_loom)))]
-    super::checker::no_reclaim(true);
+    super::imp::no_reclaim(true);
     NoReclaim { _not_send: PhantomData }
 }
 
 impl Drop for NoReclaim {
     #[inline]
     fn drop(&mut self) {
-        #[cfg(all(feature = "checker", not(gpusched_loom)))]
-        super::checker::no_reclaim(false);
+        super::imp::no_reclaim(false);
     }
 }

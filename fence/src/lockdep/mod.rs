@@ -8,7 +8,9 @@
 //! `fs_reclaim_acquire`/`fs_reclaim_release` and `might_alloc`; `drivers/dma-buf/dma-resv.c`
 //! `dma_resv_lockdep` priming). This module does the same for Rust code using this workspace.
 //!
-//! # The contract (DESIGN.md) and how each rule is checked
+//! # The contract and how each rule is checked
+//! The rules are numbered in CONTRACT.md at the repository root (rules 4 to 7 are the ones
+//! checked here; [`Rule::contract_rule`] maps each report to its rule).
 //! Locks belong to static, named [`LockClass`]es; every thread keeps a fixed-size stack of
 //! the classes it holds (depth 48, no allocation); a global graph records an edge `A -> B`
 //! the first time `B` is taken while `A` is held. An acquisition whose new edge closes a
@@ -30,7 +32,7 @@
 //! process: `resv` in a section (`signalling -> resv`), allocation in a section
 //! (`signalling -> reclaim`), a blocking `resv` lock in reclaim (`reclaim -> resv`), an outer
 //! lock under `resv` (`resv -> outer`), a wait in a section. Allowed: waits under `resv`
-//! (rule 2) and in reclaim (rule 3), trylocks anywhere (a trylock records no edge, as in
+//! (rule 2 of CONTRACT.md) and in reclaim (rule 3), trylocks anywhere (a trylock records no edge, as in
 //! lockdep), allocations inside a reclaim section (`PF_MEMALLOC`: they cannot re-enter
 //! reclaim) or inside [`no_reclaim`] (the `GFP_NOWAIT` analogue).
 //!
@@ -78,10 +80,17 @@ use core::panic::Location;
 use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
 mod alloc;
-#[cfg(all(feature = "checker", not(gpusched_loom)))]
-mod checker;
 mod report;
 mod wrappers;
+
+// The one switch: the checker's engine (`enabled.rs`), or the same crate-internal API as
+// no-ops (`disabled.rs`). Everything else in this module is the same in both builds.
+#[cfg(all(feature = "checker", not(gpusched_loom)))]
+#[path = "enabled.rs"]
+mod imp;
+#[cfg(not(all(feature = "checker", not(gpusched_loom))))]
+#[path = "disabled.rs"]
+mod imp;
 
 pub use self::alloc::{no_reclaim, CheckingAllocator, NoReclaim};
 pub use self::report::{ChainEdge, Report, Rule, Site};
@@ -106,7 +115,8 @@ pub struct LockClass {
     reset_needed: bool,
     kind: ClassKind,
     /// The class's graph id plus one, assigned at first use (0: not yet; `u32::MAX`: no room
-    /// left). Written once under the checker's global lock.
+    /// left). Written once under the checker's global lock. Only the enabled checker reads it.
+    #[allow(dead_code)]
     id: AtomicU32,
 }
 
@@ -146,25 +156,13 @@ impl LockClass {
     pub fn is_outer(&self) -> bool {
         self.kind == ClassKind::Outer
     }
-
-    #[cfg_attr(not(all(feature = "checker", not(gpusched_loom))), allow(dead_code))]
-    pub(crate) fn kind(&self) -> ClassKind {
-        self.kind
-    }
-
-    #[cfg_attr(not(all(feature = "checker", not(gpusched_loom))), allow(dead_code))]
-    pub(crate) fn raw_id(&self) -> &AtomicU32 {
-        &self.id
-    }
 }
 
 /// The class of every reservation (`Resv`) lock.
 pub static RESV: LockClass = LockClass::pseudo("resv");
 /// The reclaim pseudo-class (`__fs_reclaim_map`).
-#[cfg_attr(not(all(feature = "checker", not(gpusched_loom))), allow(dead_code))]
 pub(crate) static RECLAIM: LockClass = LockClass::pseudo("reclaim");
 /// The signalling pseudo-class (`dma_fence_lockdep_map`).
-#[cfg_attr(not(all(feature = "checker", not(gpusched_loom))), allow(dead_code))]
 pub(crate) static SIGNALLING: LockClass = LockClass::pseudo("signalling");
 
 /// How a lock is being acquired.
@@ -224,64 +222,29 @@ pub fn policy() -> Policy {
     }
 }
 
-/// Whether checking is on process-wide (one relaxed load).
-#[cfg_attr(not(all(feature = "checker", not(gpusched_loom))), allow(dead_code))]
-#[inline]
-pub(crate) fn policy_on() -> bool {
-    POLICY.load(Ordering::Relaxed) != POLICY_OFF
-}
-
 /// Whether the checker is compiled in (the `checker` feature, and not a loom build).
-pub const ENABLED: bool = cfg!(all(feature = "checker", not(gpusched_loom)));
+pub const ENABLED: bool = imp::ENABLED;
 
 /// How many violations this process has found (every occurrence, under any policy).
 pub fn violations() -> u64 {
-    #[cfg(all(feature = "checker", not(gpusched_loom)))]
-    {
-        checker::violations()
-    }
-    #[cfg(not(all(feature = "checker", not(gpusched_loom))))]
-    {
-        0
-    }
+    imp::violations()
 }
 
 /// The last reports (at most 64), oldest first, without removing them.
 pub fn reports() -> Vec<Report> {
-    #[cfg(all(feature = "checker", not(gpusched_loom)))]
-    {
-        checker::reports(false)
-    }
-    #[cfg(not(all(feature = "checker", not(gpusched_loom))))]
-    {
-        Vec::new()
-    }
+    imp::reports(false)
 }
 
 /// The last reports (at most 64), oldest first, removing them.
 pub fn take_reports() -> Vec<Report> {
-    #[cfg(all(feature = "checker", not(gpusched_loom)))]
-    {
-        checker::reports(true)
-    }
-    #[cfg(not(all(feature = "checker", not(gpusched_loom))))]
-    {
-        Vec::new()
-    }
+    imp::reports(true)
 }
 
 /// Runs `f` and returns the violations raised on the calling thread meanwhile, instead of
 /// panicking or logging them (they still count in [`violations`]). Checks even while the
 /// policy is [`Policy::Off`]. Nestable; for tests that run in parallel in one process.
 pub fn capture<R>(f: impl FnOnce() -> R) -> (R, Vec<Report>) {
-    #[cfg(all(feature = "checker", not(gpusched_loom)))]
-    {
-        checker::capture(f)
-    }
-    #[cfg(not(all(feature = "checker", not(gpusched_loom))))]
-    {
-        (f(), Vec::new())
-    }
+    imp::capture(f)
 }
 
 /// Records that the current thread takes a lock of `class` (before blocking on it, so an
@@ -289,19 +252,13 @@ pub fn capture<R>(f: impl FnOnce() -> R) -> (R, Vec<Report>) {
 #[track_caller]
 #[inline]
 pub fn lock_acquire(class: &'static LockClass, how: Acquire, nest: Option<NestKey>) {
-    #[cfg(all(feature = "checker", not(gpusched_loom)))]
-    checker::acquire(class, how, nest, Location::caller());
-    #[cfg(not(all(feature = "checker", not(gpusched_loom))))]
-    let _ = (class, how, nest, Location::caller());
+    imp::acquire(class, how, nest, Location::caller());
 }
 
 /// Records that the current thread released a lock of `class` (taken with the same `nest`).
 #[inline]
 pub fn lock_release(class: &'static LockClass, nest: Option<NestKey>) {
-    #[cfg(all(feature = "checker", not(gpusched_loom)))]
-    checker::release(class, nest);
-    #[cfg(not(all(feature = "checker", not(gpusched_loom))))]
-    let _ = (class, nest);
+    imp::release(class, nest);
 }
 
 /// Guard of a signalling section; see [`signalling_section`]. Not `Send`: a section ends on
@@ -319,10 +276,7 @@ pub struct SignallingSection {
 #[track_caller]
 #[inline]
 pub fn signalling_section() -> SignallingSection {
-    #[cfg(all(feature = "checker", not(gpusched_loom)))]
-    let tracked = checker::section_enter(&SIGNALLING, Acquire::Shared, Location::caller());
-    #[cfg(not(all(feature = "checker", not(gpusched_loom))))]
-    let tracked = false;
+    let tracked = imp::section_enter(&SIGNALLING, Acquire::Shared, Location::caller());
     SignallingSection { tracked, _not_send: PhantomData }
 }
 
@@ -330,8 +284,7 @@ impl Drop for SignallingSection {
     #[inline]
     fn drop(&mut self) {
         if self.tracked {
-            #[cfg(all(feature = "checker", not(gpusched_loom)))]
-            checker::section_exit(&SIGNALLING);
+            imp::section_exit(&SIGNALLING);
         }
     }
 }
@@ -352,10 +305,7 @@ pub struct SignallingCookie {
 #[track_caller]
 pub fn begin_signalling() -> SignallingCookie {
     let begun_at = Location::caller();
-    #[cfg(all(feature = "checker", not(gpusched_loom)))]
-    let tracked = checker::section_enter(&SIGNALLING, Acquire::Shared, begun_at);
-    #[cfg(not(all(feature = "checker", not(gpusched_loom))))]
-    let tracked = false;
+    let tracked = imp::section_enter(&SIGNALLING, Acquire::Shared, begun_at);
     let t = std::thread::current();
     SignallingCookie { tracked, thread: t.id(), thread_name: t.name().map(str::to_owned), begun_at }
 }
@@ -368,17 +318,12 @@ pub fn end_signalling(cookie: SignallingCookie) {
     if !cookie.tracked {
         return;
     }
-    #[cfg(all(feature = "checker", not(gpusched_loom)))]
-    {
-        if cookie.thread == std::thread::current().id() {
-            checker::section_exit(&SIGNALLING);
-        } else {
-            let began = cookie.thread_name.unwrap_or_else(|| format!("{:?}", cookie.thread));
-            checker::wrong_thread_end(cookie.begun_at, began, Location::caller());
-        }
+    if cookie.thread == std::thread::current().id() {
+        imp::section_exit(&SIGNALLING);
+    } else {
+        let began = cookie.thread_name.unwrap_or_else(|| format!("{:?}", cookie.thread));
+        imp::wrong_thread_end(cookie.begun_at, began, Location::caller());
     }
-    #[cfg(not(all(feature = "checker", not(gpusched_loom))))]
-    let _ = (cookie.thread, cookie.thread_name, cookie.begun_at);
 }
 
 /// Guard of a reclaim section; see [`reclaim_section`].
@@ -395,10 +340,7 @@ pub struct ReclaimSection {
 #[track_caller]
 #[inline]
 pub fn reclaim_section() -> ReclaimSection {
-    #[cfg(all(feature = "checker", not(gpusched_loom)))]
-    let tracked = checker::section_enter(&RECLAIM, Acquire::Exclusive, Location::caller());
-    #[cfg(not(all(feature = "checker", not(gpusched_loom))))]
-    let tracked = false;
+    let tracked = imp::section_enter(&RECLAIM, Acquire::Exclusive, Location::caller());
     ReclaimSection { tracked, _not_send: PhantomData }
 }
 
@@ -406,8 +348,7 @@ impl Drop for ReclaimSection {
     #[inline]
     fn drop(&mut self) {
         if self.tracked {
-            #[cfg(all(feature = "checker", not(gpusched_loom)))]
-            checker::section_exit(&RECLAIM);
+            imp::section_exit(&RECLAIM);
         }
     }
 }
@@ -418,8 +359,7 @@ impl Drop for ReclaimSection {
 #[track_caller]
 #[inline]
 pub fn might_wait() {
-    #[cfg(all(feature = "checker", not(gpusched_loom)))]
-    checker::might_wait(false, Location::caller());
+    imp::might_wait(false, Location::caller());
 }
 
 /// Annotates a blocking, interruptible fence wait that is about to happen. Locks of
@@ -427,8 +367,7 @@ pub fn might_wait() {
 #[track_caller]
 #[inline]
 pub fn might_wait_interruptible() {
-    #[cfg(all(feature = "checker", not(gpusched_loom)))]
-    checker::might_wait(true, Location::caller());
+    imp::might_wait(true, Location::caller());
 }
 
 /// Annotates an allocation that may enter reclaim (`might_alloc(GFP_KERNEL)`): reported inside
@@ -436,6 +375,5 @@ pub fn might_wait_interruptible() {
 #[track_caller]
 #[inline]
 pub fn might_alloc() {
-    #[cfg(all(feature = "checker", not(gpusched_loom)))]
-    checker::might_alloc(Location::caller(), false);
+    imp::might_alloc(Location::caller(), false);
 }

@@ -5,36 +5,41 @@
 use core::fmt;
 use core::panic::Location;
 
-/// The rule a [`Report`] says was broken (DESIGN.md, "The contract").
+/// The rule a [`Report`] says was broken. The numbered rules are those of CONTRACT.md at the
+/// repository root; [`Rule::contract_rule`] gives the number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Rule {
-    /// Rule 4: a reservation lock (blocking) was taken inside a signalling section.
+    /// Rule 4 of CONTRACT.md: a reservation lock (blocking) was taken inside a signalling section.
     ResvInSignalling,
-    /// Rule 4: a fence was waited on inside a signalling section.
+    /// Rule 4 of CONTRACT.md: a fence was waited on inside a signalling section.
     WaitInSignalling,
-    /// Rule 4: an allocation that may enter reclaim (or a reclaim section) inside a
+    /// Rule 4 of CONTRACT.md: an allocation that may enter reclaim (or a reclaim section) inside a
     /// signalling section.
     ReclaimInSignalling,
-    /// Rule 4: a lock that is taken inside a signalling section is elsewhere held while
+    /// Rule 4 of CONTRACT.md: a lock that is taken inside a signalling section is elsewhere held while
     /// waiting on a fence (or the reverse).
     LockHeldAcrossWait,
-    /// Rule 6: a blocking reservation lock inside a reclaim section.
+    /// Rule 6 of CONTRACT.md: a blocking reservation lock inside a reclaim section.
     ResvInReclaim,
-    /// Rule 5: an outer lock taken while a reservation lock is held (the inverted
+    /// Rule 5 of CONTRACT.md: an outer lock taken while a reservation lock is held (the inverted
     /// `mmap_lock`/`copy_from_user` order).
     OuterUnderResv,
-    /// Rule 5: any other lock-order inversion (a cycle in the class graph).
+    /// Rule 5 of CONTRACT.md: any other lock-order inversion (a cycle in the class graph).
     LockOrderInversion,
-    /// Rule 7: a lock needed by reset held across a non-interruptible fence wait.
+    /// Rule 7 of CONTRACT.md: a lock needed by reset held across a non-interruptible fence wait.
     ResetLockAcrossWait,
-    /// A lock of a class already held was taken without a nest key (same-class recursion).
+    /// Rule 5 of CONTRACT.md: a lock of a class already held was taken without a nest key
+    /// (same-class recursion, a cycle of one class).
     SameClassRecursion,
-    /// A signalling section begun with `begin_signalling` was ended on another thread.
+    /// Rule 4 of CONTRACT.md: a signalling section begun with `begin_signalling` was ended
+    /// on another thread (the section's extent is per thread).
     SectionEndedOnWrongThread,
-    /// The per-thread held-lock stack (depth 48) overflowed; deeper locks are not tracked.
+    /// Not a contract rule but a checker limit: the per-thread held-lock stack (depth 48)
+    /// overflowed; deeper locks are not tracked.
     HeldStackOverflow,
-    /// More lock classes than the graph has room for (512); new classes are not tracked.
+    /// Not a contract rule but a checker limit: more lock classes than the graph has room
+    /// for (512); new classes are not tracked.
     ClassesExhausted,
 }
 
@@ -90,6 +95,22 @@ impl Rule {
                 "more than 512 lock classes are in use; the checker stops tracking new \
                  classes (declare classes in statics, not per object)"
             }
+        }
+    }
+
+    /// The number of the rule of CONTRACT.md this variant reports (`None` for the checker's
+    /// own limits, [`Rule::HeldStackOverflow`] and [`Rule::ClassesExhausted`]).
+    pub fn contract_rule(self) -> Option<u8> {
+        match self {
+            Rule::ResvInSignalling
+            | Rule::WaitInSignalling
+            | Rule::ReclaimInSignalling
+            | Rule::LockHeldAcrossWait
+            | Rule::SectionEndedOnWrongThread => Some(4),
+            Rule::OuterUnderResv | Rule::LockOrderInversion | Rule::SameClassRecursion => Some(5),
+            Rule::ResvInReclaim => Some(6),
+            Rule::ResetLockAcrossWait => Some(7),
+            Rule::HeldStackOverflow | Rule::ClassesExhausted => None,
         }
     }
 
@@ -159,7 +180,7 @@ impl fmt::Display for ChainEdge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.primed, self.held_at, self.taken_at) {
             (true, _, _) => {
-                write!(f, "`{}` -> `{}`: primed order (the contract)", self.from, self.to)
+                write!(f, "`{}` -> `{}`: primed order (rule 5 of CONTRACT.md)", self.from, self.to)
             }
             (false, Some(held_at), Some(taken_at)) => write!(
                 f,
@@ -211,7 +232,11 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "gpusched lockdep: {} [{}]", self.rule.sentence(), self.rule)?;
+        write!(f, "gpusched lockdep: {} [{}]", self.rule.sentence(), self.rule)?;
+        match self.rule.contract_rule() {
+            Some(n) => writeln!(f, " (rule {n} of CONTRACT.md)")?,
+            None => writeln!(f)?,
+        }
         writeln!(f, "  this thread:  {}", self.acquired)?;
         if let Some(h) = &self.held {
             writeln!(f, "  while holding {}", h)?;

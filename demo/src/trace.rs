@@ -5,7 +5,7 @@
 //! it publishes the job; the job's *scheduled* and *finished* fences fill in the rest from
 //! their callbacks. Those callbacks run inside the signalling section of whichever thread
 //! signals (the completion thread, the TDR worker, a dependency's signaller), so they only
-//! store into atomics: no allocation, no lock, no wait (the contract's rule 4; the checking
+//! store into atomics: no allocation, no lock, no wait (rule 4 of CONTRACT.md; the checking
 //! allocator would count an allocation there as a violation). The table is read once the run
 //! is over: the summary counts outcomes from it and [`Recorder::chrome_trace`] serialises it
 //! in the Chrome trace-event format (`X` spans per ring, `s`/`f` flows for dependencies, `i`

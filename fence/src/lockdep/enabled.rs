@@ -1,4 +1,5 @@
-//! The checker's engine: class ids, the per-thread held stack, the class graph and the cycle
+//! The checker's engine, compiled in with the `checker` feature (`disabled.rs` is the same
+//! crate-internal API as no-ops; `mod.rs` picks one): class ids, the per-thread held stack, the class graph and the cycle
 //! search (`kernel/locking/lockdep.c`: `__lock_acquire`, `check_prevs_add`,
 //! `check_noncircular`, `nest_lock`), and report delivery.
 //!
@@ -19,14 +20,33 @@
 use core::cell::{Cell, RefCell};
 use core::fmt;
 use core::panic::Location;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Mutex as StdMutex, MutexGuard as StdMutexGuard};
 
 use super::{
-    policy, policy_on, Acquire, ChainEdge, ClassKind, LockClass, NestKey, Policy, Report, Rule,
-    Site, RECLAIM, RESV, SIGNALLING,
+    policy, Acquire, ChainEdge, ClassKind, LockClass, NestKey, Policy, Report, Rule, Site, POLICY,
+    POLICY_OFF, RECLAIM, RESV, SIGNALLING,
 };
+
+/// Whether the checker is compiled in.
+pub(crate) const ENABLED: bool = true;
+
+/// Whether checking is on process-wide (one relaxed load).
+#[inline]
+fn policy_on() -> bool {
+    POLICY.load(Ordering::Relaxed) != POLICY_OFF
+}
+
+impl LockClass {
+    fn kind(&self) -> ClassKind {
+        self.kind
+    }
+
+    fn raw_id(&self) -> &AtomicU32 {
+        &self.id
+    }
+}
 
 /// The graph's capacity in classes.
 pub(crate) const MAX_CLASSES: usize = 512;

@@ -1,11 +1,15 @@
 //! `gpusched`: the project's demo on the default Vulkan device (lavapipe when there is no GPU).
+//! The `gpusched-demo` package (`demo/`, not published): its command-line dependencies stay out
+//! of `gpusched-vulkan`.
 //!
 //! `gpusched demo` runs several clients (entities) at different priorities over two rings of
 //! one device. Each client submits, per round, a chain of compute jobs over its own buffers
 //! and a buffer shared by every client (implicit synchronisation through the buffers'
 //! reservation objects); the round's result is read back and verified on the host. Midway it
 //! injects faults (a hang, a rogue client that hangs until it is banned, a device loss: see
-//! `faults.rs`), shows live progress bars, and ends with a summary whose totals must add up.
+//! `faults.rs`), shows live progress bars, and ends with a summary whose totals must add up: the
+//! fences the scheduler published, by its own counters, against the outcomes the demo's fence
+//! callbacks observed.
 //! `--trace FILE` writes a Chrome trace-event file (open it in Perfetto or `chrome://tracing`).
 //!
 //! Exit status: 0 when every check passed, 1 when one failed (a verification, a checker

@@ -87,12 +87,18 @@ fn u(v: &Value, key: &str) -> u64 {
 }
 
 /// The checks every summary must pass: the totals add up, nothing pending, no violation.
+/// Two independent counts are compared: `published`, `sched_ok` and `sched_errors` are the
+/// scheduler's own counters (every entity's `EntityStats`); `observed`, `ok` and
+/// `error_total` come from callbacks on the fences the demo holds.
 fn check_totals(s: &Value) {
     let published = u(s, "published");
     let ok = u(s, "ok");
     let errors = u(s, "error_total");
     assert!(published > 0, "no job was published: {s}");
-    assert_eq!(ok + errors, published, "ok + errors != published: {s}");
+    assert_eq!(u(s, "observed"), published, "fences observed != fences published: {s}");
+    assert_eq!(ok + errors, published, "ok + errors observed != published: {s}");
+    assert_eq!(ok, u(s, "sched_ok"), "ok observed != the scheduler's ok: {s}");
+    assert_eq!(errors, u(s, "sched_errors"), "errors observed != the scheduler's errors: {s}");
     assert_eq!(u(s, "pending"), 0, "fences still pending: {s}");
     let by_kind: u64 = s["errors"]
         .as_object()

@@ -1,5 +1,5 @@
-//! Fault injection for the demo, on `gpusched-vulkan`'s `fault-injection` API (the binary
-//! requires that feature).
+//! Fault injection for the demo, on `gpusched-vulkan`'s `fault-injection` API (this package
+//! enables that feature).
 //!
 //! The schedule, seeded (`--seed`) so a run can be replayed:
 //! - at 1/3 of the rounds, one job of one client's chain hangs (`JobFault::Hang`): the TDR

@@ -623,6 +623,13 @@ pub(crate) fn run(args: &DemoArgs) -> Result<bool, String> {
     };
     let records = run.rec.records();
     sum.count(&records, &prio_of);
+    // The scheduler's own counts, to check the records' against.
+    for c in &clients {
+        sum.count_entity(c.producer.stats());
+        sum.count_entity(c.consumer.stats());
+    }
+    sum.count_entity(rogue.stats());
+    sum.count_entity(run.setup.stats());
     sum.refused = run.refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
     sum.rings_run = run.rings.iter().map(|r| r.stats().jobs_run).sum();
     sum.resets = run.rings[0].reset_domain().recoveries();
@@ -652,7 +659,10 @@ pub(crate) fn run(args: &DemoArgs) -> Result<bool, String> {
     // The checks.
     let mut failed: Vec<String> = Vec::new();
     if !sum.totals_add_up() {
-        failed.push("ok + errors != fences published".into());
+        failed.push(
+            "the fences observed (ok + errors) do not match the fences the scheduler published"
+                .into(),
+        );
     }
     if sum.verify_failures > 0 {
         failed.push(format!("{} rounds computed wrong results", sum.verify_failures));

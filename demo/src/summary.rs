@@ -1,11 +1,14 @@
 //! The summary: counted from the job records after the run, printed as a table and written
-//! as JSON (`--summary-json`). Its totals must add up: every fence published signalled, ok
-//! or with an error, and the errors by kind sum to the errors.
+//! as JSON (`--summary-json`). Its totals must add up, between two independent counts: the
+//! fences the scheduler published and their outcomes, from the scheduler's own counters
+//! ([`gpusched::EntityStats`] of every entity), against the outcomes the demo observed through
+//! callbacks on the fences it holds (the job records). Every fence published must have
+//! signalled, ok or with an error, as the scheduler says it did.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use gpusched::Priority;
+use gpusched::{EntityStats, Priority};
 use serde_json::{json, Value};
 
 use crate::trace::{JobRecord, Outcome};
@@ -33,8 +36,14 @@ pub(crate) struct Summary {
     pub(crate) rounds: u32,
     pub(crate) size: u32,
     pub(crate) elapsed: Duration,
-    /// Fences handed out (jobs armed and pushed).
+    /// Finished fences the scheduler published (jobs armed), by its own counters.
     pub(crate) published: u64,
+    /// Of those, signalled ok and with an error, by the scheduler's counters.
+    pub(crate) sched_ok: u64,
+    pub(crate) sched_errors: u64,
+    /// Finished fences the demo holds and watches (its job records).
+    pub(crate) observed: u64,
+    /// Outcomes the demo's callbacks saw on those fences.
     pub(crate) ok: u64,
     pub(crate) errors: BTreeMap<&'static str, u64>,
     pub(crate) pending: u64,
@@ -77,7 +86,7 @@ impl Summary {
         }
         let mut lat: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
         for r in records {
-            self.published += 1;
+            self.observed += 1;
             if r.ran() {
                 self.ran += 1;
             }
@@ -119,14 +128,27 @@ impl Summary {
         }
     }
 
+    /// Adds the scheduler's counters of one entity (every entity of the run, once).
+    pub(crate) fn count_entity(&mut self, stats: EntityStats) {
+        self.published += stats.armed;
+        self.sched_ok += stats.finished_ok;
+        self.sched_errors += stats.finished_err;
+    }
+
     /// The errors, all kinds.
     pub(crate) fn error_total(&self) -> u64 {
         self.errors.values().sum()
     }
 
-    /// Whether ok + errors = published, with nothing pending.
+    /// Whether the two counts agree: every fence the scheduler published was observed and
+    /// signalled (nothing pending), ok + errors observed = published, and the observed ok and
+    /// errors are the scheduler's.
     pub(crate) fn totals_add_up(&self) -> bool {
-        self.pending == 0 && self.ok + self.error_total() == self.published
+        self.pending == 0
+            && self.observed == self.published
+            && self.ok + self.error_total() == self.published
+            && self.ok == self.sched_ok
+            && self.error_total() == self.sched_errors
     }
 
     /// Prints the table.
@@ -162,7 +184,11 @@ impl Summary {
         for (why, n) in &self.refused {
             println!("refused at submit    {n} ({why})");
         }
-        println!("fences published     {}", self.published);
+        println!(
+            "fences published     {} (scheduler: {} ok, {} with error)",
+            self.published, self.sched_ok, self.sched_errors
+        );
+        println!("fences observed      {} (callbacks on the demo's fences)", self.observed);
         println!("  signalled ok       {}", self.ok);
         println!("  with error         {}", self.error_total());
         for (k, n) in self.errors.iter().filter(|(_, n)| **n > 0) {
@@ -227,6 +253,9 @@ impl Summary {
             "size": self.size,
             "elapsed_ms": self.elapsed.as_secs_f64() * 1e3,
             "published": self.published,
+            "sched_ok": self.sched_ok,
+            "sched_errors": self.sched_errors,
+            "observed": self.observed,
             "ok": self.ok,
             "error_total": self.error_total(),
             "errors": self.errors,
@@ -251,5 +280,33 @@ impl Summary {
             "totals_add_up": self.totals_add_up(),
             "problems": self.problems,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(ok: u64, errors: u64, sched: EntityStats) -> Summary {
+        let mut s = Summary { observed: ok + errors, ok, ..Summary::default() };
+        s.errors.insert("timed_out", errors);
+        s.count_entity(sched);
+        s
+    }
+
+    #[test]
+    fn totals_compare_the_scheduler_counts_with_the_observed_outcomes() {
+        let sched = EntityStats { armed: 5, finished_ok: 3, finished_err: 2 };
+        assert!(summary(3, 2, sched).totals_add_up());
+        // A fence the scheduler published that the demo never observed.
+        let more = EntityStats { armed: 6, ..sched };
+        assert!(!summary(3, 2, more).totals_add_up());
+        // The same total, but an outcome the scheduler counted differently.
+        let other = EntityStats { armed: 5, finished_ok: 4, finished_err: 1 };
+        assert!(!summary(3, 2, other).totals_add_up());
+        // Something still pending.
+        let mut pending = summary(3, 2, sched);
+        pending.pending = 1;
+        assert!(!pending.totals_add_up());
     }
 }
