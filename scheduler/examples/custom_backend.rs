@@ -176,9 +176,10 @@ impl Drop for SoftQueue {
 
 impl Backend for SoftQueue {
     type Job = SoftJob;
+    type Error = std::convert::Infallible;
 
     // Arm time, outside any section: allocate here.
-    fn prepare_job(&self, job: &mut SoftJob, _info: &JobInfo) -> Result<(), FenceError> {
+    fn prepare_job(&self, job: &mut SoftJob, _info: &JobInfo) -> Result<(), Self::Error> {
         // One callback slot: the scheduler's completion callback is added without allocating.
         job.hw = Some(self.shared.ctx.prepare(1, None));
         job.spare = Some(self.shared.ctx.prepare(1, None));
