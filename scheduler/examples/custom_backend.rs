@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use gpusched::fence::lockdep::{self, CheckingAllocator};
 use gpusched::fence::{Fence, WaitError};
-use gpusched::fence::{FenceContext, FenceError, PreparedFence, Signaller};
+use gpusched::fence::{errno, FenceContext, FenceError, PreparedFence, Signaller};
 use gpusched::{Backend, Entity, JobInfo, Priority, Recovery, Scheduler, SchedulerConfig};
 use gpusched::{ResetDomain, TimeoutStatus};
 
@@ -254,13 +254,13 @@ fn main() {
         .unwrap_or_else(|e| panic!("arm: {}", e.error))
         .push();
     let faulty = client
-        .job(SoftJob::new(|_| Err(FenceError::Driver(-14))))
+        .job(SoftJob::new(|_| Err(FenceError::Driver(errno::EFAULT))))
         .arm()
         .unwrap_or_else(|e| panic!("arm: {}", e.error))
         .push();
     assert_eq!(wait(&reduce), Ok(()));
     assert_eq!(sum.load(Ordering::Relaxed), 500_500);
-    assert_eq!(wait(&faulty), Err(FenceError::Driver(-14)));
+    assert_eq!(wait(&faulty), Err(FenceError::Driver(errno::EFAULT)));
     println!("pipeline: sum = {}, faulty kernel: {:?}", sum.load(Ordering::Relaxed), wait(&faulty));
 
     // A hung kernel (it spins until the queue is reset), and an innocent job behind it on
