@@ -65,8 +65,9 @@ impl Stamped {
 
 impl Backend for Stamped {
     type Job = MockJob;
+    type Error = std::convert::Infallible;
 
-    fn prepare_job(&self, job: &mut MockJob, info: &JobInfo) -> Result<(), FenceError> {
+    fn prepare_job(&self, job: &mut MockJob, info: &JobInfo) -> Result<(), Self::Error> {
         self.ring.prepare_job(job, info)
     }
 

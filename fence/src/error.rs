@@ -1,6 +1,8 @@
 //! Error types: how a fence failed ([`FenceError`]), why a wait returned early ([`WaitError`]),
 //! and the refusal to add a callback to a signalled fence ([`AlreadySignaled`]).
 
+use crate::errno;
+
 /// Why a fence's work did not complete. A fence signalled with an error still counts as
 /// signalled: its waiters wake, its callbacks run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
@@ -24,7 +26,8 @@ pub enum FenceError {
     /// The producer dropped its [`Signaller`](crate::Signaller) without signalling.
     #[error("abandoned: the signaller was dropped without signalling")]
     Abandoned,
-    /// A driver-defined error code.
+    /// A driver-defined error code: a negated kernel errno (the constants of
+    /// [`errno`](crate::errno), e.g. `Driver(errno::EIO)`), as a `dma_fence` carries it.
     #[error("driver error {0}")]
     Driver(i32),
 }
@@ -49,12 +52,12 @@ impl FenceError {
     /// know the kernel's codes and for FFI.
     pub fn errno(&self) -> i32 {
         match *self {
-            FenceError::Cancelled => -125,   // ECANCELED
-            FenceError::TimedOut => -62,     // ETIME
-            FenceError::DeviceLost => -19,   // ENODEV
-            FenceError::Killed => -3,        // ESRCH
-            FenceError::Interrupted => -512, // ERESTARTSYS
-            FenceError::Abandoned => -32,    // EPIPE
+            FenceError::Cancelled => errno::ECANCELED,
+            FenceError::TimedOut => errno::ETIME,
+            FenceError::DeviceLost => errno::ENODEV,
+            FenceError::Killed => errno::ESRCH,
+            FenceError::Interrupted => errno::ERESTARTSYS,
+            FenceError::Abandoned => errno::EPIPE,
             FenceError::Driver(code) => code,
         }
     }

@@ -35,6 +35,7 @@ mod composite;
 mod context;
 #[cfg(not(gpusched_loom))]
 mod defer;
+pub mod errno;
 mod error;
 mod fence;
 mod interrupt;

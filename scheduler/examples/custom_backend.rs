@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use gpusched::fence::lockdep::{self, CheckingAllocator};
 use gpusched::fence::{Fence, WaitError};
-use gpusched::fence::{FenceContext, FenceError, PreparedFence, Signaller};
+use gpusched::fence::{errno, FenceContext, FenceError, PreparedFence, Signaller};
 use gpusched::{Backend, Entity, JobInfo, Priority, Recovery, Scheduler, SchedulerConfig};
 use gpusched::{ResetDomain, TimeoutStatus};
 
@@ -176,9 +176,10 @@ impl Drop for SoftQueue {
 
 impl Backend for SoftQueue {
     type Job = SoftJob;
+    type Error = std::convert::Infallible;
 
     // Arm time, outside any section: allocate here.
-    fn prepare_job(&self, job: &mut SoftJob, _info: &JobInfo) -> Result<(), FenceError> {
+    fn prepare_job(&self, job: &mut SoftJob, _info: &JobInfo) -> Result<(), Self::Error> {
         // One callback slot: the scheduler's completion callback is added without allocating.
         job.hw = Some(self.shared.ctx.prepare(1, None));
         job.spare = Some(self.shared.ctx.prepare(1, None));
@@ -253,13 +254,13 @@ fn main() {
         .unwrap_or_else(|e| panic!("arm: {}", e.error))
         .push();
     let faulty = client
-        .job(SoftJob::new(|_| Err(FenceError::Driver(-14))))
+        .job(SoftJob::new(|_| Err(FenceError::Driver(errno::EFAULT))))
         .arm()
         .unwrap_or_else(|e| panic!("arm: {}", e.error))
         .push();
     assert_eq!(wait(&reduce), Ok(()));
     assert_eq!(sum.load(Ordering::Relaxed), 500_500);
-    assert_eq!(wait(&faulty), Err(FenceError::Driver(-14)));
+    assert_eq!(wait(&faulty), Err(FenceError::Driver(errno::EFAULT)));
     println!("pipeline: sum = {}, faulty kernel: {:?}", sum.load(Ordering::Relaxed), wait(&faulty));
 
     // A hung kernel (it spins until the queue is reset), and an innocent job behind it on

@@ -53,11 +53,19 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// The job payload (command buffers, a recording closure ...).
     type Job: Send + 'static;
 
+    /// Why [`prepare_job`](Backend::prepare_job) refused a job (a recording error, an
+    /// allocation failure ...). Arming hands it back unchanged, in
+    /// [`ArmFailure::Backend`](crate::ArmFailure::Backend), so the caller sees the backend's own
+    /// error type. A backend that never refuses a job uses [`std::convert::Infallible`].
+    type Error: std::error::Error + Send + Sync + 'static;
+
     /// Prepares a job at arm time, outside any signalling section: allocate and record here.
     ///
     /// # Errors
-    /// An error refuses the job; arming fails and hands the payload back.
-    fn prepare_job(&self, job: &mut Self::Job, info: &JobInfo) -> Result<(), FenceError> {
+    /// An error refuses the job; arming fails with
+    /// [`ArmFailure::Backend`](crate::ArmFailure::Backend) and hands the payload back. No fence
+    /// exists yet, so none is lost.
+    fn prepare_job(&self, job: &mut Self::Job, info: &JobInfo) -> Result<(), Self::Error> {
         let _ = (job, info);
         Ok(())
     }

@@ -14,7 +14,7 @@ use gpusched_fence::{Callback, Fence, FenceContext, FenceError, WaitError};
 
 use crate::backend::{Backend, JobInfo};
 use crate::config::Priority;
-use crate::error::{ArmError, SchedError};
+use crate::error::{ArmError, ArmFailure, SchedError};
 use crate::job::{state, ArmedJob, HwState, JobBuilder, JobInner, JobSignallers, SameSchedDep};
 use crate::sched::{SchedShared, Scheduler};
 use crate::sync::{lock, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering};
@@ -259,10 +259,12 @@ impl<B: Backend> Drop for Entity<B> {
 }
 
 /// Arms a job; see [`JobBuilder::arm`].
-pub(crate) fn arm<B: Backend>(b: JobBuilder<'_, B>) -> Result<ArmedJob<B>, ArmError<B::Job>> {
+pub(crate) fn arm<B: Backend>(
+    b: JobBuilder<'_, B>,
+) -> Result<ArmedJob<B>, ArmError<B::Job, B::Error>> {
     let JobBuilder { entity, mut payload, credits, deps } = b;
     let ent = &entity.shared;
-    let fail = |error, payload| Err(ArmError { error, payload });
+    let fail = |error: SchedError, payload| Err(ArmError { error: ArmFailure::Sched(error), payload });
     if let Some(e) = ent.stopped_error() {
         return fail(SchedError::EntityStopped(e), payload);
     }
@@ -316,7 +318,7 @@ pub(crate) fn arm<B: Backend>(b: JobBuilder<'_, B>) -> Result<ArmedJob<B>, ArmEr
         entity: ent.id,
     };
     if let Err(e) = sched.backend.prepare_job(&mut payload, &info) {
-        return fail(SchedError::Prepare(e), payload);
+        return Err(ArmError { error: ArmFailure::Backend(e), payload });
     }
     let (scheduled, s_sig) = ent.scheduled_ctx.with_seqno(seqno, None);
     let (finished, f_sig) = ent.finished_ctx.with_seqno(seqno, None);

@@ -256,7 +256,7 @@ impl<'e, B: Backend> JobBuilder<'e, B> {
     /// # Errors
     /// Zero credits, more credits than the scheduler's limit, a killed or banned entity, a
     /// scheduler that is gone, or a backend that refused the job: the payload is handed back.
-    pub fn arm(self) -> Result<ArmedJob<B>, crate::ArmError<B::Job>> {
+    pub fn arm(self) -> Result<ArmedJob<B>, crate::ArmError<B::Job, B::Error>> {
         crate::entity::arm(self)
     }
 }

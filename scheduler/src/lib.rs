@@ -90,7 +90,7 @@ pub use gpusched_resv as resv;
 pub use crate::backend::{Backend, JobInfo, TimeoutStatus};
 pub use crate::config::{Policy, Priority, SchedulerConfig};
 pub use crate::entity::{Entity, EntityStats};
-pub use crate::error::{ArmError, SchedError};
+pub use crate::error::{ArmError, ArmFailure, SchedError};
 pub use crate::job::{Access, ArmedJob, JobBuilder};
 pub use crate::sched::{Scheduler, SchedulerStats};
 pub use crate::tdr::{Recovery, ResetDomain};

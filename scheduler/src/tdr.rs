@@ -474,6 +474,7 @@ mod loom_model {
 
     impl Backend for LoomRing {
         type Job = ();
+        type Error = std::convert::Infallible;
 
         fn run_job(&self, _job: &mut (), _info: &JobInfo) -> Result<Fence, FenceError> {
             let (fence, signaller) = self.ctx.next();

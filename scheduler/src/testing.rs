@@ -331,8 +331,9 @@ impl Drop for MockRing {
 
 impl Backend for MockRing {
     type Job = MockJob;
+    type Error = std::convert::Infallible;
 
-    fn prepare_job(&self, job: &mut MockJob, _info: &JobInfo) -> Result<(), FenceError> {
+    fn prepare_job(&self, job: &mut MockJob, _info: &JobInfo) -> Result<(), Self::Error> {
         job.hw = Some(self.shared.ctx.prepare(1, None));
         // Two spares per prepared job (capped): each resubmission after a reset needs a fresh
         // hardware fence, and `run_job` must not allocate one.

@@ -307,8 +307,9 @@ struct FailingSubmit {
 
 impl gpusched::Backend for FailingSubmit {
     type Job = MockJob;
+    type Error = std::convert::Infallible;
 
-    fn prepare_job(&self, job: &mut MockJob, info: &gpusched::JobInfo) -> Result<(), FenceError> {
+    fn prepare_job(&self, job: &mut MockJob, info: &gpusched::JobInfo) -> Result<(), Self::Error> {
         self.ring.prepare_job(job, info)
     }
 

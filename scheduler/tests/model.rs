@@ -576,8 +576,9 @@ struct GatedRing {
 
 impl Backend for GatedRing {
     type Job = MockJob;
+    type Error = std::convert::Infallible;
 
-    fn prepare_job(&self, job: &mut MockJob, info: &JobInfo) -> Result<(), FenceError> {
+    fn prepare_job(&self, job: &mut MockJob, info: &JobInfo) -> Result<(), Self::Error> {
         self.ring.prepare_job(job, info)
     }
 

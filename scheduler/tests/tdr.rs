@@ -183,8 +183,9 @@ impl Scripted {
 
 impl gpusched::Backend for Scripted {
     type Job = MockJob;
+    type Error = std::convert::Infallible;
 
-    fn prepare_job(&self, job: &mut MockJob, info: &gpusched::JobInfo) -> Result<(), FenceError> {
+    fn prepare_job(&self, job: &mut MockJob, info: &gpusched::JobInfo) -> Result<(), Self::Error> {
         self.ring.prepare_job(job, info)
     }
 
@@ -472,6 +473,7 @@ struct CompletesDuringReset {
 
 impl gpusched::Backend for CompletesDuringReset {
     type Job = u64;
+    type Error = std::convert::Infallible;
 
     fn run_job(
         &self,

@@ -31,8 +31,9 @@ struct Misbehaving {
 
 impl Backend for Misbehaving {
     type Job = MockJob;
+    type Error = std::convert::Infallible;
 
-    fn prepare_job(&self, job: &mut MockJob, info: &JobInfo) -> Result<(), FenceError> {
+    fn prepare_job(&self, job: &mut MockJob, info: &JobInfo) -> Result<(), Self::Error> {
         self.ring.prepare_job(job, info)
     }
 

@@ -172,8 +172,9 @@ impl Drop for FaultRing {
 
 impl Backend for FaultRing {
     type Job = FaultJob;
+    type Error = std::convert::Infallible;
 
-    fn prepare_job(&self, job: &mut FaultJob, _info: &JobInfo) -> Result<(), FenceError> {
+    fn prepare_job(&self, job: &mut FaultJob, _info: &JobInfo) -> Result<(), Self::Error> {
         self.shared.device.ledger.job(job.idx).prepared.fetch_add(1, Ordering::AcqRel);
         job.hw = Some(self.shared.ctx.prepare(1, None));
         let spares = [self.shared.ctx.prepare(1, None), self.shared.ctx.prepare(1, None)];
