@@ -29,8 +29,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use gpusched::fence::lockdep::{self, CheckingAllocator};
-use gpusched::fence::{Fence, WaitError};
 use gpusched::fence::{errno, FenceContext, FenceError, PreparedFence, Signaller};
+use gpusched::fence::{Fence, WaitError};
 use gpusched::{Backend, Entity, JobInfo, Priority, Recovery, Scheduler, SchedulerConfig};
 use gpusched::{ResetDomain, TimeoutStatus};
 

@@ -264,7 +264,8 @@ pub(crate) fn arm<B: Backend>(
 ) -> Result<ArmedJob<B>, ArmError<B::Job, B::Error>> {
     let JobBuilder { entity, mut payload, credits, deps } = b;
     let ent = &entity.shared;
-    let fail = |error: SchedError, payload| Err(ArmError { error: ArmFailure::Sched(error), payload });
+    let fail =
+        |error: SchedError, payload| Err(ArmError { error: ArmFailure::Sched(error), payload });
     if let Some(e) = ent.stopped_error() {
         return fail(SchedError::EntityStopped(e), payload);
     }

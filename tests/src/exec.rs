@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use gpusched::fence::{lockdep, Fence, FenceError, WaitError};
 use gpusched::resv::{Exec, Resv, ResvGuard, Usage};
-use gpusched::{Access, Entity, SchedError};
+use gpusched::{Access, ArmFailure, Entity};
 
 use crate::ledger::Ledger;
 use crate::oracle::{self, Observed};
@@ -145,7 +145,8 @@ enum Published {
 pub(crate) struct Record {
     pub(crate) finished: Option<Fence>,
     pub(crate) scheduled: Option<Fence>,
-    pub(crate) arm_error: Option<SchedError>,
+    /// Why arming was refused; a backend's refusal is kept as its message.
+    pub(crate) arm_error: Option<ArmFailure<String>>,
     /// Its entity had been killed (the kill returned) before it was armed.
     pub(crate) armed_after_kill: bool,
 }
@@ -456,7 +457,10 @@ impl<W: World> Submitter<'_, W> {
             Err(e) => {
                 {
                     let mut r = lk(&self.board.records);
-                    r[j].arm_error = Some(e.error.clone());
+                    r[j].arm_error = Some(match &e.error {
+                        ArmFailure::Sched(s) => ArmFailure::Sched(s.clone()),
+                        ArmFailure::Backend(b) => ArmFailure::Backend(b.to_string()),
+                    });
                     r[j].armed_after_kill = armed_after_kill;
                 }
                 drop(e);

@@ -42,7 +42,7 @@
 //!   `freed` is checked after teardown (the backend retires payloads lazily), by the executor.
 //! - **Worlds that recover from device loss**
 //!   ([`World::RECOVERS_FROM_LOSS`](crate::World::RECOVERS_FROM_LOSS): Vulkan makes a new
-//!   generation): an arm refused by `prepare_job` (`SchedError::Prepare`) is justified once the
+//!   generation): an arm refused by `prepare_job` (`ArmFailure::Backend`) is justified once the
 //!   device was lost (the replacement not ready yet, or a payload made for the lost generation); a
 //!   job marked `unchecked` in the ledger (its memory was lost) is not value-checked.
 //! - **Worlds that do not rerun jobs after a reset**
@@ -68,7 +68,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use gpusched::fence::FenceError;
-use gpusched::SchedError;
+use gpusched::{ArmFailure, SchedError};
 
 use crate::exec::{outcome, Record, Summary};
 use crate::ledger::{job_value, Ledger};
@@ -125,10 +125,12 @@ pub(crate) fn check(scn: &Scenario, obs: &Observed<'_>, problems: &mut Vec<Strin
             // Not armed.
             summary.arm_refused += 1;
             match &rec.arm_error {
-                Some(SchedError::EntityStopped(x)) if Some(*x) == stop => {}
-                Some(SchedError::SchedulerGone { error: FenceError::DeviceLost, .. })
-                    if obs.device_lost => {}
-                Some(SchedError::Prepare(_)) if obs.device_lost && tr.recovers_from_loss => {}
+                Some(ArmFailure::Sched(SchedError::EntityStopped(x))) if Some(*x) == stop => {}
+                Some(ArmFailure::Sched(SchedError::SchedulerGone {
+                    error: FenceError::DeviceLost,
+                    ..
+                })) if obs.device_lost => {}
+                Some(ArmFailure::Backend(_)) if obs.device_lost && tr.recovers_from_loss => {}
                 Some(other) => bad(format!(
                     "arm refused with `{other}`, unjustified (entity stop {stop:?}, device lost \
                      {})",

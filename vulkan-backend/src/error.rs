@@ -3,7 +3,7 @@
 //! catch-all variant that keeps the code.
 
 use ash::vk;
-use gpusched::fence::FenceError;
+use gpusched::fence::{errno, FenceError};
 use gpusched::resv::WwError;
 use gpusched::SchedError;
 
@@ -133,8 +133,8 @@ impl DeviceError {
     pub fn fence_error(&self) -> FenceError {
         match self {
             DeviceError::DeviceLost { .. } => FenceError::DeviceLost,
-            DeviceError::OutOfMemory { .. } => FenceError::Driver(-12), // ENOMEM
-            _ => FenceError::Driver(-5),                                // EIO
+            DeviceError::OutOfMemory { .. } => FenceError::Driver(errno::ENOMEM),
+            _ => FenceError::Driver(errno::EIO),
         }
     }
 }
@@ -363,7 +363,6 @@ impl SubmitError {
     pub fn is_device_lost(&self) -> bool {
         match self {
             SubmitError::Record(e) => e.is_device_lost(),
-            SubmitError::Sched(SchedError::Prepare(e)) => *e == FenceError::DeviceLost,
             _ => false,
         }
     }

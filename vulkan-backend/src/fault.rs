@@ -63,7 +63,7 @@ pub enum JobFault {
 /// The failure an injected [`JobFault::FailSubmit`] reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SubmitFault {
-    /// `VK_ERROR_OUT_OF_DEVICE_MEMORY`: the job fails (`Driver(-12)`), the device lives on.
+    /// `VK_ERROR_OUT_OF_DEVICE_MEMORY`: the job fails (`Driver(errno::ENOMEM)`), the device lives on.
     OutOfDeviceMemory,
     /// `VK_ERROR_DEVICE_LOST`: the device-loss path (every fence `DeviceLost`, recreation).
     DeviceLost,

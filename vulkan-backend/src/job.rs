@@ -2,7 +2,7 @@
 //! buffers it reads and writes, explicit dependencies, an injected fault) and what the
 //! backend owns for it from `prepare_job` to `free_job` (`Submission`: the recorded command
 //! buffer, the hardware ring it was recorded on, the prepared hardware fence, the timeline
-//! value, the recording error for [`VulkanDevice::submit`](crate::VulkanDevice::submit)).
+//! value).
 
 use std::fmt;
 use std::sync::atomic::AtomicU64;
@@ -57,9 +57,6 @@ pub(crate) struct Submission {
     pub(crate) prepared: Option<Prepared>,
     /// The timeline value it was submitted with (0: never submitted).
     pub(crate) value: u64,
-    /// Why preparation failed, for [`VulkanDevice::submit`](crate::VulkanDevice::submit)
-    /// ([`VulkanJob::take_error`]).
-    pub(crate) error: Option<RecordError>,
 }
 
 /// What `prepare_job` made for `run_job`.
@@ -76,7 +73,6 @@ impl fmt::Debug for VulkanJob {
             .field("writes", &self.writes)
             .field("deps", &self.deps.len())
             .field("value", &self.sub.value)
-            .field("error", &self.sub.error)
             .field("fault", &self.fault)
             .field("generation", &self.sub.hw.as_ref().map(|h| h.core.generation))
             .finish_non_exhaustive()
@@ -146,11 +142,5 @@ impl VulkanJob {
     pub fn inject(mut self, fault: JobFault) -> Self {
         self.fault = Some(fault);
         self
-    }
-
-    /// Why the last preparation (recording) failed, taken (after an `ArmError` whose error
-    /// is `SchedError::Prepare`).
-    pub fn take_error(&mut self) -> Option<RecordError> {
-        self.sub.error.take()
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::{assert_no_validation_errors, close, device, push, wait, wait_ok, WATCHDOG};
 use gpusched::fence::FenceError;
-use gpusched::{Entity, Priority, SchedError, SchedulerConfig};
+use gpusched::{ArmFailure, Entity, Priority, SchedulerConfig};
 use gpusched_vulkan::{BufferError, Builtin, RecordError, SubmitError, VulkanDevice, VulkanJob};
 
 /// Fills the whole buffer with `value`.
@@ -68,12 +68,13 @@ fn bad_input_is_refused_and_no_fence_is_lost() {
     assert!(matches!(err, SubmitError::Record(RecordError::PushConstants { .. })), "{err}");
     fences.push(VulkanDevice::submit(&e, fill(&buf, 4.0)).unwrap());
 
-    // Through the scheduler directly: the payload comes back with the reason.
+    // Through the scheduler directly: the backend's own error comes back with its type, and
+    // the payload with it.
     let failing = VulkanJob::new(|_, _| Err(RecordError::failed("direct")));
     let arm = e.job(failing).arm().unwrap_err();
-    assert!(matches!(arm.error, SchedError::Prepare(FenceError::Driver(_))), "{}", arm.error);
-    let mut payload = arm.payload;
-    assert_eq!(payload.take_error(), Some(RecordError::failed("direct")));
+    assert_eq!(arm.error, ArmFailure::Backend(RecordError::failed("direct")), "{}", arm.error);
+    assert!(arm.error.is_backend() && arm.error.sched().is_none());
+    let payload = arm.payload;
 
     for f in &fences {
         wait_ok(f);

@@ -3,7 +3,7 @@
 //! job's dependencies, arm it, and add its finished fence to each buffer.
 
 use gpusched::resv::{Exec, Usage};
-use gpusched::{Access, ArmError, ArmedJob, Entity};
+use gpusched::{Access, ArmError, ArmFailure, ArmedJob, Entity};
 
 use crate::error::SubmitError;
 use crate::memory::Buffer;
@@ -39,11 +39,9 @@ pub(super) fn arm(
                     return Err(SubmitError::Reserve);
                 }
             }
-            let armed = builder.arm().map_err(|ArmError { error, mut payload }| {
-                match payload.take_error() {
-                    Some(e) => SubmitError::Record(e),
-                    None => SubmitError::Sched(error),
-                }
+            let armed = builder.arm().map_err(|ArmError { error, .. }| match error {
+                ArmFailure::Backend(e) => SubmitError::Record(e),
+                ArmFailure::Sched(e) => SubmitError::Sched(e),
             })?;
             let finished = armed.finished().clone();
             for (g, (_, access)) in guards.iter_mut().zip(&objects) {

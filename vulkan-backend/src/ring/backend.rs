@@ -31,9 +31,11 @@ use crate::sync::lock;
 
 impl Backend for VulkanRing {
     type Job = VulkanJob;
+    /// Why a job could not be recorded; arming hands it back in
+    /// [`ArmFailure::Backend`](gpusched::ArmFailure::Backend).
+    type Error = RecordError;
 
-    fn prepare_job(&self, job: &mut VulkanJob, _info: &JobInfo) -> Result<(), FenceError> {
-        job.sub.error = None;
+    fn prepare_job(&self, job: &mut VulkanJob, _info: &JobInfo) -> Result<(), RecordError> {
         let faults = &self.slot.shared.faults;
         // Every armed job draws (reproducible plans); a job's own fault wins.
         let drawn = faults.draw_job();
@@ -41,13 +43,11 @@ impl Backend for VulkanRing {
             job.fault = drawn;
         }
         if self.slot.shared.dead.load(Ordering::SeqCst) {
-            job.sub.error = Some(RecordError::DeviceLost { generation: self.generation() });
-            return Err(FenceError::DeviceLost);
+            return Err(RecordError::DeviceLost { generation: self.generation() });
         }
         let hw = self.slot.hw();
         if hw.core.is_lost() {
-            job.sub.error = Some(RecordError::DeviceLost { generation: hw.core.generation });
-            return Err(FenceError::DeviceLost);
+            return Err(RecordError::DeviceLost { generation: hw.core.generation });
         }
         let cb = match hw.record(job) {
             Ok(cb) => cb,
@@ -55,8 +55,7 @@ impl Backend for VulkanRing {
                 if e == RecordError::RecordingDropped {
                     faults.count(Kind::DroppedRecording);
                 }
-                job.sub.error = Some(e);
-                return Err(FenceError::Driver(-22)); // EINVAL
+                return Err(e);
             }
         };
         if let Some(JobFault::Slow(_)) = job.fault {
