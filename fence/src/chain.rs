@@ -60,8 +60,8 @@ pub enum ChainSeqnoError {
 /// let ring = FenceContext::new("ring");
 /// let (a, sa) = ring.next();
 /// let (b, sb) = ring.next();
-/// let one = FenceChain::new(None, a, 1);
-/// let two = FenceChain::new(Some(one.clone()), b, 2);
+/// let one = FenceChain::link(None, a, 1);
+/// let two = FenceChain::link(Some(one.clone()), b, 2);
 /// let found = FenceChain::find_seqno(&two, 1).unwrap().unwrap();
 /// assert!(found.ptr_eq(&one));
 /// sb.signal();
@@ -81,7 +81,7 @@ impl FenceChain {
     /// context, so nodes of one chain compare with [`Fence::is_later`]; otherwise the node gets
     /// a context of its own and its seqno is raised to `prev`'s when that is a chain node with
     /// a later one (so a chain's seqnos never go backwards).
-    pub fn new(prev: Option<Fence>, fence: Fence, seqno: u64) -> Fence {
+    pub fn link(prev: Option<Fence>, fence: Fence, seqno: u64) -> Fence {
         let prev_chain = prev.as_ref().filter(|p| as_chain(p).is_some());
         let (ctx, seqno, prev_seqno) = match prev_chain {
             // Chains use plain 64-bit seqnos (the kernel's `use_64bit_seqno`).

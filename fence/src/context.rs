@@ -2,8 +2,8 @@
 //! wrap-around aware ordering ([`seqno_is_later`]).
 
 use std::fmt;
-use std::time::Instant;
 use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
+use std::time::Instant;
 
 use crate::fence::{Fence, Signaller};
 use crate::interrupt::InterruptDomain;

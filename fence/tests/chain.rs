@@ -18,7 +18,7 @@ fn chain(n: u64) -> (Vec<Fence>, Vec<Signaller>) {
     let mut signallers = Vec::new();
     for seqno in 1..=n {
         let (f, s) = ctx.next();
-        nodes.push(FenceChain::new(nodes.last().cloned(), f, seqno));
+        nodes.push(FenceChain::link(nodes.last().cloned(), f, seqno));
         signallers.push(s);
     }
     (nodes, signallers)
@@ -42,14 +42,14 @@ fn nodes_share_the_context_and_seqnos() {
 fn a_node_that_goes_backwards_starts_a_new_context() {
     let (nodes, _s) = chain(5);
     let (f, _sf) = FenceContext::new("other").next();
-    let back = FenceChain::new(Some(nodes[4].clone()), f, 3);
+    let back = FenceChain::link(Some(nodes[4].clone()), f, 3);
     assert_ne!(back.context(), nodes[4].context());
     assert_eq!(back.seqno(), 5);
     assert_eq!(FenceChain::prev_seqno(&back), Some(0));
     // A plain previous fence: a new context, the seqno as given.
     let (p, _sp) = FenceContext::new("plain").next();
     let (f, _sf) = FenceContext::new("other").next();
-    let node = FenceChain::new(Some(p.clone()), f, 7);
+    let node = FenceChain::link(Some(p.clone()), f, 7);
     assert_ne!(node.context(), p.context());
     assert_eq!(node.seqno(), 7);
 }
@@ -78,8 +78,8 @@ fn find_seqno_between_nodes_gives_the_next_node() {
     let ctx = FenceContext::new("ring");
     let (a, _sa) = ctx.next();
     let (b, _sb) = ctx.next();
-    let n2 = FenceChain::new(None, a, 2);
-    let n10 = FenceChain::new(Some(n2.clone()), b, 10);
+    let n2 = FenceChain::link(None, a, 2);
+    let n10 = FenceChain::link(Some(n2.clone()), b, 10);
     assert!(FenceChain::find_seqno(&n10, 1).unwrap().unwrap().ptr_eq(&n2));
     assert!(FenceChain::find_seqno(&n10, 3).unwrap().unwrap().ptr_eq(&n10));
     assert!(FenceChain::find_seqno(&n10, 10).unwrap().unwrap().ptr_eq(&n10));
@@ -163,9 +163,9 @@ fn an_abandoned_fence_fails_its_node() {
 
 #[test]
 fn a_chain_over_signalled_fences_is_signalled() {
-    let node = FenceChain::new(Some(Fence::signaled()), Fence::signaled(), 1);
+    let node = FenceChain::link(Some(Fence::signaled()), Fence::signaled(), 1);
     assert_eq!(node.status(), FenceStatus::Signaled);
-    let node = FenceChain::new(Some(node), Fence::failed(FenceError::Killed), 2);
+    let node = FenceChain::link(Some(node), Fence::failed(FenceError::Killed), 2);
     assert_eq!(node.status(), FenceStatus::Failed(FenceError::Killed));
 }
 

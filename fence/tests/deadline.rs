@@ -109,9 +109,9 @@ fn chains_pass_deadlines_to_every_pending_node() {
     let (a, sa, ra) = backend_fence(&ctx);
     let (b, sb, rb) = backend_fence(&ctx);
     let (c, _sc, rc) = backend_fence(&ctx);
-    let n1 = FenceChain::new(None, a, 1);
-    let n2 = FenceChain::new(Some(n1), b, 2);
-    let n3 = FenceChain::new(Some(n2), c, 3);
+    let n1 = FenceChain::link(None, a, 1);
+    let n2 = FenceChain::link(Some(n1), b, 2);
+    let n3 = FenceChain::link(Some(n2), c, 3);
     let d = at(10);
     n3.set_deadline(d);
     assert_eq!((seen(&ra), seen(&rb), seen(&rc)), (vec![d], vec![d], vec![d]));

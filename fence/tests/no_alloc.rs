@@ -191,7 +191,7 @@ fn a_chain_cascade_does_not_allocate() {
     let mut signallers = Vec::new();
     for seqno in 1..=64 {
         let (f, s) = ctx.next();
-        nodes.push(gpusched_fence::FenceChain::new(nodes.last().cloned(), f, seqno));
+        nodes.push(gpusched_fence::FenceChain::link(nodes.last().cloned(), f, seqno));
         signallers.push(s);
     }
     let first = signallers.remove(0);
