@@ -1,6 +1,6 @@
-//! Composite fences: arrays (`dma-fence-array.c`), timelines of points (`dma-fence-chain.c`
-//! and `drm_syncobj` timelines, with wait-before-signal), and unwrap/merge
-//! (`dma-fence-unwrap.c`).
+//! Composite fences: arrays (`dma-fence-array.c`), timelines of points (`drm_syncobj`
+//! timelines, with wait-before-signal; chains of their own are in `chain.rs`), and
+//! unwrap/merge (`dma-fence-unwrap.c`).
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -218,12 +218,16 @@ impl FenceOps for WaiterOps {
     }
 }
 
-/// A timeline of points (`dma_fence_chain` / a `drm_syncobj` timeline / a Vulkan timeline
-/// semaphore): fences are attached at increasing points, and [`Timeline::point`]`(n)` is a
-/// fence that signals once point `n` is reached, that is once the first attached point at or
-/// after `n` and all points before it have signalled. Asking for a point that is not attached
-/// yet works (wait-before-signal): the fence resolves when a later attach covers it, and
-/// signals `Abandoned` if the timeline is dropped first.
+/// A timeline of points (a `drm_syncobj` timeline / a Vulkan timeline semaphore): fences are
+/// attached at increasing points, and [`Timeline::point`]`(n)` is a fence that signals once
+/// point `n` is reached, that is once the first attached point at or after `n` and all points
+/// before it have signalled. Asking for a point that is not attached yet works
+/// (wait-before-signal): the fence resolves when a later attach covers it, and signals
+/// `Abandoned` if the timeline is dropped first. A point already reached is a signalled fence
+/// (with the error of a failed point).
+///
+/// Unlike [`FenceChain`](crate::FenceChain), whose points are existing node fences, a
+/// timeline hands out a fresh fence per query and owns its points behind a lock.
 pub struct Timeline {
     ctx: Arc<ContextShared>,
     state: Mutex<TimelineState>,
