@@ -252,3 +252,68 @@ fn concurrent_signals_complete_the_chain() {
     }
     assert!(nodes.iter().all(|n| n.status() == FenceStatus::Signaled));
 }
+
+/// Point 0 of a chain is its head; `find_seqno` from an inner node finds that node's own point.
+#[test]
+fn find_seqno_from_an_inner_node() {
+    let (nodes, _s) = chain(4);
+    for (i, node) in nodes.iter().enumerate() {
+        let own = FenceChain::find_seqno(node, node.seqno()).unwrap().unwrap();
+        assert!(own.ptr_eq(node), "node {i} finds itself");
+        assert!(FenceChain::find_seqno(node, 1).unwrap().unwrap().ptr_eq(&nodes[0]));
+    }
+}
+
+/// `find_seqno` racing with signals in random order (the kernel's `find_race`): an answer is
+/// the point's own node, or a node below it whose successors up to the point were collected
+/// (their fences signalled), or `None` once every fence up to the point signalled.
+#[test]
+fn find_seqno_races_with_signals() {
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+    const N: u64 = 128;
+    let (nodes, s) = chain(N);
+    let head = nodes.last().unwrap().clone();
+    let contained: Vec<Fence> = nodes.iter().map(|n| FenceChain::contained(n).clone()).collect();
+    let mut order: Vec<(usize, Signaller)> = s.into_iter().enumerate().collect();
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(7));
+    let finders: Vec<_> = (0..3)
+        .map(|t| {
+            let head = head.clone();
+            let nodes = nodes.clone();
+            let contained = contained.clone();
+            std::thread::spawn(move || {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(t);
+                while !head.is_signaled() {
+                    let n = rng.gen_range(1..=N);
+                    match FenceChain::find_seqno(&head, n).unwrap() {
+                        Some(node) => {
+                            assert!(nodes.iter().any(|x| x.ptr_eq(&node)), "not a node");
+                            let x = node.seqno();
+                            if x >= n {
+                                assert_eq!(x, n, "seqnos are consecutive: point n is node n");
+                            } else {
+                                // Nodes x+1..=n were collected: their fences have signalled.
+                                let (lo, hi) = (usize::try_from(x).unwrap(), n as usize);
+                                assert!(contained[lo..hi].iter().all(Fence::is_signaled));
+                            }
+                        }
+                        None => {
+                            let up_to = usize::try_from(n).unwrap();
+                            assert!(contained[..up_to].iter().all(Fence::is_signaled));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for (_, sig) in order {
+        sig.signal();
+        std::thread::yield_now();
+    }
+    for t in finders {
+        t.join().unwrap();
+    }
+    assert_eq!(head.wait_timeout(WATCHDOG), Ok(()));
+    assert!(nodes.iter().all(|n| n.status() == FenceStatus::Signaled));
+}

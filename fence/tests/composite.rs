@@ -417,3 +417,13 @@ fn merge_keeps_one_fence_per_context() {
     assert!(merged.ptr_eq(&a1), "a single remaining fence is returned itself");
     assert_eq!(merged.status(), FenceStatus::Failed(FenceError::Killed));
 }
+
+/// Point 0 is always reached (a Vulkan timeline wait for 0 is satisfied), even with pending
+/// points attached. Failed before: it resolved to the first attached point.
+#[test]
+fn timeline_point_zero_is_reached_with_points_pending() {
+    let tl = Timeline::new("syncobj");
+    let (f, _s) = FenceContext::new("ring").next();
+    tl.attach(3, f).unwrap();
+    assert_eq!(tl.point(0).status(), FenceStatus::Signaled);
+}
