@@ -233,6 +233,11 @@ impl FenceContextBuilder {
     /// forwards a job's finished-fence deadline to its hardware fence. Polling
     /// ([`Fence::deadline`], [`Signaller::deadline`]) needs no hook.
     ///
+    /// A producer that gets its backing fence later (a scheduler's finished fence gets its
+    /// hardware fence when the job runs) reads [`Fence::deadline`] at that point and forwards
+    /// it with [`Fence::set_deadline`], then forwards later lowerings from the hook; both are
+    /// allocation-free.
+    ///
     /// The hook runs on the thread that set the deadline, once per lowering (a later deadline
     /// than one set before does not call it), never for a signalled fence, and never on the
     /// signalling path: setting a deadline and running the hook allocate nothing. It must not
