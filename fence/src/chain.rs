@@ -223,6 +223,18 @@ impl FenceOps for ChainOps {
         Some("chain")
     }
 
+    /// Polls as `dma_fence_chain_signaled` does: the contained fences of this node and of the
+    /// nodes below it, down to the first pending one. A backend fence found complete signals
+    /// on the spot, and its callbacks complete (and signal, with the right error) the nodes
+    /// above it; the node is never signalled from here (`false`), so a failure is never
+    /// reported as success.
+    fn signaled(&self) -> bool {
+        if self.fence.is_signaled() {
+            let _ = walk_prev(self);
+        }
+        false
+    }
+
     /// Passes the deadline to the contained fence of every node still linked
     /// (`dma_fence_chain_set_deadline`).
     fn set_deadline(&self, deadline: Instant) {

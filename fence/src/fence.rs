@@ -291,7 +291,9 @@ impl Fence {
                 self.signal_internal(None);
                 true
             }
-            _ => false,
+            // A poll may have signalled the fence another way (a composite's members).
+            Some(_) => self.flag_signaled(),
+            None => false,
         }
     }
 

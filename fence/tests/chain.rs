@@ -317,3 +317,31 @@ fn find_seqno_races_with_signals() {
     assert_eq!(head.wait_timeout(WATCHDOG), Ok(()));
     assert!(nodes.iter().all(|n| n.status() == FenceStatus::Signaled));
 }
+
+/// A backend fence that is complete but not signalled yet is found by polling the chain, as
+/// `dma_fence_chain_signaled` polls; the node then signals through its callbacks.
+#[test]
+fn polling_a_node_polls_backend_fences_below_it() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    struct Hw(Arc<AtomicBool>);
+    impl gpusched_fence::FenceOps for Hw {
+        fn signaled(&self) -> bool {
+            self.0.load(Ordering::Acquire)
+        }
+    }
+    let done_a = Arc::new(AtomicBool::new(false));
+    let done_b = Arc::new(AtomicBool::new(false));
+    let ctx = FenceContext::new("hw");
+    let (a, _sa) = ctx.next_with_ops(Box::new(Hw(done_a.clone())));
+    let (b, _sb) = ctx.next_with_ops(Box::new(Hw(done_b.clone())));
+    let n1 = FenceChain::link(None, a, 1);
+    let n2 = FenceChain::link(Some(n1.clone()), b, 2);
+    done_b.store(true, Ordering::Release);
+    assert!(!n2.is_signaled(), "node 1 is still running");
+    done_a.store(true, Ordering::Release);
+    assert!(n2.is_signaled(), "the poll found both fences complete");
+    assert_eq!(n1.status(), FenceStatus::Signaled);
+    assert_eq!(n2.status(), FenceStatus::Signaled);
+}
