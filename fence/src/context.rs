@@ -241,7 +241,9 @@ impl FenceContextBuilder {
     /// The hook runs on the thread that set the deadline, once per lowering (a later deadline
     /// than one set before does not call it), never for a signalled fence, and never on the
     /// signalling path: setting a deadline and running the hook allocate nothing. It must not
-    /// block on fences, and may run concurrently with the fence signalling.
+    /// block on fences, and may run concurrently with the fence signalling and with itself:
+    /// setters on several threads may reach it out of order (a later deadline just after an
+    /// earlier one), so keep the earliest deadline heard ([`Fence::deadline`] always is).
     pub fn on_deadline(mut self, hook: impl Fn(&Fence, Instant) + Send + Sync + 'static) -> Self {
         self.deadline_hook = Some(Box::new(hook));
         self

@@ -342,7 +342,8 @@ impl Fence {
     /// order, the backend ([`FenceOps::set_deadline`]; arrays, chains, timeline points and
     /// merge results pass it on to their component fences) and the deadline hook of the
     /// fence's context ([`FenceContextBuilder::on_deadline`](crate::FenceContextBuilder::on_deadline)),
-    /// both on the calling thread. Never allocates.
+    /// both on the calling thread (setters on several threads may reach them out of order;
+    /// [`Fence::deadline`] is always the earliest). Never allocates.
     pub fn set_deadline(&self, deadline: Instant) {
         if self.flag_signaled() {
             return;

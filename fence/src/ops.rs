@@ -54,7 +54,8 @@ pub trait FenceOps: Send + Sync + 'static {
     /// clocks. Advisory only; the default ignores it. [`Fence::set_deadline`] calls it only
     /// while the fence is pending and only with a deadline earlier than every one passed
     /// before (the earliest deadline wins), on the thread that set it; it must not allocate
-    /// through a reclaiming path or block.
+    /// through a reclaiming path or block. Setters on several threads may reach it out of
+    /// order (a later deadline just after an earlier one): keep the earliest deadline told.
     fn set_deadline(&self, deadline: Instant) {
         let _ = deadline;
     }
