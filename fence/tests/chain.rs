@@ -199,6 +199,7 @@ fn a_long_chain_signals_and_drops_without_recursion() {
     let t = std::thread::Builder::new()
         .stack_size(256 * 1024)
         .spawn(|| {
+            let start = std::time::Instant::now();
             let (nodes, mut s) = chain(N);
             let head = nodes.last().unwrap().clone();
             let first = s.remove(0);
@@ -222,6 +223,8 @@ fn a_long_chain_signals_and_drops_without_recursion() {
             let head = nodes.last().unwrap().clone();
             drop(nodes);
             drop(head);
+            // Linear work: a few milliseconds; a quadratic walk would take far longer.
+            assert!(start.elapsed() < Duration::from_secs(20), "{:?}", start.elapsed());
         })
         .unwrap();
     t.join().unwrap();
