@@ -1,10 +1,12 @@
-//! Composite fences: arrays (`dma-fence-array.c`), timelines of points (`dma-fence-chain.c`
-//! and `drm_syncobj` timelines, with wait-before-signal), and unwrap/merge
-//! (`dma-fence-unwrap.c`).
+//! Composite fences: arrays (`dma-fence-array.c`), timelines of points (`drm_syncobj`
+//! timelines, with wait-before-signal; chains of their own are in `chain.rs`), and
+//! unwrap/merge (`dma-fence-unwrap.c`).
 
 use std::fmt;
+use std::sync::OnceLock;
 use std::time::Instant;
 
+use crate::chain::{as_chain, FenceChain};
 use crate::context::{ContextShared, SeqnoWidth};
 use crate::error::FenceError;
 use crate::fence::{Fence, Signaller};
@@ -102,8 +104,10 @@ fn build_array(ctx: Arc<ContextShared>, seqno: u64, members: Vec<Fence>, any: bo
     fence
 }
 
-/// Every leaf fence inside `fence`, flattening arrays and timeline points recursively
-/// (`dma_fence_unwrap`). A plain fence unwraps to itself.
+/// Every leaf fence inside `fence` (`dma_fence_unwrap`): arrays and timeline points are
+/// flattened recursively; a chain yields the contained fence of each node still linked (its
+/// walk collects nodes whose fence has signalled, see [`FenceChain::walk`]), flattened in
+/// turn. A plain fence unwraps to itself.
 pub fn unwrap(fence: &Fence) -> Vec<Fence> {
     let mut out = Vec::new();
     unwrap_into(fence, &mut out);
@@ -111,6 +115,18 @@ pub fn unwrap(fence: &Fence) -> Vec<Fence> {
 }
 
 fn unwrap_into(fence: &Fence, out: &mut Vec<Fence>) {
+    if as_chain(fence).is_some() {
+        // Iterative over the chain's length: only nesting recurses.
+        for node in FenceChain::iter(fence) {
+            let inner = FenceChain::contained(&node);
+            if as_chain(inner).is_some() || !inner.children().is_empty() {
+                unwrap_into(inner, out);
+            } else {
+                out.push(inner.clone());
+            }
+        }
+        return;
+    }
     let children = fence.children();
     if children.is_empty() {
         out.push(fence.clone());
@@ -121,27 +137,34 @@ fn unwrap_into(fence: &Fence, out: &mut Vec<Fence>) {
     }
 }
 
-/// Merges fences into one (`dma_fence_unwrap_merge`): composites are flattened, fences that
-/// signalled successfully are dropped, and of several fences on one context only the latest
-/// is kept. Returns a signalled stub when nothing is left, the fence itself when one is left,
-/// and an array otherwise. Failed fences are kept, so the merged fence carries their error.
+/// Merges fences into one (`dma_fence_unwrap_merge`).
+///
+/// Composites are flattened ([`unwrap`]), fences that signalled successfully are dropped, and
+/// of several fences on one context only the latest ([`Fence::is_later`], wrap-around aware)
+/// is kept. The result does not depend on the order of the input: the fences left are ordered
+/// by context id. Returns a signalled stub when nothing is left, the remaining fence itself
+/// when one is left, and a [`FenceArray::all`] of them otherwise.
+///
+/// Unlike the kernel, which drops every signalled fence, a fence that *failed* is kept (when it
+/// is the latest of its context), so the merged fence signals with its error instead of
+/// reporting success for failed work.
 pub fn merge<'a>(fences: impl IntoIterator<Item = &'a Fence>) -> Fence {
     let mut leaves: Vec<Fence> = Vec::new();
     for f in fences {
         unwrap_into(f, &mut leaves);
     }
+    leaves.retain(|f| f.status() != crate::FenceStatus::Signaled);
+    // Stable: fences of one context keep their input order, for the tie-break below.
+    leaves.sort_by_key(Fence::context);
     let mut kept: Vec<Fence> = Vec::with_capacity(leaves.len());
     for f in leaves {
-        if f.status() == crate::FenceStatus::Signaled {
-            continue;
-        }
-        match kept.iter_mut().find(|k| k.context() == f.context()) {
-            Some(k) => {
+        match kept.last_mut() {
+            Some(k) if k.context() == f.context() => {
                 if f.is_later(k) {
                     *k = f;
                 }
             }
-            None => kept.push(f),
+            _ => kept.push(f),
         }
     }
     match kept.len() {
@@ -170,15 +193,41 @@ struct TimelineState {
     /// The last point pruned (0 before any): it and all before it signalled successfully.
     pruned: u64,
     /// Fences handed out for points not attached yet (wait-before-signal), unordered.
-    waiters: Vec<(u64, Signaller)>,
+    waiters: Vec<Waiter>,
 }
 
-/// A timeline of points (`dma_fence_chain` / a `drm_syncobj` timeline / a Vulkan timeline
-/// semaphore): fences are attached at increasing points, and [`Timeline::point`]`(n)` is a
-/// fence that signals once point `n` is reached, that is once the first attached point at or
-/// after `n` and all points before it have signalled. Asking for a point that is not attached
-/// yet works (wait-before-signal): the fence resolves when a later attach covers it, and
-/// signals `Abandoned` if the timeline is dropped first.
+/// A fence handed out for a point not attached yet.
+struct Waiter {
+    point: u64,
+    signaller: Signaller,
+    /// Set to the fence of the points that cover it once they are attached.
+    target: std::sync::Arc<OnceLock<Fence>>,
+}
+
+/// The ops of a wait-before-signal point fence: deadlines set on it reach the attached points
+/// that resolve it (a deadline set before they are attached is passed on when they are).
+struct WaiterOps {
+    target: std::sync::Arc<OnceLock<Fence>>,
+}
+
+impl FenceOps for WaiterOps {
+    fn set_deadline(&self, deadline: Instant) {
+        if let Some(t) = self.target.get() {
+            t.set_deadline(deadline);
+        }
+    }
+}
+
+/// A timeline of points (a `drm_syncobj` timeline / a Vulkan timeline semaphore): fences are
+/// attached at increasing points, and [`Timeline::point`]`(n)` is a fence that signals once
+/// point `n` is reached, that is once the first attached point at or after `n` and all points
+/// before it have signalled. Asking for a point that is not attached yet works
+/// (wait-before-signal): the fence resolves when a later attach covers it, and signals
+/// `Abandoned` if the timeline is dropped first. A point already reached is a signalled fence
+/// (with the error of a failed point).
+///
+/// Unlike [`FenceChain`](crate::FenceChain), whose points are existing node fences, a
+/// timeline hands out a fresh fence per query and owns its points behind a lock.
 pub struct Timeline {
     ctx: Arc<ContextShared>,
     state: Mutex<TimelineState>,
@@ -238,16 +287,23 @@ impl Timeline {
             Self::prune(&mut st);
             let mut i = 0;
             while i < st.waiters.len() {
-                if st.waiters[i].0 <= point {
-                    let (n, signaller) = st.waiters.swap_remove(i);
-                    resolved.push((n, signaller, Self::members_up_to(&st, point)));
+                if st.waiters[i].point <= point {
+                    let w = st.waiters.swap_remove(i);
+                    let members = Self::members_up_to(&st, point);
+                    resolved.push((w, members));
                 } else {
                     i += 1;
                 }
             }
         }
-        for (n, signaller, members) in resolved {
+        for (Waiter { point: n, signaller, target }, members) in resolved {
             let reached = build_array(self.ctx.clone(), n, members, false);
+            // Deadlines set on the waiter from now on reach `reached` through its ops; one set
+            // while the point was not attached yet is passed on here.
+            let _ = target.set(reached.clone());
+            if let Some(d) = signaller.deadline() {
+                reached.set_deadline(d);
+            }
             let mut slot = Some(signaller);
             let forward = move |f: &Fence| {
                 if let Some(s) = slot.take() {
@@ -266,17 +322,22 @@ impl Timeline {
     pub fn point(&self, n: u64) -> Fence {
         let mut st = lock(&self.state);
         Self::prune(&mut st);
+        if n <= st.pruned {
+            // Every point up to `n` has signalled successfully and was pruned; the first
+            // attached point left is after `n` and need not be waited for.
+            return Fence::signaled();
+        }
         if let Some(&(p, _)) = st.points.iter().find(|(p, _)| *p >= n) {
             let members = Self::members_up_to(&st, p);
             drop(st);
             return build_array(self.ctx.clone(), n, members, false);
         }
-        if n <= st.last {
-            // Every point up to `n` has signalled successfully and was pruned.
-            return Fence::signaled();
-        }
-        let (fence, signaller) = Fence::new_pending(self.ctx.clone(), n, None);
-        st.waiters.push((n, signaller));
+        // No attached point covers `n` (had the last one been pruned, `pruned == last >= n`
+        // was answered above): wait for a later attach.
+        let target = std::sync::Arc::new(OnceLock::new());
+        let ops = WaiterOps { target: target.clone() };
+        let (fence, signaller) = Fence::new_pending(self.ctx.clone(), n, Some(Box::new(ops)));
+        st.waiters.push(Waiter { point: n, signaller, target });
         fence
     }
 

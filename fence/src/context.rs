@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering as StdOrdering};
+use std::time::Instant;
 
 use crate::fence::{Fence, Signaller};
 use crate::interrupt::InterruptDomain;
@@ -33,6 +34,9 @@ pub fn seqno_is_later(a: u64, b: u64, width: SeqnoWidth) -> bool {
     }
 }
 
+/// A context's deadline hook; see [`FenceContextBuilder::on_deadline`].
+pub(crate) type DeadlineHook = Box<dyn Fn(&Fence, Instant) + Send + Sync + 'static>;
+
 /// What every fence of a context shares.
 pub(crate) struct ContextShared {
     pub(crate) id: u64,
@@ -40,6 +44,8 @@ pub(crate) struct ContextShared {
     pub(crate) driver: &'static str,
     pub(crate) width: SeqnoWidth,
     pub(crate) domain: Option<InterruptDomain>,
+    /// Told when a fence of the context gets an earlier deadline ([`Fence::set_deadline`]).
+    pub(crate) deadline_hook: Option<DeadlineHook>,
 }
 
 impl ContextShared {
@@ -55,6 +61,7 @@ impl ContextShared {
             driver,
             width,
             domain,
+            deadline_hook: None,
         })
     }
 
@@ -66,6 +73,7 @@ impl ContextShared {
             driver: "gpusched",
             width: SeqnoWidth::U64,
             domain: None,
+            deadline_hook: None,
         })
     }
 }
@@ -103,6 +111,7 @@ impl FenceContext {
             width: SeqnoWidth::U64,
             domain: None,
             start: 0,
+            deadline_hook: None,
         }
     }
 
@@ -170,13 +179,26 @@ impl FenceContext {
 }
 
 /// Builder for a [`FenceContext`].
-#[derive(Debug)]
 pub struct FenceContextBuilder {
     name: String,
     driver: &'static str,
     width: SeqnoWidth,
     domain: Option<InterruptDomain>,
     start: u64,
+    deadline_hook: Option<DeadlineHook>,
+}
+
+impl fmt::Debug for FenceContextBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FenceContextBuilder")
+            .field("name", &self.name)
+            .field("driver", &self.driver)
+            .field("width", &self.width)
+            .field("domain", &self.domain)
+            .field("start", &self.start)
+            .field("deadline_hook", &self.deadline_hook.is_some())
+            .finish()
+    }
 }
 
 impl FenceContextBuilder {
@@ -205,16 +227,38 @@ impl FenceContextBuilder {
         self
     }
 
+    /// A hook told when a fence of the context gets an earlier deadline
+    /// ([`Fence::set_deadline`]), with the fence and the new deadline: the way the producer of
+    /// plain fences (no [`FenceOps`]) learns of deadlines as they come, e.g. a scheduler that
+    /// forwards a job's finished-fence deadline to its hardware fence. Polling
+    /// ([`Fence::deadline`], [`Signaller::deadline`]) needs no hook.
+    ///
+    /// A producer that gets its backing fence later (a scheduler's finished fence gets its
+    /// hardware fence when the job runs) reads [`Fence::deadline`] at that point and forwards
+    /// it with [`Fence::set_deadline`], then forwards later lowerings from the hook; both are
+    /// allocation-free.
+    ///
+    /// The hook runs on the thread that set the deadline, once per lowering (a later deadline
+    /// than one set before does not call it), never for a signalled fence, and never on the
+    /// signalling path: setting a deadline and running the hook allocate nothing. It must not
+    /// block on fences, and may run concurrently with the fence signalling and with itself:
+    /// setters on several threads may reach it out of order (a later deadline just after an
+    /// earlier one), so keep the earliest deadline heard ([`Fence::deadline`] always is).
+    pub fn on_deadline(mut self, hook: impl Fn(&Fence, Instant) + Send + Sync + 'static) -> Self {
+        self.deadline_hook = Some(Box::new(hook));
+        self
+    }
+
     /// Builds the context with a fresh unique id.
     pub fn build(self) -> FenceContext {
-        FenceContext {
-            shared: ContextShared::new(
-                self.name.into_boxed_str(),
-                self.driver,
-                self.width,
-                self.domain,
-            ),
-            seqno: AtomicU64::new(self.start),
-        }
+        let shared = ContextShared {
+            id: NEXT_CONTEXT_ID.fetch_add(1, StdOrdering::Relaxed),
+            name: self.name.into_boxed_str(),
+            driver: self.driver,
+            width: self.width,
+            domain: self.domain,
+            deadline_hook: self.deadline_hook,
+        };
+        FenceContext { shared: Arc::new(shared), seqno: AtomicU64::new(self.start) }
     }
 }

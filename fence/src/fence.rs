@@ -46,6 +46,9 @@ const LISTENING: u32 = 1 << 2;
 #[cfg_attr(gpusched_loom, allow(dead_code))] // loom models the event-listener path only
 const PARKED: u32 = 1 << 3;
 
+/// `Inner::deadline_ns` while no deadline was set.
+const NO_DEADLINE: u64 = u64::MAX;
+
 /// The process-wide origin of fence timestamps.
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -92,6 +95,9 @@ pub(crate) struct Inner {
     error: AtomicU64,
     /// Nanoseconds since `epoch()` at signal time; written before `SIGNALED`.
     timestamp_ns: AtomicU64,
+    /// The earliest deadline hint (`Fence::set_deadline`), nanoseconds since `epoch()`;
+    /// `NO_DEADLINE` while none. Only ever lowered (`fetch_min`).
+    deadline_ns: AtomicU64,
     seqno: u64,
     ctx: Arc<ContextShared>,
     /// The callback list; its lock also orders signalling against callback adds and removals.
@@ -148,6 +154,7 @@ impl Fence {
                 state: AtomicU32::new(0),
                 error: AtomicU64::new(0),
                 timestamp_ns: AtomicU64::new(0),
+                deadline_ns: AtomicU64::new(NO_DEADLINE),
                 seqno,
                 ctx,
                 cbs: Mutex::new(CallbackList { next_id: 0, entries: Vec::new() }),
@@ -284,7 +291,9 @@ impl Fence {
                 self.signal_internal(None);
                 true
             }
-            _ => false,
+            // A poll may have signalled the fence another way (a composite's members).
+            Some(_) => self.flag_signaled(),
+            None => false,
         }
     }
 
@@ -324,14 +333,43 @@ impl Fence {
         }
     }
 
-    /// Passes a deadline hint to the backend (`dma_fence_set_deadline`); composites pass it to
-    /// their members. No effect on a signalled fence.
+    /// Tells the fence's producer that a waiter needs it by `deadline`
+    /// (`dma_fence_set_deadline`), e.g. to boost clocks. Advisory only; no effect on a
+    /// signalled fence.
+    ///
+    /// The earliest deadline wins: the fence remembers it ([`Fence::deadline`]), and a hint
+    /// later than one set before is ignored. A hint that lowers the deadline reaches, in this
+    /// order, the backend ([`FenceOps::set_deadline`]; arrays, chains, timeline points and
+    /// merge results pass it on to their component fences) and the deadline hook of the
+    /// fence's context ([`FenceContextBuilder::on_deadline`](crate::FenceContextBuilder::on_deadline)),
+    /// both on the calling thread (setters on several threads may reach them out of order;
+    /// [`Fence::deadline`] is always the earliest). Never allocates.
     pub fn set_deadline(&self, deadline: Instant) {
         if self.flag_signaled() {
             return;
         }
+        let ns = deadline.saturating_duration_since(epoch()).as_nanos();
+        let ns = u64::try_from(ns).unwrap_or(NO_DEADLINE - 1);
+        let prev = self.inner.deadline_ns.fetch_min(ns, Ordering::AcqRel);
+        if ns >= prev {
+            return; // an earlier (or the same) deadline was set before
+        }
         if let Some(ops) = &self.inner.ops {
             ops.set_deadline(deadline);
+        }
+        if let Some(hook) = &self.inner.ctx.deadline_hook {
+            hook(self, deadline);
+        }
+    }
+
+    /// The earliest deadline set on the fence ([`Fence::set_deadline`]), at nanosecond
+    /// resolution; `None` while none was set. Kept after the fence signals. The producer of a
+    /// plain fence polls it (through [`Signaller::deadline`]) or is told through its
+    /// context's deadline hook.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.inner.deadline_ns.load(Ordering::Acquire) {
+            NO_DEADLINE => None,
+            ns => Some(epoch() + Duration::from_nanos(ns)),
         }
     }
 
@@ -425,6 +463,22 @@ impl Fence {
         let mut list = lock(&self.inner.cbs);
         let pos = list.entries.iter().position(|(i, _)| *i == id.id)?;
         Some(list.entries.remove(pos).1)
+    }
+
+    /// The fence's shared context (for composites that reuse a context).
+    pub(crate) fn ctx_shared(&self) -> &Arc<ContextShared> {
+        &self.inner.ctx
+    }
+
+    /// The backend ops, if any.
+    pub(crate) fn ops(&self) -> Option<&dyn FenceOps> {
+        self.inner.ops.as_deref()
+    }
+
+    /// Whether this handle is the only one to the fence: nobody else can reach it, so its
+    /// state may be taken apart (iterative drops of long chains).
+    pub(crate) fn is_unique(&self) -> bool {
+        Arc::strong_count(&self.inner) == 1
     }
 
     /// The address of the shared state: the fence's identity while any handle lives.
@@ -717,6 +771,12 @@ impl Signaller {
         &self.fence
     }
 
+    /// The earliest deadline a waiter set on the fence ([`Fence::deadline`]): a producer that
+    /// can hurry (a scheduler forwarding a job's deadline to its hardware fence) polls it.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.fence.deadline()
+    }
+
     /// Signals success (`dma_fence_signal`). Returns `false` if the fence was already marked
     /// signalled through its backend ([`FenceOps::signaled`]).
     #[track_caller]
@@ -794,6 +854,7 @@ impl PreparedFence {
                 state: AtomicU32::new(0),
                 error: AtomicU64::new(0),
                 timestamp_ns: AtomicU64::new(0),
+                deadline_ns: AtomicU64::new(NO_DEADLINE),
                 seqno: 0,
                 ctx,
                 cbs: Mutex::new(CallbackList {

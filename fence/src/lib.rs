@@ -31,6 +31,7 @@
 //! assert_eq!(fence.status(), FenceStatus::Failed(FenceError::TimedOut));
 //! ```
 
+mod chain;
 mod composite;
 mod context;
 #[cfg(not(gpusched_loom))]
@@ -47,6 +48,7 @@ mod sync;
 #[cfg(not(gpusched_loom))]
 mod wait;
 
+pub use crate::chain::{ChainIter, ChainSeqnoError, FenceChain};
 pub use crate::composite::{merge, unwrap, FenceArray, PointOrderError, Timeline};
 pub use crate::context::{seqno_is_later, FenceContext, FenceContextBuilder, SeqnoWidth};
 #[cfg(not(gpusched_loom))]

@@ -1,5 +1,6 @@
 //! Backend-backed fences: the [`FenceOps`] trait, the analogue of `struct dma_fence_ops`.
 
+use std::any::Any;
 use std::time::Instant;
 
 use crate::Fence;
@@ -50,7 +51,11 @@ pub trait FenceOps: Send + Sync + 'static {
     }
 
     /// A hint that a waiter needs the fence by `deadline` (`set_deadline`), e.g. to boost
-    /// clocks. Advisory only.
+    /// clocks. Advisory only; the default ignores it. [`Fence::set_deadline`] calls it only
+    /// while the fence is pending and only with a deadline earlier than every one passed
+    /// before (the earliest deadline wins), on the thread that set it; it must not allocate
+    /// through a reclaiming path or block. Setters on several threads may reach it out of
+    /// order (a later deadline just after an earlier one): keep the earliest deadline told.
     fn set_deadline(&self, deadline: Instant) {
         let _ = deadline;
     }
@@ -68,4 +73,19 @@ pub trait FenceOps: Send + Sync + 'static {
     fn children(&self) -> &[Fence] {
         &[]
     }
+
+    /// Lets this crate recognise its own composite fences (chain nodes). Sealed: the
+    /// argument's type cannot be named outside the crate, so the default is the only
+    /// implementation other crates can have.
+    #[doc(hidden)]
+    fn __as_any(&self, _sealed: sealed::Token) -> Option<&dyn Any> {
+        None
+    }
+}
+
+pub(crate) mod sealed {
+    /// Only this crate can make one; see [`FenceOps::__as_any`](super::FenceOps::__as_any).
+    #[derive(Clone, Copy, Debug)]
+    #[allow(unreachable_pub)] // public in a private module: nameable by no other crate
+    pub struct Token(pub(crate) ());
 }

@@ -335,3 +335,95 @@ fn merge_with_wrapped_u32_seqnos_keeps_the_later() {
     let merged = merge([&before, &after]);
     assert!(merged.ptr_eq(&after));
 }
+
+/// Regression: a completed point whose fence was pruned must not resolve to the next attached
+/// (pending) point. Failed before the fix: `point(2)` returned an array of point 5.
+#[test]
+fn timeline_point_of_a_pruned_point_is_signalled() {
+    let tl = Timeline::new("syncobj");
+    let ctx = FenceContext::new("ring");
+    let (f2, s2) = ctx.next();
+    let (f5, s5) = ctx.next();
+    tl.attach(2, f2).unwrap();
+    tl.attach(5, f5).unwrap();
+    s2.signal();
+    assert_eq!(tl.completed(), 2, "point 2 is pruned");
+    for n in [1, 2] {
+        let p = tl.point(n);
+        assert_eq!(p.status(), FenceStatus::Signaled, "point {n} has completed");
+    }
+    // Points after the pruned one still need point 5.
+    assert_eq!(tl.point(3).status(), FenceStatus::Pending);
+    assert_eq!(tl.point(5).status(), FenceStatus::Pending);
+    s5.signal();
+    assert_eq!(tl.point(3).status(), FenceStatus::Signaled);
+}
+
+/// A completed point that failed reports its error, also after earlier points were pruned.
+#[test]
+fn timeline_point_of_a_failed_point_carries_its_error() {
+    let tl = Timeline::new("syncobj");
+    let ctx = FenceContext::new("ring");
+    let (f1, s1) = ctx.next();
+    let (f2, s2) = ctx.next();
+    let (f4, _s4) = ctx.next();
+    tl.attach(1, f1).unwrap();
+    tl.attach(2, f2).unwrap();
+    tl.attach(4, f4).unwrap();
+    s1.signal();
+    s2.signal_error(FenceError::Killed);
+    assert_eq!(tl.point(1).status(), FenceStatus::Signaled);
+    assert_eq!(tl.point(2).status(), FenceStatus::Failed(FenceError::Killed));
+    assert_eq!(tl.completed(), 2);
+    assert_eq!(tl.point(3).status(), FenceStatus::Pending, "point 3 needs point 4");
+}
+
+/// The merged fence does not depend on the input order: its members are ordered by context.
+/// Failed before: members were kept in first-seen order.
+#[test]
+fn merge_is_ordered_by_context() {
+    let ctxs: Vec<FenceContext> = (0..4).map(|i| FenceContext::new(format!("c{i}"))).collect();
+    let fences: Vec<(Fence, Signaller)> = ctxs.iter().map(FenceContext::next).collect();
+    let forward: Vec<&Fence> = fences.iter().map(|(f, _)| f).collect();
+    let backward: Vec<&Fence> = fences.iter().rev().map(|(f, _)| f).collect();
+    for input in [forward, backward] {
+        let merged = merge(input);
+        let ids: Vec<u64> = merged.children().iter().map(Fence::context).collect();
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        assert_eq!(ids, sorted);
+        assert_eq!(ids.len(), 4);
+    }
+}
+
+/// One fence per context, the later one, whatever the order; a failed earlier fence of the
+/// same context is superseded by the later one (its context signals in order).
+#[test]
+fn merge_keeps_one_fence_per_context() {
+    let a = FenceContext::new("a");
+    let b = FenceContext::new("b");
+    let (a1, sa1) = a.next();
+    let (a2, _sa2) = a.next();
+    let (a3, _sa3) = a.next();
+    let (b1, _sb1) = b.next();
+    sa1.signal_error(FenceError::Killed);
+    let merged = merge([&a2, &b1, &a3, &a1]);
+    let members = merged.children();
+    assert_eq!(members.len(), 2);
+    assert!(members[0].ptr_eq(&a3), "the later fence of context a");
+    assert!(members[1].ptr_eq(&b1));
+    // A failed fence alone on its context is kept, and the merge carries its error.
+    let merged = merge([&a1]);
+    assert!(merged.ptr_eq(&a1), "a single remaining fence is returned itself");
+    assert_eq!(merged.status(), FenceStatus::Failed(FenceError::Killed));
+}
+
+/// Point 0 is always reached (a Vulkan timeline wait for 0 is satisfied), even with pending
+/// points attached. Failed before: it resolved to the first attached point.
+#[test]
+fn timeline_point_zero_is_reached_with_points_pending() {
+    let tl = Timeline::new("syncobj");
+    let (f, _s) = FenceContext::new("ring").next();
+    tl.attach(3, f).unwrap();
+    assert_eq!(tl.point(0).status(), FenceStatus::Signaled);
+}

@@ -216,3 +216,54 @@ fn timeline_drop_vs_point_wait() {
         assert_eq!(waiter.join().unwrap(), Err(FenceError::Abandoned));
     });
 }
+
+/// Two deadlines set concurrently: the earlier one is kept whatever the order, and the context
+/// hook hears it exactly once; it hears the later one too when that lowered the deadline
+/// first, possibly after the earlier one (concurrent setters are not ordered: a consumer
+/// keeps the earliest it heard).
+#[test]
+fn set_deadline_vs_set_deadline() {
+    loom::model(|| {
+        let heard = Arc::new(loom::sync::Mutex::new(Vec::new()));
+        let h = heard.clone();
+        let ctx = FenceContext::builder("ring")
+            .on_deadline(move |_, d| h.lock().unwrap().push(d))
+            .build();
+        let (fence, signaller) = ctx.next();
+        let early = std::time::Instant::now() + std::time::Duration::from_millis(10);
+        let late = early + std::time::Duration::from_millis(10);
+        let f = fence.clone();
+        let t = thread::spawn(move || f.set_deadline(late));
+        fence.set_deadline(early);
+        t.join().unwrap();
+        assert_eq!(fence.deadline(), Some(early));
+        let heard = heard.lock().unwrap().clone();
+        assert_eq!(heard.iter().filter(|&&d| d == early).count(), 1, "{heard:?}");
+        assert!(heard.iter().all(|&d| d == early || d == late), "{heard:?}");
+        assert!(heard.len() <= 2, "{heard:?}");
+        signaller.signal();
+    });
+}
+
+/// A deadline set while the fence signals: either it is recorded (and heard) or it is dropped
+/// as news for a signalled fence; the signal is unaffected.
+#[test]
+fn set_deadline_vs_signal() {
+    loom::model(|| {
+        let calls = counter();
+        let c = calls.clone();
+        let ctx = FenceContext::builder("ring")
+            .on_deadline(move |_, _| {
+                c.fetch_add(1, Ordering::SeqCst);
+            })
+            .build();
+        let (fence, signaller) = ctx.next();
+        let t = thread::spawn(move || assert!(signaller.signal()));
+        let d = std::time::Instant::now();
+        fence.set_deadline(d);
+        t.join().unwrap();
+        assert_eq!(fence.status(), FenceStatus::Signaled);
+        let heard = calls.load(Ordering::SeqCst);
+        assert_eq!(heard == 1, fence.deadline() == Some(d));
+    });
+}

@@ -160,3 +160,46 @@ fn opening_an_interrupt_section_does_not_allocate() {
     assert_eq!(allocs, 0);
     assert!(!domain.is_interrupting());
 }
+
+#[test]
+fn setting_a_deadline_does_not_allocate() {
+    let hooked = Arc::new(AtomicUsize::new(0));
+    let h = hooked.clone();
+    let ctx = FenceContext::builder("no-alloc")
+        .on_deadline(move |_, _| {
+            h.fetch_add(1, Ordering::Relaxed);
+        })
+        .build();
+    let (fence, signaller) = ctx.next();
+    let d = std::time::Instant::now() + std::time::Duration::from_millis(10);
+    let allocs = count_allocs(|| {
+        fence.set_deadline(d);
+        fence.set_deadline(d - std::time::Duration::from_millis(1));
+    });
+    assert_eq!(allocs, 0);
+    assert_eq!(hooked.load(Ordering::Relaxed), 2);
+    assert_eq!(signaller.deadline(), Some(d - std::time::Duration::from_millis(1)));
+    signaller.signal();
+}
+
+/// A chain's completion cascade (every node queued behind the first) signals without
+/// allocating: node callbacks were added when the nodes were made.
+#[test]
+fn a_chain_cascade_does_not_allocate() {
+    let ctx = FenceContext::new("no-alloc");
+    let mut nodes: Vec<gpusched_fence::Fence> = Vec::new();
+    let mut signallers = Vec::new();
+    for seqno in 1..=64 {
+        let (f, s) = ctx.next();
+        nodes.push(gpusched_fence::FenceChain::link(nodes.last().cloned(), f, seqno));
+        signallers.push(s);
+    }
+    let first = signallers.remove(0);
+    for s in signallers.into_iter().rev() {
+        s.signal();
+    }
+    let head = nodes.last().unwrap().clone();
+    assert!(!head.is_signaled());
+    assert_eq!(count_allocs(|| assert!(first.signal())), 0);
+    assert!(head.is_signaled());
+}

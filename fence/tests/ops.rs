@@ -201,10 +201,14 @@ fn set_deadline_reaches_array_members() {
     array.set_deadline(d);
     assert_eq!(*hw_a.deadlines.lock().unwrap(), vec![d]);
     assert_eq!(*hw_b.deadlines.lock().unwrap(), vec![d]);
-    // Nested: an array of arrays passes it down too.
+    // Nested: an array of arrays passes an earlier deadline down too; the same deadline again
+    // is not news (the earliest wins) and stops at the inner array.
     let outer = FenceArray::any([array.clone()]);
     outer.set_deadline(d);
-    assert_eq!(hw_a.deadlines.lock().unwrap().len(), 2);
+    assert_eq!(hw_a.deadlines.lock().unwrap().len(), 1);
+    let earlier = d - Duration::from_millis(1);
+    outer.set_deadline(earlier);
+    assert_eq!(*hw_a.deadlines.lock().unwrap(), vec![d, earlier]);
     sa.signal();
     sb.signal();
     assert_eq!(array.wait(), Ok(()));

@@ -79,7 +79,7 @@ mod ww;
 #[cfg(not(gpusched_loom))]
 pub use crate::exec::Exec;
 #[cfg(not(gpusched_loom))]
-pub use crate::resv::{FenceIter, Resv, ResvGuard, Usage, RESV_WW_CLASS};
+pub use crate::resv::{FenceIter, Resv, ResvGuard, UnlockedIter, Usage, RESV_WW_CLASS};
 pub use crate::ww::{AcquireCtx, WwAlgorithm, WwClass, WwError, WwGuard, WwMutex};
 
 /// The class of the reservation lock (only for the loom build, where [`Resv`] is left out).

@@ -4,7 +4,7 @@
 //! Writers lock the object ([`Resv::lock`] and friends give a [`ResvGuard`]), reserve slots
 //! ([`ResvGuard::reserve_fences`], the only step that allocates), then add fences
 //! ([`ResvGuard::add_fence`], which never allocates). Readers either lock too, or read the
-//! lock-free snapshot ([`Resv::fences_unlocked`], [`Resv::wait_unlocked`], ...): the kernel
+//! lock-free snapshot ([`Resv::iter_unlocked`], [`Resv::wait_unlocked`], ...): the kernel
 //! reads its fence list under RCU; we publish an immutable `Arc` of the list through
 //! `arc-swap` when a guard that changed the list is dropped, so waiting for a buffer never
 //! contends with its writers.
@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use gpusched_fence::{Fence, FenceArray, FenceError, InterruptDomain, WaitError};
+use gpusched_fence::{Fence, FenceArray, FenceError, FenceStatus, InterruptDomain, WaitError};
 
 use crate::ww::{AcquireCtx, WwClass, WwError, WwGuard, WwMutex};
 
@@ -216,7 +216,25 @@ impl Resv {
         ResvGuard { resv: self, inner }
     }
 
-    /// The fences of usage `<= usage` as of the last unlock, read without the lock.
+    /// The fences of usage `<= usage` as of the last unlock, each with its usage, read without
+    /// the lock and skipping fences that have signalled successfully (the kernel's unlocked
+    /// `dma_resv_iter_first_unlocked`/`dma_resv_iter_next_unlocked`). Usage is cumulative as
+    /// in every query here: asking for [`Usage::Read`] gives the `Kernel`, `Write` and `Read`
+    /// fences, in list order.
+    ///
+    /// Unlike the kernel's iterator, which skips every signalled fence, a fence that *failed*
+    /// is reported, so that a reader collecting dependencies learns of the failure instead of
+    /// proceeding as if the work had succeeded ([`Fence::status`] tells which).
+    ///
+    /// Does not allocate: the iterator holds the snapshot (an `Arc`) and clones each fence as
+    /// it yields it. While it lives the next unlock cannot recycle that snapshot's buffer, so
+    /// drop it promptly.
+    pub fn iter_unlocked(&self, usage: Usage) -> UnlockedIter {
+        UnlockedIter { snapshot: self.snapshot.load_full(), pos: 0, usage }
+    }
+
+    /// The fences of usage `<= usage` as of the last unlock, read without the lock. Signalled
+    /// fences are included; [`Resv::iter_unlocked`] skips them and reports usages too.
     pub fn fences_unlocked(&self, usage: Usage) -> Vec<Fence> {
         self.snapshot.load().iter().filter(|e| e.usage <= usage).map(|e| e.fence.clone()).collect()
     }
@@ -429,6 +447,39 @@ impl<'g> Iterator for FenceIter<'g> {
     fn next(&mut self) -> Option<Self::Item> {
         let usage = self.usage;
         self.inner.by_ref().find(|e| e.usage <= usage).map(|e| (&e.fence, e.usage))
+    }
+}
+
+/// Iterator over the unsignalled (or failed) fences of a [`Resv`]'s lock-free snapshot, with
+/// their usage; see [`Resv::iter_unlocked`].
+pub struct UnlockedIter {
+    snapshot: Arc<Vec<Entry>>,
+    pos: usize,
+    usage: Usage,
+}
+
+impl fmt::Debug for UnlockedIter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnlockedIter")
+            .field("usage", &self.usage)
+            .field("pos", &self.pos)
+            .field("len", &self.snapshot.len())
+            .finish()
+    }
+}
+
+impl Iterator for UnlockedIter {
+    type Item = (Fence, Usage);
+
+    fn next(&mut self) -> Option<(Fence, Usage)> {
+        while let Some(e) = self.snapshot.get(self.pos) {
+            self.pos += 1;
+            // `status` polls the backend, as `dma_fence_is_signaled` does.
+            if e.usage <= self.usage && e.fence.status() != FenceStatus::Signaled {
+                return Some((e.fence.clone(), e.usage));
+            }
+        }
+        None
     }
 }
 

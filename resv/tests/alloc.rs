@@ -80,3 +80,22 @@ fn add_fence_and_publish_do_not_allocate_once_reserved() {
     assert_eq!(held.len(), 2);
     assert!(resv.fences_unlocked(Usage::Write)[0].ptr_eq(&f));
 }
+
+#[test]
+fn iterating_unlocked_does_not_allocate() {
+    let resv = Resv::new();
+    let ring = FenceContext::new("ring");
+    let (f, _s) = ring.next();
+    {
+        let mut g = resv.lock_no_ctx();
+        g.reserve_fences(1).unwrap();
+        g.add_fence(f.clone(), Usage::Read);
+    }
+    let (n, seen) = allocations(|| {
+        let mut it = resv.iter_unlocked(Usage::Read);
+        let first = it.next();
+        (first.is_some_and(|(g, u)| g.ptr_eq(&f) && u == Usage::Read), it.next().is_none())
+    });
+    assert_eq!(n, 0, "iter_unlocked allocated");
+    assert_eq!(seen, (true, true));
+}

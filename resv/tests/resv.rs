@@ -438,3 +438,45 @@ fn exec_contention_over_overlapping_random_sets() {
         }
     });
 }
+
+/// The unlocked iterator reports each fence with its usage, cumulatively by usage, skips
+/// fences that signalled successfully and keeps failed ones.
+#[test]
+fn iter_unlocked_reports_usages_and_skips_signalled_fences() {
+    let resv = Resv::new();
+    let mut signallers = Vec::new();
+    let mut fences = Vec::new();
+    for usage in Usage::ALL {
+        let (f, s) = FenceContext::new(format!("{usage:?}")).next();
+        add(&resv, &f, usage);
+        fences.push(f);
+        signallers.push(s);
+    }
+    for (n, usage) in Usage::ALL.into_iter().enumerate() {
+        let seen: Vec<(Fence, Usage)> = resv.iter_unlocked(usage).collect();
+        assert_eq!(seen.len(), n + 1, "{usage:?}");
+        for (i, (f, u)) in seen.iter().enumerate() {
+            assert!(f.ptr_eq(&fences[i]));
+            assert_eq!(*u, Usage::ALL[i]);
+        }
+    }
+    // Signalled after the last publish: the snapshot still lists them, the iterator skips
+    // the successful one and reports the failed one.
+    let write = signallers.remove(1);
+    let kernel = signallers.remove(0);
+    write.signal();
+    kernel.signal_error(FenceError::DeviceLost);
+    let seen: Vec<(Fence, Usage)> = resv.iter_unlocked(Usage::Read).collect();
+    let usages: Vec<Usage> = seen.iter().map(|(_, u)| *u).collect();
+    assert_eq!(usages, [Usage::Kernel, Usage::Read]);
+    assert_eq!(seen[0].0.error(), Some(FenceError::DeviceLost));
+    assert_eq!(resv.fences_unlocked(Usage::Read).len(), 3, "the snapshot is unchanged");
+    // The iterator is a snapshot: fences added after it was taken are not seen.
+    let mut it = resv.iter_unlocked(Usage::Bookkeep);
+    let (late, _late_s) = FenceContext::new("late").next();
+    add(&resv, &late, Usage::Kernel);
+    assert!(it.all(|(f, _)| !f.ptr_eq(&late)));
+    assert!(resv.iter_unlocked(Usage::Kernel).any(|(f, _)| f.ptr_eq(&late)));
+    // An empty object iterates nothing.
+    assert_eq!(Resv::new().iter_unlocked(Usage::Bookkeep).count(), 0);
+}

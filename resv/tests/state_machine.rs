@@ -368,6 +368,20 @@ impl Sut {
         for u in Usage::ALL {
             let want = m.snapshot.iter().filter(|(_, mu)| *mu <= u).map(|(f, _)| *f);
             self.same(&self.resv.fences_unlocked(u), want.clone(), "fences_unlocked");
+            // The iterator: the same list with usages, less fences that signalled successfully.
+            let iterated: Vec<(Fence, Usage)> = self.resv.iter_unlocked(u).collect();
+            let want_iter: Vec<(usize, Usage)> = m
+                .snapshot
+                .iter()
+                .filter(|&&(f, mu)| mu <= u && m.fences[f].state != Some(Ok(())))
+                .copied()
+                .collect();
+            let ok = iterated.len() == want_iter.len()
+                && iterated
+                    .iter()
+                    .zip(&want_iter)
+                    .all(|((f, fu), &(mf, mu))| *fu == mu && f.ptr_eq(&self.fences[mf].0));
+            assert!(ok, "iter_unlocked({u:?}) gave {iterated:?}, model {want_iter:?}");
             let all_signalled = want.clone().all(|f| m.signalled(f));
             assert_eq!(
                 self.resv.test_signaled_unlocked(u),
