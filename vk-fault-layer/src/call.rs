@@ -111,11 +111,8 @@ impl FaultCall {
     pub fn error_codes(self) -> &'static [vk::Result] {
         use vk::Result as R;
         const OOM: &[vk::Result] = &[R::ERROR_OUT_OF_HOST_MEMORY, R::ERROR_OUT_OF_DEVICE_MEMORY];
-        const OOM_LOST: &[vk::Result] = &[
-            R::ERROR_OUT_OF_HOST_MEMORY,
-            R::ERROR_OUT_OF_DEVICE_MEMORY,
-            R::ERROR_DEVICE_LOST,
-        ];
+        const OOM_LOST: &[vk::Result] =
+            &[R::ERROR_OUT_OF_HOST_MEMORY, R::ERROR_OUT_OF_DEVICE_MEMORY, R::ERROR_DEVICE_LOST];
         match self {
             Self::CreateInstance => &[
                 R::ERROR_OUT_OF_HOST_MEMORY,

@@ -280,7 +280,10 @@ unsafe extern "system" fn get_device_proc_addr(
 /// # Safety
 ///
 /// `p_next` is a valid Vulkan structure chain (each element starts with `sType`, `pNext`).
-unsafe fn find_link_info<T>(mut p_next: *const core::ffi::c_void, s_type: vk::StructureType) -> *mut T {
+unsafe fn find_link_info<T>(
+    mut p_next: *const core::ffi::c_void,
+    s_type: vk::StructureType,
+) -> *mut T {
     while !p_next.is_null() {
         let base = p_next.cast::<vk::BaseInStructure<'_>>();
         // SAFETY: every chain element starts with a `VkBaseInStructure` header.
