@@ -30,6 +30,10 @@ pub const LIBRARY_ENV: &str = "GPUSCHED_FAULT_LAYER_LIB";
 /// layer lives). `VK_LAYER_PATH` would replace the system directories instead.
 pub const LAYER_PATH_ENV: &str = "VK_ADD_LAYER_PATH";
 
+/// The loader's environment variable listing explicit layers to enable in every instance
+/// ([`LayerSetup::install_env_enabled`]).
+pub const ENABLE_ENV: &str = "VK_INSTANCE_LAYERS";
+
 /// Why the layer could not be set up or opened.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -187,6 +191,22 @@ impl LayerSetup {
     /// thread reads the environment (first thing in a test, under the test's lock).
     pub fn install_env(&self) {
         std::env::set_var(LAYER_PATH_ENV, self.layer_path());
+    }
+
+    /// Like [`LayerSetup::install_env`], and also enables the layer in every instance of the
+    /// process through the loader's [`ENABLE_ENV`] (`VK_INSTANCE_LAYERS`), so that code which
+    /// creates its own instance (a backend under test) gets it without naming it. The loader
+    /// puts layers enabled this way above those the application names, so the fault layer
+    /// stays above the validation layer. Same threading caveat as `install_env`.
+    pub fn install_env_enabled(&self) {
+        self.install_env();
+        let name = LAYER_NAME.to_str().unwrap_or_default();
+        let current = std::env::var(ENABLE_ENV).unwrap_or_default();
+        if !current.split(':').any(|layer| layer == name) {
+            let value =
+                if current.is_empty() { name.to_owned() } else { format!("{name}:{current}") };
+            std::env::set_var(ENABLE_ENV, value);
+        }
     }
 
     /// Opens the layer library for control (see [`FaultLayer::open`]).

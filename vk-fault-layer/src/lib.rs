@@ -89,5 +89,6 @@ pub mod testing;
 
 pub use call::{validate, ArmError, Fault, FaultCall, Trigger};
 pub use control::{
-    FaultLayer, LayerSetup, SetupError, LAYER_NAME, LAYER_PATH_ENV, LIBRARY_ENV, MANIFEST_FILE,
+    FaultLayer, LayerSetup, SetupError, ENABLE_ENV, LAYER_NAME, LAYER_PATH_ENV, LIBRARY_ENV,
+    MANIFEST_FILE,
 };
