@@ -114,3 +114,38 @@ pub extern "C" fn gpusched_fault_layer_live_devices() -> u64 {
 pub extern "C" fn gpusched_fault_layer_lost_devices() -> u64 {
     layer::lost_devices()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ash::vk;
+
+    // One test: it drives this copy's process-global state.
+    #[test]
+    fn statuses_and_counters() {
+        let lost = vk::Result::ERROR_DEVICE_LOST.as_raw();
+        let oom = vk::Result::ERROR_OUT_OF_DEVICE_MEMORY.as_raw();
+        let submit = FaultCall::QueueSubmit.as_raw();
+        let allocate = FaultCall::AllocateMemory.as_raw();
+        gpusched_fault_layer_reset();
+        assert_eq!(gpusched_fault_layer_abi_version(), ABI_VERSION);
+        assert_eq!(gpusched_fault_layer_arm_nth(submit, 1, 0, lost), 0);
+        assert_eq!(gpusched_fault_layer_arm_nth(submit, 1, 1, 0), 0);
+        assert_eq!(gpusched_fault_layer_arm_nth(99, 1, 0, lost), -1);
+        assert_eq!(gpusched_fault_layer_arm_nth(submit, 1, 7, lost), -2);
+        assert_eq!(gpusched_fault_layer_arm_nth(allocate, 1, 0, lost), -3);
+        assert_eq!(gpusched_fault_layer_arm_nth(allocate, 1, 1, 0), -4);
+        assert_eq!(gpusched_fault_layer_arm_nth(allocate, 0, 0, oom), -5);
+        assert_eq!(gpusched_fault_layer_arm_random(allocate, f64::NAN, 1, 0, oom), -6);
+        assert_eq!(gpusched_fault_layer_arm_random(allocate, 0.5, 1, 0, oom), 0);
+        assert_eq!(gpusched_fault_layer_disarm(allocate), 0);
+        assert_eq!(gpusched_fault_layer_disarm(99), -1);
+        assert_eq!(gpusched_fault_layer_calls(allocate), 0);
+        assert_eq!(gpusched_fault_layer_calls(99), u64::MAX);
+        assert_eq!(gpusched_fault_layer_injected(99), u64::MAX);
+        // No device was created through this copy.
+        assert_eq!(gpusched_fault_layer_lose_device(), 0);
+        assert_eq!(gpusched_fault_layer_live_devices(), 0);
+        gpusched_fault_layer_reset();
+    }
+}

@@ -29,6 +29,11 @@
 //! ([`FaultCall::error_codes`]); a failing call never calls down the chain, so a failed
 //! `vkQueueSubmit` submits nothing and a failed wait does not wait.
 //!
+//! Programs that cannot call the control interface can arm faults at load time with the
+//! [`FAULTS_ENV`] environment variable (`GPUSCHED_FAULT_LAYER_FAULTS`), for example
+//! `vkAllocateMemory:nth=3:VK_ERROR_OUT_OF_DEVICE_MEMORY;vkQueueSubmit:random=0.01@7:lose`
+//! (grammar: [`parse_spec`]), and enable the layer with `VK_INSTANCE_LAYERS`.
+//!
 //! # Layer order
 //!
 //! Enable the layer first, before `VK_LAYER_KHRONOS_validation` in `ppEnabledLayerNames`
@@ -85,6 +90,7 @@ mod control;
 pub mod ffi;
 mod layer;
 mod rules;
+mod spec;
 pub mod testing;
 
 pub use call::{validate, ArmError, Fault, FaultCall, Trigger};
@@ -92,3 +98,4 @@ pub use control::{
     FaultLayer, LayerSetup, SetupError, ENABLE_ENV, LAYER_NAME, LAYER_PATH_ENV, LIBRARY_ENV,
     MANIFEST_FILE,
 };
+pub use spec::{parse_spec, SpecEntry, SpecError, FAULTS_ENV};

@@ -23,7 +23,7 @@ mod commands;
 use core::ffi::{c_char, CStr};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError};
 
 use ash::vk::{self, Handle};
 use ash_layer::{
@@ -33,6 +33,7 @@ use ash_layer::{
 
 use crate::call::FaultCall;
 use crate::rules::{Decision, Rules};
+use crate::spec::{parse_spec, FAULTS_ENV};
 
 /// The loader–layer interface version this layer implements.
 const INTERFACE_VERSION: u32 = 2;
@@ -194,6 +195,7 @@ pub(crate) use void_fn;
 unsafe extern "system" fn vkNegotiateLoaderLayerInterfaceVersion(
     p_version_struct: *mut NegotiateLayerInterface,
 ) -> vk::Result {
+    arm_from_env();
     // SAFETY: the loader passes a valid, writable struct or null (checked).
     let Some(interface) = (unsafe { p_version_struct.as_mut() }) else {
         return vk::Result::ERROR_INITIALIZATION_FAILED;
@@ -208,6 +210,30 @@ unsafe extern "system" fn vkNegotiateLoaderLayerInterfaceVersion(
     interface.pfn_get_device_proc_addr = Some(get_device_proc_addr);
     interface.pfn_get_physical_device_proc_addr = None;
     vk::Result::SUCCESS
+}
+
+/// Arms the faults of [`FAULTS_ENV`], once per load of the library (a bad specification is
+/// reported on standard error and arms nothing).
+fn arm_from_env() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let Some(spec) = std::env::var_os(FAULTS_ENV) else {
+            return;
+        };
+        let parsed = match spec.to_str() {
+            Some(spec) => parse_spec(spec).map_err(|e| e.to_string()),
+            None => Err("not UTF-8".to_owned()),
+        };
+        match parsed {
+            Ok(entries) => {
+                let mut rules = rules();
+                for (call, trigger, fault) in entries {
+                    rules.arm(call, trigger, fault);
+                }
+            }
+            Err(error) => eprintln!("VK_LAYER_GPUSCHED_fault: {FAULTS_ENV} ignored: {error}"),
+        }
+    });
 }
 
 /// The instance-level commands the layer implements itself.
