@@ -32,9 +32,12 @@ pub enum FaultCall {
     CreateBuffer = 7,
     /// `vkMapMemory`.
     MapMemory = 8,
-    /// `vkDeviceWaitIdle`.
+    /// `vkDeviceWaitIdle`: when it reports `VK_ERROR_DEVICE_LOST`, it first waits for the
+    /// work already submitted to end (the driver under the layer still runs it), so that the
+    /// application may destroy everything after the reported loss, as the specification
+    /// allows.
     DeviceWaitIdle = 9,
-    /// `vkQueueWaitIdle`.
+    /// `vkQueueWaitIdle`: as [`FaultCall::DeviceWaitIdle`], for the queue's work.
     QueueWaitIdle = 10,
     /// `vkAllocateCommandBuffers`: a failed call sets every output handle to null, as the
     /// specification requires.

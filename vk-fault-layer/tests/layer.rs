@@ -175,6 +175,53 @@ fn lost_device_fails_every_command_that_reports_it() {
 }
 
 #[test]
+fn lost_wait_idle_drains_submitted_work_before_reporting() {
+    let Some(h) = harness("lost_wait_idle_drains_submitted_work_before_reporting") else {
+        return;
+    };
+    let gpu = create_gpu(&h).expect("instance");
+    let dev = gpu.create_device().expect("device");
+    let (gate, done) = (dev.timeline(), dev.timeline());
+    // A batch that waits on the GPU for `gate` = 1, then signals `done` = 1.
+    let waits = [gate];
+    let wait_values = [1];
+    let signals = [done];
+    let signal_values = [1];
+    let stages = [vk::PipelineStageFlags::ALL_COMMANDS];
+    let mut timeline = vk::TimelineSemaphoreSubmitInfo::default()
+        .wait_semaphore_values(&wait_values)
+        .signal_semaphore_values(&signal_values);
+    let submit = vk::SubmitInfo::default()
+        .wait_semaphores(&waits)
+        .wait_dst_stage_mask(&stages)
+        .signal_semaphores(&signals)
+        .push_next(&mut timeline);
+    // SAFETY: a valid submit whose pointers outlive the call.
+    unsafe { dev.device.queue_submit(dev.queue, &[submit], vk::Fence::null()) }.expect("submit");
+    h.layer.lose_device();
+    // Another thread opens the gate from the host (vkSignalSemaphore is not intercepted)
+    // while this one is in vkDeviceWaitIdle: the wait-idle must still be waiting then.
+    let device = dev.device.clone();
+    let opener = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let signal = vk::SemaphoreSignalInfo::default().semaphore(gate).value(1);
+        // SAFETY: a valid signal info; the semaphore lives until the thread is joined.
+        unsafe { device.signal_semaphore(&signal) }
+    });
+    // The wait-idle reports the loss only once the batch ran: destroying is safe after it.
+    // SAFETY: a valid device.
+    assert_eq!(unsafe { dev.device.device_wait_idle() }, Err(LOST));
+    h.layer.reset();
+    // Read before joining the opener: without the drain the gate would still be closed.
+    let drained = dev.counter(done);
+    opener.join().expect("opener thread").expect("host signal");
+    assert_eq!(drained, Ok(1), "vkDeviceWaitIdle reported the loss before the work ended");
+    dev.destroy(&[gate, done]);
+    gpu.destroy();
+    assert_no_validation_messages();
+}
+
+#[test]
 fn lose_device_fault_loses_the_device_mid_run() {
     let Some(h) = harness("lose_device_fault_loses_the_device_mid_run") else {
         return;

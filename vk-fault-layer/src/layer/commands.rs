@@ -4,6 +4,13 @@
 //! - each command first asks [`DeviceData::fault`]; a fault returns its code without calling
 //!   down the chain: a failed `vkQueueSubmit` / `vkQueueSubmit2` submits none of its batches,
 //!   a failed wait returns at once, a failed creation creates nothing;
+//! - except `vkDeviceWaitIdle` / `vkQueueWaitIdle` returning `VK_ERROR_DEVICE_LOST`: they
+//!   first wait (down the chain) for the work already submitted, then report the loss. A
+//!   really lost device runs nothing more, and the specification lets the application destroy
+//!   every object once a wait-idle has reported the loss; the driver under the layer still
+//!   runs the submitted work, so destroying its objects before it ends would be a
+//!   use-after-free there. The wait lasts as long as that work (a GPU-side wait nobody
+//!   signals keeps it waiting);
 //! - a failed `vkAllocateCommandBuffers` sets every output handle to null (the specification
 //!   requires it of a failed call);
 //! - an alias (`vkWaitSemaphoresKHR`, `vkGetSemaphoreCounterValueKHR`, `vkQueueSubmit2KHR`)
@@ -189,11 +196,39 @@ intercept!(
     device: vk::Device, memory: vk::DeviceMemory, offset: vk::DeviceSize, size: vk::DeviceSize,
     flags: vk::MemoryMapFlags, pp_data: *mut *mut core::ffi::c_void
 );
-intercept!(
+/// Defines a wait-idle command: the fault check, then the next layer's command; when it
+/// reports `VK_ERROR_DEVICE_LOST` it first waits for the work already submitted (see the
+/// module rules).
+macro_rules! intercept_wait_idle {
+    ($(#[$doc:meta])* $name:ident, $call:ident, $field:ident, $handle:ident: $handle_ty:ty) => {
+        $(#[$doc])*
+        unsafe extern "system" fn $name($handle: $handle_ty) -> vk::Result {
+            // SAFETY: the loader calls us with a valid dispatchable handle.
+            let device = unsafe { device_data($handle.as_raw()) };
+            let Some((device, next)) = device.and_then(|d| d.next.$field.map(|f| (d, f))) else {
+                return FaultCall::$call.error_codes()[0];
+            };
+            match device.fault(FaultCall::$call) {
+                None => {
+                    // SAFETY: the next layer's command with the caller's valid handle.
+                    unsafe { next($handle) }
+                }
+                Some(vk::Result::ERROR_DEVICE_LOST) => {
+                    // SAFETY: as above; its result is replaced by the loss.
+                    let _ = unsafe { next($handle) };
+                    vk::Result::ERROR_DEVICE_LOST
+                }
+                Some(code) => code,
+            }
+        }
+    };
+}
+
+intercept_wait_idle!(
     /// `vkDeviceWaitIdle`.
     device_wait_idle, DeviceWaitIdle, device_wait_idle, device: vk::Device
 );
-intercept!(
+intercept_wait_idle!(
     /// `vkQueueWaitIdle`.
     queue_wait_idle, QueueWaitIdle, queue_wait_idle, queue: vk::Queue
 );
