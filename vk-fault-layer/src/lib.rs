@@ -26,8 +26,11 @@
 //! error code, or lose the device). Besides, [`FaultLayer::lose_device`] loses every live
 //! device: from then on each command of a lost device that can return `VK_ERROR_DEVICE_LOST`
 //! does, at once. The layer only returns codes the specification lists for the command
-//! ([`FaultCall::error_codes`]); a failing call never calls down the chain, so a failed
-//! `vkQueueSubmit` submits nothing and a failed wait does not wait.
+//! ([`FaultCall::error_codes`]); a failing call does not call down the chain, so a failed
+//! `vkQueueSubmit` submits nothing and a failed wait returns at once. The one exception:
+//! `vkDeviceWaitIdle` / `vkQueueWaitIdle` reporting `VK_ERROR_DEVICE_LOST` first wait for the
+//! work already submitted, which the driver below still runs, so that destroying everything
+//! after the reported loss (as the specification allows) is safe.
 //!
 //! Programs that cannot call the control interface can arm faults at load time with the
 //! [`FAULTS_ENV`] environment variable (`GPUSCHED_FAULT_LAYER_FAULTS`), for example
@@ -38,7 +41,9 @@
 //!
 //! Enable the layer first, before `VK_LAYER_KHRONOS_validation` in `ppEnabledLayerNames`
 //! (the first is nearest the application): validation then sees only the calls that really
-//! reach the driver, and never a call the fault layer failed.
+//! reach the driver, and never a call the fault layer failed. For code that creates its own
+//! instance, [`LayerSetup::install_env_enabled`] enables the layer through
+//! `VK_INSTANCE_LAYERS`, which the loader places above the layers the application names.
 //!
 //! # Building
 //!
