@@ -71,7 +71,28 @@ pub fn harness(test: &str) -> Option<Harness> {
         skip_or_fail(test, "the Khronos validation layer is not installed");
         return None;
     }
+    if let Err(reason) = probe_driver(&entry) {
+        skip_or_fail(test, reason);
+        return None;
+    }
     Some(Harness { layer, setup, entry, _guard: guard })
+}
+
+/// Checks that a Vulkan driver answers: an instance without layers lists a physical device.
+fn probe_driver(entry: &ash::Entry) -> Result<(), String> {
+    let app = vk::ApplicationInfo::default().api_version(vk::API_VERSION_1_3);
+    let info = vk::InstanceCreateInfo::default().application_info(&app);
+    // SAFETY: a valid create info.
+    let instance = unsafe { entry.create_instance(&info, None) }
+        .map_err(|e| format!("no Vulkan driver (vkCreateInstance: {e:?})"))?;
+    // SAFETY: a valid instance.
+    let devices = unsafe { instance.enumerate_physical_devices() };
+    // SAFETY: nothing created from it is alive.
+    unsafe { instance.destroy_instance(None) };
+    match devices {
+        Ok(devices) if !devices.is_empty() => Ok(()),
+        other => Err(format!("no Vulkan device ({other:?})")),
+    }
 }
 
 /// Collects validation warnings and errors, and the loader's general messages apart.
