@@ -59,7 +59,11 @@ test: setup
 
 # The workspace includes the demo package (demo/: its test runs the binary); with the Vulkan
 # backend's `fault-injection` feature, so that its recovery tests (tests/recovery.rs) run too.
+# The fault layer library (vk-fault-layer, a cdylib the Vulkan loader loads) is built first:
+# the tests of other packages that enable it find it in target/debug/ (its own tests would
+# build it anyway). In CI a test that cannot find it fails; elsewhere it prints SKIPPED.
 nextest:
+	$(ENV) cargo build -p vk-fault-layer
 	$(ENV) cargo nextest run --workspace --profile ci --no-tests=warn \
 		--features gpusched-vulkan/fault-injection
 
