@@ -88,7 +88,7 @@ pub use gpusched_fence as fence;
 pub use gpusched_resv as resv;
 
 pub use crate::backend::{Backend, JobInfo, TimeoutStatus};
-pub use crate::config::{Policy, Priority, SchedulerConfig};
+pub use crate::config::{Policy, Priority, SchedulerConfig, Timeout};
 pub use crate::entity::{Entity, EntityStats};
 pub use crate::error::{ArmError, SchedError};
 pub use crate::job::{Access, ArmedJob, JobBuilder};

@@ -14,10 +14,11 @@
 //! # Contract
 //! Everything between publishing a job's finished fence and signalling it runs inside a
 //! signalling section: selection, `run_job`, the hardware-fence callback, completion. None of
-//! it allocates: entity queue slots are reserved at arm time, the pending list is sized to the
-//! credit limit at creation (a job carries at least one credit), the free list to twice that
-//! (a full free list frees in place), and the completion callback is boxed at arm time. None
-//! of it takes a `Resv` lock or waits.
+//! it allocates: storage follows the jobs that exist, never the credit limit (which may be
+//! `u32::MAX`). Arming a job reserves, outside any section, a slot in its entity's queue, room
+//! for it on the pending list (at most one entry per credit, so never more than the limit)
+//! and on the free list (one entry per job not yet freed: the free list never fills), and
+//! boxes the completion callback. None of it takes a `Resv` lock or waits.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -56,11 +57,14 @@ pub(crate) struct SchedState<B: Backend> {
     pub(crate) order: [Vec<usize>; 4],
     /// Round-robin position per priority (index into `order`).
     pub(crate) rr_cursor: [usize; 4],
-    /// Jobs on the hardware, in ring order. Capacity: the credit limit.
+    /// Jobs on the hardware, in ring order. Capacity: at least `min(jobs, credit_limit)`.
     pub(crate) pending: VecDeque<Arc<JobInner<B>>>,
-    /// Finished jobs waiting for `free_job`. Capacity: twice the credit limit plus slack; when
-    /// full, a job is freed where it finished (`retire_for_free`).
+    /// Finished jobs waiting for `free_job`. Capacity: at least `jobs`, so it never fills
+    /// (if it did, a job would be freed where it finished: `retire_for_free`).
     pub(crate) to_free: VecDeque<Arc<JobInner<B>>>,
+    /// Jobs armed on this scheduler and not yet freed or cancelled: the bound of both lists
+    /// above, reserved at arm time (`reserve_armed`).
+    pub(crate) jobs: usize,
     /// Credits of the jobs in `pending`.
     pub(crate) credits_used: u32,
     /// Global push counter, for FIFO selection.
@@ -189,7 +193,10 @@ impl<B: Backend> SchedShared<B> {
             let step = {
                 let mut st = lock(&self.state);
                 match st.to_free.pop_front() {
-                    Some(j) => Step::Free(j),
+                    Some(j) => {
+                        st.jobs = st.jobs.saturating_sub(1);
+                        Step::Free(j)
+                    }
                     None => self.select(&mut st),
                 }
             };
@@ -316,7 +323,7 @@ impl<B: Backend> SchedShared<B> {
         let Some(credits) = st.slots[key].queue.front().map(|j| j.info.credits) else {
             return Step::Idle;
         };
-        if st.credits_used + credits > self.config.credit_limit {
+        if u64::from(st.credits_used) + u64::from(credits) > u64::from(self.config.credit_limit) {
             // Head-of-line: wait for completions rather than let a smaller job overtake.
             return Step::Idle;
         }
@@ -331,9 +338,7 @@ impl<B: Backend> SchedShared<B> {
         // subtracts them): without this a multi-credit job wrapped the counter.
         self.load.fetch_add(credits as usize - 1, Ordering::Relaxed);
         if st.pending.is_empty() {
-            let deadline = Instant::now() + self.config.timeout;
-            st.deadline = Some(deadline);
-            self.domain.deadline_armed(deadline);
+            st.deadline = self.arm_deadline(Instant::now());
         }
         st.pending.push_back(job.clone());
         job.state.store(state::RUNNING, Ordering::Release);
@@ -462,9 +467,7 @@ impl<B: Backend> SchedShared<B> {
                 st.deadline = if st.pending.is_empty() || st.stopped {
                     None
                 } else {
-                    let deadline = Instant::now() + self.config.timeout;
-                    self.domain.deadline_armed(deadline);
-                    Some(deadline)
+                    self.arm_deadline(Instant::now())
                 };
             }
         }
@@ -483,9 +486,9 @@ impl<B: Backend> SchedShared<B> {
         true
     }
 
-    /// Queues a finished job for `free_job`, which the pump calls. Allocation-free: when the
-    /// free list is full (jobs leave the pending list before they reach it, so under heavy
-    /// concurrency more than the credit limit can be in between), the job is freed here.
+    /// Queues a finished job for `free_job`, which the pump calls. Allocation-free: the free
+    /// list has room for every job not yet freed (reserved at arm); were it ever full, the job
+    /// would be freed here.
     fn retire_for_free(&self, job: &Arc<JobInner<B>>) {
         let queued = {
             let mut st = lock(&self.state);
@@ -493,6 +496,7 @@ impl<B: Backend> SchedShared<B> {
                 st.to_free.push_back(job.clone());
                 true
             } else {
+                st.jobs = st.jobs.saturating_sub(1);
                 false
             }
         };
@@ -503,6 +507,10 @@ impl<B: Backend> SchedShared<B> {
 
     /// Ends a job that never reached the hardware: both fences signal `error`.
     pub(crate) fn cancel(self: &Arc<Self>, job: &Arc<JobInner<B>>, error: FenceError) {
+        {
+            let mut st = lock(&self.state);
+            st.jobs = st.jobs.saturating_sub(1);
+        }
         self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
         job.entity.count_outcome(Some(error));
         {
@@ -609,9 +617,7 @@ impl<B: Backend> SchedShared<B> {
     pub(crate) fn rearm(&self, now: Instant) {
         let mut st = lock(&self.state);
         if !st.pending.is_empty() && !st.stopped {
-            let deadline = now + self.config.timeout;
-            st.deadline = Some(deadline);
-            self.domain.deadline_armed(deadline);
+            st.deadline = self.arm_deadline(now);
         }
     }
 
@@ -620,10 +626,19 @@ impl<B: Backend> SchedShared<B> {
     /// hardware starts again (`drm_sched_start` re-arms every ring the reset stopped).
     pub(crate) fn extend_deadline(&self, now: Instant) {
         let mut st = lock(&self.state);
-        let deadline = now + self.config.timeout;
+        let Some(deadline) = self.config.timeout.deadline_from(now) else { return };
         if st.deadline.is_some_and(|d| d < deadline) && !st.stopped {
             st.deadline = Some(deadline);
         }
+    }
+
+    /// The deadline of a job that reached the head of the ring at `now`, announced to the
+    /// reset domain's worker; `None` (nothing armed) for [`Timeout::Never`](crate::Timeout).
+    /// Allocation-free.
+    fn arm_deadline(&self, now: Instant) -> Option<Instant> {
+        let deadline = self.config.timeout.deadline_from(now)?;
+        self.domain.deadline_armed(deadline);
+        Some(deadline)
     }
 
     /// Starts a pass over the pending list; see [`SchedShared::next_in_pass`].
@@ -786,13 +801,8 @@ impl<B: Backend> SchedShared<B> {
         {
             let mut st = lock(&self.state);
             st.stopped = false;
-            st.deadline = if st.pending.is_empty() {
-                None
-            } else {
-                let deadline = Instant::now() + self.config.timeout;
-                self.domain.deadline_armed(deadline);
-                Some(deadline)
-            };
+            st.deadline =
+                if st.pending.is_empty() { None } else { self.arm_deadline(Instant::now()) };
         }
         self.pump();
     }
@@ -881,13 +891,22 @@ impl<B: Backend> SchedShared<B> {
         drop(removed);
     }
 
-    /// Reserves a queue slot for one more armed job (allocates; at arm time).
+    /// Reserves room for one more armed job (allocates; at arm time, outside any section): a
+    /// slot in its entity's queue, an entry on the pending list (which holds at most one job
+    /// per credit) and one on the free list.
     pub(crate) fn reserve_armed(&self, key: usize) {
         let mut st = lock(&self.state);
         let s = &mut st.slots[key];
         s.armed += 1;
         let need = s.armed;
         s.queue.reserve(need);
+        st.jobs += 1;
+        let limit = usize::try_from(self.config.credit_limit).unwrap_or(usize::MAX);
+        let pending = st.jobs.min(limit);
+        let extra = pending.saturating_sub(st.pending.len());
+        st.pending.reserve(extra);
+        let extra = st.jobs.saturating_sub(st.to_free.len());
+        st.to_free.reserve(extra);
     }
 }
 
@@ -925,16 +944,17 @@ impl<B: Backend> fmt::Debug for Scheduler<B> {
 impl<B: Backend> Scheduler<B> {
     /// A scheduler for one ring of `backend`.
     ///
+    /// Every value of a [`SchedulerConfig`] either works or is refused here; none aborts the
+    /// process. Nothing is sized by the configuration: any credit limit costs the same.
+    ///
     /// # Errors
-    /// [`SchedError::InvalidConfig`] for a zero credit limit or timeout.
+    /// [`SchedError::InvalidConfig`] for a zero credit limit, a zero timeout or one above
+    /// [`Timeout::MAX_DURATION`](crate::Timeout::MAX_DURATION).
     pub fn new(backend: B, config: SchedulerConfig) -> Result<Self, SchedError> {
         if config.credit_limit == 0 {
             return Err(SchedError::InvalidConfig("credit_limit must be at least 1"));
         }
-        if config.timeout.is_zero() {
-            return Err(SchedError::InvalidConfig("timeout must be non-zero"));
-        }
-        let cap = config.credit_limit as usize;
+        config.timeout.validate().map_err(SchedError::InvalidConfig)?;
         let domain =
             config.reset_domain.clone().unwrap_or_else(|| ResetDomain::new(config.name.clone()));
         let shared = Arc::new_cyclic(|me| SchedShared {
@@ -945,8 +965,9 @@ impl<B: Backend> Scheduler<B> {
                 slots: Slab::new(),
                 order: Default::default(),
                 rr_cursor: [0; 4],
-                pending: VecDeque::with_capacity(cap),
-                to_free: VecDeque::with_capacity(2 * cap + 16),
+                pending: VecDeque::new(),
+                to_free: VecDeque::new(),
+                jobs: 0,
                 credits_used: 0,
                 submit_seq: 0,
                 stopped: false,

@@ -111,7 +111,8 @@ impl ResetDomain {
         {
             let weak = Arc::downgrade(&inner);
             let spawned = std::thread::Builder::new()
-                .name(format!("gpusched-tdr-{name}"))
+                // A thread name cannot hold a NUL byte (spawning would panic): any name works.
+                .name(format!("gpusched-tdr-{}", name.replace('\0', "?")))
                 .spawn(move || worker(weak, parker));
             if let Err(e) = spawned {
                 panic!("cannot start the timeout worker of reset domain {name}: {e}");
@@ -272,7 +273,7 @@ impl<B: Backend> Recovery<'_, B> {
     /// [`FenceError::Cancelled`]. Returns whether the entity is now banned.
     pub fn blame(&mut self) -> bool {
         let entity = &self.guilty.entity;
-        let karma = entity.karma.fetch_add(1, Ordering::AcqRel) + 1;
+        let karma = entity.karma.fetch_add(1, Ordering::AcqRel).saturating_add(1);
         diag!(debug, target: "gpusched", sched = self.sched.name(), job = self.guilty.info.id, karma, "blamed");
         if karma > self.sched.config.hang_limit {
             entity.stop(FenceError::Cancelled);
