@@ -25,6 +25,16 @@ impl Priority {
         self as usize
     }
 
+    /// The priority of [`index`](Self::index) `i` (`Low` past the end).
+    pub(crate) fn from_index(i: u32) -> Self {
+        match i {
+            0 => Priority::Kernel,
+            1 => Priority::High,
+            2 => Priority::Normal,
+            _ => Priority::Low,
+        }
+    }
+
     /// The virtual-runtime weight under [`Policy::Fair`]: a job of `c` credits costs
     /// `c * weight` virtual time, so a `Low` entity gets a quarter of a `High` one's share.
     pub(crate) fn fair_weight(self) -> u64 {

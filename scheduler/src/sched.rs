@@ -48,6 +48,9 @@ pub(crate) struct EntitySlot<B: Backend> {
     pub(crate) armed: usize,
     /// Virtual runtime under [`Policy::Fair`].
     pub(crate) vruntime: u64,
+    /// The run queue (`SchedState::order`) the slot is on: its entity's priority, updated
+    /// under the state lock by `set_slot_priority`.
+    pub(crate) priority: Priority,
 }
 
 /// The scheduler's mutable state. Protected by `SchedShared::state`.
@@ -332,7 +335,7 @@ impl<B: Backend> SchedShared<B> {
         }
         let slot = &mut st.slots[key];
         let Some(job) = slot.queue.pop_front() else { return Step::Idle };
-        slot.vruntime += u64::from(credits) * slot.entity.priority.fair_weight();
+        slot.vruntime += u64::from(credits) * slot.priority.fair_weight();
         st.credits_used += credits;
         // Load counts a queued job as 1 and a job on the ring as its credits (`hw_done`
         // subtracts them): without this a multi-credit job wrapped the counter.
@@ -564,6 +567,7 @@ impl<B: Backend> SchedShared<B> {
             self.load.fetch_add(1, Ordering::Relaxed);
             stopped
         };
+        job.entity.note_pushed(job.info.seqno, &job.scheduled);
         diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, ?stopped, "queued");
         self.pump();
     }
@@ -590,6 +594,7 @@ impl<B: Backend> SchedShared<B> {
                 None => false,
             }
         };
+        job.entity.note_pushed(job.info.seqno, &job.scheduled);
         if !queued {
             self.cancel(&job, FenceError::Cancelled);
         }
@@ -860,16 +865,42 @@ impl<B: Backend> SchedShared<B> {
     /// Registers an entity's slot (allocates; at arm time).
     pub(crate) fn add_slot(&self, entity: Arc<EntityShared<B>>) -> usize {
         let mut st = lock(&self.state);
-        let prio = entity.priority.index();
+        let priority = entity.priority();
         let min_v = Self::min_active_vruntime(&st).unwrap_or(0);
         let key = st.slots.insert(EntitySlot {
             entity,
             queue: VecDeque::new(),
             armed: 0,
             vruntime: min_v,
+            priority,
         });
-        st.order[prio].push(key);
+        st.order[priority.index()].push(key);
         key
+    }
+
+    /// Removes `key` from the run queue of `prio`, keeping the round-robin cursor in range.
+    fn unlink(st: &mut SchedState<B>, prio: usize, key: usize) {
+        st.order[prio].retain(|k| *k != key);
+        let n = st.order[prio].len();
+        if n > 0 {
+            st.rr_cursor[prio] %= n;
+        } else {
+            st.rr_cursor[prio] = 0;
+        }
+    }
+
+    /// Moves a slot to the run queue of `priority` (`Entity::set_priority`); its queue keeps
+    /// its order. Allocates at most once per run queue (its order list grows).
+    pub(crate) fn set_slot_priority(&self, key: usize, priority: Priority) {
+        let mut st = lock(&self.state);
+        let Some(slot) = st.slots.get_mut(key) else { return };
+        let old = slot.priority;
+        if old == priority {
+            return;
+        }
+        slot.priority = priority;
+        Self::unlink(&mut st, old.index(), key);
+        st.order[priority.index()].push(key);
     }
 
     /// Removes an idle entity's slot.
@@ -877,14 +908,7 @@ impl<B: Backend> SchedShared<B> {
         let mut st = lock(&self.state);
         let removed = st.slots.try_remove(key);
         if let Some(slot) = &removed {
-            let prio = slot.entity.priority.index();
-            st.order[prio].retain(|k| *k != key);
-            let n = st.order[prio].len();
-            if n > 0 {
-                st.rr_cursor[prio] %= n;
-            } else {
-                st.rr_cursor[prio] = 0;
-            }
+            Self::unlink(&mut st, slot.priority.index(), key);
         }
         drop(st);
         // The slot (and perhaps the last reference to its entity) drops outside the lock.

@@ -20,20 +20,20 @@ fn entity(s: &Scheduler<MockRing>) -> Entity<MockRing> {
 }
 
 #[test]
-fn flush_waits_for_every_armed_job_and_times_out_on_a_hang() {
+fn wait_idle_waits_for_every_armed_job_and_times_out_on_a_hang() {
     let s = sched(MockRing::timed(), "ring", 2, Policy::Fifo);
     let e = entity(&s);
-    assert_eq!(e.flush(Duration::from_millis(1)), Ok(()), "nothing armed: flush is immediate");
+    assert_eq!(e.wait_idle(Duration::from_millis(1)), Ok(()), "nothing armed: it is immediate");
     let fences: Vec<_> = (0..5)
         .map(|t| e.job(MockJob::new(t).duration(Duration::from_millis(2))).arm().unwrap().push())
         .collect();
-    e.flush(common::WATCHDOG).unwrap();
+    e.wait_idle(common::WATCHDOG).unwrap();
     assert!(fences.iter().all(|f| f.is_signaled() && f.error().is_none()));
 
     let hang = e.job(job(9).behavior(MockBehavior::Hang)).arm().unwrap().push();
-    assert_eq!(e.flush(Duration::from_millis(20)), Err(WaitError::Timeout));
+    assert_eq!(e.wait_idle(Duration::from_millis(20)), Err(WaitError::Timeout));
     s.backend().release_hangs();
-    e.flush(common::WATCHDOG).unwrap();
+    e.wait_idle(common::WATCHDOG).unwrap();
     assert_eq!(hang.error(), None);
     assert_no_checker_violations();
 }
@@ -107,7 +107,7 @@ fn dropping_an_armed_job_cancels_it_and_the_scheduler_goes_on() {
     let ran = s.backend().run_tags();
     assert!(!ran.contains(&1) && ran.iter().all(|t| t % 3 != 0));
     assert_eq!(ran.len(), 25);
-    e.flush(common::WATCHDOG).unwrap();
+    e.wait_idle(common::WATCHDOG).unwrap();
     wait_until("counters", || s.stats().cancelled == 14 && e.stats().finished_err == 14);
     assert_no_checker_violations();
 }
