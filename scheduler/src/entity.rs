@@ -458,6 +458,7 @@ pub(crate) fn arm<B: Backend>(b: JobBuilder<'_, B>) -> Result<ArmedJob<B>, ArmEr
         state: AtomicU64::new(state::ARMED),
         recovery_epoch: AtomicU64::new(0),
         deferred_error: Mutex::new(None),
+        free_on_hw_done: AtomicBool::new(false),
     });
     {
         let (j, s) = (job.clone(), sched.clone());

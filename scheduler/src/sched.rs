@@ -39,6 +39,32 @@ use crate::tdr::{ResetDomain, TimeoutTarget};
 
 static NEXT_SCHED_ID: StdAtomicU64 = StdAtomicU64::new(1);
 
+std::thread_local! {
+    /// How many drains (of any scheduler) this thread is inside: a teardown there must not
+    /// wait for the run lock (this thread may hold it) nor for the pump to go idle.
+    static DRAINING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as draining while alive.
+struct DrainingGuard;
+
+impl DrainingGuard {
+    fn enter() -> Self {
+        DRAINING.with(|d| d.set(d.get() + 1));
+        DrainingGuard
+    }
+
+    fn active() -> bool {
+        DRAINING.with(|d| d.get() > 0)
+    }
+}
+
+impl Drop for DrainingGuard {
+    fn drop(&mut self) {
+        DRAINING.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
 /// An entity's queue on one scheduler. Protected by `SchedShared::state`.
 pub(crate) struct EntitySlot<B: Backend> {
     pub(crate) entity: Arc<EntityShared<B>>,
@@ -169,6 +195,11 @@ impl<B: Backend> SchedShared<B> {
         if self.pump_requests.fetch_add(1, Ordering::AcqRel) != 0 {
             return;
         }
+        self.drain_until_settled();
+    }
+
+    /// Drains until no request came in meanwhile; the caller's request made it the drainer.
+    fn drain_until_settled(self: &Arc<Self>) {
         loop {
             let seen = self.pump_requests.load(Ordering::Acquire);
             self.drain();
@@ -183,6 +214,7 @@ impl<B: Backend> SchedShared<B> {
     }
 
     fn drain(self: &Arc<Self>) {
+        let _draining = DrainingGuard::enter();
         // The run lock is held for each step, and from a job's `run_job` on until the flush
         // that hands it to the hardware, so a TDR stop (which takes it) never sees a job that
         // a batching backend has taken but not yet submitted. Between steps of a drain that
@@ -460,7 +492,13 @@ impl<B: Backend> SchedShared<B> {
         {
             let mut st = lock(&self.state);
             let Some(pos) = st.pending.iter().position(|j| Arc::ptr_eq(j, job)) else {
-                // Already retired (force-completed by a reset).
+                // Already retired (force-completed by a reset, or by a teardown: then its
+                // payload is freed now that the hardware is done with it).
+                drop(st);
+                if Self::hw_passed(job) && job.free_on_hw_done.swap(false, Ordering::AcqRel) {
+                    self.retire_for_free(job);
+                    self.pump();
+                }
                 return false;
             };
             st.pending.remove(pos);
@@ -601,6 +639,120 @@ impl<B: Backend> SchedShared<B> {
         // A queued job of this scheduler may depend on it (same-scheduler dependencies are
         // checked at selection, not by callback): let selection see the failure.
         self.pump();
+    }
+
+    /// Whether the hardware is done with `job`: its hardware fence signalled, or it never got
+    /// one (its `run_job` failed, or it was never rerun after a reset).
+    fn hw_passed(job: &JobInner<B>) -> bool {
+        let fence = lock(&job.hw).fence.clone();
+        fence.is_none_or(|f| f.is_signaled())
+    }
+
+    /// Tears the scheduler down (`drm_sched_fini`): as [`shutdown`](Self::shutdown), then the
+    /// jobs on the ring are cancelled through [`Backend::cancel_running`], in ring order, and
+    /// retired with their hardware fences' results; a job whose hardware fence is still
+    /// pending after that (a backend without the op) has its finished fence signalled with
+    /// `error` and its payload freed when the hardware fence signals. Returns once every
+    /// job on the ring and every queued job has signalled its finished fence (jobs armed and
+    /// not yet pushed end when pushed or dropped), unless called from inside a pump of this
+    /// thread (a fence callback of the scheduler's own signalling path): then the pump in
+    /// progress finishes the work. Allocation-free.
+    pub(crate) fn fini(self: &Arc<Self>, error: FenceError) {
+        self.shutdown(error);
+        let error = self.gone_error().unwrap_or(error);
+        let nested = DrainingGuard::active();
+        if !nested {
+            // Wait out a step in progress (a `run_job` and the attaching of its completion
+            // callback; the kernel stops its submission work first): selection runs nothing
+            // more once shut, so afterwards every job on the ring has its hardware fence.
+            drop(lock(&self.run_lock));
+        }
+        // Requested as a pump: the completion callbacks that the cancellations run on this
+        // thread (holding a job's payload lock) then leave the freeing to us, afterwards.
+        let drainer = self.pump_requests.fetch_add(1, Ordering::AcqRel) == 0;
+        let epoch = self.begin_pass();
+        while let Some(job) = self.next_in_pass(epoch) {
+            if lock(&job.deferred_error).is_some() {
+                // Never on the hardware: it ends when its entity's previous job (earlier on
+                // the ring) signals.
+                continue;
+            }
+            self.cancel_on_ring(&job, error);
+        }
+        // Cancel what is queued (each entity's previous job has signalled now) and free;
+        // or let the thread that drains now do it (our request makes it drain once more).
+        if drainer {
+            self.drain_until_settled();
+        }
+        if !nested {
+            // Another thread may be draining: our request makes it drain once more.
+            while self.pump_requests.load(Ordering::Acquire) != 0 {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// Teardown of one job on the ring; see [`fini`](Self::fini).
+    fn cancel_on_ring(self: &Arc<Self>, job: &Arc<JobInner<B>>, error: FenceError) {
+        let _section = lockdep::signalling_section();
+        let hw = lock(&job.hw).fence.clone();
+        if hw.as_ref().is_some_and(|f| !f.is_signaled()) {
+            if let Some(p) = lock(&job.payload).as_mut() {
+                self.backend.cancel_running(p, &job.info, error);
+            }
+        }
+        if let Some(f) = hw.as_ref().filter(|f| f.is_signaled()) {
+            // Retired with the hardware's result (its completion callback may be doing the
+            // same: the first retires it; a callback detached by a TDR stop never runs).
+            self.hw_done(job, f.error());
+            return;
+        }
+        // The hardware fence is still pending: the finished fence signals now, the payload
+        // waits for the hardware.
+        {
+            let mut st = lock(&self.state);
+            let Some(pos) = st.pending.iter().position(|j| Arc::ptr_eq(j, job)) else { return };
+            st.pending.remove(pos);
+            st.credits_used -= job.info.credits;
+            if st.pending.is_empty() {
+                st.deadline = None;
+            }
+        }
+        job.free_on_hw_done.store(true, Ordering::Release);
+        self.load.fetch_sub(job.info.credits as usize, Ordering::Relaxed);
+        self.counters.finished_err.fetch_add(1, Ordering::Relaxed);
+        diag!(debug, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "cancelled on the ring");
+        job.entity.count_outcome(Some(error));
+        job.signal_finished(Some(error));
+        job.entity.job_done();
+        self.release_deferred(job);
+        // Watch the hardware fence for the free: reattach a completion callback a TDR stop
+        // detached (it then finds the job retired and frees it).
+        let reattach = {
+            let mut h = lock(&job.hw);
+            match (h.fence.clone(), h.callback_id.is_none()) {
+                (Some(f), true) => h.callback.take().map(|cb| (f, cb)),
+                _ => None,
+            }
+        };
+        let freeable = match reattach {
+            Some((f, cb)) => match f.add_prepared_callback(cb) {
+                Ok(id) => {
+                    lock(&job.hw).callback_id = Some(id);
+                    false
+                }
+                Err(already) => {
+                    lock(&job.hw).callback = Some(already.into_inner());
+                    true
+                }
+            },
+            // A job whose `run_job` is in progress up this thread's stack attaches its
+            // callback when it returns: `hw_done` frees it then.
+            None => Self::hw_passed(job),
+        };
+        if freeable && job.free_on_hw_done.swap(false, Ordering::AcqRel) {
+            self.retire_for_free(job);
+        }
     }
 
     /// Shuts the scheduler down: later arms fail; queued (and later pushed) jobs are cancelled
@@ -935,8 +1087,9 @@ impl<B: Backend> SchedShared<B> {
 }
 
 /// The scheduler of one hardware ring (`struct drm_gpu_scheduler`). Cheap to clone; when
-/// the last clone drops, the scheduler shuts down: queued jobs are cancelled, jobs on the
-/// hardware finish when it does, and later arms fail.
+/// the last clone drops, the scheduler is torn down as by [`Scheduler::shutdown`] with
+/// [`FenceError::Cancelled`]: queued jobs are cancelled, jobs on the ring are cancelled
+/// through the backend, and later arms fail.
 pub struct Scheduler<B: Backend> {
     pub(crate) shared: Arc<SchedShared<B>>,
     _handle: Arc<ShutdownOnDrop<B>>,
@@ -952,7 +1105,7 @@ struct ShutdownOnDrop<B: Backend>(Arc<SchedShared<B>>);
 
 impl<B: Backend> Drop for ShutdownOnDrop<B> {
     fn drop(&mut self) {
-        self.0.shutdown(FenceError::Cancelled);
+        self.0.fini(FenceError::Cancelled);
     }
 }
 
@@ -1038,9 +1191,15 @@ impl<B: Backend> Scheduler<B> {
         self.shared.stats()
     }
 
-    /// Shuts the scheduler down now with `error` (as the last drop does with `Cancelled`).
+    /// Tears the scheduler down now with `error` (as the last drop does with `Cancelled`;
+    /// `drm_sched_fini`): later arms fail with [`SchedError::SchedulerGone`], queued jobs
+    /// and later pushes end with `error`, and the jobs on the ring are cancelled through
+    /// [`Backend::cancel_running`] (a job the hardware finished first keeps its result). On
+    /// return every job pushed so far has signalled its finished fence; a backend without
+    /// `cancel_running` gets its jobs' payloads back through `free_job` only once their
+    /// hardware fences signal. Idempotent; the first error wins.
     pub fn shutdown(&self, error: FenceError) {
-        self.shared.shutdown(error);
+        self.shared.fini(error);
     }
 
     /// The scheduler's reset domain.
