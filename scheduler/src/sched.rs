@@ -39,10 +39,16 @@ use crate::tdr::{ResetDomain, TimeoutTarget};
 
 static NEXT_SCHED_ID: StdAtomicU64 = StdAtomicU64::new(1);
 
+#[cfg(not(gpusched_loom))]
 std::thread_local! {
     /// How many drains (of any scheduler) this thread is inside: a teardown there must not
     /// wait for the run lock (this thread may hold it) nor for the pump to go idle.
     static DRAINING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+// Loom runs a model's threads on one OS thread: its own thread-locals tell them apart.
+#[cfg(gpusched_loom)]
+loom::thread_local! {
+    static DRAINING: std::cell::Cell<u32> = std::cell::Cell::new(0);
 }
 
 /// Marks the current thread as draining while alive.
@@ -159,6 +165,10 @@ pub(crate) struct SchedShared<B: Backend> {
     /// Pending jobs with a deferred error (`JobInner::deferred_error`): while zero, retiring
     /// a job skips the search for a deferred successor.
     deferred: AtomicUsize,
+    /// Jobs taken off the pending list whose finished fence has not signalled yet: counted
+    /// under the state lock as they leave the list, uncounted after the signal, so that a
+    /// teardown can wait for retirements in progress on other threads.
+    retiring: AtomicUsize,
 }
 
 /// What the pump does next.
@@ -493,15 +503,21 @@ impl<B: Backend> SchedShared<B> {
             let mut st = lock(&self.state);
             let Some(pos) = st.pending.iter().position(|j| Arc::ptr_eq(j, job)) else {
                 // Already retired (force-completed by a reset, or by a teardown: then its
-                // payload is freed now that the hardware is done with it).
+                // payload is freed now that the hardware is done with it). The flag is set
+                // under the state lock as the job leaves the list, so it is seen here.
+                let flagged = job.free_on_hw_done.load(Ordering::Acquire);
                 drop(st);
-                if Self::hw_passed(job) && job.free_on_hw_done.swap(false, Ordering::AcqRel) {
+                if flagged
+                    && Self::hw_passed(job)
+                    && job.free_on_hw_done.swap(false, Ordering::AcqRel)
+                {
                     self.retire_for_free(job);
                     self.pump();
                 }
                 return false;
             };
             st.pending.remove(pos);
+            self.retiring.fetch_add(1, Ordering::AcqRel);
             st.credits_used -= job.info.credits;
             if pos == 0 {
                 // Re-arm the timeout for the next job, or disarm.
@@ -520,6 +536,7 @@ impl<B: Backend> SchedShared<B> {
         diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "finished");
         job.entity.count_outcome(error);
         job.signal_finished(error);
+        self.retiring.fetch_sub(1, Ordering::AcqRel);
         job.entity.job_done();
         self.retire_for_free(job);
         self.release_deferred(job);
@@ -679,15 +696,24 @@ impl<B: Backend> SchedShared<B> {
             }
             self.cancel_on_ring(&job, error);
         }
-        // Cancel what is queued (each entity's previous job has signalled now) and free;
-        // or let the thread that drains now do it (our request makes it drain once more).
+        // Cancel what is queued (each entity's previous job has signalled now) and free. If
+        // another thread was draining, it may have settled before the pass queued its frees:
+        // request again (it drains once more, or we do).
         if drainer {
             self.drain_until_settled();
+        } else {
+            self.pump();
         }
         if !nested {
-            // Another thread may be draining: our request makes it drain once more.
-            while self.pump_requests.load(Ordering::Acquire) != 0 {
-                std::thread::yield_now();
+            // Wait for work other threads are doing, none of which blocks: a drain (our
+            // request makes it drain once more: queued jobs), a retirement of a job we found
+            // already leaving the ring (it signals next), a deferred job on the ring (retired
+            // by its predecessor's signal).
+            while self.pump_requests.load(Ordering::Acquire) != 0
+                || !lock(&self.state).pending.is_empty()
+                || self.retiring.load(Ordering::Acquire) != 0
+            {
+                crate::sync::spin_yield();
             }
         }
     }
@@ -713,17 +739,20 @@ impl<B: Backend> SchedShared<B> {
             let mut st = lock(&self.state);
             let Some(pos) = st.pending.iter().position(|j| Arc::ptr_eq(j, job)) else { return };
             st.pending.remove(pos);
+            // Under the lock: a completion callback that finds the job gone sees it.
+            job.free_on_hw_done.store(true, Ordering::Release);
+            self.retiring.fetch_add(1, Ordering::AcqRel);
             st.credits_used -= job.info.credits;
             if st.pending.is_empty() {
                 st.deadline = None;
             }
         }
-        job.free_on_hw_done.store(true, Ordering::Release);
         self.load.fetch_sub(job.info.credits as usize, Ordering::Relaxed);
         self.counters.finished_err.fetch_add(1, Ordering::Relaxed);
         diag!(debug, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "cancelled on the ring");
         job.entity.count_outcome(Some(error));
         job.signal_finished(Some(error));
+        self.retiring.fetch_sub(1, Ordering::AcqRel);
         job.entity.job_done();
         self.release_deferred(job);
         // Watch the hardware fence for the free: reattach a completion callback a TDR stop
@@ -970,6 +999,7 @@ impl<B: Backend> SchedShared<B> {
             let mut st = lock(&self.state);
             let Some(pos) = st.pending.iter().position(|j| Arc::ptr_eq(j, job)) else { return };
             st.pending.remove(pos);
+            self.retiring.fetch_add(1, Ordering::AcqRel);
             st.credits_used -= job.info.credits;
             if st.pending.is_empty() {
                 st.deadline = None;
@@ -986,6 +1016,7 @@ impl<B: Backend> SchedShared<B> {
         diag!(debug, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "force-completed");
         job.entity.count_outcome(Some(error));
         job.signal_finished(Some(error));
+        self.retiring.fetch_sub(1, Ordering::AcqRel);
         self.clear_deferred(job);
         job.entity.job_done();
         self.retire_for_free(job);
@@ -1160,6 +1191,7 @@ impl<B: Backend> Scheduler<B> {
             load: AtomicUsize::new(0),
             counters: Counters::default(),
             deferred: AtomicUsize::new(0),
+            retiring: AtomicUsize::new(0),
         });
         let target: Arc<dyn TimeoutTarget> = shared.clone();
         domain.register(Arc::downgrade(&target));
