@@ -80,9 +80,12 @@ mod config;
 mod entity;
 mod error;
 mod job;
+#[cfg(all(test, gpusched_loom))]
+mod loom_model;
 mod sched;
 mod sync;
 mod tdr;
+mod teardown;
 #[cfg(not(gpusched_loom))]
 pub mod testing;
 

@@ -1,5 +1,9 @@
 //! The scheduler of one hardware ring (`struct drm_gpu_scheduler`, `sched_main.c`).
 //!
+//! This file is long because it holds the scheduler's state and every path that changes it
+//! under its lock (selection, completion, deferred failures, the recovery passes): their
+//! invariants are read together. Teardown is in `teardown.rs`, the TDR worker in `tdr.rs`.
+//!
 //! # Submission without a worker
 //! The kernel hands every ready job to a work item. Here the thread that makes a job
 //! runnable submits it: the pushing thread, the thread that signalled the job's last
@@ -38,38 +42,6 @@ use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::tdr::{ResetDomain, TimeoutTarget};
 
 static NEXT_SCHED_ID: StdAtomicU64 = StdAtomicU64::new(1);
-
-#[cfg(not(gpusched_loom))]
-std::thread_local! {
-    /// How many drains (of any scheduler) this thread is inside: a teardown there must not
-    /// wait for the run lock (this thread may hold it) nor for the pump to go idle.
-    static DRAINING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-// Loom runs a model's threads on one OS thread: its own thread-locals tell them apart.
-#[cfg(gpusched_loom)]
-loom::thread_local! {
-    static DRAINING: std::cell::Cell<u32> = std::cell::Cell::new(0);
-}
-
-/// Marks the current thread as draining while alive.
-struct DrainingGuard;
-
-impl DrainingGuard {
-    fn enter() -> Self {
-        DRAINING.with(|d| d.set(d.get() + 1));
-        DrainingGuard
-    }
-
-    fn active() -> bool {
-        DRAINING.with(|d| d.get() > 0)
-    }
-}
-
-impl Drop for DrainingGuard {
-    fn drop(&mut self) {
-        DRAINING.with(|d| d.set(d.get().saturating_sub(1)));
-    }
-}
 
 /// An entity's queue on one scheduler. Protected by `SchedShared::state`.
 pub(crate) struct EntitySlot<B: Backend> {
@@ -152,11 +124,11 @@ pub(crate) struct SchedShared<B: Backend> {
     pub(crate) backend: B,
     pub(crate) state: Mutex<SchedState<B>>,
     /// Pump requests; non-zero while a thread drains (see the module docs).
-    pump_requests: AtomicUsize,
+    pub(crate) pump_requests: AtomicUsize,
     /// Held by the pumper from selecting a job until `run_job` returned and the completion
     /// callback is attached; a TDR stop takes it to wait out a run in progress (the kernel's
     /// `cancel_work_sync` of the submit work). Only the pumper and the TDR contend for it.
-    run_lock: Mutex<()>,
+    pub(crate) run_lock: Mutex<()>,
     /// `Some(error)` once shut down or gone: later arms fail, pushes cancel with it.
     pub(crate) gone: Mutex<Option<FenceError>>,
     /// Queued jobs plus credits in flight, for load balancing (approximate).
@@ -168,7 +140,7 @@ pub(crate) struct SchedShared<B: Backend> {
     /// Jobs taken off the pending list whose finished fence has not signalled yet: counted
     /// under the state lock as they leave the list, uncounted after the signal, so that a
     /// teardown can wait for retirements in progress on other threads.
-    retiring: AtomicUsize,
+    pub(crate) retiring: AtomicUsize,
 }
 
 /// What the pump does next.
@@ -209,7 +181,7 @@ impl<B: Backend> SchedShared<B> {
     }
 
     /// Drains until no request came in meanwhile; the caller's request made it the drainer.
-    fn drain_until_settled(self: &Arc<Self>) {
+    pub(crate) fn drain_until_settled(self: &Arc<Self>) {
         loop {
             let seen = self.pump_requests.load(Ordering::Acquire);
             self.drain();
@@ -224,7 +196,7 @@ impl<B: Backend> SchedShared<B> {
     }
 
     fn drain(self: &Arc<Self>) {
-        let _draining = DrainingGuard::enter();
+        let _draining = crate::teardown::DrainingGuard::enter();
         // The run lock is held for each step, and from a job's `run_job` on until the flush
         // that hands it to the hardware, so a TDR stop (which takes it) never sees a job that
         // a batching backend has taken but not yet submitted. Between steps of a drain that
@@ -473,7 +445,7 @@ impl<B: Backend> SchedShared<B> {
 
     /// `job` has signalled its finished fence: retires the deferred job that waited for it
     /// (its entity's next job), if any, which in turn releases its own successor.
-    fn release_deferred(self: &Arc<Self>, job: &JobInner<B>) {
+    pub(crate) fn release_deferred(self: &Arc<Self>, job: &JobInner<B>) {
         if self.deferred.load(Ordering::Acquire) == 0 {
             return;
         }
@@ -508,7 +480,7 @@ impl<B: Backend> SchedShared<B> {
                 let flagged = job.free_on_hw_done.load(Ordering::Acquire);
                 drop(st);
                 if flagged
-                    && Self::hw_passed(job)
+                    && crate::teardown::hw_passed(job)
                     && job.free_on_hw_done.swap(false, Ordering::AcqRel)
                 {
                     self.retire_for_free(job);
@@ -547,7 +519,7 @@ impl<B: Backend> SchedShared<B> {
     /// Queues a finished job for `free_job`, which the pump calls. Allocation-free: the free
     /// list has room for every job not yet freed (reserved at arm); were it ever full, the job
     /// would be freed here.
-    fn retire_for_free(&self, job: &Arc<JobInner<B>>) {
+    pub(crate) fn retire_for_free(&self, job: &Arc<JobInner<B>>) {
         let queued = {
             let mut st = lock(&self.state);
             if st.to_free.len() < st.to_free.capacity() {
@@ -658,132 +630,6 @@ impl<B: Backend> SchedShared<B> {
         self.pump();
     }
 
-    /// Whether the hardware is done with `job`: its hardware fence signalled, or it never got
-    /// one (its `run_job` failed, or it was never rerun after a reset).
-    fn hw_passed(job: &JobInner<B>) -> bool {
-        let fence = lock(&job.hw).fence.clone();
-        fence.is_none_or(|f| f.is_signaled())
-    }
-
-    /// Tears the scheduler down (`drm_sched_fini`): as [`shutdown`](Self::shutdown), then the
-    /// jobs on the ring are cancelled through [`Backend::cancel_running`], in ring order, and
-    /// retired with their hardware fences' results; a job whose hardware fence is still
-    /// pending after that (a backend without the op) has its finished fence signalled with
-    /// `error` and its payload freed when the hardware fence signals. Returns once every
-    /// job on the ring and every queued job has signalled its finished fence (jobs armed and
-    /// not yet pushed end when pushed or dropped), unless called from inside a pump of this
-    /// thread (a fence callback of the scheduler's own signalling path): then the pump in
-    /// progress finishes the work. Allocation-free.
-    pub(crate) fn fini(self: &Arc<Self>, error: FenceError) {
-        self.shutdown(error);
-        let error = self.gone_error().unwrap_or(error);
-        let nested = DrainingGuard::active();
-        if !nested {
-            // Wait out a step in progress (a `run_job` and the attaching of its completion
-            // callback; the kernel stops its submission work first): selection runs nothing
-            // more once shut, so afterwards every job on the ring has its hardware fence.
-            drop(lock(&self.run_lock));
-        }
-        // Requested as a pump: the completion callbacks that the cancellations run on this
-        // thread (holding a job's payload lock) then leave the freeing to us, afterwards.
-        let drainer = self.pump_requests.fetch_add(1, Ordering::AcqRel) == 0;
-        let epoch = self.begin_pass();
-        while let Some(job) = self.next_in_pass(epoch) {
-            if lock(&job.deferred_error).is_some() {
-                // Never on the hardware: it ends when its entity's previous job (earlier on
-                // the ring) signals.
-                continue;
-            }
-            self.cancel_on_ring(&job, error);
-        }
-        // Cancel what is queued (each entity's previous job has signalled now) and free. If
-        // another thread was draining, it may have settled before the pass queued its frees:
-        // request again (it drains once more, or we do).
-        if drainer {
-            self.drain_until_settled();
-        } else {
-            self.pump();
-        }
-        if !nested {
-            // Wait for work other threads are doing, none of which blocks: a drain (our
-            // request makes it drain once more: queued jobs), a retirement of a job we found
-            // already leaving the ring (it signals next), a deferred job on the ring (retired
-            // by its predecessor's signal).
-            while self.pump_requests.load(Ordering::Acquire) != 0
-                || !lock(&self.state).pending.is_empty()
-                || self.retiring.load(Ordering::Acquire) != 0
-            {
-                crate::sync::spin_yield();
-            }
-        }
-    }
-
-    /// Teardown of one job on the ring; see [`fini`](Self::fini).
-    fn cancel_on_ring(self: &Arc<Self>, job: &Arc<JobInner<B>>, error: FenceError) {
-        let _section = lockdep::signalling_section();
-        let hw = lock(&job.hw).fence.clone();
-        if hw.as_ref().is_some_and(|f| !f.is_signaled()) {
-            if let Some(p) = lock(&job.payload).as_mut() {
-                self.backend.cancel_running(p, &job.info, error);
-            }
-        }
-        if let Some(f) = hw.as_ref().filter(|f| f.is_signaled()) {
-            // Retired with the hardware's result (its completion callback may be doing the
-            // same: the first retires it; a callback detached by a TDR stop never runs).
-            self.hw_done(job, f.error());
-            return;
-        }
-        // The hardware fence is still pending: the finished fence signals now, the payload
-        // waits for the hardware.
-        {
-            let mut st = lock(&self.state);
-            let Some(pos) = st.pending.iter().position(|j| Arc::ptr_eq(j, job)) else { return };
-            st.pending.remove(pos);
-            // Under the lock: a completion callback that finds the job gone sees it.
-            job.free_on_hw_done.store(true, Ordering::Release);
-            self.retiring.fetch_add(1, Ordering::AcqRel);
-            st.credits_used -= job.info.credits;
-            if st.pending.is_empty() {
-                st.deadline = None;
-            }
-        }
-        self.load.fetch_sub(job.info.credits as usize, Ordering::Relaxed);
-        self.counters.finished_err.fetch_add(1, Ordering::Relaxed);
-        diag!(debug, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "cancelled on the ring");
-        job.entity.count_outcome(Some(error));
-        job.signal_finished(Some(error));
-        self.retiring.fetch_sub(1, Ordering::AcqRel);
-        job.entity.job_done();
-        self.release_deferred(job);
-        // Watch the hardware fence for the free: reattach a completion callback a TDR stop
-        // detached (it then finds the job retired and frees it).
-        let reattach = {
-            let mut h = lock(&job.hw);
-            match (h.fence.clone(), h.callback_id.is_none()) {
-                (Some(f), true) => h.callback.take().map(|cb| (f, cb)),
-                _ => None,
-            }
-        };
-        let freeable = match reattach {
-            Some((f, cb)) => match f.add_prepared_callback(cb) {
-                Ok(id) => {
-                    lock(&job.hw).callback_id = Some(id);
-                    false
-                }
-                Err(already) => {
-                    lock(&job.hw).callback = Some(already.into_inner());
-                    true
-                }
-            },
-            // A job whose `run_job` is in progress up this thread's stack attaches its
-            // callback when it returns: `hw_done` frees it then.
-            None => Self::hw_passed(job),
-        };
-        if freeable && job.free_on_hw_done.swap(false, Ordering::AcqRel) {
-            self.retire_for_free(job);
-        }
-    }
-
     /// Shuts the scheduler down: later arms fail; queued (and later pushed) jobs are cancelled
     /// with `error`, one at a time and each after its entity's previous job, by selection
     /// (allocation-free: the TDR worker calls it when the device is gone); jobs on the hardware
@@ -828,7 +674,7 @@ impl<B: Backend> SchedShared<B> {
     }
 
     /// Starts a pass over the pending list; see [`SchedShared::next_in_pass`].
-    fn begin_pass(&self) -> u64 {
+    pub(crate) fn begin_pass(&self) -> u64 {
         let mut st = lock(&self.state);
         st.recovery_epoch += 1;
         st.recovery_epoch
@@ -836,7 +682,7 @@ impl<B: Backend> SchedShared<B> {
 
     /// The next pending job not yet visited by pass `epoch`, in ring order. Robust to jobs
     /// leaving the list meanwhile; allocation-free.
-    fn next_in_pass(&self, epoch: u64) -> Option<Arc<JobInner<B>>> {
+    pub(crate) fn next_in_pass(&self, epoch: u64) -> Option<Arc<JobInner<B>>> {
         let st = lock(&self.state);
         let job = st.pending.iter().find(|j| j.recovery_epoch.load(Ordering::Acquire) < epoch)?;
         job.recovery_epoch.store(epoch, Ordering::Release);
