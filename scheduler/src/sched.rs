@@ -40,6 +40,7 @@ use crate::error::SchedError;
 use crate::job::{state, JobInner, Readiness};
 use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::tdr::{ResetDomain, TimeoutTarget};
+use crate::teardown::InPathGuard;
 
 static NEXT_SCHED_ID: StdAtomicU64 = StdAtomicU64::new(1);
 
@@ -196,7 +197,7 @@ impl<B: Backend> SchedShared<B> {
     }
 
     fn drain(self: &Arc<Self>) {
-        let _draining = crate::teardown::DrainingGuard::enter();
+        let _in_path = InPathGuard::enter();
         // The run lock is held for each step, and from a job's `run_job` on until the flush
         // that hands it to the hardware, so a TDR stop (which takes it) never sees a job that
         // a batching backend has taken but not yet submitted. Between steps of a drain that
@@ -471,6 +472,7 @@ impl<B: Backend> SchedShared<B> {
         job: &Arc<JobInner<B>>,
         error: Option<FenceError>,
     ) -> bool {
+        let _in_path = InPathGuard::enter();
         {
             let mut st = lock(&self.state);
             let Some(pos) = st.pending.iter().position(|j| Arc::ptr_eq(j, job)) else {
@@ -841,6 +843,7 @@ impl<B: Backend> SchedShared<B> {
 
     /// Retires `job` with `error` if it is still on the ring (a force-completion).
     pub(crate) fn force_complete(self: &Arc<Self>, job: &Arc<JobInner<B>>, error: FenceError) {
+        let _in_path = InPathGuard::enter();
         {
             let mut st = lock(&self.state);
             let Some(pos) = st.pending.iter().position(|j| Arc::ptr_eq(j, job)) else { return };

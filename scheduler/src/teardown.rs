@@ -12,33 +12,35 @@ use crate::sync::{lock, Arc, Ordering};
 
 #[cfg(not(gpusched_loom))]
 std::thread_local! {
-    /// How many drains (of any scheduler) this thread is inside: a teardown there must not
-    /// wait for the run lock (this thread may hold it) nor for the pump to go idle.
-    static DRAINING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// How deep this thread is in a scheduler's own signalling path (a drain, a retirement):
+    /// a teardown there (a fence callback dropping the last handle) must not wait for the
+    /// run lock, the pump or the retirements, which this thread may be holding up.
+    static IN_PATH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 // Loom runs a model's threads on one OS thread: its own thread-locals tell them apart.
 #[cfg(gpusched_loom)]
 loom::thread_local! {
-    static DRAINING: std::cell::Cell<u32> = std::cell::Cell::new(0);
+    static IN_PATH: std::cell::Cell<u32> = std::cell::Cell::new(0);
 }
 
-/// Marks the current thread as draining while alive.
-pub(crate) struct DrainingGuard;
+/// Marks the current thread as inside a scheduler's signalling path (a drain or a
+/// retirement) while alive. Allocation-free.
+pub(crate) struct InPathGuard;
 
-impl DrainingGuard {
+impl InPathGuard {
     pub(crate) fn enter() -> Self {
-        DRAINING.with(|d| d.set(d.get() + 1));
-        DrainingGuard
+        IN_PATH.with(|d| d.set(d.get() + 1));
+        InPathGuard
     }
 
     pub(crate) fn active() -> bool {
-        DRAINING.with(|d| d.get() > 0)
+        IN_PATH.with(|d| d.get() > 0)
     }
 }
 
-impl Drop for DrainingGuard {
+impl Drop for InPathGuard {
     fn drop(&mut self) {
-        DRAINING.with(|d| d.set(d.get().saturating_sub(1)));
+        IN_PATH.with(|d| d.set(d.get().saturating_sub(1)));
     }
 }
 
@@ -62,13 +64,14 @@ impl<B: Backend> SchedShared<B> {
     pub(crate) fn fini(self: &Arc<Self>, error: FenceError) {
         self.shutdown(error);
         let error = self.gone_error().unwrap_or(error);
-        let nested = DrainingGuard::active();
+        let nested = InPathGuard::active();
         if !nested {
             // Wait out a step in progress (a `run_job` and the attaching of its completion
             // callback; the kernel stops its submission work first): selection runs nothing
             // more once shut, so afterwards every job on the ring has its hardware fence.
             drop(lock(&self.run_lock));
         }
+        let _in_path = InPathGuard::enter();
         // Requested as a pump: the completion callbacks that the cancellations run on this
         // thread (holding a job's payload lock) then leave the freeing to us, afterwards.
         let drainer = self.pump_requests.fetch_add(1, Ordering::AcqRel) == 0;

@@ -351,3 +351,33 @@ fn teardown_without_cancel_running_keeps_payloads_until_the_hardware_is_done() {
     drop(never.1);
     assert_no_checker_violations();
 }
+
+/// The last handle dropped inside a finished-fence callback, on the ring's completion thread
+/// while it retires that job: teardown must not wait for the retirement this thread is in
+/// the middle of; the job behind it on the ring is cancelled all the same.
+#[test]
+fn the_last_handle_dropped_in_a_completion_callback_tears_down_without_deadlock() {
+    use std::sync::{Arc, Mutex};
+
+    let s = sched(MockRing::timed(), "ring", 4, Policy::Fifo);
+    let e = entity(&s);
+    let other = entity(&s);
+    let first = e.job(job(1).duration(Duration::from_millis(30))).arm().unwrap();
+    let first_done = first.finished().clone();
+    let handle = Arc::new(Mutex::new(None));
+    let h = handle.clone();
+    first_done
+        .add_callback(move |_| drop(h.lock().unwrap_or_else(|p| p.into_inner()).take()))
+        .unwrap();
+    let second = e.job(job(2).behavior(MockBehavior::Hang)).arm().unwrap();
+    let third = other.job(job(3)).arm().unwrap();
+    // From here the only handle is in the callback's reach.
+    *handle.lock().unwrap() = Some(s);
+    first.push();
+    let (second, third) = (second.push(), third.push());
+    assert_eq!(wait(&first_done), Ok(()));
+    assert_eq!(wait(&second), Err(FenceError::Cancelled), "teardown deadlocked or left it");
+    assert_eq!(wait(&third), Err(FenceError::Cancelled));
+    assert!(handle.lock().unwrap().is_none());
+    assert_no_checker_violations();
+}
