@@ -120,7 +120,7 @@ fn round(s: &Scheduler<Stamped>, client: &Entity<Stamped>, rogue: &Entity<Stampe
     );
     innocent.wait_timeout(watchdog).expect("the innocent job completes after the reset");
     let handler = b.read(&b.handler_start);
-    let deadline = b.read(&b.hang_ran) + s.config().timeout;
+    let deadline = b.read(&b.hang_ran) + s.config().timeout.duration().expect("a finite timeout");
     let done = b
         .ring
         .completion_log()

@@ -44,7 +44,7 @@ pub enum TimeoutStatus {
 /// - Jobs are run in the order the scheduler calls `run_job`; the ring executes them in that
 ///   order (the same-scheduler dependency shortcut relies on it).
 /// - [`free_job`](Backend::free_job) and [`cancel_job`](Backend::cancel_job) are called once
-///   per job, after its finished fence signalled, by whichever thread pumps the scheduler:
+///   per job ([`cancel_running`](Backend::cancel_running) at most once, at teardown), after its finished fence signalled, by whichever thread pumps the scheduler:
 ///   that may be a completion callback, inside a signalling section. They follow the same
 ///   rules as `run_job` (releasing memory is fine; allocating, taking a `Resv` lock or
 ///   waiting is not). Resources the hardware may still use (a force-completed job) must be
@@ -99,6 +99,22 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// A job is being cancelled (killed, banned, dependency failed, scheduler shut down)
     /// before it reached the hardware; `free_job` follows.
     fn cancel_job(&self, job: &mut Self::Job, info: &JobInfo, error: FenceError) {
+        let _ = (job, info, error);
+    }
+
+    /// The scheduler is being torn down (its last handle dropped, or
+    /// [`Scheduler::shutdown`](crate::Scheduler::shutdown)) while this job is on the ring (the
+    /// kernel's `cancel_job` op, called by `drm_sched_fini`): signal the job's hardware fence
+    /// with `error` now (`-ECANCELED`: [`FenceError::Cancelled`] unless the shutdown named
+    /// another error), and stop the job if the hardware can. The scheduler then retires the
+    /// job with its hardware fence's result (a job the hardware finished first keeps its real
+    /// outcome) and calls `free_job`.
+    ///
+    /// Called once per job still on the ring, in ring order, inside a signalling section:
+    /// same rules as `run_job`. The default does nothing: the scheduler then signals the
+    /// job's finished fence with `error` itself and keeps the payload until the hardware
+    /// fence signals, so what the hardware may still use is freed only after it passed it.
+    fn cancel_running(&self, job: &mut Self::Job, info: &JobInfo, error: FenceError) {
         let _ = (job, info, error);
     }
 }

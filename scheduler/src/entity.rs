@@ -5,6 +5,10 @@
 //! its schedulers (`drm_sched_entity_select_rq`); while it has work it stays put, so its jobs
 //! run in order on one ring. Its scheduled and finished fences live on two timelines of its
 //! own, seqno = job number.
+//!
+//! Both the priority ([`Entity::set_priority`]) and the scheduler list
+//! ([`Entity::modify_sched`]) may change while jobs are queued: the queue keeps its order, and
+//! the entity never leaves a ring before its last job there has finished.
 
 use std::fmt;
 use std::sync::atomic::AtomicU64 as StdAtomicU64;
@@ -22,10 +26,14 @@ use crate::sync::{lock, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Mute
 static NEXT_ENTITY_ID: StdAtomicU64 = StdAtomicU64::new(1);
 static NEXT_JOB_ID: StdAtomicU64 = StdAtomicU64::new(1);
 
-/// Which scheduler the entity is on. Protected by `EntityShared::binding`.
-pub(crate) struct Binding {
-    /// Index into `EntityShared::schedulers`, and the slot key there.
-    pub(crate) current: Option<(usize, usize)>,
+/// The schedulers the entity may run on and the one it is on. Protected by
+/// `EntityShared::binding`.
+pub(crate) struct Binding<B: Backend> {
+    /// The schedulers an idle entity is load-balanced over (`sched_list`); never empty.
+    pub(crate) schedulers: Box<[Arc<SchedShared<B>>]>,
+    /// The scheduler the entity is on (not necessarily still in `schedulers`, after
+    /// [`Entity::modify_sched`], until it is idle), and its slot key there.
+    pub(crate) current: Option<(Arc<SchedShared<B>>, usize)>,
 }
 
 /// Counters of one entity.
@@ -41,11 +49,11 @@ pub struct EntityStats {
 
 pub(crate) struct EntityShared<B: Backend> {
     pub(crate) id: u64,
-    pub(crate) priority: Priority,
-    pub(crate) schedulers: Box<[Arc<SchedShared<B>>]>,
+    /// `Priority::index` of the priority its next selection and arm use.
+    pub(crate) priority: AtomicU32,
     pub(crate) scheduled_ctx: FenceContext,
     pub(crate) finished_ctx: FenceContext,
-    pub(crate) binding: Mutex<Binding>,
+    pub(crate) binding: Mutex<Binding<B>>,
     /// Jobs armed and not yet finished (or cancelled).
     pub(crate) outstanding: AtomicUsize,
     /// The highest seqno handed to the hardware.
@@ -61,8 +69,11 @@ pub(crate) struct EntityShared<B: Backend> {
     pub(crate) deferred_jobs: AtomicUsize,
     /// The highest seqno pushed or dropped so far: pushes must follow arm order.
     pub(crate) pushed_seqno: AtomicU64,
-    /// The last finished fence armed, for flush.
+    /// The last finished fence armed, for `wait_idle`.
     pub(crate) last_finished: Mutex<Option<Fence>>,
+    /// The scheduled fence of the pushed (or dropped) job with the highest seqno, for
+    /// `flush`: it signals once every job pushed so far has left the queue.
+    pub(crate) last_pushed_scheduled: Mutex<Option<(u64, Fence)>>,
     /// Set when the user's handle is dropped: the slot is removed once idle.
     pub(crate) detached: std::sync::atomic::AtomicBool,
     pub(crate) armed: AtomicU64,
@@ -71,6 +82,22 @@ pub(crate) struct EntityShared<B: Backend> {
 }
 
 impl<B: Backend> EntityShared<B> {
+    /// The priority the entity's next selection and arm use.
+    pub(crate) fn priority(&self) -> Priority {
+        Priority::from_index(self.priority.load(Ordering::Acquire))
+    }
+
+    /// A job was pushed (or dropped into its queue): remember its scheduled fence if it is
+    /// the latest. Allocation-free (a fence clone).
+    pub(crate) fn note_pushed(&self, seqno: u64, scheduled: &Fence) {
+        let mut last = lock(&self.last_pushed_scheduled);
+        if last.as_ref().is_none_or(|(s, _)| *s < seqno) {
+            let old = last.replace((seqno, scheduled.clone()));
+            drop(last);
+            drop(old);
+        }
+    }
+
     pub(crate) fn stopped_error(&self) -> Option<FenceError> {
         *lock(&self.stopped)
     }
@@ -81,9 +108,8 @@ impl<B: Backend> EntityShared<B> {
     pub(crate) fn stop(&self, error: FenceError) {
         lock(&self.stopped).get_or_insert(error);
         self.is_stopped.store(true, Ordering::Release);
-        let current = lock(&self.binding).current;
-        if let Some((i, _)) = current {
-            let s = self.schedulers[i].clone();
+        let current = lock(&self.binding).current.as_ref().map(|(s, _)| s.clone());
+        if let Some(s) = current {
             s.pump();
         }
     }
@@ -106,8 +132,8 @@ impl<B: Backend> EntityShared<B> {
             // slot (which holds this entity) does not keep both alive forever.
             let mut b = lock(&self.binding);
             if self.outstanding.load(Ordering::Acquire) == 0 {
-                if let Some((i, key)) = b.current.take() {
-                    self.schedulers[i].remove_slot(key);
+                if let Some((s, key)) = b.current.take() {
+                    s.remove_slot(key);
                 }
             }
         }
@@ -119,6 +145,9 @@ impl<B: Backend> EntityShared<B> {
 /// Dropping the entity lets its pushed jobs run to completion; use
 /// [`destroy`](Entity::destroy) to flush with a timeout and kill what remains, as
 /// `drm_sched_entity_destroy` does.
+///
+/// The entity's fence contexts take the interrupt domain of the reset domain of its first
+/// scheduler at creation; [`modify_sched`](Entity::modify_sched) does not change it.
 pub struct Entity<B: Backend> {
     pub(crate) shared: Arc<EntityShared<B>>,
 }
@@ -150,11 +179,13 @@ impl<B: Backend> Entity<B> {
         Ok(Entity {
             shared: Arc::new(EntityShared {
                 id,
-                priority,
-                schedulers: schedulers.iter().map(|s| s.shared.clone()).collect(),
+                priority: AtomicU32::new(priority.index() as u32),
                 scheduled_ctx: ctx("scheduled"),
                 finished_ctx: ctx("finished"),
-                binding: Mutex::new(Binding { current: None }),
+                binding: Mutex::new(Binding {
+                    schedulers: schedulers.iter().map(|s| s.shared.clone()).collect(),
+                    current: None,
+                }),
                 outstanding: AtomicUsize::new(0),
                 scheduled_seqno: AtomicU64::new(0),
                 stopped: Mutex::new(None),
@@ -163,6 +194,7 @@ impl<B: Backend> Entity<B> {
                 deferred_jobs: AtomicUsize::new(0),
                 pushed_seqno: AtomicU64::new(0),
                 last_finished: Mutex::new(None),
+                last_pushed_scheduled: Mutex::new(None),
                 detached: std::sync::atomic::AtomicBool::new(false),
                 armed: AtomicU64::new(0),
                 finished_ok: AtomicU64::new(0),
@@ -178,7 +210,52 @@ impl<B: Backend> Entity<B> {
 
     /// The entity's priority.
     pub fn priority(&self) -> Priority {
-        self.shared.priority
+        self.shared.priority()
+    }
+
+    /// Changes the entity's priority (`drm_sched_entity_set_priority`). It takes effect at
+    /// the scheduler's next selection: the entity's queued jobs compete at the new priority,
+    /// in their order (a queue never reorders). Jobs armed from now on carry it in their
+    /// [`JobInfo`]; jobs armed before keep the priority they were armed with there.
+    ///
+    /// The kernel stores the priority and moves the entity to the new run queue only at its
+    /// next arm while idle (`drm_sched_entity_select_rq`), because moving a busy entity
+    /// between run queues races with its submission work there; here the run queues are
+    /// under the scheduler's one lock, so a busy entity moves at once and the change is not
+    /// lost behind a queue that never empties.
+    pub fn set_priority(&self, priority: Priority) {
+        let sched = {
+            let b = lock(&self.shared.binding);
+            self.shared.priority.store(priority.index() as u32, Ordering::Release);
+            b.current.as_ref().map(|(s, key)| {
+                s.set_slot_priority(*key, priority);
+                s.clone()
+            })
+        };
+        // A ready job may now be the scheduler's best choice.
+        if let Some(s) = sched {
+            s.pump();
+        }
+    }
+
+    /// Replaces the schedulers the entity may be load-balanced over
+    /// (`drm_sched_entity_modify_sched`). The entity stays on its current scheduler while it
+    /// has work there (jobs armed and not finished, including jobs armed after this call):
+    /// the first job armed while it is idle picks the least loaded scheduler of the new list.
+    /// So its jobs are never reordered and never run concurrently on two rings, and its
+    /// timeline signals in order.
+    ///
+    /// # Errors
+    /// [`SchedError::NoSchedulers`] for an empty list (the entity keeps its schedulers).
+    pub fn modify_sched(&self, schedulers: &[&Scheduler<B>]) -> Result<(), SchedError> {
+        if schedulers.is_empty() {
+            return Err(SchedError::NoSchedulers);
+        }
+        let list: Box<[Arc<SchedShared<B>>]> =
+            schedulers.iter().map(|s| s.shared.clone()).collect();
+        let old = std::mem::replace(&mut lock(&self.shared.binding).schedulers, list);
+        drop(old);
+        Ok(())
     }
 
     /// The context id of the entity's finished fences.
@@ -194,7 +271,7 @@ impl<B: Backend> Entity<B> {
     /// The name of the scheduler the entity is bound to now, if any.
     pub fn current_scheduler(&self) -> Option<String> {
         let b = lock(&self.shared.binding);
-        b.current.map(|(i, _)| self.shared.schedulers[i].name().to_owned())
+        b.current.as_ref().map(|(s, _)| s.name().to_owned())
     }
 
     /// A snapshot of the counters.
@@ -211,13 +288,31 @@ impl<B: Backend> Entity<B> {
         self.shared.stopped_error()
     }
 
-    /// Waits until every job armed so far has finished (`drm_sched_entity_flush`).
+    /// Waits until the entity's queue is empty (`drm_sched_entity_flush`): every job pushed
+    /// (or dropped) so far has been handed to the hardware or has ended without running
+    /// (killed, cancelled, failed dependency). Jobs on the hardware may still be running;
+    /// [`wait_idle`](Entity::wait_idle) waits for them too. An armed job not yet pushed is
+    /// not in the queue and is not waited for.
+    ///
+    /// # Errors
+    /// [`WaitError::Timeout`] if the queue is not empty by `timeout`.
+    pub fn flush(&self, timeout: Duration) -> Result<(), WaitError> {
+        let last = lock(&self.shared.last_pushed_scheduled).as_ref().map(|(_, f)| f.clone());
+        Self::wait_ended(last, timeout)
+    }
+
+    /// Waits until every job armed so far has finished (successfully or not).
     ///
     /// # Errors
     /// [`WaitError::Timeout`] if they have not by `timeout`.
-    pub fn flush(&self, timeout: Duration) -> Result<(), WaitError> {
+    pub fn wait_idle(&self, timeout: Duration) -> Result<(), WaitError> {
         let last = lock(&self.shared.last_finished).clone();
-        match last {
+        Self::wait_ended(last, timeout)
+    }
+
+    /// Waits for `fence` to signal, successfully or not.
+    fn wait_ended(fence: Option<Fence>, timeout: Duration) -> Result<(), WaitError> {
+        match fence {
             None => Ok(()),
             Some(f) => match f.wait_timeout(timeout) {
                 Ok(()) | Err(WaitError::Failed(_)) => Ok(()),
@@ -236,8 +331,10 @@ impl<B: Backend> Entity<B> {
         self.shared.stop(error);
     }
 
-    /// Flushes for up to `timeout`, then kills what remains (`drm_sched_entity_destroy`).
-    /// Returns whether everything finished within the timeout.
+    /// Flushes for up to `timeout` ([`flush`](Entity::flush): until every pushed job has been
+    /// handed to the hardware, not until it finished), then kills what remains in the queue
+    /// (`drm_sched_entity_destroy`): queued jobs end [`FenceError::Killed`], jobs on the
+    /// hardware finish normally. Returns whether the queue emptied within the timeout.
     pub fn destroy(self, timeout: Duration) -> bool {
         let flushed = self.flush(timeout).is_ok();
         self.kill();
@@ -250,8 +347,8 @@ impl<B: Backend> Drop for Entity<B> {
         self.shared.detached.store(true, std::sync::atomic::Ordering::Release);
         let mut b = lock(&self.shared.binding);
         if self.shared.outstanding.load(Ordering::Acquire) == 0 {
-            if let Some((i, key)) = b.current.take() {
-                self.shared.schedulers[i].remove_slot(key);
+            if let Some((s, key)) = b.current.take() {
+                s.remove_slot(key);
             }
         }
         // Otherwise the slot stays until the scheduler drops; its queue drains normally.
@@ -273,34 +370,40 @@ pub(crate) fn arm<B: Backend>(
         return fail(SchedError::ZeroCredits, payload);
     }
     let mut binding = lock(&ent.binding);
-    // Load-balance while idle.
+    // Load-balance while idle (`drm_sched_entity_select_rq`: only once the entity's last job
+    // has finished, so its jobs never run out of order on two rings), over the current list
+    // (`modify_sched` may have replaced it).
     if ent.outstanding.load(Ordering::Acquire) == 0 {
-        let best = ent
+        let best = binding
             .schedulers
             .iter()
-            .enumerate()
-            .filter(|(_, s)| s.gone_error().is_none())
-            .min_by_key(|(_, s)| s.load.load(Ordering::Relaxed))
-            .map(|(i, _)| i);
-        if let Some(best) = best {
-            if binding.current.map(|(i, _)| i) != Some(best) {
-                if let Some((i, key)) = binding.current.take() {
-                    ent.schedulers[i].remove_slot(key);
-                }
-                let key = ent.schedulers[best].add_slot(ent.clone());
+            .filter(|s| s.gone_error().is_none())
+            .min_by_key(|s| s.load.load(Ordering::Relaxed))
+            .cloned();
+        let stay = match (&binding.current, &best) {
+            (Some((c, _)), Some(b)) => Arc::ptr_eq(c, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !stay {
+            if let Some((s, key)) = binding.current.take() {
+                s.remove_slot(key);
+            }
+            if let Some(best) = best {
+                let key = best.add_slot(ent.clone());
                 binding.current = Some((best, key));
             }
         }
     }
-    let (si, key) = match binding.current {
-        Some(c) => c,
+    let (sched, key) = match &binding.current {
+        Some((s, key)) => (s.clone(), *key),
         None => {
-            let s = &ent.schedulers[0];
+            // Every scheduler of the list is gone.
+            let s = &binding.schedulers[0];
             let e = s.gone_error().unwrap_or(FenceError::Cancelled);
             return fail(s.gone_sched_error(e), payload);
         }
     };
-    let sched = ent.schedulers[si].clone();
     if let Some(e) = sched.gone_error() {
         return fail(sched.gone_sched_error(e), payload);
     }
@@ -315,7 +418,7 @@ pub(crate) fn arm<B: Backend>(
         id: NEXT_JOB_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         seqno,
         credits,
-        priority: ent.priority,
+        priority: ent.priority(),
         entity: ent.id,
     };
     if let Err(e) = sched.backend.prepare_job(&mut payload, &info) {
@@ -358,6 +461,7 @@ pub(crate) fn arm<B: Backend>(
         state: AtomicU64::new(state::ARMED),
         recovery_epoch: AtomicU64::new(0),
         deferred_error: Mutex::new(None),
+        free_on_hw_done: AtomicBool::new(false),
     });
     {
         let (j, s) = (job.clone(), sched.clone());

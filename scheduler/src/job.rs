@@ -18,7 +18,7 @@ use gpusched_fence::{Callback, CallbackId, Fence, FenceError, FenceStatus, Signa
 
 use crate::backend::{Backend, JobInfo};
 use crate::entity::EntityShared;
-use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::sync::{lock, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
 
 /// A dependency on a job of the same scheduler: it is met once that job has been *scheduled*
 /// (handed to the ring, which executes in order), or has finished.
@@ -106,6 +106,10 @@ pub(crate) struct JobInner<B: Backend> {
     /// credits, until that job signals and retires it (`SchedShared::release_deferred`), so
     /// the entity's timeline signals in seqno order. Whoever `take`s the error retires it.
     pub(crate) deferred_error: Mutex<Option<FenceError>>,
+    /// Retired by a teardown while its hardware fence had not signalled (a backend without
+    /// [`Backend::cancel_running`]): its finished fence has signalled, but its payload is
+    /// freed only once the hardware fence signals (`SchedShared::hw_done`).
+    pub(crate) free_on_hw_done: AtomicBool,
 }
 
 /// The head job's readiness.

@@ -4,7 +4,8 @@
 //!
 //! - A [`Scheduler`] drives one hardware ring through a [`Backend`]: a credit limit, run queues
 //!   by [`Priority`], an entity-selection [`Policy`].
-//! - An [`Entity`] is a client's FIFO of jobs; it may load-balance over several schedulers.
+//! - An [`Entity`] is a client's FIFO of jobs; it may load-balance over several schedulers
+//!   ([`Entity::modify_sched`] changes them, [`Entity::set_priority`] its priority).
 //! - A job is built (`entity.job(payload)`), given credits and dependencies (explicit fences,
 //!   implicit ones from `Resv`s), armed (its *finished* fence exists and may be published) and
 //!   pushed. It runs once its dependencies signalled; a dependency on a job of the same
@@ -17,7 +18,8 @@
 //! by parking a thread per job. A backend's `run_job` must follow the same rules (see
 //! [`Backend`]). Every fence handed out signals exactly once: a dropped armed job, a killed
 //! entity, a failed dependency and a shut-down scheduler signal an error instead of leaving it
-//! pending.
+//! pending (a scheduler's teardown cancels even the jobs on the ring,
+//! [`Backend::cancel_running`]).
 //!
 //! # Example
 //! ```
@@ -78,9 +80,12 @@ mod config;
 mod entity;
 mod error;
 mod job;
+#[cfg(all(test, gpusched_loom))]
+mod loom_model;
 mod sched;
 mod sync;
 mod tdr;
+mod teardown;
 #[cfg(not(gpusched_loom))]
 pub mod testing;
 
@@ -88,7 +93,7 @@ pub use gpusched_fence as fence;
 pub use gpusched_resv as resv;
 
 pub use crate::backend::{Backend, JobInfo, TimeoutStatus};
-pub use crate::config::{Policy, Priority, SchedulerConfig};
+pub use crate::config::{Policy, Priority, SchedulerConfig, Timeout};
 pub use crate::entity::{Entity, EntityStats};
 pub use crate::error::{ArmError, ArmFailure, SchedError};
 pub use crate::job::{Access, ArmedJob, JobBuilder};

@@ -1,5 +1,9 @@
 //! The scheduler of one hardware ring (`struct drm_gpu_scheduler`, `sched_main.c`).
 //!
+//! This file is long because it holds the scheduler's state and every path that changes it
+//! under its lock (selection, completion, deferred failures, the recovery passes): their
+//! invariants are read together. Teardown is in `teardown.rs`, the TDR worker in `tdr.rs`.
+//!
 //! # Submission without a worker
 //! The kernel hands every ready job to a work item. Here the thread that makes a job
 //! runnable submits it: the pushing thread, the thread that signalled the job's last
@@ -14,10 +18,11 @@
 //! # Contract
 //! Everything between publishing a job's finished fence and signalling it runs inside a
 //! signalling section: selection, `run_job`, the hardware-fence callback, completion. None of
-//! it allocates: entity queue slots are reserved at arm time, the pending list is sized to the
-//! credit limit at creation (a job carries at least one credit), the free list to twice that
-//! (a full free list frees in place), and the completion callback is boxed at arm time. None
-//! of it takes a `Resv` lock or waits.
+//! it allocates: storage follows the jobs that exist, never the credit limit (which may be
+//! `u32::MAX`). Arming a job reserves, outside any section, a slot in its entity's queue, room
+//! for it on the pending list (at most one entry per credit, so never more than the limit)
+//! and on the free list (one entry per job not yet freed: the free list never fills), and
+//! boxes the completion callback. None of it takes a `Resv` lock or waits.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -35,6 +40,7 @@ use crate::error::SchedError;
 use crate::job::{state, JobInner, Readiness};
 use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::tdr::{ResetDomain, TimeoutTarget};
+use crate::teardown::InPathGuard;
 
 static NEXT_SCHED_ID: StdAtomicU64 = StdAtomicU64::new(1);
 
@@ -47,6 +53,9 @@ pub(crate) struct EntitySlot<B: Backend> {
     pub(crate) armed: usize,
     /// Virtual runtime under [`Policy::Fair`].
     pub(crate) vruntime: u64,
+    /// The run queue (`SchedState::order`) the slot is on: its entity's priority, updated
+    /// under the state lock by `set_slot_priority`.
+    pub(crate) priority: Priority,
 }
 
 /// The scheduler's mutable state. Protected by `SchedShared::state`.
@@ -56,11 +65,14 @@ pub(crate) struct SchedState<B: Backend> {
     pub(crate) order: [Vec<usize>; 4],
     /// Round-robin position per priority (index into `order`).
     pub(crate) rr_cursor: [usize; 4],
-    /// Jobs on the hardware, in ring order. Capacity: the credit limit.
+    /// Jobs on the hardware, in ring order. Capacity: at least `min(jobs, credit_limit)`.
     pub(crate) pending: VecDeque<Arc<JobInner<B>>>,
-    /// Finished jobs waiting for `free_job`. Capacity: twice the credit limit plus slack; when
-    /// full, a job is freed where it finished (`retire_for_free`).
+    /// Finished jobs waiting for `free_job`. Capacity: at least `jobs`, so it never fills
+    /// (if it did, a job would be freed where it finished: `retire_for_free`).
     pub(crate) to_free: VecDeque<Arc<JobInner<B>>>,
+    /// Jobs armed on this scheduler and not yet freed or cancelled: the bound of both lists
+    /// above, reserved at arm time (`reserve_armed`).
+    pub(crate) jobs: usize,
     /// Credits of the jobs in `pending`.
     pub(crate) credits_used: u32,
     /// Global push counter, for FIFO selection.
@@ -113,11 +125,11 @@ pub(crate) struct SchedShared<B: Backend> {
     pub(crate) backend: B,
     pub(crate) state: Mutex<SchedState<B>>,
     /// Pump requests; non-zero while a thread drains (see the module docs).
-    pump_requests: AtomicUsize,
+    pub(crate) pump_requests: AtomicUsize,
     /// Held by the pumper from selecting a job until `run_job` returned and the completion
     /// callback is attached; a TDR stop takes it to wait out a run in progress (the kernel's
     /// `cancel_work_sync` of the submit work). Only the pumper and the TDR contend for it.
-    run_lock: Mutex<()>,
+    pub(crate) run_lock: Mutex<()>,
     /// `Some(error)` once shut down or gone: later arms fail, pushes cancel with it.
     pub(crate) gone: Mutex<Option<FenceError>>,
     /// Queued jobs plus credits in flight, for load balancing (approximate).
@@ -126,6 +138,10 @@ pub(crate) struct SchedShared<B: Backend> {
     /// Pending jobs with a deferred error (`JobInner::deferred_error`): while zero, retiring
     /// a job skips the search for a deferred successor.
     deferred: AtomicUsize,
+    /// Jobs taken off the pending list whose finished fence has not signalled yet: counted
+    /// under the state lock as they leave the list, uncounted after the signal, so that a
+    /// teardown can wait for retirements in progress on other threads.
+    pub(crate) retiring: AtomicUsize,
 }
 
 /// What the pump does next.
@@ -162,6 +178,11 @@ impl<B: Backend> SchedShared<B> {
         if self.pump_requests.fetch_add(1, Ordering::AcqRel) != 0 {
             return;
         }
+        self.drain_until_settled();
+    }
+
+    /// Drains until no request came in meanwhile; the caller's request made it the drainer.
+    pub(crate) fn drain_until_settled(self: &Arc<Self>) {
         loop {
             let seen = self.pump_requests.load(Ordering::Acquire);
             self.drain();
@@ -176,6 +197,7 @@ impl<B: Backend> SchedShared<B> {
     }
 
     fn drain(self: &Arc<Self>) {
+        let _in_path = InPathGuard::enter();
         // The run lock is held for each step, and from a job's `run_job` on until the flush
         // that hands it to the hardware, so a TDR stop (which takes it) never sees a job that
         // a batching backend has taken but not yet submitted. Between steps of a drain that
@@ -189,7 +211,10 @@ impl<B: Backend> SchedShared<B> {
             let step = {
                 let mut st = lock(&self.state);
                 match st.to_free.pop_front() {
-                    Some(j) => Step::Free(j),
+                    Some(j) => {
+                        st.jobs = st.jobs.saturating_sub(1);
+                        Step::Free(j)
+                    }
                     None => self.select(&mut st),
                 }
             };
@@ -316,7 +341,7 @@ impl<B: Backend> SchedShared<B> {
         let Some(credits) = st.slots[key].queue.front().map(|j| j.info.credits) else {
             return Step::Idle;
         };
-        if st.credits_used + credits > self.config.credit_limit {
+        if u64::from(st.credits_used) + u64::from(credits) > u64::from(self.config.credit_limit) {
             // Head-of-line: wait for completions rather than let a smaller job overtake.
             return Step::Idle;
         }
@@ -325,15 +350,13 @@ impl<B: Backend> SchedShared<B> {
         }
         let slot = &mut st.slots[key];
         let Some(job) = slot.queue.pop_front() else { return Step::Idle };
-        slot.vruntime += u64::from(credits) * slot.entity.priority.fair_weight();
+        slot.vruntime += u64::from(credits) * slot.priority.fair_weight();
         st.credits_used += credits;
         // Load counts a queued job as 1 and a job on the ring as its credits (`hw_done`
         // subtracts them): without this a multi-credit job wrapped the counter.
         self.load.fetch_add(credits as usize - 1, Ordering::Relaxed);
         if st.pending.is_empty() {
-            let deadline = Instant::now() + self.config.timeout;
-            st.deadline = Some(deadline);
-            self.domain.deadline_armed(deadline);
+            st.deadline = self.arm_deadline(Instant::now());
         }
         st.pending.push_back(job.clone());
         job.state.store(state::RUNNING, Ordering::Release);
@@ -423,7 +446,7 @@ impl<B: Backend> SchedShared<B> {
 
     /// `job` has signalled its finished fence: retires the deferred job that waited for it
     /// (its entity's next job), if any, which in turn releases its own successor.
-    fn release_deferred(self: &Arc<Self>, job: &JobInner<B>) {
+    pub(crate) fn release_deferred(self: &Arc<Self>, job: &JobInner<B>) {
         if self.deferred.load(Ordering::Acquire) == 0 {
             return;
         }
@@ -449,22 +472,33 @@ impl<B: Backend> SchedShared<B> {
         job: &Arc<JobInner<B>>,
         error: Option<FenceError>,
     ) -> bool {
+        let _in_path = InPathGuard::enter();
         {
             let mut st = lock(&self.state);
             let Some(pos) = st.pending.iter().position(|j| Arc::ptr_eq(j, job)) else {
-                // Already retired (force-completed by a reset).
+                // Already retired (force-completed by a reset, or by a teardown: then its
+                // payload is freed now that the hardware is done with it). The flag is set
+                // under the state lock as the job leaves the list, so it is seen here.
+                let flagged = job.free_on_hw_done.load(Ordering::Acquire);
+                drop(st);
+                if flagged
+                    && crate::teardown::hw_passed(job)
+                    && job.free_on_hw_done.swap(false, Ordering::AcqRel)
+                {
+                    self.retire_for_free(job);
+                    self.pump();
+                }
                 return false;
             };
             st.pending.remove(pos);
+            self.retiring.fetch_add(1, Ordering::AcqRel);
             st.credits_used -= job.info.credits;
             if pos == 0 {
                 // Re-arm the timeout for the next job, or disarm.
                 st.deadline = if st.pending.is_empty() || st.stopped {
                     None
                 } else {
-                    let deadline = Instant::now() + self.config.timeout;
-                    self.domain.deadline_armed(deadline);
-                    Some(deadline)
+                    self.arm_deadline(Instant::now())
                 };
             }
         }
@@ -476,6 +510,7 @@ impl<B: Backend> SchedShared<B> {
         diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "finished");
         job.entity.count_outcome(error);
         job.signal_finished(error);
+        self.retiring.fetch_sub(1, Ordering::AcqRel);
         job.entity.job_done();
         self.retire_for_free(job);
         self.release_deferred(job);
@@ -483,16 +518,17 @@ impl<B: Backend> SchedShared<B> {
         true
     }
 
-    /// Queues a finished job for `free_job`, which the pump calls. Allocation-free: when the
-    /// free list is full (jobs leave the pending list before they reach it, so under heavy
-    /// concurrency more than the credit limit can be in between), the job is freed here.
-    fn retire_for_free(&self, job: &Arc<JobInner<B>>) {
+    /// Queues a finished job for `free_job`, which the pump calls. Allocation-free: the free
+    /// list has room for every job not yet freed (reserved at arm); were it ever full, the job
+    /// would be freed here.
+    pub(crate) fn retire_for_free(&self, job: &Arc<JobInner<B>>) {
         let queued = {
             let mut st = lock(&self.state);
             if st.to_free.len() < st.to_free.capacity() {
                 st.to_free.push_back(job.clone());
                 true
             } else {
+                st.jobs = st.jobs.saturating_sub(1);
                 false
             }
         };
@@ -503,6 +539,10 @@ impl<B: Backend> SchedShared<B> {
 
     /// Ends a job that never reached the hardware: both fences signal `error`.
     pub(crate) fn cancel(self: &Arc<Self>, job: &Arc<JobInner<B>>, error: FenceError) {
+        {
+            let mut st = lock(&self.state);
+            st.jobs = st.jobs.saturating_sub(1);
+        }
         self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
         job.entity.count_outcome(Some(error));
         {
@@ -556,6 +596,7 @@ impl<B: Backend> SchedShared<B> {
             self.load.fetch_add(1, Ordering::Relaxed);
             stopped
         };
+        job.entity.note_pushed(job.info.seqno, &job.scheduled);
         diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, ?stopped, "queued");
         self.pump();
     }
@@ -582,6 +623,7 @@ impl<B: Backend> SchedShared<B> {
                 None => false,
             }
         };
+        job.entity.note_pushed(job.info.seqno, &job.scheduled);
         if !queued {
             self.cancel(&job, FenceError::Cancelled);
         }
@@ -609,9 +651,7 @@ impl<B: Backend> SchedShared<B> {
     pub(crate) fn rearm(&self, now: Instant) {
         let mut st = lock(&self.state);
         if !st.pending.is_empty() && !st.stopped {
-            let deadline = now + self.config.timeout;
-            st.deadline = Some(deadline);
-            self.domain.deadline_armed(deadline);
+            st.deadline = self.arm_deadline(now);
         }
     }
 
@@ -620,14 +660,23 @@ impl<B: Backend> SchedShared<B> {
     /// hardware starts again (`drm_sched_start` re-arms every ring the reset stopped).
     pub(crate) fn extend_deadline(&self, now: Instant) {
         let mut st = lock(&self.state);
-        let deadline = now + self.config.timeout;
+        let Some(deadline) = self.config.timeout.deadline_from(now) else { return };
         if st.deadline.is_some_and(|d| d < deadline) && !st.stopped {
             st.deadline = Some(deadline);
         }
     }
 
+    /// The deadline of a job that reached the head of the ring at `now`, announced to the
+    /// reset domain's worker; `None` (nothing armed) for [`Timeout::Never`](crate::Timeout).
+    /// Allocation-free.
+    fn arm_deadline(&self, now: Instant) -> Option<Instant> {
+        let deadline = self.config.timeout.deadline_from(now)?;
+        self.domain.deadline_armed(deadline);
+        Some(deadline)
+    }
+
     /// Starts a pass over the pending list; see [`SchedShared::next_in_pass`].
-    fn begin_pass(&self) -> u64 {
+    pub(crate) fn begin_pass(&self) -> u64 {
         let mut st = lock(&self.state);
         st.recovery_epoch += 1;
         st.recovery_epoch
@@ -635,7 +684,7 @@ impl<B: Backend> SchedShared<B> {
 
     /// The next pending job not yet visited by pass `epoch`, in ring order. Robust to jobs
     /// leaving the list meanwhile; allocation-free.
-    fn next_in_pass(&self, epoch: u64) -> Option<Arc<JobInner<B>>> {
+    pub(crate) fn next_in_pass(&self, epoch: u64) -> Option<Arc<JobInner<B>>> {
         let st = lock(&self.state);
         let job = st.pending.iter().find(|j| j.recovery_epoch.load(Ordering::Acquire) < epoch)?;
         job.recovery_epoch.store(epoch, Ordering::Release);
@@ -786,23 +835,20 @@ impl<B: Backend> SchedShared<B> {
         {
             let mut st = lock(&self.state);
             st.stopped = false;
-            st.deadline = if st.pending.is_empty() {
-                None
-            } else {
-                let deadline = Instant::now() + self.config.timeout;
-                self.domain.deadline_armed(deadline);
-                Some(deadline)
-            };
+            st.deadline =
+                if st.pending.is_empty() { None } else { self.arm_deadline(Instant::now()) };
         }
         self.pump();
     }
 
     /// Retires `job` with `error` if it is still on the ring (a force-completion).
     pub(crate) fn force_complete(self: &Arc<Self>, job: &Arc<JobInner<B>>, error: FenceError) {
+        let _in_path = InPathGuard::enter();
         {
             let mut st = lock(&self.state);
             let Some(pos) = st.pending.iter().position(|j| Arc::ptr_eq(j, job)) else { return };
             st.pending.remove(pos);
+            self.retiring.fetch_add(1, Ordering::AcqRel);
             st.credits_used -= job.info.credits;
             if st.pending.is_empty() {
                 st.deadline = None;
@@ -819,6 +865,7 @@ impl<B: Backend> SchedShared<B> {
         diag!(debug, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "force-completed");
         job.entity.count_outcome(Some(error));
         job.signal_finished(Some(error));
+        self.retiring.fetch_sub(1, Ordering::AcqRel);
         self.clear_deferred(job);
         job.entity.job_done();
         self.retire_for_free(job);
@@ -850,16 +897,42 @@ impl<B: Backend> SchedShared<B> {
     /// Registers an entity's slot (allocates; at arm time).
     pub(crate) fn add_slot(&self, entity: Arc<EntityShared<B>>) -> usize {
         let mut st = lock(&self.state);
-        let prio = entity.priority.index();
+        let priority = entity.priority();
         let min_v = Self::min_active_vruntime(&st).unwrap_or(0);
         let key = st.slots.insert(EntitySlot {
             entity,
             queue: VecDeque::new(),
             armed: 0,
             vruntime: min_v,
+            priority,
         });
-        st.order[prio].push(key);
+        st.order[priority.index()].push(key);
         key
+    }
+
+    /// Removes `key` from the run queue of `prio`, keeping the round-robin cursor in range.
+    fn unlink(st: &mut SchedState<B>, prio: usize, key: usize) {
+        st.order[prio].retain(|k| *k != key);
+        let n = st.order[prio].len();
+        if n > 0 {
+            st.rr_cursor[prio] %= n;
+        } else {
+            st.rr_cursor[prio] = 0;
+        }
+    }
+
+    /// Moves a slot to the run queue of `priority` (`Entity::set_priority`); its queue keeps
+    /// its order. Allocates at most once per run queue (its order list grows).
+    pub(crate) fn set_slot_priority(&self, key: usize, priority: Priority) {
+        let mut st = lock(&self.state);
+        let Some(slot) = st.slots.get_mut(key) else { return };
+        let old = slot.priority;
+        if old == priority {
+            return;
+        }
+        slot.priority = priority;
+        Self::unlink(&mut st, old.index(), key);
+        st.order[priority.index()].push(key);
     }
 
     /// Removes an idle entity's slot.
@@ -867,33 +940,36 @@ impl<B: Backend> SchedShared<B> {
         let mut st = lock(&self.state);
         let removed = st.slots.try_remove(key);
         if let Some(slot) = &removed {
-            let prio = slot.entity.priority.index();
-            st.order[prio].retain(|k| *k != key);
-            let n = st.order[prio].len();
-            if n > 0 {
-                st.rr_cursor[prio] %= n;
-            } else {
-                st.rr_cursor[prio] = 0;
-            }
+            Self::unlink(&mut st, slot.priority.index(), key);
         }
         drop(st);
         // The slot (and perhaps the last reference to its entity) drops outside the lock.
         drop(removed);
     }
 
-    /// Reserves a queue slot for one more armed job (allocates; at arm time).
+    /// Reserves room for one more armed job (allocates; at arm time, outside any section): a
+    /// slot in its entity's queue, an entry on the pending list (which holds at most one job
+    /// per credit) and one on the free list.
     pub(crate) fn reserve_armed(&self, key: usize) {
         let mut st = lock(&self.state);
         let s = &mut st.slots[key];
         s.armed += 1;
         let need = s.armed;
         s.queue.reserve(need);
+        st.jobs += 1;
+        let limit = usize::try_from(self.config.credit_limit).unwrap_or(usize::MAX);
+        let pending = st.jobs.min(limit);
+        let extra = pending.saturating_sub(st.pending.len());
+        st.pending.reserve(extra);
+        let extra = st.jobs.saturating_sub(st.to_free.len());
+        st.to_free.reserve(extra);
     }
 }
 
 /// The scheduler of one hardware ring (`struct drm_gpu_scheduler`). Cheap to clone; when
-/// the last clone drops, the scheduler shuts down: queued jobs are cancelled, jobs on the
-/// hardware finish when it does, and later arms fail.
+/// the last clone drops, the scheduler is torn down as by [`Scheduler::shutdown`] with
+/// [`FenceError::Cancelled`]: queued jobs are cancelled, jobs on the ring are cancelled
+/// through the backend, and later arms fail.
 pub struct Scheduler<B: Backend> {
     pub(crate) shared: Arc<SchedShared<B>>,
     _handle: Arc<ShutdownOnDrop<B>>,
@@ -909,7 +985,7 @@ struct ShutdownOnDrop<B: Backend>(Arc<SchedShared<B>>);
 
 impl<B: Backend> Drop for ShutdownOnDrop<B> {
     fn drop(&mut self) {
-        self.0.shutdown(FenceError::Cancelled);
+        self.0.fini(FenceError::Cancelled);
     }
 }
 
@@ -925,16 +1001,17 @@ impl<B: Backend> fmt::Debug for Scheduler<B> {
 impl<B: Backend> Scheduler<B> {
     /// A scheduler for one ring of `backend`.
     ///
+    /// Every value of a [`SchedulerConfig`] either works or is refused here; none aborts the
+    /// process. Nothing is sized by the configuration: any credit limit costs the same.
+    ///
     /// # Errors
-    /// [`SchedError::InvalidConfig`] for a zero credit limit or timeout.
+    /// [`SchedError::InvalidConfig`] for a zero credit limit, a zero timeout or one above
+    /// [`Timeout::MAX_DURATION`](crate::Timeout::MAX_DURATION).
     pub fn new(backend: B, config: SchedulerConfig) -> Result<Self, SchedError> {
         if config.credit_limit == 0 {
             return Err(SchedError::InvalidConfig("credit_limit must be at least 1"));
         }
-        if config.timeout.is_zero() {
-            return Err(SchedError::InvalidConfig("timeout must be non-zero"));
-        }
-        let cap = config.credit_limit as usize;
+        config.timeout.validate().map_err(SchedError::InvalidConfig)?;
         let domain =
             config.reset_domain.clone().unwrap_or_else(|| ResetDomain::new(config.name.clone()));
         let shared = Arc::new_cyclic(|me| SchedShared {
@@ -945,8 +1022,9 @@ impl<B: Backend> Scheduler<B> {
                 slots: Slab::new(),
                 order: Default::default(),
                 rr_cursor: [0; 4],
-                pending: VecDeque::with_capacity(cap),
-                to_free: VecDeque::with_capacity(2 * cap + 16),
+                pending: VecDeque::new(),
+                to_free: VecDeque::new(),
+                jobs: 0,
                 credits_used: 0,
                 submit_seq: 0,
                 stopped: false,
@@ -962,6 +1040,7 @@ impl<B: Backend> Scheduler<B> {
             load: AtomicUsize::new(0),
             counters: Counters::default(),
             deferred: AtomicUsize::new(0),
+            retiring: AtomicUsize::new(0),
         });
         let target: Arc<dyn TimeoutTarget> = shared.clone();
         domain.register(Arc::downgrade(&target));
@@ -993,9 +1072,15 @@ impl<B: Backend> Scheduler<B> {
         self.shared.stats()
     }
 
-    /// Shuts the scheduler down now with `error` (as the last drop does with `Cancelled`).
+    /// Tears the scheduler down now with `error` (as the last drop does with `Cancelled`;
+    /// `drm_sched_fini`): later arms fail with [`SchedError::SchedulerGone`], queued jobs
+    /// and later pushes end with `error`, and the jobs on the ring are cancelled through
+    /// [`Backend::cancel_running`] (a job the hardware finished first keeps its result). On
+    /// return every job pushed so far has signalled its finished fence; a backend without
+    /// `cancel_running` gets its jobs' payloads back through `free_job` only once their
+    /// hardware fences signal. Idempotent; the first error wins.
     pub fn shutdown(&self, error: FenceError) {
-        self.shared.shutdown(error);
+        self.shared.fini(error);
     }
 
     /// The scheduler's reset domain.

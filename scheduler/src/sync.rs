@@ -21,3 +21,12 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
         Err(poisoned) => poisoned.into_inner(),
     }
 }
+
+/// Lets another thread run while spinning on a condition (loom's yield under loom, so that a
+/// model can make progress).
+pub(crate) fn spin_yield() {
+    #[cfg(gpusched_loom)]
+    loom::thread::yield_now();
+    #[cfg(not(gpusched_loom))]
+    std::thread::yield_now();
+}

@@ -81,6 +81,8 @@ pub enum Completion {
 }
 
 struct InFlight {
+    /// The scheduler's job id (`JobInfo::id`).
+    id: u64,
     tag: u64,
     credits: u32,
     behavior: MockBehavior,
@@ -95,6 +97,8 @@ struct RingState {
     prepared: usize,
     ran: Vec<u64>,
     completed: Vec<u64>,
+    /// Tags of the jobs cancelled on the ring (`cancel_running`), in order.
+    cancelled: Vec<u64>,
     completed_at: Vec<Instant>,
     credits_in_flight: u32,
     max_credits_in_flight: u32,
@@ -234,6 +238,12 @@ impl MockRing {
         lock(&self.shared.state).completed.clone()
     }
 
+    /// Tags of the jobs cancelled on the ring by a scheduler teardown
+    /// ([`Backend::cancel_running`]), in order.
+    pub fn cancelled_tags(&self) -> Vec<u64> {
+        lock(&self.shared.state).cancelled.clone()
+    }
+
     /// Tags of the completed jobs with the time the ring completed each, in order.
     pub fn completion_log(&self) -> Vec<(u64, Instant)> {
         let st = lock(&self.shared.state);
@@ -351,6 +361,7 @@ impl Backend for MockRing {
         st.in_flight.reserve(need);
         st.ran.reserve(need);
         st.completed.reserve(need);
+        st.cancelled.reserve(need);
         st.completed_at.reserve(need);
         Ok(())
     }
@@ -377,6 +388,7 @@ impl Backend for MockRing {
             let start =
                 st.in_flight.back().map_or_else(Instant::now, |e| e.due.max(Instant::now()));
             st.in_flight.push_back(InFlight {
+                id: info.id,
                 tag: job.tag,
                 credits: info.credits,
                 behavior: job.behavior,
@@ -409,6 +421,27 @@ impl Backend for MockRing {
                 recovery.device_gone();
                 TimeoutStatus::NoDevice
             }
+        }
+    }
+
+    /// Takes the job off the ring (a hung one included) and signals its hardware fence with
+    /// `error`; the jobs behind it go on. Allocation-free (the log has room from
+    /// `prepare_job`).
+    fn cancel_running(&self, _job: &mut MockJob, info: &JobInfo, error: FenceError) {
+        let entry = {
+            let mut st = lock(&self.shared.state);
+            let pos = st.in_flight.iter().position(|e| e.id == info.id);
+            let entry = pos.and_then(|p| st.in_flight.remove(p));
+            if let Some(e) = &entry {
+                st.credits_in_flight -= e.credits;
+                st.cancelled.push(e.tag);
+            }
+            entry
+        };
+        // Signalled with no ring lock held: the completion callback may call back in.
+        if let Some(e) = entry {
+            e.signaller.signal_error(error);
+            self.shared.cv.notify_all();
         }
     }
 

@@ -221,7 +221,7 @@ fn too_many_and_zero_credits_are_refused_with_the_payload() {
     assert_eq!(e.stats().armed, 0);
     wait(&e.job(job(43)).credits(4).arm().unwrap().push()).unwrap();
     assert_eq!(s.backend().run_tags(), vec![43]);
-    e.flush(common::WATCHDOG).unwrap();
+    e.wait_idle(common::WATCHDOG).unwrap();
     assert_no_checker_violations();
 }
 

@@ -20,20 +20,20 @@ fn entity(s: &Scheduler<MockRing>) -> Entity<MockRing> {
 }
 
 #[test]
-fn flush_waits_for_every_armed_job_and_times_out_on_a_hang() {
+fn wait_idle_waits_for_every_armed_job_and_times_out_on_a_hang() {
     let s = sched(MockRing::timed(), "ring", 2, Policy::Fifo);
     let e = entity(&s);
-    assert_eq!(e.flush(Duration::from_millis(1)), Ok(()), "nothing armed: flush is immediate");
+    assert_eq!(e.wait_idle(Duration::from_millis(1)), Ok(()), "nothing armed: it is immediate");
     let fences: Vec<_> = (0..5)
         .map(|t| e.job(MockJob::new(t).duration(Duration::from_millis(2))).arm().unwrap().push())
         .collect();
-    e.flush(common::WATCHDOG).unwrap();
+    e.wait_idle(common::WATCHDOG).unwrap();
     assert!(fences.iter().all(|f| f.is_signaled() && f.error().is_none()));
 
     let hang = e.job(job(9).behavior(MockBehavior::Hang)).arm().unwrap().push();
-    assert_eq!(e.flush(Duration::from_millis(20)), Err(WaitError::Timeout));
+    assert_eq!(e.wait_idle(Duration::from_millis(20)), Err(WaitError::Timeout));
     s.backend().release_hangs();
-    e.flush(common::WATCHDOG).unwrap();
+    e.wait_idle(common::WATCHDOG).unwrap();
     assert_eq!(hang.error(), None);
     assert_no_checker_violations();
 }
@@ -107,7 +107,7 @@ fn dropping_an_armed_job_cancels_it_and_the_scheduler_goes_on() {
     let ran = s.backend().run_tags();
     assert!(!ran.contains(&1) && ran.iter().all(|t| t % 3 != 0));
     assert_eq!(ran.len(), 25);
-    e.flush(common::WATCHDOG).unwrap();
+    e.wait_idle(common::WATCHDOG).unwrap();
     wait_until("counters", || s.stats().cancelled == 14 && e.stats().finished_err == 14);
     assert_no_checker_violations();
 }
@@ -125,38 +125,38 @@ fn dropping_the_scheduler_cancels_queued_work_and_refuses_new_work() {
     let waiting = other.job(job(9)).dependency(blocked_dep.0.clone()).arm().unwrap().push();
     let armed = e.job(job(7)).arm().unwrap();
     drop(s);
+    // Teardown (`drm_sched_fini`) returns once every pushed job has signalled: the job on
+    // the ring is cancelled through the backend, the queued ones after it.
+    assert_eq!(on_ring.error(), Some(FenceError::Cancelled));
     for f in queued.iter().chain([&waiting]) {
-        assert_eq!(wait(f), Err(FenceError::Cancelled));
+        assert_eq!(f.error(), Some(FenceError::Cancelled));
     }
     assert_eq!(wait(&armed.push()), Err(FenceError::Cancelled));
     let err = e.job(job(8)).arm().unwrap_err();
     assert!(err.error.is_scheduler_gone(), "{:?}", err.error);
     assert_eq!(err.payload.tag, 8);
-    // The job on the hardware is the hardware's: it finishes when the ring does (never, for
-    // this manual ring nobody drives any more).
-    assert!(!on_ring.is_signaled());
     drop(blocked_dep.1);
     assert_no_checker_violations();
 }
 
 #[test]
-fn shutdown_cancels_queued_jobs_and_lets_the_ring_finish() {
+fn shutdown_cancels_the_ring_then_the_queue_in_timeline_order() {
     let s = sched(MockRing::manual(), "ring", 1, Policy::Fifo);
     let e = entity(&s);
     let on_ring = e.job(job(1)).arm().unwrap().push();
     let queued: Vec<_> = (2..4).map(|t| e.job(job(t)).arm().unwrap().push()).collect();
     s.shutdown(FenceError::DeviceLost);
-    // The entity's timeline signals in order: its queued jobs end only after job 1, which
-    // is on the hardware and finishes when the ring does.
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    assert!(queued.iter().all(|f| !f.is_signaled()));
-    assert!(s.backend().complete_next());
-    assert_eq!(wait(&on_ring), Ok(()));
+    // Job 1 is cancelled on the ring with the shutdown's error, its queued successors after
+    // it: the entity's timeline signals in order, all before `shutdown` returned.
+    assert_eq!(on_ring.error(), Some(FenceError::DeviceLost));
     for f in &queued {
-        assert_eq!(wait(f), Err(FenceError::DeviceLost));
+        assert_eq!(f.error(), Some(FenceError::DeviceLost));
     }
     assert!(on_ring.timestamp() <= queued[0].timestamp());
     assert_eq!(s.backend().run_tags(), vec![1]);
+    assert_eq!(s.backend().cancelled_tags(), vec![1]);
+    assert_eq!(s.backend().in_flight(), 0);
+    assert!(!s.backend().complete_next(), "nothing is left on the ring");
     let err = e.job(job(4)).arm().unwrap_err();
     assert_eq!(
         err.error,
@@ -258,4 +258,127 @@ fn pushing_out_of_arm_order_is_a_clear_panic() {
     let second = e.job(job(2)).arm().unwrap();
     second.push();
     first.push();
+}
+
+/// `drm_sched_fini` with `cancel_job`: jobs on the ring (hung or not) are cancelled through
+/// the backend, queued ones after them; jobs that finished first keep their real outcome.
+#[test]
+fn teardown_cancels_running_jobs_and_keeps_finished_outcomes() {
+    let hw_error = FenceError::Driver(-5);
+    let s = sched(MockRing::manual(), "ring", 8, Policy::Fifo);
+    let (a, b) = (entity(&s), entity(&s));
+    let done_ok = a.job(job(1)).arm().unwrap().push();
+    let done_err = a.job(job(2).behavior(MockBehavior::Fail(hw_error))).arm().unwrap().push();
+    assert_eq!(s.backend().complete_all(), 2);
+    let hung = a.job(job(3).behavior(MockBehavior::Hang)).arm().unwrap().push();
+    let behind = a.job(job(4)).arm().unwrap().push();
+    let never = gpusched::fence::FenceContext::new("never").next();
+    let blocked = a.job(job(5)).dependency(never.0.clone()).arm().unwrap();
+    let blocked_scheduled = blocked.scheduled().clone();
+    let blocked = blocked.push();
+    let other = b.job(job(6)).arm().unwrap().push();
+    let too_big = b.job(job(7)).credits(8).arm().unwrap().push();
+    s.shutdown(FenceError::Cancelled);
+    assert_eq!(done_ok.error(), None);
+    assert!(done_ok.is_signaled());
+    assert_eq!(done_err.error(), Some(hw_error));
+    for f in [&hung, &behind, &other, &blocked, &too_big, &blocked_scheduled] {
+        assert_eq!(f.error(), Some(FenceError::Cancelled), "{}", f.seqno());
+    }
+    assert_eq!(s.backend().cancelled_tags(), vec![3, 4, 6], "ring order");
+    assert_eq!(s.backend().run_tags(), vec![1, 2, 3, 4, 6]);
+    assert_eq!(s.backend().in_flight(), 0);
+    let st = s.stats();
+    assert_eq!((st.finished_ok, st.finished_err, st.cancelled), (1, 4, 2));
+    assert_eq!((st.credits_in_flight, st.queued), (0, 0));
+    // Idempotent; the first error stays.
+    s.shutdown(FenceError::DeviceLost);
+    assert_eq!(hung.error(), Some(FenceError::Cancelled));
+    drop(never.1);
+    assert_no_checker_violations();
+}
+
+/// A backend without `cancel_running`: the scheduler signals the finished fences of the
+/// jobs on the ring itself, and frees their payloads only once the hardware is done.
+#[test]
+fn teardown_without_cancel_running_keeps_payloads_until_the_hardware_is_done() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use gpusched::fence::Fence;
+    use gpusched::{Backend, JobInfo, Recovery, TimeoutStatus};
+
+    struct NoCancel {
+        ring: Arc<MockRing>,
+        freed: Arc<AtomicUsize>,
+    }
+    impl Backend for NoCancel {
+        type Job = MockJob;
+        type Error = std::convert::Infallible;
+        fn prepare_job(&self, job: &mut MockJob, info: &JobInfo) -> Result<(), Self::Error> {
+            self.ring.prepare_job(job, info)
+        }
+        fn run_job(&self, job: &mut MockJob, info: &JobInfo) -> Result<Fence, FenceError> {
+            self.ring.run_job(job, info)
+        }
+        fn timedout_job(&self, recovery: &mut Recovery<'_, Self>) -> TimeoutStatus {
+            recovery.standard_reset(|| {
+                self.ring.reset_hw();
+                true
+            })
+        }
+        fn free_job(&self, job: MockJob, info: &JobInfo) {
+            self.freed.fetch_add(1, Ordering::AcqRel);
+            self.ring.free_job(job, info);
+        }
+    }
+
+    let ring = Arc::new(MockRing::manual());
+    let freed = Arc::new(AtomicUsize::new(0));
+    let backend = NoCancel { ring: ring.clone(), freed: freed.clone() };
+    let s = Scheduler::new(backend, gpusched::SchedulerConfig::new("nocancel")).unwrap();
+    let e = Entity::new(&[&s], Priority::Normal).unwrap();
+    let hung = e.job(job(1).behavior(MockBehavior::Hang)).arm().unwrap().push();
+    let never = gpusched::fence::FenceContext::new("never").next();
+    let queued = e.job(job(2)).dependency(never.0.clone()).arm().unwrap().push();
+    drop(s);
+    assert_eq!(hung.error(), Some(FenceError::Cancelled));
+    assert_eq!(queued.error(), Some(FenceError::Cancelled));
+    assert_eq!(freed.load(Ordering::Acquire), 1, "only the job that never ran is freed");
+    assert_eq!(ring.in_flight(), 1, "the hardware still has job 1");
+    ring.release_hangs();
+    wait_until("the payload freed after the hardware", || freed.load(Ordering::Acquire) == 2);
+    assert_eq!(hung.error(), Some(FenceError::Cancelled), "signalled once");
+    drop(never.1);
+    assert_no_checker_violations();
+}
+
+/// The last handle dropped inside a finished-fence callback, on the ring's completion thread
+/// while it retires that job: teardown must not wait for the retirement this thread is in
+/// the middle of; the job behind it on the ring is cancelled all the same.
+#[test]
+fn the_last_handle_dropped_in_a_completion_callback_tears_down_without_deadlock() {
+    use std::sync::{Arc, Mutex};
+
+    let s = sched(MockRing::timed(), "ring", 4, Policy::Fifo);
+    let e = entity(&s);
+    let other = entity(&s);
+    let first = e.job(job(1).duration(Duration::from_millis(30))).arm().unwrap();
+    let first_done = first.finished().clone();
+    let handle = Arc::new(Mutex::new(None));
+    let h = handle.clone();
+    first_done
+        .add_callback(move |_| drop(h.lock().unwrap_or_else(|p| p.into_inner()).take()))
+        .unwrap();
+    let second = e.job(job(2).behavior(MockBehavior::Hang)).arm().unwrap();
+    let third = other.job(job(3)).arm().unwrap();
+    // From here the only handle is in the callback's reach.
+    *handle.lock().unwrap() = Some(s);
+    first.push();
+    let (second, third) = (second.push(), third.push());
+    assert_eq!(wait(&first_done), Ok(()));
+    assert_eq!(wait(&second), Err(FenceError::Cancelled), "teardown deadlocked or left it");
+    assert_eq!(wait(&third), Err(FenceError::Cancelled));
+    assert!(handle.lock().unwrap().is_none());
+    assert_no_checker_violations();
 }
