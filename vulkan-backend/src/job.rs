@@ -96,7 +96,7 @@ impl VulkanJob {
             deps: Vec::new(),
             bare: false,
             declared: Vec::new(),
-            fault: JobFaults::default(),
+            fault: JobFaults::new(),
             sub: Submission::default(),
         }
     }

@@ -64,6 +64,11 @@ pub(crate) struct JobFaults;
 
 impl JobFaults {
     #[inline(always)]
+    pub(crate) fn new() -> Self {
+        JobFaults
+    }
+
+    #[inline(always)]
     pub(crate) fn slow_groups(&self, _core: &DeviceCore) -> Option<u32> {
         None
     }

@@ -335,6 +335,11 @@ pub(crate) struct JobFaults {
 }
 
 impl JobFaults {
+    /// No fault yet.
+    pub(crate) fn new() -> Self {
+        JobFaults::default()
+    }
+
     /// Gives the job `fault` (it replaces whatever the plan would draw).
     pub(crate) fn inject(&mut self, fault: JobFault) {
         self.fault = Some(fault);
