@@ -34,18 +34,16 @@
 //! A plan draws from its own generator (splitmix64), seeded; the draws happen in the order
 //! jobs are armed on the device handle (each armed job draws the same number of values,
 //! whatever it gets), so the same seed and the same sequence of arms inject the same faults.
-//!
-//! # The switch
-//! This module has two implementations of one crate-internal API, chosen here and nowhere
-//! else: `enabled.rs` (the feature on) and `disabled.rs` (off). The rest of the crate calls
-//! the API unconditionally. Off, every state type is zero-sized and every call an
-//! `#[inline(always)]` constant (`None`, `false`, nothing), so no fault state exists
-//! (per-handle plan and counters, per-device hang semaphores and busy-kernel calibration,
-//! per-job fault) and the hot paths (`prepare_job`, `run_job`, the completion thread) keep
-//! no fault branch once inlined. Only the public API (this module, `VulkanJob::inject`,
-//! `VulkanDevice::set_fault_plan`, `lose_device`, `fault_stats` and the re-exports) is
-//! behind `#[cfg]` outside it.
 
+// The switch: this module has two implementations of one crate-internal API, chosen here and nowhere
+// else: `enabled.rs` (the feature on) and `disabled.rs` (off). The rest of the crate calls
+// the API unconditionally. Off, every state type is zero-sized and every call an
+// `#[inline(always)]` constant (`None`, `false`, nothing), so no fault state exists
+// (per-handle plan and counters, per-device hang semaphores and busy-kernel calibration,
+// per-job fault) and the hot paths (`prepare_job`, `run_job`, the completion thread) keep
+// no fault branch once inlined. Only the public API (this module, `VulkanJob::inject`,
+// `VulkanDevice::set_fault_plan`, `lose_device`, `fault_stats` and the re-exports) is
+// behind `#[cfg]` outside it.
 #[cfg(feature = "fault-injection")]
 mod enabled;
 #[cfg(feature = "fault-injection")]
