@@ -12,7 +12,7 @@ use ash::vk;
 use gpusched::fence::{Fence, PreparedFence};
 
 use crate::error::RecordError;
-use crate::fault::JobFault;
+use crate::fault::JobFaults;
 use crate::kernel::RecordCtx;
 use crate::memory::Buffer;
 use crate::ring::RingHw;
@@ -36,8 +36,9 @@ pub struct VulkanJob {
     pub(crate) bare: bool,
     /// Every declared buffer (reads then writes), for the recording checks.
     pub(crate) declared: Vec<Buffer>,
-    /// An injected fault (explicit, or drawn from the device's plan at arm time).
-    pub(crate) fault: Option<JobFault>,
+    /// An injected fault (explicit, or drawn from the device's plan at arm time) and its
+    /// submitted hang; zero-sized without the `fault-injection` feature.
+    pub(crate) fault: JobFaults,
     /// What the backend made of it (empty until `prepare_job`).
     pub(crate) sub: Submission,
 }
@@ -51,8 +52,6 @@ pub(crate) struct Submission {
     /// The hardware ring (device generation) it was recorded on: it runs there, and its
     /// resources retire there.
     pub(crate) hw: Option<Arc<RingHw>>,
-    /// The wait value of its injected releasable hang, once submitted.
-    pub(crate) hang: Option<u64>,
     /// What `prepare_job` made for `run_job`; taken by `run_job`.
     pub(crate) prepared: Option<Prepared>,
     /// The timeline value it was submitted with (0: never submitted).
@@ -97,7 +96,7 @@ impl VulkanJob {
             deps: Vec::new(),
             bare: false,
             declared: Vec::new(),
-            fault: None,
+            fault: JobFaults::new(),
             sub: Submission::default(),
         }
     }
@@ -139,8 +138,8 @@ impl VulkanJob {
     /// Injects `fault` into this job (feature `fault-injection`; see
     /// [`fault`](crate::fault)). It replaces whatever the device's fault plan would draw.
     #[cfg(feature = "fault-injection")]
-    pub fn inject(mut self, fault: JobFault) -> Self {
-        self.fault = Some(fault);
+    pub fn inject(mut self, fault: crate::fault::JobFault) -> Self {
+        self.fault.inject(fault);
         self
     }
 }

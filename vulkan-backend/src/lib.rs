@@ -26,7 +26,7 @@
 //! |---|---|---|
 //! | [`VulkanDevice`] (`device/mod.rs`) | a `DeviceShared`; the public API | clients |
 //! | `DeviceShared` (`device/shared.rs`) | what survives a device loss: the current `DeviceCore`, the rings' `RingSlot`s (weakly), user kernels' SPIR-V, the reset domain, the fault plan, the graveyard of lost generations, the recovery thread | clients; recovery (recreation, reaping, teardown); TDR (`lost_busy`); a completion thread whose fence callback drops the last handle hands the teardown to recovery |
-//! | `DeviceCore` (`device/core.rs`) | one generation: the `VkDevice`, its queues, memory allocator, kernels, scratch buffer, injected-hang semaphores, the loss flag; destroyed with its last reference, never inside a signalling section | clients (recording, buffers), the pump (`run_job` submits on its queues), completion (declares loss), TDR (declares loss, releases hangs), recovery (creates it, buries it) |
+//! | `DeviceCore` (`device/core.rs`) | one generation: the `VkDevice`, its queues, memory allocator, kernels, the busy kernel's scratch buffer, its fault state (`fault::DeviceFaults`: injected-hang semaphores, busy-kernel calibration; zero-sized without the feature), the loss flag; destroyed with its last reference, never inside a signalling section | clients (recording, buffers), the pump (`run_job` submits on its queues), completion (declares loss), TDR (declares loss, releases hangs), recovery (creates it, buries it) |
 //! | [`VulkanRing`] (`ring`) | a `RingSlot`: the [`Backend`](gpusched::Backend) a `Scheduler` owns | clients (`prepare_job` at arm time), the pump (`run_job`, `flush`, `free_job`), TDR (`timedout_job`) |
 //! | `RingSlot` (`ring`) | one ring across generations: its current `RingHw`, name, queue, credit limit, batching flags; holds the `DeviceShared` | as `VulkanRing`; recovery swaps its `RingHw` |
 //! | `RingHw` (`ring`) | one ring on one generation: the timeline semaphore, command pool, in-flight list of hardware fences, the completion thread; holds the `DeviceCore` | the pump (submits), completion (drains the semaphore, signals the fences in order), TDR (judges progress, fails fences), recovery (its graveyard drops a lost one once its hardware passed its work) |
@@ -55,7 +55,8 @@
 //!   and kernel handles carry over; buffers of the lost generation report
 //!   `DeviceLost`/[`RecordError::LostGeneration`]; clients re-create buffers and resubmit.
 //! - Fault injection (feature `fault-injection`, off by default): `fault::JobFault`,
-//!   `VulkanJob::inject`, a seeded `fault::FaultPlan`, `VulkanDevice::lose_device`.
+//!   `VulkanJob::inject`, a seeded `fault::FaultPlan`, `VulkanDevice::lose_device`. Without
+//!   the feature no fault state exists (its types are zero-sized no-ops, see `fault/mod.rs`).
 //!
 //! # Example
 //! Runs in CI on lavapipe (`make doctest`); it needs a Vulkan driver.

@@ -1,5 +1,7 @@
 //! One generation of a device: a `DeviceCore` owns a `VkDevice` with its queues, memory
-//! allocator, kernels, the busy kernel's scratch buffer and the injected-hang semaphores; its
+//! allocator, kernels, the busy kernel's scratch buffer and its fault state
+//! (`fault::DeviceFaults`: injected-hang semaphores, busy-kernel calibration; zero-sized
+//! without the `fault-injection` feature); its
 //! set-up ([`DeviceCore::create`]) and its teardown (`Drop`, after every ring, buffer and
 //! kernel use of it is gone). A lost core is replaced by a new one (see
 //! [`recovery`](crate::recovery)); the rings and everything else that survives a loss live in
@@ -15,6 +17,7 @@ use super::guard::Guard;
 use super::recovery::Notify;
 use super::MAX_RINGS;
 use crate::error::{map_init, InitError};
+use crate::fault::DeviceFaults;
 use crate::instance::InstanceShared;
 use crate::kernel::{create_kernel, Builtin, KernelRaw};
 use crate::memory::Allocator;
@@ -61,24 +64,10 @@ pub(crate) struct DeviceCore {
     pub(crate) comp: Completion,
     /// Wakes the shared device's recovery thread when this core is lost.
     pub(crate) notify: Arc<Notify>,
-    /// Injected hangs: submissions that wait on host-signalled timeline values.
-    pub(crate) injected: Injected,
-    /// Nanoseconds one workgroup of the busy kernel (16 rounds) takes (0: not calibrated).
-    pub(crate) busy_ns_per_group: AtomicU64,
-}
-
-/// The semaphores of injected hangs (`JobFault::Hang` and `HangForever`): a hung job's
-/// submission waits on the next value of one of them; only the host signals them.
-pub(crate) struct Injected {
-    /// Released by the timeout handler.
-    pub(crate) hang: vk::Semaphore,
-    /// Released only at teardown (stands in for a hang nothing can release).
-    pub(crate) wedge: vk::Semaphore,
-    /// The last wait values handed out.
-    pub(crate) hang_next: AtomicU64,
-    pub(crate) wedge_next: AtomicU64,
-    /// The last values signalled (values must increase), `(hang, wedge)`.
-    released: Mutex<(u64, u64)>,
+    /// Fault injection: the injected-hang semaphores (submissions that wait on
+    /// host-signalled timeline values) and the busy kernel's calibration. Zero-sized without
+    /// the `fault-injection` feature.
+    pub(crate) faults: DeviceFaults,
 }
 
 /// The core's rings and its loss flag (what device loss and `wait_idle` go through).
@@ -132,48 +121,17 @@ impl DeviceCore {
         self.notify.loss();
     }
 
-    /// The next wait value of an injected hang (`forever`: on the wedge semaphore).
-    pub(crate) fn next_hang_value(&self, forever: bool) -> (vk::Semaphore, u64) {
-        if forever {
-            (self.injected.wedge, self.injected.wedge_next.fetch_add(1, Ordering::SeqCst) + 1)
-        } else {
-            (self.injected.hang, self.injected.hang_next.fetch_add(1, Ordering::SeqCst) + 1)
-        }
-    }
-
-    /// Releases injected hangs up to wait value `value` (host signals, one value at a time:
-    /// the validation layer wants no signal past a pending wait). Allocation-free.
+    /// Releases injected hangs up to wait value `value` (see `fault::DeviceFaults`; a no-op
+    /// without the `fault-injection` feature). Allocation-free.
     pub(crate) fn release_hang(&self, value: u64) {
-        let mut r = lock(&self.injected.released);
-        while r.0 < value {
-            r.0 += 1;
-            self.signal(self.injected.hang, r.0);
-        }
+        self.faults.release_hang(&self.device, value);
     }
 
     /// Releases every injected hang handed out so far, and with `wedges` the un-releasable
-    /// ones too (teardown: a simulated wedge must not leak the device).
+    /// ones too (teardown: a simulated wedge must not leak the device). A no-op without the
+    /// `fault-injection` feature.
     pub(crate) fn release_injected(&self, wedges: bool) {
-        self.release_hang(self.injected.hang_next.load(Ordering::SeqCst));
-        if wedges {
-            let mut r = lock(&self.injected.released);
-            let v = self.injected.wedge_next.load(Ordering::SeqCst);
-            if v > r.1 {
-                self.signal(self.injected.wedge, v);
-                r.1 = v;
-            }
-        }
-    }
-
-    fn signal(&self, sem: vk::Semaphore, value: u64) {
-        let info = vk::SemaphoreSignalInfo::default().semaphore(sem).value(value);
-        // SAFETY: a timeline semaphore of this device; `value` is above the last value
-        // signalled (callers hold `released`). A lost device may refuse: nothing waits then.
-        if let Err(e) = unsafe { self.device.signal_semaphore(&info) } {
-            if e != vk::Result::ERROR_DEVICE_LOST {
-                diag!(warn, target: "gpusched_vulkan", ?e, "releasing an injected hang failed");
-            }
-        }
+        self.faults.release_injected(&self.device, wedges);
     }
 }
 
@@ -189,7 +147,8 @@ impl Drop for DeviceCore {
         let d = &self.device;
         // SAFETY: every ring (each joined its completion thread, or dropped on it, and it
         // exits without touching the device), buffer and kernel handle is gone. `vkDeviceWaitIdle` lets pending work finish before anything
-        // is destroyed.
+        // is destroyed (the fault state's hang semaphores: every hang was released above, so
+        // nothing waits on them).
         unsafe {
             if let Err(e) = d.device_wait_idle() {
                 if e != vk::Result::ERROR_DEVICE_LOST {
@@ -202,8 +161,7 @@ impl Drop for DeviceCore {
             d.destroy_buffer(self.scratch, None);
             d.free_memory(self.scratch_memory, None);
             sync::get_mut(&mut self.memory).destroy(d);
-            d.destroy_semaphore(self.injected.hang, None);
-            d.destroy_semaphore(self.injected.wedge, None);
+            self.faults.destroy(d);
             d.destroy_device(None);
         }
         LIVE_DEVICES.fetch_sub(1, Ordering::SeqCst);
@@ -325,24 +283,11 @@ impl DeviceCore {
         unsafe { d.bind_buffer_memory(*scratch, *scratch_memory, 0) }
             .map_err(|c| map_init("scratch buffer", c))?;
 
-        // The injected-hang semaphores.
-        let semaphore = || {
-            let mut type_info =
-                vk::SemaphoreTypeCreateInfo::default().semaphore_type(vk::SemaphoreType::TIMELINE);
-            let sinfo = vk::SemaphoreCreateInfo::default().push_next(&mut type_info);
-            // SAFETY: valid device; timeline semaphores are enabled.
-            let sem = unsafe { d.create_semaphore(&sinfo, None) }
-                .map_err(|c| map_init("vkCreateSemaphore", c))?;
-            Ok::<_, InitError>(Guard::new(sem, |s| {
-                // SAFETY: an unused semaphore of this device.
-                unsafe { d.destroy_semaphore(s, None) }
-            }))
-        };
-        let hang = semaphore()?;
-        let wedge = semaphore()?;
+        // The fault state (the injected-hang semaphores), last: nothing fails after it, so it
+        // needs no guard (on its own failure it leaves nothing behind).
+        let faults = DeviceFaults::create(d)?;
 
         // Set-up succeeded: the core owns everything from here (its `Drop` destroys it).
-        let (hang, wedge) = (hang.defuse(), wedge.defuse());
         let (scratch_memory, scratch) = (scratch_memory.defuse(), scratch.defuse());
         let (allocator, kernels) = (allocator.defuse(), kernels.defuse());
         let device = device.defuse();
@@ -368,14 +313,7 @@ impl DeviceCore {
             scratch_memory,
             comp,
             notify,
-            injected: Injected {
-                hang,
-                wedge,
-                hang_next: AtomicU64::new(0),
-                wedge_next: AtomicU64::new(0),
-                released: Mutex::new((0, 0)),
-            },
-            busy_ns_per_group: AtomicU64::new(0),
+            faults,
         });
         LIVE_DEVICES.fetch_add(1, Ordering::SeqCst);
         tracing::info!(target: "gpusched_vulkan", device = %core.name, generation, "device created");

@@ -9,8 +9,8 @@
 //!   set-up and teardown.
 //!
 //! Beside them: physical-device selection ([`select`](mod@select)), implicit synchronisation of a
-//! submission ([`submit`]), the busy kernel's timing ([`calibrate`]) and the set-up's drop
-//! guard ([`guard`]).
+//! submission ([`submit`]) and the set-up's drop guard ([`guard`]). The per-device fault
+//! state (injected-hang semaphores, the busy kernel's timing) is `fault::DeviceFaults`.
 //!
 //! # Generations
 //! A [`VulkanDevice`] is a handle to a *shared device* whose current logical device (a
@@ -68,7 +68,6 @@
 //! and so the device, alive until it is done; the device is then destroyed on that ring's
 //! completion thread. Call [`VulkanDevice::close`] for a synchronous teardown.
 
-mod calibrate;
 mod core;
 mod guard;
 pub mod recovery;
@@ -356,8 +355,7 @@ impl VulkanDevice {
         if core.is_lost() {
             return Err(BufferError::Device(DeviceError::DeviceLost { op: "vkAllocateMemory" }));
         }
-        if self.shared.faults.draw_buffer_alloc() {
-            self.shared.faults.count(crate::fault::Kind::FailedBufferAlloc);
+        if self.shared.faults.fail_buffer_alloc() {
             return Err(BufferError::Device(DeviceError::OutOfMemory {
                 op: "vkAllocateMemory (injected)",
                 code: vk::Result::ERROR_OUT_OF_DEVICE_MEMORY,

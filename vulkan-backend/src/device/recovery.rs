@@ -213,8 +213,7 @@ impl DeviceShared {
             }
         };
         // The old core's calibration (its queue may still be running work).
-        new.busy_ns_per_group
-            .store(old.busy_ns_per_group.load(Ordering::Relaxed), Ordering::Relaxed);
+        new.faults.inherit_calibration(&old.faults);
         let slots = lock(&self.slots);
         let mut fresh = Vec::with_capacity(slots.len());
         for slot in slots.iter().filter_map(Weak::upgrade) {

@@ -15,7 +15,7 @@ use gpusched::ResetDomain;
 use super::recovery::{recovery_thread, Graveyard, Notify};
 use super::{DeviceCore, VulkanDevice};
 use crate::error::{DeviceError, InitError, ShaderError};
-use crate::fault::FaultState;
+use crate::fault::{self, FaultState};
 use crate::instance::InstanceShared;
 use crate::kernel::{create_kernel, Kernel};
 use crate::ring::RingSlot;
@@ -81,8 +81,7 @@ impl DeviceShared {
         let notify = Arc::new(Notify::default());
         let core =
             DeviceCore::create(inst.clone(), physical, name.clone(), family, id, notify.clone())?;
-        #[cfg(feature = "fault-injection")]
-        core.calibrate_busy();
+        fault::calibrate_busy(&core);
         let shared = Arc::new(DeviceShared {
             id,
             name,

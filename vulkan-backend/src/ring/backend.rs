@@ -25,7 +25,6 @@ use super::hw::{KeptAlive, Retired};
 use super::hw_fence::HwOps;
 use super::VulkanRing;
 use crate::error::RecordError;
-use crate::fault::{JobFault, Kind};
 use crate::job::{Prepared, VulkanJob};
 use crate::sync::lock;
 
@@ -38,10 +37,7 @@ impl Backend for VulkanRing {
     fn prepare_job(&self, job: &mut VulkanJob, _info: &JobInfo) -> Result<(), RecordError> {
         let faults = &self.slot.shared.faults;
         // Every armed job draws (reproducible plans); a job's own fault wins.
-        let drawn = faults.draw_job();
-        if job.fault.is_none() {
-            job.fault = drawn;
-        }
+        faults.arm(&mut job.fault);
         if self.slot.shared.dead.load(Ordering::SeqCst) {
             return Err(RecordError::DeviceLost { generation: self.generation() });
         }
@@ -49,18 +45,9 @@ impl Backend for VulkanRing {
         if hw.core.is_lost() {
             return Err(RecordError::DeviceLost { generation: hw.core.generation });
         }
-        let cb = match hw.record(job) {
-            Ok(cb) => cb,
-            Err(e) => {
-                if e == RecordError::RecordingDropped {
-                    faults.count(Kind::DroppedRecording);
-                }
-                return Err(e);
-            }
-        };
-        if let Some(JobFault::Slow(_)) = job.fault {
-            faults.count(Kind::Slow);
-        }
+        let recorded = hw.record(job);
+        faults.count_recording(&job.fault, &recorded);
+        let cb = recorded?;
         let value = Arc::new(AtomicU64::new(0));
         let ops = HwOps { ring: Arc::downgrade(&hw), value: value.clone() };
         let fence = hw.ctx.prepare(1, Some(Box::new(ops)));
@@ -110,13 +97,13 @@ impl Backend for VulkanRing {
     /// out any more, and the ring behind it would stay stuck.
     fn free_job(&self, mut job: VulkanJob, _info: &JobInfo) {
         let Some(hw) = job.sub.hw.take() else { return };
-        if job.sub.hang.take().is_some() {
+        if job.fault.take_releasable_hang().is_some() {
             // Marked an orphan, released once the hardware reaches it (a completed job's
             // entry is gone).
             {
                 let mut st = lock(&hw.state);
                 if let Some(s) = st.submissions.iter_mut().find(|s| s.value == job.sub.value) {
-                    s.orphan = true;
+                    s.hang.set_orphan();
                 }
             }
             hw.release_orphan();

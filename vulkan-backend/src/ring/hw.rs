@@ -31,6 +31,7 @@ use super::timeout::StallState;
 use super::RingFlags;
 use crate::device::DeviceCore;
 use crate::error::{map_device, DeviceError};
+use crate::fault::{self, PendingHang};
 use crate::job::RecordFn;
 use crate::memory::Buffer;
 
@@ -98,11 +99,10 @@ pub(super) struct Submission {
     /// The sequence number of its `vkQueueSubmit` on its `VkQueue` (`QueueSlot::seq`); the
     /// jobs of a batch share that of their call.
     pub(super) queue_seq: u64,
-    /// The value of the injected releasable hang it waits for (0: none).
-    pub(super) hang: u64,
-    /// Its job was freed with that hang pending (an orphan): the hang is released once the
-    /// hardware reaches it (see `RingHw::release_orphan`).
-    pub(super) orphan: bool,
+    /// The injected releasable hang it waits for, and whether its job was freed with it
+    /// pending (an orphan, released once the hardware reaches it: see
+    /// `RingHw::release_orphan`). Zero-sized without the `fault-injection` feature.
+    pub(super) hang: PendingHang,
 }
 
 /// A published hardware fence: its value (and seqno), its signaller, and the error it ends
@@ -320,13 +320,17 @@ impl RingHw {
     /// behind it would stay stuck). Only at the head of the hardware, so that a hang ahead of
     /// it, still to be judged by a timeout, is not released with it (releasing a value
     /// releases every lower one). Allocation-free.
+    /// Without the `fault-injection` feature there is none: a constant early return.
     pub(super) fn release_orphan(&self) {
+        if !fault::ENABLED {
+            return;
+        }
         let Ok(done) = self.counter() else { return };
         let hang = {
             let st = lock(&self.state);
-            st.submissions.iter().find(|s| s.value > done).and_then(|s| s.orphan.then_some(s.hang))
+            st.submissions.iter().find(|s| s.value > done).and_then(|s| s.hang.orphan())
         };
-        if let Some(h) = hang.filter(|&h| h != 0) {
+        if let Some(h) = hang {
             self.core.release_hang(h);
         }
     }

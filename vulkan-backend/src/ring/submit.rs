@@ -29,7 +29,7 @@ use super::hw::{InFlight, RingHw, RingState, Submission};
 use super::VulkanRing;
 use crate::device::DeviceCore;
 use crate::error::{map_device, DeviceError, RecordError};
-use crate::fault::{JobFault, Kind, SubmitFault};
+use crate::fault::PendingHang;
 use crate::job::{Prepared, VulkanJob};
 use crate::kernel::{full_barrier, host_barrier, RecordCtx};
 use crate::memory::Buffer;
@@ -93,7 +93,12 @@ impl RingHw {
             drop(q);
             match r {
                 Ok(seq) => {
-                    hw.note_queue_submit(&mut st.submissions, &values[..chunk.len()], seq, 0);
+                    hw.note_queue_submit(
+                        &mut st.submissions,
+                        &values[..chunk.len()],
+                        seq,
+                        PendingHang::NONE,
+                    );
                     done = base + chunk.len() as u64 - 1;
                 }
                 Err(code) => {
@@ -146,16 +151,17 @@ impl RingHw {
             pool.free.push(cb);
             return Err(RecordError::Vk { op: "vkBeginCommandBuffer", code });
         }
+        // An injected slow job records the busy kernel first, sized to run about its time.
+        let slow = job.fault.slow_groups(core);
         // An empty job (no injected busy kernel either) records no command at all.
-        let bare = job.bare && !matches!(job.fault, Some(JobFault::Slow(_)));
+        let bare = job.bare && slow.is_none();
         if !bare {
             full_barrier(d, cb);
         }
         let ctx = RecordCtx { core, declared: &job.declared };
         let mut recorded = Ok(());
-        if let Some(JobFault::Slow(t)) = job.fault {
-            // The busy kernel first, sized to run about `t`.
-            recorded = ctx.busy(cb, 16, core.busy_groups_for(t));
+        if let Some(groups) = slow {
+            recorded = ctx.busy(cb, 16, groups);
             full_barrier(d, cb);
         }
         if recorded.is_ok() {
@@ -168,7 +174,7 @@ impl RingHw {
         // state `vkBeginCommandBuffer` can reset.
         let ended = unsafe { d.end_command_buffer(cb) };
         match (recorded, ended) {
-            (Ok(()), Ok(())) if job.fault == Some(JobFault::DropRecording) => {
+            (Ok(()), Ok(())) if job.fault.drops_recording() => {
                 pool.free.push(cb);
                 Err(RecordError::RecordingDropped)
             }
@@ -228,7 +234,7 @@ impl RingState {
 
 impl RingHw {
     /// Records a successful `vkQueueSubmit` (sequence number `seq` on its `VkQueue`) that
-    /// carried the jobs of `values`, the first (only, if `hang` is not 0) waiting on the
+    /// carried the jobs of `values`, the first (only, if `hang` has one) waiting on the
     /// injected hang `hang`: counts the call and appends one [`Submission`] per job. Under
     /// the ring lock (`submissions` is its `RingState::submissions`); allocation-free (room
     /// reserved at prepare time).
@@ -237,11 +243,11 @@ impl RingHw {
         submissions: &mut VecDeque<Submission>,
         values: &[u64],
         seq: u64,
-        hang: u64,
+        hang: PendingHang,
     ) {
         self.flags.submits.fetch_add(1, Ordering::Relaxed);
         for &value in values {
-            submissions.push_back(Submission { value, queue_seq: seq, hang, orphan: false });
+            submissions.push_back(Submission { value, queue_seq: seq, hang });
         }
     }
 
@@ -272,18 +278,9 @@ impl VulkanRing {
             // Prepared on a generation that is gone: its command buffer died with it.
             return Err(FenceError::DeviceLost);
         }
-        // Injected faults on submission.
-        let fail = match job.fault {
-            Some(JobFault::FailSubmit(SubmitFault::OutOfDeviceMemory)) => {
-                Some(vk::Result::ERROR_OUT_OF_DEVICE_MEMORY)
-            }
-            Some(JobFault::FailSubmit(SubmitFault::DeviceLost)) => {
-                Some(vk::Result::ERROR_DEVICE_LOST)
-            }
-            _ if faults.lose_now() => Some(vk::Result::ERROR_DEVICE_LOST),
-            _ => None,
-        };
-        let hang = matches!(job.fault, Some(JobFault::Hang | JobFault::HangForever));
+        // Injected faults on submission (without the feature: `None` and `false`, constants).
+        let fail = faults.submit_failure(&job.fault);
+        let hang = job.fault.hangs();
         if self.slot.flags.batching.load(Ordering::Relaxed) && fail.is_none() && !hang {
             // Submitted by `flush`, with the other jobs the scheduler hands over now.
             let value = st.next_value + 1;
@@ -306,11 +303,7 @@ impl VulkanRing {
         let values = [value];
         let result = match fail {
             Some(code) => {
-                faults.count(if code == vk::Result::ERROR_DEVICE_LOST {
-                    Kind::DeviceLoss
-                } else {
-                    Kind::FailedSubmit
-                });
+                faults.count_failed_submit(code);
                 Err(code)
             }
             None => {
@@ -322,16 +315,7 @@ impl VulkanRing {
                 // timeout has yet to come. Queues of one device share the hang timeline: with
                 // several queues an injected hang may still be released by another queue's
                 // (fault injection only).
-                let mut wait = None;
-                if hang {
-                    let forever = job.fault == Some(JobFault::HangForever);
-                    let (sem, v) = hw.core.next_hang_value(forever);
-                    if !forever {
-                        job.sub.hang = Some(v);
-                    }
-                    faults.count(if forever { Kind::HangForever } else { Kind::Hang });
-                    wait = Some((sem, v));
-                }
+                let wait = hw.core.faults.hang_wait(&mut job.fault, faults);
                 let wait_sems = [wait.map_or(vk::Semaphore::null(), |w| w.0)];
                 let wait_values = [wait.map_or(0, |w| w.1)];
                 let stages = [vk::PipelineStageFlags::ALL_COMMANDS];
@@ -364,7 +348,7 @@ impl VulkanRing {
                 return Err(e.fence_error());
             }
         };
-        hw.note_queue_submit(&mut st.submissions, &values, seq, job.sub.hang.unwrap_or(0));
+        hw.note_queue_submit(&mut st.submissions, &values, seq, job.fault.pending_hang());
         job.sub.value = value;
         let fence = st.publish_fence(value, prepared);
         drop(st);

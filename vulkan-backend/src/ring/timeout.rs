@@ -51,6 +51,7 @@ use gpusched::{Recovery, TimeoutStatus};
 
 use super::hw::RingHw;
 use super::VulkanRing;
+use crate::fault;
 use crate::sync::lock;
 
 /// Consecutive timeouts without hardware progress after which the ring is stuck for good
@@ -110,7 +111,11 @@ impl RingHw {
     /// the one carrying job value `value`: jobs force-completed while still queued (the
     /// dependants of a blamed job, `Recovery::fail_dependants`), whose hang no timeout of
     /// their own will release, and which the jobs behind them wait for. Allocation-free.
+    /// Without the `fault-injection` feature there are none: a constant early return.
     pub(super) fn release_hangs_before(&self, value: u64) {
+        if !fault::ENABLED {
+            return;
+        }
         let Ok(done) = self.counter() else { return };
         // One at a time, in submission order, the ring lock not held (a host signal): the
         // validation layer wants each signal at most one past a pending wait.
@@ -124,8 +129,8 @@ impl RingHw {
                     .map(|s| (s.value, s.hang))
             };
             let Some((v, hang)) = next else { return };
-            if hang != 0 {
-                self.core.release_hang(hang);
+            if let Some(h) = hang.value() {
+                self.core.release_hang(h);
             }
             from = v;
         }
@@ -161,7 +166,7 @@ impl VulkanRing {
     pub(super) fn judge_timeout(&self, recovery: &mut Recovery<'_, Self>) -> TimeoutStatus {
         recovery.stop();
         let (hw, hang, value) = recovery
-            .with_guilty_payload(|j| (j.sub.hw.clone(), j.sub.hang, j.sub.value))
+            .with_guilty_payload(|j| (j.sub.hw.clone(), j.fault.releasable_hang(), j.sub.value))
             .unwrap_or((None, None, 0));
         // The ring the guilty job runs on (reference counts only: no allocation, and never
         // the last reference: the job, the slot or the graveyard holds it).

@@ -1,47 +1,24 @@
-//! Fault injection (cargo feature `fault-injection`): hangs, slow jobs, failed submissions, dropped
-//! recordings, failed buffer allocations and device losses, on demand
-//! ([`VulkanJob::inject`](crate::VulkanJob::inject),
-//! [`VulkanDevice::lose_device`](crate::VulkanDevice::lose_device)) or drawn from a seeded
-//! [`FaultPlan`] ([`VulkanDevice::set_fault_plan`](crate::VulkanDevice::set_fault_plan)).
-//!
-//! # How each fault is made (lavapipe has no watchdog and never loses a device by itself)
-//! - [`JobFault::Hang`]: the job's submission waits on a value of the device's *hang* timeline
-//!   semaphore that only the host signals. The whole queue stalls behind it (as a hung ring
-//!   does). The timeout handler releases it (host-signals the value): the guilty job then
-//!   runs late, after its fence already reported `TimedOut`, and the innocent jobs queued
-//!   behind it on the `VkQueue` complete normally.
-//! - [`JobFault::HangForever`]: the same, on a *wedge* semaphore the timeout handler never
-//!   signals: it stands in for a shader hang on a driver without a watchdog. The handler sees
-//!   that the hardware made no progress across two timeouts, declares the device lost and a
-//!   new generation is created. The wedged device is destroyed only at teardown, where the
-//!   simulated wedge is released (a real one would be leaked: see the crate docs).
-//! - [`JobFault::Slow`]: the busy kernel is recorded before the job's own commands, sized
-//!   from a per-device calibration (measured when the device is created) to run about that
-//!   long.
-//! - [`JobFault::FailSubmit`]: `vkQueueSubmit` is not called; the job fails as if it had
-//!   returned the code. [`SubmitFault::DeviceLost`] takes the real device-loss path.
-//! - [`JobFault::DropRecording`]: the job is recorded, then the command buffer is thrown away
-//!   and arming fails with [`RecordError::RecordingDropped`](crate::RecordError::RecordingDropped)
-//!   (no fence is handed out).
-//! - Buffer allocation failures: [`VulkanDevice::buffer`](crate::VulkanDevice::buffer) fails
-//!   with `ERROR_OUT_OF_DEVICE_MEMORY` before touching the driver.
-//!
-//! Hung and failing jobs are never batched: `run_job` first submits the jobs batched before
-//! them, then submits them alone (a hung job's wait must not hold back jobs batched ahead of
-//! it, and a failed submission fails that one job only).
-//!
-//! # Reproducibility
-//! A plan draws from its own generator (splitmix64), seeded; the draws happen in the order
-//! jobs are armed on the device handle (each armed job draws the same number of values,
-//! whatever it gets), so the same seed and the same sequence of arms inject the same faults.
+//! Fault injection with the feature on: the plan and counters of a device handle
+//! ([`FaultState`]), one job's fault (`JobFaults`), the injected hang a ring's submission waits
+//! for (`PendingHang`), and a device generation's hang semaphores and busy-kernel calibration
+//! ([`DeviceFaults`], in `enabled/device.rs`). `disabled.rs` mirrors the crate-internal part of
+//! this API with zero-sized no-ops.
 
-#![cfg_attr(not(feature = "fault-injection"), allow(dead_code, unreachable_pub))]
+mod device;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use ash::vk;
+
+pub(crate) use self::device::{calibrate_busy, DeviceFaults};
+use crate::device::DeviceCore;
+use crate::error::RecordError;
 use crate::sync::lock;
+
+/// Whether fault injection is compiled in (guards loops that only look for injected state).
+pub(crate) const ENABLED: bool = true;
 
 /// A fault injected into one job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,7 +207,7 @@ impl FaultState {
     }
 
     /// The fault the plan gives the job being armed (arm time, outside signalling sections).
-    pub(crate) fn draw_job(&self) -> Option<JobFault> {
+    fn draw_job(&self) -> Option<JobFault> {
         let mut p = lock(&self.plan);
         let (plan, rng) = p.as_mut()?;
         let hang = rng.chance(plan.hang);
@@ -251,7 +228,7 @@ impl FaultState {
     }
 
     /// Whether the plan fails this buffer allocation.
-    pub(crate) fn draw_buffer_alloc(&self) -> bool {
+    fn draw_buffer_alloc(&self) -> bool {
         let mut p = lock(&self.plan);
         match p.as_mut() {
             Some((plan, rng)) => rng.chance(plan.fail_buffer_alloc),
@@ -260,7 +237,7 @@ impl FaultState {
     }
 
     /// Counts a submission; whether it is the one that loses the device. Allocation-free.
-    pub(crate) fn lose_now(&self) -> bool {
+    fn lose_now(&self) -> bool {
         let after = self.lose_after.load(Ordering::Relaxed);
         if after == u64::MAX {
             return false;
@@ -288,5 +265,148 @@ impl FaultState {
             failed_buffer_allocs: c(Kind::FailedBufferAlloc),
             device_losses: c(Kind::DeviceLoss),
         }
+    }
+
+    /// Arm time (`prepare_job`, outside signalling sections): every armed job draws
+    /// (reproducible plans); a job's own fault wins.
+    pub(crate) fn arm(&self, job: &mut JobFaults) {
+        let drawn = self.draw_job();
+        if job.fault.is_none() {
+            job.fault = drawn;
+        }
+    }
+
+    /// Counts what recording made of the job's fault: a slow job recorded, a recording
+    /// dropped.
+    pub(crate) fn count_recording(
+        &self,
+        job: &JobFaults,
+        recorded: &Result<vk::CommandBuffer, RecordError>,
+    ) {
+        match recorded {
+            Ok(_) if matches!(job.fault, Some(JobFault::Slow(_))) => self.count(Kind::Slow),
+            Err(RecordError::RecordingDropped) => self.count(Kind::DroppedRecording),
+            _ => {}
+        }
+    }
+
+    /// Whether the plan fails this buffer allocation (counted).
+    pub(crate) fn fail_buffer_alloc(&self) -> bool {
+        let fail = self.draw_buffer_alloc();
+        if fail {
+            self.count(Kind::FailedBufferAlloc);
+        }
+        fail
+    }
+
+    /// The code an injected submit failure reports instead of submitting the job: its own
+    /// [`JobFault::FailSubmit`], or the plan's `lose_device_after` (which counts the
+    /// submission). Allocation-free (`run_job`).
+    pub(crate) fn submit_failure(&self, job: &JobFaults) -> Option<vk::Result> {
+        match job.fault {
+            Some(JobFault::FailSubmit(SubmitFault::OutOfDeviceMemory)) => {
+                Some(vk::Result::ERROR_OUT_OF_DEVICE_MEMORY)
+            }
+            Some(JobFault::FailSubmit(SubmitFault::DeviceLost)) => {
+                Some(vk::Result::ERROR_DEVICE_LOST)
+            }
+            _ if self.lose_now() => Some(vk::Result::ERROR_DEVICE_LOST),
+            _ => None,
+        }
+    }
+
+    /// Counts an injected submit failure that reported `code`. Allocation-free.
+    pub(crate) fn count_failed_submit(&self, code: vk::Result) {
+        self.count(if code == vk::Result::ERROR_DEVICE_LOST {
+            Kind::DeviceLoss
+        } else {
+            Kind::FailedSubmit
+        });
+    }
+}
+
+/// One job's injected fault: its own ([`VulkanJob::inject`](crate::VulkanJob::inject)) or
+/// drawn from the plan at arm time, and the wait value of its releasable hang once submitted.
+#[derive(Debug, Default)]
+pub(crate) struct JobFaults {
+    fault: Option<JobFault>,
+    /// The wait value of its injected releasable hang, once submitted, until the job is freed.
+    hang: Option<u64>,
+}
+
+impl JobFaults {
+    /// No fault yet.
+    pub(crate) fn new() -> Self {
+        JobFaults::default()
+    }
+
+    /// Gives the job `fault` (it replaces whatever the plan would draw).
+    pub(crate) fn inject(&mut self, fault: JobFault) {
+        self.fault = Some(fault);
+    }
+
+    /// For a [`JobFault::Slow`] job: the busy-kernel workgroups (16 rounds each) to record
+    /// before its own commands on `core`.
+    pub(crate) fn slow_groups(&self, core: &DeviceCore) -> Option<u32> {
+        match self.fault {
+            Some(JobFault::Slow(d)) => Some(core.faults.busy_groups_for(d, core.max_workgroups[0])),
+            _ => None,
+        }
+    }
+
+    /// Whether the recording is to be dropped ([`JobFault::DropRecording`]).
+    pub(crate) fn drops_recording(&self) -> bool {
+        self.fault == Some(JobFault::DropRecording)
+    }
+
+    /// Whether the job hangs ([`JobFault::Hang`], [`JobFault::HangForever`]): it is then
+    /// submitted alone, never batched.
+    pub(crate) fn hangs(&self) -> bool {
+        matches!(self.fault, Some(JobFault::Hang | JobFault::HangForever))
+    }
+
+    /// The wait value of its submitted releasable hang (the timeout handler releases it).
+    pub(crate) fn releasable_hang(&self) -> Option<u64> {
+        self.hang
+    }
+
+    /// Takes the wait value of its submitted releasable hang (the job is being freed).
+    pub(crate) fn take_releasable_hang(&mut self) -> Option<u64> {
+        self.hang.take()
+    }
+
+    /// The hang its submission waits for, as the ring's submission list records it.
+    pub(crate) fn pending_hang(&self) -> PendingHang {
+        PendingHang { value: self.hang.unwrap_or(0), orphan: false }
+    }
+}
+
+/// The injected releasable hang one submission of a ring waits for, if any, and whether its
+/// job was freed with it pending (an orphan: the ring releases it once the hardware reaches
+/// the submission, as nothing will time it out).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PendingHang {
+    /// The hang semaphore's wait value (0: none).
+    value: u64,
+    orphan: bool,
+}
+
+impl PendingHang {
+    /// No hang (batched submissions: a hung job is never batched).
+    pub(crate) const NONE: PendingHang = PendingHang { value: 0, orphan: false };
+
+    /// The wait value, if the submission waits on a releasable hang.
+    pub(crate) fn value(self) -> Option<u64> {
+        (self.value != 0).then_some(self.value)
+    }
+
+    /// Marks its job freed with the hang pending.
+    pub(crate) fn set_orphan(&mut self) {
+        self.orphan = true;
+    }
+
+    /// The wait value, if the hang is an orphan's.
+    pub(crate) fn orphan(self) -> Option<u64> {
+        self.value().filter(|_| self.orphan)
     }
 }
