@@ -95,31 +95,41 @@ macro_rules! diag {
     }};
 }
 
+mod alloc;
 mod device;
 mod error;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 #[cfg(not(feature = "fault-injection"))]
 mod fault;
+mod graphics;
+mod image;
 mod instance;
 mod job;
 mod kernel;
 mod memory;
+mod resource;
 mod ring;
 mod sync;
+mod transfer;
 
 pub use ash;
 
 pub use crate::device::recovery;
 
+pub use crate::alloc::MemoryLocation;
 pub use crate::device::{live_devices, DeviceConfig, DeviceSelector, VulkanDevice, MAX_RINGS};
 pub use crate::error::{
     BufferError, DeviceError, InitError, RecordError, ShaderError, SubmitError,
 };
 #[cfg(feature = "fault-injection")]
 pub use crate::fault::{FaultPlan, FaultStats, JobFault, SubmitFault};
+pub use crate::graphics::{GraphicsBuiltin, Load, RenderPass};
+pub use crate::image::{Image, ImageDesc, ImageError};
 pub use crate::instance::{validation_errors, validation_warnings};
 pub use crate::job::{RecordFn, VulkanJob};
 pub use crate::kernel::{Builtin, Kernel, RecordCtx};
 pub use crate::memory::Buffer;
+pub use crate::resource::{GenerationId, GpuResource};
 pub use crate::ring::VulkanRing;
+pub use crate::transfer::{Download, TransferError};

@@ -14,6 +14,7 @@ use gpusched::fence::FenceError;
 use super::guard::Guard;
 use super::recovery::Notify;
 use super::MAX_RINGS;
+use crate::alloc::GpuMemory;
 use crate::error::{map_init, InitError};
 use crate::instance::InstanceShared;
 use crate::kernel::{create_kernel, Builtin, KernelRaw};
@@ -65,6 +66,12 @@ pub(crate) struct DeviceCore {
     pub(crate) injected: Injected,
     /// Nanoseconds one workgroup of the busy kernel (16 rounds) takes (0: not calibrated).
     pub(crate) busy_ns_per_group: AtomicU64,
+    /// The `gpu-allocator` of located buffers and images (`alloc.rs`).
+    pub(crate) gpu: GpuMemory,
+    /// The property flags of each memory type.
+    pub(crate) memory_types: Vec<vk::MemoryPropertyFlags>,
+    /// Graphics work: whether the device supports it, and its pipelines (`graphics.rs`).
+    pub(crate) graphics: crate::graphics::Graphics,
 }
 
 /// The semaphores of injected hangs (`JobFault::Hang` and `HangForever`): a hung job's
@@ -202,6 +209,8 @@ impl Drop for DeviceCore {
             d.destroy_buffer(self.scratch, None);
             d.free_memory(self.scratch_memory, None);
             sync::get_mut(&mut self.memory).destroy(d);
+            self.graphics.destroy(d);
+            self.gpu.destroy();
             d.destroy_semaphore(self.injected.hang, None);
             d.destroy_semaphore(self.injected.wedge, None);
             d.destroy_device(None);
@@ -243,10 +252,18 @@ impl DeviceCore {
             .queue_priorities(&priorities)];
         let exts = [ash::khr::push_descriptor::NAME.as_ptr()];
         let mut enable12 = vk::PhysicalDeviceVulkan12Features::default().timeline_semaphore(true);
-        let dinfo = vk::DeviceCreateInfo::default()
+        // Dynamic rendering and synchronization2 (Vulkan 1.3), for graphics work, when present.
+        let graphics = crate::graphics::supported(instance, physical, &families[family as usize]);
+        let mut enable13 = vk::PhysicalDeviceVulkan13Features::default()
+            .dynamic_rendering(true)
+            .synchronization2(true);
+        let mut dinfo = vk::DeviceCreateInfo::default()
             .queue_create_infos(&qinfo)
             .enabled_extension_names(&exts)
             .push_next(&mut enable12);
+        if graphics.features {
+            dinfo = dinfo.push_next(&mut enable13);
+        }
         // SAFETY: valid physical device; the create info and its chain live across the call.
         let device = unsafe { instance.create_device(physical, &dinfo, None) }
             .map_err(|c| map_init("vkCreateDevice", c))?;
@@ -341,6 +358,8 @@ impl DeviceCore {
         let hang = semaphore()?;
         let wedge = semaphore()?;
 
+        let gpu = GpuMemory::new(instance, d, physical)?;
+
         // Set-up succeeded: the core owns everything from here (its `Drop` destroys it).
         let (hang, wedge) = (hang.defuse(), wedge.defuse());
         let (scratch_memory, scratch) = (scratch_memory.defuse(), scratch.defuse());
@@ -376,6 +395,9 @@ impl DeviceCore {
                 released: Mutex::new((0, 0)),
             },
             busy_ns_per_group: AtomicU64::new(0),
+            gpu,
+            memory_types: types.iter().map(|t| t.property_flags).collect(),
+            graphics: crate::graphics::Graphics::new(graphics.queue),
         });
         LIVE_DEVICES.fetch_add(1, Ordering::SeqCst);
         tracing::info!(target: "gpusched_vulkan", device = %core.name, generation, "device created");

@@ -32,7 +32,7 @@ use super::RingFlags;
 use crate::device::DeviceCore;
 use crate::error::{map_device, DeviceError};
 use crate::job::RecordFn;
-use crate::memory::Buffer;
+use crate::resource::GpuResource;
 
 use crate::sync::lock;
 
@@ -49,8 +49,8 @@ pub(super) struct Retired {
 pub(super) struct KeptAlive {
     /// The recording closure (and whatever it captured).
     pub(super) _record: RecordFn,
-    /// The buffers the job declared.
-    pub(super) _buffers: Vec<Buffer>,
+    /// The resources the job declared.
+    pub(super) _buffers: Vec<Arc<dyn GpuResource>>,
 }
 
 /// The ring's command pool. Protected by `RingHw::pool` (a pool and its command buffers
