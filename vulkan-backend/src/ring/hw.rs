@@ -419,6 +419,10 @@ impl Drop for RingHw {
             return;
         }
         self.stop_thread();
+        // The retired jobs' resources go now, while the core is certainly alive: an engine's
+        // own resource (`GpuResource`) holds no reference to the core, and this ring's may be
+        // the last one (its fields drop after this body, the core first).
+        drop(std::mem::take(&mut lock(&self.pool).retired));
         let pool = lock(&self.pool).pool;
         // SAFETY: all submitted work of this ring is done; freeing the pool frees its buffers;
         // the completion thread is gone, or this drop runs on it, between two waits, and it
