@@ -244,9 +244,8 @@ pub(crate) fn buffer_in(
         }
     };
     // SAFETY: the allocation satisfies `req` (size, alignment, memory type bits).
-    if let Err(c) =
-        unsafe { dev.bind_buffer_memory(buffer, allocation.memory(), allocation.offset()) }
-    {
+    let bound = unsafe { dev.bind_buffer_memory(buffer, allocation.memory(), allocation.offset()) };
+    if let Err(c) = bound {
         // SAFETY: unused buffer; the allocation goes back.
         unsafe { dev.destroy_buffer(buffer, None) };
         core.gpu.free(allocation);
