@@ -83,7 +83,9 @@ pub trait GpuResource: Send + Sync + 'static {
     fn keep_alive(&self) -> Arc<dyn GpuResource>;
 }
 
-impl<T: GpuResource + ?Sized> GpuResource for Arc<T> {
+/// A shared resource is its own keep-alive handle: an engine may implement the trait on its
+/// inner type and declare the `Arc` (whose `keep_alive` is a clone of it).
+impl<T: GpuResource> GpuResource for Arc<T> {
     fn resv(&self) -> &Resv {
         (**self).resv()
     }
@@ -93,7 +95,21 @@ impl<T: GpuResource + ?Sized> GpuResource for Arc<T> {
     }
 
     fn keep_alive(&self) -> Arc<dyn GpuResource> {
-        (**self).keep_alive()
+        self.clone()
+    }
+}
+
+impl GpuResource for Arc<dyn GpuResource> {
+    fn resv(&self) -> &Resv {
+        (**self).resv()
+    }
+
+    fn owner(&self) -> GenerationId {
+        (**self).owner()
+    }
+
+    fn keep_alive(&self) -> Arc<dyn GpuResource> {
+        self.clone()
     }
 }
 
