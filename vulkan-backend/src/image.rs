@@ -209,6 +209,12 @@ impl Image {
         self.inner.core.generation
     }
 
+    /// Whether its device generation was lost: its contents are gone, and jobs using it are
+    /// refused ([`RecordError::LostGeneration`](crate::RecordError::LostGeneration)).
+    pub fn is_lost(&self) -> bool {
+        self.inner.core.is_lost()
+    }
+
     /// The reservation object: the fences of the jobs that read and write the image.
     pub fn resv(&self) -> &Resv {
         &self.inner.resv

@@ -63,6 +63,7 @@ pub enum TransferError {
 
 /// A download in flight: the copy job's fence and the read-back buffer it fills.
 #[derive(Debug)]
+#[must_use = "the bytes arrive through Download::wait"]
 pub struct Download {
     fence: Fence,
     staging: Buffer,
