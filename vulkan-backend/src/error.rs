@@ -172,6 +172,10 @@ pub enum BufferError {
     /// The allocation failed.
     #[error("buffer allocation failed: {0}")]
     Device(DeviceError),
+    /// The memory allocator (`gpu-allocator`) refused the allocation for a reason other
+    /// than running out of memory (no memory type fits, an internal error): its message.
+    #[error("memory allocator: {0}")]
+    Allocator(String),
 }
 
 impl BufferError {
@@ -301,6 +305,19 @@ pub enum RecordError {
     /// The recording closure failed for a reason of its own.
     #[error("recording failed: {0}")]
     Failed(String),
+    /// Graphics work ([`RecordCtx::render`](crate::RecordCtx::render)) on a device without
+    /// dynamic rendering (Vulkan 1.3) or whose rings' queue family cannot do graphics.
+    #[error("this device cannot record graphics work (needs vulkan 1.3 dynamic rendering and a graphics queue)")]
+    GraphicsUnsupported,
+    /// An image cannot be used this way (e.g. rendering into an image without
+    /// `COLOR_ATTACHMENT` usage).
+    #[error("image {image}: {reason}")]
+    Image {
+        /// The image's id.
+        image: u64,
+        /// Why.
+        reason: &'static str,
+    },
     /// A Vulkan call failed while recording (`vkBeginCommandBuffer`, allocation, ...).
     #[error("{op} failed: {code}")]
     Vk {

@@ -96,7 +96,7 @@ impl InstanceShared {
         let app = vk::ApplicationInfo::default()
             .application_name(c"gpusched")
             .engine_name(c"gpusched")
-            .api_version(vk::API_VERSION_1_2);
+            .api_version(vk::API_VERSION_1_3);
         let layers = [VALIDATION_LAYER.as_ptr()];
         let exts = [ash::ext::debug_utils::NAME.as_ptr()];
         let mut info = vk::InstanceCreateInfo::default().application_info(&app);

@@ -14,7 +14,7 @@ use gpusched::fence::{Fence, PreparedFence};
 use crate::error::RecordError;
 use crate::fault::JobFaults;
 use crate::kernel::RecordCtx;
-use crate::memory::Buffer;
+use crate::resource::GpuResource;
 use crate::ring::RingHw;
 
 /// A recording closure: records the job's commands into a command buffer that is already
@@ -23,19 +23,20 @@ use crate::ring::RingHw;
 pub type RecordFn =
     Box<dyn Fn(&RecordCtx<'_>, vk::CommandBuffer) -> Result<(), RecordError> + Send>;
 
-/// A job for a [`VulkanRing`](crate::VulkanRing): a recording closure and the buffers it
-/// reads and writes (for implicit synchronisation and to keep them alive until the hardware
-/// is done).
+/// A job for a [`VulkanRing`](crate::VulkanRing): a recording closure and the resources
+/// ([`GpuResource`]: buffers, images, an engine's own objects) it reads and writes (for
+/// implicit synchronisation and to keep them alive until the hardware is done).
 pub struct VulkanJob {
     pub(crate) record: RecordFn,
-    pub(crate) reads: Vec<Buffer>,
-    pub(crate) writes: Vec<Buffer>,
+    pub(crate) reads: Vec<Arc<dyn GpuResource>>,
+    pub(crate) writes: Vec<Arc<dyn GpuResource>>,
     /// Explicit dependencies ([`VulkanJob::after`]), taken at arm time.
     pub(crate) deps: Vec<Fence>,
     /// Made by [`VulkanJob::empty`]: recorded without the ring's barriers.
     pub(crate) bare: bool,
-    /// Every declared buffer (reads then writes), for the recording checks.
-    pub(crate) declared: Vec<Buffer>,
+    /// Every declared resource (in declaration order), for the recording checks; it keeps
+    /// them alive until the hardware passed the job (`free_job`).
+    pub(crate) declared: Vec<Arc<dyn GpuResource>>,
     /// An injected fault (explicit, or drawn from the device's plan at arm time) and its
     /// submitted hang; zero-sized without the `fault-injection` feature.
     pub(crate) fault: JobFaults,
@@ -68,8 +69,8 @@ pub(crate) struct Prepared {
 impl fmt::Debug for VulkanJob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VulkanJob")
-            .field("reads", &self.reads)
-            .field("writes", &self.writes)
+            .field("reads", &self.reads.len())
+            .field("writes", &self.writes.len())
             .field("deps", &self.deps.len())
             .field("value", &self.sub.value)
             .field("fault", &self.fault)
@@ -111,17 +112,22 @@ impl VulkanJob {
         job
     }
 
-    /// Declares that the job reads `buffer`: it waits for the buffer's writers.
-    pub fn reads(mut self, buffer: &Buffer) -> Self {
-        self.reads.push(buffer.clone());
-        self.declared.push(buffer.clone());
+    /// Declares that the job reads `resource` (a [`Buffer`](crate::Buffer), an
+    /// [`Image`](crate::Image), an engine's own [`GpuResource`], or a `&dyn GpuResource`):
+    /// it waits for the resource's writers, and keeps it alive until the hardware passed it.
+    pub fn reads(mut self, resource: &(impl GpuResource + ?Sized)) -> Self {
+        let r = resource.keep_alive();
+        self.reads.push(r.clone());
+        self.declared.push(r);
         self
     }
 
-    /// Declares that the job writes `buffer`: it waits for its readers and writers.
-    pub fn writes(mut self, buffer: &Buffer) -> Self {
-        self.writes.push(buffer.clone());
-        self.declared.push(buffer.clone());
+    /// Declares that the job writes `resource`: it waits for its readers and writers, and
+    /// keeps it alive until the hardware passed it.
+    pub fn writes(mut self, resource: &(impl GpuResource + ?Sized)) -> Self {
+        let r = resource.keep_alive();
+        self.writes.push(r.clone());
+        self.declared.push(r);
         self
     }
 

@@ -7,12 +7,14 @@
 //! descriptor pool.
 
 use std::fmt;
+use std::sync::Arc;
 
 use ash::vk;
 
 use crate::device::DeviceCore;
 use crate::error::{map_shader, RecordError, ShaderError};
 use crate::memory::Buffer;
+use crate::resource::{same, GpuResource};
 use crate::sync::lock;
 
 /// The built-in kernels.
@@ -208,7 +210,7 @@ pub(crate) fn create_kernel(
 /// right number of bindings and push-constant bytes).
 pub struct RecordCtx<'a> {
     pub(crate) core: &'a DeviceCore,
-    pub(crate) declared: &'a [Buffer],
+    pub(crate) declared: &'a [Arc<dyn GpuResource>],
 }
 
 impl fmt::Debug for RecordCtx<'_> {
@@ -238,9 +240,19 @@ impl RecordCtx<'_> {
     }
 
     fn check_buffer(&self, b: &Buffer) -> Result<(), RecordError> {
-        crate::ring::check_generation(b, self.core)?;
-        if !self.declared.iter().any(|d| d.ptr_eq(b)) {
-            return Err(RecordError::Undeclared(b.id()));
+        self.check_declared(b, b.id())
+    }
+
+    /// `r` belongs to the generation being recorded for and was declared by the job
+    /// (`id` names it in the error).
+    pub(crate) fn check_declared(
+        &self,
+        r: &(impl GpuResource + ?Sized),
+        id: u64,
+    ) -> Result<(), RecordError> {
+        crate::ring::check_generation(r, self.core)?;
+        if !self.declared.iter().any(|d| same(&**d, r)) {
+            return Err(RecordError::Undeclared(id));
         }
         Ok(())
     }

@@ -11,9 +11,21 @@
 //!   `vkGetSemaphoreCounterValue`, waited with `vkWaitSemaphores`, signalled in order by the
 //!   ring's completion thread.
 //! - A [`VulkanJob`] is a recording closure (re-recordable on another device) plus the
-//!   [`Buffer`]s it reads and writes; [`VulkanDevice::submit`] does the implicit
-//!   synchronisation through the buffers' `Resv`s (`drm_sched_job_add_implicit_dependencies`).
-//! - Compute kernels: the [`Builtin`]s (fill, SAXPY, reduction, busy) and user SPIR-V.
+//!   resources it reads and writes: anything implementing [`GpuResource`] (a `Resv`, the
+//!   device generation it belongs to, a keep-alive handle): gpusched's [`Buffer`]s and
+//!   [`Image`]s, and an engine's own buffers and images (see [`GpuResource`] for how to wrap
+//!   them). [`VulkanDevice::submit`] does the implicit synchronisation through their `Resv`s
+//!   (`drm_sched_job_add_implicit_dependencies`), refuses resources of another device, and the
+//!   job keeps them alive until the hardware has passed it.
+//! - Memory: [`VulkanDevice::buffer`] (host-visible coherent, a size-class allocator) and
+//!   [`VulkanDevice::buffer_in`] with a [`MemoryLocation`] (`GpuOnly`, `Upload`, `Readback`,
+//!   on `gpu-allocator`); the host reaches `GpuOnly` buffers through copy jobs
+//!   ([`VulkanDevice::upload`], [`VulkanDevice::download`]).
+//! - Images ([`VulkanDevice::image`]): 2D, device-local, with a `Resv`; between jobs an image
+//!   rests in the `GENERAL` layout (the rule: [`Image`](Image#layouts)).
+//! - Compute kernels: the [`Builtin`]s (fill, SAXPY, reduction, busy) and user SPIR-V;
+//!   graphics work: [`RecordCtx::render`] (dynamic rendering) with the [`GraphicsBuiltin`]
+//!   pipelines, read back with [`VulkanDevice::read_image_rgba8`].
 //!
 //! # Layers
 //! Each row holds the next ones it names (by `Arc`); "touched by" lists the threads that use
@@ -30,7 +42,9 @@
 //! | [`VulkanRing`] (`ring`) | a `RingSlot`: the [`Backend`](gpusched::Backend) a `Scheduler` owns | clients (`prepare_job` at arm time), the pump (`run_job`, `flush`, `free_job`), TDR (`timedout_job`) |
 //! | `RingSlot` (`ring`) | one ring across generations: its current `RingHw`, name, queue, credit limit, batching flags; holds the `DeviceShared` | as `VulkanRing`; recovery swaps its `RingHw` |
 //! | `RingHw` (`ring`) | one ring on one generation: the timeline semaphore, command pool, in-flight list of hardware fences, the completion thread; holds the `DeviceCore` | the pump (submits), completion (drains the semaphore, signals the fences in order), TDR (judges progress, fails fences), recovery (its graveyard drops a lost one once its hardware passed its work) |
-//! | [`Buffer`] (`memory.rs`) | a `VkBuffer` and its memory block on one generation, and its `Resv`; holds the `DeviceCore` | clients (declaring, host reads and writes); kept by a job until its hardware passed it |
+//! | [`Buffer`] (`memory.rs`, `alloc.rs`) | a `VkBuffer` and its memory (a size-class block, or a `gpu-allocator` allocation of the core's) on one generation, and its `Resv`; holds the `DeviceCore` | clients (declaring, host reads and writes); kept by a job until its hardware passed it |
+//! | [`Image`] (`image.rs`) | a `VkImage`, its view and its `gpu-allocator` memory on one generation, and its `Resv`; holds the `DeviceCore` | clients (declaring, rendering, reading back); kept by a job until its hardware passed it |
+//! | an engine's [`GpuResource`] (`resource.rs`) | whatever the engine made, with a `Resv`; holds no `DeviceCore` (a ring drops its retired jobs' resources before its core) | as a buffer |
 //! | [`VulkanJob`] (`job.rs`) | the user's description (recording closure, declared buffers, explicit dependencies, injected fault) and the backend's `Submission` (command buffer, `RingHw`, prepared hardware fence, timeline value, recording error) | clients (built, then recorded at arm time); the pump (`run_job`, `free_job`: its command buffer and buffers go to the `RingHw`'s retired list) |
 //!
 //! # The contract
@@ -84,6 +98,36 @@
 //! dev.close(Duration::from_secs(10)).map_err(|_| "device still referenced")?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! Graphics: a render job into an image, read back on the host by a copy job on another
+//! entity (ordered after the render by the image's `Resv`).
+//! ```
+//! use std::time::Duration;
+//! use gpusched::{Entity, Priority, SchedulerConfig};
+//! use gpusched_vulkan::ash::vk;
+//! use gpusched_vulkan::{GraphicsBuiltin, ImageDesc, Load, VulkanDevice, VulkanJob};
+//!
+//! let dev = VulkanDevice::new()?;
+//! if dev.supports_graphics() {
+//!     let ring = dev.ring(0, SchedulerConfig::new("gfx0"))?;
+//!     let client = Entity::new(&[&ring], Priority::Normal)?;
+//!     let image = dev.image(ImageDesc::new(vk::Format::R8G8B8A8_UNORM, 16, 16))?;
+//!     let target = image.clone();
+//!     let job = VulkanJob::new(move |ctx, cb| {
+//!         ctx.render(cb, &target, Load::Clear([0.0, 0.0, 0.0, 1.0]), |pass| {
+//!             pass.draw_builtin(GraphicsBuiltin::Triangle, [1.0, 0.0, 0.0, 1.0])
+//!         })
+//!     })
+//!     .writes(&image);
+//!     VulkanDevice::submit(&client, job)?;
+//!     let pixels = dev.read_image_rgba8(&client, &image, Duration::from_secs(10))?;
+//!     let centre = (8 * 16 + 8) * 4;
+//!     assert_eq!(&pixels[centre..centre + 4], &[255, 0, 0, 255]);
+//!     drop((client, ring, image));
+//! }
+//! dev.close(Duration::from_secs(10)).map_err(|_| "device still referenced")?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 /// A `tracing` event exempt from the checker's allocation rule, for paths a signalling
 /// section can reach (a timeout handler, `run_job`, a fence callback, a ring's drop): a
@@ -96,31 +140,41 @@ macro_rules! diag {
     }};
 }
 
+mod alloc;
 mod device;
 mod error;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 #[cfg(not(feature = "fault-injection"))]
 mod fault;
+mod graphics;
+mod image;
 mod instance;
 mod job;
 mod kernel;
 mod memory;
+mod resource;
 mod ring;
 mod sync;
+mod transfer;
 
 pub use ash;
 
 pub use crate::device::recovery;
 
+pub use crate::alloc::MemoryLocation;
 pub use crate::device::{live_devices, DeviceConfig, DeviceSelector, VulkanDevice, MAX_RINGS};
 pub use crate::error::{
     BufferError, DeviceError, InitError, RecordError, ShaderError, SubmitError,
 };
 #[cfg(feature = "fault-injection")]
 pub use crate::fault::{FaultPlan, FaultStats, JobFault, SubmitFault};
+pub use crate::graphics::{GraphicsBuiltin, Load, RenderPass};
+pub use crate::image::{Image, ImageDesc, ImageError};
 pub use crate::instance::{validation_errors, validation_warnings};
 pub use crate::job::{RecordFn, VulkanJob};
 pub use crate::kernel::{Builtin, Kernel, RecordCtx};
 pub use crate::memory::Buffer;
+pub use crate::resource::{GenerationId, GpuResource};
 pub use crate::ring::VulkanRing;
+pub use crate::transfer::{Download, TransferError};

@@ -5,10 +5,14 @@
 //! Sizes round up to a power-of-two class from 256 bytes to [`CHUNK`] (4 MiB). Each class
 //! has a free list; an empty free list bumps a block off the current 4 MiB chunk (a new
 //! chunk when it is full). Larger buffers get a dedicated allocation, freed with them. Chunks
-//! are kept until the device is destroyed. This is a dozen lines of state instead of a
-//! dependency: `gpu-allocator` would bring its own mutex, logging and `presser`, for a crate
-//! whose buffers are all host-visible and whose tests want exact control over lifetimes.
-//! Every block is `vkBindBufferMemory`'d to one `VkBuffer` at a suitably aligned offset.
+//! are kept until the device is destroyed. Every block is `vkBindBufferMemory`'d to one
+//! `VkBuffer` at a suitably aligned offset.
+//!
+//! It serves [`VulkanDevice::buffer`](crate::VulkanDevice::buffer) only; located buffers and
+//! images use `gpu-allocator` (`alloc.rs`). It stays for the plain buffers because creating
+//! and dropping a small buffer costs about half as much with it (measured on lavapipe) and
+//! because freeing a block never allocates (its free lists keep room for every block),
+//! which `gpu-allocator` does not promise.
 //!
 //! # Contract
 //! A block returns to its free list only when its [`Buffer`] drops, and a pending job keeps
@@ -24,8 +28,10 @@ use ash::vk;
 use gpusched::fence::{FenceError, WaitError};
 use gpusched::resv::{Resv, Usage};
 
+use crate::alloc::{Backing, MemoryLocation};
 use crate::device::DeviceCore;
 use crate::error::{map_memory, BufferError};
+use crate::resource::{GenerationId, GpuResource};
 use crate::sync::lock;
 
 /// Size of a sub-allocation chunk; larger buffers get their own allocation.
@@ -70,6 +76,13 @@ unsafe impl Send for Allocator {}
 unsafe impl Send for Block {}
 // SAFETY: see `Send`.
 unsafe impl Sync for Block {}
+
+impl Block {
+    /// The host mapping of the block's first byte.
+    pub(crate) fn ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+}
 
 impl Allocator {
     pub(crate) fn new(type_index: u32) -> Self {
@@ -176,7 +189,7 @@ impl Allocator {
 pub(crate) struct BufferInner {
     pub(crate) core: Arc<DeviceCore>,
     pub(crate) buffer: vk::Buffer,
-    block: Block,
+    mem: Backing,
     size: u64,
     id: u64,
     resv: Resv,
@@ -189,14 +202,38 @@ impl Drop for BufferInner {
         // SAFETY: no job uses the buffer any more (pending jobs hold a `Buffer` clone until
         // freed after the hardware passed them); the block goes back to the allocator.
         unsafe { self.core.device.destroy_buffer(self.buffer, None) };
-        let mut a = lock(&self.core.memory);
-        a.free(&self.core.device, self.block);
+        self.mem.release(&self.core);
     }
 }
 
-/// A device buffer on host-visible coherent memory, with its reservation object ([`Resv`])
-/// for implicit synchronisation and the generation of the device it belongs to. Cheap to
-/// clone (shared).
+impl BufferInner {
+    pub(crate) fn new(
+        core: Arc<DeviceCore>,
+        buffer: vk::Buffer,
+        mem: Backing,
+        size: u64,
+        resv: Resv,
+    ) -> BufferInner {
+        BufferInner {
+            core,
+            buffer,
+            mem,
+            size,
+            id: NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed),
+            resv,
+            host: Mutex::new(()),
+        }
+    }
+}
+
+/// A device buffer, with its reservation object ([`Resv`]) for implicit synchronisation and
+/// the generation of the device it belongs to. Cheap to clone (shared). Its memory is at a
+/// [`MemoryLocation`]: host-visible coherent ([`VulkanDevice::buffer`](crate::VulkanDevice::buffer),
+/// [`MemoryLocation::Upload`], [`MemoryLocation::Readback`]), which the host reads and writes
+/// directly ([`read_bytes`](Buffer::read_bytes), [`write_bytes`](Buffer::write_bytes)), or
+/// device-local ([`MemoryLocation::GpuOnly`]), which it reaches through copy jobs
+/// ([`VulkanDevice::upload`](crate::VulkanDevice::upload),
+/// [`VulkanDevice::download`](crate::VulkanDevice::download)).
 #[derive(Clone)]
 pub struct Buffer {
     pub(crate) inner: Arc<BufferInner>,
@@ -263,16 +300,34 @@ impl Buffer {
             return Err(map_memory("vkBindBufferMemory", c));
         }
         Ok(Buffer {
-            inner: Arc::new(BufferInner {
-                core: core.clone(),
+            inner: Arc::new(BufferInner::new(
+                core.clone(),
                 buffer,
-                block,
+                Backing::Pool(block),
                 size,
-                id: NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed),
-                resv: Resv::new(),
-                host: Mutex::new(()),
-            }),
+                Resv::new(),
+            )),
         })
+    }
+
+    /// Where its memory lives ([`VulkanDevice::buffer`](crate::VulkanDevice::buffer)'s
+    /// buffers: [`MemoryLocation::Upload`]).
+    pub fn location(&self) -> MemoryLocation {
+        self.inner.mem.location()
+    }
+
+    /// The property flags of the memory type its memory was allocated from.
+    pub fn memory_properties(&self) -> vk::MemoryPropertyFlags {
+        self.inner.mem.memory_properties(&self.inner.core)
+    }
+
+    /// The host mapping, or the misuse panic for a buffer the host cannot map.
+    #[track_caller]
+    fn mapping(&self) -> *mut u8 {
+        match self.inner.mem.ptr() {
+            Some(p) => p,
+            None => not_mapped(self.location()),
+        }
     }
 
     /// The size in bytes.
@@ -327,7 +382,8 @@ impl Buffer {
     /// `Failed(DeviceLost)` for a buffer of a lost generation.
     ///
     /// # Panics
-    /// If the range is outside the buffer (misuse).
+    /// If the range is outside the buffer, or the buffer is [`MemoryLocation::GpuOnly`]
+    /// (misuse: the host reaches it with [`VulkanDevice::upload`](crate::VulkanDevice::upload)).
     pub fn write_bytes(
         &self,
         offset: u64,
@@ -335,17 +391,14 @@ impl Buffer {
         timeout: Duration,
     ) -> Result<(), WaitError> {
         self.check_range(offset, data.len());
+        let ptr = self.mapping();
         self.check_lost()?;
         self.inner.resv.wait_unlocked(Usage::Read, false, Some(timeout))?;
         let _g = lock(&self.inner.host);
         // SAFETY: the range is inside the buffer's block (checked), the memory is mapped and
         // coherent, and no job is using it (waited above).
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                self.inner.block.ptr.add(offset as usize),
-                data.len(),
-            )
+            std::ptr::copy_nonoverlapping(data.as_ptr(), ptr.add(offset as usize), data.len())
         };
         Ok(())
     }
@@ -358,7 +411,9 @@ impl Buffer {
     /// generation.
     ///
     /// # Panics
-    /// If the range is outside the buffer (misuse).
+    /// If the range is outside the buffer, or the buffer is [`MemoryLocation::GpuOnly`]
+    /// (misuse: the host reaches it with
+    /// [`VulkanDevice::download`](crate::VulkanDevice::download)).
     pub fn read_bytes(
         &self,
         offset: u64,
@@ -366,19 +421,14 @@ impl Buffer {
         timeout: Duration,
     ) -> Result<Vec<u8>, WaitError> {
         self.check_range(offset, len);
+        let ptr = self.mapping();
         self.check_lost()?;
         self.inner.resv.wait_unlocked(Usage::Write, false, Some(timeout))?;
         let _g = lock(&self.inner.host);
         let mut out = vec![0u8; len];
         // SAFETY: as in `write_bytes`; writers have finished and their command buffers end
         // with a barrier making their writes visible to the host.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.inner.block.ptr.add(offset as usize),
-                out.as_mut_ptr(),
-                len,
-            )
-        };
+        unsafe { std::ptr::copy_nonoverlapping(ptr.add(offset as usize), out.as_mut_ptr(), len) };
         Ok(out)
     }
 
@@ -416,6 +466,26 @@ impl Buffer {
             out_of_range(offset, len, self.inner.size);
         }
     }
+}
+
+impl GpuResource for Buffer {
+    fn resv(&self) -> &Resv {
+        &self.inner.resv
+    }
+
+    fn owner(&self) -> GenerationId {
+        self.inner.core.generation_id()
+    }
+
+    fn keep_alive(&self) -> Arc<dyn GpuResource> {
+        Arc::new(self.clone())
+    }
+}
+
+#[cold]
+#[track_caller]
+fn not_mapped(location: MemoryLocation) -> ! {
+    panic!("host access to a buffer at {location:?}, which is not mapped: use VulkanDevice::upload or download")
 }
 
 #[cold]

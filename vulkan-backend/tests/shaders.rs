@@ -1,10 +1,10 @@
-//! The committed SPIR-V of the built-in kernels matches its GLSL sources (when glslc is
+//! The committed SPIR-V of the built-in kernels and graphics shaders matches its GLSL sources (when glslc is
 //! installed; regenerate with `vulkan-backend/shaders/build.sh`).
 
 use std::path::Path;
 use std::process::Command;
 
-use gpusched_vulkan::Builtin;
+use gpusched_vulkan::{Builtin, GraphicsBuiltin};
 
 #[test]
 fn shaders_up_to_date() {
@@ -32,6 +32,25 @@ fn shaders_up_to_date() {
             "shaders/{name}.spv is stale: run vulkan-backend/shaders/build.sh and commit"
         );
         assert_eq!(fresh, std::fs::read(dir.join(format!("{name}.spv"))).unwrap());
+    }
+    for g in GraphicsBuiltin::ALL {
+        let (vert, frag) = g.source_names();
+        let (vert_spv, frag_spv) = g.spirv();
+        for (name, committed) in [(vert, vert_spv), (frag, frag_spv)] {
+            let spv = out.join(format!("{name}.spv"));
+            let status = Command::new("glslc")
+                .args(["--target-env=vulkan1.2", "-O", "-o"])
+                .arg(&spv)
+                .arg(dir.join(name))
+                .status()
+                .unwrap();
+            assert!(status.success(), "glslc failed on {name}");
+            let fresh = std::fs::read(&spv).unwrap();
+            assert_eq!(
+                fresh, committed,
+                "shaders/{name}.spv is stale: run vulkan-backend/shaders/build.sh and commit"
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -16,6 +16,7 @@ use gpusched::fence::FenceError;
 use super::guard::Guard;
 use super::recovery::Notify;
 use super::MAX_RINGS;
+use crate::alloc::GpuMemory;
 use crate::error::{map_init, InitError};
 use crate::fault::DeviceFaults;
 use crate::instance::InstanceShared;
@@ -68,6 +69,12 @@ pub(crate) struct DeviceCore {
     /// host-signalled timeline values) and the busy kernel's calibration. Zero-sized without
     /// the `fault-injection` feature.
     pub(crate) faults: DeviceFaults,
+    /// The `gpu-allocator` of located buffers and images (`alloc.rs`).
+    pub(crate) gpu: GpuMemory,
+    /// The property flags of each memory type.
+    pub(crate) memory_types: Vec<vk::MemoryPropertyFlags>,
+    /// Graphics work: whether the device supports it, and its pipelines (`graphics.rs`).
+    pub(crate) graphics: crate::graphics::Graphics,
 }
 
 /// The core's rings and its loss flag (what device loss and `wait_idle` go through).
@@ -161,6 +168,8 @@ impl Drop for DeviceCore {
             d.destroy_buffer(self.scratch, None);
             d.free_memory(self.scratch_memory, None);
             sync::get_mut(&mut self.memory).destroy(d);
+            self.graphics.destroy(d);
+            self.gpu.destroy();
             self.faults.destroy(d);
             d.destroy_device(None);
         }
@@ -201,10 +210,18 @@ impl DeviceCore {
             .queue_priorities(&priorities)];
         let exts = [ash::khr::push_descriptor::NAME.as_ptr()];
         let mut enable12 = vk::PhysicalDeviceVulkan12Features::default().timeline_semaphore(true);
-        let dinfo = vk::DeviceCreateInfo::default()
+        // Dynamic rendering and synchronization2 (Vulkan 1.3), for graphics work, when present.
+        let graphics = crate::graphics::supported(instance, physical, &families[family as usize]);
+        let mut enable13 = vk::PhysicalDeviceVulkan13Features::default()
+            .dynamic_rendering(true)
+            .synchronization2(true);
+        let mut dinfo = vk::DeviceCreateInfo::default()
             .queue_create_infos(&qinfo)
             .enabled_extension_names(&exts)
             .push_next(&mut enable12);
+        if graphics.features {
+            dinfo = dinfo.push_next(&mut enable13);
+        }
         // SAFETY: valid physical device; the create info and its chain live across the call.
         let device = unsafe { instance.create_device(physical, &dinfo, None) }
             .map_err(|c| map_init("vkCreateDevice", c))?;
@@ -287,6 +304,8 @@ impl DeviceCore {
         // needs no guard (on its own failure it leaves nothing behind).
         let faults = DeviceFaults::create(d)?;
 
+        let gpu = GpuMemory::new(instance, d, physical)?;
+
         // Set-up succeeded: the core owns everything from here (its `Drop` destroys it).
         let (scratch_memory, scratch) = (scratch_memory.defuse(), scratch.defuse());
         let (allocator, kernels) = (allocator.defuse(), kernels.defuse());
@@ -314,6 +333,9 @@ impl DeviceCore {
             comp,
             notify,
             faults,
+            gpu,
+            memory_types: types.iter().map(|t| t.property_flags).collect(),
+            graphics: crate::graphics::Graphics::new(graphics.queue),
         });
         LIVE_DEVICES.fetch_add(1, Ordering::SeqCst);
         tracing::info!(target: "gpusched_vulkan", device = %core.name, generation, "device created");

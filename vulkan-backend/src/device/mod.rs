@@ -259,7 +259,9 @@ impl VulkanDevice {
         f: impl FnOnce(&crate::RecordCtx<'_>, vk::CommandBuffer) -> Result<(), crate::RecordError>,
     ) -> Result<(), crate::RecordError> {
         let core = self.core();
-        let ctx = crate::RecordCtx { core: &core, declared };
+        let declared: Vec<Arc<dyn crate::GpuResource>> =
+            declared.iter().map(crate::GpuResource::keep_alive).collect();
+        let ctx = crate::RecordCtx { core: &core, declared: &declared };
         f(&ctx, cb)
     }
 

@@ -1,12 +1,15 @@
 //! Implicit synchronisation of a submission (`drm_sched_job_add_implicit_dependencies`):
-//! lock every buffer a job declared in one [`Exec`] transaction, add their fences as the
-//! job's dependencies, arm it, and add its finished fence to each buffer.
+//! lock every resource ([`GpuResource`]: buffers, images, an engine's own objects) a job
+//! declared in one [`Exec`] transaction, add their fences as the job's dependencies, arm it,
+//! and add its finished fence to each resource.
+
+use std::sync::Arc;
 
 use gpusched::resv::{Exec, Usage};
 use gpusched::{Access, ArmError, ArmFailure, ArmedJob, Entity};
 
 use crate::error::SubmitError;
-use crate::memory::Buffer;
+use crate::resource::{same, GpuResource};
 use crate::ring::VulkanRing;
 use crate::VulkanJob;
 
@@ -15,15 +18,16 @@ pub(super) fn arm(
     entity: &Entity<VulkanRing>,
     mut job: VulkanJob,
 ) -> Result<ArmedJob<VulkanRing>, SubmitError> {
-    // Distinct buffers, each with its strongest access.
-    let mut objects: Vec<(Buffer, Access)> = Vec::with_capacity(job.writes.len() + job.reads.len());
+    // Distinct resources (by `Resv`), each with its strongest access.
+    let mut objects: Vec<(Arc<dyn GpuResource>, Access)> =
+        Vec::with_capacity(job.writes.len() + job.reads.len());
     for (b, a) in job
         .writes
         .iter()
         .map(|b| (b, Access::Write))
         .chain(job.reads.iter().map(|b| (b, Access::Read)))
     {
-        if !objects.iter().any(|(o, _)| o.ptr_eq(b)) {
+        if !objects.iter().any(|(o, _)| same(&**o, &**b)) {
             objects.push((b.clone(), a));
         }
     }

@@ -33,7 +33,7 @@ use crate::device::DeviceCore;
 use crate::error::{map_device, DeviceError};
 use crate::fault::{self, PendingHang};
 use crate::job::RecordFn;
-use crate::memory::Buffer;
+use crate::resource::GpuResource;
 
 use crate::sync::lock;
 
@@ -50,8 +50,8 @@ pub(super) struct Retired {
 pub(super) struct KeptAlive {
     /// The recording closure (and whatever it captured).
     pub(super) _record: RecordFn,
-    /// The buffers the job declared.
-    pub(super) _buffers: Vec<Buffer>,
+    /// The resources the job declared.
+    pub(super) _buffers: Vec<Arc<dyn GpuResource>>,
 }
 
 /// The ring's command pool. Protected by `RingHw::pool` (a pool and its command buffers
@@ -423,6 +423,10 @@ impl Drop for RingHw {
             return;
         }
         self.stop_thread();
+        // The retired jobs' resources go now, while the core is certainly alive: an engine's
+        // own resource (`GpuResource`) holds no reference to the core, and this ring's may be
+        // the last one (its fields drop after this body, the core first).
+        drop(std::mem::take(&mut lock(&self.pool).retired));
         let pool = lock(&self.pool).pool;
         // SAFETY: all submitted work of this ring is done; freeing the pool frees its buffers;
         // the completion thread is gone, or this drop runs on it, between two waits, and it

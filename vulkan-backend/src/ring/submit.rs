@@ -32,7 +32,7 @@ use crate::error::{map_device, DeviceError, RecordError};
 use crate::fault::PendingHang;
 use crate::job::{Prepared, VulkanJob};
 use crate::kernel::{full_barrier, host_barrier, RecordCtx};
-use crate::memory::Buffer;
+use crate::resource::GpuResource;
 use crate::sync::lock;
 
 /// The most jobs of a batch one `vkQueueSubmit` carries (one `VkSubmitInfo` each, in stack
@@ -191,18 +191,14 @@ impl RingHw {
     }
 }
 
-/// A buffer recorded for `core` must belong to it: a buffer of a lost generation of the
+/// A resource recorded for `core` must belong to it: one of a lost generation of the
 /// same device is [`RecordError::LostGeneration`], one of another device
-/// [`RecordError::WrongDevice`].
-pub(crate) fn check_generation(b: &Buffer, core: &DeviceCore) -> Result<(), RecordError> {
-    if b.generation() == core.generation {
-        return Ok(());
-    }
-    if b.inner.core.device_id == core.device_id {
-        Err(RecordError::LostGeneration { buffer: b.generation(), device: core.generation })
-    } else {
-        Err(RecordError::WrongDevice { buffer: b.generation(), device: core.generation })
-    }
+/// [`RecordError::WrongDevice`] (see `resource::check_owner`).
+pub(crate) fn check_generation(
+    b: &(impl GpuResource + ?Sized),
+    core: &DeviceCore,
+) -> Result<(), RecordError> {
+    crate::resource::check_owner(b, core)
 }
 
 /// Publishing a submission takes three steps, each a helper below, used by the single and
