@@ -245,10 +245,10 @@ impl VulkanDevice {
     /// If the queue does not exist (misuse; see [`queue_count`](VulkanDevice::queue_count)).
     pub fn with_queue<R>(&self, queue_index: u32, f: impl FnOnce(vk::Queue) -> R) -> R {
         let core = self.core();
-        let Some(slot) = core.queues.get(queue_index as usize) else {
+        let Ok(slot) = core.queue_slot(core.queue_family, queue_index) else {
             no_such_queue(queue_index, self.queue_count())
         };
-        let q = lock(&slot.queue);
+        let q = lock(&core.queues[slot as usize].queue);
         f(*q)
     }
 
