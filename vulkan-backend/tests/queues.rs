@@ -97,7 +97,7 @@ fn an_entity_spans_compute_rings_of_every_compute_family() {
         .iter()
         .flat_map(|f| [0, f.queue_count - 1].map(|q| (f.index, q)))
         .enumerate()
-        .map(|(i, (f, q))| dev.ring_on(f, q, SchedulerConfig::new(&format!("c{i}"))).unwrap())
+        .map(|(i, (f, q))| dev.ring_on(f, q, SchedulerConfig::new(format!("c{i}"))).unwrap())
         .collect();
     let refs: Vec<_> = rings.iter().collect();
     let e = VulkanDevice::entity(&refs, Priority::High, QueueCaps::COMPUTE).unwrap();

@@ -1,5 +1,5 @@
 //! One generation of a device: a `DeviceCore` owns a `VkDevice` with its queues (every queue
-//! of each family [`plan_queues`](super::queues::plan_queues) picks), memory
+//! of each family [`plan_queues`] picks), memory
 //! allocator, kernels, the busy kernel's scratch buffer and the injected-hang semaphores; its
 //! set-up ([`DeviceCore::create`]) and its teardown (`Drop`, after every ring, buffer and
 //! kernel use of it is gone). A lost core is replaced by a new one (see
@@ -55,7 +55,7 @@ pub(crate) struct DeviceCore {
     /// The main queue family (`families[0].index`).
     pub(crate) queue_family: u32,
     /// The families queues were created on, main family first (see
-    /// [`plan_queues`](super::queues::plan_queues)); the same on every generation.
+    /// [`plan_queues`]); the same on every generation.
     pub(crate) families: Vec<QueueFamilyInfo>,
     /// Every queue of every family of `families`, family after family in that order (so the
     /// main family's queue `i` is slot `i`). Rings name their queue by its slot here.
