@@ -33,6 +33,10 @@
 //! each (a1) or all in one (a2), then one wait. Reported: jobs per second (best of 8
 //! interleaved rounds), the ratios, and the jobs per `vkQueueSubmit` of the batched path.
 //!
+//! Cross-ring chains (`vulkan_cross_ring_chain`, [`chain`]): a chain of empty jobs, each
+//! depending on the one before, natively over two queues (the GPU waits), on one ring, and
+//! alternating between two rings (the host resolves each link today).
+//!
 //! Device loss (`fault-injection`): on a second logical device, a ring with an injected hang
 //! and 8 jobs queued behind it; `VulkanDevice::lose_device`, then the time to every in-flight
 //! fence signalled `DeviceLost`, to the next generation ready (`wait_generation`), and to the
@@ -48,6 +52,9 @@ use gpusched::fence::FenceError;
 use gpusched::{Entity, Priority, Scheduler, SchedulerConfig};
 use gpusched_benches::{metric, ns, percentile, test_mode, thread_cpu, thread_cpu_since};
 use gpusched_vulkan::{Buffer, Builtin, JobFault, VulkanDevice, VulkanJob, VulkanRing};
+
+#[path = "vulkan/chain.rs"]
+mod chain;
 
 /// Jobs per measured iteration.
 const BATCH: u64 = 64;
@@ -566,6 +573,9 @@ fn bench_vulkan(c: &mut Criterion) {
 
     // A burst of jobs released by one signal.
     bench_burst(c, &mut native, &sched, empty_cb);
+
+    // A chain of jobs across two rings.
+    chain::bench_chain(c, &dev);
 
     // SAXPY over 1 MiB.
     let x = dev.buffer(u64::from(SAXPY_N) * 4).expect("x");

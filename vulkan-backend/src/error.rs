@@ -7,6 +7,8 @@ use gpusched::fence::{errno, FenceError};
 use gpusched::resv::WwError;
 use gpusched::SchedError;
 
+use crate::device::QueueCaps;
+
 /// Why a [`VulkanDevice`](crate::VulkanDevice) could not be created.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -97,13 +99,33 @@ pub enum DeviceError {
     /// with its own completion thread).
     #[error("a device holds at most {0} rings")]
     TooManyRings(usize),
-    /// The queue index does not exist in the device's compute queue family.
-    #[error("queue index {index} out of range: the compute family has {count} queues")]
+    /// The queue index does not exist in the queue family asked for.
+    #[error("queue index {index} out of range: the family has {count} queues")]
     NoSuchQueue {
         /// The index asked for.
         index: u32,
         /// The queues of the family.
         count: u32,
+    },
+    /// The queue family is not one the device created queues on (see
+    /// [`VulkanDevice::queue_families`](crate::VulkanDevice::queue_families)).
+    #[error("queue family {family} has no queues on this device")]
+    NoSuchFamily {
+        /// The family index asked for.
+        family: u32,
+    },
+    /// A ring's queue family cannot run the work asked of it
+    /// ([`VulkanDevice::entity`](crate::VulkanDevice::entity)).
+    #[error("ring {ring:?} is on queue family {family} ({has}), which cannot run {needs} work")]
+    RingLacksCaps {
+        /// The ring's (scheduler's) name.
+        ring: String,
+        /// Its queue family.
+        family: u32,
+        /// What the family can run.
+        has: QueueCaps,
+        /// What the work needs.
+        needs: QueueCaps,
     },
     /// The scheduler refused the ring's configuration.
     #[error("invalid ring configuration: {0}")]

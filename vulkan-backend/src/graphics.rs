@@ -81,11 +81,12 @@ pub(crate) struct Support {
     pub(crate) queue: bool,
 }
 
-/// What `physical` supports, with `family` as the rings' queue family.
+/// What `physical` supports, given whether its main queue family (the one graphics rings use)
+/// can run graphics.
 pub(crate) fn supported(
     instance: &ash::Instance,
     physical: vk::PhysicalDevice,
-    family: &vk::QueueFamilyProperties,
+    family_has_graphics: bool,
 ) -> Support {
     // SAFETY: valid physical device.
     let props = unsafe { instance.get_physical_device_properties(physical) };
@@ -97,7 +98,7 @@ pub(crate) fn supported(
     // SAFETY: valid physical device; the chain lives across the call.
     unsafe { instance.get_physical_device_features2(physical, &mut f2) };
     let features = f13.dynamic_rendering == vk::TRUE && f13.synchronization2 == vk::TRUE;
-    let queue = features && family.queue_flags.contains(vk::QueueFlags::GRAPHICS);
+    let queue = features && family_has_graphics;
     Support { features, queue }
 }
 

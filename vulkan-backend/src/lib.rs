@@ -163,7 +163,10 @@ pub use ash;
 pub use crate::device::recovery;
 
 pub use crate::alloc::MemoryLocation;
-pub use crate::device::{live_devices, DeviceConfig, DeviceSelector, VulkanDevice, MAX_RINGS};
+pub use crate::device::{
+    live_devices, plan_queues, DeviceConfig, DeviceSelector, QueueCaps, QueueFamilyInfo,
+    VulkanDevice, MAX_RINGS,
+};
 pub use crate::error::{
     BufferError, DeviceError, InitError, RecordError, ShaderError, SubmitError,
 };

@@ -1,7 +1,7 @@
-//! One generation of a device: a `DeviceCore` owns a `VkDevice` with its queues, memory
-//! allocator, kernels, the busy kernel's scratch buffer and its fault state
-//! (`fault::DeviceFaults`: injected-hang semaphores, busy-kernel calibration; zero-sized
-//! without the `fault-injection` feature); its
+//! One generation of a device: a `DeviceCore` owns a `VkDevice` with its queues (every queue
+//! of each family [`plan_queues`] picks), memory allocators, kernels, the busy kernel's
+//! scratch buffer and its fault state (`fault::DeviceFaults`: injected-hang semaphores,
+//! busy-kernel calibration; zero-sized without the `fault-injection` feature); its
 //! set-up ([`DeviceCore::create`]) and its teardown (`Drop`, after every ring, buffer and
 //! kernel use of it is gone). A lost core is replaced by a new one (see
 //! [`recovery`](crate::recovery)); the rings and everything else that survives a loss live in
@@ -14,10 +14,12 @@ use ash::vk;
 use gpusched::fence::FenceError;
 
 use super::guard::Guard;
+use super::queues::{plan_queues, QueueFamilyInfo};
 use super::recovery::Notify;
+use super::select::queue_families;
 use super::MAX_RINGS;
 use crate::alloc::GpuMemory;
-use crate::error::{map_init, InitError};
+use crate::error::{map_init, DeviceError, InitError};
 use crate::fault::DeviceFaults;
 use crate::instance::InstanceShared;
 use crate::kernel::{create_kernel, Builtin, KernelRaw};
@@ -36,6 +38,8 @@ pub fn live_devices() -> usize {
 /// One `VkQueue`, shared by the rings on it: `vkQueueSubmit` is serialised by the mutex.
 pub(crate) struct QueueSlot {
     pub(crate) queue: Mutex<vk::Queue>,
+    /// Its queue family (a command pool for it must be of this family).
+    pub(crate) family: u32,
     /// Successful `vkQueueSubmit` calls on it, counted under `queue`: each submission's
     /// sequence number (the rings' timeout handlers compare them, see `ring`, "Timeouts").
     pub(crate) seq: AtomicU64,
@@ -51,7 +55,13 @@ pub(crate) struct DeviceCore {
     pub(crate) generation: u64,
     /// The shared device (handle) this core is a generation of: kernel handles name it.
     pub(crate) device_id: u64,
+    /// The main queue family (`families[0].index`).
     pub(crate) queue_family: u32,
+    /// The families queues were created on, main family first (see
+    /// [`plan_queues`]); the same on every generation.
+    pub(crate) families: Vec<QueueFamilyInfo>,
+    /// Every queue of every family of `families`, family after family in that order (so the
+    /// main family's queue `i` is slot `i`). Rings name their queue by its slot here.
     pub(crate) queues: Vec<QueueSlot>,
     pub(crate) memory: Mutex<Allocator>,
     pub(crate) max_buffer_size: u64,
@@ -104,6 +114,30 @@ impl Completion {
 }
 
 impl DeviceCore {
+    /// The slot (in `queues`) of queue `index` of family `family`.
+    ///
+    /// # Errors
+    /// [`DeviceError::NoSuchFamily`] for a family without queues on this device,
+    /// [`DeviceError::NoSuchQueue`] for an index past the family's queues.
+    pub(crate) fn queue_slot(&self, family: u32, index: u32) -> Result<u32, DeviceError> {
+        let mut base = 0;
+        for f in &self.families {
+            if f.index == family {
+                if index >= f.queue_count {
+                    return Err(DeviceError::NoSuchQueue { index, count: f.queue_count });
+                }
+                return Ok(base + index);
+            }
+            base += f.queue_count;
+        }
+        Err(DeviceError::NoSuchFamily { family })
+    }
+
+    /// The family info of `family` (one of `families`).
+    pub(crate) fn family_info(&self, family: u32) -> Option<QueueFamilyInfo> {
+        self.families.iter().copied().find(|f| f.index == family)
+    }
+
     /// Whether this core was declared lost.
     pub(crate) fn is_lost(&self) -> bool {
         self.comp.lost.load(Ordering::SeqCst)
@@ -201,17 +235,24 @@ impl DeviceCore {
         if f12.timeline_semaphore == vk::FALSE {
             return Err(InitError::NoTimelineSemaphores(name));
         }
-        // SAFETY: valid physical device.
-        let families = unsafe { instance.get_physical_device_queue_family_properties(physical) };
-        let queue_count = families[family as usize].queue_count;
-        let priorities = vec![1.0f32; queue_count as usize];
-        let qinfo = [vk::DeviceQueueCreateInfo::default()
-            .queue_family_index(family)
-            .queue_priorities(&priorities)];
+        // Every queue of every family the plan uses, all at the same priority.
+        let Some(families) = plan_queues(&queue_families(&inst, physical)) else {
+            return Err(InitError::NoDevice(format!("{name}: no compute queue")));
+        };
+        debug_assert_eq!(families[0].index, family, "selection and creation plan alike");
+        let priorities: Vec<Vec<f32>> =
+            families.iter().map(|f| vec![1.0f32; f.queue_count as usize]).collect();
+        let qinfo: Vec<vk::DeviceQueueCreateInfo<'_>> = families
+            .iter()
+            .zip(&priorities)
+            .map(|(f, p)| {
+                vk::DeviceQueueCreateInfo::default().queue_family_index(f.index).queue_priorities(p)
+            })
+            .collect();
         let exts = [ash::khr::push_descriptor::NAME.as_ptr()];
         let mut enable12 = vk::PhysicalDeviceVulkan12Features::default().timeline_semaphore(true);
         // Dynamic rendering and synchronization2 (Vulkan 1.3), for graphics work, when present.
-        let graphics = crate::graphics::supported(instance, physical, &families[family as usize]);
+        let graphics = crate::graphics::supported(instance, physical, families[0].caps.graphics);
         let mut enable13 = vk::PhysicalDeviceVulkan13Features::default()
             .dynamic_rendering(true)
             .synchronization2(true);
@@ -251,10 +292,13 @@ impl DeviceCore {
         let type_index = type_index as u32;
         let max_buffer_size = u64::from(props.limits.max_storage_buffer_range).min(heap / 2);
         let push = ash::khr::push_descriptor::Device::new(instance, d);
-        let queues = (0..queue_count)
-            .map(|i| QueueSlot {
+        let queues = families
+            .iter()
+            .flat_map(|f| (0..f.queue_count).map(move |i| (f.index, i)))
+            .map(|(family, i)| QueueSlot {
                 // SAFETY: the family and index were created with the device.
                 queue: Mutex::new(unsafe { d.get_device_queue(family, i) }),
+                family,
                 seq: AtomicU64::new(0),
             })
             .collect();
@@ -323,6 +367,7 @@ impl DeviceCore {
             generation,
             device_id,
             queue_family: family,
+            families,
             queues,
             memory: Mutex::new(allocator),
             max_buffer_size,

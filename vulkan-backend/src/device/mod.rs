@@ -8,7 +8,8 @@
 //! - `DeviceCore` ([`core`]): one generation: the `VkDevice`, its queues, memory, kernels,
 //!   set-up and teardown.
 //!
-//! Beside them: physical-device selection ([`select`](mod@select)), implicit synchronisation of a
+//! Beside them: physical-device selection ([`select`](mod@select)), the queue families used
+//! as rings ([`queues`]: which families, what each can run), implicit synchronisation of a
 //! submission ([`submit`]) and the set-up's drop guard ([`guard`]). The per-device fault
 //! state (injected-hang semaphores, the busy kernel's timing) is `fault::DeviceFaults`.
 //!
@@ -70,6 +71,7 @@
 
 mod core;
 mod guard;
+mod queues;
 pub mod recovery;
 mod select;
 mod shared;
@@ -81,10 +83,12 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use ash::vk;
-use gpusched::{ArmedJob, Entity, ResetDomain, Scheduler, SchedulerConfig};
+use gpusched::{ArmedJob, Entity, Priority, ResetDomain, Scheduler, SchedulerConfig};
 
 pub use self::core::live_devices;
 pub(crate) use self::core::DeviceCore;
+use self::queues::{check_ring_caps, families_for};
+pub use self::queues::{plan_queues, QueueCaps, QueueFamilyInfo};
 use self::select::{env_validation, select, Chosen};
 pub use self::select::{DeviceConfig, DeviceSelector};
 pub(crate) use self::shared::DeviceShared;
@@ -227,7 +231,7 @@ impl VulkanDevice {
         self.core().device.clone()
     }
 
-    /// Runs `f` with queue `queue_index` of the compute family (current generation) locked
+    /// Runs `f` with queue `queue_index` of the main queue family (current generation) locked
     /// (`vkQueueSubmit` must be externally synchronised; the rings on that queue take the
     /// same lock).
     ///
@@ -240,10 +244,10 @@ impl VulkanDevice {
     /// If the queue does not exist (misuse; see [`queue_count`](VulkanDevice::queue_count)).
     pub fn with_queue<R>(&self, queue_index: u32, f: impl FnOnce(vk::Queue) -> R) -> R {
         let core = self.core();
-        let Some(slot) = core.queues.get(queue_index as usize) else {
+        let Ok(slot) = core.queue_slot(core.queue_family, queue_index) else {
             no_such_queue(queue_index, self.queue_count())
         };
-        let q = lock(&slot.queue);
+        let q = lock(&core.queues[slot as usize].queue);
         f(*q)
     }
 
@@ -292,12 +296,31 @@ impl VulkanDevice {
         self.shared.wait_generation(after, Instant::now() + timeout)
     }
 
-    /// Queues in the compute queue family (rings beyond that share queues).
+    /// Queues in the main queue family (rings beyond that share queues; other families'
+    /// queues are in [`queue_families`](VulkanDevice::queue_families)).
     pub fn queue_count(&self) -> u32 {
         self.shared.queue_count
     }
 
-    /// The compute queue family index.
+    /// The queue families the device created queues on, each with what it can run and its
+    /// queue count (every queue it offers): the main family (graphics and compute, else the
+    /// first compute family) first, then an async compute family (compute without graphics)
+    /// and a transfer-only family where the device has them (see [`plan_queues`]). Lavapipe
+    /// has one family of one queue; an NVIDIA H100 a main family of 16 queues, an async
+    /// compute family of 8 and a copy family of 2. The same on every generation.
+    pub fn queue_families(&self) -> Vec<QueueFamilyInfo> {
+        self.core().families.clone()
+    }
+
+    /// The queue families of [`queue_families`](VulkanDevice::queue_families) that can run
+    /// `needs`, the most dedicated first (fewest other capabilities): transfer work finds a
+    /// copy engine before a compute family, compute work an async compute family before the
+    /// main one. Empty when none can.
+    pub fn families_for(&self, needs: QueueCaps) -> Vec<QueueFamilyInfo> {
+        families_for(&self.core().families, needs)
+    }
+
+    /// The main queue family index (the family of [`ring`](VulkanDevice::ring)).
     pub fn queue_family(&self) -> u32 {
         self.shared.family
     }
@@ -324,27 +347,61 @@ impl VulkanDevice {
         self.core().max_buffer_size
     }
 
-    /// A new ring: a scheduler over queue `queue_index` of the compute family (rings may
-    /// share a queue). The scheduler joins the device's reset domain unless `config` names
-    /// another. The ring moves to each new generation of the device by itself.
+    /// A new ring: a scheduler over queue `queue_index` of the main queue family (rings may
+    /// share a queue). [`ring_on`](VulkanDevice::ring_on) with
+    /// [`queue_family`](VulkanDevice::queue_family).
     ///
     /// # Errors
-    /// No such queue, [`MAX_RINGS`] reached, semaphore or pool creation failed, or an invalid
-    /// scheduler configuration.
+    /// As [`ring_on`](VulkanDevice::ring_on).
     pub fn ring(
         &self,
         queue_index: u32,
+        config: SchedulerConfig,
+    ) -> Result<Scheduler<VulkanRing>, DeviceError> {
+        self.ring_on(self.queue_family(), queue_index, config)
+    }
+
+    /// A new ring: a scheduler over queue `queue_index` of queue family `family` (one of
+    /// [`queue_families`](VulkanDevice::queue_families); rings may share a queue). The ring
+    /// reports its family and what it can run ([`VulkanRing::family`]). The scheduler joins
+    /// the device's reset domain unless `config` names another (every queue of a device
+    /// shares its hardware, and a device loss takes them all). The ring moves to each new
+    /// generation of the device by itself.
+    ///
+    /// # Errors
+    /// [`DeviceError::NoSuchFamily`], [`DeviceError::NoSuchQueue`], [`MAX_RINGS`] reached,
+    /// semaphore or pool creation failed, or an invalid scheduler configuration.
+    pub fn ring_on(
+        &self,
+        family: u32,
+        queue_index: u32,
         mut config: SchedulerConfig,
     ) -> Result<Scheduler<VulkanRing>, DeviceError> {
-        let count = self.queue_count();
-        if queue_index >= count {
-            return Err(DeviceError::NoSuchQueue { index: queue_index, count });
-        }
         if config.reset_domain.is_none() {
             config.reset_domain = Some(self.shared.domain.clone());
         }
-        let slot = RingSlot::new(&self.shared, queue_index, &config.name, config.credit_limit)?;
+        let slot =
+            RingSlot::new(&self.shared, family, queue_index, &config.name, config.credit_limit)?;
         Ok(Scheduler::new(VulkanRing { slot }, config)?)
+    }
+
+    /// An entity over `rings` at `priority`, checked to run work that needs `needs`: an
+    /// entity's jobs land on whichever of its rings the load balancer picks, so every ring
+    /// must be able to run them (a compute job given a transfer-only ring would be invalid
+    /// Vulkan). Jobs that dispatch kernels need [`QueueCaps::COMPUTE`]; jobs that only fill
+    /// or copy buffers [`QueueCaps::TRANSFER`]; empty jobs [`QueueCaps::NONE`].
+    /// [`Entity::new`] does not check.
+    ///
+    /// # Errors
+    /// [`DeviceError::RingLacksCaps`] naming the first ring whose family cannot run
+    /// `needs`; [`DeviceError::Config`] with the scheduler's error for an empty list.
+    pub fn entity(
+        rings: &[&Scheduler<VulkanRing>],
+        priority: Priority,
+        needs: QueueCaps,
+    ) -> Result<Entity<VulkanRing>, DeviceError> {
+        check_ring_caps(rings.iter().map(|r| (r.backend().name(), r.backend().family())), needs)?;
+        Ok(Entity::new(rings, priority)?)
     }
 
     /// A buffer of `size` bytes on host-visible coherent memory, on the current generation.
@@ -460,5 +517,5 @@ impl VulkanDevice {
 #[cold]
 #[track_caller]
 fn no_such_queue(index: u32, count: u32) -> ! {
-    panic!("queue index {index} out of range: the compute family has {count} queues")
+    panic!("queue index {index} out of range: the main queue family has {count} queues")
 }

@@ -1,9 +1,11 @@
 //! Physical-device selection: which device a [`VulkanDevice`](crate::VulkanDevice) opens
 //! ([`DeviceSelector`], `GPUSCHED_DEVICE`), whether it qualifies (Vulkan 1.2,
-//! `VK_KHR_push_descriptor`, a compute queue family) and which queue family its rings use.
+//! `VK_KHR_push_descriptor`, a compute queue family) and which queue family is its main one
+//! (the families themselves are planned in [`queues`](super::queues)).
 
 use ash::vk;
 
+use super::queues::plan_queues;
 use crate::error::{map_init, InitError};
 use crate::instance::InstanceShared;
 
@@ -66,7 +68,9 @@ pub(super) struct Chosen {
     pub(super) physical: vk::PhysicalDevice,
     /// `VkPhysicalDeviceProperties::deviceName`.
     pub(super) name: String,
-    /// The compute queue family the rings use.
+    /// The main queue family (see [`plan_queues`]): the one [`VulkanDevice::ring`] uses.
+    ///
+    /// [`VulkanDevice::ring`]: crate::VulkanDevice::ring
     pub(super) family: u32,
 }
 
@@ -87,7 +91,18 @@ impl DeviceSelector {
     }
 }
 
-/// Picks the physical device and its compute queue family.
+/// Every queue family of `physical` as `(queue_flags, queue_count)`, in the driver's order:
+/// the input of [`plan_queues`].
+pub(super) fn queue_families(
+    inst: &InstanceShared,
+    physical: vk::PhysicalDevice,
+) -> Vec<(vk::QueueFlags, u32)> {
+    // SAFETY: a valid physical device of `inst`.
+    let families = unsafe { inst.instance.get_physical_device_queue_family_properties(physical) };
+    families.iter().map(|f| (f.queue_flags, f.queue_count)).collect()
+}
+
+/// Picks the physical device and its main queue family.
 ///
 /// # Errors
 /// [`InitError::NoDevice`] when none qualifies (the reasons, per device),
@@ -134,15 +149,11 @@ pub(super) fn select(inst: &InstanceShared, selector: DeviceSelector) -> Result<
             reasons.push(format!("{}: no VK_KHR_push_descriptor", name_of(i)));
             return None;
         }
-        // SAFETY: a valid physical device.
-        let families = unsafe { instance.get_physical_device_queue_family_properties(p) };
-        let family = families
-            .iter()
-            .position(|f| f.queue_flags.contains(vk::QueueFlags::COMPUTE) && f.queue_count > 0);
+        let family = plan_queues(&queue_families(inst, p)).map(|plan| plan[0].index);
         if family.is_none() {
             reasons.push(format!("{}: no compute queue", name_of(i)));
         }
-        family.map(|f| f as u32)
+        family
     };
     let chosen = match &selector {
         DeviceSelector::Index(i) => {

@@ -88,7 +88,7 @@ impl DeviceShared {
             instance: inst,
             physical,
             family,
-            queue_count: core.queues.len() as u32,
+            queue_count: core.families[0].queue_count,
             generation: AtomicU64::new(core.generation),
             generations: AtomicU64::new(1),
             current: Mutex::new(core),

@@ -174,7 +174,7 @@ impl RingHw {
         let sem = unsafe { d.create_semaphore(&sinfo, None) }
             .map_err(|c| map_device("vkCreateSemaphore", c))?;
         let pinfo = vk::CommandPoolCreateInfo::default()
-            .queue_family_index(core.queue_family)
+            .queue_family_index(core.queues[queue as usize].family)
             .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER);
         // SAFETY: valid device and family.
         let pool = match unsafe { d.create_command_pool(&pinfo, None) } {

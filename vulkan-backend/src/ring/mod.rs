@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex};
 
 use ash::vk;
 
-use crate::device::MAX_RINGS;
+use crate::device::{QueueFamilyInfo, MAX_RINGS};
 use crate::error::DeviceError;
 use crate::recovery::DeviceShared;
 use crate::sync::{self, lock};
@@ -68,16 +68,26 @@ pub(crate) struct RingFlags {
 pub(crate) struct RingSlot {
     pub(crate) shared: Arc<DeviceShared>,
     pub(crate) name: Box<str>,
+    /// The ring's queue: its slot in the core's queues (the same on every generation).
     pub(crate) queue: u32,
+    /// The queue's family, and the queue's index in it.
+    pub(crate) family: QueueFamilyInfo,
+    pub(crate) queue_index: u32,
     pub(crate) credit_limit: u32,
     current: Mutex<Arc<RingHw>>,
     pub(crate) flags: Arc<RingFlags>,
 }
 
 impl RingSlot {
+    /// A ring on queue `queue_index` of queue family `family`.
+    ///
+    /// # Errors
+    /// No such family or queue, [`MAX_RINGS`] reached, or creating the ring's semaphore or
+    /// pool failed.
     pub(crate) fn new(
         shared: &Arc<DeviceShared>,
-        queue: u32,
+        family: u32,
+        queue_index: u32,
         name: &str,
         credit_limit: u32,
     ) -> Result<Arc<RingSlot>, DeviceError> {
@@ -91,6 +101,8 @@ impl RingSlot {
             return Err(DeviceError::TooManyRings(MAX_RINGS));
         }
         let core = shared.core();
+        let queue = core.queue_slot(family, queue_index)?;
+        let family = core.family_info(family).ok_or(DeviceError::NoSuchFamily { family })?;
         let hw = RingHw::new(&core, queue, name, credit_limit, flags.clone())?;
         {
             let mut rings = lock(&core.comp.rings);
@@ -101,6 +113,8 @@ impl RingSlot {
             shared: shared.clone(),
             name: name.into(),
             queue,
+            family,
+            queue_index,
             credit_limit,
             current: Mutex::new(hw),
             flags,
@@ -142,7 +156,8 @@ impl fmt::Debug for VulkanRing {
             .field("name", &hw.name)
             .field("device", &hw.core.name)
             .field("generation", &hw.core.generation)
-            .field("queue", &hw.queue)
+            .field("family", &self.slot.family.index)
+            .field("queue", &self.slot.queue_index)
             .field("submitted", &hw.submitted.load(Ordering::SeqCst))
             .field("completed", &hw.completed.load(Ordering::SeqCst))
             .finish()
@@ -188,6 +203,23 @@ impl VulkanRing {
     /// The generation of the ring's device that new jobs record for.
     pub fn generation(&self) -> u64 {
         self.slot.hw().core.generation
+    }
+
+    /// The queue family the ring runs on, with what it can run: an entity's jobs may land on
+    /// any of its rings, so its rings must all be able to run them (see
+    /// [`VulkanDevice::entity`](crate::VulkanDevice::entity)).
+    pub fn family(&self) -> QueueFamilyInfo {
+        self.slot.family
+    }
+
+    /// The index of the ring's queue in its family (rings may share a queue).
+    pub fn queue_index(&self) -> u32 {
+        self.slot.queue_index
+    }
+
+    /// The ring's name (its scheduler's).
+    pub fn name(&self) -> &str {
+        &self.slot.name
     }
 
     /// The name of the ring's device.
