@@ -3,7 +3,7 @@
 //! catch-all variant that keeps the code.
 
 use ash::vk;
-use gpusched::fence::{errno, FenceError};
+use gpusched::fence::{errno, FenceError, WaitError};
 use gpusched::resv::WwError;
 use gpusched::SchedError;
 
@@ -409,5 +409,44 @@ impl SubmitError {
     /// Whether the scheduler refused the job.
     pub fn is_sched(&self) -> bool {
         matches!(self, SubmitError::Sched(_))
+    }
+}
+
+/// Why the host could not read or write a buffer directly ([`Buffer::read_bytes`],
+/// [`Buffer::write_bytes`] and the typed variants).
+///
+/// [`Buffer::read_bytes`]: crate::Buffer::read_bytes
+/// [`Buffer::write_bytes`]: crate::Buffer::write_bytes
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HostAccessError {
+    /// Waiting for the jobs that use the buffer failed: it timed out, or a job that writes
+    /// the buffer failed (its contents are then undefined); `Failed(DeviceLost)` for a buffer
+    /// of a lost device generation.
+    #[error(transparent)]
+    Wait(#[from] WaitError),
+    /// The byte range is not inside the buffer.
+    #[error("host access of {len} bytes at offset {offset} is outside a buffer of {size} bytes")]
+    OutOfRange {
+        /// The first byte asked for.
+        offset: u64,
+        /// How many bytes.
+        len: u64,
+        /// The buffer's size.
+        size: u64,
+    },
+    /// The buffer is not mapped ([`MemoryLocation::GpuOnly`](crate::MemoryLocation::GpuOnly)):
+    /// the host reaches it through a copy job, [`VulkanDevice::upload`] or
+    /// [`VulkanDevice::download`].
+    ///
+    /// [`VulkanDevice::upload`]: crate::VulkanDevice::upload
+    /// [`VulkanDevice::download`]: crate::VulkanDevice::download
+    #[error("the buffer is not host-visible (GpuOnly): use VulkanDevice::upload or download")]
+    NotMapped,
+}
+
+impl HostAccessError {
+    /// Whether the buffer's device generation was lost (its contents are gone).
+    pub fn is_device_lost(&self) -> bool {
+        matches!(self, HostAccessError::Wait(WaitError::Failed(FenceError::DeviceLost)))
     }
 }

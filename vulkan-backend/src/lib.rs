@@ -168,7 +168,7 @@ pub use crate::device::{
     VulkanDevice, MAX_RINGS,
 };
 pub use crate::error::{
-    BufferError, DeviceError, InitError, RecordError, ShaderError, SubmitError,
+    BufferError, DeviceError, HostAccessError, InitError, RecordError, ShaderError, SubmitError,
 };
 #[cfg(feature = "fault-injection")]
 pub use crate::fault::{FaultPlan, FaultStats, JobFault, SubmitFault};

@@ -30,7 +30,7 @@ use gpusched::resv::{Resv, Usage};
 
 use crate::alloc::{Backing, MemoryLocation};
 use crate::device::DeviceCore;
-use crate::error::{map_memory, BufferError};
+use crate::error::{map_memory, BufferError, HostAccessError};
 use crate::resource::{GenerationId, GpuResource};
 use crate::sync::lock;
 
@@ -323,11 +323,8 @@ impl Buffer {
 
     /// The host mapping, or the misuse panic for a buffer the host cannot map.
     #[track_caller]
-    fn mapping(&self) -> *mut u8 {
-        match self.inner.mem.ptr() {
-            Some(p) => p,
-            None => not_mapped(self.location()),
-        }
+    fn mapping(&self) -> Result<*mut u8, HostAccessError> {
+        self.inner.mem.ptr().ok_or(HostAccessError::NotMapped)
     }
 
     /// The size in bytes.
@@ -378,20 +375,19 @@ impl Buffer {
     /// the buffer has finished (waits at most `timeout`).
     ///
     /// # Errors
-    /// A wait error (timeout, a job failed: the contents are then undefined);
-    /// `Failed(DeviceLost)` for a buffer of a lost generation.
-    ///
-    /// # Panics
-    /// If the range is outside the buffer, or the buffer is [`MemoryLocation::GpuOnly`]
-    /// (misuse: the host reaches it with [`VulkanDevice::upload`](crate::VulkanDevice::upload)).
+    /// [`HostAccessError::Wait`]: a wait error (timeout, a job failed: the contents are then
+    /// undefined), `Failed(DeviceLost)` for a buffer of a lost generation;
+    /// [`HostAccessError::OutOfRange`]; [`HostAccessError::NotMapped`] for a
+    /// [`MemoryLocation::GpuOnly`] buffer (the host reaches it with
+    /// [`VulkanDevice::upload`](crate::VulkanDevice::upload)).
     pub fn write_bytes(
         &self,
         offset: u64,
         data: &[u8],
         timeout: Duration,
-    ) -> Result<(), WaitError> {
-        self.check_range(offset, data.len());
-        let ptr = self.mapping();
+    ) -> Result<(), HostAccessError> {
+        self.check_range(offset, data.len())?;
+        let ptr = self.mapping()?;
         self.check_lost()?;
         self.inner.resv.wait_unlocked(Usage::Read, false, Some(timeout))?;
         let _g = lock(&self.inner.host);
@@ -407,21 +403,18 @@ impl Buffer {
     /// has finished (waits at most `timeout`).
     ///
     /// # Errors
-    /// A wait error (timeout, a writer failed); `Failed(DeviceLost)` for a buffer of a lost
-    /// generation.
-    ///
-    /// # Panics
-    /// If the range is outside the buffer, or the buffer is [`MemoryLocation::GpuOnly`]
-    /// (misuse: the host reaches it with
-    /// [`VulkanDevice::download`](crate::VulkanDevice::download)).
+    /// [`HostAccessError::Wait`]: a wait error (timeout, a writer failed), `Failed(DeviceLost)`
+    /// for a buffer of a lost generation; [`HostAccessError::OutOfRange`];
+    /// [`HostAccessError::NotMapped`] for a [`MemoryLocation::GpuOnly`] buffer (the host
+    /// reaches it with [`VulkanDevice::download`](crate::VulkanDevice::download)).
     pub fn read_bytes(
         &self,
         offset: u64,
         len: usize,
         timeout: Duration,
-    ) -> Result<Vec<u8>, WaitError> {
-        self.check_range(offset, len);
-        let ptr = self.mapping();
+    ) -> Result<Vec<u8>, HostAccessError> {
+        self.check_range(offset, len)?;
+        let ptr = self.mapping()?;
         self.check_lost()?;
         self.inner.resv.wait_unlocked(Usage::Write, false, Some(timeout))?;
         let _g = lock(&self.inner.host);
@@ -436,7 +429,7 @@ impl Buffer {
     ///
     /// # Errors
     /// As [`write_bytes`](Buffer::write_bytes).
-    pub fn write_f32(&self, data: &[f32], timeout: Duration) -> Result<(), WaitError> {
+    pub fn write_f32(&self, data: &[f32], timeout: Duration) -> Result<(), HostAccessError> {
         let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_ne_bytes()).collect();
         self.write_bytes(0, &bytes, timeout)
     }
@@ -445,7 +438,7 @@ impl Buffer {
     ///
     /// # Errors
     /// As [`read_bytes`](Buffer::read_bytes).
-    pub fn read_f32(&self, timeout: Duration) -> Result<Vec<f32>, WaitError> {
+    pub fn read_f32(&self, timeout: Duration) -> Result<Vec<f32>, HostAccessError> {
         let bytes = self.read_bytes(0, (self.size() / 4 * 4) as usize, timeout)?;
         Ok(bytes.chunks_exact(4).map(|c| f32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
@@ -454,17 +447,17 @@ impl Buffer {
     ///
     /// # Errors
     /// As [`read_bytes`](Buffer::read_bytes).
-    pub fn read_u32(&self, timeout: Duration) -> Result<Vec<u32>, WaitError> {
+    pub fn read_u32(&self, timeout: Duration) -> Result<Vec<u32>, HostAccessError> {
         let bytes = self.read_bytes(0, (self.size() / 4 * 4) as usize, timeout)?;
         Ok(bytes.chunks_exact(4).map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 
-    #[track_caller]
-    fn check_range(&self, offset: u64, len: usize) {
-        let end = offset.checked_add(len as u64);
-        if end.is_none_or(|e| e > self.inner.size) {
-            out_of_range(offset, len, self.inner.size);
+    fn check_range(&self, offset: u64, len: usize) -> Result<(), HostAccessError> {
+        let (len, size) = (len as u64, self.inner.size);
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(HostAccessError::OutOfRange { offset, len, size });
         }
+        Ok(())
     }
 }
 
@@ -480,16 +473,4 @@ impl GpuResource for Buffer {
     fn keep_alive(&self) -> Arc<dyn GpuResource> {
         Arc::new(self.clone())
     }
-}
-
-#[cold]
-#[track_caller]
-fn not_mapped(location: MemoryLocation) -> ! {
-    panic!("host access to a buffer at {location:?}, which is not mapped: use VulkanDevice::upload or download")
-}
-
-#[cold]
-#[track_caller]
-fn out_of_range(offset: u64, len: usize, size: u64) -> ! {
-    panic!("host access of {len} bytes at offset {offset} is outside a buffer of {size} bytes")
 }

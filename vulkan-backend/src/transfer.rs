@@ -18,7 +18,7 @@ use gpusched::Entity;
 
 use crate::alloc::MemoryLocation;
 use crate::device::VulkanDevice;
-use crate::error::{BufferError, RecordError, SubmitError};
+use crate::error::{BufferError, HostAccessError, RecordError, SubmitError};
 use crate::image::Image;
 use crate::kernel::RecordCtx;
 use crate::memory::Buffer;
@@ -59,6 +59,9 @@ pub enum TransferError {
     /// The copy job failed or did not finish in time.
     #[error("waiting for the copy: {0}")]
     Wait(#[from] WaitError),
+    /// The host could not read or write the staging buffer.
+    #[error("staging buffer: {0}")]
+    Host(#[from] HostAccessError),
 }
 
 /// A download in flight: the copy job's fence and the read-back buffer it fills.
@@ -82,8 +85,9 @@ impl Download {
     /// mip level 0, tightly packed, 4 bytes a texel in RGBA order).
     ///
     /// # Errors
-    /// The copy failed (its fence's error) or timed out.
-    pub fn wait(self, timeout: Duration) -> Result<Vec<u8>, WaitError> {
+    /// [`TransferError::Wait`]: the copy failed (its fence's error) or timed out;
+    /// [`TransferError::Host`]: reading the staging buffer failed (its device was lost).
+    pub fn wait(self, timeout: Duration) -> Result<Vec<u8>, TransferError> {
         self.fence.wait_timeout(timeout)?;
         let mut bytes = self.staging.read_bytes(0, self.len, timeout)?;
         if self.swizzle {

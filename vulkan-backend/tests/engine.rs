@@ -13,8 +13,8 @@ use common::{assert_no_validation_errors, close, device, wait_ok, WATCHDOG};
 use gpusched::resv::{Resv, Usage};
 use gpusched::{Entity, Priority, SchedulerConfig};
 use gpusched_vulkan::{
-    Buffer, GenerationId, GpuResource, GraphicsBuiltin, ImageDesc, ImageError, Load,
-    MemoryLocation, RecordError, SubmitError, TransferError, VulkanDevice, VulkanJob,
+    Buffer, GenerationId, GpuResource, GraphicsBuiltin, HostAccessError, ImageDesc, ImageError,
+    Load, MemoryLocation, RecordError, SubmitError, TransferError, VulkanDevice, VulkanJob,
 };
 
 /// An engine's own buffer: created with the raw device, destroyed in its `Drop`, with a
@@ -191,6 +191,15 @@ fn device_local_buffers_round_trip_through_staging() {
     let bad = dev.upload(&e, &x, u64::from(n) * 4 - 4, &[0u8; 8]);
     assert!(matches!(bad, Err(TransferError::OutOfRange { .. })), "{bad:?}");
     assert!(matches!(dev.upload(&e, &x, 0, &[]), Err(TransferError::OutOfRange { .. })));
+    // The host cannot map a GpuOnly buffer, nor reach outside a mapped one: typed errors.
+    assert_eq!(x.read_bytes(0, 4, WATCHDOG), Err(HostAccessError::NotMapped));
+    assert_eq!(x.write_f32(&[1.0], WATCHDOG), Err(HostAccessError::NotMapped));
+    let host = dev.buffer(16).unwrap();
+    let past = host.read_bytes(12, 8, WATCHDOG);
+    assert_eq!(past, Err(HostAccessError::OutOfRange { offset: 12, len: 8, size: 16 }));
+    let wrap = host.write_bytes(u64::MAX, &[0; 2], WATCHDOG);
+    assert!(matches!(wrap, Err(HostAccessError::OutOfRange { .. })), "{wrap:?}");
+    drop(host);
     drop((e, ring, x, y));
     assert_no_validation_errors();
     close(dev);

@@ -5,8 +5,7 @@
 
 mod common;
 
-use common::{assert_no_validation_errors, device, WATCHDOG};
-use gpusched::fence::{FenceError, WaitError};
+use common::{assert_no_validation_errors, device, wait_ended_or_cancelled, WATCHDOG};
 use gpusched::{Entity, Priority, SchedulerConfig};
 use gpusched_vulkan::{VulkanDevice, VulkanJob};
 
@@ -29,10 +28,7 @@ fn dropping_every_handle_with_work_outstanding_destroys_the_device_later() {
     // cancels the job on the ring (`drm_sched_fini`): it ends `Cancelled`, or `Ok` if the
     // hardware finished it first; either way the device goes once the hardware is done.
     drop((e, ring, buf, dev));
-    match done.wait_timeout(WATCHDOG) {
-        Ok(()) | Err(WaitError::Failed(FenceError::Cancelled)) => {}
-        Err(e) => panic!("fence failed or hung: {e:?}"),
-    }
+    wait_ended_or_cancelled(&done);
     drop(done);
     let deadline = std::time::Instant::now() + WATCHDOG;
     while gpusched_vulkan::live_devices() > live {

@@ -45,6 +45,18 @@ pub fn wait_ok(f: &Fence) {
     }
 }
 
+/// Asserts that a job whose scheduler was dropped while it ran ended: `Ok` if the hardware
+/// finished it first, `Cancelled` if the scheduler's teardown cancelled it on the ring
+/// (`drm_sched_fini`); never pending, never another error.
+#[track_caller]
+pub fn wait_ended_or_cancelled(f: &Fence) {
+    match f.wait_timeout(WATCHDOG) {
+        Ok(())
+        | Err(gpusched::fence::WaitError::Failed(gpusched::fence::FenceError::Cancelled)) => {}
+        Err(e) => panic!("fence failed or hung: {e:?}"),
+    }
+}
+
 /// Packs push constants.
 pub fn push(words: &[[u8; 4]]) -> Vec<u8> {
     words.concat()
