@@ -208,7 +208,7 @@ impl VulkanDevice {
         image: &Image,
         timeout: Duration,
     ) -> Result<Vec<u8>, TransferError> {
-        Ok(self.download_image(entity, image)?.wait(timeout)?)
+        self.download_image(entity, image)?.wait(timeout)
     }
 }
 
