@@ -174,14 +174,17 @@ impl<B: Backend> Entity<B> {
         let id = NEXT_ENTITY_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let domain = schedulers[0].shared.domain.interrupt_domain().clone();
         let ctx = |what: &str| {
-            FenceContext::builder(format!("entity{id}.{what}")).interrupt_domain(&domain).build()
+            FenceContext::builder(format!("entity{id}.{what}")).interrupt_domain(&domain)
         };
         Ok(Entity {
-            shared: Arc::new(EntityShared {
+            shared: Arc::new_cyclic(|me| EntityShared {
                 id,
                 priority: AtomicU32::new(priority.index() as u32),
-                scheduled_ctx: ctx("scheduled"),
-                finished_ctx: ctx("finished"),
+                scheduled_ctx: ctx("scheduled").build(),
+                // A deadline on a finished fence reaches the job's hardware fence.
+                finished_ctx: ctx("finished")
+                    .on_deadline(crate::deadline::finished_deadline_hook(me.clone()))
+                    .build(),
                 binding: Mutex::new(Binding {
                     schedulers: schedulers.iter().map(|s| s.shared.clone()).collect(),
                     current: None,

@@ -391,8 +391,11 @@ impl<B: Backend> SchedShared<B> {
                 match hw.add_prepared_callback(callback) {
                     Ok(id) => {
                         let mut h = lock(&job.hw);
-                        h.fence = Some(hw);
+                        h.fence = Some(hw.clone());
                         h.callback_id = Some(id);
+                        drop(h);
+                        // After publishing: a deadline set meanwhile is forwarded by one side.
+                        crate::deadline::forward_to_hw(&job, &hw);
                     }
                     Err(_already) => {
                         // The hardware was done before we could watch it.

@@ -27,6 +27,7 @@ use ash::vk;
 use gpusched::fence::{FenceContext, FenceError, Signaller};
 
 use super::completion::Watch;
+use super::deadline::DeadlineHint;
 use super::timeout::StallState;
 use super::RingFlags;
 use crate::device::DeviceCore;
@@ -155,6 +156,8 @@ pub(crate) struct RingHw {
     pub(super) flags: Arc<RingFlags>,
     /// What the timeout handler remembers between this ring's timeouts.
     pub(super) stall: StallState,
+    /// The earliest deadline hinted for a job on the ring (`HwOps::set_deadline`).
+    pub(super) deadline: DeadlineHint,
 }
 
 impl RingHw {
@@ -211,6 +214,7 @@ impl RingHw {
             signalled: AtomicU64::new(0),
             flags,
             stall: StallState::default(),
+            deadline: DeadlineHint::default(),
             watch: Watch::new(d, sem),
             thread: Mutex::new(None),
         });

@@ -43,6 +43,18 @@ impl FenceOps for HwOps {
         }
     }
 
+    /// Records the deadline on the ring (`RingHw::deadline`), for the fence's job while it is
+    /// on the ring. A hint with no effect on scheduling yet. Allocation-free; ignored for a
+    /// fence not submitted (value 0) or whose ring is gone.
+    fn set_deadline(&self, deadline: Instant) {
+        let v = self.value.load(Ordering::Acquire);
+        if let Some(r) = self.ring.upgrade() {
+            if v != 0 {
+                r.deadline.note(deadline, v, r.signalled.load(Ordering::SeqCst));
+            }
+        }
+    }
+
     fn enable_signaling(&self) -> bool {
         // Each ring's completion thread watches it while it has work: nothing to start.
         !self.signaled()

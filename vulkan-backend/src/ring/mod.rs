@@ -34,6 +34,7 @@
 
 mod backend;
 mod completion;
+mod deadline;
 mod hw;
 mod hw_fence;
 mod submit;
@@ -230,5 +231,16 @@ impl VulkanRing {
     /// The raw timeline semaphore of the current generation (diagnostics, benches).
     pub fn semaphore(&self) -> vk::Semaphore {
         self.slot.hw().sem
+    }
+
+    /// The earliest deadline hinted for a job still on the ring (current generation):
+    /// [`Fence::set_deadline`](gpusched::fence::Fence::set_deadline) on a job's finished
+    /// fence reaches its hardware fence through the scheduler, and the ring records it here.
+    /// A hint only: it has no effect on scheduling or completion yet (clock boosting or
+    /// busier completion polling may act on it later). `None` once the job it came from has
+    /// completed (hints for other jobs heard before it are not kept).
+    pub fn earliest_deadline(&self) -> Option<std::time::Instant> {
+        let hw = self.slot.hw();
+        hw.deadline.earliest(hw.signalled.load(Ordering::SeqCst))
     }
 }
