@@ -344,6 +344,11 @@ impl Fence {
     /// fence's context ([`FenceContextBuilder::on_deadline`](crate::FenceContextBuilder::on_deadline)),
     /// both on the calling thread (setters on several threads may reach them out of order;
     /// [`Fence::deadline`] is always the earliest). Never allocates.
+    ///
+    /// On a `gpusched` job's finished fence the scheduler passes the deadline on to the job's
+    /// hardware fence (what the backend's `run_job` returned): at once if the job runs, else
+    /// when it reaches the hardware (`drm_sched_fence_set_deadline_finished`); the Vulkan
+    /// backend records it per ring.
     pub fn set_deadline(&self, deadline: Instant) {
         if self.flag_signaled() {
             return;

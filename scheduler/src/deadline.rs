@@ -7,7 +7,9 @@
 //!   ([`forward_to_hw`]);
 //! - set while the job runs: the finished context's deadline hook
 //!   ([`finished_deadline_hook`]) finds the job on its scheduler's pending list and forwards
-//!   it at once.
+//!   it at once;
+//! - a job resubmitted after a reset: its new hardware fence gets it the same way as in the
+//!   run path (the old one is dead).
 //!
 //! A deadline set concurrently with `run_job` is not lost: the run path publishes the
 //! hardware fence under the job's `hw` lock, then reads the finished fence's deadline; the

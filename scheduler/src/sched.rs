@@ -768,8 +768,11 @@ impl<B: Backend> SchedShared<B> {
             match self.run_payload(&job) {
                 Ok(hw) => {
                     let mut h = lock(&job.hw);
-                    h.fence = Some(hw);
+                    h.fence = Some(hw.clone());
                     h.callback_id = None;
+                    drop(h);
+                    // The new hardware fence gets the deadline the old one had.
+                    crate::deadline::forward_to_hw(&job, &hw);
                 }
                 Err(e) => self.force_complete(&job, e),
             }

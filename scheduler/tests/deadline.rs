@@ -12,9 +12,9 @@ static ALLOC: gpusched::fence::lockdep::CheckingAllocator =
 use std::time::{Duration, Instant};
 
 use common::{assert_no_checker_violations, job, sched, wait, wait_until};
-use gpusched::fence::{lockdep, Fence, FenceArray};
-use gpusched::testing::MockRing;
-use gpusched::{Entity, Policy, Priority, Scheduler};
+use gpusched::fence::{lockdep, Fence, FenceArray, FenceError};
+use gpusched::testing::{MockBehavior, MockJob, MockRing};
+use gpusched::{Entity, Policy, Priority, Scheduler, SchedulerConfig};
 
 fn entity(s: &Scheduler<MockRing>) -> Entity<MockRing> {
     Entity::new(&[s], Priority::Normal).unwrap()
@@ -127,5 +127,32 @@ fn deadline_set_concurrently_with_run_job_is_not_lost() {
         s.backend().complete_all();
         wait(&finished).unwrap();
     }
+    assert_no_checker_violations();
+}
+
+#[test]
+fn a_resubmitted_job_s_new_hw_fence_gets_the_deadline() {
+    let config = SchedulerConfig::new("ring").timeout(Duration::from_millis(300));
+    let s = Scheduler::new(MockRing::manual(), config).unwrap();
+    let (bad, good) = (entity(&s), entity(&s));
+    let hung = bad.job(MockJob::new(1).behavior(MockBehavior::Hang)).arm().unwrap().push();
+    let innocent = good.job(job(2)).arm().unwrap().push();
+    let before = hw_fences(&s, 2);
+    let d = Instant::now() + Duration::from_millis(2);
+    innocent.set_deadline(d);
+    assert_eq!(before[1].deadline(), Some(d));
+    // The hang times out; the reset resubmits the innocent job with a new hardware fence.
+    assert_eq!(wait(&hung), Err(FenceError::TimedOut));
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = s.pending_hw_fences();
+        if now.len() == 1 && !now[0].ptr_eq(&before[1]) && now[0].deadline() == Some(d) {
+            break;
+        }
+        assert!(Instant::now() < end, "the resubmitted job's hardware fence has no deadline");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    s.backend().complete_all();
+    wait(&innocent).unwrap();
     assert_no_checker_violations();
 }
