@@ -49,11 +49,21 @@ pub(crate) fn finished_deadline_hook<B: Backend>(
     }
 }
 
-/// The run path's half: `hw` was just published in `job.hw`; forwards the deadline set on
-/// the job's finished fence so far, if any. Allocation-free.
-pub(crate) fn forward_to_hw<B: Backend>(job: &JobInner<B>, hw: &Fence) {
+/// The run path's half, called after it published the hardware fence in `job.hw` (and
+/// released that lock): forwards the deadline set on the job's finished fence so far, if
+/// any. Without a deadline it costs one atomic load. Allocation-free.
+pub(crate) fn forward_to_hw<B: Backend>(job: &JobInner<B>) {
     if let Some(d) = job.finished.deadline() {
-        hw.set_deadline(d);
+        forward_to_published(job, d);
+    }
+}
+
+/// Forwards `deadline` to the job's published hardware fence, if any, with no lock held
+/// while forwarding.
+fn forward_to_published<B: Backend>(job: &JobInner<B>, deadline: Instant) {
+    let hw = lock(&job.hw).fence.clone();
+    if let Some(hw) = hw {
+        hw.set_deadline(deadline);
     }
 }
 
@@ -66,10 +76,8 @@ impl<B: Backend> SchedShared<B> {
             let st = lock(&self.state);
             st.pending.iter().find(|j| j.finished.ptr_eq(finished)).cloned()
         };
-        let Some(job) = job else { return };
-        let hw = lock(&job.hw).fence.clone();
-        if let Some(hw) = hw {
-            hw.set_deadline(deadline);
+        if let Some(job) = job {
+            forward_to_published(&job, deadline);
         }
     }
 }

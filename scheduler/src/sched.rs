@@ -391,11 +391,11 @@ impl<B: Backend> SchedShared<B> {
                 match hw.add_prepared_callback(callback) {
                     Ok(id) => {
                         let mut h = lock(&job.hw);
-                        h.fence = Some(hw.clone());
+                        h.fence = Some(hw);
                         h.callback_id = Some(id);
                         drop(h);
                         // After publishing: a deadline set meanwhile is forwarded by one side.
-                        crate::deadline::forward_to_hw(&job, &hw);
+                        crate::deadline::forward_to_hw(&job);
                     }
                     Err(_already) => {
                         // The hardware was done before we could watch it.
@@ -768,11 +768,11 @@ impl<B: Backend> SchedShared<B> {
             match self.run_payload(&job) {
                 Ok(hw) => {
                     let mut h = lock(&job.hw);
-                    h.fence = Some(hw.clone());
+                    h.fence = Some(hw);
                     h.callback_id = None;
                     drop(h);
                     // The new hardware fence gets the deadline the old one had.
-                    crate::deadline::forward_to_hw(&job, &hw);
+                    crate::deadline::forward_to_hw(&job);
                 }
                 Err(e) => self.force_complete(&job, e),
             }
