@@ -36,6 +36,13 @@ fn gated(event: vk::Event, buf: &gpusched_vulkan::Buffer) -> VulkanJob {
     .writes(buf)
 }
 
+/// Sets `d` on `f` inside a signalling section: the checker and the checking allocator
+/// report any allocation or wait on the way to the ring.
+fn set_in_section(f: &gpusched::fence::Fence, d: Instant) {
+    let _section = gpusched::fence::lockdep::signalling_section();
+    f.set_deadline(d);
+}
+
 /// Polls the ring's recorded deadline until it is `want`, under the watchdog.
 #[track_caller]
 fn wait_for_deadline(ring: &VulkanRing, want: Option<Instant>) {
@@ -66,12 +73,12 @@ fn a_deadline_on_a_submitted_jobs_finished_fence_is_recorded_by_its_ring() {
     let now = Instant::now();
     let late = now + Duration::from_millis(40);
     let early = now + Duration::from_millis(10);
-    first.set_deadline(late);
+    set_in_section(&first, late);
     wait_for_deadline(s.backend(), Some(late));
     // The job behind the gate gets an earlier one: the ring keeps the earliest.
-    second.set_deadline(early);
+    set_in_section(&second, early);
     wait_for_deadline(s.backend(), Some(early));
-    first.set_deadline(now + Duration::from_millis(20));
+    set_in_section(&first, now + Duration::from_millis(20));
     assert_eq!(s.backend().earliest_deadline(), Some(early), "a later hint is ignored");
 
     // SAFETY: a valid event of this device.
