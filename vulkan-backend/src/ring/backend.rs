@@ -43,7 +43,7 @@ impl Backend for VulkanRing {
             job.fault = drawn;
         }
         if self.slot.shared.dead.load(Ordering::SeqCst) {
-            return Err(RecordError::DeviceLost { generation: self.generation() });
+            return Err(RecordError::DeviceGone);
         }
         let hw = self.slot.hw();
         if hw.core.is_lost() {

@@ -347,11 +347,13 @@ impl RingHw {
     /// passed, a free one, or a new one.
     pub(super) fn acquire_cb(&self, pool: &mut CmdPool) -> Result<vk::CommandBuffer, vk::Result> {
         if let Some(r) = pool.retired.front() {
-            // Hardware progress, not fence state: a lost device (even one whose loss was injected)
-            // may still run these command buffers.
+            // Hardware progress, not fence state: a lost device (even one whose loss was injected,
+            // or reported by a layer above a driver that still runs the work) may still run
+            // these command buffers, so a counter read that reports the loss recycles nothing
+            // it has not seen complete (the caller declares the loss).
             let done = match self.counter() {
                 Ok(c) => c.max(self.completed.load(Ordering::SeqCst)),
-                Err(vk::Result::ERROR_DEVICE_LOST) => u64::MAX,
+                Err(vk::Result::ERROR_DEVICE_LOST) => return Err(vk::Result::ERROR_DEVICE_LOST),
                 Err(_) => self.completed.load(Ordering::SeqCst),
             };
             if r.value <= done {
@@ -399,10 +401,24 @@ impl Drop for RingHw {
         // alive while the hardware may still use them (also on a lost core: a device whose loss was
         // injected still runs its work; a really lost one answers DEVICE_LOST). A device that never
         // finishes (a real hang) leaks them instead of destroying objects in use.
-        let idle = matches!(
-            unsafe { d.wait_semaphores(&info, 10_000_000_000) },
-            Ok(()) | Err(vk::Result::ERROR_DEVICE_LOST)
-        );
+        let idle = match unsafe { d.wait_semaphores(&info, 10_000_000_000) } {
+            Ok(()) => true,
+            Err(vk::Result::ERROR_DEVICE_LOST) => {
+                // The driver reports the device lost, but the work submitted may still run
+                // (a layer that reports a loss above a driver that does not lose anything;
+                // a driver that reports the loss before its queues stop): wait for the queue
+                // to go idle before destroying what that work uses. `vkQueueWaitIdle` on a
+                // lost device returns (`VK_ERROR_DEVICE_LOST`) once nothing runs on it any
+                // more. Injected hangs first, which would keep it from going idle.
+                self.core.release_injected(true);
+                let slot = &self.core.queues[self.queue as usize];
+                let q = lock(&slot.queue);
+                // SAFETY: the queue is externally synchronised by its mutex.
+                let _ = unsafe { d.queue_wait_idle(*q) };
+                true
+            }
+            Err(_) => false,
+        };
         if !idle {
             diag!(error, target: "gpusched_vulkan", ring = %self.name, "ring dropped with work still running: leaking its pool, semaphore, retired buffers and device");
             // The thread must still be gone before the device can be destroyed.

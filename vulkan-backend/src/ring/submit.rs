@@ -28,7 +28,7 @@ use gpusched::fence::{Fence, FenceError};
 use super::hw::{InFlight, RingHw, RingState, Submission};
 use super::VulkanRing;
 use crate::device::DeviceCore;
-use crate::error::{map_device, DeviceError, RecordError};
+use crate::error::{map_device, map_record, DeviceError, RecordError};
 use crate::fault::{JobFault, Kind, SubmitFault};
 use crate::job::{Prepared, VulkanJob};
 use crate::kernel::{full_barrier, host_barrier, RecordCtx};
@@ -134,17 +134,31 @@ impl RingHw {
             check_generation(b, core)?;
         }
         let d = &core.device;
+        // A driver error of a recording call: out of memory refuses the job; a lost device
+        // is declared lost, as every call that reports it does, without running fence
+        // callbacks here (arm time: the entity's lock is held).
+        let failed = |op, code| {
+            if code == vk::Result::ERROR_DEVICE_LOST {
+                core.declare_lost();
+            }
+            map_record(op, code, core.generation)
+        };
         let mut pool = lock(&self.pool);
-        let cb = self
-            .acquire_cb(&mut pool)
-            .map_err(|code| RecordError::Vk { op: "vkAllocateCommandBuffers", code })?;
+        let cb = match self.acquire_cb(&mut pool) {
+            Ok(cb) => cb,
+            Err(code) => {
+                drop(pool);
+                return Err(failed("vkAllocateCommandBuffers", code));
+            }
+        };
         let begin = vk::CommandBufferBeginInfo::default()
             .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
         // SAFETY: `cb` is from this ring's pool, locked; it is not pending (fresh, or the
         // semaphore passed its last submission); the pool allows per-buffer reset.
         if let Err(code) = unsafe { d.begin_command_buffer(cb, &begin) } {
             pool.free.push(cb);
-            return Err(RecordError::Vk { op: "vkBeginCommandBuffer", code });
+            drop(pool);
+            return Err(failed("vkBeginCommandBuffer", code));
         }
         // An empty job (no injected busy kernel either) records no command at all.
         let bare = job.bare && !matches!(job.fault, Some(JobFault::Slow(_)));
@@ -179,7 +193,8 @@ impl RingHw {
             }
             (Ok(()), Err(code)) => {
                 pool.free.push(cb);
-                Err(RecordError::Vk { op: "vkEndCommandBuffer", code })
+                drop(pool);
+                Err(failed("vkEndCommandBuffer", code))
             }
         }
     }
