@@ -155,9 +155,10 @@ impl VulkanWorld {
         let deadline = Instant::now() + WAIT;
         loop {
             let generation = dev.generation();
-            let made = dev.buffer(4).map_err(|e| (e.is_out_of_memory(), e.to_string())).and_then(
-                |b| b.write_bytes(0, &[0; 4], WAIT).map(|()| b).map_err(|e| (false, e.to_string())),
-            );
+            let made =
+                dev.buffer(4).map_err(|e| (e.is_out_of_memory(), e.to_string())).and_then(|b| {
+                    b.write_bytes(0, &[0; 4], WAIT).map(|()| b).map_err(|e| (false, e.to_string()))
+                });
             match made {
                 Ok(b) => return b,
                 Err((_, e)) if Instant::now() > deadline => {

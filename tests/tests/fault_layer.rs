@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use gpusched::fence::lockdep::CheckingAllocator;
 use gpusched_tests::{
-    fault_layer, layer_injected, run_scenario, run_seeds, Failure, Harness, LayerWorld,
-    PlanConfig, Scenario, Summary, World,
+    fault_layer, layer_injected, run_scenario, run_seeds, Failure, Harness, LayerWorld, PlanConfig,
+    Scenario, Summary, World,
 };
 use gpusched_vulkan::{live_devices, validation_errors, DeviceConfig, InitError, VulkanDevice};
 use vk_fault_layer::testing::skip_or_fail;
@@ -130,8 +130,7 @@ fn fixed_seeds() {
         }
         // Device losses reported by the layer to the backend's waits and counter reads.
         assert!(
-            injected(FaultCall::WaitSemaphores) + injected(FaultCall::GetSemaphoreCounterValue)
-                > 0,
+            injected(FaultCall::WaitSemaphores) + injected(FaultCall::GetSemaphoreCounterValue) > 0,
             "no loss was reported to a wait or a counter read"
         );
     }
