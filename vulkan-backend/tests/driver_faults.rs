@@ -229,12 +229,7 @@ fn device_lost_from_a_submission_in_the_middle_of_a_batch() {
     }
     // The jobs of the failed call never reached the hardware.
     assert!(outcomes[33..].iter().all(|o| *o == Some(FenceError::DeviceLost)), "{outcomes:?}");
-    // Those of the first call that completed computed their values.
-    for (i, (f, b)) in batch.iter().enumerate() {
-        if f.error().is_none() {
-            assert_all(b, i as f32);
-        }
-    }
+    // (The buffers of the lost generation cannot be read: its memory is gone.)
     assert_recovered(&env.dev, &entity, lost);
     drop((head, batch, entity, ring));
     teardown(env);

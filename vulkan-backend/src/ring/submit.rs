@@ -18,6 +18,15 @@
 //! by the timeout handler, on its own. A job with an injected hang or submit failure is
 //! never batched: `run_job` submits the jobs batched before it, then submits it alone (with
 //! its wait on the hang semaphore).
+//!
+//! # A refused batch
+//! When `vkQueueSubmit` fails for a chunk of a batch, the chunks before it stay submitted,
+//! and the jobs of the refused chunk and of every later one end with the call's error
+//! (`DeviceError::fence_error`: `DeviceLost`, which also declares the generation lost, or
+//! `-ENOMEM`, ...). Their values are never reused. Until the ring's drainer has signalled those
+//! fences, a job handed to the ring fails with the same error (see `VulkanRing::run`): the
+//! scheduler counts a job as on the ring once `run_job` returned, and lets its same-ring
+//! dependants run.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -286,6 +295,15 @@ impl VulkanRing {
         if hw.core.is_lost() {
             // Prepared on a generation that is gone: its command buffer died with it.
             return Err(FenceError::DeviceLost);
+        }
+        if let Some(error) = st.in_flight.iter().find_map(|f| f.error) {
+            // An earlier submission of this ring failed (a batch the driver refused) and its
+            // fences have not signalled yet: the drainer that signals them is busy (this may
+            // be its callback). The scheduler took those jobs as on the ring, so a same-ring
+            // dependant of one of them is ready now and would run without its results. Every
+            // job handed over in that window fails with the same error, as if it had been in
+            // the refused batch.
+            return Err(error);
         }
         // Injected faults on submission.
         let fail = match job.fault {
