@@ -33,14 +33,17 @@ static ALLOC: CheckingAllocator = CheckingAllocator::new(std::alloc::System);
 const LAYER_SEEDS: u64 = 120;
 
 /// Smaller scenarios than `fault_vulkan`'s (the point here is the driver's errors, which cost
-/// no timeout), so that CI runs many seeds: fewer jobs, at most one hung or slow job.
+/// no timeout), so that CI runs many seeds: fewer jobs, and no hung or slow job of a
+/// well-behaved entity (rogue clients still hang until banned). Slow jobs and their
+/// judgement are `fault_vulkan`'s: under the layer, a slow job of 1.25 timeouts was now and
+/// then seen making no progress for three timeouts on a loaded machine, and declared stuck.
 pub const LAYER_PLAN: PlanConfig = PlanConfig {
     max_entities: 4,
     max_jobs: 12,
     max_rings: 2,
     max_buffers: 3,
     max_threads: 2,
-    max_stuck: 1,
+    max_stuck: 0,
     timeout: Duration::from_millis(400),
     slow_timeouts: 1.25,
 };
