@@ -77,6 +77,12 @@ pub(super) struct RingState {
     /// A thread is signalling this ring's fences ([`RingHw::drain`]): fences of one ring
     /// signal one at a time, in value order, whoever completes or fails them.
     pub(super) draining: bool,
+    /// Fences marked failed (a refused batch, a loss) whose signal has not returned yet:
+    /// still in `in_flight`, or popped by the drainer and being signalled (their callbacks,
+    /// which end the scheduler's job, still running). Until it is back to 0, the scheduler may
+    /// take one of those jobs as on the ring (see `VulkanRing::run`). With the last such
+    /// error.
+    pub(super) failing: (usize, Option<FenceError>),
     /// Jobs prepared and not yet run or freed (room reserved for them).
     pub(super) prepared: usize,
     /// Command buffers run but not yet submitted (batching); their values are the last
@@ -120,11 +126,14 @@ pub(super) struct InFlight {
 }
 
 impl InFlight {
-    /// Marks the fence failed with `error` (unless it is already).
-    pub(super) fn fail(&mut self, error: FenceError) {
+    /// Marks the fence failed with `error` (unless it is already), counting it in `failing`
+    /// (the ring's `RingState::failing`) until the drainer has signalled it.
+    pub(super) fn fail(&mut self, error: FenceError, failing: &mut (usize, Option<FenceError>)) {
         if self.error.is_none() {
             self.error = Some(error);
             self.ops_value.store(0, Ordering::Release);
+            failing.0 += 1;
+            failing.1 = Some(error);
         }
     }
 }
@@ -196,6 +205,7 @@ impl RingHw {
                 next_value: 0,
                 in_flight: VecDeque::with_capacity(cap),
                 draining: false,
+                failing: (0, None),
                 prepared: 0,
                 batch: Vec::with_capacity(cap),
                 submissions: VecDeque::with_capacity(cap),
@@ -285,6 +295,9 @@ impl RingHw {
             // runs ahead of the drain.
             self.signalled.fetch_max(f.value, Ordering::SeqCst);
             st = lock(&self.state);
+            if f.error.is_some() {
+                st.failing.0 = st.failing.0.saturating_sub(1);
+            }
         }
     }
 
@@ -334,13 +347,14 @@ impl RingHw {
     /// Signals every in-flight fence the semaphore has not passed with `error` (device
     /// lost), in value order, through the ring's drainer (see `drain`). Allocation-free.
     pub(crate) fn fail_all(&self, error: FenceError) {
-        let mut st = lock(&self.state);
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
         st.submissions.clear();
         let done = self.completed.load(Ordering::SeqCst);
         for f in st.in_flight.iter_mut().filter(|f| f.value > done) {
-            f.fail(error);
+            f.fail(error, &mut st.failing);
         }
-        self.drain(st);
+        self.drain(guard);
     }
 
     /// A command buffer ready for recording: a recycled one whose value the semaphore has

@@ -125,7 +125,7 @@ impl RingHw {
                 // signals a higher value, which timeline waits cover), so seqnos stay unique.
                 let error = e.fence_error();
                 for f in st.in_flight.iter_mut().rev().take(batched).filter(|f| f.value > done) {
-                    f.fail(error);
+                    f.fail(error, &mut st.failing);
                 }
                 if e.is_device_lost() {
                     drop(guard);
@@ -296,10 +296,11 @@ impl VulkanRing {
             // Prepared on a generation that is gone: its command buffer died with it.
             return Err(FenceError::DeviceLost);
         }
-        if let Some(error) = st.in_flight.iter().find_map(|f| f.error) {
+        if let (1.., Some(error)) = st.failing {
             // An earlier submission of this ring failed (a batch the driver refused) and its
-            // fences have not signalled yet: the drainer that signals them is busy (this may
-            // be its callback). The scheduler took those jobs as on the ring, so a same-ring
+            // fences have not all signalled yet: the drainer that signals them is busy (this
+            // may be its callback), or is signalling one now (popped, its callbacks still
+            // running). The scheduler took those jobs as on the ring, so a same-ring
             // dependant of one of them is ready now and would run without its results. Every
             // job handed over in that window fails with the same error, as if it had been in
             // the refused batch.
