@@ -40,11 +40,14 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// `true` when the run could not find a Vulkan device (the test is then skipped).
+/// `true` when the run could not find a Vulkan device: the test is then skipped on a
+/// developer machine, and fails under CI or `GPUSCHED_REQUIRE_VULKAN=1`
+/// (`vk_fault_layer::testing::skip_or_fail`).
+#[track_caller]
 fn no_device(o: &Output) -> bool {
     let err = String::from_utf8_lossy(&o.stderr);
     if err.contains("no Vulkan device") && !err.contains("validation layer") {
-        eprintln!("SKIPPED: {err}");
+        vk_fault_layer::testing::skip_or_fail("demo", err);
         return true;
     }
     false

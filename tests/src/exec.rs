@@ -48,6 +48,9 @@ pub struct Summary {
     /// Pairs of an entity's finished fences that signalled out of seqno order, tolerated on a
     /// world with a known timeline bug (see the oracle's docs).
     pub timeline_inversions: usize,
+    /// Jobs that ended with the world's `SUBMIT_ERROR` in a world whose driver fails
+    /// submissions unattributed ([`World::SUBMIT_FAULTS_ATTRIBUTED`](crate::World) false).
+    pub driver_submit_failures: usize,
 }
 
 /// A failed scenario: its seed, what went wrong, and a dump to debug it.
@@ -283,6 +286,7 @@ fn run_body<W: World>(scn: &Scenario) -> BodyResult {
             submit_error: W::SUBMIT_ERROR,
             reruns_after_reset: W::RERUNS_AFTER_RESET,
             timeline_in_order: W::TIMELINE_IN_ORDER,
+            submit_faults_attributed: W::SUBMIT_FAULTS_ATTRIBUTED,
         },
     };
     let summary = oracle::check(scn, &observed, &mut problems);

@@ -116,6 +116,9 @@ pub struct Totals {
     pub ran_past: usize,
     /// Known-bug occurrences: timeline inversions ([`Summary::timeline_inversions`]).
     pub inversions: usize,
+    /// Jobs failed by a driver's unattributed submission failure
+    /// ([`Summary::driver_submit_failures`]).
+    pub driver_submit_failures: usize,
 }
 
 impl Totals {
@@ -132,6 +135,7 @@ impl Totals {
         self.killed += s.killed;
         self.ran_past += s.ran_past_failed_dependency;
         self.inversions += s.timeline_inversions;
+        self.driver_submit_failures += s.driver_submit_failures;
     }
 }
 
@@ -151,6 +155,9 @@ impl fmt::Display for Totals {
             self.banned,
             self.killed
         )?;
+        if self.driver_submit_failures != 0 {
+            write!(f, "; {} jobs failed by the driver's submission", self.driver_submit_failures)?;
+        }
         if self.ran_past + self.inversions != 0 {
             write!(
                 f,

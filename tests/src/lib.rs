@@ -9,7 +9,8 @@
 //! jobs past the timeout, failed submissions, device loss, entities killed mid-flight, armed jobs
 //! dropped unpushed. The executor ([`run_scenario`]) runs it against a [`World`] (the backend:
 //! [`MockWorld`] on a software ring, [`VulkanWorld`] over `gpusched-vulkan` on lavapipe) from
-//! several submitter threads, and the oracle checks, after every scenario, the rules its module
+//! several submitter threads (and [`LayerWorld`]: the Vulkan world with its device losses, failed
+//! submissions and allocation failures made by the Vulkan fault layer), and the oracle checks, after every scenario, the rules its module
 //! documents: every fence handed out signalled exactly once; every error is the right one (guilty
 //! `TimedOut`, banned `Cancelled`, killed `Killed`, lost `DeviceLost`, a failed dependency's error
 //! propagated); every innocent job succeeded with the right computed result ([`job_value`]); no
@@ -27,6 +28,7 @@
 
 mod exec;
 mod harness;
+mod layer;
 mod ledger;
 mod mock;
 mod oracle;
@@ -36,6 +38,7 @@ mod world;
 
 pub use crate::exec::{run_scenario, Failure, Summary, WATCHDOG};
 pub use crate::harness::{env_u64, run_seeds, serial, soak, Harness, Seeds, Totals};
+pub use crate::layer::{fault_layer, layer_injected, LayerWorld};
 pub use crate::ledger::{job_value, JobLedger, Ledger};
 pub use crate::mock::{FaultJob, FaultRing, MockWorld};
 pub use crate::plan::{

@@ -58,6 +58,13 @@
 //!   ([`World::TIMELINE_IN_ORDER`](crate::World::TIMELINE_IN_ORDER) false: a world with a known
 //!   backend bug; none now): an entity's finished fences signalling out of seqno order are counted
 //!   ([`Summary::timeline_inversions`](crate::Summary)), not reported.
+//! - **Worlds whose driver fails submissions unattributed**
+//!   ([`World::SUBMIT_FAULTS_ATTRIBUTED`](crate::World::SUBMIT_FAULTS_ATTRIBUTED) false: the
+//!   Vulkan layer world, where a [`Fault::FailSubmit`] job arms the fault layer to fail the next
+//!   `vkQueueSubmit`, whichever job (or batch) it carries): any job may end with the world's
+//!   `SUBMIT_ERROR`, counted ([`Summary::driver_submit_failures`](crate::Summary)), and a
+//!   `FailSubmit` job may succeed. Its dependants still end with its error (propagation), and
+//!   every success is still value-checked.
 //! - **Exactly once, no leaks.** Each handed-out fence signalled once (counted by callbacks);
 //!   each armed job was prepared once and freed once, cancelled at most once and only if it
 //!   never ran; each refused arm never reached the backend; each entity's finished fences
@@ -82,6 +89,7 @@ pub(crate) struct Traits {
     pub(crate) submit_error: FenceError,
     pub(crate) reruns_after_reset: bool,
     pub(crate) timeline_in_order: bool,
+    pub(crate) submit_faults_attributed: bool,
 }
 
 /// What the executor observed.
@@ -210,6 +218,7 @@ pub(crate) fn check(scn: &Scenario, obs: &Observed<'_>, problems: &mut Vec<Strin
                         || (x == tr.submit_error
                             && plan.fault == Fault::FailSubmit
                             && (runs > 0 || !tr.counts_backend_calls))
+                        || (x == tr.submit_error && !tr.submit_faults_attributed)
                         || failed_deps.iter().any(|&(_, y)| y == x)
                 };
                 if !justified {
@@ -235,7 +244,9 @@ pub(crate) fn check(scn: &Scenario, obs: &Observed<'_>, problems: &mut Vec<Strin
                 } else if !failed_deps.is_empty() {
                     bad(format!("succeeded although its dependencies failed: {failed_deps:?}"));
                 }
-                if plan.fault == Fault::Hang || plan.fault == Fault::FailSubmit {
+                if plan.fault == Fault::Hang
+                    || (plan.fault == Fault::FailSubmit && tr.submit_faults_attributed)
+                {
                     bad(format!("succeeded with fault {:?}", plan.fault));
                 }
                 if guilty > 0 {
@@ -251,7 +262,13 @@ pub(crate) fn check(scn: &Scenario, obs: &Observed<'_>, problems: &mut Vec<Strin
             && stop.is_none()
             && !obs.device_lost
             && effective.values().all(|&d| status[d] == Some(Ok(())));
-        if innocent && st.is_err() {
+        // A driver that fails submissions unattributed may fail any job's (and so every job
+        // sharing its `vkQueueSubmit` call).
+        let driver_failed = !tr.submit_faults_attributed && st == Err(tr.submit_error);
+        if driver_failed {
+            summary.driver_submit_failures += 1;
+        }
+        if innocent && st.is_err() && !driver_failed {
             bad(format!("innocent job failed with {st:?}"));
         }
         // Exactly once; no leak.

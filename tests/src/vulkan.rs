@@ -62,6 +62,7 @@ use gpusched_vulkan::{
     VulkanRing,
 };
 
+use crate::layer::LayerFaults;
 use crate::ledger::Ledger;
 use crate::plan::{Fault, PlanConfig, Scenario};
 use crate::world::World;
@@ -117,6 +118,9 @@ pub struct VulkanWorld {
     ledger: Arc<Ledger>,
     /// Each job's result buffer, once its payload was made.
     buffers: Mutex<Vec<Option<Buffer>>>,
+    /// Where failed submissions, allocation failures and device losses come from: the
+    /// backend's fault API (`None`), or the Vulkan fault layer ([`LayerWorld`](crate::LayerWorld)).
+    pub(crate) layer: Option<LayerFaults>,
 }
 
 impl fmt::Debug for VulkanWorld {
@@ -141,37 +145,40 @@ impl VulkanWorld {
     }
 
     /// A zeroed 4-byte buffer on the current generation, waiting for a lost one's
-    /// replacement.
+    /// replacement, and trying again after an allocation failure (which the layer world
+    /// injects: a driver's out-of-memory refuses the buffer and nothing else).
     fn result_buffer(&self, idx: usize) -> Buffer {
         let dev = self.dev();
+        if let Some(layer) = &self.layer {
+            layer.before_buffer(idx);
+        }
         let deadline = Instant::now() + WAIT;
         loop {
             let generation = dev.generation();
-            let made = dev.buffer(4).map_err(|e| e.to_string()).and_then(|b| {
-                b.write_bytes(0, &[0; 4], WAIT).map(|()| b).map_err(|e| e.to_string())
-            });
+            let made =
+                dev.buffer(4).map_err(|e| (e.is_out_of_memory(), e.to_string())).and_then(|b| {
+                    b.write_bytes(0, &[0; 4], WAIT).map(|()| b).map_err(|e| (false, e.to_string()))
+                });
             match made {
                 Ok(b) => return b,
-                Err(e) if Instant::now() > deadline => {
+                Err((_, e)) if Instant::now() > deadline => {
                     panic!("job {idx}: cannot make its result buffer: {e}")
                 }
-                Err(_) => {
+                Err((true, _)) => {}
+                Err((false, _)) => {
                     let _ = dev.wait_generation(generation, WAIT);
                 }
             }
         }
     }
-}
 
-impl World for VulkanWorld {
-    type Backend = VulkanRing;
-    const NAME: &'static str = "vulkan";
-    /// `VK_ERROR_OUT_OF_DEVICE_MEMORY` from `vkQueueSubmit` (`-ENOMEM`).
-    const SUBMIT_ERROR: FenceError = FenceError::Driver(-12);
-    const COUNTS_BACKEND_CALLS: bool = false;
-    const RECOVERS_FROM_LOSS: bool = true;
-
-    fn new(scenario: &Scenario, ledger: Arc<Ledger>) -> Result<Self, String> {
+    /// The world over a new validated device: the backend's own (`layer` `None`) or one
+    /// whose Vulkan calls go through the fault layer.
+    pub(crate) fn make(
+        scenario: &Scenario,
+        ledger: Arc<Ledger>,
+        layer: Option<LayerFaults>,
+    ) -> Result<Self, String> {
         let validation = std::env::var("GPUSCHED_TEST_NOVAL").is_err();
         let device = match VulkanDevice::with_config(DeviceConfig::default().validation(validation))
         {
@@ -181,6 +188,9 @@ impl World for VulkanWorld {
             }
             Err(e) => panic!("cannot create a validated Vulkan device: {e}"),
         };
+        if let Some(layer) = &layer {
+            layer.device_created();
+        }
         let kernel = device
             .create_kernel(FNV_STEP, 2, 4)
             .unwrap_or_else(|e| panic!("the fnv_step kernel was refused: {e}"));
@@ -206,7 +216,21 @@ impl World for VulkanWorld {
             kernel,
             ledger,
             buffers: Mutex::new(vec![None; n]),
+            layer,
         })
+    }
+}
+
+impl World for VulkanWorld {
+    type Backend = VulkanRing;
+    const NAME: &'static str = "vulkan";
+    /// `VK_ERROR_OUT_OF_DEVICE_MEMORY` from `vkQueueSubmit` (`-ENOMEM`).
+    const SUBMIT_ERROR: FenceError = FenceError::Driver(-12);
+    const COUNTS_BACKEND_CALLS: bool = false;
+    const RECOVERS_FROM_LOSS: bool = true;
+
+    fn new(scenario: &Scenario, ledger: Arc<Ledger>) -> Result<Self, String> {
+        Self::make(scenario, ledger, None)
     }
 
     fn schedulers(&self) -> &[Scheduler<VulkanRing>] {
@@ -254,18 +278,27 @@ impl World for VulkanWorld {
         for b in &reads {
             job = job.reads(b);
         }
-        match fault {
-            Fault::None => job,
-            Fault::Hang => job.inject(JobFault::Hang),
-            Fault::Slow(d) => job.inject(JobFault::Slow(d)),
-            Fault::FailSubmit => job.inject(JobFault::FailSubmit(SubmitFault::OutOfDeviceMemory)),
+        match (fault, &self.layer) {
+            (Fault::None, _) => job,
+            (Fault::Hang, _) => job.inject(JobFault::Hang),
+            (Fault::Slow(d), _) => job.inject(JobFault::Slow(d)),
+            (Fault::FailSubmit, None) => {
+                job.inject(JobFault::FailSubmit(SubmitFault::OutOfDeviceMemory))
+            }
+            (Fault::FailSubmit, Some(layer)) => {
+                layer.fail_next_submit();
+                job
+            }
         }
     }
 
     fn lose_device(&self) {
         let dev = self.dev();
         let generation = dev.generation();
-        dev.lose_device();
+        match &self.layer {
+            None => dev.lose_device(),
+            Some(layer) => layer.lose_device(dev),
+        }
         if let Err(e) = dev.wait_generation(generation, WAIT) {
             panic!("the device was not recreated after an injected loss: {e}");
         }
@@ -289,7 +322,7 @@ impl World for VulkanWorld {
     }
 
     fn teardown(self) -> Result<(), String> {
-        let VulkanWorld { schedulers, device, kernel: _, ledger, buffers } = self;
+        let VulkanWorld { schedulers, device, kernel: _, ledger, buffers, layer } = self;
         drop(schedulers);
         drop(buffers);
         drop(ledger);
@@ -298,6 +331,10 @@ impl World for VulkanWorld {
             format!(
                 "the device could not be closed within {WAIT:?} (something still holds it): {d:?}"
             )
-        })
+        })?;
+        match layer {
+            Some(layer) => layer.teardown(),
+            None => Ok(()),
+        }
     }
 }

@@ -70,6 +70,12 @@ pub trait World: Sized + Send + Sync + 'static {
     /// counted in the [`Summary`](crate::Summary) instead of failing the scenario.
     const TIMELINE_IN_ORDER: bool = true;
 
+    /// Whether a [`Fault::FailSubmit`] fails that job's own submission (`true`: both the
+    /// backend-injected worlds). `false` for a world whose faults come from a driver (the
+    /// Vulkan fault layer): the job arms a failure of the next `vkQueueSubmit`, which may carry
+    /// another job (or a batch): see the oracle's rules for such worlds.
+    const SUBMIT_FAULTS_ATTRIBUTED: bool = true;
+
     /// Makes the world for `scenario`, writing its observations into `ledger`.
     ///
     /// # Errors
@@ -118,6 +124,7 @@ impl<W: World> World for Corrupting<W> {
     const RECOVERS_FROM_LOSS: bool = W::RECOVERS_FROM_LOSS;
     const RERUNS_AFTER_RESET: bool = W::RERUNS_AFTER_RESET;
     const TIMELINE_IN_ORDER: bool = W::TIMELINE_IN_ORDER;
+    const SUBMIT_FAULTS_ATTRIBUTED: bool = W::SUBMIT_FAULTS_ATTRIBUTED;
 
     fn new(scenario: &Scenario, ledger: Arc<Ledger>) -> Result<Self, String> {
         Ok(Corrupting { inner: W::new(scenario, ledger.clone())?, ledger })

@@ -95,6 +95,15 @@ pub enum DeviceError {
         /// The Vulkan call.
         op: &'static str,
     },
+    /// The device was lost and re-creating it failed every time it was tried: it is gone for
+    /// good. Every fence it handed out has signalled (`DeviceLost`); make a new device.
+    #[error("the device is gone for good: re-creating it after a loss failed {attempts} times (last: {last})")]
+    Gone {
+        /// How many re-creations were tried.
+        attempts: u32,
+        /// The last re-creation's error.
+        last: String,
+    },
     /// A device has room for a fixed number of rings ([`MAX_RINGS`](crate::MAX_RINGS), each
     /// with its own completion thread).
     #[error("a device holds at most {0} rings")]
@@ -141,9 +150,14 @@ pub enum DeviceError {
 }
 
 impl DeviceError {
-    /// Whether the device was lost.
+    /// Whether the device was lost (including for good: [`DeviceError::is_gone`]).
     pub fn is_device_lost(&self) -> bool {
-        matches!(self, DeviceError::DeviceLost { .. })
+        matches!(self, DeviceError::DeviceLost { .. } | DeviceError::Gone { .. })
+    }
+
+    /// Whether the device is gone for good (re-creation failed).
+    pub fn is_gone(&self) -> bool {
+        matches!(self, DeviceError::Gone { .. })
     }
 
     /// Whether memory ran out.
@@ -154,7 +168,7 @@ impl DeviceError {
     /// The fence error a job failing this way signals.
     pub fn fence_error(&self) -> FenceError {
         match self {
-            DeviceError::DeviceLost { .. } => FenceError::DeviceLost,
+            DeviceError::DeviceLost { .. } | DeviceError::Gone { .. } => FenceError::DeviceLost,
             DeviceError::OutOfMemory { .. } => FenceError::Driver(errno::ENOMEM),
             _ => FenceError::Driver(errno::EIO),
         }
@@ -162,10 +176,16 @@ impl DeviceError {
 }
 
 /// Maps the results of runtime device calls (object creation, `vkQueueSubmit`,
-/// `vkWaitSemaphores`, `vkGetSemaphoreCounterValue`, `vkSignalSemaphore`):
-/// `ERROR_OUT_OF_HOST_MEMORY` / `ERROR_OUT_OF_DEVICE_MEMORY` → [`DeviceError::OutOfMemory`],
-/// `ERROR_DEVICE_LOST` → [`DeviceError::DeviceLost`], the rest → [`DeviceError::Vk`]. (Waits
-/// match `TIMEOUT` themselves before calling this.)
+/// `vkWaitSemaphores`, `vkGetSemaphoreCounterValue`, `vkSignalSemaphore`,
+/// `vkQueueWaitIdle`): `ERROR_OUT_OF_HOST_MEMORY` / `ERROR_OUT_OF_DEVICE_MEMORY` →
+/// [`DeviceError::OutOfMemory`], `ERROR_DEVICE_LOST` → [`DeviceError::DeviceLost`], the rest
+/// → [`DeviceError::Vk`]. (Waits match `TIMEOUT` themselves before calling this.)
+///
+/// Outcome rule: wherever a call of this class reports `ERROR_DEVICE_LOST`, the caller
+/// declares the generation lost (`DeviceCore::mark_lost`: every unfinished fence of the
+/// generation signals `DeviceLost`, the recovery thread creates the next one), exactly as an
+/// injected loss does; out-of-memory fails only the operation (a submission's jobs end
+/// `-ENOMEM`, see [`DeviceError::fence_error`]).
 pub(crate) fn map_device(op: &'static str, code: vk::Result) -> DeviceError {
     match code {
         vk::Result::ERROR_OUT_OF_HOST_MEMORY | vk::Result::ERROR_OUT_OF_DEVICE_MEMORY => {
@@ -204,6 +224,16 @@ impl BufferError {
     /// Whether the size is over the device's limit.
     pub fn is_too_large(&self) -> bool {
         matches!(self, BufferError::TooLarge { .. })
+    }
+
+    /// Whether host or device memory ran out (the driver refused the allocation).
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, BufferError::Device(e) if e.is_out_of_memory())
+    }
+
+    /// Whether the device was lost (or is gone for good).
+    pub fn is_device_lost(&self) -> bool {
+        matches!(self, BufferError::Device(e) if e.is_device_lost())
     }
 }
 
@@ -291,6 +321,20 @@ pub enum RecordError {
         /// The lost generation.
         generation: u64,
     },
+    /// The device is gone for good: it was lost and re-creating it failed (see
+    /// [`DeviceError::Gone`]). Make a new device.
+    #[error("the device is gone for good: re-creating it after a loss failed")]
+    DeviceGone,
+    /// Host or device memory ran out while recording (`vkAllocateCommandBuffers`,
+    /// `vkBeginCommandBuffer`, `vkEndCommandBuffer`): the job is refused, no fence exists
+    /// yet; submit it again later.
+    #[error("{op}: out of memory ({code})")]
+    OutOfMemory {
+        /// The Vulkan call.
+        op: &'static str,
+        /// `ERROR_OUT_OF_HOST_MEMORY` or `ERROR_OUT_OF_DEVICE_MEMORY`.
+        code: vk::Result,
+    },
     /// A kernel created on another device.
     #[error("kernel belongs to another device")]
     ForeignKernel,
@@ -361,9 +405,40 @@ impl RecordError {
         matches!(self, RecordError::WrongDevice { .. })
     }
 
-    /// Whether the device (or the buffer's generation of it) was lost.
+    /// Whether the device (or the buffer's generation of it) was lost, or is gone for good.
     pub fn is_device_lost(&self) -> bool {
-        matches!(self, RecordError::DeviceLost { .. } | RecordError::LostGeneration { .. })
+        matches!(
+            self,
+            RecordError::DeviceLost { .. }
+                | RecordError::LostGeneration { .. }
+                | RecordError::DeviceGone
+        )
+    }
+
+    /// Whether the device is gone for good (re-creation failed).
+    pub fn is_gone(&self) -> bool {
+        matches!(self, RecordError::DeviceGone)
+    }
+
+    /// Whether memory ran out while recording.
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, RecordError::OutOfMemory { .. })
+    }
+}
+
+/// Maps the results of the recording calls (`vkAllocateCommandBuffers`,
+/// `vkBeginCommandBuffer`, `vkEndCommandBuffer`) of a job recorded for device generation
+/// `generation`: `ERROR_OUT_OF_HOST_MEMORY` / `ERROR_OUT_OF_DEVICE_MEMORY` →
+/// [`RecordError::OutOfMemory`], `ERROR_DEVICE_LOST` (a layer or driver may report it from
+/// any call of a lost device) → [`RecordError::DeviceLost`], the rest → [`RecordError::Vk`].
+/// The caller declares the generation lost on `ERROR_DEVICE_LOST`, as [`map_device`]'s do.
+pub(crate) fn map_record(op: &'static str, code: vk::Result, generation: u64) -> RecordError {
+    match code {
+        vk::Result::ERROR_OUT_OF_HOST_MEMORY | vk::Result::ERROR_OUT_OF_DEVICE_MEMORY => {
+            RecordError::OutOfMemory { op, code }
+        }
+        vk::Result::ERROR_DEVICE_LOST => RecordError::DeviceLost { generation },
+        code => RecordError::Vk { op, code },
     }
 }
 
@@ -395,6 +470,16 @@ impl SubmitError {
     /// Whether a buffer of another device was used.
     pub fn is_wrong_device(&self) -> bool {
         matches!(self, SubmitError::Record(e) if e.is_wrong_device())
+    }
+
+    /// Whether memory ran out while recording the job (no fence was handed out).
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, SubmitError::Record(e) if e.is_out_of_memory())
+    }
+
+    /// Whether the device is gone for good (re-creation failed).
+    pub fn is_gone(&self) -> bool {
+        matches!(self, SubmitError::Record(e) if e.is_gone())
     }
 
     /// Whether the job was refused because the device, or the generation of one of its

@@ -26,9 +26,13 @@ pub fn validation_warnings() -> u64 {
 
 const VALIDATION_LAYER: &CStr = c"VK_LAYER_KHRONOS_validation";
 
+/// Counts and prints the messenger's messages. Only validation-type messages count as
+/// validation errors or warnings: general-type ones are the loader's own reports (such as
+/// "Failed to create device chain" when a driver or layer refuses `vkCreateDevice`, an error
+/// the backend handles and returns), printed only.
 unsafe extern "system" fn debug_callback(
     severity: vk::DebugUtilsMessageSeverityFlagsEXT,
-    _types: vk::DebugUtilsMessageTypeFlagsEXT,
+    types: vk::DebugUtilsMessageTypeFlagsEXT,
     data: *const vk::DebugUtilsMessengerCallbackDataEXT<'_>,
     _user: *mut c_void,
 ) -> vk::Bool32 {
@@ -40,7 +44,12 @@ unsafe extern "system" fn debug_callback(
             _ => "(no message)".into(),
         }
     };
-    if severity.contains(vk::DebugUtilsMessageSeverityFlagsEXT::ERROR) {
+    if !types.intersects(
+        vk::DebugUtilsMessageTypeFlagsEXT::VALIDATION
+            | vk::DebugUtilsMessageTypeFlagsEXT::PERFORMANCE,
+    ) {
+        eprintln!("[vulkan loader {severity:?}] {msg}");
+    } else if severity.contains(vk::DebugUtilsMessageSeverityFlagsEXT::ERROR) {
         VALIDATION_ERRORS.fetch_add(1, Ordering::Relaxed);
         eprintln!("[vulkan validation error] {msg}");
     } else if severity.contains(vk::DebugUtilsMessageSeverityFlagsEXT::WARNING) {

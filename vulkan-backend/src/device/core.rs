@@ -162,6 +162,24 @@ impl DeviceCore {
         self.notify.loss();
     }
 
+    /// Declares the core lost without signalling anything on this thread: sets the flag,
+    /// wakes every ring's completion thread (each fails its ring's unfinished fences
+    /// `DeviceLost` on its own thread, at once if parked, within [`COMPLETION_TIMEOUT`]
+    /// otherwise) and the recovery thread. For callers that hold locks a fence callback may
+    /// take (arm time: `prepare_job` runs under the entity's lock), where
+    /// [`mark_lost`](DeviceCore::mark_lost) would run callbacks inline. Allocation-free.
+    ///
+    /// [`COMPLETION_TIMEOUT`]: crate::device::COMPLETION_TIMEOUT
+    pub(crate) fn declare_lost(&self) {
+        self.comp.lost.store(true, Ordering::SeqCst);
+        let rings = self.comp.snapshot();
+        for r in rings.iter().flatten() {
+            r.wake();
+        }
+        drop(rings);
+        self.notify.loss();
+    }
+
     /// Releases injected hangs up to wait value `value` (see `fault::DeviceFaults`; a no-op
     /// without the `fault-injection` feature). Allocation-free.
     pub(crate) fn release_hang(&self, value: u64) {

@@ -220,8 +220,17 @@ impl VulkanDevice {
         }
         let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
         // SAFETY: the semaphores are alive (`rings` holds them).
-        unsafe { core.device.wait_semaphores(&info, timeout.as_nanos() as u64) }
-            .map_err(|c| map_device("vkWaitSemaphores", c))
+        let waited = unsafe { core.device.wait_semaphores(&info, timeout.as_nanos() as u64) };
+        drop(rings);
+        waited.map_err(|c| {
+            let e = map_device("vkWaitSemaphores", c);
+            if e.is_device_lost() {
+                // The driver reported the loss here first (the rings may be idle, their
+                // completion threads parked): the same recovery as any other report.
+                core.mark_lost();
+            }
+            e
+        })
     }
 
     /// The raw `ash` device of the current generation, for code that drives Vulkan itself
@@ -290,7 +299,7 @@ impl VulkanDevice {
     /// saw lost) and returns it.
     ///
     /// # Errors
-    /// [`DeviceError::DeviceLost`] when recreation failed (the device is gone for good), a
+    /// [`DeviceError::Gone`] when recreation failed (the device is gone for good), a
     /// timeout as [`DeviceError::Vk`] with `TIMEOUT`.
     pub fn wait_generation(&self, after: u64, timeout: Duration) -> Result<u64, DeviceError> {
         self.shared.wait_generation(after, Instant::now() + timeout)
@@ -377,6 +386,9 @@ impl VulkanDevice {
         queue_index: u32,
         mut config: SchedulerConfig,
     ) -> Result<Scheduler<VulkanRing>, DeviceError> {
+        if let Some(e) = self.shared.gone_error() {
+            return Err(e);
+        }
         if config.reset_domain.is_none() {
             config.reset_domain = Some(self.shared.domain.clone());
         }
@@ -408,8 +420,14 @@ impl VulkanDevice {
     ///
     /// # Errors
     /// Zero size, over [`max_buffer_size`](VulkanDevice::max_buffer_size), allocation
-    /// failure, or the current generation is lost ([`DeviceError::DeviceLost`] inside).
+    /// failure ([`BufferError::is_out_of_memory`]: the driver refused `vkCreateBuffer`,
+    /// `vkAllocateMemory` or `vkMapMemory`; nothing is left allocated), the current
+    /// generation is lost ([`DeviceError::DeviceLost`] inside), or the device is gone for
+    /// good ([`DeviceError::Gone`] inside).
     pub fn buffer(&self, size: u64) -> Result<Buffer, BufferError> {
+        if let Some(e) = self.shared.gone_error() {
+            return Err(BufferError::Device(e));
+        }
         let core = self.core();
         if core.is_lost() {
             return Err(BufferError::Device(DeviceError::DeviceLost { op: "vkAllocateMemory" }));

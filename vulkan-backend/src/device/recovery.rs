@@ -24,9 +24,13 @@
 //! [`wait_generation`](crate::VulkanDevice::wait_generation). Releasable injected hangs of the
 //! lost core are released first. Buffers keep their generation: using one of a lost
 //! generation is an error naming both generations (its memory is gone, "VRAM lost"); clients
-//! re-create buffers and resubmit their jobs (recording closures are re-recordable). If
-//! creation fails three times the device is gone for good: arming fails `DeviceLost` and
-//! `wait_generation` errors.
+//! re-create buffers and resubmit their jobs (recording closures are re-recordable). A failed
+//! creation (`vkCreateDevice` refused, out of memory, a kernel or ring refused) is retried
+//! [`RECREATE_ATTEMPTS`] times in all, with exponential back-off from [`RECREATE_BACKOFF`]
+//! (10, 20, 40, 80 ms); past that the device is gone for good: every fence it handed out has
+//! signalled (`DeviceLost`, by the loss), `wait_generation`, `buffer` and `ring` return
+//! `DeviceError::Gone`, arming returns `RecordError::DeviceGone`, and jobs already armed end
+//! `DeviceLost` when they run.
 //!
 //! # The graveyard
 //! A lost core may still be running work (a device whose loss was injected on lavapipe is; a really
@@ -57,6 +61,13 @@ use crate::sync::{self, lock};
 
 /// How long teardown waits for a lost generation's hardware before leaking it.
 pub(crate) const WEDGE_TEARDOWN_WAIT: Duration = Duration::from_secs(5);
+
+/// How many times the recovery thread tries to create the next generation before the device
+/// is gone for good.
+pub const RECREATE_ATTEMPTS: u32 = 5;
+
+/// The wait after the first failed re-creation; it doubles after each further failure.
+pub const RECREATE_BACKOFF: Duration = Duration::from_millis(10);
 
 /// How often the recovery thread looks at the graveyard.
 const REAP_INTERVAL: Duration = Duration::from_millis(20);
@@ -199,15 +210,13 @@ impl DeviceShared {
             });
             match made {
                 Ok(core) => break core,
-                Err(e) if attempt < 3 => {
-                    tracing::warn!(target: "gpusched_vulkan", device = %self.name, attempt, %e, "device recreation failed, retrying");
-                    std::thread::sleep(Duration::from_millis(10 * attempt));
+                Err(e) if attempt < RECREATE_ATTEMPTS => {
+                    let backoff = RECREATE_BACKOFF * (1 << (attempt - 1));
+                    tracing::warn!(target: "gpusched_vulkan", device = %self.name, attempt, %e, ?backoff, "device recreation failed, retrying");
+                    std::thread::sleep(backoff);
                 }
                 Err(e) => {
-                    tracing::error!(target: "gpusched_vulkan", device = %self.name, %e, "device recreation failed: the device is gone");
-                    self.dead.store(true, Ordering::SeqCst);
-                    drop(lock(&self.gen_lock));
-                    self.gen_cv.notify_all();
+                    self.give_up(attempt, e);
                     return;
                 }
             }
@@ -220,10 +229,7 @@ impl DeviceShared {
             match RingHw::new(&new, slot.queue, &slot.name, slot.credit_limit, slot.flags.clone()) {
                 Ok(hw) => fresh.push((slot, hw)),
                 Err(e) => {
-                    tracing::error!(target: "gpusched_vulkan", device = %self.name, %e, "ring recreation failed: the device is gone");
-                    self.dead.store(true, Ordering::SeqCst);
-                    drop(lock(&self.gen_lock));
-                    self.gen_cv.notify_all();
+                    self.give_up(attempt, format!("ring recreation: {e}"));
                     return;
                 }
             }
@@ -256,6 +262,18 @@ impl DeviceShared {
         }
         self.gen_cv.notify_all();
         tracing::warn!(target: "gpusched_vulkan", device = %self.name, generation, elapsed = ?t0.elapsed(), "device recreated");
+    }
+
+    /// Re-creation failed for good after `attempts` tries (the last with `last`): the device
+    /// is gone. The lost core stays current (every fence it handed out was failed by the
+    /// loss; jobs armed on it fail `DeviceLost` when they run); later calls report
+    /// [`DeviceError::Gone`](crate::DeviceError::Gone), and `wait_generation` wakes to say so.
+    fn give_up(&self, attempts: u32, last: String) {
+        tracing::error!(target: "gpusched_vulkan", device = %self.name, attempts, %last, "device recreation failed: the device is gone");
+        let _ = self.gone.set((attempts, last));
+        self.dead.store(true, Ordering::SeqCst);
+        drop(lock(&self.gen_lock));
+        self.gen_cv.notify_all();
     }
 
     /// Destroys what the graveyard may destroy now.

@@ -36,6 +36,8 @@ pub(crate) struct DeviceShared {
     pub(crate) generations: AtomicU64,
     /// Recreation failed: the device is gone for good.
     pub(crate) dead: AtomicBool,
+    /// Why it is gone: the attempts made and the last error (set before `dead`).
+    pub(crate) gone: OnceLock<(u32, String)>,
     /// A ring of a lost generation (in the graveyard) has work its hardware has not passed:
     /// that work may still hold the physical device (a loss injected on lavapipe leaves it
     /// running, on the thread pool that runs every `VkDevice`'s dispatches), so a job of
@@ -93,6 +95,7 @@ impl DeviceShared {
             generations: AtomicU64::new(1),
             current: Mutex::new(core),
             dead: AtomicBool::new(false),
+            gone: OnceLock::new(),
             lost_busy: AtomicBool::new(false),
             gen_lock: Mutex::new(()),
             gen_cv: Condvar::new(),
@@ -142,6 +145,15 @@ impl DeviceShared {
         Ok(Kernel { index: k.len() - 1, device: self.id, bindings, push_size })
     }
 
+    /// [`DeviceError::Gone`] once re-creation failed for good, else `None`.
+    pub(crate) fn gone_error(&self) -> Option<DeviceError> {
+        if !self.dead.load(Ordering::SeqCst) {
+            return None;
+        }
+        let (attempts, last) = self.gone.get().cloned().unwrap_or_default();
+        Some(DeviceError::Gone { attempts, last })
+    }
+
     pub(crate) fn wait_generation(
         &self,
         after: u64,
@@ -153,8 +165,8 @@ impl DeviceShared {
             if gen > after {
                 return Ok(gen);
             }
-            if self.dead.load(Ordering::SeqCst) {
-                return Err(DeviceError::DeviceLost { op: "device recreation" });
+            if let Some(e) = self.gone_error() {
+                return Err(e);
             }
             let now = Instant::now();
             if now >= deadline {

@@ -39,7 +39,7 @@ impl Backend for VulkanRing {
         // Every armed job draws (reproducible plans); a job's own fault wins.
         faults.arm(&mut job.fault);
         if self.slot.shared.dead.load(Ordering::SeqCst) {
-            return Err(RecordError::DeviceLost { generation: self.generation() });
+            return Err(RecordError::DeviceGone);
         }
         let hw = self.slot.hw();
         if hw.core.is_lost() {

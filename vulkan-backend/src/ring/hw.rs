@@ -79,6 +79,12 @@ pub(super) struct RingState {
     /// A thread is signalling this ring's fences ([`RingHw::drain`]): fences of one ring
     /// signal one at a time, in value order, whoever completes or fails them.
     pub(super) draining: bool,
+    /// Fences marked failed (a refused batch, a loss) whose signal has not returned yet:
+    /// still in `in_flight`, or popped by the drainer and being signalled (their callbacks,
+    /// which end the scheduler's job, still running). Until it is back to 0, the scheduler may
+    /// take one of those jobs as on the ring (see `VulkanRing::run`). With the last such
+    /// error.
+    pub(super) failing: (usize, Option<FenceError>),
     /// Jobs prepared and not yet run or freed (room reserved for them).
     pub(super) prepared: usize,
     /// Command buffers run but not yet submitted (batching); their values are the last
@@ -121,11 +127,14 @@ pub(super) struct InFlight {
 }
 
 impl InFlight {
-    /// Marks the fence failed with `error` (unless it is already).
-    pub(super) fn fail(&mut self, error: FenceError) {
+    /// Marks the fence failed with `error` (unless it is already), counting it in `failing`
+    /// (the ring's `RingState::failing`) until the drainer has signalled it.
+    pub(super) fn fail(&mut self, error: FenceError, failing: &mut (usize, Option<FenceError>)) {
         if self.error.is_none() {
             self.error = Some(error);
             self.ops_value.store(0, Ordering::Release);
+            failing.0 += 1;
+            failing.1 = Some(error);
         }
     }
 }
@@ -199,6 +208,7 @@ impl RingHw {
                 next_value: 0,
                 in_flight: VecDeque::with_capacity(cap),
                 draining: false,
+                failing: (0, None),
                 prepared: 0,
                 batch: Vec::with_capacity(cap),
                 submissions: VecDeque::with_capacity(cap),
@@ -289,6 +299,9 @@ impl RingHw {
             // runs ahead of the drain.
             self.signalled.fetch_max(f.value, Ordering::SeqCst);
             st = lock(&self.state);
+            if f.error.is_some() {
+                st.failing.0 = st.failing.0.saturating_sub(1);
+            }
         }
     }
 
@@ -342,24 +355,27 @@ impl RingHw {
     /// Signals every in-flight fence the semaphore has not passed with `error` (device
     /// lost), in value order, through the ring's drainer (see `drain`). Allocation-free.
     pub(crate) fn fail_all(&self, error: FenceError) {
-        let mut st = lock(&self.state);
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
         st.submissions.clear();
         let done = self.completed.load(Ordering::SeqCst);
         for f in st.in_flight.iter_mut().filter(|f| f.value > done) {
-            f.fail(error);
+            f.fail(error, &mut st.failing);
         }
-        self.drain(st);
+        self.drain(guard);
     }
 
     /// A command buffer ready for recording: a recycled one whose value the semaphore has
     /// passed, a free one, or a new one.
     pub(super) fn acquire_cb(&self, pool: &mut CmdPool) -> Result<vk::CommandBuffer, vk::Result> {
         if let Some(r) = pool.retired.front() {
-            // Hardware progress, not fence state: a lost device (even one whose loss was injected)
-            // may still run these command buffers.
+            // Hardware progress, not fence state: a lost device (even one whose loss was injected,
+            // or reported by a layer above a driver that still runs the work) may still run
+            // these command buffers, so a counter read that reports the loss recycles nothing
+            // it has not seen complete (the caller declares the loss).
             let done = match self.counter() {
                 Ok(c) => c.max(self.completed.load(Ordering::SeqCst)),
-                Err(vk::Result::ERROR_DEVICE_LOST) => u64::MAX,
+                Err(vk::Result::ERROR_DEVICE_LOST) => return Err(vk::Result::ERROR_DEVICE_LOST),
                 Err(_) => self.completed.load(Ordering::SeqCst),
             };
             if r.value <= done {
@@ -407,10 +423,24 @@ impl Drop for RingHw {
         // alive while the hardware may still use them (also on a lost core: a device whose loss was
         // injected still runs its work; a really lost one answers DEVICE_LOST). A device that never
         // finishes (a real hang) leaks them instead of destroying objects in use.
-        let idle = matches!(
-            unsafe { d.wait_semaphores(&info, 10_000_000_000) },
-            Ok(()) | Err(vk::Result::ERROR_DEVICE_LOST)
-        );
+        let idle = match unsafe { d.wait_semaphores(&info, 10_000_000_000) } {
+            Ok(()) => true,
+            Err(vk::Result::ERROR_DEVICE_LOST) => {
+                // The driver reports the device lost, but the work submitted may still run
+                // (a layer that reports a loss above a driver that does not lose anything;
+                // a driver that reports the loss before its queues stop): wait for the queue
+                // to go idle before destroying what that work uses. `vkQueueWaitIdle` on a
+                // lost device returns (`VK_ERROR_DEVICE_LOST`) once nothing runs on it any
+                // more. Injected hangs first, which would keep it from going idle.
+                self.core.release_injected(true);
+                let slot = &self.core.queues[self.queue as usize];
+                let q = lock(&slot.queue);
+                // SAFETY: the queue is externally synchronised by its mutex.
+                let _ = unsafe { d.queue_wait_idle(*q) };
+                true
+            }
+            Err(_) => false,
+        };
         if !idle {
             diag!(error, target: "gpusched_vulkan", ring = %self.name, "ring dropped with work still running: leaking its pool, semaphore, retired buffers and device");
             // The thread must still be gone before the device can be destroyed.

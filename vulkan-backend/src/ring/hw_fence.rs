@@ -94,7 +94,14 @@ impl FenceOps for HwOps {
                         return OpsWait::TimedOut;
                     }
                 }
-                // Device lost or another failure: the completion thread signals the error.
+                // The driver reports the loss to this waiter first: declare it (the waiter
+                // may hold a `Resv` lock, so no fence callback runs here); the completion
+                // threads fail the fences. Another failure: the completion thread signals
+                // whatever comes of it.
+                Err(vk::Result::ERROR_DEVICE_LOST) => {
+                    r.core.declare_lost();
+                    return OpsWait::Unsupported;
+                }
                 Err(_) => return OpsWait::Unsupported,
             }
         }

@@ -18,6 +18,15 @@
 //! by the timeout handler, on its own. A job with an injected hang or submit failure is
 //! never batched: `run_job` submits the jobs batched before it, then submits it alone (with
 //! its wait on the hang semaphore).
+//!
+//! # A refused batch
+//! When `vkQueueSubmit` fails for a chunk of a batch, the chunks before it stay submitted,
+//! and the jobs of the refused chunk and of every later one end with the call's error
+//! (`DeviceError::fence_error`: `DeviceLost`, which also declares the generation lost, or
+//! `-ENOMEM`, ...). Their values are never reused. Until the ring's drainer has signalled those
+//! fences, a job handed to the ring fails with the same error (see `VulkanRing::run`): the
+//! scheduler counts a job as on the ring once `run_job` returned, and lets its same-ring
+//! dependants run.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -28,7 +37,7 @@ use gpusched::fence::{Fence, FenceError};
 use super::hw::{InFlight, RingHw, RingState, Submission};
 use super::VulkanRing;
 use crate::device::DeviceCore;
-use crate::error::{map_device, DeviceError, RecordError};
+use crate::error::{map_device, map_record, DeviceError, RecordError};
 use crate::fault::PendingHang;
 use crate::job::{Prepared, VulkanJob};
 use crate::kernel::{full_barrier, host_barrier, RecordCtx};
@@ -121,7 +130,7 @@ impl RingHw {
                 // signals a higher value, which timeline waits cover), so seqnos stay unique.
                 let error = e.fence_error();
                 for f in st.in_flight.iter_mut().rev().take(batched).filter(|f| f.value > done) {
-                    f.fail(error);
+                    f.fail(error, &mut st.failing);
                 }
                 if e.is_device_lost() {
                     drop(guard);
@@ -139,17 +148,31 @@ impl RingHw {
             check_generation(b, core)?;
         }
         let d = &core.device;
+        // A driver error of a recording call: out of memory refuses the job; a lost device
+        // is declared lost, as every call that reports it does, without running fence
+        // callbacks here (arm time: the entity's lock is held).
+        let failed = |op, code| {
+            if code == vk::Result::ERROR_DEVICE_LOST {
+                core.declare_lost();
+            }
+            map_record(op, code, core.generation)
+        };
         let mut pool = lock(&self.pool);
-        let cb = self
-            .acquire_cb(&mut pool)
-            .map_err(|code| RecordError::Vk { op: "vkAllocateCommandBuffers", code })?;
+        let cb = match self.acquire_cb(&mut pool) {
+            Ok(cb) => cb,
+            Err(code) => {
+                drop(pool);
+                return Err(failed("vkAllocateCommandBuffers", code));
+            }
+        };
         let begin = vk::CommandBufferBeginInfo::default()
             .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
         // SAFETY: `cb` is from this ring's pool, locked; it is not pending (fresh, or the
         // semaphore passed its last submission); the pool allows per-buffer reset.
         if let Err(code) = unsafe { d.begin_command_buffer(cb, &begin) } {
             pool.free.push(cb);
-            return Err(RecordError::Vk { op: "vkBeginCommandBuffer", code });
+            drop(pool);
+            return Err(failed("vkBeginCommandBuffer", code));
         }
         // An injected slow job records the busy kernel first, sized to run about its time.
         let slow = job.fault.slow_groups(core);
@@ -185,7 +208,8 @@ impl RingHw {
             }
             (Ok(()), Err(code)) => {
                 pool.free.push(cb);
-                Err(RecordError::Vk { op: "vkEndCommandBuffer", code })
+                drop(pool);
+                Err(failed("vkEndCommandBuffer", code))
             }
         }
     }
@@ -273,6 +297,16 @@ impl VulkanRing {
         if hw.core.is_lost() {
             // Prepared on a generation that is gone: its command buffer died with it.
             return Err(FenceError::DeviceLost);
+        }
+        if let (1.., Some(error)) = st.failing {
+            // An earlier submission of this ring failed (a batch the driver refused) and its
+            // fences have not all signalled yet: the drainer that signals them is busy (this
+            // may be its callback), or is signalling one now (popped, its callbacks still
+            // running). The scheduler took those jobs as on the ring, so a same-ring
+            // dependant of one of them is ready now and would run without its results. Every
+            // job handed over in that window fails with the same error, as if it had been in
+            // the refused batch.
+            return Err(error);
         }
         // Injected faults on submission (without the feature: `None` and `false`, constants).
         let fail = faults.submit_failure(&job.fault);

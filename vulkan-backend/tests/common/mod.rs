@@ -16,15 +16,25 @@ use gpusched_vulkan::{DeviceConfig, InitError, VulkanDevice};
 /// Deadlock watchdog for every wait (never a speed assertion).
 pub const WATCHDOG: Duration = Duration::from_secs(60);
 
-/// A device with the validation layer on, or `None` (with a printed reason) when Vulkan or
-/// every device is missing. A missing validation layer fails the test: CI installs it.
+/// A device with the validation layer on, or `None` when Vulkan, every device or the
+/// validation layer is missing on a developer machine (a printed `SKIPPED` line). Under CI (or
+/// `GPUSCHED_REQUIRE_VULKAN=1`) anything missing fails the test
+/// (`vk_fault_layer::testing::skip_or_fail`).
+#[track_caller]
 pub fn device() -> Option<VulkanDevice> {
     match VulkanDevice::with_config(
         DeviceConfig::default().validation(std::env::var("GPUSCHED_TEST_NOVAL").is_err()),
     ) {
         Ok(d) => Some(d),
-        Err(e @ (InitError::LoaderMissing(_) | InitError::NoDevice(_))) => {
-            eprintln!("SKIPPED: no Vulkan device can be created: {e}");
+        Err(
+            e @ (InitError::LoaderMissing(_)
+            | InitError::NoDevice(_)
+            | InitError::ValidationUnavailable),
+        ) => {
+            vk_fault_layer::testing::skip_or_fail(
+                "vulkan test",
+                format!("no validated Vulkan device can be created: {e}"),
+            );
             None
         }
         Err(e) => panic!("cannot create a validated Vulkan device: {e}"),
