@@ -346,7 +346,6 @@ impl<'a> ResvGuard<'a> {
             add_without_reserve();
         }
         l.reserved -= 1;
-        l.dirty = true;
         let slot = l.list.iter().position(|old| {
             (old.fence.context() == fence.context()
                 && old.usage >= usage
@@ -354,8 +353,17 @@ impl<'a> ResvGuard<'a> {
                 || old.fence.is_signaled()
         });
         match slot {
-            Some(i) => l.list[i] = Entry { fence, usage },
-            None => l.list.push(Entry { fence, usage }),
+            // The same fence with the same usage: the list does not change, nor need the
+            // snapshot.
+            Some(i) if l.list[i].usage == usage && l.list[i].fence.ptr_eq(&fence) => {}
+            Some(i) => {
+                l.list[i] = Entry { fence, usage };
+                l.dirty = true;
+            }
+            None => {
+                l.list.push(Entry { fence, usage });
+                l.dirty = true;
+            }
         }
         l.check();
     }
