@@ -308,9 +308,10 @@ impl<'a> ResvGuard<'a> {
     /// The allocation failed.
     pub fn reserve_fences(&mut self, n: usize) -> Result<(), TryReserveError> {
         let l = &mut *self.inner;
-        let before = l.list.len();
-        l.list.retain(|e| !e.fence.is_signaled());
-        l.dirty |= l.list.len() != before;
+        if l.list.iter().any(|e| e.fence.is_signaled()) {
+            l.list.retain(|e| !e.fence.is_signaled());
+            l.dirty = true;
+        }
         l.list.try_reserve(l.reserved + n)?;
         l.reserved += n;
         let need = l.list.len() + l.reserved;

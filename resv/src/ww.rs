@@ -345,10 +345,6 @@ impl State {
 #[derive(Debug)]
 struct Queue {
     state: Mutex<State>,
-    /// Whether `state.owner` is `Owner::Free`: written (Relaxed) under the state lock whenever
-    /// the owner changes, read without it by spinning lockers as a hint only (they re-check
-    /// under the lock).
-    free: core::sync::atomic::AtomicBool,
     /// Notified (all) on unlock when there are waiters, and when a waiter is wounded.
     cv: Condvar,
 }
@@ -403,7 +399,6 @@ impl<T> WwMutex<T> {
             class,
             queue: Arc::new(Queue {
                 state: Mutex::new(State { owner: Owner::Free, waiters: 0, waiting: Vec::new() }),
-                free: core::sync::atomic::AtomicBool::new(true),
                 cv: Condvar::new(),
             }),
             data: UnsafeCell::new(value),
@@ -513,7 +508,6 @@ impl<T> WwMutex<T> {
             Some(c) => Owner::Ctx(c.shared.clone()),
             None => Owner::NoCtx,
         };
-        self.queue.set_free(false);
         drop(st);
         lockdep::lock_acquire(self.class.lock_class, Acquire::Try, ctx.map(AcquireCtx::nest_key));
         Some(self.guard(ctx))
@@ -573,7 +567,6 @@ impl<T> WwMutex<T> {
         match &st.owner {
             Owner::Free if !st.older_waiter(me) => {
                 st.owner = me.map_or(Owner::NoCtx, |m| Owner::Ctx(m.clone()));
-                self.queue.set_free(false);
                 return Ok(());
             }
             Owner::Ctx(h) if me.is_some_and(|m| Arc::ptr_eq(h, m)) => {
@@ -589,14 +582,11 @@ impl<T> WwMutex<T> {
         };
         let algorithm = self.class.algorithm;
         let mut registered = false;
-        #[cfg(not(gpusched_loom))]
-        let mut spin = Spin::new();
         let result = loop {
             let older_waiter = st.older_waiter(me);
             let holder = match &st.owner {
                 Owner::Free if !older_waiter => {
                     st.owner = me.map_or(Owner::NoCtx, |m| Owner::Ctx(m.clone()));
-                    self.queue.set_free(false);
                     break Ok(());
                 }
                 Owner::Free | Owner::NoCtx => None,
@@ -638,15 +628,6 @@ impl<T> WwMutex<T> {
                     continue;
                 }
             }
-            #[cfg(not(gpusched_loom))]
-            if spin.budget_left() {
-                // The holder may be about to release: spin (without the state lock) until the
-                // mutex looks free or the budget is spent, then go round again before sleeping.
-                drop(st);
-                spin.wait(&self.queue, me);
-                st = lock(&self.queue.state);
-                continue;
-            }
             st.waiters += 1;
             match domain {
                 Some(d) => {
@@ -686,65 +667,10 @@ impl<T> WwMutex<T> {
     fn release(&self) {
         let mut st = lock(&self.queue.state);
         st.owner = Owner::Free;
-        self.queue.set_free(true);
         let waiters = st.waiters;
         drop(st);
         if waiters != 0 {
             self.queue.cv.notify_all();
-        }
-    }
-}
-
-impl Queue {
-    /// Updates the `free` hint; call under the state lock, after changing the owner.
-    fn set_free(&self, free: bool) {
-        self.free.store(free, core::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// How long a contended lock spins before it sleeps on the condvar. A holder that is running
-/// usually releases within a few microseconds (a 16-object `Exec` holds its locks for about
-/// that long), while a sleep and its wake-up cost tens of microseconds on a loaded machine
-/// (the kernel's mutexes spin on a running owner for the same reason).
-#[cfg(not(gpusched_loom))]
-const SPIN: Duration = Duration::from_micros(5);
-
-/// The spin budget of one contended acquisition. Not built under loom: spinning is a delayed
-/// retry, which the models already cover as a spurious wake-up.
-#[cfg(not(gpusched_loom))]
-struct Spin {
-    /// When the budget runs out; set at the first spin.
-    until: Option<std::time::Instant>,
-    spent: bool,
-}
-
-#[cfg(not(gpusched_loom))]
-impl Spin {
-    fn new() -> Self {
-        Spin { until: None, spent: SPIN.is_zero() }
-    }
-
-    fn budget_left(&self) -> bool {
-        !self.spent
-    }
-
-    /// Spins until the mutex looks free, `me` is wounded, or the budget is spent.
-    fn wait(&mut self, queue: &Queue, me: Option<&Arc<CtxShared>>) {
-        let now = std::time::Instant::now();
-        let until = *self.until.get_or_insert(now + SPIN);
-        loop {
-            for _ in 0..32 {
-                if queue.free.load(core::sync::atomic::Ordering::Relaxed)
-                    || me.is_some_and(|m| m.wounded.load(Ordering::Relaxed))
-                {
-                    return;
-                }
-                std::hint::spin_loop();
-            }
-            if std::time::Instant::now() >= until {
-                self.spent = true;
-                return;
-            }
         }
     }
 }
