@@ -537,11 +537,6 @@ impl Fence {
         let now = Instant::now().saturating_duration_since(epoch()).as_nanos() as u64;
         self.inner.timestamp_ns.store(now, Ordering::Relaxed);
         let prev = self.inner.state.fetch_or(SIGNALED | CLAIMED, Ordering::AcqRel);
-        let entries = if prev & CALLBACKS != 0 {
-            core::mem::take(&mut lock(&self.inner.cbs).entries)
-        } else {
-            Vec::new()
-        };
         if prev & LISTENING != 0 {
             self.inner.event.notify(usize::MAX);
         }
@@ -550,9 +545,19 @@ impl Fence {
             // A futex wake on Linux (allocation-free); see `park.rs`.
             crate::park::wake_all(&self.inner.state);
         }
-        // A panicking callback must not cost the others their run: each runs exactly once,
-        // and the first panic resumes after all of them.
-        // Work the callbacks defer (`defer_after_callbacks`) runs after the last of them.
+        if prev & CALLBACKS != 0 {
+            let entries = core::mem::take(&mut lock(&self.inner.cbs).entries);
+            self.run_callbacks(entries);
+        }
+        true
+    }
+
+    /// Runs the callbacks taken out at signal time, on the signalling thread (inside its
+    /// section). A panicking callback must not cost the others their run: each runs exactly
+    /// once, and the first panic resumes after all of them. Work the callbacks defer
+    /// (`defer_after_callbacks`) runs after the last of them.
+    #[inline(never)]
+    fn run_callbacks(&self, entries: Vec<(u64, Callback)>) {
         let mut panicked = None;
         if !entries.is_empty() {
             #[cfg(not(gpusched_loom))]
@@ -570,7 +575,6 @@ impl Fence {
         if let Some(p) = panicked {
             std::panic::resume_unwind(p);
         }
-        true
     }
 
     /// Blocks this thread on the fence's state word until it signals or `deadline` passes:
