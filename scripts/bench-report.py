@@ -232,6 +232,9 @@ def main():
           crit=("resv_lock_add_unlock/std_mutex_vec_baseline",
                 "resv_lock_add_unlock/resv_acquire_ctx"),
           ratio_key="resv.lock_add_unlock.ctx_ratio")
+    r.row("lock / add_fence / unlock (no ctx), a new fence each time, vs std `Mutex<Vec>`",
+          "resv.lock_add_unlock.fresh_std_ns", "resv.lock_add_unlock.fresh_no_ctx_ns",
+          ratio_key="resv.lock_add_unlock.fresh_no_ctx_ratio")
     r.row("reader under a writer: unlocked snapshot vs locked (reads/s, ratio = speed-up)",
           "resv.readers.locked_reads_per_s", "resv.readers.unlocked_reads_per_s", unit="/s",
           crit=("resv_readers_under_writer/unlocked_snapshot_reader",

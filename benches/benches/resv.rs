@@ -123,6 +123,32 @@ fn lock_add_unlock(c: &mut Criterion) {
     );
     metric("resv.lock_add_unlock.no_ctx_ratio", plain_ratio);
     metric("resv.lock_add_unlock.ctx_ratio", ctx_ratio);
+
+    // The same with a new fence of the ring each time (each replaces the previous one), so
+    // every unlock publishes a changed list: the loops above re-add one fence, which leaves
+    // the list unchanged and publishes nothing.
+    let (mut fb, mut fp, mut fr) = (vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        let (fences, signallers): (Vec<Fence>, Vec<Signaller>) =
+            (0..n).map(|_| ring.next()).unzip();
+        let mut it = fences.iter().cycle();
+        let base = ns_per_iter(n, || std_add(&list, it.next().unwrap()));
+        let mut it = fences.iter().cycle();
+        let plain = ns_per_iter(n, || resv_add(&resv, it.next().unwrap()));
+        drop(signallers);
+        fb.push(base);
+        fp.push(plain);
+        fr.push(plain / base);
+    }
+    let (fresh_base, fresh_plain, fresh_ratio) =
+        (median(&mut fb), median(&mut fp), median(&mut fr));
+    println!(
+        "ratio resv_lock_add_unlock, a new fence each time: resv_no_ctx/std = {fresh_ratio:.2}x \
+         ({fresh_base:.0} / {fresh_plain:.0} ns)"
+    );
+    metric("resv.lock_add_unlock.fresh_std_ns", fresh_base);
+    metric("resv.lock_add_unlock.fresh_no_ctx_ns", fresh_plain);
+    metric("resv.lock_add_unlock.fresh_no_ctx_ratio", fresh_ratio);
     metric("resv.lock_add_unlock.std_ns", base);
     metric("resv.lock_add_unlock.no_ctx_ns", plain);
     metric("resv.lock_add_unlock.ctx_ns", ctx);
