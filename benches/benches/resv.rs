@@ -294,14 +294,14 @@ fn profiled(
 }
 
 /// The median of `v` (which it sorts).
-fn median(v: &mut Vec<f64>) -> f64 {
+fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
 fn exec_16(c: &mut Criterion) {
     const N: usize = 16;
-    let objs: Arc<Vec<Resv>> = Arc::new((0..N).map(|_| Resv::new()).collect());
+    let objs: Arc<Vec<Resv>> = Arc::new((0..N).map(|_| Resv::new()).collect::<Vec<_>>());
     let forward = |objs: &Vec<Resv>, exec: &mut Exec| {
         let set: Vec<&Resv> = objs.iter().collect();
         exec.lock_all(&set, |guards| black_box(guards.len())).unwrap()
@@ -323,11 +323,12 @@ fn exec_16(c: &mut Criterion) {
         alone_v.push(profiled(n, None, &mut exec, &objs, forward));
         cont_v.push(profiled(n, Some(&objs), &mut exec, &objs, forward));
     }
-    let pick = |v: &[Phase], f: fn(&Phase) -> f64| median(&mut v.iter().map(f).collect());
+    let pick = |v: &[Phase], f: fn(&Phase) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());
     let alone = pick(&alone_v, |p| p.ns);
     let contended = pick(&cont_v, |p| p.ns);
     let backoffs = pick(&cont_v, |p| p.backoffs);
-    let ratio = median(&mut cont_v.iter().zip(&alone_v).map(|(c, a)| c.ns / a.ns).collect());
+    let ratio =
+        median(&mut cont_v.iter().zip(&alone_v).map(|(c, a)| c.ns / a.ns).collect::<Vec<_>>());
     for (name, v) in [("alone", &alone_v), ("contended", &cont_v)] {
         println!(
             "profile resv_exec_16 {name} (medians per lock_all): wall {:.0} ns = CPU {:.0} ns + \
@@ -367,7 +368,7 @@ fn exec_16(c: &mut Criterion) {
     metric("resv.exec16.same_order_contended_ns", same_order);
 
     // The baseline under contention: 16 std mutexes, both threads in the same order.
-    let mutexes: Arc<Vec<Mutex<u64>>> = Arc::new((0..N).map(|_| Mutex::new(0)).collect());
+    let mutexes: Arc<Vec<Mutex<u64>>> = Arc::new((0..N).map(|_| Mutex::new(0)).collect::<Vec<_>>());
     let lock_sorted = |ms: &Vec<Mutex<u64>>| {
         let mut guards: Vec<_> = ms.iter().map(|m| m.lock().unwrap()).collect();
         for g in &mut guards {
