@@ -60,7 +60,8 @@ fn per_item<T>(n: usize, mut make: impl FnMut() -> T) -> (f64, f64) {
     }
     let (b1, a1) = (BYTES.load(Ordering::Relaxed), ALLOCS.load(Ordering::Relaxed));
     drop(keep);
-    ((b1 - b0) as f64 / n as f64, (a1 - a0) as f64 / n as f64)
+    let per = |after: usize, before: usize| (after as f64 - before as f64) / n as f64;
+    (per(b1, b0), per(a1, a0))
 }
 
 fn main() {

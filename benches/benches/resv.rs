@@ -9,7 +9,12 @@
 //!   scheme a caller can use when it controls every lock order, which wound/wait exists to
 //!   avoid needing).
 //!
-//! After criterion's numbers, each group prints a ratio from its own timed loop.
+//! After criterion's numbers, each group prints a ratio from its own timed loop: the routines
+//! interleaved round by round, medians of the rounds (and of each round's ratio). The
+//! lock/add/unlock loop re-adds one fence, which leaves the list unchanged (nothing to
+//! publish); a second loop adds a new fence each time, so every unlock publishes. The `Exec`
+//! rounds profile the measuring thread from `/proc/thread-self/{schedstat,status}`: CPU time,
+//! run-queue wait and voluntary sleeps per `lock_all`.
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::hint::black_box;
