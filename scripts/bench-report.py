@@ -77,6 +77,8 @@ def fmt_value(v, unit):
         return f"{v:.0f}/s"
     if unit == "share":
         return f"{v:.3f}"
+    if unit == "B":
+        return f"{v:.0f} B"
     return f"{v:.3g}"
 
 
@@ -95,14 +97,19 @@ class Report:
             "|---|---|---|---|---|---|---|",
         ]
 
-    def row(self, label, base, ours, unit="ns", crit=None, target=None, invert=False):
+    def row(self, label, base, ours, unit="ns", crit=None, target=None, invert=False,
+            ratio_key=None):
         """base/ours: metric keys (or literal numbers); crit: (baseline id, ours id);
-        target: (text, predicate(base, ours, ratio)); invert: ratio = base / ours."""
+        target: (text, predicate(base, ours, ratio)); invert: ratio = base / ours;
+        ratio_key: a metric holding the ratio itself (a median of interleaved rounds' ratios),
+        used instead of ours / base when the bench printed it."""
         b = self.m.get(base) if isinstance(base, str) else base
         o = self.m.get(ours) if isinstance(ours, str) else ours
         ratio = None
         if b is not None and o is not None and (o if invert else b) > 0:
             ratio = b / o if invert else o / b
+        if ratio_key is not None and ratio_key in self.m:
+            ratio = self.m[ratio_key]
         cr = "–"
         if crit:
             cb, co = self.c.get(crit[0]), self.c.get(crit[1])
@@ -163,7 +170,8 @@ def main():
     r.section(
         "1. Fences",
         "Per operation. Wake latency is one way (ping-pong round trip / 2). Ours: medians of "
-        "21 runs, interleaved per group.",
+        "21 rounds, the three routines interleaved round by round; ratios are the medians of "
+        "each round's ratio.",
     )
     for g, label in [
         ("create_signal", "create + signal"),
@@ -173,9 +181,19 @@ def main():
     ]:
         tgt = ("≤ 1.1× Condvar", le(1.1)) if g == "wake_latency" else None
         r.row(f"{label} vs Condvar", f"fence.{g}.condvar_ns", f"fence.{g}.fence_ns",
-              crit=(f"{g}/condvar", f"{g}/fence"), target=tgt)
+              crit=(f"{g}/condvar", f"{g}/fence"), target=tgt,
+              ratio_key=f"fence.{g}.fence_condvar_ratio")
+        tgt = ("≤ 1.2×", le(1.2)) if g == "create_signal" else None
         r.row(f"{label} vs bare Event", f"fence.{g}.event_ns", f"fence.{g}.fence_ns",
-              crit=(f"{g}/event", f"{g}/fence"))
+              crit=(f"{g}/event", f"{g}/fence"), target=tgt,
+              ratio_key=f"fence.{g}.fence_event_ratio")
+    r.row("bytes per pending fence, with its `Arc` (counting allocator)", None,
+          "fence.alloc.pending_bytes", unit="B",
+          target=("≤ 128 B", lambda b, o, ratio: o <= 128))
+    r.row("bytes per pending fence with one callback reserved (`prepare(1)`)", None,
+          "fence.alloc.prepared_1cb_bytes", unit="B")
+    r.row("bytes per pending fence with one `add_callback` (closure box included)", None,
+          "fence.alloc.with_callback_bytes", unit="B")
 
     r.section(
         "2. Checker cost",
@@ -207,11 +225,16 @@ def main():
     r.section("3. Reservation objects")
     r.row("lock / add_fence / unlock (no ctx) vs std `Mutex<Vec>`",
           "resv.lock_add_unlock.std_ns", "resv.lock_add_unlock.no_ctx_ns",
-          crit=("resv_lock_add_unlock/std_mutex_vec_baseline", "resv_lock_add_unlock/resv_no_ctx"))
+          crit=("resv_lock_add_unlock/std_mutex_vec_baseline", "resv_lock_add_unlock/resv_no_ctx"),
+          target=("≤ 3×", le(3.0)), ratio_key="resv.lock_add_unlock.no_ctx_ratio")
     r.row("lock / add_fence / unlock (AcquireCtx) vs std `Mutex<Vec>`",
           "resv.lock_add_unlock.std_ns", "resv.lock_add_unlock.ctx_ns",
           crit=("resv_lock_add_unlock/std_mutex_vec_baseline",
-                "resv_lock_add_unlock/resv_acquire_ctx"))
+                "resv_lock_add_unlock/resv_acquire_ctx"),
+          ratio_key="resv.lock_add_unlock.ctx_ratio")
+    r.row("lock / add_fence / unlock (no ctx), a new fence each time, vs std `Mutex<Vec>`",
+          "resv.lock_add_unlock.fresh_std_ns", "resv.lock_add_unlock.fresh_no_ctx_ns",
+          ratio_key="resv.lock_add_unlock.fresh_no_ctx_ratio")
     r.row("reader under a writer: unlocked snapshot vs locked (reads/s, ratio = speed-up)",
           "resv.readers.locked_reads_per_s", "resv.readers.unlocked_reads_per_s", unit="/s",
           crit=("resv_readers_under_writer/unlocked_snapshot_reader",
@@ -223,21 +246,28 @@ def main():
           "resv.exec16.alone_ns")
     r.row("`Exec` over 16 objects: 2 threads (other in reverse order) vs 1", "resv.exec16.alone_ns",
           "resv.exec16.contended_ns",
-          crit=("resv_exec_16/one_thread_baseline", "resv_exec_16/two_threads_contending"))
+          crit=("resv_exec_16/one_thread_baseline", "resv_exec_16/two_threads_contending"),
+          target=("≤ 8×", le(8.0)), ratio_key="resv.exec16.contended_ratio")
     r.row("`Exec` over 16 objects: 2 threads in the same order vs 1", "resv.exec16.alone_ns",
           "resv.exec16.same_order_contended_ns")
     r.row("2 threads: `Exec` (reverse order) vs 16 std mutexes in one global order",
           "resv.exec16.std_sorted_contended_ns", "resv.exec16.contended_ns")
     bo = m.get("resv.exec16.backoffs_per_lock_all")
-    if bo is not None:
+    cpu_c, rq_c = m.get("resv.exec16.contended_cpu_ns"), m.get("resv.exec16.contended_runqueue_ns")
+    sl_c = m.get("resv.exec16.contended_sleeps_per_lock_all")
+    if None not in (bo, cpu_c, rq_c, sl_c):
         r.text(
-            f"Back-offs (wound/wait `-EDEADLK` retries) per contended `lock_all`: {bo:.3f}. "
-            "Contended, a `lock_all` costs tens of µs on this machine whichever order the "
-            "other thread uses (both orders: 1–45 µs across runs): a blocked ww-mutex lock "
-            "sleeps, and each hand-over is a sleep/wake pair on 2 shared cores; back-offs add "
-            "a release-everything-and-retry on top. Std mutexes taken in one global order let "
-            "the running thread barge back in and so stay near their uncontended cost; they "
-            "are the floor, not a like-for-like lock (no deadlock avoidance across orders)."
+            f"Contended `lock_all` profile (measuring thread, `/proc/thread-self/schedstat`, "
+            f"medians of the interleaved rounds): {fmt_value(cpu_c, 'ns')} on a CPU, "
+            f"{fmt_value(rq_c, 'ns')} runnable but waiting for one, the rest of the wall time "
+            f"asleep; {sl_c:.3f} sleeps and {bo:.3f} back-offs (wound/wait `-EDEADLK` retries) "
+            "per `lock_all`. The ratio depends on whether the two threads get a CPU each: "
+            "time-shared (run-queue wait ≈ CPU time) they rarely overlap, and the ratio is "
+            "about 2× (the other thread's share of the CPU); running in parallel they back off "
+            "about once per `lock_all` and wait for each other. Std mutexes taken in one global "
+            "order let the running thread barge back in and so stay near their uncontended "
+            "cost; they are the floor, not a like-for-like lock (no deadlock avoidance across "
+            "orders)."
         )
 
     r.section(

@@ -10,8 +10,8 @@
 //!   sleep; `wake_latency_nospin` turns the spin off, so every wait sleeps in the futex as the
 //!   Condvar's does: the like-for-like wake.
 //!
-//! After criterion, a short manual run takes the median of each and prints the ratios
-//! ours / Condvar and ours / Event.
+//! After criterion, a short manual run, the three interleaved round by round, takes the median
+//! of each and of each round's ratios ours / Condvar and ours / Event.
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::hint::black_box;
@@ -285,12 +285,26 @@ fn bench(c: &mut Criterion) {
 
 criterion_group!(benches, bench);
 
-/// The median time per iteration of `routine`, over `samples` runs of `iters` iterations.
-fn median_ns(routine: Routine, samples: usize, iters: u64) -> f64 {
-    let mut v: Vec<f64> =
-        (0..samples).map(|_| routine(iters).as_nanos() as f64 / iters as f64).collect();
+/// The median of `v` (which it sorts).
+fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// Runs the three routines interleaved, `samples` rounds of `iters` iterations each: the median
+/// ns per iteration of each, and the medians of each round's ours/Condvar and ours/Event.
+fn interleaved(routines: [Routine; 3], samples: usize, iters: u64) -> ([f64; 3], [f64; 2]) {
+    let mut times: [Vec<f64>; 3] = Default::default();
+    let mut ratios: [Vec<f64>; 2] = Default::default();
+    for _ in 0..samples {
+        let t = routines.map(|r| r(iters).as_nanos() as f64 / iters as f64);
+        for (v, x) in times.iter_mut().zip(t) {
+            v.push(x);
+        }
+        ratios[0].push(t[0] / t[1]);
+        ratios[1].push(t[0] / t[2]);
+    }
+    (times.map(|mut v| median(&mut v)), ratios.map(|mut v| median(&mut v)))
 }
 
 fn main() {
@@ -299,17 +313,21 @@ fn main() {
     // In `--test` mode only prove that the ratio pass runs.
     let test_mode = std::env::args().any(|a| a == "--test");
     let (samples, iters) = if test_mode { (3, 10) } else { (21, 2_000) };
-    println!("\nmedians over {samples} runs of {iters} iterations (ns per op; wake = one way):");
+    println!(
+        "\nmedians over {samples} interleaved rounds of {iters} iterations (ns per op; wake = one \
+         way; ratios are medians of each round's ratio):"
+    );
     for (group, routines) in GROUPS {
-        let [ours, condvar, event] = routines.map(|(_, r)| median_ns(r, samples, iters));
+        let ([ours, condvar, event], [vs_condvar, vs_event]) =
+            interleaved(routines.map(|(_, r)| r), samples, iters);
         println!(
             "{group:>20}: fence {ours:9.1}  condvar {condvar:9.1}  event {event:9.1}  \
-             fence/condvar {:5.2}  fence/event {:5.2}",
-            ours / condvar,
-            ours / event
+             fence/condvar {vs_condvar:5.2}  fence/event {vs_event:5.2}"
         );
         metric(&format!("fence.{group}.fence_ns"), ours);
         metric(&format!("fence.{group}.condvar_ns"), condvar);
         metric(&format!("fence.{group}.event_ns"), event);
+        metric(&format!("fence.{group}.fence_condvar_ratio"), vs_condvar);
+        metric(&format!("fence.{group}.fence_event_ratio"), vs_event);
     }
 }

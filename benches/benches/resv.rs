@@ -9,7 +9,12 @@
 //!   scheme a caller can use when it controls every lock order, which wound/wait exists to
 //!   avoid needing).
 //!
-//! After criterion's numbers, each group prints a ratio from its own timed loop.
+//! After criterion's numbers, each group prints a ratio from its own timed loop: the routines
+//! interleaved round by round, medians of the rounds (and of each round's ratio). The
+//! lock/add/unlock loop re-adds one fence, which leaves the list unchanged (nothing to
+//! publish); a second loop adds a new fence each time, so every unlock publishes. The `Exec`
+//! rounds profile the measuring thread from `/proc/thread-self/{schedstat,status}`: CPU time,
+//! run-queue wait and voluntary sleeps per `lock_all`.
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::hint::black_box;
@@ -101,16 +106,54 @@ fn lock_add_unlock(c: &mut Criterion) {
     g.bench_function("resv_acquire_ctx", |b| b.iter(|| resv_add_ctx(&resv, black_box(&fence))));
     g.finish();
 
-    let n = iters(200_000);
-    let base = ns_per_iter(n, || std_add(&list, &fence));
-    let plain = ns_per_iter(n, || resv_add(&resv, &fence));
-    let ctx = ns_per_iter(n, || resv_add_ctx(&resv, &fence));
+    // Interleaved rounds (std, no ctx, ctx); medians of the times and of each round's ratios.
+    let (n, rounds) = if test_mode() { (10, 1) } else { (40_000, 9) };
+    let (mut bv, mut pv, mut cv, mut prv, mut crv) = (vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        let base = ns_per_iter(n, || std_add(&list, &fence));
+        let plain = ns_per_iter(n, || resv_add(&resv, &fence));
+        let ctx = ns_per_iter(n, || resv_add_ctx(&resv, &fence));
+        bv.push(base);
+        pv.push(plain);
+        cv.push(ctx);
+        prv.push(plain / base);
+        crv.push(ctx / base);
+    }
+    let (base, plain, ctx) = (median(&mut bv), median(&mut pv), median(&mut cv));
+    let (plain_ratio, ctx_ratio) = (median(&mut prv), median(&mut crv));
     println!(
-        "ratio resv_lock_add_unlock: resv_no_ctx/std = {:.2}x, resv_acquire_ctx/std = {:.2}x \
-         ({base:.0} / {plain:.0} / {ctx:.0} ns)",
-        plain / base,
-        ctx / base
+        "ratio resv_lock_add_unlock: resv_no_ctx/std = {plain_ratio:.2}x, resv_acquire_ctx/std = \
+         {ctx_ratio:.2}x ({base:.0} / {plain:.0} / {ctx:.0} ns; medians of {rounds} interleaved \
+         rounds)"
     );
+    metric("resv.lock_add_unlock.no_ctx_ratio", plain_ratio);
+    metric("resv.lock_add_unlock.ctx_ratio", ctx_ratio);
+
+    // The same with a new fence of the ring each time (each replaces the previous one), so
+    // every unlock publishes a changed list: the loops above re-add one fence, which leaves
+    // the list unchanged and publishes nothing.
+    let (mut fb, mut fp, mut fr) = (vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        let (fences, signallers): (Vec<Fence>, Vec<Signaller>) =
+            (0..n).map(|_| ring.next()).unzip();
+        let mut it = fences.iter().cycle();
+        let base = ns_per_iter(n, || std_add(&list, it.next().unwrap()));
+        let mut it = fences.iter().cycle();
+        let plain = ns_per_iter(n, || resv_add(&resv, it.next().unwrap()));
+        drop(signallers);
+        fb.push(base);
+        fp.push(plain);
+        fr.push(plain / base);
+    }
+    let (fresh_base, fresh_plain, fresh_ratio) =
+        (median(&mut fb), median(&mut fp), median(&mut fr));
+    println!(
+        "ratio resv_lock_add_unlock, a new fence each time: resv_no_ctx/std = {fresh_ratio:.2}x \
+         ({fresh_base:.0} / {fresh_plain:.0} ns)"
+    );
+    metric("resv.lock_add_unlock.fresh_std_ns", fresh_base);
+    metric("resv.lock_add_unlock.fresh_no_ctx_ns", fresh_plain);
+    metric("resv.lock_add_unlock.fresh_no_ctx_ratio", fresh_ratio);
     metric("resv.lock_add_unlock.std_ns", base);
     metric("resv.lock_add_unlock.no_ctx_ns", plain);
     metric("resv.lock_add_unlock.ctx_ns", ctx);
@@ -179,9 +222,91 @@ fn readers_under_writer(c: &mut Criterion) {
     metric("resv.readers.writes_per_s_with_unlocked", unlocked_writes);
 }
 
+/// A thread locking all of `objs` in reverse order until dropped, and its round count.
+fn reverse_locker(objs: &Arc<Vec<Resv>>) -> (Background, Arc<AtomicU64>) {
+    let rounds = Arc::new(AtomicU64::new(0));
+    let (objs, r) = (objs.clone(), rounds.clone());
+    let bg = Background::spawn(1, move |stop| {
+        let set: Vec<&Resv> = objs.iter().rev().collect();
+        let mut exec = Exec::new();
+        while !stop.load(Ordering::Relaxed) {
+            exec.lock_all(&set, |guards| black_box(guards.len())).unwrap();
+            r.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    (bg, rounds)
+}
+
+/// One contended phase of `resv_exec_16`, per `lock_all` of the measuring thread.
+#[derive(Clone, Copy, Debug)]
+struct Phase {
+    ns: f64,
+    backoffs: f64,
+    /// On a CPU (`/proc/thread-self/schedstat`, first field).
+    cpu_ns: f64,
+    /// Runnable but waiting for a CPU (second field).
+    runqueue_ns: f64,
+    /// Voluntary context switches (`/proc/thread-self/status`): sleeps on a lock.
+    sleeps: f64,
+}
+
+/// (CPU ns, run-queue ns, voluntary switches) of the calling thread; zeros where /proc is
+/// missing.
+fn thread_sched() -> (f64, f64, f64) {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let mut it = stat.split_whitespace().map(|v| v.parse::<f64>().unwrap_or(0.0));
+    let (cpu, rq) = (it.next().unwrap_or(0.0), it.next().unwrap_or(0.0));
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
+    let sleeps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    (cpu, rq, sleeps)
+}
+
+/// `n` calls of `forward`, profiled; with `other`, while another thread locks those objects
+/// in reverse order.
+fn profiled(
+    n: u64,
+    other: Option<&Arc<Vec<Resv>>>,
+    exec: &mut Exec,
+    objs: &Vec<Resv>,
+    forward: impl Fn(&Vec<Resv>, &mut Exec) -> usize,
+) -> Phase {
+    let other = other.map(|o| {
+        let (bg, rounds) = reverse_locker(o);
+        while rounds.load(Ordering::Relaxed) == 0 {
+            thread::yield_now(); // contend only once the other thread is running
+        }
+        bg
+    });
+    let before = exec.contentions();
+    let (c0, r0, s0) = thread_sched();
+    let ns = ns_per_iter(n, || {
+        forward(objs, exec);
+    });
+    let (c1, r1, s1) = thread_sched();
+    drop(other);
+    let per = |v: f64| v / n as f64;
+    Phase {
+        ns,
+        backoffs: per((exec.contentions() - before) as f64),
+        cpu_ns: per(c1 - c0),
+        runqueue_ns: per(r1 - r0),
+        sleeps: per(s1 - s0),
+    }
+}
+
+/// The median of `v` (which it sorts).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 fn exec_16(c: &mut Criterion) {
     const N: usize = 16;
-    let objs: Arc<Vec<Resv>> = Arc::new((0..N).map(|_| Resv::new()).collect());
+    let objs: Arc<Vec<Resv>> = Arc::new((0..N).map(|_| Resv::new()).collect::<Vec<_>>());
     let forward = |objs: &Vec<Resv>, exec: &mut Exec| {
         let set: Vec<&Resv> = objs.iter().collect();
         exec.lock_all(&set, |guards| black_box(guards.len())).unwrap()
@@ -190,34 +315,40 @@ fn exec_16(c: &mut Criterion) {
     let mut g = c.benchmark_group("resv_exec_16");
     g.bench_function("one_thread_baseline", |b| b.iter(|| forward(&objs, &mut exec)));
     let n = iters(20_000);
-    let alone = ns_per_iter(n, || {
-        forward(&objs, &mut exec);
-    });
-    let other_rounds = Arc::new(AtomicU64::new(0));
-    let other_backoffs = Arc::new(AtomicU64::new(0));
-    let other = {
-        let (objs, rounds, backoffs) = (objs.clone(), other_rounds.clone(), other_backoffs.clone());
-        Background::spawn(1, move |stop| {
-            let set: Vec<&Resv> = objs.iter().rev().collect();
-            let mut exec = Exec::new();
-            while !stop.load(Ordering::Relaxed) {
-                exec.lock_all(&set, |guards| black_box(guards.len())).unwrap();
-                rounds.fetch_add(1, Ordering::Relaxed);
-                backoffs.store(exec.contentions(), Ordering::Relaxed);
-            }
-        })
-    };
+    let other = reverse_locker(&objs).0;
     g.bench_function("two_threads_contending", |b| b.iter(|| forward(&objs, &mut exec)));
     g.finish();
-    while other_rounds.load(Ordering::Relaxed) == 0 {
-        thread::yield_now(); // contend only once the other thread is running
-    }
-    let before = exec.contentions();
-    let contended = ns_per_iter(n, || {
-        forward(&objs, &mut exec);
-    });
-    let backoffs = exec.contentions() - before;
     drop(other);
+
+    // Interleaved rounds, alone then contended; medians over the rounds. Each phase profiles
+    // the measuring thread (CPU time, run-queue wait, sleeps) to show where the wall time goes.
+    let rounds = if test_mode() { 1 } else { 7 };
+    let (mut alone_v, mut cont_v) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        alone_v.push(profiled(n, None, &mut exec, &objs, forward));
+        cont_v.push(profiled(n, Some(&objs), &mut exec, &objs, forward));
+    }
+    let pick = |v: &[Phase], f: fn(&Phase) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());
+    let alone = pick(&alone_v, |p| p.ns);
+    let contended = pick(&cont_v, |p| p.ns);
+    let backoffs = pick(&cont_v, |p| p.backoffs);
+    let ratio =
+        median(&mut cont_v.iter().zip(&alone_v).map(|(c, a)| c.ns / a.ns).collect::<Vec<_>>());
+    for (name, v) in [("alone", &alone_v), ("contended", &cont_v)] {
+        println!(
+            "profile resv_exec_16 {name} (medians per lock_all): wall {:.0} ns = CPU {:.0} ns + \
+             run-queue wait {:.0} ns + asleep (rest); {:.3} sleeps, {:.3} back-offs",
+            pick(v, |p| p.ns),
+            pick(v, |p| p.cpu_ns),
+            pick(v, |p| p.runqueue_ns),
+            pick(v, |p| p.sleeps),
+            pick(v, |p| p.backoffs),
+        );
+    }
+    metric("resv.exec16.contended_ratio", ratio);
+    metric("resv.exec16.contended_cpu_ns", pick(&cont_v, |p| p.cpu_ns));
+    metric("resv.exec16.contended_runqueue_ns", pick(&cont_v, |p| p.runqueue_ns));
+    metric("resv.exec16.contended_sleeps_per_lock_all", pick(&cont_v, |p| p.sleeps));
 
     // The same with the other thread in the same order: blocking without back-offs.
     let same_rounds = Arc::new(AtomicU64::new(0));
@@ -242,7 +373,7 @@ fn exec_16(c: &mut Criterion) {
     metric("resv.exec16.same_order_contended_ns", same_order);
 
     // The baseline under contention: 16 std mutexes, both threads in the same order.
-    let mutexes: Arc<Vec<Mutex<u64>>> = Arc::new((0..N).map(|_| Mutex::new(0)).collect());
+    let mutexes: Arc<Vec<Mutex<u64>>> = Arc::new((0..N).map(|_| Mutex::new(0)).collect::<Vec<_>>());
     let lock_sorted = |ms: &Vec<Mutex<u64>>| {
         let mut guards: Vec<_> = ms.iter().map(|m| m.lock().unwrap()).collect();
         for g in &mut guards {
@@ -286,17 +417,13 @@ fn exec_16(c: &mut Criterion) {
         same_order / alone
     );
     println!(
-        "ratio resv_exec_16: two_threads/one_thread = {:.2}x ({contended:.0} / {alone:.0} ns per \
-         lock_all); back-offs per lock_all under contention: {:.3}; other thread: {} rounds, \
-         {} back-offs",
-        contended / alone,
-        backoffs as f64 / n as f64,
-        other_rounds.load(Ordering::Relaxed),
-        other_backoffs.load(Ordering::Relaxed)
+        "ratio resv_exec_16: two_threads/one_thread = {ratio:.2}x ({contended:.0} / {alone:.0} ns \
+         per lock_all, medians of {rounds} interleaved rounds); back-offs per lock_all under \
+         contention: {backoffs:.3}"
     );
     metric("resv.exec16.alone_ns", alone);
     metric("resv.exec16.contended_ns", contended);
-    metric("resv.exec16.backoffs_per_lock_all", backoffs as f64 / n as f64);
+    metric("resv.exec16.backoffs_per_lock_all", backoffs);
 }
 
 criterion_group!(benches, lock_add_unlock, readers_under_writer, exec_16);

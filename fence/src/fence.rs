@@ -2,10 +2,13 @@
 //! completion (`struct dma_fence`, `drivers/dma-buf/dma-fence.c`).
 //!
 //! # State
-//! The fence's state word holds three bits (see the constants). `SIGNALED` is set exactly once,
-//! under the callback lock, after the error and timestamp were stored; a reader that sees it
-//! (Acquire) sees both. Callbacks are taken out of the list in the same critical section and run
-//! after the lock is released, on the signalling thread, in the order they were added.
+//! The fence's state word holds the bits below. `SIGNALED` is set exactly once, with an AcqRel
+//! RMW, after the error and timestamp were stored by the one thread that signals (the
+//! `Signaller`'s, or whoever set `CLAIMED` first on a fence with backend ops); a reader that sees
+//! it (Acquire) sees both. The callback lock is taken only when a callback was ever added
+//! (`CALLBACKS`): the signaller then takes the list out under it, and runs the callbacks after
+//! the lock is released, on the signalling thread, in the order they were added. A fence
+//! nobody added a callback to signals with one RMW and no lock.
 //!
 //! # Contract
 //! Signalling enters a signalling section (as `dma_fence_signal` does under lockdep): callbacks
@@ -22,7 +25,9 @@ use crate::error::{AlreadySignaled, FenceError, WaitError};
 use crate::interrupt::InterruptDomain;
 use crate::lockdep;
 use crate::ops::{FenceOps, OpsWait};
-use crate::sync::{lock, Arc, AtomicU32, AtomicU64, Event, EventListener, Mutex, Ordering};
+use crate::sync::{
+    lock, Arc, AtomicU32, AtomicU64, Event, EventListener, Mutex, MutexGuard, Ordering,
+};
 
 /// Set once, when the fence signals (with or without an error). Set under `Inner::cbs`'s lock
 /// with AcqRel after `error` and `timestamp_ns` are stored; never cleared.
@@ -45,6 +50,17 @@ const LISTENING: u32 = 1 << 2;
 /// either sees `SIGNALED` or is woken. Never cleared.
 #[cfg_attr(gpusched_loom, allow(dead_code))] // loom models the event-listener path only
 const PARKED: u32 = 1 << 3;
+/// Set (AcqRel RMW, under `Inner::cbs`'s lock) by every callback add before it checks
+/// `SIGNALED`; the signaller takes the lock and the list only when the RMW that set `SIGNALED`
+/// saw this bit. The RMWs are totally ordered: an add whose RMW came first holds the lock from
+/// before its RMW until its push, so the signaller's later lock sees the entry; an add whose RMW
+/// came later sees `SIGNALED` and refuses. Never cleared.
+const CALLBACKS: u32 = 1 << 4;
+/// Set by the thread that will signal a fence with backend ops (several may try: the producer,
+/// a backend poll, `enable_signaling`); the first RMW to set it wins and stores the error and
+/// timestamp, the others wait for `SIGNALED`. A fence without ops has one signaller (the
+/// unique [`Signaller`]) and sets it together with `SIGNALED`. Never cleared.
+const CLAIMED: u32 = 1 << 5;
 
 /// `Inner::deadline_ns` while no deadline was set.
 const NO_DEADLINE: u64 = u64::MAX;
@@ -89,7 +105,8 @@ struct CallbackList {
 }
 
 pub(crate) struct Inner {
-    /// `SIGNALED | ENABLE_SIGNALING | LISTENING`, see the constants.
+    /// `SIGNALED | ENABLE_SIGNALING | LISTENING | PARKED | CALLBACKS | CLAIMED`, see the
+    /// constants.
     state: AtomicU32,
     /// `FenceError::encode` of the error; written before `SIGNALED`, never after.
     error: AtomicU64,
@@ -100,7 +117,8 @@ pub(crate) struct Inner {
     deadline_ns: AtomicU64,
     seqno: u64,
     ctx: Arc<ContextShared>,
-    /// The callback list; its lock also orders signalling against callback adds and removals.
+    /// The callback list; with `CALLBACKS` its lock orders signalling against callback adds and
+    /// removals.
     cbs: Mutex<CallbackList>,
     /// Notified (all) after `SIGNALED` is set.
     event: Event,
@@ -405,15 +423,15 @@ impl Fence {
     where
         F: FnOnce(&Fence) + Send + 'static,
     {
-        self.enable_signaling();
-        let mut list = lock(&self.inner.cbs);
-        if self.flag_signaled() {
-            return Err(AlreadySignaled(f));
+        match self.lock_for_add() {
+            Some(mut list) => {
+                let id = list.next_id;
+                list.next_id += 1;
+                list.entries.push((id, Callback::new(f)));
+                Ok(CallbackId { fence: self.addr(), id })
+            }
+            None => Err(AlreadySignaled(f)),
         }
-        let id = list.next_id;
-        list.next_id += 1;
-        list.entries.push((id, Callback::new(f)));
-        Ok(CallbackId { fence: self.addr(), id })
     }
 
     /// Adds a callback boxed beforehand. Does not allocate when room was reserved with
@@ -425,15 +443,27 @@ impl Fence {
         &self,
         cb: Callback,
     ) -> Result<CallbackId, AlreadySignaled<Callback>> {
-        self.enable_signaling();
-        let mut list = lock(&self.inner.cbs);
-        if self.flag_signaled() {
-            return Err(AlreadySignaled(cb));
+        match self.lock_for_add() {
+            Some(mut list) => {
+                let id = list.next_id;
+                list.next_id += 1;
+                list.entries.push((id, cb));
+                Ok(CallbackId { fence: self.addr(), id })
+            }
+            None => Err(AlreadySignaled(cb)),
         }
-        let id = list.next_id;
-        list.next_id += 1;
-        list.entries.push((id, cb));
-        Ok(CallbackId { fence: self.addr(), id })
+    }
+
+    /// Enables signalling, then locks the callback list for an add and announces it
+    /// (`CALLBACKS`, see the constant); `None` when the fence has signalled.
+    fn lock_for_add(&self) -> Option<MutexGuard<'_, CallbackList>> {
+        if self.inner.ops.is_some() {
+            // The backend's hook may signal at once; it must run without the lock.
+            self.enable_signaling();
+        }
+        let list = lock(&self.inner.cbs);
+        let prev = self.inner.state.fetch_or(ENABLE_SIGNALING | CALLBACKS, Ordering::AcqRel);
+        (prev & SIGNALED == 0).then_some(list)
     }
 
     /// Removes a callback before it runs (`dma_fence_remove_callback`). Returns `true` when it
@@ -495,18 +525,23 @@ impl Fence {
     #[track_caller]
     pub(crate) fn signal_internal(&self, error: Option<FenceError>) -> bool {
         let _section = lockdep::signalling_section();
-        let entries = {
-            let mut list = lock(&self.inner.cbs);
-            if self.inner.state.load(Ordering::Relaxed) & SIGNALED != 0 {
+        if self.inner.ops.is_some() {
+            // Several threads may signal a fence with ops: the first claim wins.
+            if self.inner.state.fetch_or(CLAIMED, Ordering::Acquire) & CLAIMED != 0 {
+                // Return once the winner has published the outcome, so that a caller that
+                // saw the backend done (`is_signaled`) then reads the fence as signalled.
+                while !self.flag_signaled() {
+                    crate::sync::spin_wait();
+                }
                 return false;
             }
-            self.inner.error.store(FenceError::encode(error), Ordering::Relaxed);
-            let now = Instant::now().saturating_duration_since(epoch()).as_nanos() as u64;
-            self.inner.timestamp_ns.store(now, Ordering::Relaxed);
-            let prev = self.inner.state.fetch_or(SIGNALED, Ordering::AcqRel);
-            (core::mem::take(&mut list.entries), prev)
-        };
-        let (entries, prev) = entries;
+        } else if self.flag_signaled() {
+            return false; // the unique signaller signals once; kept as a cheap guard
+        }
+        self.inner.error.store(FenceError::encode(error), Ordering::Relaxed);
+        let now = Instant::now().saturating_duration_since(epoch()).as_nanos() as u64;
+        self.inner.timestamp_ns.store(now, Ordering::Relaxed);
+        let prev = self.inner.state.fetch_or(SIGNALED | CLAIMED, Ordering::AcqRel);
         if prev & LISTENING != 0 {
             self.inner.event.notify(usize::MAX);
         }
@@ -515,9 +550,19 @@ impl Fence {
             // A futex wake on Linux (allocation-free); see `park.rs`.
             crate::park::wake_all(&self.inner.state);
         }
-        // A panicking callback must not cost the others their run: each runs exactly once,
-        // and the first panic resumes after all of them.
-        // Work the callbacks defer (`defer_after_callbacks`) runs after the last of them.
+        if prev & CALLBACKS != 0 {
+            let entries = core::mem::take(&mut lock(&self.inner.cbs).entries);
+            self.run_callbacks(entries);
+        }
+        true
+    }
+
+    /// Runs the callbacks taken out at signal time, on the signalling thread (inside its
+    /// section). A panicking callback must not cost the others their run: each runs exactly
+    /// once, and the first panic resumes after all of them. Work the callbacks defer
+    /// (`defer_after_callbacks`) runs after the last of them.
+    #[inline(never)]
+    fn run_callbacks(&self, entries: Vec<(u64, Callback)>) {
         let mut panicked = None;
         if !entries.is_empty() {
             #[cfg(not(gpusched_loom))]
@@ -535,7 +580,6 @@ impl Fence {
         if let Some(p) = panicked {
             std::panic::resume_unwind(p);
         }
-        true
     }
 
     /// Blocks this thread on the fence's state word until it signals or `deadline` passes:

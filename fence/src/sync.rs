@@ -22,6 +22,18 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     }
 }
 
+/// One step of a short wait for another thread's progress (a few stores away): a spin hint,
+/// and a yield so a preempted thread can finish; loom's yield under `cfg(gpusched_loom)`.
+pub(crate) fn spin_wait() {
+    #[cfg(not(gpusched_loom))]
+    {
+        std::hint::spin_loop();
+        std::thread::yield_now();
+    }
+    #[cfg(gpusched_loom)]
+    loom::thread::yield_now();
+}
+
 #[cfg(not(gpusched_loom))]
 pub(crate) use event_listener::{Event, EventListener};
 

@@ -163,6 +163,68 @@ fn backend_poll_vs_producer_signal() {
     });
 }
 
+/// Two callbacks are added on two threads while a third signals without the callback lock
+/// (the fence signals with one RMW unless an add announced itself first): each callback runs
+/// exactly once or its add reports `AlreadySignaled`.
+#[test]
+fn signal_vs_two_add_callbacks() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(3);
+    builder.check(|| {
+        let (fence, signaller) = FenceContext::new("ring").next();
+        let ran = counter();
+        let add = |fence: &gpusched_fence::Fence, ran: &Arc<AtomicUsize>| {
+            let r = ran.clone();
+            fence
+                .add_callback(move |_| {
+                    r.fetch_add(1, Ordering::SeqCst);
+                })
+                .is_ok()
+        };
+        let (f, r) = (fence.clone(), ran.clone());
+        let adder = thread::spawn(move || add(&f, &r));
+        let t = thread::spawn(move || assert!(signaller.signal()));
+        let mine = add(&fence, &ran);
+        let theirs = adder.join().unwrap();
+        t.join().unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), usize::from(mine) + usize::from(theirs));
+    });
+}
+
+/// A backend poll and the producer race to signal a fence with ops, the producer with an
+/// error: one claim wins, and the loser returns only once the outcome is published, so a poller
+/// that saw the backend done reads the fence as signalled, with the winner's outcome.
+#[test]
+fn claim_loser_sees_the_outcome() {
+    struct Word(Arc<AtomicUsize>);
+    impl FenceOps for Word {
+        fn signaled(&self) -> bool {
+            self.0.load(Ordering::SeqCst) != 0
+        }
+    }
+    loom::model(|| {
+        let word = counter();
+        let (fence, signaller) =
+            FenceContext::new("hw").next_with_ops(Box::new(Word(word.clone())));
+        word.store(1, Ordering::SeqCst);
+        let f = fence.clone();
+        let poller = thread::spawn(move || {
+            assert!(f.is_signaled());
+            f.status()
+        });
+        let producer_won = signaller.signal_error(FenceError::Cancelled);
+        let seen = poller.join().unwrap();
+        assert!(seen.is_signaled(), "the poller saw the backend done but the fence {seen:?}");
+        assert_eq!(seen, fence.status());
+        let expected = if producer_won {
+            FenceStatus::Failed(FenceError::Cancelled)
+        } else {
+            FenceStatus::Signaled
+        };
+        assert_eq!(fence.status(), expected);
+    });
+}
+
 /// An array's members signal on two threads: the array signals exactly once, after both.
 #[test]
 fn array_members_signal_concurrently() {

@@ -308,9 +308,10 @@ impl<'a> ResvGuard<'a> {
     /// The allocation failed.
     pub fn reserve_fences(&mut self, n: usize) -> Result<(), TryReserveError> {
         let l = &mut *self.inner;
-        let before = l.list.len();
-        l.list.retain(|e| !e.fence.is_signaled());
-        l.dirty |= l.list.len() != before;
+        if l.list.iter().any(|e| e.fence.is_signaled()) {
+            l.list.retain(|e| !e.fence.is_signaled());
+            l.dirty = true;
+        }
         l.list.try_reserve(l.reserved + n)?;
         l.reserved += n;
         let need = l.list.len() + l.reserved;
@@ -346,7 +347,6 @@ impl<'a> ResvGuard<'a> {
             add_without_reserve();
         }
         l.reserved -= 1;
-        l.dirty = true;
         let slot = l.list.iter().position(|old| {
             (old.fence.context() == fence.context()
                 && old.usage >= usage
@@ -354,8 +354,17 @@ impl<'a> ResvGuard<'a> {
                 || old.fence.is_signaled()
         });
         match slot {
-            Some(i) => l.list[i] = Entry { fence, usage },
-            None => l.list.push(Entry { fence, usage }),
+            // The same fence with the same usage: the list does not change, nor need the
+            // snapshot.
+            Some(i) if l.list[i].usage == usage && l.list[i].fence.ptr_eq(&fence) => {}
+            Some(i) => {
+                l.list[i] = Entry { fence, usage };
+                l.dirty = true;
+            }
+            None => {
+                l.list.push(Entry { fence, usage });
+                l.dirty = true;
+            }
         }
         l.check();
     }

@@ -99,16 +99,24 @@ impl Model {
 
     fn add(&mut self, f: usize, usage: Usage) {
         self.reserved -= 1;
-        self.dirty = true;
         let new = &self.fences[f];
         let slot = self.list.iter().position(|&(o, ou)| {
             let old = &self.fences[o];
             (old.ctx == new.ctx && ou >= usage && (o == f || old.seqno <= new.seqno))
                 || old.state.is_some()
         });
+        // Re-adding the fence a slot already holds, with its usage, changes nothing: the
+        // snapshot is not republished.
         match slot {
-            Some(i) => self.list[i] = (f, usage),
-            None => self.list.push((f, usage)),
+            Some(i) if self.list[i] == (f, usage) => {}
+            Some(i) => {
+                self.list[i] = (f, usage);
+                self.dirty = true;
+            }
+            None => {
+                self.list.push((f, usage));
+                self.dirty = true;
+            }
         }
     }
 }

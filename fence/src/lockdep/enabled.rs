@@ -647,6 +647,12 @@ fn acquire_in(
     raise_pending(s);
     let Some(id) = class_id(s, class, at) else { return false };
     let len = s.len.get();
+    if len == 0 {
+        // Nothing held: no recursion to find, no edge to record.
+        s.held[0].set(Held { class, id, how, nest, count: 1, at });
+        s.len.set(1);
+        return true;
+    }
     let recursive = core::ptr::eq(class, &SIGNALLING) && how == Acquire::Shared;
     for i in (0..len).rev() {
         let mut h = s.held[i].get();
@@ -723,6 +729,12 @@ fn release_in(s: &ThreadState, class: &'static LockClass, nest: Option<NestKey>)
         0 | ID_EXHAUSTED => return,
         v => (v - 1) as u16,
     };
+    let top = s.held[len - 1].get();
+    if top.id == id && top.nest == nest && top.count == 1 {
+        // The common case: the last acquisition is released first.
+        s.len.set(len - 1);
+        return;
+    }
     let found = (0..len)
         .rev()
         .find(|&i| {
