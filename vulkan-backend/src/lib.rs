@@ -164,7 +164,8 @@ pub use crate::device::recovery;
 
 pub use crate::alloc::MemoryLocation;
 pub use crate::device::{
-    live_devices, plan_queues, DeviceConfig, DeviceSelector, QueueCaps, QueueFamilyInfo,
+    live_devices, plan_queues, AdoptError, AdoptedDevice, EnabledFeatures, LentQueue, QueueGuard,
+    QueueLock, Recreate, ReleaseFn, DeviceConfig, DeviceSelector, QueueCaps, QueueFamilyInfo,
     VulkanDevice, MAX_RINGS,
 };
 pub use crate::error::{

@@ -81,7 +81,7 @@ impl RingHw {
                     .push_next(t);
             }
             let slot = &hw.core.queues[hw.queue as usize];
-            let q = lock(&slot.queue);
+            let q = slot.lock();
             // SAFETY: the queue is externally synchronised by its mutex; the command buffers
             // are executable and not pending; each submit signals its job's value, above
             // every value signalled or pending on the semaphore (values increase under the
@@ -304,7 +304,7 @@ impl VulkanRing {
             }
             None => {
                 let slot = &hw.core.queues[hw.queue as usize];
-                let q = lock(&slot.queue);
+                let q = slot.lock();
                 // An injected hang's wait value is taken under the queue lock, so hang values
                 // increase in the queue's submission order: releasing one (which releases
                 // every lower value) never releases a hang queued behind it, whose own

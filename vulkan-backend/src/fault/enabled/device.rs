@@ -208,7 +208,7 @@ fn time_busy(core: &DeviceCore, groups: u32) -> Result<Duration, vk::Result> {
         let submit = [vk::SubmitInfo::default().command_buffers(&cbs)];
         let t0 = Instant::now();
         let r = {
-            let q = lock(&core.queues[0].queue);
+            let q = core.queues[0].lock();
             // SAFETY: the queue is locked; the command buffer is executable.
             unsafe { d.queue_submit(*q, &submit, fence) }
         }
