@@ -155,6 +155,7 @@ mod kernel;
 mod memory;
 mod resource;
 mod ring;
+mod semaphore;
 mod sync;
 mod transfer;
 
@@ -181,4 +182,5 @@ pub use crate::kernel::{Builtin, Kernel, RecordCtx};
 pub use crate::memory::Buffer;
 pub use crate::resource::{GenerationId, GpuResource};
 pub use crate::ring::VulkanRing;
+pub use crate::semaphore::{ExternalSignal, ExternalWait};
 pub use crate::transfer::{Download, TransferError};
