@@ -207,8 +207,9 @@ impl Engine {
                 let _q = self.queue_lock.lock();
                 self.device.queue_submit(self.queue, &[vk::SubmitInfo::default()], fence)
             };
-            let waited = submitted
-                .and_then(|()| self.device.wait_for_fences(&[fence], true, WATCHDOG.as_nanos() as u64));
+            let waited = submitted.and_then(|()| {
+                self.device.wait_for_fences(&[fence], true, WATCHDOG.as_nanos() as u64)
+            });
             self.device.destroy_fence(fence, None);
             waited?;
         }
@@ -226,7 +227,8 @@ impl Engine {
             let buffer = d.create_buffer(&info, None)?;
             let req = d.get_buffer_memory_requirements(buffer);
             let mem = self.instance.get_physical_device_memory_properties(self.physical);
-            let want = vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT;
+            let want =
+                vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT;
             let Some(type_index) = (0..mem.memory_type_count).find(|&i| {
                 req.memory_type_bits & (1 << i) != 0
                     && mem.memory_types[i as usize].property_flags.contains(want)
@@ -373,7 +375,10 @@ fn check_frame(pixels: &[u8], frame: u32) -> Result<(), String> {
     ];
     for ((x, y), want) in checks {
         if at(x, y) != want {
-            return Err(format!("frame {frame}: pixel ({x}, {y}) is {:?}, want {want:?}", at(x, y)));
+            return Err(format!(
+                "frame {frame}: pixel ({x}, {y}) is {:?}, want {want:?}",
+                at(x, y)
+            ));
         }
     }
     Ok(())
@@ -447,7 +452,11 @@ fn run(engine: &Engine, dev: &VulkanDevice, a: &Args) -> Res<()> {
         drawn.wait_timeout(WATCHDOG)?;
         let want = (frame + 1) as f32;
         if probe.first() != want {
-            return Err(format!("frame {frame}: the engine's buffer holds {}, want {want}", probe.first()).into());
+            return Err(format!(
+                "frame {frame}: the engine's buffer holds {}, want {want}",
+                probe.first()
+            )
+            .into());
         }
         engine.present()?;
         last = pixels;

@@ -165,9 +165,9 @@ pub use crate::device::recovery;
 
 pub use crate::alloc::MemoryLocation;
 pub use crate::device::{
-    live_devices, plan_queues, AdoptError, AdoptedDevice, EnabledFeatures, LentQueue, QueueGuard,
-    QueueLock, Recreate, ReleaseFn, DeviceConfig, DeviceSelector, QueueCaps, QueueFamilyInfo,
-    VulkanDevice, MAX_RINGS,
+    live_devices, plan_queues, AdoptError, AdoptedDevice, DeviceConfig, DeviceSelector,
+    EnabledFeatures, LentQueue, QueueCaps, QueueFamilyInfo, QueueGuard, QueueLock, Recreate,
+    ReleaseFn, VulkanDevice, MAX_RINGS,
 };
 pub use crate::error::{
     BufferError, DeviceError, HostAccessError, InitError, RecordError, ShaderError, SubmitError,

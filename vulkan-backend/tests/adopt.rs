@@ -7,7 +7,6 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use common::engine::{engine_validation_errors, EngineInstance};
 use common::{assert_no_validation_errors, close, wait_ok, WATCHDOG};
@@ -206,6 +205,8 @@ fn engine_and_gpusched_share_the_queue_through_its_lock() {
 
 #[cfg(feature = "fault-injection")]
 mod loss {
+    use std::time::{Duration, Instant};
+
     use gpusched::fence::{FenceError, WaitError};
     use gpusched_vulkan::{BufferError, DeviceError, JobFault};
 
@@ -222,7 +223,8 @@ mod loss {
         let ring = dev.ring(0, SchedulerConfig::new("lost0")).unwrap();
         let client = VulkanDevice::entity(&[&ring], Priority::Normal, QueueCaps::COMPUTE).unwrap();
         let buf = dev.buffer(u64::from(N) * 4).unwrap();
-        let mut fences = vec![VulkanDevice::submit(&client, VulkanJob::empty().inject(JobFault::Hang)).unwrap()];
+        let mut fences =
+            vec![VulkanDevice::submit(&client, VulkanJob::empty().inject(JobFault::Hang)).unwrap()];
         for i in 0..4 {
             fences.push(VulkanDevice::submit(&client, fill_job(&buf, i as f32)).unwrap());
         }
@@ -281,7 +283,8 @@ mod loss {
         let ring = dev.ring(0, SchedulerConfig::new("recreated0")).unwrap();
         let client = VulkanDevice::entity(&[&ring], Priority::Normal, QueueCaps::COMPUTE).unwrap();
         let old = dev.buffer(u64::from(N) * 4).unwrap();
-        let hung = VulkanDevice::submit(&client, VulkanJob::empty().inject(JobFault::Hang)).unwrap();
+        let hung =
+            VulkanDevice::submit(&client, VulkanJob::empty().inject(JobFault::Hang)).unwrap();
         dev.lose_device();
         assert_eq!(hung.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::DeviceLost)));
         let gen1 = dev.wait_generation(gen0, WATCHDOG).unwrap();

@@ -134,9 +134,8 @@ impl fmt::Debug for AdoptedDevice {
 /// The engine's device re-creation after a loss: a new `VkDevice` (and its lent queues),
 /// called on gpusched's recovery thread (never inside a signalling section), up to three
 /// times per loss. An error leaves the adopted device lost for good.
-pub type Recreate = Box<
-    dyn Fn() -> Result<AdoptedDevice, Box<dyn std::error::Error + Send + Sync>> + Send + Sync,
->;
+pub type Recreate =
+    Box<dyn Fn() -> Result<AdoptedDevice, Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
 
 /// Why [`VulkanDevice::adopt`] refused a device. Nothing was created and no callback of the
 /// [`AdoptedDevice`] ran, except with [`AdoptError::Init`] (set-up failed after the checks:
@@ -413,7 +412,10 @@ fn lent_families(
     let mut families: Vec<QueueFamilyInfo> = Vec::new();
     for (i, q) in queues.iter().enumerate() {
         let Some(p) = props.get(q.family as usize) else {
-            return Err(AdoptError::NoSuchFamily { family: q.family, families: props.len() as u32 });
+            return Err(AdoptError::NoSuchFamily {
+                family: q.family,
+                families: props.len() as u32,
+            });
         };
         if q.index >= p.queue_count {
             return Err(AdoptError::NoSuchQueue {

@@ -178,10 +178,7 @@ impl DeviceShared {
         let new = loop {
             attempt += 1;
             // An adopted device's next generation comes from its engine (`adopt.rs`).
-            let made = self
-                .next_core()
-                .map_err(|e| e.to_string())
-            .and_then(|core| {
+            let made = self.next_core().map_err(|e| e.to_string()).and_then(|core| {
                 let mut k = lock(&core.kernels);
                 for (spirv, bindings, push) in user.iter() {
                     k.push(

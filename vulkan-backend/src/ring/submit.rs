@@ -327,7 +327,7 @@ impl VulkanRing {
                         job.external.as_deref_mut(),
                     )
                 }
-                    .map(|()| slot.seq.fetch_add(1, Ordering::SeqCst) + 1)
+                .map(|()| slot.seq.fetch_add(1, Ordering::SeqCst) + 1)
             }
         };
         let seq = match result {
