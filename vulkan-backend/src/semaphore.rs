@@ -5,38 +5,46 @@
 //! batched). The arrays the submission reads are built when the job is built, so `run_job`
 //! (a signalling section) only writes two slots of them: no allocation.
 //!
-//! # What the scheduler cannot see
-//! An external wait is a dependency outside the scheduler: its fences, `Resv`s and timeout
-//! handler know nothing of it, and its correctness is the engine's responsibility (the
-//! semaphore is signalled eventually, belongs to the job's device generation, and outlives
-//! the submission; a binary semaphore's signal is submitted before the job is). The job's
-//! `run_job` happens when its scheduler dependencies are met; the wait then holds the job on
-//! the `VkQueue`, and everything submitted to that queue after it (by any ring on the queue)
-//! waits behind it. A job whose semaphore is never signalled looks exactly like a hang:
-//! - its timeout (the ring's `SchedulerConfig::timeout`, counted from when it reached the
-//!   head of the ring) blames it and ends it `TimedOut` (its dependants on the ring end with
-//!   that error); Vulkan cannot take a submission back, so it stays on the queue, still
-//!   waiting, and so does everything queued behind it;
-//! - jobs queued behind it then time out without the hardware moving: after `STUCK_AFTER`
-//!   (2) such timeouts in a row on a ring, the generation is declared lost (every unfinished
-//!   fence of the device ends `DeviceLost`) and a new one is made (for an adopted device, by
-//!   the engine's callback). If no job is queued behind it, no further timeout runs and the
-//!   queue simply stays blocked until the engine signals;
-//! - when the engine signals (late), the blocked submission runs and the jobs behind it run
-//!   too (those not yet ended complete normally).
-//!
-//! So every fence still signals exactly once (rule 1 of CONTRACT.md). But a fence that ended
-//! `TimedOut` or `DeviceLost` does not mean the submission left the queue: the engine must
-//! keep an external semaphore alive, and eventually signal what the job waits for, until the
-//! device has passed the submission (a lost generation, and the device's teardown, wait for
-//! its queue to drain: `vkDeviceWaitIdle` never returns while it waits on a semaphore nobody
-//! signals). On a real `VK_ERROR_DEVICE_LOST` the driver drops the waits itself.
+//! What a wait the scheduler cannot see means for timeouts and device loss is on
+//! [`ExternalWait`].
 
 use ash::vk;
 
 use crate::job::VulkanJob;
 
 /// A semaphore a job waits on before it runs ([`VulkanJob::wait_semaphore`]).
+///
+/// # What the scheduler cannot see
+/// An external wait is a dependency outside the scheduler: its fences, `Resv`s and timeout
+/// handler know nothing of it, and its correctness is the engine's responsibility (the
+/// semaphore is signalled eventually, belongs to the job's device generation, and outlives
+/// the submission; a binary semaphore's signal is submitted before the job is). The job's
+/// `run_job` happens when its scheduler dependencies are met; the wait then holds the job on
+/// the `VkQueue`, and everything submitted to that queue after it (by any ring on the queue)
+/// waits behind it. A job whose semaphore is never signalled looks exactly like a hang:
+/// - its timeout (the ring's `SchedulerConfig::timeout`, counted from when it reached the
+///   head of the ring) blames it and ends it `TimedOut` (its dependants on the ring end with
+///   that error); Vulkan cannot take a submission back, so it stays on the queue, still
+///   waiting, and so does everything queued behind it;
+/// - jobs of the *same ring* queued behind it then time out without the hardware moving:
+///   the first such timeout answers `NoHang`, and after `STUCK_AFTER` (2) in a row the
+///   generation is declared lost (every unfinished fence of the device ends `DeviceLost`)
+///   and a new one is made (for an adopted device, by the engine's callback, if any);
+/// - jobs of *other rings on the same `VkQueue`* are seen queued behind another ring's
+///   unfinished submission: their timeouts answer `NoHang` without blame for as long as it
+///   blocks (they wait for the engine's signal, or for the blocked ring's own later jobs to
+///   get the device declared lost); rings on other queues are not affected;
+/// - if nothing is queued behind it, no further timeout runs: the queue stays blocked until
+///   the engine signals;
+/// - when the engine signals (late), the blocked submission runs and the jobs behind it run
+///   too (those not yet ended complete normally).
+///
+/// So every fence still signals exactly once (rule 1 of CONTRACT.md). But a fence that ended
+/// `TimedOut` or `DeviceLost` does not mean the submission left the queue: the engine must
+/// keep an external semaphore alive, and eventually signal what the job waits for, until the
+/// device has passed the submission (a lost generation, and the device's teardown, wait for
+/// its queue to drain: `vkDeviceWaitIdle` never returns while it waits on a semaphore nobody
+/// signals). On a real `VK_ERROR_DEVICE_LOST` the driver drops the waits itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExternalWait {
     /// The engine's semaphore, of the job's device (generation).

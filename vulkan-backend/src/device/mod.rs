@@ -160,7 +160,9 @@ impl VulkanDevice {
 
     /// Another logical device on the same physical device and instance (its own handle,
     /// generations, buffers and rings). Two logical devices on one physical device is how the
-    /// tests exercise several devices at once.
+    /// tests exercise several devices at once. On an adopted device
+    /// ([`adopt`](VulkanDevice::adopt)) the sibling is a device of gpusched's own on the
+    /// engine's instance: the engine keeps the instance alive until the sibling is closed.
     ///
     /// # Errors
     /// As [`VulkanDevice::with_config`].
