@@ -34,7 +34,7 @@ fn assert_all(buf: &Buffer, value: f32) {
 }
 
 /// Live devices are process-wide and the tests of this file run in parallel under `cargo
-/// test`: the counts are compared under this lock.
+/// test`: every test holds this lock, so that the counts compared are its own.
 static LIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -145,6 +145,7 @@ fn adoption_checks_the_statement_and_the_queues_and_creates_nothing() {
 #[test]
 fn engine_and_gpusched_share_the_queue_through_its_lock() {
     let Some(engine) = EngineInstance::new() else { return };
+    let _g = serial();
     let device = engine.create_device();
     let lock = Arc::new(QueueLock::new());
     // SAFETY: as above; the engine submits on the lent queue only under `lock`.
@@ -215,6 +216,7 @@ mod loss {
     #[test]
     fn adopted_device_without_recreate_stays_lost_with_typed_errors() {
         let Some(engine) = EngineInstance::new() else { return };
+        let _g = serial();
         let device = engine.create_device();
         let lock = Arc::new(QueueLock::new());
         // SAFETY: as above.
@@ -250,6 +252,7 @@ mod loss {
     #[test]
     fn adopted_device_recreated_by_the_engine_callback() {
         let Some(engine) = EngineInstance::new() else { return };
+        let _g = serial();
         let first = engine.create_device();
         let lock = Arc::new(QueueLock::new());
         let made = Arc::new(AtomicUsize::new(0));

@@ -20,7 +20,8 @@ use crate::sync::lock;
 /// The lock that serialises access to one `VkQueue` shared by an engine and gpusched
 /// (`vkQueueSubmit`, `vkQueuePresentKHR`, `vkQueueWaitIdle` and `vkQueueBindSparse` need the
 /// queue externally synchronised). gpusched holds it for every `vkQueueSubmit` of its rings
-/// on the queue, and only for the call (never while waiting for anything); the engine holds
+/// on the queue, and only for the call (never while waiting for anything, except once at the
+/// end of a generation: a `vkQueueWaitIdle` before it destroys its objects); the engine holds
 /// it for each of its own calls on the queue ([`QueueLock::lock`]). Share it with
 /// `Arc<QueueLock>` ([`LentQueue::lock`]).
 #[derive(Debug, Default)]
@@ -261,8 +262,9 @@ impl VulkanDevice {
     /// # Safety
     /// The engine keeps ownership of the instance, the physical device, the device and its
     /// queues; gpusched never destroys them. It destroys only what it created, after waiting
-    /// for its own work (`vkDeviceWaitIdle`: the engine's work on the device is waited for
-    /// too), when the generation ends ([`close`](VulkanDevice::close), or replacement after a
+    /// for its own work (`vkQueueWaitIdle` on each lent queue, under its lock: the engine's
+    /// work on those queues is waited for too; never `vkDeviceWaitIdle`), when the generation
+    /// ends ([`close`](VulkanDevice::close), or replacement after a
     /// loss), then calls `on_release`. The caller promises:
     /// - `entry`, `instance`, `physical` and `device` belong together, `device` was created
     ///   on `physical` with every lent queue (family, index) and with the features and

@@ -221,9 +221,9 @@ impl Drop for DeviceCore {
         // is destroyed (the fault state's hang semaphores: every hang was released above, so
         // nothing waits on them).
         unsafe {
-            if let Err(e) = d.device_wait_idle() {
+            if let Err(e) = self.wait_idle_at_teardown() {
                 if e != vk::Result::ERROR_DEVICE_LOST {
-                    tracing::warn!(target: "gpusched_vulkan", ?e, "vkDeviceWaitIdle failed at teardown");
+                    tracing::warn!(target: "gpusched_vulkan", ?e, "waiting for the device failed at teardown");
                 }
             }
             for k in sync::get_mut(&mut self.kernels).iter() {
@@ -247,6 +247,26 @@ impl Drop for DeviceCore {
 }
 
 impl DeviceCore {
+    /// Waits until the device has no pending work, before teardown destroys anything: our
+    /// own device with `vkDeviceWaitIdle`; an adopted one with `vkQueueWaitIdle` on each lent
+    /// queue under its [`QueueLock`] (`vkDeviceWaitIdle` would need every queue of the
+    /// engine's device externally synchronised, and the engine may be using the others).
+    ///
+    /// # Safety
+    /// Teardown only: no ring of this core submits any more.
+    unsafe fn wait_idle_at_teardown(&self) -> ash::prelude::VkResult<()> {
+        if self.ownership.owned() {
+            // SAFETY: nothing of ours submits (caller); the device is ours.
+            return unsafe { self.device.device_wait_idle() };
+        }
+        for q in &self.queues {
+            let queue = q.lock();
+            // SAFETY: the queue is locked (externally synchronised with the engine).
+            unsafe { self.device.queue_wait_idle(*queue) }?;
+        }
+        Ok(())
+    }
+
     /// Creates a logical device (one generation) on `physical`, with its kernels (the
     /// built-in ones; the caller adds user kernels), queues and memory.
     ///
