@@ -312,4 +312,51 @@ mod loss {
         assert_eq!(engine_validation_errors(), 0);
         assert_no_validation_errors();
     }
+
+    /// A re-created device that fails the checks goes straight back to the engine (its
+    /// release runs: the engine destroys it), each of the three attempts, and the adopted
+    /// device then stays lost.
+    #[test]
+    fn a_refused_re_created_device_is_released_and_the_device_stays_lost() {
+        let Some(engine) = EngineInstance::new() else { return };
+        let _g = serial();
+        let first = engine.create_device();
+        let lock = Arc::new(QueueLock::new());
+        let made = Arc::new(AtomicUsize::new(0));
+        let destroyed = Arc::new(AtomicUsize::new(0));
+        let recreate: gpusched_vulkan::Recreate = {
+            let (engine, lock, made, destroyed) =
+                (engine.clone(), lock.clone(), made.clone(), destroyed.clone());
+            Box::new(move || {
+                let device = engine.create_device();
+                made.fetch_add(1, Ordering::SeqCst);
+                let mut l = engine.lend(&device, &lock);
+                // A false statement gpusched refuses.
+                l.enabled.push_descriptor = false;
+                let destroyed = destroyed.clone();
+                l.on_release = Some(Box::new(move || {
+                    // SAFETY: gpusched refused it before creating anything on it.
+                    unsafe { device.destroy_device(None) };
+                    destroyed.fetch_add(1, Ordering::SeqCst);
+                }));
+                Ok(l)
+            })
+        };
+        let before = live_devices();
+        // SAFETY: as above.
+        let dev =
+            unsafe { VulkanDevice::adopt(engine.lend(&first, &lock), Some(recreate)) }.unwrap();
+        let gen0 = dev.generation();
+        dev.lose_device();
+        let e = dev.wait_generation(gen0, WATCHDOG).unwrap_err();
+        assert!(matches!(e, DeviceError::DeviceLost { .. }), "{e}");
+        assert_eq!(made.load(Ordering::SeqCst), 3, "three attempts");
+        assert_eq!(destroyed.load(Ordering::SeqCst), 3, "each refused device released");
+        assert_eq!(live_devices(), before + 1, "only the first generation");
+        close(dev);
+        assert_eq!(live_devices(), before);
+        engine_uses_and_destroys(&first);
+        assert_eq!(engine_validation_errors(), 0);
+        assert_no_validation_errors();
+    }
 }

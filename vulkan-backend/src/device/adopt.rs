@@ -134,7 +134,9 @@ impl fmt::Debug for AdoptedDevice {
 
 /// The engine's device re-creation after a loss: a new `VkDevice` (and its lent queues),
 /// called on gpusched's recovery thread (never inside a signalling section), up to three
-/// times per loss. An error leaves the adopted device lost for good.
+/// times per loss. An error leaves the adopted device lost for good. A returned device that
+/// fails [`VulkanDevice::adopt`]'s checks is handed straight back (its `on_release` runs) and
+/// counts as a failed attempt.
 pub type Recreate =
     Box<dyn Fn() -> Result<AdoptedDevice, Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
 
@@ -291,7 +293,7 @@ impl VulkanDevice {
     ) -> Result<VulkanDevice, AdoptError> {
         let id = DeviceShared::next_id();
         let notify = Arc::new(Notify::default());
-        let (core, inst, physical) = adopt_core(device, id, notify.clone())?;
+        let (core, inst, physical) = adopt_core(device, id, notify.clone(), Refused::Keep)?;
         let adoption = Adoption { recreate };
         Ok(DeviceShared::start(inst, physical, core, notify, Some(adoption)))
     }
@@ -315,8 +317,18 @@ impl DeviceShared {
             return Err(AdoptError::NoRecreate);
         };
         let device = recreate().map_err(|e| AdoptError::Recreate(e.to_string()))?;
-        adopt_core(device, self.id, self.notify.clone()).map(|(core, _, _)| core)
+        adopt_core(device, self.id, self.notify.clone(), Refused::Release).map(|(core, _, _)| core)
     }
+}
+
+/// What a refused device's `on_release` does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// Not called: [`VulkanDevice::adopt`] returns the error to the engine.
+    Keep,
+    /// Called: a re-created device gpusched refused goes back to the engine at once (the
+    /// error only reaches the log).
+    Release,
 }
 
 /// Checks `dev` and builds a core on it.
@@ -324,6 +336,7 @@ fn adopt_core(
     dev: AdoptedDevice,
     device_id: u64,
     notify: Arc<Notify>,
+    refused: Refused,
 ) -> Result<(Arc<DeviceCore>, Arc<InstanceShared>, vk::PhysicalDevice), AdoptError> {
     let AdoptedDevice {
         entry,
@@ -335,6 +348,37 @@ fn adopt_core(
         validation,
         on_release,
     } = dev;
+    let checked = check(&instance, physical, enabled, &queues);
+    let (name, families, lent) = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            if let (Refused::Release, Some(f)) = (refused, on_release) {
+                f();
+            }
+            return Err(e);
+        }
+    };
+    let graphics_queue = families[0].caps.graphics;
+    let graphics = crate::graphics::Support {
+        features: enabled.synchronization2 && enabled.dynamic_rendering,
+        queue: enabled.synchronization2 && enabled.dynamic_rendering && graphics_queue,
+    };
+    let inst = Arc::new(InstanceShared::borrowed(entry, instance, validation));
+    let setup =
+        Setup { inst: inst.clone(), physical, name, families, lent, graphics, device_id, notify };
+    let core = DeviceCore::assemble(setup, device, Ownership::Adopted(Mutex::new(on_release)))?;
+    Ok((core, inst, physical))
+}
+
+/// Every check of an adopted device, before anything is created: its name, the lent
+/// queues' families and the lent queues (see [`lent_families`]).
+#[allow(clippy::type_complexity)]
+fn check(
+    instance: &ash::Instance,
+    physical: vk::PhysicalDevice,
+    enabled: EnabledFeatures,
+    queues: &[LentQueue],
+) -> Result<(String, Vec<QueueFamilyInfo>, Vec<(u32, u32, Arc<QueueLock>)>), AdoptError> {
     // SAFETY: the caller of `adopt` promised a valid physical device of `instance`.
     let props = unsafe { instance.get_physical_device_properties(physical) };
     if props.api_version < vk::API_VERSION_1_2 {
@@ -346,18 +390,9 @@ fn adopt_core(
     let name = props
         .device_name_as_c_str()
         .map_or_else(|_| "(unnamed)".into(), |n| n.to_string_lossy().into_owned());
-    check_features(&instance, physical, enabled)?;
-    let (families, lent) = lent_families(&instance, physical, &queues)?;
-    let graphics_queue = families[0].caps.graphics;
-    let graphics = crate::graphics::Support {
-        features: enabled.synchronization2 && enabled.dynamic_rendering,
-        queue: enabled.synchronization2 && enabled.dynamic_rendering && graphics_queue,
-    };
-    let inst = Arc::new(InstanceShared::borrowed(entry, instance, validation));
-    let setup =
-        Setup { inst: inst.clone(), physical, name, families, lent, graphics, device_id, notify };
-    let core = DeviceCore::assemble(setup, device, Ownership::Adopted(Mutex::new(on_release)))?;
-    Ok((core, inst, physical))
+    check_features(instance, physical, enabled)?;
+    let (families, lent) = lent_families(instance, physical, queues)?;
+    Ok((name, families, lent))
 }
 
 /// Checks the engine's statement against what gpusched needs and the device supports.
