@@ -86,6 +86,9 @@ examples:
 		echo "[examples] cargo run -q -p gpusched-vulkan --example frame_loop -- $$exec (validation on)"; \
 		$(ENV) GPUSCHED_VALIDATION=1 cargo run -q -p gpusched-vulkan --example frame_loop -- $$exec; \
 	done
+	@echo "[examples] cargo run -q -p gpusched-vulkan --example engine -- --frames 8 --out target/engine.png (validation on)"
+	@$(ENV) GPUSCHED_VALIDATION=1 cargo run -q -p gpusched-vulkan --example engine -- \
+		--frames 8 --out target/engine.png
 
 # The API docs, with every rustdoc warning (broken intra-doc links included) an error.
 doc:

@@ -66,6 +66,9 @@ pub(crate) struct InstanceShared {
     pub(crate) instance: ash::Instance,
     debug: Option<(ash::ext::debug_utils::Instance, vk::DebugUtilsMessengerEXT)>,
     pub(crate) validation: bool,
+    /// Created here (destroyed with the last reference), or an engine's (never destroyed
+    /// here: see [`InstanceShared::borrowed`]).
+    owned: bool,
 }
 
 /// The process's instances, one without and one with validation, created on first use and
@@ -141,19 +144,28 @@ impl InstanceShared {
         } else {
             None
         };
-        Ok(InstanceShared { _entry: entry, instance, debug, validation })
+        Ok(InstanceShared { _entry: entry, instance, debug, validation, owned: true })
+    }
+
+    /// An engine's instance and loader (an adopted device's, `device/adopt.rs`): used, never
+    /// destroyed here. `validation` is whatever the engine says it enabled.
+    pub(crate) fn borrowed(entry: ash::Entry, instance: ash::Instance, validation: bool) -> Self {
+        InstanceShared { _entry: entry, instance, debug: None, validation, owned: false }
     }
 }
 
 impl Drop for InstanceShared {
     fn drop(&mut self) {
         // SAFETY: every device of this instance holds an `Arc` to it, so all are destroyed;
-        // the messenger belongs to this instance and is destroyed before it.
+        // the messenger belongs to this instance and is destroyed before it. A borrowed
+        // instance has no messenger and is left to its engine.
         unsafe {
             if let Some((du, m)) = self.debug.take() {
                 du.destroy_debug_utils_messenger(m, None);
             }
-            self.instance.destroy_instance(None);
+            if self.owned {
+                self.instance.destroy_instance(None);
+            }
         }
     }
 }

@@ -42,6 +42,9 @@ pub struct VulkanJob {
     pub(crate) fault: JobFaults,
     /// What the backend made of it (empty until `prepare_job`).
     pub(crate) sub: Submission,
+    /// External semaphores to wait on and signal (`semaphore.rs`): the submission's arrays,
+    /// built with the job. A job with them is never batched.
+    pub(crate) external: Option<Box<crate::semaphore::External>>,
 }
 
 /// The backend's state of one job, from `prepare_job` (recording) to `free_job` (retiring
@@ -99,6 +102,7 @@ impl VulkanJob {
             declared: Vec::new(),
             fault: JobFaults::new(),
             sub: Submission::default(),
+            external: None,
         }
     }
     /// A job that records nothing (it still orders and signals like any other): a pure

@@ -23,6 +23,14 @@
 //!   ([`VulkanDevice::upload`], [`VulkanDevice::download`]).
 //! - Images ([`VulkanDevice::image`]): 2D, device-local, with a `Resv`; between jobs an image
 //!   rests in the `GENERAL` layout (the rule: [`Image`](Image#layouts)).
+//! - Embedding in an engine: [`VulkanDevice::adopt`] runs on the engine's own `ash` instance
+//!   and device and the queues it lends ([`AdoptedDevice`], [`LentQueue`]), sharing each
+//!   queue through a [`QueueLock`] both sides take, after checking the engine's
+//!   [`EnabledFeatures`]; gpusched destroys only what it created, and a lost adopted device
+//!   gets its next generation from the engine's [`Recreate`] callback. Jobs wait on and
+//!   signal the engine's semaphores ([`VulkanJob::wait_semaphore`],
+//!   [`VulkanJob::signal_semaphore`]; what a wait the scheduler cannot see means for
+//!   timeouts: [`ExternalWait`]). `examples/engine.rs` puts it together.
 //! - Compute kernels: the [`Builtin`]s (fill, SAXPY, reduction, busy) and user SPIR-V;
 //!   graphics work: [`RecordCtx::render`] (dynamic rendering) with the [`GraphicsBuiltin`]
 //!   pipelines, read back with [`VulkanDevice::read_image_rgba8`].
@@ -38,7 +46,7 @@
 //! |---|---|---|
 //! | [`VulkanDevice`] (`device/mod.rs`) | a `DeviceShared`; the public API | clients |
 //! | `DeviceShared` (`device/shared.rs`) | what survives a device loss: the current `DeviceCore`, the rings' `RingSlot`s (weakly), user kernels' SPIR-V, the reset domain, the fault plan, the graveyard of lost generations, the recovery thread | clients; recovery (recreation, reaping, teardown); TDR (`lost_busy`); a completion thread whose fence callback drops the last handle hands the teardown to recovery |
-//! | `DeviceCore` (`device/core.rs`) | one generation: the `VkDevice`, its queues, memory allocator, kernels, the busy kernel's scratch buffer, its fault state (`fault::DeviceFaults`: injected-hang semaphores, busy-kernel calibration; zero-sized without the feature), the loss flag; destroyed with its last reference, never inside a signalling section | clients (recording, buffers), the pump (`run_job` submits on its queues), completion (declares loss), TDR (declares loss, releases hangs), recovery (creates it, buries it) |
+//! | `DeviceCore` (`device/core.rs`) | one generation: the `VkDevice` (created here, or an engine's adopted one, `device/adopt.rs`, which it never destroys), its queues (each with its `QueueLock`), memory allocator, kernels, the busy kernel's scratch buffer, its fault state (`fault::DeviceFaults`: injected-hang semaphores, busy-kernel calibration; zero-sized without the feature), the loss flag; destroyed with its last reference, never inside a signalling section | clients (recording, buffers), the pump (`run_job` submits on its queues), completion (declares loss), TDR (declares loss, releases hangs), recovery (creates it, buries it) |
 //! | [`VulkanRing`] (`ring`) | a `RingSlot`: the [`Backend`](gpusched::Backend) a `Scheduler` owns | clients (`prepare_job` at arm time), the pump (`run_job`, `flush`, `free_job`), TDR (`timedout_job`) |
 //! | `RingSlot` (`ring`) | one ring across generations: its current `RingHw`, name, queue, credit limit, batching flags; holds the `DeviceShared` | as `VulkanRing`; recovery swaps its `RingHw` |
 //! | `RingHw` (`ring`) | one ring on one generation: the timeline semaphore, command pool, in-flight list of hardware fences, the completion thread; holds the `DeviceCore` | the pump (submits), completion (drains the semaphore, signals the fences in order), TDR (judges progress, fails fences), recovery (its graveyard drops a lost one once its hardware passed its work) |
@@ -155,6 +163,7 @@ mod kernel;
 mod memory;
 mod resource;
 mod ring;
+mod semaphore;
 mod sync;
 mod transfer;
 
@@ -164,8 +173,9 @@ pub use crate::device::recovery;
 
 pub use crate::alloc::MemoryLocation;
 pub use crate::device::{
-    live_devices, plan_queues, DeviceConfig, DeviceSelector, QueueCaps, QueueFamilyInfo,
-    VulkanDevice, MAX_RINGS,
+    live_devices, plan_queues, AdoptError, AdoptedDevice, DeviceConfig, DeviceSelector,
+    EnabledFeatures, LentQueue, QueueCaps, QueueFamilyInfo, QueueGuard, QueueLock, Recreate,
+    ReleaseFn, VulkanDevice, MAX_RINGS,
 };
 pub use crate::error::{
     BufferError, DeviceError, HostAccessError, InitError, RecordError, ShaderError, SubmitError,
@@ -180,4 +190,5 @@ pub use crate::kernel::{Builtin, Kernel, RecordCtx};
 pub use crate::memory::Buffer;
 pub use crate::resource::{GenerationId, GpuResource};
 pub use crate::ring::VulkanRing;
+pub use crate::semaphore::{ExternalSignal, ExternalWait};
 pub use crate::transfer::{Download, TransferError};

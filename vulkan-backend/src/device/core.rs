@@ -27,6 +27,8 @@ use crate::memory::Allocator;
 use crate::ring::RingHw;
 use crate::sync::{self, lock};
 
+use super::adopt::{LockedQueue, Ownership, QueueLock};
+
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 static LIVE_DEVICES: AtomicUsize = AtomicUsize::new(0);
 
@@ -35,9 +37,12 @@ pub fn live_devices() -> usize {
     LIVE_DEVICES.load(Ordering::SeqCst)
 }
 
-/// One `VkQueue`, shared by the rings on it: `vkQueueSubmit` is serialised by the mutex.
+/// One `VkQueue`, shared by the rings on it: `vkQueueSubmit` is serialised by its
+/// [`QueueLock`] (shared with the engine that lent the queue, for an adopted device).
 pub(crate) struct QueueSlot {
-    pub(crate) queue: Mutex<vk::Queue>,
+    pub(crate) queue: vk::Queue,
+    /// Held for every `vkQueueSubmit` on `queue` ([`QueueSlot::lock`]).
+    pub(crate) queue_lock: Arc<QueueLock>,
     /// Its queue family (a command pool for it must be of this family).
     pub(crate) family: u32,
     /// Successful `vkQueueSubmit` calls on it, counted under `queue`: each submission's
@@ -85,6 +90,9 @@ pub(crate) struct DeviceCore {
     pub(crate) memory_types: Vec<vk::MemoryPropertyFlags>,
     /// Graphics work: whether the device supports it, and its pipelines (`graphics.rs`).
     pub(crate) graphics: crate::graphics::Graphics,
+    /// Whether this core created its `VkDevice` (its drop destroys it) or adopted an
+    /// engine's (its drop destroys only its own objects, then tells the engine).
+    pub(crate) ownership: Ownership,
 }
 
 /// The core's rings and its loss flag (what device loss and `wait_idle` go through).
@@ -110,6 +118,28 @@ impl Completion {
             *o = Some(r);
         }
         out
+    }
+}
+
+/// What [`DeviceCore::assemble`] needs beside the `VkDevice`: the instance and physical
+/// device, the name, the queue families (main first) and the queues on them (family, index,
+/// lock; grouped family after family in `families` order), graphics support, the shared
+/// device's id and its recovery notifier.
+pub(crate) struct Setup {
+    pub(crate) inst: Arc<InstanceShared>,
+    pub(crate) physical: vk::PhysicalDevice,
+    pub(crate) name: String,
+    pub(crate) families: Vec<QueueFamilyInfo>,
+    pub(crate) lent: Vec<(u32, u32, Arc<QueueLock>)>,
+    pub(crate) graphics: crate::graphics::Support,
+    pub(crate) device_id: u64,
+    pub(crate) notify: Arc<Notify>,
+}
+
+impl QueueSlot {
+    /// Locks the queue for a `vkQueueSubmit` (its [`QueueLock`]); the guard derefs to it.
+    pub(crate) fn lock(&self) -> LockedQueue<'_> {
+        LockedQueue { _guard: self.queue_lock.lock(), queue: self.queue }
     }
 }
 
@@ -209,9 +239,9 @@ impl Drop for DeviceCore {
         // is destroyed (the fault state's hang semaphores: every hang was released above, so
         // nothing waits on them).
         unsafe {
-            if let Err(e) = d.device_wait_idle() {
+            if let Err(e) = self.wait_idle_at_teardown() {
                 if e != vk::Result::ERROR_DEVICE_LOST {
-                    tracing::warn!(target: "gpusched_vulkan", ?e, "vkDeviceWaitIdle failed at teardown");
+                    tracing::warn!(target: "gpusched_vulkan", ?e, "waiting for the device failed at teardown");
                 }
             }
             for k in sync::get_mut(&mut self.kernels).iter() {
@@ -223,14 +253,38 @@ impl Drop for DeviceCore {
             self.graphics.destroy(d);
             self.gpu.destroy();
             self.faults.destroy(d);
-            d.destroy_device(None);
+            if self.ownership.owned() {
+                d.destroy_device(None);
+            }
         }
+        // An adopted device: everything of ours on it is destroyed; the engine may destroy it.
+        self.ownership.released();
         LIVE_DEVICES.fetch_sub(1, Ordering::SeqCst);
         tracing::debug!(target: "gpusched_vulkan", generation = self.generation, "device destroyed");
     }
 }
 
 impl DeviceCore {
+    /// Waits until the device has no pending work, before teardown destroys anything: our
+    /// own device with `vkDeviceWaitIdle`; an adopted one with `vkQueueWaitIdle` on each lent
+    /// queue under its [`QueueLock`] (`vkDeviceWaitIdle` would need every queue of the
+    /// engine's device externally synchronised, and the engine may be using the others).
+    ///
+    /// # Safety
+    /// Teardown only: no ring of this core submits any more.
+    unsafe fn wait_idle_at_teardown(&self) -> ash::prelude::VkResult<()> {
+        if self.ownership.owned() {
+            // SAFETY: nothing of ours submits (caller); the device is ours.
+            return unsafe { self.device.device_wait_idle() };
+        }
+        for q in &self.queues {
+            let queue = q.lock();
+            // SAFETY: the queue is locked (externally synchronised with the engine).
+            unsafe { self.device.queue_wait_idle(*queue) }?;
+        }
+        Ok(())
+    }
+
     /// Creates a logical device (one generation) on `physical`, with its kernels (the
     /// built-in ones; the caller adds user kernels), queues and memory.
     ///
@@ -284,13 +338,38 @@ impl DeviceCore {
         // SAFETY: valid physical device; the create info and its chain live across the call.
         let device = unsafe { instance.create_device(physical, &dinfo, None) }
             .map_err(|c| map_init("vkCreateDevice", c))?;
-        let device = Guard::new(device, |d: ash::Device| {
-            // SAFETY: set-up failed: nothing was submitted, and every object created on it
-            // was destroyed by its own guard first (they drop before this one).
-            unsafe { d.destroy_device(None) }
+        let lent = families
+            .iter()
+            .flat_map(|f| (0..f.queue_count).map(move |i| (f.index, i)))
+            .map(|(family, index)| (family, index, Arc::new(QueueLock::new())))
+            .collect();
+        let setup = Setup { inst, physical, name, families, lent, graphics, device_id, notify };
+        Self::assemble(setup, device, Ownership::Owned)
+    }
+
+    /// The rest of a generation's set-up, on a `VkDevice` created above or adopted
+    /// (`adopt.rs`): queues, kernels, memory, the scratch buffer, the fault state. On failure
+    /// everything made here is destroyed, and the device too when it is `Owned`; an adopted
+    /// device is handed back to its engine instead (its release callback runs).
+    pub(crate) fn assemble(
+        setup: Setup,
+        device: ash::Device,
+        ownership: Ownership,
+    ) -> Result<Arc<DeviceCore>, InitError> {
+        let Setup { inst, physical, name, families, lent, graphics, device_id, notify } = setup;
+        let family = families[0].index;
+        let instance = &inst.instance;
+        let device = Guard::new((device, ownership), |(d, own): (ash::Device, Ownership)| {
+            if own.owned() {
+                // SAFETY: set-up failed: nothing was submitted, and every object created on
+                // it was destroyed by its own guard first (they drop before this one).
+                unsafe { d.destroy_device(None) }
+            } else {
+                own.released();
+            }
         });
         // The guards below borrow the device; they are defused before it is.
-        let d: &ash::Device = &device;
+        let d: &ash::Device = &device.0;
 
         // SAFETY: valid physical device.
         let mem = unsafe { instance.get_physical_device_memory_properties(physical) };
@@ -310,12 +389,13 @@ impl DeviceCore {
         let type_index = type_index as u32;
         let max_buffer_size = u64::from(props.limits.max_storage_buffer_range).min(heap / 2);
         let push = ash::khr::push_descriptor::Device::new(instance, d);
-        let queues = families
-            .iter()
-            .flat_map(|f| (0..f.queue_count).map(move |i| (f.index, i)))
-            .map(|(family, i)| QueueSlot {
-                // SAFETY: the family and index were created with the device.
-                queue: Mutex::new(unsafe { d.get_device_queue(family, i) }),
+        let queues = lent
+            .into_iter()
+            .map(|(family, i, queue_lock)| QueueSlot {
+                // SAFETY: the family and index were created with the device (checked for an
+                // adopted one, whose engine promised it created them).
+                queue: unsafe { d.get_device_queue(family, i) },
+                queue_lock,
                 family,
                 seq: AtomicU64::new(0),
             })
@@ -371,7 +451,7 @@ impl DeviceCore {
         // Set-up succeeded: the core owns everything from here (its `Drop` destroys it).
         let (scratch_memory, scratch) = (scratch_memory.defuse(), scratch.defuse());
         let (allocator, kernels) = (allocator.defuse(), kernels.defuse());
-        let device = device.defuse();
+        let (device, ownership) = device.defuse();
         let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
         let comp = Completion {
             rings: Mutex::new(Vec::with_capacity(MAX_RINGS)),
@@ -399,6 +479,7 @@ impl DeviceCore {
             gpu,
             memory_types: types.iter().map(|t| t.property_flags).collect(),
             graphics: crate::graphics::Graphics::new(graphics.queue),
+            ownership,
         });
         LIVE_DEVICES.fetch_add(1, Ordering::SeqCst);
         tracing::info!(target: "gpusched_vulkan", device = %core.name, generation, "device created");

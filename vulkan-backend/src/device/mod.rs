@@ -69,6 +69,7 @@
 //! and so the device, alive until it is done; the device is then destroyed on that ring's
 //! completion thread. Call [`VulkanDevice::close`] for a synchronous teardown.
 
+mod adopt;
 mod core;
 mod guard;
 mod queues;
@@ -85,6 +86,10 @@ use std::time::{Duration, Instant};
 use ash::vk;
 use gpusched::{ArmedJob, Entity, Priority, ResetDomain, Scheduler, SchedulerConfig};
 
+pub use self::adopt::{
+    AdoptError, AdoptedDevice, EnabledFeatures, LentQueue, QueueGuard, QueueLock, Recreate,
+    ReleaseFn,
+};
 pub use self::core::live_devices;
 pub(crate) use self::core::DeviceCore;
 use self::queues::{check_ring_caps, families_for};
@@ -155,7 +160,9 @@ impl VulkanDevice {
 
     /// Another logical device on the same physical device and instance (its own handle,
     /// generations, buffers and rings). Two logical devices on one physical device is how the
-    /// tests exercise several devices at once.
+    /// tests exercise several devices at once. On an adopted device
+    /// ([`adopt`](VulkanDevice::adopt)) the sibling is a device of gpusched's own on the
+    /// engine's instance: the engine keeps the instance alive until the sibling is closed.
     ///
     /// # Errors
     /// As [`VulkanDevice::with_config`].
@@ -256,7 +263,7 @@ impl VulkanDevice {
         let Ok(slot) = core.queue_slot(core.queue_family, queue_index) else {
             no_such_queue(queue_index, self.queue_count())
         };
-        let q = lock(&core.queues[slot as usize].queue);
+        let q = core.queues[slot as usize].lock();
         f(*q)
     }
 

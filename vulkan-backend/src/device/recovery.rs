@@ -188,16 +188,8 @@ impl DeviceShared {
         let mut attempt = 0;
         let new = loop {
             attempt += 1;
-            let made = DeviceCore::create(
-                self.instance.clone(),
-                self.physical,
-                self.name.clone(),
-                self.family,
-                self.id,
-                self.notify.clone(),
-            )
-            .map_err(|e| e.to_string())
-            .and_then(|core| {
+            // An adopted device's next generation comes from its engine (`adopt.rs`).
+            let made = self.next_core().map_err(|e| e.to_string()).and_then(|core| {
                 let mut k = lock(&core.kernels);
                 for (spirv, bindings, push) in user.iter() {
                     k.push(

@@ -12,6 +12,7 @@ use std::time::Instant;
 use ash::vk;
 use gpusched::ResetDomain;
 
+use super::adopt::Adoption;
 use super::recovery::{recovery_thread, Graveyard, Notify};
 use super::{DeviceCore, VulkanDevice};
 use crate::error::{DeviceError, InitError, ShaderError};
@@ -59,6 +60,9 @@ pub(crate) struct DeviceShared {
     pub(crate) faults: FaultState,
     pub(super) thread: Mutex<Option<JoinHandle<()>>>,
     pub(super) thread_id: OnceLock<ThreadId>,
+    /// A device lent by an engine (`adopt.rs`): its generations come from the engine's
+    /// re-creation callback, never from `vkCreateDevice`.
+    pub(crate) adoption: Option<Adoption>,
 }
 
 impl fmt::Debug for DeviceShared {
@@ -83,6 +87,26 @@ impl DeviceShared {
         let notify = Arc::new(Notify::default());
         let core =
             DeviceCore::create(inst.clone(), physical, name.clone(), family, id, notify.clone())?;
+        Ok(Self::start(inst, physical, core, notify, None))
+    }
+
+    /// A fresh shared device id (a core's `device_id`).
+    pub(crate) fn next_id() -> u64 {
+        NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The shared device over its first core `core` (whose `device_id` it takes), with its
+    /// recovery thread; `adoption` for a device lent by an engine (`adopt.rs`).
+    pub(crate) fn start(
+        inst: Arc<InstanceShared>,
+        physical: vk::PhysicalDevice,
+        core: Arc<DeviceCore>,
+        notify: Arc<Notify>,
+        adoption: Option<Adoption>,
+    ) -> VulkanDevice {
+        let id = core.device_id;
+        let name = core.name.clone();
+        let family = core.queue_family;
         fault::calibrate_busy(&core);
         let shared = Arc::new(DeviceShared {
             id,
@@ -107,6 +131,7 @@ impl DeviceShared {
             faults: FaultState::new(),
             thread: Mutex::new(None),
             thread_id: OnceLock::new(),
+            adoption,
         });
         let weak = Arc::downgrade(&shared);
         let spawned = std::thread::Builder::new()
@@ -119,7 +144,7 @@ impl DeviceShared {
             }
             Err(e) => panic!("cannot start the vulkan recovery thread: {e}"),
         }
-        Ok(VulkanDevice { shared })
+        VulkanDevice { shared }
     }
 
     /// The current core.

@@ -90,7 +90,7 @@ impl RingHw {
                     .push_next(t);
             }
             let slot = &hw.core.queues[hw.queue as usize];
-            let q = lock(&slot.queue);
+            let q = slot.lock();
             // SAFETY: the queue is externally synchronised by its mutex; the command buffers
             // are executable and not pending; each submit signals its job's value, above
             // every value signalled or pending on the semaphore (values increase under the
@@ -311,7 +311,9 @@ impl VulkanRing {
         // Injected faults on submission (without the feature: `None` and `false`, constants).
         let fail = faults.submit_failure(&job.fault);
         let hang = job.fault.hangs();
-        if self.slot.flags.batching.load(Ordering::Relaxed) && fail.is_none() && !hang {
+        let external = job.external.is_some();
+        if self.slot.flags.batching.load(Ordering::Relaxed) && fail.is_none() && !hang && !external
+        {
             // Submitted by `flush`, with the other jobs the scheduler hands over now.
             let value = st.next_value + 1;
             st.batch.push(cb);
@@ -328,8 +330,6 @@ impl VulkanRing {
             }
         }
         let value = st.next_value + 1;
-        let cbs = [cb];
-        let sems = [hw.sem];
         let values = [value];
         let result = match fail {
             Some(code) => {
@@ -338,7 +338,7 @@ impl VulkanRing {
             }
             None => {
                 let slot = &hw.core.queues[hw.queue as usize];
-                let q = lock(&slot.queue);
+                let q = slot.lock();
                 // An injected hang's wait value is taken under the queue lock, so hang values
                 // increase in the queue's submission order: releasing one (which releases
                 // every lower value) never releases a hang queued behind it, whose own
@@ -346,25 +346,22 @@ impl VulkanRing {
                 // several queues an injected hang may still be released by another queue's
                 // (fault injection only).
                 let wait = hw.core.faults.hang_wait(&mut job.fault, faults);
-                let wait_sems = [wait.map_or(vk::Semaphore::null(), |w| w.0)];
-                let wait_values = [wait.map_or(0, |w| w.1)];
-                let stages = [vk::PipelineStageFlags::ALL_COMMANDS];
-                let n = usize::from(wait.is_some());
-                let mut timeline = vk::TimelineSemaphoreSubmitInfo::default()
-                    .wait_semaphore_values(&wait_values[..n])
-                    .signal_semaphore_values(&values);
-                let submit = [vk::SubmitInfo::default()
-                    .wait_semaphores(&wait_sems[..n])
-                    .wait_dst_stage_mask(&stages[..n])
-                    .command_buffers(&cbs)
-                    .signal_semaphores(&sems)
-                    .push_next(&mut timeline)];
-                // SAFETY: the queue is externally synchronised by its mutex; the command
+                // SAFETY: the queue is externally synchronised by its lock; the command
                 // buffer is executable and not pending; `value` is above every value signalled
-                // or pending on the semaphore (values increase under the ring lock); the wait
-                // semaphore is a timeline semaphore of this device.
-                unsafe { hw.core.device.queue_submit(*q, &submit, vk::Fence::null()) }
-                    .map(|()| slot.seq.fetch_add(1, Ordering::SeqCst) + 1)
+                // or pending on the semaphore (values increase under the ring lock); the hang
+                // semaphore is a timeline semaphore of this device, the external ones the
+                // engine's of it (`VulkanJob::wait_semaphore`).
+                unsafe {
+                    crate::semaphore::submit_one(
+                        &hw.core.device,
+                        *q,
+                        cb,
+                        (hw.sem, value),
+                        wait,
+                        job.external.as_deref_mut(),
+                    )
+                }
+                .map(|()| slot.seq.fetch_add(1, Ordering::SeqCst) + 1)
             }
         };
         let seq = match result {

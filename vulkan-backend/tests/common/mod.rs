@@ -104,3 +104,4 @@ pub fn fill_job(buf: &gpusched_vulkan::Buffer, value: f32, n: u32) -> gpusched_v
     })
     .writes(buf)
 }
+pub mod engine;

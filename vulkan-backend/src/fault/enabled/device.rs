@@ -208,7 +208,7 @@ fn time_busy(core: &DeviceCore, groups: u32) -> Result<Duration, vk::Result> {
         let submit = [vk::SubmitInfo::default().command_buffers(&cbs)];
         let t0 = Instant::now();
         let r = {
-            let q = lock(&core.queues[0].queue);
+            let q = core.queues[0].lock();
             // SAFETY: the queue is locked; the command buffer is executable.
             unsafe { d.queue_submit(*q, &submit, fence) }
         }
@@ -216,10 +216,12 @@ fn time_busy(core: &DeviceCore, groups: u32) -> Result<Duration, vk::Result> {
         .and_then(|()| unsafe { d.wait_for_fences(&[fence], true, 10_000_000_000) });
         let elapsed = t0.elapsed();
         if r.is_err() {
-            // SAFETY: the device idles first; nothing else is pending on the fence.
-            let _ = unsafe { d.device_wait_idle() };
+            // SAFETY: the queue idles first (under its lock: an adopted device's engine may
+            // use its other queues, so not `vkDeviceWaitIdle`); nothing else is pending on
+            // the fence.
+            let _ = unsafe { d.queue_wait_idle(*core.queues[0].lock()) };
         }
-        // SAFETY: signalled (or the device idled above).
+        // SAFETY: signalled (or the queue idled above).
         unsafe { d.destroy_fence(fence, None) };
         r.map(|()| elapsed)
     };

@@ -1,0 +1,177 @@
+//! External semaphores per job: an engine's `VkSemaphore`s a job waits on before it runs
+//! ([`VulkanJob::wait_semaphore`]) or signals when its work is done
+//! ([`VulkanJob::signal_semaphore`]), added to the job's own `VkSubmitInfo` (timeline values
+//! through its `VkTimelineSemaphoreSubmitInfo`). Such a job is always submitted alone (never
+//! batched). The arrays the submission reads are built when the job is built, so `run_job`
+//! (a signalling section) only writes two slots of them: no allocation.
+//!
+//! What a wait the scheduler cannot see means for timeouts and device loss is on
+//! [`ExternalWait`].
+
+use ash::vk;
+
+use crate::job::VulkanJob;
+
+/// A semaphore a job waits on before it runs ([`VulkanJob::wait_semaphore`]).
+///
+/// # What the scheduler cannot see
+/// An external wait is a dependency outside the scheduler: its fences, `Resv`s and timeout
+/// handler know nothing of it, and its correctness is the engine's responsibility (the
+/// semaphore is signalled eventually, belongs to the job's device generation, and outlives
+/// the submission; a binary semaphore's signal is submitted before the job is). The job's
+/// `run_job` happens when its scheduler dependencies are met; the wait then holds the job on
+/// the `VkQueue`, and everything submitted to that queue after it (by any ring on the queue)
+/// waits behind it. A job whose semaphore is never signalled looks exactly like a hang:
+/// - its timeout (the ring's `SchedulerConfig::timeout`, counted from when it reached the
+///   head of the ring) blames it and ends it `TimedOut` (its dependants on the ring end with
+///   that error); Vulkan cannot take a submission back, so it stays on the queue, still
+///   waiting, and so does everything queued behind it;
+/// - jobs of the *same ring* queued behind it then time out without the hardware moving:
+///   the first such timeout answers `NoHang`, and after `STUCK_AFTER` (2) in a row the
+///   generation is declared lost (every unfinished fence of the device ends `DeviceLost`)
+///   and a new one is made (for an adopted device, by the engine's callback, if any);
+/// - jobs of *other rings on the same `VkQueue`* are seen queued behind another ring's
+///   unfinished submission: their timeouts answer `NoHang` without blame for as long as it
+///   blocks (they wait for the engine's signal, or for the blocked ring's own later jobs to
+///   get the device declared lost); rings on other queues are not affected;
+/// - if nothing is queued behind it, no further timeout runs: the queue stays blocked until
+///   the engine signals;
+/// - when the engine signals (late), the blocked submission runs and the jobs behind it run
+///   too (those not yet ended complete normally).
+///
+/// So every fence still signals exactly once (rule 1 of CONTRACT.md). But a fence that ended
+/// `TimedOut` or `DeviceLost` does not mean the submission left the queue: the engine must
+/// keep an external semaphore alive, and eventually signal what the job waits for, until the
+/// device has passed the submission (a lost generation, and the device's teardown, wait for
+/// its queue to drain: `vkDeviceWaitIdle` never returns while it waits on a semaphore nobody
+/// signals). On a real `VK_ERROR_DEVICE_LOST` the driver drops the waits itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExternalWait {
+    /// The engine's semaphore, of the job's device (generation).
+    pub semaphore: vk::Semaphore,
+    /// The timeline value to wait for; `None` for a binary semaphore (whose signal must
+    /// already be submitted when the job is: binary semaphores have no wait-before-signal).
+    pub value: Option<u64>,
+    /// The pipeline stages that wait (`VkSubmitInfo::pWaitDstStageMask`);
+    /// `ALL_COMMANDS` when in doubt.
+    pub stage: vk::PipelineStageFlags,
+}
+
+/// A semaphore a job signals once all its work is done ([`VulkanJob::signal_semaphore`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExternalSignal {
+    /// The engine's semaphore, of the job's device (generation).
+    pub semaphore: vk::Semaphore,
+    /// The timeline value to signal (above every value signalled or pending on it); `None`
+    /// for a binary semaphore.
+    pub value: Option<u64>,
+}
+
+/// The arrays of one job's `VkSubmitInfo` with its external semaphores, built with the job.
+/// Slot 0 of the wait arrays is kept for an injected hang's wait (fault injection), slot 0
+/// of the signal arrays for the ring's own timeline semaphore and the job's value; `run_job`
+/// writes them (no allocation).
+#[derive(Debug)]
+pub(crate) struct External {
+    wait_sems: Vec<vk::Semaphore>,
+    wait_values: Vec<u64>,
+    wait_stages: Vec<vk::PipelineStageFlags>,
+    signal_sems: Vec<vk::Semaphore>,
+    signal_values: Vec<u64>,
+}
+
+impl Default for External {
+    fn default() -> Self {
+        External {
+            wait_sems: vec![vk::Semaphore::null()],
+            wait_values: vec![0],
+            wait_stages: vec![vk::PipelineStageFlags::ALL_COMMANDS],
+            signal_sems: vec![vk::Semaphore::null()],
+            signal_values: vec![0],
+        }
+    }
+}
+
+impl VulkanJob {
+    /// The job waits for `wait` before any of its commands run (at `wait.stage`). The job is
+    /// submitted alone (never batched with others); see the module's docs for what a wait
+    /// the scheduler cannot see means for timeouts and device loss: a wait that is never
+    /// satisfied times the job out and blocks its queue until the engine signals.
+    pub fn wait_semaphore(mut self, wait: ExternalWait) -> Self {
+        let e = self.external.get_or_insert_with(Box::default);
+        e.wait_sems.push(wait.semaphore);
+        e.wait_values.push(wait.value.unwrap_or(0));
+        e.wait_stages.push(wait.stage);
+        self
+    }
+
+    /// The job signals `signal` when all its work is done (with its own ring's semaphore, in
+    /// the same submission). The job is submitted alone (never batched with others). A job
+    /// that ends without its submission reaching the queue (its recording or submission
+    /// failed, its dependency failed, the device was lost before `run_job`) never signals
+    /// it: an engine waiting on it must bound its wait, or watch the job's fence too.
+    pub fn signal_semaphore(mut self, signal: ExternalSignal) -> Self {
+        let e = self.external.get_or_insert_with(Box::default);
+        e.signal_sems.push(signal.semaphore);
+        e.signal_values.push(signal.value.unwrap_or(0));
+        self
+    }
+}
+
+/// Submits one job's command buffer on `queue` (locked by the caller): it signals the ring's
+/// semaphore `ring` with its value, waits on the injected hang `hang` if any, and on/for its
+/// external semaphores if any. Allocation-free (the external arrays were built with the job).
+///
+/// # Safety
+/// The queue is externally synchronised by the caller; `cb` is executable and not pending;
+/// the ring's value is above every value signalled or pending on its semaphore; every
+/// semaphore is of `device` (the engine's promise for external ones).
+pub(crate) unsafe fn submit_one(
+    device: &ash::Device,
+    queue: vk::Queue,
+    cb: vk::CommandBuffer,
+    ring: (vk::Semaphore, u64),
+    hang: Option<(vk::Semaphore, u64)>,
+    external: Option<&mut External>,
+) -> ash::prelude::VkResult<()> {
+    let cbs = [cb];
+    let Some(e) = external else {
+        let wait_sems = [hang.map_or(vk::Semaphore::null(), |w| w.0)];
+        let wait_values = [hang.map_or(0, |w| w.1)];
+        let stages = [vk::PipelineStageFlags::ALL_COMMANDS];
+        let n = usize::from(hang.is_some());
+        let (sems, values) = ([ring.0], [ring.1]);
+        let mut timeline = vk::TimelineSemaphoreSubmitInfo::default()
+            .wait_semaphore_values(&wait_values[..n])
+            .signal_semaphore_values(&values);
+        let submit = [vk::SubmitInfo::default()
+            .wait_semaphores(&wait_sems[..n])
+            .wait_dst_stage_mask(&stages[..n])
+            .command_buffers(&cbs)
+            .signal_semaphores(&sems)
+            .push_next(&mut timeline)];
+        // SAFETY: the caller's contract.
+        return unsafe { device.queue_submit(queue, &submit, vk::Fence::null()) };
+    };
+    e.signal_sems[0] = ring.0;
+    e.signal_values[0] = ring.1;
+    let from = match hang {
+        Some((sem, value)) => {
+            e.wait_sems[0] = sem;
+            e.wait_values[0] = value;
+            0
+        }
+        None => 1,
+    };
+    let mut timeline = vk::TimelineSemaphoreSubmitInfo::default()
+        .wait_semaphore_values(&e.wait_values[from..])
+        .signal_semaphore_values(&e.signal_values);
+    let submit = [vk::SubmitInfo::default()
+        .wait_semaphores(&e.wait_sems[from..])
+        .wait_dst_stage_mask(&e.wait_stages[from..])
+        .command_buffers(&cbs)
+        .signal_semaphores(&e.signal_sems)
+        .push_next(&mut timeline)];
+    // SAFETY: the caller's contract.
+    unsafe { device.queue_submit(queue, &submit, vk::Fence::null()) }
+}

@@ -1,0 +1,362 @@
+//! `VulkanDevice::adopt`: gpusched on an engine's own instance and device (made here with
+//! `ash`, validation on through the engine's own messenger). gpusched destroys nothing it did
+//! not create; refused adoptions create nothing; the engine and gpusched share a queue
+//! through its `QueueLock`; device loss without and with the engine's re-creation callback.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::engine::{engine_validation_errors, EngineInstance};
+use common::{assert_no_validation_errors, close, wait_ok, WATCHDOG};
+use gpusched::{Priority, SchedulerConfig};
+use gpusched_vulkan::ash::vk;
+use gpusched_vulkan::{
+    live_devices, AdoptError, Buffer, Builtin, QueueCaps, QueueLock, VulkanDevice, VulkanJob,
+};
+
+const N: u32 = 1024;
+
+fn fill_job(buf: &Buffer, value: f32) -> VulkanJob {
+    let b = buf.clone();
+    VulkanJob::new(move |ctx, cb| {
+        let fill = ctx.builtin(Builtin::Fill);
+        let push = [value.to_ne_bytes(), N.to_ne_bytes()].concat();
+        ctx.dispatch(cb, &fill, &[&b], &push, [N / 64, 1, 1])
+    })
+    .writes(buf)
+}
+
+fn assert_all(buf: &Buffer, value: f32) {
+    let v = buf.read_f32(WATCHDOG).unwrap();
+    assert!(v.iter().all(|x| *x == value), "expected {value}, got {:?}...", &v[..4]);
+}
+
+/// Live devices are process-wide and the tests of this file run in parallel under `cargo
+/// test`: every test holds this lock, so that the counts compared are its own.
+static LIVE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The engine uses its device after gpusched closed: a semaphore made and destroyed, an idle
+/// wait, then it destroys the device itself (the validation layer would report a destroyed
+/// or double-destroyed device, a leaked gpusched object, or use after destruction).
+fn engine_uses_and_destroys(device: &gpusched_vulkan::ash::Device) {
+    // SAFETY: the engine's own device, no longer used by gpusched; the semaphore is made
+    // and destroyed here.
+    unsafe {
+        let s = device.create_semaphore(&vk::SemaphoreCreateInfo::default(), None).unwrap();
+        device.destroy_semaphore(s, None);
+        device.device_wait_idle().unwrap();
+        device.destroy_device(None);
+    }
+}
+
+#[test]
+fn adopted_device_computes_and_is_left_to_the_engine() {
+    let Some(engine) = EngineInstance::new() else { return };
+    let _g = serial();
+    let before = live_devices();
+    let device = engine.create_device();
+    let lock = Arc::new(QueueLock::new());
+    let released = Arc::new(AtomicBool::new(false));
+    let mut lent = engine.lend(&device, &lock);
+    let r = released.clone();
+    lent.on_release = Some(Box::new(move || r.store(true, Ordering::SeqCst)));
+    // SAFETY: the engine's device, created with the stated features and queue, outlives
+    // gpusched's use of it (closed below before the engine destroys it).
+    let dev = unsafe { VulkanDevice::adopt(lent, None) }.unwrap();
+    assert_eq!(live_devices(), before + 1);
+    assert_eq!(dev.queue_family(), engine.family);
+    assert_eq!(dev.queue_count(), 1);
+    assert_eq!(dev.supports_graphics(), engine.enabled.dynamic_rendering);
+    assert_eq!(dev.ash_device().handle(), device.handle());
+    let ring = dev.ring(0, SchedulerConfig::new("adopted0")).unwrap();
+    let client = VulkanDevice::entity(&[&ring], Priority::Normal, QueueCaps::COMPUTE).unwrap();
+    let buf = dev.buffer(u64::from(N) * 4).unwrap();
+    wait_ok(&VulkanDevice::submit(&client, fill_job(&buf, 4.5)).unwrap());
+    assert_all(&buf, 4.5);
+    // A ring past the lent queues is refused.
+    assert!(dev.ring(1, SchedulerConfig::new("nope")).is_err());
+    drop((client, ring, buf));
+    assert!(!released.load(Ordering::SeqCst), "released while gpusched still used it");
+    close(dev);
+    assert!(released.load(Ordering::SeqCst), "on_release did not run at close");
+    assert_eq!(live_devices(), before);
+    engine_uses_and_destroys(&device);
+    assert_eq!(engine_validation_errors(), 0);
+    assert_no_validation_errors();
+}
+
+#[test]
+fn adoption_checks_the_statement_and_the_queues_and_creates_nothing() {
+    let Some(engine) = EngineInstance::new() else { return };
+    let _g = serial();
+    let device = engine.create_device();
+    let lock = Arc::new(QueueLock::new());
+    let before = live_devices();
+    let released = Arc::new(AtomicUsize::new(0));
+    let lend = |f: &dyn Fn(&mut gpusched_vulkan::AdoptedDevice)| {
+        let mut l = engine.lend(&device, &lock);
+        let r = released.clone();
+        l.on_release = Some(Box::new(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        }));
+        f(&mut l);
+        // SAFETY: as in the test above; every call here is refused before using the device.
+        unsafe { VulkanDevice::adopt(l, None) }
+    };
+
+    let e = lend(&|l| l.enabled.timeline_semaphore = false).unwrap_err();
+    assert!(matches!(e, AdoptError::NotEnabled { feature } if feature.contains("timeline")), "{e}");
+    let e = lend(&|l| l.enabled.push_descriptor = false).unwrap_err();
+    assert!(
+        matches!(e, AdoptError::NotEnabled { feature } if feature.contains("push_descriptor")),
+        "{e}"
+    );
+    let count = engine.queue_count();
+    let e = lend(&|l| l.queues[0].index = count).unwrap_err();
+    assert!(
+        matches!(e, AdoptError::NoSuchQueue { family, index, count: c }
+            if family == engine.family && index == count && c == count),
+        "{e}"
+    );
+    let e = lend(&|l| l.queues[0].family = 999).unwrap_err();
+    assert!(matches!(e, AdoptError::NoSuchFamily { family: 999, .. }), "{e}");
+    let e = lend(&|l| l.queues.clear()).unwrap_err();
+    assert!(matches!(e, AdoptError::NoQueue), "{e}");
+    let e = lend(&|l| {
+        let q = l.queues[0].clone();
+        l.queues.push(q);
+    })
+    .unwrap_err();
+    assert!(matches!(e, AdoptError::DuplicateQueue { .. }), "{e}");
+
+    assert_eq!(live_devices(), before, "a refused adoption created a device");
+    assert_eq!(released.load(Ordering::SeqCst), 0, "a refused adoption released the device");
+    engine_uses_and_destroys(&device);
+    assert_eq!(engine_validation_errors(), 0);
+    assert_no_validation_errors();
+}
+
+#[test]
+fn engine_and_gpusched_share_the_queue_through_its_lock() {
+    let Some(engine) = EngineInstance::new() else { return };
+    let _g = serial();
+    let device = engine.create_device();
+    let lock = Arc::new(QueueLock::new());
+    // SAFETY: as above; the engine submits on the lent queue only under `lock`.
+    let dev = unsafe { VulkanDevice::adopt(engine.lend(&device, &lock), None) }.unwrap();
+    let ring = dev.ring(0, SchedulerConfig::new("shared0")).unwrap();
+    let client = VulkanDevice::entity(&[&ring], Priority::Normal, QueueCaps::COMPUTE).unwrap();
+    let bufs: Vec<Buffer> = (0..4).map(|_| dev.buffer(u64::from(N) * 4).unwrap()).collect();
+
+    // The engine's own submissions (an empty submit signalling its own fence), on the same
+    // queue, as fast as it can while gpusched's jobs run.
+    let stop = Arc::new(AtomicBool::new(false));
+    let engine_thread = {
+        let (device, lock, stop) = (device.clone(), lock.clone(), stop.clone());
+        // SAFETY: the engine's device.
+        let queue = unsafe { device.get_device_queue(engine.family, 0) };
+        std::thread::spawn(move || {
+            // SAFETY: the engine's device; the fence is waited for before reuse and
+            // destruction; the queue is used only under its lock.
+            unsafe {
+                let fence = device.create_fence(&vk::FenceCreateInfo::default(), None).unwrap();
+                let mut submits = 0u32;
+                while !stop.load(Ordering::SeqCst) || submits < 20 {
+                    {
+                        let _q = lock.lock();
+                        device.queue_submit(queue, &[vk::SubmitInfo::default()], fence).unwrap();
+                    }
+                    device.wait_for_fences(&[fence], true, 10_000_000_000).unwrap();
+                    device.reset_fences(&[fence]).unwrap();
+                    submits += 1;
+                }
+                device.destroy_fence(fence, None);
+                submits
+            }
+        })
+    };
+    let mut fences = Vec::new();
+    for round in 0..25 {
+        for (i, b) in bufs.iter().enumerate() {
+            let v = (round * 4 + i) as f32;
+            fences.push(VulkanDevice::submit(&client, fill_job(b, v)).unwrap());
+        }
+    }
+    for f in &fences {
+        wait_ok(f);
+    }
+    for (i, b) in bufs.iter().enumerate() {
+        assert_all(b, (24 * 4 + i) as f32);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let submits = engine_thread.join().unwrap();
+    assert!(submits >= 20);
+    drop((fences, client, ring, bufs));
+    close(dev);
+    engine_uses_and_destroys(&device);
+    assert_eq!(engine_validation_errors(), 0, "threading or other validation errors");
+    assert_no_validation_errors();
+}
+
+#[cfg(feature = "fault-injection")]
+mod loss {
+    use std::time::{Duration, Instant};
+
+    use gpusched::fence::{FenceError, WaitError};
+    use gpusched_vulkan::{BufferError, DeviceError, JobFault};
+
+    use super::*;
+
+    #[test]
+    fn adopted_device_without_recreate_stays_lost_with_typed_errors() {
+        let Some(engine) = EngineInstance::new() else { return };
+        let _g = serial();
+        let device = engine.create_device();
+        let lock = Arc::new(QueueLock::new());
+        // SAFETY: as above.
+        let dev = unsafe { VulkanDevice::adopt(engine.lend(&device, &lock), None) }.unwrap();
+        let gen0 = dev.generation();
+        let ring = dev.ring(0, SchedulerConfig::new("lost0")).unwrap();
+        let client = VulkanDevice::entity(&[&ring], Priority::Normal, QueueCaps::COMPUTE).unwrap();
+        let buf = dev.buffer(u64::from(N) * 4).unwrap();
+        let mut fences =
+            vec![VulkanDevice::submit(&client, VulkanJob::empty().inject(JobFault::Hang)).unwrap()];
+        for i in 0..4 {
+            fences.push(VulkanDevice::submit(&client, fill_job(&buf, i as f32)).unwrap());
+        }
+        dev.lose_device();
+        for f in &fences {
+            assert_eq!(f.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::DeviceLost)));
+        }
+        let e = dev.wait_generation(gen0, WATCHDOG).unwrap_err();
+        assert!(matches!(e, DeviceError::DeviceLost { .. }), "{e}");
+        assert!(dev.is_lost());
+        assert_eq!(dev.generations(), 1);
+        let e = VulkanDevice::submit(&client, fill_job(&buf, 1.0)).unwrap_err();
+        assert!(e.is_device_lost(), "{e}");
+        let e = dev.buffer(64).unwrap_err();
+        assert!(matches!(e, BufferError::Device(DeviceError::DeviceLost { .. })), "{e}");
+        drop((fences, client, ring, buf));
+        close(dev);
+        engine_uses_and_destroys(&device);
+        assert_eq!(engine_validation_errors(), 0);
+        assert_no_validation_errors();
+    }
+
+    #[test]
+    fn adopted_device_recreated_by_the_engine_callback() {
+        let Some(engine) = EngineInstance::new() else { return };
+        let _g = serial();
+        let first = engine.create_device();
+        let lock = Arc::new(QueueLock::new());
+        let made = Arc::new(AtomicUsize::new(0));
+        let destroyed = Arc::new(AtomicUsize::new(0));
+        // The engine's re-creation: a new VkDevice, lent under the same lock, destroyed by
+        // the engine once gpusched releases it.
+        let lend = {
+            let (engine, lock, made, destroyed) =
+                (engine.clone(), lock.clone(), made.clone(), destroyed.clone());
+            move || {
+                let device = engine.create_device();
+                made.fetch_add(1, Ordering::SeqCst);
+                let mut l = engine.lend(&device, &lock);
+                let destroyed = destroyed.clone();
+                l.on_release = Some(Box::new(move || {
+                    // SAFETY: gpusched released it: nothing of its remains on it.
+                    unsafe { device.destroy_device(None) };
+                    destroyed.fetch_add(1, Ordering::SeqCst);
+                }));
+                l
+            }
+        };
+        let recreate: gpusched_vulkan::Recreate = Box::new(move || Ok(lend()));
+        let mut lent = engine.lend(&first, &lock);
+        let released = Arc::new(AtomicBool::new(false));
+        let r = released.clone();
+        lent.on_release = Some(Box::new(move || r.store(true, Ordering::SeqCst)));
+        // SAFETY: as above; the callback's devices are destroyed by their release.
+        let dev = unsafe { VulkanDevice::adopt(lent, Some(recreate)) }.unwrap();
+        let gen0 = dev.generation();
+        let ring = dev.ring(0, SchedulerConfig::new("recreated0")).unwrap();
+        let client = VulkanDevice::entity(&[&ring], Priority::Normal, QueueCaps::COMPUTE).unwrap();
+        let old = dev.buffer(u64::from(N) * 4).unwrap();
+        let hung =
+            VulkanDevice::submit(&client, VulkanJob::empty().inject(JobFault::Hang)).unwrap();
+        dev.lose_device();
+        assert_eq!(hung.wait_timeout(WATCHDOG), Err(WaitError::Failed(FenceError::DeviceLost)));
+        let gen1 = dev.wait_generation(gen0, WATCHDOG).unwrap();
+        assert!(gen1 > gen0);
+        assert_eq!(made.load(Ordering::SeqCst), 1);
+        assert_ne!(dev.ash_device().handle(), first.handle(), "the new generation's device");
+        // The new generation computes on the engine's new device, same ring and entity.
+        let buf = dev.buffer(u64::from(N) * 4).unwrap();
+        wait_ok(&VulkanDevice::submit(&client, fill_job(&buf, 7.0)).unwrap());
+        assert_all(&buf, 7.0);
+        // The lost generation is released once nothing holds it (its buffer goes here).
+        drop((hung, old));
+        let deadline = Instant::now() + WATCHDOG;
+        while !released.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the lost generation was never released");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        engine_uses_and_destroys(&first);
+        drop((client, ring, buf));
+        close(dev);
+        assert_eq!(destroyed.load(Ordering::SeqCst), 1, "the second device was not released");
+        assert_eq!(engine_validation_errors(), 0);
+        assert_no_validation_errors();
+    }
+
+    /// A re-created device that fails the checks goes straight back to the engine (its
+    /// release runs: the engine destroys it), each of the three attempts, and the adopted
+    /// device then stays lost.
+    #[test]
+    fn a_refused_re_created_device_is_released_and_the_device_stays_lost() {
+        let Some(engine) = EngineInstance::new() else { return };
+        let _g = serial();
+        let first = engine.create_device();
+        let lock = Arc::new(QueueLock::new());
+        let made = Arc::new(AtomicUsize::new(0));
+        let destroyed = Arc::new(AtomicUsize::new(0));
+        let recreate: gpusched_vulkan::Recreate = {
+            let (engine, lock, made, destroyed) =
+                (engine.clone(), lock.clone(), made.clone(), destroyed.clone());
+            Box::new(move || {
+                let device = engine.create_device();
+                made.fetch_add(1, Ordering::SeqCst);
+                let mut l = engine.lend(&device, &lock);
+                // A false statement gpusched refuses.
+                l.enabled.push_descriptor = false;
+                let destroyed = destroyed.clone();
+                l.on_release = Some(Box::new(move || {
+                    // SAFETY: gpusched refused it before creating anything on it.
+                    unsafe { device.destroy_device(None) };
+                    destroyed.fetch_add(1, Ordering::SeqCst);
+                }));
+                Ok(l)
+            })
+        };
+        let before = live_devices();
+        // SAFETY: as above.
+        let dev =
+            unsafe { VulkanDevice::adopt(engine.lend(&first, &lock), Some(recreate)) }.unwrap();
+        let gen0 = dev.generation();
+        dev.lose_device();
+        let e = dev.wait_generation(gen0, WATCHDOG).unwrap_err();
+        assert!(matches!(e, DeviceError::DeviceLost { .. }), "{e}");
+        assert_eq!(made.load(Ordering::SeqCst), 3, "three attempts");
+        assert_eq!(destroyed.load(Ordering::SeqCst), 3, "each refused device released");
+        assert_eq!(live_devices(), before + 1, "only the first generation");
+        close(dev);
+        assert_eq!(live_devices(), before);
+        engine_uses_and_destroys(&first);
+        assert_eq!(engine_validation_errors(), 0);
+        assert_no_validation_errors();
+    }
+}
