@@ -95,11 +95,12 @@ pub enum DeviceError {
         /// The Vulkan call.
         op: &'static str,
     },
-    /// The device was lost and re-creating it failed every time it was tried: it is gone for
-    /// good. Every fence it handed out has signalled (`DeviceLost`); make a new device.
-    #[error("the device is gone for good: re-creating it after a loss failed {attempts} times (last: {last})")]
+    /// The device was lost and re-creating it failed every time it was tried (or could not
+    /// be tried: an adopted device without a re-creation callback): it is gone for good.
+    /// Every fence it handed out has signalled (`DeviceLost`); make a new device.
+    #[error("the device is gone for good after a loss: {attempts} re-creation attempts failed (last: {last})")]
     Gone {
-        /// How many re-creations were tried.
+        /// How many re-creations were tried (0: none could be).
         attempts: u32,
         /// The last re-creation's error.
         last: String,

@@ -52,6 +52,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use super::adopt::AdoptError;
 use super::DeviceCore;
 /// Also reachable here, where the ring code imports it from.
 pub(crate) use super::DeviceShared;
@@ -184,6 +185,12 @@ impl DeviceShared {
         let old = self.core();
         // Releasable injected hangs first: the lost core's queue then drains by itself.
         old.release_injected(false);
+        // An adopted device without a re-creation callback has no next generation: it is
+        // gone at once (retrying could not change that).
+        if self.adoption.as_ref().is_some_and(|a| a.recreate.is_none()) {
+            self.give_up(0, AdoptError::NoRecreate.to_string());
+            return;
+        }
         let user = lock(&self.user_kernels);
         let mut attempt = 0;
         let new = loop {

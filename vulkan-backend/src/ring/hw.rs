@@ -434,8 +434,9 @@ impl Drop for RingHw {
                 // more. Injected hangs first, which would keep it from going idle.
                 self.core.release_injected(true);
                 let slot = &self.core.queues[self.queue as usize];
-                let q = lock(&slot.queue);
-                // SAFETY: the queue is externally synchronised by its mutex.
+                let q = slot.lock();
+                // SAFETY: the queue is externally synchronised by its lock (shared with the
+                // engine for a lent queue).
                 let _ = unsafe { d.queue_wait_idle(*q) };
                 true
             }
