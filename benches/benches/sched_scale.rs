@@ -83,6 +83,17 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// The `queued` measure's size: 1,000,000 jobs over 10,000 entities, or
+/// `GPUSCHED_BENCH_QUEUED=JOBS:ENTITIES` (to compare with a build whose selection is too slow
+/// for the full size).
+fn queued_size() -> (u64, usize) {
+    let parse = |v: String| {
+        let (j, e) = v.split_once(':')?;
+        Some((j.parse().ok()?, e.parse().ok()?))
+    };
+    std::env::var("GPUSCHED_BENCH_QUEUED").ok().and_then(parse).unwrap_or((1_000_000, 10_000))
+}
+
 /// Queues `jobs` jobs round-robin over `entities` entities behind one gate fence, then
 /// signals the gate; returns the time from the first arm until the last job signalled and
 /// the live bytes allocated per queued job (measured just before the gate signals).
@@ -125,8 +136,7 @@ fn bench(_: &mut Criterion) {
     let test = test_mode();
     let rounds = if test { 1 } else { 7 };
     let spread_jobs: u64 = if test { 64 } else { 100_000 };
-    let (queued_jobs, queued_entities) =
-        if test { (2_000u64, 100usize) } else { (1_000_000, 10_000) };
+    let (queued_jobs, queued_entities) = if test { (2_000u64, 100usize) } else { queued_size() };
 
     let ((), reports) = lockdep::capture(|| {
         let ns = |d: Duration, jobs: u64| d.as_nanos() as f64 / jobs as f64;

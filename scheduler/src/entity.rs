@@ -99,6 +99,10 @@ impl<B: Backend> EntityShared<B> {
     }
 
     pub(crate) fn stopped_error(&self) -> Option<FenceError> {
+        // `is_stopped` is set after `stopped`: while it is clear, nothing is stored.
+        if !self.is_stopped.load(Ordering::Acquire) {
+            return None;
+        }
         *lock(&self.stopped)
     }
 

@@ -78,6 +78,15 @@ impl RunQueue {
         }
     }
 
+    /// The slots, in no particular order.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = usize> + '_ {
+        let (rotate, ranked) = match self {
+            RunQueue::Rotate(q) => (Some(q.iter().copied()), None),
+            RunQueue::Ranked(h) => (None, Some(h.iter().map(|Reverse((_, _, k))| *k))),
+        };
+        rotate.into_iter().flatten().chain(ranked.into_iter().flatten())
+    }
+
     fn pop(&mut self) {
         match self {
             RunQueue::Rotate(q) => {
@@ -250,6 +259,13 @@ impl<B: Backend> SchedState<B> {
         self.ready.ring = ring;
     }
 
+    /// Takes slot `key`, which is `Ready`, out of its run queue and relinks it (its head
+    /// changed off the top: FIFO's rank follows the head).
+    pub(crate) fn relink_ready(&mut self, key: usize) {
+        self.unlink(key);
+        self.relink_after_pop(key, true);
+    }
+
     /// Takes slot `key` out of whichever list holds it (slot removal, priority change): O(n)
     /// in that list, off the hot path, allocation-free.
     pub(crate) fn unlink(&mut self, key: usize) {
@@ -265,6 +281,34 @@ impl<B: Backend> SchedState<B> {
         }
         if let Some(s) = self.slots.get_mut(key) {
             s.link = Link::Idle;
+        }
+    }
+
+    /// Checks the invariants of the module docs (debug builds; O(slots)).
+    #[cfg(debug_assertions)]
+    pub(crate) fn check_lists(&self) {
+        for (key, slot) in self.slots.iter() {
+            let p = slot.priority.index();
+            let in_queue = match &self.ready.queues[p] {
+                RunQueue::Rotate(q) => q.iter().filter(|k| **k == key).count(),
+                RunQueue::Ranked(h) => h.iter().filter(|Reverse((_, _, k))| *k == key).count(),
+            };
+            let others: usize = (0..4)
+                .filter(|&o| o != p)
+                .map(|o| match &self.ready.queues[o] {
+                    RunQueue::Rotate(q) => q.iter().filter(|k| **k == key).count(),
+                    RunQueue::Ranked(h) => h.iter().filter(|Reverse((_, _, k))| *k == key).count(),
+                })
+                .sum();
+            let ext = self.ready.external.iter().filter(|k| **k == key).count();
+            let ring = self.ready.ring.iter().filter(|k| **k == key).count();
+            let ok = match slot.link {
+                Link::Idle => slot.queue.is_empty() && in_queue + ext + ring == 0,
+                Link::Ready => in_queue == 1 && ext + ring == 0,
+                Link::External(pos) => self.ready.external.get(pos) == Some(&key) && ext == 1,
+                Link::Ring => ring == 1 && in_queue + ext == 0,
+            };
+            assert!(ok && others == 0, "slot {key}: {:?}, queue {}, in run queue {in_queue} (others {others}), external {ext}, ring {ring}", slot.link, slot.queue.len());
         }
     }
 

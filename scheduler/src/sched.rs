@@ -39,11 +39,43 @@ use crate::entity::EntityShared;
 use crate::error::SchedError;
 use crate::job::{state, Blocker, JobInner, Readiness};
 use crate::ready::{Link, ReadyLists};
-use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::sync::{lock, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::tdr::{ResetDomain, TimeoutTarget};
 use crate::teardown::InPathGuard;
 
 static NEXT_SCHED_ID: StdAtomicU64 = StdAtomicU64::new(1);
+
+#[cfg(not(gpusched_loom))]
+std::thread_local! {
+    /// The id of the scheduler whose drain step (a run, a free, a cancel) this thread is
+    /// executing, 0 for none: a retirement there need not request a pump, because the drain
+    /// selects again after the step.
+    static DRAINING: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+// Loom runs a model's threads on one OS thread: its own thread-locals tell them apart.
+#[cfg(gpusched_loom)]
+loom::thread_local! {
+    static DRAINING: std::cell::Cell<u64> = std::cell::Cell::new(0);
+}
+
+/// Marks the current thread as executing a drain step of scheduler `id` while alive.
+struct DrainStep(u64);
+
+impl DrainStep {
+    fn enter(id: u64) -> Self {
+        DrainStep(DRAINING.with(|d| d.replace(id)))
+    }
+
+    fn active(id: u64) -> bool {
+        DRAINING.with(|d| d.get() == id)
+    }
+}
+
+impl Drop for DrainStep {
+    fn drop(&mut self) {
+        DRAINING.with(|d| d.set(self.0));
+    }
+}
 
 /// An entity's queue on one scheduler. Protected by `SchedShared::state`.
 pub(crate) struct EntitySlot<B: Backend> {
@@ -135,6 +167,8 @@ pub(crate) struct SchedShared<B: Backend> {
     pub(crate) run_lock: Mutex<()>,
     /// `Some(error)` once shut down or gone: later arms fail, pushes cancel with it.
     pub(crate) gone: Mutex<Option<FenceError>>,
+    /// Set (after `gone`) once `gone` is `Some`: the hot paths read it instead of the lock.
+    is_gone: AtomicBool,
     /// Queued jobs plus credits in flight, for load balancing (approximate).
     pub(crate) load: AtomicUsize,
     pub(crate) counters: Counters,
@@ -176,6 +210,9 @@ impl<B: Backend> SchedShared<B> {
     }
 
     pub(crate) fn gone_error(&self) -> Option<FenceError> {
+        if !self.is_gone.load(Ordering::Acquire) {
+            return None;
+        }
         *lock(&self.gone)
     }
 
@@ -236,9 +273,16 @@ impl<B: Backend> SchedShared<B> {
                     drop(running);
                     return;
                 }
-                Step::Free(job) => self.free(&job),
-                Step::Cancel(job, e) => self.cancel(&job, e),
+                Step::Free(job) => {
+                    let _step = DrainStep::enter(self.id);
+                    self.free(&job);
+                }
+                Step::Cancel(job, e) => {
+                    let _step = DrainStep::enter(self.id);
+                    self.cancel(&job, e);
+                }
                 Step::Run(job) => {
+                    let _step = DrainStep::enter(self.id);
                     self.run(job);
                     batch_open = Some(running);
                     continue;
@@ -279,6 +323,8 @@ impl<B: Backend> SchedShared<B> {
             return Step::Idle;
         }
         let deferred = deferred_in.is_some();
+        #[cfg(debug_assertions)]
+        st.check_lists();
         st.wake_ring();
         let policy = self.config.policy;
         let mut chosen: Option<(usize, usize)> = None;
@@ -307,7 +353,7 @@ impl<B: Backend> SchedShared<B> {
         };
         if u64::from(st.credits_used) + u64::from(credits) > u64::from(self.config.credit_limit) {
             // Head-of-line: wait for completions rather than let a smaller job overtake.
-            return Step::Idle;
+            return self.cancel_behind(st, p, deferred);
         }
         st.pop_top(p);
         let slot = &mut st.slots[key];
@@ -326,13 +372,48 @@ impl<B: Backend> SchedShared<B> {
         st.credits_used += credits;
         // Load counts a queued job as 1 and a job on the ring as its credits (`hw_done`
         // subtracts them): without this a multi-credit job wrapped the counter.
-        self.load.fetch_add(credits as usize - 1, Ordering::Relaxed);
+        if credits > 1 {
+            self.load.fetch_add(credits as usize - 1, Ordering::Relaxed);
+        }
         if st.pending.is_empty() {
             st.deadline = self.arm_deadline(Instant::now());
         }
         st.pending.push_back(job.clone());
         job.state.store(state::RUNNING, Ordering::Release);
         Step::Run(job)
+    }
+
+    /// The ring is full: FIFO and Fair still end, without waiting for credits, a failed head
+    /// job (killed entity, failed dependency) anywhere in the run queues they would have
+    /// chosen from (up to priority index `p`; Fair: all but a strict `Kernel` choice), as
+    /// their scan of every entity did. O(ready entities), only while the ring is full and
+    /// only for those policies (round-robin takes failed heads in rotation order, at the top).
+    fn cancel_behind(&self, st: &mut SchedState<B>, p: usize, deferred: bool) -> Step<B> {
+        let last = match self.config.policy {
+            Policy::RoundRobin => return Step::Idle,
+            Policy::Fifo => p,
+            Policy::Fair if p == Priority::Kernel.index() => p,
+            Policy::Fair => Priority::ALL.len() - 1,
+        };
+        for q in 0..=last {
+            let pending = deferred.then_some(&st.pending);
+            let failed = st.ready.queues[q].keys().find_map(|key| {
+                let head = st.slots.get(key)?.queue.front()?;
+                match head.readiness(pending) {
+                    Readiness::Failed(e) if head.prev_signalled() => Some((key, e)),
+                    _ => None,
+                }
+            });
+            if let Some((key, e)) = failed {
+                let job = st.slots[key].queue.pop_front();
+                st.relink_ready(key);
+                if let Some(job) = job {
+                    self.load.fetch_sub(1, Ordering::Relaxed);
+                    return Step::Cancel(job, e);
+                }
+            }
+        }
+        Step::Idle
     }
 
     /// The entity at the top of run queue `p` whose head job may run, parking the blocked
@@ -535,7 +616,10 @@ impl<B: Backend> SchedShared<B> {
         job.entity.job_done();
         self.retire_for_free(job);
         self.release_deferred(job);
-        self.pump();
+        // Inside this scheduler's drain step the drain selects again afterwards.
+        if !DrainStep::active(self.id) {
+            self.pump();
+        }
         true
     }
 
@@ -660,6 +744,7 @@ impl<B: Backend> SchedShared<B> {
     /// finish when their hardware fences signal.
     pub(crate) fn shutdown(self: &Arc<Self>, error: FenceError) {
         lock(&self.gone).get_or_insert(error);
+        self.is_gone.store(true, Ordering::Release);
         lock(&self.state).shut = true;
         // Selection now cancels the queued jobs, in each entity's timeline order.
         self.pump();
@@ -1083,6 +1168,7 @@ impl<B: Backend> Scheduler<B> {
             pump_requests: AtomicUsize::new(0),
             run_lock: Mutex::new(()),
             gone: Mutex::new(None),
+            is_gone: AtomicBool::new(false),
             load: AtomicUsize::new(0),
             counters: Counters::default(),
             deferred: AtomicUsize::new(0),
