@@ -233,10 +233,8 @@ impl<B: Backend> SchedState<B> {
     /// next selection (as every ring wait does after an event).
     pub(crate) fn wake(&mut self, key: usize) {
         match self.slots.get(key).map(|s| s.link) {
-            Some(Link::External(_)) => {
-                if self.unblock_external(key) {
-                    self.link_ready(key, false);
-                }
+            Some(Link::External(_)) if self.unblock_external(key) => {
+                self.link_ready(key, false);
             }
             Some(Link::Ring) => self.ready.progress += 1,
             _ => {}
