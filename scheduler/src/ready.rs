@@ -282,9 +282,13 @@ impl<B: Backend> SchedState<B> {
         }
     }
 
-    /// Checks the invariants of the module docs (debug builds; O(slots)).
+    /// Checks the invariants of the module docs (debug builds, up to 64 slots: it costs
+    /// O(slots²)).
     #[cfg(debug_assertions)]
     pub(crate) fn check_lists(&self) {
+        if self.slots.len() > 64 {
+            return;
+        }
         for (key, slot) in self.slots.iter() {
             let p = slot.priority.index();
             let in_queue = match &self.ready.queues[p] {
