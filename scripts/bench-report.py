@@ -293,6 +293,33 @@ def main():
           e1 - rw if e1 and rw else None,
           target=("< 1 µs", lambda b, o, ratio: o < 1000))
     r.text(
+        "Scaling (`sched_scale` bench, checker on): ns per job, medians of 7 interleaved "
+        "rounds of 100k jobs; ratios are medians of the rounds' own ratios. *Queued*: "
+        "1,000,000 jobs armed and pushed over 10,000 entities behind one gate fence, then "
+        "released; baseline the same jobs on one entity (median of 5 interleaved rounds). "
+        "Bytes: heap bytes still allocated per queued job (counting `#[global_allocator]`), "
+        "less the payload, including the job's callback on the gate. Allocations: reports of "
+        "the checker's `CheckingAllocator` inside signalling sections over the whole bench.",
+        "",
+        "| measure | baseline | ours | ratio | criterion ratio | target | met |",
+        "|---|---|---|---|---|---|---|",
+    )
+    r.row("1 entity vs the raw ring", "scale.raw_mockring.ns_per_job",
+          "scale.entities_1.ns_per_job", ratio_key="scale.entities_1.vs_raw",
+          target=("≤ 2.0×", lambda b, o, ratio: ratio <= 2.0))
+    for n in (64, 4096):
+        r.row(f"{n} entities vs 1 entity", "scale.entities_1.ns_per_job",
+              f"scale.entities_{n}.ns_per_job", ratio_key=f"scale.entities_{n}.vs_1",
+              target=("≤ 1.15×", lambda b, o, ratio: ratio <= 1.15))
+    r.row("1,000,000 jobs queued over 10,000 entities vs over 1 entity",
+          "scale.queued.entities_1.ns_per_job", "scale.queued.entities_many.ns_per_job",
+          ratio_key="scale.queued.vs_1", target=("≤ 1.5×", lambda b, o, ratio: ratio <= 1.5))
+    r.row("bytes per queued job besides its payload", None, "scale.queued.bytes_per_job",
+          unit="B", target=("≤ 512 B", lambda b, o, ratio: o <= 512))
+    r.row("allocations inside signalling sections (whole bench)", None,
+          "scale.signalling_allocations", unit="",
+          target=("0", lambda b, o, ratio: o == 0))
+    r.text(
         "Fairness: a `High` and a `Low` client each keep 8 jobs of 50 µs queued on a timed "
         "ring of one credit for 1 s; baseline: `Low` alone on the ring. Share = `Low`'s "
         "fraction of the completions; `Fair` weights are 2 (High) : 8 (Low), i.e. 0.20 "

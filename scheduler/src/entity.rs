@@ -99,6 +99,10 @@ impl<B: Backend> EntityShared<B> {
     }
 
     pub(crate) fn stopped_error(&self) -> Option<FenceError> {
+        // `is_stopped` is set after `stopped`: while it is clear, nothing is stored.
+        if !self.is_stopped.load(Ordering::Acquire) {
+            return None;
+        }
         *lock(&self.stopped)
     }
 
@@ -108,8 +112,10 @@ impl<B: Backend> EntityShared<B> {
     pub(crate) fn stop(&self, error: FenceError) {
         lock(&self.stopped).get_or_insert(error);
         self.is_stopped.store(true, Ordering::Release);
-        let current = lock(&self.binding).current.as_ref().map(|(s, _)| s.clone());
-        if let Some(s) = current {
+        let current = lock(&self.binding).current.as_ref().map(|(s, key)| (s.clone(), *key));
+        if let Some((s, key)) = current {
+            // Its head job may be blocked: it now ends with the error instead.
+            s.wake_slot(key);
             s.pump();
         }
     }
@@ -451,6 +457,7 @@ pub(crate) fn arm<B: Backend>(
     let job = Arc::new(JobInner {
         info,
         entity: ent.clone(),
+        slot: key,
         scheduled,
         finished,
         signallers: Mutex::new(JobSignallers { scheduled: Some(s_sig), finished: Some(f_sig) }),
@@ -475,7 +482,9 @@ pub(crate) fn arm<B: Backend>(
     for d in external {
         let (j, s) = (job.clone(), sched.clone());
         let cb = move |f: &Fence| {
-            j.dep_signalled(f);
+            if j.dep_signalled(f) {
+                s.wake_external(&j);
+            }
             // Pump once the signal's callbacks have all run: jobs released by one signal are
             // then selected together, by priority, and handed to the ring as one batch.
             #[cfg(not(gpusched_loom))]
@@ -497,10 +506,8 @@ fn same_sched_owner<B: Backend>(
     fence: &Fence,
 ) -> Option<(Arc<EntityShared<B>>, u64)> {
     let st = lock(&sched.state);
-    st.slots
-        .iter()
-        .find(|(_, s)| s.entity.finished_ctx.id() == fence.context())
-        .map(|(_, s)| (s.entity.clone(), fence.seqno()))
+    let key = *st.by_context.get(&fence.context())?;
+    st.slots.get(key).map(|s| (s.entity.clone(), fence.seqno()))
 }
 
 /// Flattens composites, keeps the later fence per context (`drm_sched_job_add_dependency`),

@@ -80,6 +80,8 @@ pub(crate) mod state {
 pub(crate) struct JobInner<B: Backend> {
     pub(crate) info: JobInfo,
     pub(crate) entity: Arc<EntityShared<B>>,
+    /// Its entity's slot key on its scheduler (`ArmedJob::slot`).
+    pub(crate) slot: usize,
     pub(crate) scheduled: Fence,
     pub(crate) finished: Fence,
     pub(crate) signallers: Mutex<JobSignallers>,
@@ -115,8 +117,19 @@ pub(crate) struct JobInner<B: Backend> {
 /// The head job's readiness.
 pub(crate) enum Readiness {
     Ready,
-    Blocked,
+    Blocked(Blocker),
     Failed(FenceError),
+}
+
+/// What a blocked head job waits for; it decides how its entity is woken (see the
+/// scheduler's ready lists).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Blocker {
+    /// An external dependency: the callback that counts the last one down wakes the entity.
+    External,
+    /// A job of this scheduler (a same-ring dependency, or the entity's previous job before a
+    /// failed job may signal): the scheduler's progress counter wakes it.
+    Ring,
 }
 
 impl<B: Backend> JobInner<B> {
@@ -131,7 +144,7 @@ impl<B: Backend> JobInner<B> {
             }
         }
         if self.deps_pending.load(Ordering::Acquire) != 0 {
-            return Readiness::Blocked;
+            return Readiness::Blocked(Blocker::External);
         }
         if let Some(e) = *lock(&self.dep_error) {
             return Readiness::Failed(e);
@@ -152,7 +165,7 @@ impl<B: Backend> JobInner<B> {
             // scheduled job may be that one: wait for its finished fence instead.
             let failing = d.entity.deferred_jobs.load(Ordering::Acquire) != 0;
             if !scheduled || failing {
-                return Readiness::Blocked;
+                return Readiness::Blocked(Blocker::Ring);
             }
         }
         Readiness::Ready
@@ -164,14 +177,17 @@ impl<B: Backend> JobInner<B> {
         self.prev_finished.as_ref().is_none_or(Fence::is_signaled)
     }
 
-    /// A dependency signalled: record its error, count it down.
-    pub(crate) fn dep_signalled(&self, dep: &Fence) {
+    /// A dependency signalled: record its error, count it down. Returns whether it was the
+    /// last one.
+    pub(crate) fn dep_signalled(&self, dep: &Fence) -> bool {
         if let Some(e) = dep.error() {
             lock(&self.dep_error).get_or_insert(e);
         }
-        if self.deps_pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+        let last = self.deps_pending.fetch_sub(1, Ordering::AcqRel) == 1;
+        if last {
             diag!(trace, target: "gpusched", job = self.info.id, entity = self.info.entity, "dependencies ready");
         }
+        last
     }
 
     pub(crate) fn signal_scheduled(&self, error: Option<FenceError>) {

@@ -83,6 +83,7 @@ mod error;
 mod job;
 #[cfg(all(test, gpusched_loom))]
 mod loom_model;
+mod ready;
 mod sched;
 mod sync;
 mod tdr;

@@ -179,3 +179,32 @@ fn complete_cancel_ring(ring: &CancelRing) {
         s.signal();
     }
 }
+
+/// The ready lists' wake-up of an entity whose head job waits for an external dependency:
+/// the dependency signals on another thread while the job is pushed and selection parks the
+/// entity. The callback that counts the last dependency down must find the entity parked (or
+/// selection must find the dependency met): in every interleaving the job runs exactly once.
+#[test]
+fn dependency_signal_vs_push_and_selection() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(3);
+    builder.check(|| {
+        let ring = LoomRing { ctx: FenceContext::new("loom-ring"), hw: Mutex::new(None) };
+        let sched =
+            Scheduler::new(ring, SchedulerConfig::new("loom").timeout(Duration::from_secs(1)))
+                .unwrap();
+        let entity = Entity::new(&[&sched], Priority::Normal).unwrap();
+        let gate_ctx = FenceContext::new("gate");
+        let (gate, signaller) = gate_ctx.next();
+        let armed = entity.job(()).dependency(gate).arm().unwrap();
+        let signal = loom::thread::spawn(move || {
+            signaller.signal();
+        });
+        let finished = armed.push();
+        signal.join().unwrap();
+        // The job is on the ring now, unless its wake-up was lost.
+        complete(&sched.shared.backend);
+        assert!(finished.is_signaled(), "{:?}", finished.status());
+        assert_eq!(sched.stats().jobs_run, 1);
+    });
+}

@@ -24,7 +24,7 @@
 //! and on the free list (one entry per job not yet freed: the free list never fills), and
 //! boxes the completion callback. None of it takes a `Resv` lock or waits.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::AtomicU64 as StdAtomicU64;
 use std::sync::Weak;
@@ -37,12 +37,45 @@ use crate::backend::Backend;
 use crate::config::{Policy, Priority, SchedulerConfig};
 use crate::entity::EntityShared;
 use crate::error::SchedError;
-use crate::job::{state, JobInner, Readiness};
-use crate::sync::{lock, Arc, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::job::{state, Blocker, JobInner, Readiness};
+use crate::ready::{Link, ReadyLists};
+use crate::sync::{lock, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
 use crate::tdr::{ResetDomain, TimeoutTarget};
 use crate::teardown::InPathGuard;
 
 static NEXT_SCHED_ID: StdAtomicU64 = StdAtomicU64::new(1);
+
+#[cfg(not(gpusched_loom))]
+std::thread_local! {
+    /// The id of the scheduler whose drain step (a run, a free, a cancel) this thread is
+    /// executing, 0 for none: a retirement there need not request a pump, because the drain
+    /// selects again after the step.
+    static DRAINING: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+// Loom runs a model's threads on one OS thread: its own thread-locals tell them apart.
+#[cfg(gpusched_loom)]
+loom::thread_local! {
+    static DRAINING: std::cell::Cell<u64> = std::cell::Cell::new(0);
+}
+
+/// Marks the current thread as executing a drain step of scheduler `id` while alive.
+struct DrainStep(u64);
+
+impl DrainStep {
+    fn enter(id: u64) -> Self {
+        DrainStep(DRAINING.with(|d| d.replace(id)))
+    }
+
+    fn active(id: u64) -> bool {
+        DRAINING.with(|d| d.get() == id)
+    }
+}
+
+impl Drop for DrainStep {
+    fn drop(&mut self) {
+        DRAINING.with(|d| d.set(self.0));
+    }
+}
 
 /// An entity's queue on one scheduler. Protected by `SchedShared::state`.
 pub(crate) struct EntitySlot<B: Backend> {
@@ -53,18 +86,20 @@ pub(crate) struct EntitySlot<B: Backend> {
     pub(crate) armed: usize,
     /// Virtual runtime under [`Policy::Fair`].
     pub(crate) vruntime: u64,
-    /// The run queue (`SchedState::order`) the slot is on: its entity's priority, updated
-    /// under the state lock by `set_slot_priority`.
+    /// The run queue the slot is on: its entity's priority, updated under the state lock by
+    /// `set_slot_priority`.
     pub(crate) priority: Priority,
+    /// Where the slot is among the ready lists (`ready.rs`).
+    pub(crate) link: Link,
 }
 
 /// The scheduler's mutable state. Protected by `SchedShared::state`.
 pub(crate) struct SchedState<B: Backend> {
     pub(crate) slots: Slab<EntitySlot<B>>,
-    /// Slot keys per priority, in round-robin order.
-    pub(crate) order: [Vec<usize>; 4],
-    /// Round-robin position per priority (index into `order`).
-    pub(crate) rr_cursor: [usize; 4],
+    /// Slot keys by their entity's finished-fence context (same-ring dependencies at arm).
+    pub(crate) by_context: HashMap<u64, usize>,
+    /// The run queues: which slots may have a job to select (`ready.rs`).
+    pub(crate) ready: ReadyLists,
     /// Jobs on the hardware, in ring order. Capacity: at least `min(jobs, credit_limit)`.
     pub(crate) pending: VecDeque<Arc<JobInner<B>>>,
     /// Finished jobs waiting for `free_job`. Capacity: at least `jobs`, so it never fills
@@ -132,6 +167,8 @@ pub(crate) struct SchedShared<B: Backend> {
     pub(crate) run_lock: Mutex<()>,
     /// `Some(error)` once shut down or gone: later arms fail, pushes cancel with it.
     pub(crate) gone: Mutex<Option<FenceError>>,
+    /// Set (after `gone`) once `gone` is `Some`: the hot paths read it instead of the lock.
+    is_gone: AtomicBool,
     /// Queued jobs plus credits in flight, for load balancing (approximate).
     pub(crate) load: AtomicUsize,
     pub(crate) counters: Counters,
@@ -142,6 +179,13 @@ pub(crate) struct SchedShared<B: Backend> {
     /// under the state lock as they leave the list, uncounted after the signal, so that a
     /// teardown can wait for retirements in progress on other threads.
     pub(crate) retiring: AtomicUsize,
+}
+
+/// The top of one run queue, once blocked entities are parked.
+enum Top<B: Backend> {
+    Empty,
+    Ready(usize),
+    Cancel(Arc<JobInner<B>>, FenceError),
 }
 
 /// What the pump does next.
@@ -166,6 +210,9 @@ impl<B: Backend> SchedShared<B> {
     }
 
     pub(crate) fn gone_error(&self) -> Option<FenceError> {
+        if !self.is_gone.load(Ordering::Acquire) {
+            return None;
+        }
         *lock(&self.gone)
     }
 
@@ -226,9 +273,16 @@ impl<B: Backend> SchedShared<B> {
                     drop(running);
                     return;
                 }
-                Step::Free(job) => self.free(&job),
-                Step::Cancel(job, e) => self.cancel(&job, e),
+                Step::Free(job) => {
+                    let _step = DrainStep::enter(self.id);
+                    self.free(&job);
+                }
+                Step::Cancel(job, e) => {
+                    let _step = DrainStep::enter(self.id);
+                    self.cancel(&job, e);
+                }
                 Step::Run(job) => {
+                    let _step = DrainStep::enter(self.id);
                     self.run(job);
                     batch_open = Some(running);
                     continue;
@@ -268,99 +322,145 @@ impl<B: Backend> SchedShared<B> {
             }
             return Step::Idle;
         }
+        let deferred = deferred_in.is_some();
+        #[cfg(debug_assertions)]
+        st.check_lists();
+        st.wake_ring();
         let policy = self.config.policy;
-        let mut chosen: Option<usize> = None;
-        // Round-robin cursor to store once the chosen job really runs: a selection that
-        // ends Idle for lack of credits must not skip the entity's turn.
-        let mut rr_next: Option<(usize, usize)> = None;
+        let mut chosen: Option<(usize, usize)> = None;
         for prio in Priority::ALL {
             let p = prio.index();
-            let n = st.order[p].len();
-            let mut best: Option<(usize, u64)> = None;
-            for i in 0..n {
-                let idx = match policy {
-                    Policy::RoundRobin => (st.rr_cursor[p] + i) % n,
-                    _ => i,
-                };
-                let key = st.order[p][idx];
-                let slot = &st.slots[key];
-                let Some(head) = slot.queue.front() else { continue };
-                match head.readiness(deferred_in) {
-                    Readiness::Blocked => continue,
-                    Readiness::Failed(_) if !head.prev_signalled() => {
-                        // Ends without running, but not before the entity's previous job
-                        // (on the ring now): its completion pumps us again.
-                        continue;
-                    }
-                    Readiness::Failed(e) => {
-                        let job = st.slots[key].queue.pop_front().map(|j| (j, e));
-                        if let Some((job, e)) = job {
-                            self.load.fetch_sub(1, Ordering::Relaxed);
-                            return Step::Cancel(job, e);
-                        }
-                        continue;
-                    }
-                    Readiness::Ready => {}
-                }
-                let rank = match policy {
-                    Policy::Fifo => head.submit_order.load(Ordering::Relaxed),
-                    Policy::RoundRobin => {
-                        best = Some((key, 0));
-                        rr_next = Some((p, (idx + 1) % n));
-                        break;
-                    }
-                    Policy::Fair => slot.vruntime,
-                };
-                if best.is_none_or(|(_, r)| rank < r) {
-                    best = Some((key, rank));
-                }
-            }
-            match (policy, prio, best) {
+            let key = match self.top(st, p, deferred) {
+                Top::Empty => continue,
+                Top::Cancel(job, e) => return Step::Cancel(job, e),
+                Top::Ready(key) => key,
+            };
+            if policy == Policy::Fair && prio != Priority::Kernel {
                 // Fair: Kernel is strict; the others compete on virtual runtime.
-                (Policy::Fair, Priority::Kernel, Some((key, _))) => {
-                    chosen = Some(key);
-                    break;
+                let better =
+                    chosen.is_none_or(|(_, c)| st.slots[key].vruntime < st.slots[c].vruntime);
+                if better {
+                    chosen = Some((p, key));
                 }
-                (Policy::Fair, _, Some((key, rank))) => {
-                    let better = match chosen {
-                        None => true,
-                        Some(c) => rank < st.slots[c].vruntime,
-                    };
-                    if better {
-                        chosen = Some(key);
-                    }
-                }
-                (_, _, Some((key, _))) => {
-                    chosen = Some(key);
-                    break;
-                }
-                (_, _, None) => {}
+                continue;
             }
+            chosen = Some((p, key));
+            break;
         }
-        let Some(key) = chosen else { return Step::Idle };
+        let Some((p, key)) = chosen else { return Step::Idle };
         let Some(credits) = st.slots[key].queue.front().map(|j| j.info.credits) else {
             return Step::Idle;
         };
         if u64::from(st.credits_used) + u64::from(credits) > u64::from(self.config.credit_limit) {
             // Head-of-line: wait for completions rather than let a smaller job overtake.
-            return Step::Idle;
+            return self.cancel_behind(st, p, deferred);
         }
-        if let Some((p, next)) = rr_next {
-            st.rr_cursor[p] = next;
-        }
+        st.pop_top(p);
         let slot = &mut st.slots[key];
-        let Some(job) = slot.queue.pop_front() else { return Step::Idle };
+        let Some(job) = slot.queue.pop_front() else {
+            slot.link = Link::Idle;
+            return Step::Idle;
+        };
+        let vruntime = slot.vruntime;
         slot.vruntime += u64::from(credits) * slot.priority.fair_weight();
+        st.ready.fair_floor = st.ready.fair_floor.max(vruntime);
+        // Round-robin: a job ran, so the entity goes to the back of its run queue.
+        st.relink_after_pop(key, false);
+        // Its entity's dependants on this ring may be ready once it is scheduled (by the next
+        // selection, which follows this job's `run` on the pumping thread).
+        st.ready.progress += 1;
         st.credits_used += credits;
         // Load counts a queued job as 1 and a job on the ring as its credits (`hw_done`
         // subtracts them): without this a multi-credit job wrapped the counter.
-        self.load.fetch_add(credits as usize - 1, Ordering::Relaxed);
+        if credits > 1 {
+            self.load.fetch_add(credits as usize - 1, Ordering::Relaxed);
+        }
         if st.pending.is_empty() {
             st.deadline = self.arm_deadline(Instant::now());
         }
         st.pending.push_back(job.clone());
         job.state.store(state::RUNNING, Ordering::Release);
         Step::Run(job)
+    }
+
+    /// The ring is full: FIFO and Fair still end, without waiting for credits, a failed head
+    /// job (killed entity, failed dependency) anywhere in the run queues they would have
+    /// chosen from (up to priority index `p`; Fair: all but a strict `Kernel` choice), as
+    /// their scan of every entity did. O(ready entities), only while the ring is full and
+    /// only for those policies (round-robin takes failed heads in rotation order, at the top).
+    fn cancel_behind(&self, st: &mut SchedState<B>, p: usize, deferred: bool) -> Step<B> {
+        let last = match self.config.policy {
+            Policy::RoundRobin => return Step::Idle,
+            Policy::Fifo => p,
+            Policy::Fair if p == Priority::Kernel.index() => p,
+            Policy::Fair => Priority::ALL.len() - 1,
+        };
+        for q in 0..=last {
+            let pending = deferred.then_some(&st.pending);
+            let failed = st.ready.queues[q].keys().find_map(|key| {
+                let head = st.slots.get(key)?.queue.front()?;
+                match head.readiness(pending) {
+                    Readiness::Failed(e) if head.prev_signalled() => Some((key, e)),
+                    _ => None,
+                }
+            });
+            if let Some((key, e)) = failed {
+                let job = st.slots[key].queue.pop_front();
+                st.relink_ready(key);
+                if let Some(job) = job {
+                    self.load.fetch_sub(1, Ordering::Relaxed);
+                    return Step::Cancel(job, e);
+                }
+            }
+        }
+        Step::Idle
+    }
+
+    /// The entity at the top of run queue `p` whose head job may run, parking the blocked
+    /// ones it meets on their blocked lists; or a head job to cancel (failed dependency,
+    /// killed entity, dropped unpushed), taken off its queue.
+    fn top(&self, st: &mut SchedState<B>, p: usize, deferred: bool) -> Top<B> {
+        loop {
+            let Some(key) = st.ready.queues[p].top() else { return Top::Empty };
+            let readiness = match st.slots.get(key).and_then(|s| s.queue.front()) {
+                Some(head) => {
+                    let pending = deferred.then_some(&st.pending);
+                    match head.readiness(pending) {
+                        // Ends without running, but not before the entity's previous job
+                        // (on the ring now): its completion wakes the entity.
+                        Readiness::Failed(_) if !head.prev_signalled() => {
+                            Readiness::Blocked(Blocker::Ring)
+                        }
+                        r => r,
+                    }
+                }
+                None => {
+                    // Not expected (an empty queue idles its slot); heal it.
+                    st.pop_top(p);
+                    if let Some(s) = st.slots.get_mut(key) {
+                        s.link = Link::Idle;
+                    }
+                    continue;
+                }
+            };
+            match readiness {
+                Readiness::Ready => return Top::Ready(key),
+                Readiness::Blocked(on) => {
+                    st.pop_top(p);
+                    st.block(key, on);
+                }
+                Readiness::Failed(e) => {
+                    st.pop_top(p);
+                    let job = st.slots[key].queue.pop_front();
+                    // A cancelled job does not use up the entity's round-robin turn.
+                    st.relink_after_pop(key, true);
+                    if let Some(job) = job {
+                        self.load.fetch_sub(1, Ordering::Relaxed);
+                        return Top::Cancel(job, e);
+                    }
+                }
+            }
+        }
     }
 
     /// Hands the job's payload to the backend (`run_job`); the payload lock is released
@@ -422,6 +522,7 @@ impl<B: Backend> SchedShared<B> {
         job.entity.deferred_jobs.fetch_add(1, Ordering::AcqRel);
         self.deferred.fetch_add(1, Ordering::AcqRel);
         *lock(&job.deferred_error) = Some(error);
+        self.note_progress();
         // The previous job may have signalled (and looked for us) just before the error was
         // stored: recheck.
         if job.prev_signalled() {
@@ -444,6 +545,7 @@ impl<B: Backend> SchedShared<B> {
         if lock(&job.deferred_error).take().is_some() {
             self.deferred.fetch_sub(1, Ordering::AcqRel);
             job.entity.deferred_jobs.fetch_sub(1, Ordering::AcqRel);
+            self.note_progress();
         }
     }
 
@@ -517,7 +619,10 @@ impl<B: Backend> SchedShared<B> {
         job.entity.job_done();
         self.retire_for_free(job);
         self.release_deferred(job);
-        self.pump();
+        // Inside this scheduler's drain step the drain selects again afterwards.
+        if !DrainStep::active(self.id) {
+            self.pump();
+        }
         true
     }
 
@@ -527,6 +632,8 @@ impl<B: Backend> SchedShared<B> {
     pub(crate) fn retire_for_free(&self, job: &Arc<JobInner<B>>) {
         let queued = {
             let mut st = lock(&self.state);
+            // The job's finished fence has signalled: ring waits may end.
+            st.ready.progress += 1;
             if st.to_free.len() < st.to_free.capacity() {
                 st.to_free.push_back(job.clone());
                 true
@@ -554,6 +661,7 @@ impl<B: Backend> SchedShared<B> {
             job.signal_scheduled(Some(error));
             job.signal_finished(Some(error));
         }
+        self.note_progress();
         job.entity.job_done();
         if let Some(mut p) = job.take_payload() {
             self.backend.cancel_job(&mut p, &job.info, error);
@@ -580,7 +688,7 @@ impl<B: Backend> SchedShared<B> {
             // job is queued and cancelled by selection, in timeline order.
             let stopped = self.gone_error();
             let fair = self.config.policy == Policy::Fair;
-            let min_v = if fair { Self::min_active_vruntime(&st) } else { None };
+            let min_v = fair.then_some(st.ready.fair_floor);
             let seq = st.submit_seq;
             st.submit_seq += 1;
             let s = &mut st.slots[slot];
@@ -596,16 +704,13 @@ impl<B: Backend> SchedShared<B> {
             job.submit_order.store(seq, Ordering::Relaxed);
             job.state.store(state::QUEUED, Ordering::Release);
             s.queue.push_back(job.clone());
+            st.on_queued(slot);
             self.load.fetch_add(1, Ordering::Relaxed);
             stopped
         };
         job.entity.note_pushed(job.info.seqno, &job.scheduled);
         diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, ?stopped, "queued");
         self.pump();
-    }
-
-    fn min_active_vruntime(st: &SchedState<B>) -> Option<u64> {
-        st.slots.iter().filter(|(_, s)| !s.queue.is_empty()).map(|(_, s)| s.vruntime).min()
     }
 
     /// An armed job was dropped unpushed: it is queued marked `DROPPED` (into the room
@@ -620,6 +725,7 @@ impl<B: Backend> SchedShared<B> {
                     s.armed -= 1;
                     job.state.store(state::DROPPED, Ordering::Release);
                     s.queue.push_back(job.clone());
+                    st.on_queued(slot);
                     self.load.fetch_add(1, Ordering::Relaxed);
                     true
                 }
@@ -641,6 +747,7 @@ impl<B: Backend> SchedShared<B> {
     /// finish when their hardware fences signal.
     pub(crate) fn shutdown(self: &Arc<Self>, error: FenceError) {
         lock(&self.gone).get_or_insert(error);
+        self.is_gone.store(true, Ordering::Release);
         lock(&self.state).shut = true;
         // Selection now cancels the queued jobs, in each entity's timeline order.
         self.pump();
@@ -904,53 +1011,77 @@ impl<B: Backend> SchedShared<B> {
     pub(crate) fn add_slot(&self, entity: Arc<EntityShared<B>>) -> usize {
         let mut st = lock(&self.state);
         let priority = entity.priority();
-        let min_v = Self::min_active_vruntime(&st).unwrap_or(0);
+        let vruntime = st.ready.fair_floor;
+        let context = entity.finished_ctx.id();
         let key = st.slots.insert(EntitySlot {
             entity,
             queue: VecDeque::new(),
             armed: 0,
-            vruntime: min_v,
+            vruntime,
             priority,
+            link: Link::Idle,
         });
-        st.order[priority.index()].push(key);
+        st.by_context.insert(context, key);
+        st.reserve_lists(priority.index());
         key
     }
 
-    /// Removes `key` from the run queue of `prio`, keeping the round-robin cursor in range.
-    fn unlink(st: &mut SchedState<B>, prio: usize, key: usize) {
-        st.order[prio].retain(|k| *k != key);
-        let n = st.order[prio].len();
-        if n > 0 {
-            st.rr_cursor[prio] %= n;
-        } else {
-            st.rr_cursor[prio] = 0;
-        }
-    }
-
     /// Moves a slot to the run queue of `priority` (`Entity::set_priority`); its queue keeps
-    /// its order. Allocates at most once per run queue (its order list grows).
+    /// its order. May allocate (room in the new run queue).
     pub(crate) fn set_slot_priority(&self, key: usize, priority: Priority) {
         let mut st = lock(&self.state);
-        let Some(slot) = st.slots.get_mut(key) else { return };
-        let old = slot.priority;
+        let Some(slot) = st.slots.get(key) else { return };
+        let (old, link) = (slot.priority, slot.link);
         if old == priority {
             return;
         }
-        slot.priority = priority;
-        Self::unlink(&mut st, old.index(), key);
-        st.order[priority.index()].push(key);
+        if link == Link::Ready {
+            st.unlink(key);
+        }
+        st.slots[key].priority = priority;
+        st.reserve_lists(priority.index());
+        if link == Link::Ready {
+            st.link_ready(key, false);
+        }
     }
 
     /// Removes an idle entity's slot.
     pub(crate) fn remove_slot(&self, key: usize) {
         let mut st = lock(&self.state);
+        st.unlink(key);
         let removed = st.slots.try_remove(key);
         if let Some(slot) = &removed {
-            Self::unlink(&mut st, slot.priority.index(), key);
+            let context = slot.entity.finished_ctx.id();
+            if st.by_context.get(&context) == Some(&key) {
+                st.by_context.remove(&context);
+            }
         }
         drop(st);
         // The slot (and perhaps the last reference to its entity) drops outside the lock.
         drop(removed);
+    }
+
+    /// The last external dependency of `job` signalled: if its entity waits for it, it is
+    /// ready again. Allocation-free (a dependency callback).
+    pub(crate) fn wake_external(&self, job: &JobInner<B>) {
+        let mut st = lock(&self.state);
+        let waiting = st.slots.get(job.slot).is_some_and(|s| {
+            matches!(s.link, Link::External(_))
+                && s.queue.front().is_some_and(|h| std::ptr::eq(Arc::as_ptr(h), job))
+        });
+        if waiting {
+            st.wake(job.slot);
+        }
+    }
+
+    /// Makes slot `key` ready if it is blocked (its entity was stopped: its head ends now).
+    pub(crate) fn wake_slot(&self, key: usize) {
+        lock(&self.state).wake(key);
+    }
+
+    /// Records an event that may end a ring wait (see `ready.rs`), after it happened.
+    pub(crate) fn note_progress(&self) {
+        lock(&self.state).ready.progress += 1;
     }
 
     /// Reserves room for one more armed job (allocates; at arm time, outside any section): a
@@ -1026,8 +1157,8 @@ impl<B: Backend> Scheduler<B> {
             id: NEXT_SCHED_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             state: Mutex::new(SchedState {
                 slots: Slab::new(),
-                order: Default::default(),
-                rr_cursor: [0; 4],
+                by_context: HashMap::new(),
+                ready: ReadyLists::new(config.policy),
                 pending: VecDeque::new(),
                 to_free: VecDeque::new(),
                 jobs: 0,
@@ -1043,6 +1174,7 @@ impl<B: Backend> Scheduler<B> {
             pump_requests: AtomicUsize::new(0),
             run_lock: Mutex::new(()),
             gone: Mutex::new(None),
+            is_gone: AtomicBool::new(false),
             load: AtomicUsize::new(0),
             counters: Counters::default(),
             deferred: AtomicUsize::new(0),

@@ -140,6 +140,7 @@ impl<B: Backend> SchedShared<B> {
         diag!(debug, target: "gpusched", sched = self.name(), job = job.info.id, ?error, "cancelled on the ring");
         job.entity.count_outcome(Some(error));
         job.signal_finished(Some(error));
+        self.note_progress();
         self.retiring.fetch_sub(1, Ordering::AcqRel);
         job.entity.job_done();
         self.release_deferred(job);
