@@ -466,7 +466,12 @@ pub(crate) fn arm<B: Backend>(
         dep_error: Mutex::new(None),
         same_sched: same.into_boxed_slice(),
         prev_finished,
-        hw: Mutex::new(HwState { callback: None, fence: None, callback_id: None }),
+        hw: Mutex::new(HwState {
+            callback: None,
+            fence: None,
+            callback_id: None,
+            submitting: false,
+        }),
         submit_order: AtomicU64::new(0),
         state: AtomicU64::new(state::ARMED),
         recovery_epoch: AtomicU64::new(0),

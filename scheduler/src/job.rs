@@ -55,6 +55,11 @@ pub(crate) struct HwState {
     pub(crate) fence: Option<Fence>,
     /// The completion callback's id on `fence`, to detach it (TDR stop).
     pub(crate) callback_id: Option<CallbackId>,
+    /// A `run_job` of this job is in progress (set before its scheduled fence signals,
+    /// cleared once the hardware fence is published or the run failed): the hardware may be
+    /// running it although `fence` is not there yet, so a teardown nested in that window
+    /// (a scheduled-fence callback dropping the last handle) must not free the payload.
+    pub(crate) submitting: bool,
 }
 
 /// The signallers of the job's two fences, taken when each signals.

@@ -476,6 +476,9 @@ impl<B: Backend> SchedShared<B> {
     /// Runs a selected job (`drm_sched_run_job_work`), inside a signalling section.
     fn run(self: &Arc<Self>, job: Arc<JobInner<B>>) {
         let _section = lockdep::signalling_section();
+        // Before the scheduled fence's callbacks run: one of them may tear the scheduler
+        // down, which must then leave this job's payload to whoever sees its hardware done.
+        lock(&job.hw).submitting = true;
         job.signal_scheduled(None);
         self.counters.run.fetch_add(1, Ordering::Relaxed);
         diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, "run");
@@ -493,19 +496,35 @@ impl<B: Backend> SchedShared<B> {
                         let mut h = lock(&job.hw);
                         h.fence = Some(hw);
                         h.callback_id = Some(id);
+                        h.submitting = false;
                         drop(h);
+                        // A teardown nested in the run retired the job and left its payload
+                        // to the hardware's completion, which may have come before the flag
+                        // above cleared: free it here then (the swap frees it once).
+                        if job.free_on_hw_done.load(Ordering::Acquire)
+                            && crate::teardown::hw_passed(&job)
+                            && job.free_on_hw_done.swap(false, Ordering::AcqRel)
+                        {
+                            self.retire_for_free(&job);
+                        }
                         // After publishing: a deadline set meanwhile is forwarded by one side.
                         crate::deadline::forward_to_hw(&job);
                     }
                     Err(_already) => {
                         // The hardware was done before we could watch it.
                         let error = hw.error();
-                        lock(&job.hw).fence = Some(hw);
+                        let mut h = lock(&job.hw);
+                        h.fence = Some(hw);
+                        h.submitting = false;
+                        drop(h);
                         self.hw_done(&job, error);
                     }
                 }
             }
-            Err(e) => self.fail_in_order(&job, e),
+            Err(e) => {
+                lock(&job.hw).submitting = false;
+                self.fail_in_order(&job, e);
+            }
         }
     }
 

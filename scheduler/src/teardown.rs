@@ -44,10 +44,17 @@ impl Drop for InPathGuard {
     }
 }
 
-/// Whether the hardware is done with `job`: its hardware fence signalled, or it never got
-/// one (its `run_job` failed, or it was never rerun after a reset).
+/// Whether the hardware is done with `job`: no `run_job` of it is in progress, and its
+/// hardware fence signalled or it never got one (its `run_job` failed, or it was never rerun
+/// after a reset).
 pub(crate) fn hw_passed<B: Backend>(job: &JobInner<B>) -> bool {
-    let fence = lock(&job.hw).fence.clone();
+    let fence = {
+        let h = lock(&job.hw);
+        if h.submitting {
+            return false;
+        }
+        h.fence.clone()
+    };
     fence.is_none_or(|f| f.is_signaled())
 }
 
