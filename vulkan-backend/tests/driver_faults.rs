@@ -464,3 +464,49 @@ fn device_lost_while_work_still_runs_below() {
     drop((f, b, entity, ring));
     teardown(env);
 }
+
+/// A job handed over in the same pump as a batch but not batchable (it waits on an external
+/// semaphore), depending on a batched job: its `run_job` submits the batch first, the driver
+/// refuses it, and the dependant must fail with the batch's error instead of running without
+/// its dependency's results.
+#[test]
+fn an_unbatchable_dependant_of_a_refused_batch_fails_with_its_error() {
+    let Some(env) = setup("an_unbatchable_dependant_of_a_refused_batch_fails_with_its_error")
+    else {
+        return;
+    };
+    let (ring, entity) = ring(&env.dev, 8);
+    let d = env.dev.ash_device();
+    let mut t = vk::SemaphoreTypeCreateInfo::default()
+        .semaphore_type(vk::SemaphoreType::TIMELINE)
+        .initial_value(1);
+    // SAFETY: a valid device; the semaphore is destroyed below, after every job using it.
+    let sem =
+        unsafe { d.create_semaphore(&vk::SemaphoreCreateInfo::default().push_next(&mut t), None) }
+            .unwrap();
+    let (gate, open) = FenceContext::new("gate").next();
+    let a_buf = buffer(&env.dev);
+    let a = entity.job(fill_job(&a_buf, 1.0, N)).dependency(gate).arm().unwrap().push();
+    let b_buf = buffer(&env.dev);
+    let wait = gpusched_vulkan::ExternalWait {
+        semaphore: sem,
+        value: Some(1),
+        stage: vk::PipelineStageFlags::ALL_COMMANDS,
+    };
+    let b = entity
+        .job(fill_job(&b_buf, 2.0, N).wait_semaphore(wait))
+        .dependency(a.clone())
+        .arm()
+        .unwrap()
+        .push();
+    env.layer.fail_nth(FaultCall::QueueSubmit, 1, vk::Result::ERROR_OUT_OF_DEVICE_MEMORY).unwrap();
+    open.signal();
+    let (ea, eb) = (settle(&a), settle(&b));
+    assert_eq!(ea, Some(FenceError::Driver(errno::ENOMEM)), "the batch was refused");
+    assert_eq!(eb, ea, "the dependant fails with its dependency's error");
+    drop((a, b, a_buf, b_buf, entity, ring));
+    env.dev.wait_idle(WATCHDOG).unwrap();
+    // SAFETY: no job uses the semaphore any more (every one ended, the device is idle).
+    unsafe { d.destroy_semaphore(sem, None) };
+    teardown(env);
+}

@@ -76,7 +76,8 @@ impl Backend for VulkanRing {
     fn flush(&self) {
         // Never the last reference (the slot or, once swapped, the graveyard holds it).
         let hw = self.slot.hw();
-        hw.submit_batch();
+        // A refused batch's fences end with its error (`submit_batch`); nothing else to do.
+        let _ = hw.submit_batch();
     }
 
     /// See `timeout.rs`. Allocation-free and `Resv`-lock-free.

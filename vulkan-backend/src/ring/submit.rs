@@ -54,12 +54,12 @@ impl RingHw {
     /// per job that signals the job's own value, so each job completes (and is judged by the
     /// timeout handler) on its own. Allocation-free: the arrays are on the stack, the batch's room
     /// was reserved at prepare time.
-    pub(super) fn submit_batch(&self) {
+    pub(super) fn submit_batch(&self) -> Result<(), FenceError> {
         let hw = self;
         let mut guard = lock(&hw.state);
         let st = &mut *guard;
         if st.batch.is_empty() {
-            return;
+            return Ok(());
         }
         let last = st.next_value;
         let batched = st.batch.len();
@@ -121,7 +121,7 @@ impl RingHw {
             hw.publish_submitted(done);
         }
         match result {
-            Ok(()) => {}
+            Ok(()) => Ok(()),
             Err(e) => {
                 // The rest of the batch never reached the hardware: its fences (the entries
                 // above `done`) end with the error, in value order, after the fences before
@@ -138,6 +138,7 @@ impl RingHw {
                     guard = lock(&hw.state);
                 }
                 hw.drain(guard);
+                Err(error)
             }
         }
     }
@@ -323,10 +324,17 @@ impl VulkanRing {
         if !st.batch.is_empty() {
             // What was batched before this job goes first, in its own submission.
             drop(st);
-            hw.submit_batch();
+            let batch = hw.submit_batch();
             st = lock(&hw.state);
             if hw.core.is_lost() {
                 return Err(FenceError::DeviceLost);
+            }
+            // The batch handed over with this job was refused: this job may depend on one of
+            // its jobs (the scheduler took them as on the ring), so it fails with the same
+            // error, as a job handed over while a refused batch's fences drain does.
+            batch?;
+            if let (1.., Some(error)) = st.failing {
+                return Err(error);
             }
         }
         let value = st.next_value + 1;
