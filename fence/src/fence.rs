@@ -479,6 +479,12 @@ impl Fence {
         }
         let removed = {
             let mut list = lock(&self.inner.cbs);
+            // Once the fence is marked signalled its signaller runs what the list holds (it
+            // takes the list under this lock, after setting the flag): the callback is no
+            // longer removable, as for a fence whose callbacks already ran.
+            if self.flag_signaled() {
+                return false;
+            }
             list.entries.iter().position(|(i, _)| *i == id.id).map(|pos| list.entries.remove(pos))
         };
         // Dropped outside the lock: the closure's captures may do anything on drop.
@@ -496,6 +502,10 @@ impl Fence {
             foreign_callback_id(id);
         }
         let mut list = lock(&self.inner.cbs);
+        // As in `remove_callback`: a fence marked signalled runs the callback itself.
+        if self.flag_signaled() {
+            return None;
+        }
         let pos = list.entries.iter().position(|(i, _)| *i == id.id)?;
         Some(list.entries.remove(pos).1)
     }

@@ -277,12 +277,18 @@ impl DeviceCore {
             // SAFETY: nothing of ours submits (caller); the device is ours.
             return unsafe { self.device.device_wait_idle() };
         }
+        // Every lent queue, even after one reports an error (a lost device may still run
+        // work on the others): the first error is returned.
+        let mut result = Ok(());
         for q in &self.queues {
             let queue = q.lock();
             // SAFETY: the queue is locked (externally synchronised with the engine).
-            unsafe { self.device.queue_wait_idle(*queue) }?;
+            let r = unsafe { self.device.queue_wait_idle(*queue) };
+            if result.is_ok() {
+                result = r;
+            }
         }
-        Ok(())
+        result
     }
 
     /// Creates a logical device (one generation) on `physical`, with its kernels (the

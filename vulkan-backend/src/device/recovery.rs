@@ -25,12 +25,14 @@
 //! lost core are released first. Buffers keep their generation: using one of a lost
 //! generation is an error naming both generations (its memory is gone, "VRAM lost"); clients
 //! re-create buffers and resubmit their jobs (recording closures are re-recordable). A failed
-//! creation (`vkCreateDevice` refused, out of memory, a kernel or ring refused) is retried
-//! [`RECREATE_ATTEMPTS`] times in all, with exponential back-off from [`RECREATE_BACKOFF`]
-//! (10, 20, 40, 80 ms); past that the device is gone for good: every fence it handed out has
-//! signalled (`DeviceLost`, by the loss), `wait_generation`, `buffer` and `ring` return
-//! `DeviceError::Gone`, arming returns `RecordError::DeviceGone`, and jobs already armed end
-//! `DeviceLost` when they run.
+//! creation of the device and its kernels (`vkCreateDevice` refused, out of memory, a kernel
+//! refused) is retried [`RECREATE_ATTEMPTS`] times in all, with exponential back-off from
+//! [`RECREATE_BACKOFF`] (10, 20, 40, 80 ms); a ring that cannot be re-created on a device
+//! that was (its semaphore or command pool refused) ends it at once; an adopted device
+//! without a re-creation callback is not retried. Past that the device is gone for good:
+//! every fence it handed out has signalled (`DeviceLost`, by the loss), `wait_generation`,
+//! `buffer` and `ring` return `DeviceError::Gone`, arming returns `RecordError::DeviceGone`,
+//! and jobs already armed end `DeviceLost` when they run.
 //!
 //! # The graveyard
 //! A lost core may still be running work (a device whose loss was injected on lavapipe is; a really
