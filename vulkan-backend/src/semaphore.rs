@@ -97,7 +97,14 @@ impl VulkanJob {
     /// submitted alone (never batched with others); see the module's docs for what a wait
     /// the scheduler cannot see means for timeouts and device loss: a wait that is never
     /// satisfied times the job out and blocks its queue until the engine signals.
-    pub fn wait_semaphore(mut self, wait: ExternalWait) -> Self {
+    ///
+    /// # Safety
+    /// `wait.semaphore` is a semaphore of the device the job runs on (a timeline one when
+    /// `wait.value` is `Some`, a binary one otherwise), alive until the job's submission has
+    /// completed on the hardware (not merely until its fence signalled: a timed-out or lost
+    /// job's submission may still be queued); a binary semaphore has a signal submitted before
+    /// the job is, and no other wait on it (Vulkan's rules for binary semaphores).
+    pub unsafe fn wait_semaphore(mut self, wait: ExternalWait) -> Self {
         let e = self.external.get_or_insert_with(Box::default);
         e.wait_sems.push(wait.semaphore);
         e.wait_values.push(wait.value.unwrap_or(0));
@@ -110,7 +117,13 @@ impl VulkanJob {
     /// that ends without its submission reaching the queue (its recording or submission
     /// failed, its dependency failed, the device was lost before `run_job`) never signals
     /// it: an engine waiting on it must bound its wait, or watch the job's fence too.
-    pub fn signal_semaphore(mut self, signal: ExternalSignal) -> Self {
+    ///
+    /// # Safety
+    /// `signal.semaphore` is a semaphore of the device the job runs on (a timeline one when
+    /// `signal.value` is `Some`, with a value above every value signalled or pending on it; a
+    /// binary one otherwise, unsignalled with no signal pending), alive until the job's
+    /// submission has completed on the hardware.
+    pub unsafe fn signal_semaphore(mut self, signal: ExternalSignal) -> Self {
         let e = self.external.get_or_insert_with(Box::default);
         e.signal_sems.push(signal.semaphore);
         e.signal_values.push(signal.value.unwrap_or(0));

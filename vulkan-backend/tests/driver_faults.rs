@@ -493,12 +493,10 @@ fn an_unbatchable_dependant_of_a_refused_batch_fails_with_its_error() {
         value: Some(1),
         stage: vk::PipelineStageFlags::ALL_COMMANDS,
     };
-    let b = entity
-        .job(fill_job(&b_buf, 2.0, N).wait_semaphore(wait))
-        .dependency(a.clone())
-        .arm()
-        .unwrap()
-        .push();
+    // SAFETY: the test's timeline semaphore, already at the awaited value, destroyed after
+    // the device is idle.
+    let b_job = unsafe { fill_job(&b_buf, 2.0, N).wait_semaphore(wait) };
+    let b = entity.job(b_job).dependency(a.clone()).arm().unwrap().push();
     env.layer.fail_nth(FaultCall::QueueSubmit, 1, vk::Result::ERROR_OUT_OF_DEVICE_MEMORY).unwrap();
     open.signal();
     let (ea, eb) = (settle(&a), settle(&b));

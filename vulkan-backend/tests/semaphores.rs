@@ -64,11 +64,14 @@ fn a_job_waiting_on_an_engine_timeline_runs_only_after_the_engine_signals() {
     let buf = dev.buffer(u64::from(N) * 4).unwrap();
     buf.write_f32(&vec![0.0; N as usize], WATCHDOG).unwrap();
     let sem = timeline(&d);
-    let job = fill_job(&buf, 6.0).wait_semaphore(ExternalWait {
-        semaphore: sem,
-        value: Some(3),
-        stage: vk::PipelineStageFlags::COMPUTE_SHADER,
-    });
+    // SAFETY: the test's own timeline semaphore, destroyed after the device is idle.
+    let job = unsafe {
+        fill_job(&buf, 6.0).wait_semaphore(ExternalWait {
+            semaphore: sem,
+            value: Some(3),
+            stage: vk::PipelineStageFlags::COMPUTE_SHADER,
+        })
+    };
     let submits = ring.backend().submits();
     let f = VulkanDevice::submit(&client, job).unwrap();
     // Submitted (alone: its own vkQueueSubmit), but held by the engine's semaphore.
@@ -103,18 +106,22 @@ fn a_job_signals_engine_semaphores_when_its_work_is_done() {
     // A first job held by the engine, so that the signalling one is submitted before its
     // work can run: the engine's wait below must really wait for it.
     let gate = timeline(&d);
-    let first = VulkanDevice::submit(
-        &client,
+    // SAFETY: the test's own timeline semaphore, destroyed after the device is idle.
+    let first = unsafe {
         VulkanJob::empty().wait_semaphore(ExternalWait {
             semaphore: gate,
             value: Some(1),
             stage: vk::PipelineStageFlags::ALL_COMMANDS,
-        }),
-    )
-    .unwrap();
-    let job = fill_job(&buf, 2.0)
-        .signal_semaphore(ExternalSignal { semaphore: sem, value: Some(5) })
-        .signal_semaphore(ExternalSignal { semaphore: binary, value: None });
+        })
+    };
+    let first = VulkanDevice::submit(&client, first).unwrap();
+    // SAFETY: the test's own semaphores: the timeline one at a value above any signalled,
+    // the binary one unsignalled; destroyed after the device is idle.
+    let job = unsafe {
+        fill_job(&buf, 2.0)
+            .signal_semaphore(ExternalSignal { semaphore: sem, value: Some(5) })
+            .signal_semaphore(ExternalSignal { semaphore: binary, value: None })
+    };
     let f = VulkanDevice::submit(&client, job).unwrap();
     wait_until("submission", || ring.backend().submitted() >= 2);
     let engine = {
@@ -137,15 +144,16 @@ fn a_job_signals_engine_semaphores_when_its_work_is_done() {
     assert_all(&buf, 2.0);
     // A job waiting on the binary semaphore the previous job signalled (its signal was
     // submitted first: binary semaphores have no wait-before-signal).
-    let after = VulkanDevice::submit(
-        &client,
+    // SAFETY: the binary semaphore's signal was submitted (the previous job) and nothing else
+    // waits on it; destroyed after the device is idle.
+    let after = unsafe {
         fill_job(&buf, 3.0).wait_semaphore(ExternalWait {
             semaphore: binary,
             value: None,
             stage: vk::PipelineStageFlags::ALL_COMMANDS,
-        }),
-    )
-    .unwrap();
+        })
+    };
+    let after = VulkanDevice::submit(&client, after).unwrap();
     wait_ok(&after);
     assert_all(&buf, 3.0);
     // SAFETY: every submission using them is complete.
@@ -175,15 +183,16 @@ fn an_unsignalled_external_wait_times_out_and_every_fence_signals() {
     let a = dev.buffer(u64::from(N) * 4).unwrap();
     let b = dev.buffer(u64::from(N) * 4).unwrap();
     let sem = timeline(&d);
-    let blocked = VulkanDevice::submit(
-        &client,
+    // SAFETY: the test's own timeline semaphore, signalled before teardown and destroyed
+    // after the device is idle.
+    let blocked = unsafe {
         fill_job(&a, 1.0).wait_semaphore(ExternalWait {
             semaphore: sem,
             value: Some(1),
             stage: vk::PipelineStageFlags::ALL_COMMANDS,
-        }),
-    )
-    .unwrap();
+        })
+    };
+    let blocked = VulkanDevice::submit(&client, blocked).unwrap();
     let behind = VulkanDevice::submit(&client, fill_job(&b, 2.0)).unwrap();
     assert_eq!(wait(&blocked), Err(WaitError::Failed(FenceError::TimedOut)));
     assert_eq!(wait(&behind), Err(WaitError::Failed(FenceError::DeviceLost)));
