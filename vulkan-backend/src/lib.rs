@@ -34,6 +34,10 @@
 //! - Compute kernels: the [`Builtin`]s (fill, SAXPY, reduction, busy) and user SPIR-V;
 //!   graphics work: [`RecordCtx::render`] (dynamic rendering) with the [`GraphicsBuiltin`]
 //!   pipelines, read back with [`VulkanDevice::read_image_rgba8`].
+//! - Windows: a [`Surface`] and its [`Swapchain`], driven by a [`Presenter`] that presents
+//!   each [`Frame`] once its render job is on the queue (after its scheduled fence) and feeds
+//!   frames whose job never got there, so binary semaphores stay balanced on every path
+//!   (the rules: [`present`](Presenter)). `examples/window.rs` is a windowed frame loop.
 //!
 //! # Layers
 //! Each row holds the next ones it names (by `Arc`); "touched by" lists the threads that use
@@ -161,9 +165,11 @@ mod instance;
 mod job;
 mod kernel;
 mod memory;
+mod present;
 mod resource;
 mod ring;
 mod semaphore;
+mod swapchain;
 mod sync;
 mod transfer;
 
@@ -188,7 +194,11 @@ pub use crate::instance::{validation_errors, validation_warnings};
 pub use crate::job::{RecordFn, VulkanJob};
 pub use crate::kernel::{Builtin, Kernel, RecordCtx};
 pub use crate::memory::Buffer;
+pub use crate::present::{
+    Frame, PresentError, PresentOutcome, PresentStats, Presenter, PresenterConfig, FALLBACK_COLOUR,
+};
 pub use crate::resource::{GenerationId, GpuResource};
 pub use crate::ring::VulkanRing;
 pub use crate::semaphore::{ExternalSignal, ExternalWait};
+pub use crate::swapchain::{Surface, Swapchain};
 pub use crate::transfer::{Download, TransferError};
