@@ -225,8 +225,8 @@ impl Frame {
 }
 
 /// Records: swapchain image `UNDEFINED -> TRANSFER_DST` (after the acquire wait at
-/// `COLOR_ATTACHMENT_OUTPUT`), blit `target` (in `GENERAL`) into it, then
-/// `-> PRESENT_SRC_KHR`.
+/// `COLOR_ATTACHMENT_OUTPUT`), blit `target` into it (`GENERAL -> TRANSFER_SRC ->
+/// GENERAL`), then `-> PRESENT_SRC_KHR`.
 fn copy_to_swapchain(d: &ash::Device, cb: vk::CommandBuffer, target: &Image, swap: vk::Image) {
     let desc = target.desc();
     let range = colour_range();
@@ -242,7 +242,7 @@ fn copy_to_swapchain(d: &ash::Device, cb: vk::CommandBuffer, target: &Image, swa
         .src_access_mask(vk::AccessFlags::MEMORY_WRITE)
         .dst_access_mask(vk::AccessFlags::TRANSFER_READ)
         .old_layout(vk::ImageLayout::GENERAL)
-        .new_layout(vk::ImageLayout::GENERAL)
+        .new_layout(vk::ImageLayout::TRANSFER_SRC_OPTIMAL)
         .src_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
         .dst_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
         .image(target.raw())
@@ -263,14 +263,26 @@ fn copy_to_swapchain(d: &ash::Device, cb: vk::CommandBuffer, target: &Image, swa
         .src_offsets([vk::Offset3D::default(), corner])
         .dst_subresource(layers)
         .dst_offsets([vk::Offset3D::default(), corner])];
-    let to_present = [vk::ImageMemoryBarrier::default()
-        .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-        .old_layout(vk::ImageLayout::TRANSFER_DST_OPTIMAL)
-        .new_layout(vk::ImageLayout::PRESENT_SRC_KHR)
-        .src_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
-        .dst_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
-        .image(swap)
-        .subresource_range(range)];
+    let to_present = [
+        vk::ImageMemoryBarrier::default()
+            .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
+            .old_layout(vk::ImageLayout::TRANSFER_DST_OPTIMAL)
+            .new_layout(vk::ImageLayout::PRESENT_SRC_KHR)
+            .src_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
+            .dst_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
+            .image(swap)
+            .subresource_range(range),
+        // Back to GENERAL, the layout an image rests in between jobs.
+        vk::ImageMemoryBarrier::default()
+            .src_access_mask(vk::AccessFlags::TRANSFER_READ)
+            .dst_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::MEMORY_WRITE)
+            .old_layout(vk::ImageLayout::TRANSFER_SRC_OPTIMAL)
+            .new_layout(vk::ImageLayout::GENERAL)
+            .src_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
+            .dst_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
+            .image(target.raw())
+            .subresource_range(range),
+    ];
     // SAFETY: `cb` is recording outside a render pass; both images are of its device and
     // the same size (the target is made at the swapchain's extent); the swapchain image is
     // acquired and the job waits on its acquire semaphore at COLOR_ATTACHMENT_OUTPUT, the
@@ -298,7 +310,7 @@ fn copy_to_swapchain(d: &ash::Device, cb: vk::CommandBuffer, target: &Image, swa
         d.cmd_blit_image(
             cb,
             target.raw(),
-            vk::ImageLayout::GENERAL,
+            vk::ImageLayout::TRANSFER_SRC_OPTIMAL,
             swap,
             vk::ImageLayout::TRANSFER_DST_OPTIMAL,
             &blit,
@@ -307,7 +319,7 @@ fn copy_to_swapchain(d: &ash::Device, cb: vk::CommandBuffer, target: &Image, swa
         d.cmd_pipeline_barrier(
             cb,
             vk::PipelineStageFlags::TRANSFER,
-            vk::PipelineStageFlags::BOTTOM_OF_PIPE,
+            vk::PipelineStageFlags::ALL_COMMANDS,
             none,
             &[],
             &[],
@@ -357,6 +369,8 @@ pub struct Presenter {
     chain: Option<Chain>,
     in_flight: VecDeque<InFlight>,
     stale: bool,
+    /// A frame's job failed: the next frame renders into a new offscreen image.
+    failed_target: bool,
     frames: u64,
     stats: PresentStats,
     // Dropped last: the swapchain goes before its surface.
@@ -399,6 +413,7 @@ impl Presenter {
             chain: None,
             in_flight: VecDeque::new(),
             stale: false,
+            failed_target: false,
             frames: 0,
             stats: PresentStats::default(),
             surface,
@@ -453,6 +468,12 @@ impl Presenter {
             if self.chain.is_none() {
                 self.chain = Some(self.make_chain()?);
                 self.stats.swapchains += 1;
+                self.failed_target = false;
+            }
+            if self.failed_target {
+                let Some(chain) = self.chain.as_mut() else { unreachable!("made above") };
+                chain.target = new_target(&self.dev, chain.swapchain.extent())?;
+                self.failed_target = false;
             }
             let Some(chain) = self.chain.as_mut() else { unreachable!("made above") };
             let acquire = match chain.free.pop() {
@@ -696,14 +717,7 @@ impl Presenter {
     fn make_chain(&self) -> Result<Chain, PresentError> {
         let core = self.dev.core();
         let swapchain = Swapchain::new(core.clone(), &self.surface, self.config.extent)?;
-        let extent = swapchain.extent();
-        let target = self.dev.image(
-            ImageDesc::new(vk::Format::R8G8B8A8_UNORM, extent.width, extent.height).usage(
-                vk::ImageUsageFlags::COLOR_ATTACHMENT
-                    | vk::ImageUsageFlags::TRANSFER_SRC
-                    | vk::ImageUsageFlags::TRANSFER_DST,
-            ),
-        )?;
+        let target = new_target(&self.dev, swapchain.extent())?;
         let mut chain = Chain {
             swapchain,
             target,
@@ -736,6 +750,16 @@ impl Presenter {
         }
         Ok(chain)
     }
+}
+
+/// An offscreen image to render a frame into, of the swapchain's size.
+fn new_target(dev: &VulkanDevice, extent: vk::Extent2D) -> Result<Image, PresentError> {
+    let desc = ImageDesc::new(vk::Format::R8G8B8A8_UNORM, extent.width, extent.height).usage(
+        vk::ImageUsageFlags::COLOR_ATTACHMENT
+            | vk::ImageUsageFlags::TRANSFER_SRC
+            | vk::ImageUsageFlags::TRANSFER_DST,
+    );
+    Ok(dev.image(desc)?)
 }
 
 /// Records a fallback: the image `UNDEFINED -> TRANSFER_DST`, cleared to
