@@ -130,8 +130,8 @@ impl Swapchain {
             return Err(PresentError::NoSwapchainSupport("the device has no VK_KHR_swapchain"));
         }
         let (sl, phys, s) = (&surface.loader, core.physical, surface.raw);
-        // SAFETY (the queries below): valid physical device and surface of one instance.
         let supported =
+            // SAFETY: valid physical device and surface of one instance (as below).
             unsafe { sl.get_physical_device_surface_support(phys, core.queue_family, s) }
                 .map_err(|c| PresentError::vulkan("vkGetPhysicalDeviceSurfaceSupportKHR", c))?;
         if !supported {

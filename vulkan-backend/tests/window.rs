@@ -154,7 +154,26 @@ fn to_u8(c: [f32; 4]) -> [u8; 4] {
     c.map(|v| (v * 255.0).round() as u8)
 }
 
+/// The one test's name, for test runners that list tests (`--list`, as cargo-nextest does).
+const NAME: &str = "window";
+
+/// Answers libtest's listing protocol (`--list [--format terse] [--ignored]`) and its name
+/// filter: runs the test unless listing, or filtered out.
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        if !args.iter().any(|a| a == "--ignored") {
+            println!("{NAME}: test");
+        }
+        return;
+    }
+    let exact = args.iter().any(|a| a == "--exact");
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let selected = filters.is_empty()
+        || filters.iter().any(|f| if exact { *f == NAME } else { NAME.contains(f.as_str()) });
+    if !selected {
+        return;
+    }
     let x = match Xvfb::start() {
         Ok(x) => x,
         Err(e) => {
