@@ -27,14 +27,10 @@ pub fn validation_warnings() -> u64 {
 const VALIDATION_LAYER: &CStr = c"VK_LAYER_KHRONOS_validation";
 
 /// The window-system instance extensions enabled when the loader offers them: presenting
-/// needs `VK_KHR_surface` and the platform's (X11: xlib or xcb; Wayland). Optional: an
-/// instance without them works, and only surface creation fails.
-const SURFACE_EXTENSIONS: [&CStr; 4] = [
-    ash::khr::surface::NAME,
-    ash::khr::xlib_surface::NAME,
-    ash::khr::xcb_surface::NAME,
-    ash::khr::wayland_surface::NAME,
-];
+/// needs `VK_KHR_surface` and the platform's (X11: xlib or xcb). Optional: an instance
+/// without them works, and only surface creation fails.
+const SURFACE_EXTENSIONS: [&CStr; 3] =
+    [ash::khr::surface::NAME, ash::khr::xlib_surface::NAME, ash::khr::xcb_surface::NAME];
 
 /// Counts and prints the messenger's messages. Only validation-type messages count as
 /// validation errors or warnings: general-type ones are the loader's own reports (such as

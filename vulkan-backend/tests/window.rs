@@ -220,21 +220,37 @@ fn run(dev: &VulkanDevice, window: &winit::window::Window) {
         fences: Vec::new(),
         since: 0,
     };
-    // SAFETY: the window (and its display) outlive the presenter, dropped in this function.
-    let surface = unsafe {
-        Surface::new(
-            dev,
-            window.display_handle().expect("display").as_raw(),
-            window.window_handle().expect("window").as_raw(),
-        )
-    }
-    .expect("surface");
+    let make_surface = || {
+        // SAFETY: the window (and its display) outlive every presenter, dropped in this
+        // function.
+        unsafe {
+            Surface::new(
+                dev,
+                window.display_handle().expect("display").as_raw(),
+                window.window_handle().expect("window").as_raw(),
+            )
+        }
+        .expect("surface")
+    };
     let config = PresenterConfig {
         frames_in_flight: 2,
         extent: vk::Extent2D { width: 320, height: 240 },
         ..Default::default()
     };
-    let mut presenter = Presenter::new(dev, surface, config).expect("presenter");
+    // Bad configuration values are typed errors.
+    let bad = [
+        PresenterConfig { frames_in_flight: 1, ..config },
+        PresenterConfig { frames_in_flight: 4, ..config },
+        PresenterConfig { queue_index: dev.queue_count(), ..config },
+        PresenterConfig { extent: vk::Extent2D { width: 0, height: 240 }, ..config },
+    ];
+    for c in bad {
+        match Presenter::new(dev, make_surface(), c) {
+            Err(PresentError::Config(_)) => {}
+            other => panic!("{c:?} accepted: {:?}", other.map(|_| ())),
+        }
+    }
+    let mut presenter = Presenter::new(dev, make_surface(), config).expect("presenter");
 
     // The frame loop, with a hang, a forced re-creation and a device loss.
     const FRAMES: u64 = 240;
@@ -297,16 +313,7 @@ fn run(dev: &VulkanDevice, window: &winit::window::Window) {
         ..config
     };
     drop(presenter);
-    // SAFETY: as above.
-    let surface = unsafe {
-        Surface::new(
-            dev,
-            window.display_handle().expect("display").as_raw(),
-            window.window_handle().expect("window").as_raw(),
-        )
-    }
-    .expect("surface");
-    let mut presenter = Presenter::new(dev, surface, timeout_config).expect("presenter");
+    let mut presenter = Presenter::new(dev, make_surface(), timeout_config).expect("presenter");
     let err = loop {
         match presenter.begin_frame() {
             Ok(f) => held.push(f),
