@@ -159,6 +159,7 @@ mod error;
 pub mod fault;
 #[cfg(not(feature = "fault-injection"))]
 mod fault;
+mod frame;
 mod graphics;
 mod image;
 mod instance;
@@ -188,6 +189,7 @@ pub use crate::error::{
 };
 #[cfg(feature = "fault-injection")]
 pub use crate::fault::{FaultPlan, FaultStats, JobFault, SubmitFault};
+pub use crate::frame::Frame;
 pub use crate::graphics::{GraphicsBuiltin, Load, RenderPass};
 pub use crate::image::{Image, ImageDesc, ImageError};
 pub use crate::instance::{validation_errors, validation_warnings};
@@ -195,7 +197,7 @@ pub use crate::job::{RecordFn, VulkanJob};
 pub use crate::kernel::{Builtin, Kernel, RecordCtx};
 pub use crate::memory::Buffer;
 pub use crate::present::{
-    Frame, PresentError, PresentOutcome, PresentStats, Presenter, PresenterConfig, FALLBACK_COLOUR,
+    PresentError, PresentOutcome, PresentStats, Presenter, PresenterConfig, FALLBACK_COLOUR,
 };
 pub use crate::resource::{GenerationId, GpuResource};
 pub use crate::ring::VulkanRing;
