@@ -14,7 +14,7 @@ use crate::{
     ExternalSignal, ExternalWait, Image, ImageDesc, RecordCtx, RecordError, VulkanDevice, VulkanJob,
 };
 
-/// One acquired swapchain image, to render and present ([`Presenter::present`]).
+/// One acquired swapchain image, to render and present ([`Presenter::present`](crate::Presenter::present)).
 #[must_use = "a frame must be presented (Presenter::present), or its image stays acquired"]
 #[derive(Debug)]
 pub struct Frame {

@@ -6,9 +6,9 @@
 //!
 //! # The rules
 //! - **Acquire.** `begin_frame` acquires a swapchain image with a binary *acquire*
-//!   semaphore. The render job waits on it (an [`ExternalWait`], binary, at
+//!   semaphore. The render job waits on it (an [`ExternalWait`](crate::ExternalWait), binary, at
 //!   `COLOR_ATTACHMENT_OUTPUT`) and signals the image's binary *present* semaphore (an
-//!   [`ExternalSignal`]); it renders into the presenter's offscreen image
+//!   [`ExternalSignal`](crate::ExternalSignal)); it renders into the presenter's offscreen image
 //!   ([`Frame::target`]) and copies that into the swapchain image, left in
 //!   `PRESENT_SRC_KHR`.
 //! - **Present after scheduled.** The present is issued only once the render job's
