@@ -2,8 +2,9 @@
 # Idempotent set-up for a fresh Debian 12 (bookworm) machine that already has Rust.
 #
 # 1. System packages for the Vulkan backend (lavapipe driver + loader, validation layer,
-#    vulkaninfo, the glslc shader compiler). Skipped when `vulkaninfo --summary` already lists a
-#    device, the validation layer's manifest exists and glslc is on PATH. Otherwise runs
+#    vulkaninfo, the glslc shader compiler) and Xvfb (the window test and example run on a
+#    virtual X server). Skipped when `vulkaninfo --summary` already lists a device, the
+#    validation layer's manifest exists, and glslc and Xvfb are on PATH. Otherwise runs
 #    `apt-get update` once and one non-interactive `apt-get install` (CI has no stdin), as root,
 #    through `sudo` when not root, or prints the commands to run and exits non-zero.
 #    `make` is added to the install when it is missing.
@@ -13,7 +14,7 @@
 # Safe to run any number of times; prints one line per decision.
 set -euo pipefail
 
-PACKAGES=(mesa-vulkan-drivers libvulkan1 vulkan-validationlayers vulkan-tools glslc)
+PACKAGES=(mesa-vulkan-drivers libvulkan1 vulkan-validationlayers vulkan-tools glslc xvfb)
 VALIDATION_JSON=/usr/share/vulkan/explicit_layer.d/VkLayer_khronos_validation.json
 
 log() { printf '[setup] %s\n' "$*"; }
@@ -29,7 +30,8 @@ vulkan_device_listed() {
 }
 
 vulkan_ready() {
-    vulkan_device_listed && [ -f "$VALIDATION_JSON" ] && command -v glslc >/dev/null 2>&1
+    vulkan_device_listed && [ -f "$VALIDATION_JSON" ] && command -v glslc >/dev/null 2>&1 &&
+        command -v Xvfb >/dev/null 2>&1
 }
 
 # Prints how to elevate: nothing as root, "sudo" / "sudo -n" otherwise; fails when impossible.
@@ -69,7 +71,7 @@ install_vulkan() {
 
 command -v make >/dev/null 2>&1 || PACKAGES+=(make)
 if vulkan_ready && command -v make >/dev/null 2>&1; then
-    log "vulkan: a device is listed, the validation layer and glslc are present; skipping apt"
+    log "vulkan: a device is listed, the validation layer, glslc and Xvfb are present; skipping apt"
 else
     install_vulkan
     vulkan_device_listed ||

@@ -26,6 +26,12 @@ pub fn validation_warnings() -> u64 {
 
 const VALIDATION_LAYER: &CStr = c"VK_LAYER_KHRONOS_validation";
 
+/// The window-system instance extensions enabled when the loader offers them: presenting
+/// needs `VK_KHR_surface` and the platform's (X11: xlib or xcb). Optional: an instance
+/// without them works, and only surface creation fails.
+const SURFACE_EXTENSIONS: [&CStr; 3] =
+    [ash::khr::surface::NAME, ash::khr::xlib_surface::NAME, ash::khr::xcb_surface::NAME];
+
 /// Counts and prints the messenger's messages. Only validation-type messages count as
 /// validation errors or warnings: general-type ones are the loader's own reports (such as
 /// "Failed to create device chain" when a driver or layer refuses `vkCreateDevice`, an error
@@ -61,11 +67,14 @@ unsafe extern "system" fn debug_callback(
 
 /// An instance with its loader and messenger; destroyed last (devices hold it).
 pub(crate) struct InstanceShared {
-    /// Keeps the loader library loaded while the instance lives.
-    _entry: ash::Entry,
+    /// The loader (kept loaded while the instance lives; surfaces are made through it).
+    pub(crate) entry: ash::Entry,
     pub(crate) instance: ash::Instance,
     debug: Option<(ash::ext::debug_utils::Instance, vk::DebugUtilsMessengerEXT)>,
     pub(crate) validation: bool,
+    /// The window-system extensions enabled (`VK_KHR_surface` and the platform ones the
+    /// loader offers, [`SURFACE_EXTENSIONS`]); empty on a loader without them (headless).
+    pub(crate) surface_exts: Vec<&'static CStr>,
     /// Created here (destroyed with the last reference), or an engine's (never destroyed
     /// here: see [`InstanceShared::borrowed`]).
     owned: bool,
@@ -110,11 +119,25 @@ impl InstanceShared {
             .engine_name(c"gpusched")
             .api_version(vk::API_VERSION_1_3);
         let layers = [VALIDATION_LAYER.as_ptr()];
-        let exts = [ash::ext::debug_utils::NAME.as_ptr()];
+        // SAFETY: a plain enumeration call on a loaded entry.
+        let offered = unsafe { entry.enumerate_instance_extension_properties(None) }
+            .map_err(|c| map_init("vkEnumerateInstanceExtensionProperties", c))?;
+        let has = |name: &CStr| {
+            offered.iter().any(|e| e.extension_name_as_c_str().is_ok_and(|n| n == name))
+        };
+        let surface_exts: Vec<&'static CStr> = if has(SURFACE_EXTENSIONS[0]) {
+            SURFACE_EXTENSIONS.into_iter().filter(|n| has(n)).collect()
+        } else {
+            Vec::new()
+        };
+        let mut exts: Vec<*const std::ffi::c_char> =
+            surface_exts.iter().map(|n| n.as_ptr()).collect();
         let mut info = vk::InstanceCreateInfo::default().application_info(&app);
         if validation {
-            info = info.enabled_layer_names(&layers).enabled_extension_names(&exts);
+            exts.push(ash::ext::debug_utils::NAME.as_ptr());
+            info = info.enabled_layer_names(&layers);
         }
+        info = info.enabled_extension_names(&exts);
         // SAFETY: `info` and everything it points to live across the call.
         let instance = unsafe { entry.create_instance(&info, None) }
             .map_err(|c| map_init("vkCreateInstance", c))?;
@@ -144,13 +167,15 @@ impl InstanceShared {
         } else {
             None
         };
-        Ok(InstanceShared { _entry: entry, instance, debug, validation, owned: true })
+        Ok(InstanceShared { entry, instance, debug, validation, surface_exts, owned: true })
     }
 
     /// An engine's instance and loader (an adopted device's, `device/adopt.rs`): used, never
     /// destroyed here. `validation` is whatever the engine says it enabled.
     pub(crate) fn borrowed(entry: ash::Entry, instance: ash::Instance, validation: bool) -> Self {
-        InstanceShared { _entry: entry, instance, debug: None, validation, owned: false }
+        // An engine's instance: its surfaces are the engine's business.
+        let surface_exts = Vec::new();
+        InstanceShared { entry, instance, debug: None, validation, surface_exts, owned: false }
     }
 }
 

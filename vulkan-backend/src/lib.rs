@@ -34,6 +34,10 @@
 //! - Compute kernels: the [`Builtin`]s (fill, SAXPY, reduction, busy) and user SPIR-V;
 //!   graphics work: [`RecordCtx::render`] (dynamic rendering) with the [`GraphicsBuiltin`]
 //!   pipelines, read back with [`VulkanDevice::read_image_rgba8`].
+//! - Windows: a [`Surface`] and its [`Swapchain`], driven by a [`Presenter`] that presents
+//!   each [`Frame`] once its render job is on the queue (after its scheduled fence) and feeds
+//!   frames whose job never got there, so binary semaphores stay balanced on every path
+//!   (the rules: [`present`](Presenter)). `examples/window.rs` is a windowed frame loop.
 //!
 //! # Layers
 //! Each row holds the next ones it names (by `Arc`); "touched by" lists the threads that use
@@ -155,15 +159,18 @@ mod error;
 pub mod fault;
 #[cfg(not(feature = "fault-injection"))]
 mod fault;
+mod frame;
 mod graphics;
 mod image;
 mod instance;
 mod job;
 mod kernel;
 mod memory;
+mod present;
 mod resource;
 mod ring;
 mod semaphore;
+mod swapchain;
 mod sync;
 mod transfer;
 
@@ -182,13 +189,18 @@ pub use crate::error::{
 };
 #[cfg(feature = "fault-injection")]
 pub use crate::fault::{FaultPlan, FaultStats, JobFault, SubmitFault};
+pub use crate::frame::Frame;
 pub use crate::graphics::{GraphicsBuiltin, Load, RenderPass};
 pub use crate::image::{Image, ImageDesc, ImageError};
 pub use crate::instance::{validation_errors, validation_warnings};
 pub use crate::job::{RecordFn, VulkanJob};
 pub use crate::kernel::{Builtin, Kernel, RecordCtx};
 pub use crate::memory::Buffer;
+pub use crate::present::{
+    PresentError, PresentOutcome, PresentStats, Presenter, PresenterConfig, FALLBACK_COLOUR,
+};
 pub use crate::resource::{GenerationId, GpuResource};
 pub use crate::ring::VulkanRing;
 pub use crate::semaphore::{ExternalSignal, ExternalWait};
+pub use crate::swapchain::{Surface, Swapchain};
 pub use crate::transfer::{Download, TransferError};

@@ -73,6 +73,10 @@ pub struct ExternalSignal {
 /// writes them (no allocation).
 #[derive(Debug)]
 pub(crate) struct External {
+    /// Set once the job's submission reached the queue (`vkQueueSubmit` returned success):
+    /// how a presenter learns that the binary semaphores it waits and signals are consumed
+    /// and pending (`present.rs`). Made when the job is built; `run_job` only stores into it.
+    pub(crate) submitted: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     wait_sems: Vec<vk::Semaphore>,
     wait_values: Vec<u64>,
     wait_stages: Vec<vk::PipelineStageFlags>,
@@ -83,6 +87,7 @@ pub(crate) struct External {
 impl Default for External {
     fn default() -> Self {
         External {
+            submitted: None,
             wait_sems: vec![vk::Semaphore::null()],
             wait_values: vec![0],
             wait_stages: vec![vk::PipelineStageFlags::ALL_COMMANDS],
@@ -186,5 +191,9 @@ pub(crate) unsafe fn submit_one(
         .signal_semaphores(&e.signal_sems)
         .push_next(&mut timeline)];
     // SAFETY: the caller's contract.
-    unsafe { device.queue_submit(queue, &submit, vk::Fence::null()) }
+    unsafe { device.queue_submit(queue, &submit, vk::Fence::null()) }?;
+    if let Some(flag) = &e.submitted {
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    Ok(())
 }

@@ -364,8 +364,19 @@ fn adopt_core(
         queue: enabled.synchronization2 && enabled.dynamic_rendering && graphics_queue,
     };
     let inst = Arc::new(InstanceShared::borrowed(entry, instance, validation));
-    let setup =
-        Setup { inst: inst.clone(), physical, name, families, lent, graphics, device_id, notify };
+    // An engine presents itself: gpusched's swapchains need a device it created.
+    let swapchain = false;
+    let setup = Setup {
+        inst: inst.clone(),
+        physical,
+        name,
+        families,
+        lent,
+        graphics,
+        swapchain,
+        device_id,
+        notify,
+    };
     let core = DeviceCore::assemble(setup, device, Ownership::Adopted(Mutex::new(on_release)))?;
     Ok((core, inst, physical))
 }

@@ -51,9 +51,8 @@ pub(crate) struct QueueSlot {
 }
 
 pub(crate) struct DeviceCore {
-    /// Keeps the instance alive while the device lives.
-    #[allow(dead_code)]
-    instance: Arc<InstanceShared>,
+    /// Keeps the instance alive while the device lives (surfaces are made from it).
+    pub(crate) instance: Arc<InstanceShared>,
     pub(crate) device: ash::Device,
     pub(crate) push: ash::khr::push_descriptor::Device,
     pub(crate) name: String,
@@ -90,6 +89,10 @@ pub(crate) struct DeviceCore {
     pub(crate) memory_types: Vec<vk::MemoryPropertyFlags>,
     /// Graphics work: whether the device supports it, and its pipelines (`graphics.rs`).
     pub(crate) graphics: crate::graphics::Graphics,
+    /// The physical device it was created on (for surface queries, `swapchain.rs`).
+    pub(crate) physical: vk::PhysicalDevice,
+    /// Whether `VK_KHR_swapchain` is enabled (created here when the device offers it).
+    pub(crate) swapchain: bool,
     /// Whether this core created its `VkDevice` (its drop destroys it) or adopted an
     /// engine's (its drop destroys only its own objects, then tells the engine).
     pub(crate) ownership: Ownership,
@@ -132,6 +135,8 @@ pub(crate) struct Setup {
     pub(crate) families: Vec<QueueFamilyInfo>,
     pub(crate) lent: Vec<(u32, u32, Arc<QueueLock>)>,
     pub(crate) graphics: crate::graphics::Support,
+    /// Whether `VK_KHR_swapchain` is enabled on the device.
+    pub(crate) swapchain: bool,
     pub(crate) device_id: u64,
     pub(crate) notify: Arc<Notify>,
 }
@@ -327,7 +332,16 @@ impl DeviceCore {
                 vk::DeviceQueueCreateInfo::default().queue_family_index(f.index).queue_priorities(p)
             })
             .collect();
-        let exts = [ash::khr::push_descriptor::NAME.as_ptr()];
+        // VK_KHR_swapchain when offered (presenting to a window, `swapchain.rs`).
+        // SAFETY: valid physical device.
+        let swapchain = unsafe { instance.enumerate_device_extension_properties(physical) }
+            .unwrap_or_default()
+            .iter()
+            .any(|e| e.extension_name_as_c_str().is_ok_and(|n| n == ash::khr::swapchain::NAME));
+        let mut exts = vec![ash::khr::push_descriptor::NAME.as_ptr()];
+        if swapchain {
+            exts.push(ash::khr::swapchain::NAME.as_ptr());
+        }
         let mut enable12 = vk::PhysicalDeviceVulkan12Features::default().timeline_semaphore(true);
         // Dynamic rendering and synchronization2 (Vulkan 1.3), for graphics work, when present.
         let graphics = crate::graphics::supported(instance, physical, families[0].caps.graphics);
@@ -349,7 +363,8 @@ impl DeviceCore {
             .flat_map(|f| (0..f.queue_count).map(move |i| (f.index, i)))
             .map(|(family, index)| (family, index, Arc::new(QueueLock::new())))
             .collect();
-        let setup = Setup { inst, physical, name, families, lent, graphics, device_id, notify };
+        let setup =
+            Setup { inst, physical, name, families, lent, graphics, swapchain, device_id, notify };
         Self::assemble(setup, device, Ownership::Owned)
     }
 
@@ -362,7 +377,8 @@ impl DeviceCore {
         device: ash::Device,
         ownership: Ownership,
     ) -> Result<Arc<DeviceCore>, InitError> {
-        let Setup { inst, physical, name, families, lent, graphics, device_id, notify } = setup;
+        let Setup { inst, physical, name, families, lent, graphics, swapchain, device_id, notify } =
+            setup;
         let family = families[0].index;
         let instance = &inst.instance;
         let device = Guard::new((device, ownership), |(d, own): (ash::Device, Ownership)| {
@@ -485,6 +501,8 @@ impl DeviceCore {
             gpu,
             memory_types: types.iter().map(|t| t.property_flags).collect(),
             graphics: crate::graphics::Graphics::new(graphics.queue),
+            physical,
+            swapchain,
             ownership,
         });
         LIVE_DEVICES.fetch_add(1, Ordering::SeqCst);
