@@ -67,19 +67,28 @@ impl Frame {
     ) -> VulkanJob {
         let target = self.target.clone();
         let swap_image = self.image;
-        let mut job = VulkanJob::new(move |ctx, cb| {
+        let job = VulkanJob::new(move |ctx, cb| {
             record(ctx, cb, &target)?;
             ctx.check_declared(&target, target.id())?;
             copy_to_swapchain(&ctx.core.device, cb, &target, swap_image);
             Ok(())
         })
-        .writes(&self.target)
-        .wait_semaphore(ExternalWait {
-            semaphore: self.acquire,
-            value: None,
-            stage: vk::PipelineStageFlags::COLOR_ATTACHMENT_OUTPUT,
-        })
-        .signal_semaphore(ExternalSignal { semaphore: self.present, value: None });
+        .writes(&self.target);
+        // SAFETY: the frame's acquire and present semaphores are binary semaphores of the
+        // swapchain's device, owned by the presenter and kept until the queue is idle before
+        // any swapchain re-creation or teardown; the acquire semaphore's signal was submitted
+        // by `vkAcquireNextImageKHR` and only this job (or the presenter's fallback
+        // submission, when this job never reaches the queue) waits on it; the present
+        // semaphore is unsignalled with no signal pending (the previous present of this image
+        // consumed it).
+        let mut job = unsafe {
+            job.wait_semaphore(ExternalWait {
+                semaphore: self.acquire,
+                value: None,
+                stage: vk::PipelineStageFlags::COLOR_ATTACHMENT_OUTPUT,
+            })
+            .signal_semaphore(ExternalSignal { semaphore: self.present, value: None })
+        };
         if let Some(e) = job.external.as_deref_mut() {
             e.submitted = Some(self.submitted.clone());
         }
