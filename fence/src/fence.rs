@@ -17,6 +17,7 @@
 //! added ([`Fence::reserve_callbacks`], [`Fence::add_prepared_callback`]).
 
 use std::fmt;
+use std::num::NonZeroU64;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -95,12 +96,14 @@ impl fmt::Debug for Callback {
 pub struct CallbackId {
     /// The address of the fence's shared state, to catch ids used on the wrong fence.
     fence: usize,
-    id: u64,
+    /// Numbered from 1, so that `Option<CallbackId>` is no larger than the id.
+    id: NonZeroU64,
 }
 
 /// The pending callbacks. Protected by `Inner::cbs`.
 struct CallbackList {
-    next_id: u64,
+    /// The next callback's id; starts at 1 (see `CallbackId::id`).
+    next_id: NonZeroU64,
     entries: Vec<(u64, Callback)>,
 }
 
@@ -175,7 +178,7 @@ impl Fence {
                 deadline_ns: AtomicU64::new(NO_DEADLINE),
                 seqno,
                 ctx,
-                cbs: Mutex::new(CallbackList { next_id: 0, entries: Vec::new() }),
+                cbs: Mutex::new(CallbackList { next_id: NonZeroU64::MIN, entries: Vec::new() }),
                 event: Event::new(),
                 ops,
             }),
@@ -426,8 +429,8 @@ impl Fence {
         match self.lock_for_add() {
             Some(mut list) => {
                 let id = list.next_id;
-                list.next_id += 1;
-                list.entries.push((id, Callback::new(f)));
+                list.next_id = id.saturating_add(1);
+                list.entries.push((id.get(), Callback::new(f)));
                 Ok(CallbackId { fence: self.addr(), id })
             }
             None => Err(AlreadySignaled(f)),
@@ -446,8 +449,8 @@ impl Fence {
         match self.lock_for_add() {
             Some(mut list) => {
                 let id = list.next_id;
-                list.next_id += 1;
-                list.entries.push((id, cb));
+                list.next_id = id.saturating_add(1);
+                list.entries.push((id.get(), cb));
                 Ok(CallbackId { fence: self.addr(), id })
             }
             None => Err(AlreadySignaled(cb)),
@@ -479,7 +482,7 @@ impl Fence {
         }
         let removed = {
             let mut list = lock(&self.inner.cbs);
-            list.entries.iter().position(|(i, _)| *i == id.id).map(|pos| list.entries.remove(pos))
+            list.entries.iter().position(|(i, _)| *i == id.id.get()).map(|pos| list.entries.remove(pos))
         };
         // Dropped outside the lock: the closure's captures may do anything on drop.
         removed.is_some()
@@ -496,7 +499,7 @@ impl Fence {
             foreign_callback_id(id);
         }
         let mut list = lock(&self.inner.cbs);
-        let pos = list.entries.iter().position(|(i, _)| *i == id.id)?;
+        let pos = list.entries.iter().position(|(i, _)| *i == id.id.get())?;
         Some(list.entries.remove(pos).1)
     }
 
@@ -907,7 +910,7 @@ impl PreparedFence {
                 seqno: 0,
                 ctx,
                 cbs: Mutex::new(CallbackList {
-                    next_id: 0,
+                    next_id: NonZeroU64::MIN,
                     entries: Vec::with_capacity(callbacks),
                 }),
                 event: Event::new(),
