@@ -106,7 +106,8 @@ fn backend_bytes(jobs: u64) -> f64 {
     LIVE.store(0, Ordering::Relaxed);
     COUNTING.store(true, Ordering::Relaxed);
     for i in 0..jobs {
-        let info = JobInfo { id: i, seqno: i + 1, credits: 1, priority: Priority::Normal, entity: 1 };
+        let info =
+            JobInfo { id: i, seqno: i + 1, credits: 1, priority: Priority::Normal, entity: 1 };
         let mut job = MockJob::new(i);
         ring.prepare_job(&mut job, &info).expect("prepare");
         held.push(job);

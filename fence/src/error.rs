@@ -63,7 +63,8 @@ impl FenceError {
     }
 
     /// Packs an optional error into one word for atomic storage: `0` for `None`, non-zero
-    /// for an error; [`FenceError::decode`] is its inverse.
+    /// for an error; [`FenceError::decode`] is its inverse. The low three bits are a tag (1 to
+    /// 6 for the named errors, 7 for [`FenceError::Driver`], whose code is the high 32 bits).
     pub fn encode(this: Option<FenceError>) -> u64 {
         match this {
             None => 0,

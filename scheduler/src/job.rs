@@ -47,7 +47,7 @@ impl<B: Backend> SameSchedDep<B> {
     }
 }
 
-/// The hardware side of a job. Protected by `JobInner::hw`.
+/// The hardware side of a job and its fences' signallers. Protected by `JobInner::hw`.
 pub(crate) struct HwState {
     /// The completion callback, boxed at arm time; taken when added to the hardware fence.
     pub(crate) callback: Option<Callback>,
@@ -55,11 +55,10 @@ pub(crate) struct HwState {
     pub(crate) fence: Option<Fence>,
     /// The completion callback's id on `fence`, to detach it (TDR stop).
     pub(crate) callback_id: Option<CallbackId>,
-}
-
-/// The signallers of the job's two fences, taken when each signals.
-pub(crate) struct JobSignallers {
+    /// The signaller of the job's scheduled fence, taken when it signals. (The signallers
+    /// share this lock: each is only taken out under it, never with other locks or calls.)
     pub(crate) scheduled: Option<Signaller>,
+    /// The signaller of the job's finished fence, taken when it signals.
     pub(crate) finished: Option<Signaller>,
 }
 
@@ -126,7 +125,6 @@ pub(crate) struct JobInner<B: Backend> {
     pub(crate) slot: usize,
     pub(crate) scheduled: Fence,
     pub(crate) finished: Fence,
-    pub(crate) signallers: Mutex<JobSignallers>,
     /// The payload; `None` once freed.
     pub(crate) payload: Mutex<Option<B::Job>>,
     /// External dependencies not yet signalled.
@@ -233,14 +231,14 @@ impl<B: Backend> JobInner<B> {
     }
 
     pub(crate) fn signal_scheduled(&self, error: Option<FenceError>) {
-        let s = lock(&self.signallers).scheduled.take();
+        let s = lock(&self.hw).scheduled.take();
         if let Some(s) = s {
             s.signal_result(error.map_or(Ok(()), Err));
         }
     }
 
     pub(crate) fn signal_finished(&self, error: Option<FenceError>) {
-        let s = lock(&self.signallers).finished.take();
+        let s = lock(&self.hw).finished.take();
         if let Some(s) = s {
             self.state.store(state::DONE, Ordering::Release);
             s.signal_result(error.map_or(Ok(()), Err));
@@ -394,5 +392,29 @@ impl<B: Backend> Drop for ArmedJob<B> {
         if let Some(job) = self.job.take() {
             self.sched.drop_armed(job, self.slot);
         }
+    }
+}
+
+#[cfg(all(test, not(gpusched_loom)))]
+mod tests {
+    use super::*;
+    use crate::testing::MockRing;
+
+    /// The job record's size (printed) stays within its budget: with its `Arc` counts it is
+    /// the largest part of what a queued job costs besides its payload.
+    #[test]
+    fn job_record_size() {
+        let payload = std::mem::size_of::<Option<crate::testing::MockJob>>();
+        let record = std::mem::size_of::<JobInner<MockRing>>();
+        println!(
+            "JobInner<MockRing> = {record} bytes (payload slot {payload}, HwState {}, \
+             JobInfo {})",
+            std::mem::size_of::<Mutex<HwState>>(),
+            std::mem::size_of::<JobInfo>()
+        );
+        assert!(
+            record - payload <= 240,
+            "JobInner is {record} bytes besides a {payload}-byte payload"
+        );
     }
 }
