@@ -314,8 +314,11 @@ def main():
     r.row("1,000,000 jobs queued over 10,000 entities vs over 1 entity",
           "scale.queued.entities_1.ns_per_job", "scale.queued.entities_many.ns_per_job",
           ratio_key="scale.queued.vs_1", target=("≤ 1.5×", lambda b, o, ratio: ratio <= 1.5))
-    r.row("bytes per queued job besides its payload", None, "scale.queued.bytes_per_job",
+    r.row("bytes per queued job besides its payload (scheduler's own)", None,
+          "scale.queued.bytes_per_job",
           unit="B", target=("≤ 512 B", lambda b, o, ratio: o <= 512))
+    r.row("bytes per queued job besides its payload, with the mock backend's prepare_job", None,
+          "scale.queued.bytes_per_job_with_backend", unit="B")
     r.row("allocations inside signalling sections (whole bench)", None,
           "scale.signalling_allocations", unit="",
           target=("0", lambda b, o, ratio: o == 0))

@@ -15,8 +15,12 @@
 //!   one entity is the cost of selection among many ready entities.
 //! - `bytes per queued job`: the bytes allocated and still live once the queued jobs are
 //!   pushed (a counting `#[global_allocator]` around the checker's `CheckingAllocator`),
-//!   divided by the number of jobs, less the payload's size (`MockJob`, stored in the job).
-//!   It includes each job's callback on the gate fence.
+//!   divided by the number of jobs, less the payload's size (`MockJob`, stored in the job)
+//!   and less what the backend's `prepare_job` keeps per job (the mock ring's prepared
+//!   hardware fence, owned by the payload, and the room it reserves in its logs), measured
+//!   alone on a fresh ring with the same number of jobs: the scheduler's own bytes. It
+//!   includes each job's callback on the gate fence. The total and the backend's share are
+//!   printed beside it.
 //! - `allocations in signalling sections`: every loop above runs inside `lockdep::capture`
 //!   with the `CheckingAllocator` installed, so each allocation inside a signalling section
 //!   (`run_job`, completion callbacks, selection) is a report; their count is printed (the
@@ -30,8 +34,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use gpusched::fence::lockdep::{self, CheckingAllocator, Rule};
 use gpusched::fence::FenceContext;
-use gpusched::testing::MockJob;
-use gpusched::{Entity, Priority};
+use gpusched::testing::{MockJob, MockRing};
+use gpusched::{Backend, Entity, JobInfo, Priority};
 use gpusched_benches::{metric, mock_raw, mock_scheduler, mock_spread, test_mode};
 
 /// Counts live heap bytes while `COUNTING` is set, then forwards to the checker's allocator.
@@ -92,6 +96,33 @@ fn queued_size() -> (u64, usize) {
         Some((j.parse().ok()?, e.parse().ok()?))
     };
     std::env::var("GPUSCHED_BENCH_QUEUED").ok().and_then(parse).unwrap_or((1_000_000, 10_000))
+}
+
+/// The bytes `MockRing::prepare_job` allocates and keeps per job, counted as [`queued`]
+/// counts them: on a fresh ring, `first` jobs prepared uncounted (the entities' first jobs),
+/// then `rest` counted, all held (as queued jobs hold their payloads). The same sequence of
+/// prepares makes the ring's logs grow at the same points.
+fn backend_bytes(first: u64, rest: u64) -> f64 {
+    let ring = MockRing::immediate();
+    let mut held = Vec::with_capacity((first + rest) as usize);
+    let prepare = |i: u64| {
+        let info =
+            JobInfo { id: i, seqno: i + 1, credits: 1, priority: Priority::Normal, entity: 1 };
+        let mut job = MockJob::new(i);
+        ring.prepare_job(&mut job, &info).expect("prepare");
+        job
+    };
+    held.extend((0..first).map(prepare));
+    LIVE.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+    for i in first..first + rest {
+        let job = prepare(i);
+        held.push(job);
+    }
+    COUNTING.store(false, Ordering::Relaxed);
+    let bytes = LIVE.load(Ordering::Relaxed) as f64 / rest.max(1) as f64;
+    drop(held);
+    bytes
 }
 
 /// Queues `jobs` jobs round-robin over `entities` entities behind one gate fence, then
@@ -177,6 +208,8 @@ fn bench(_: &mut Criterion) {
         }
 
         let (mut many, mut one, mut ratio, mut bytes) = (vec![], vec![], vec![], vec![]);
+        let first = (queued_entities as u64).min(queued_jobs);
+        let backend = backend_bytes(first, queued_jobs - first);
         let qrounds = if test { 1 } else { 5 };
         for _ in 0..qrounds {
             let (t_many, b) = queued(queued_entities, queued_jobs);
@@ -194,13 +227,18 @@ fn bench(_: &mut Criterion) {
              released: {m:.0} ns/job; over 1 entity {o:.0} ns/job; {r:.2}x (median of {qrounds})"
         );
         println!(
-            "sched_scale: {b:.0} bytes per queued job besides its {}-byte payload",
-            std::mem::size_of::<MockJob>()
+            "sched_scale: {:.0} bytes per queued job besides its {}-byte payload: the \
+             scheduler's {:.0}, the mock backend's prepare_job {backend:.0}",
+            b,
+            std::mem::size_of::<MockJob>(),
+            b - backend
         );
         metric("scale.queued.entities_many.ns_per_job", m);
         metric("scale.queued.entities_1.ns_per_job", o);
         metric("scale.queued.vs_1", r);
-        metric("scale.queued.bytes_per_job", b);
+        metric("scale.queued.bytes_per_job", b - backend);
+        metric("scale.queued.bytes_per_job_with_backend", b);
+        metric("scale.queued.backend_bytes_per_job", backend);
     });
     if lockdep::ENABLED {
         let allocs = reports.iter().filter(|r| r.rule == Rule::ReclaimInSignalling).count();

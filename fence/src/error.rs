@@ -62,8 +62,10 @@ impl FenceError {
         }
     }
 
-    /// Packs the error into a non-zero word for atomic storage.
-    pub(crate) fn encode(this: Option<FenceError>) -> u64 {
+    /// Packs an optional error into one word for atomic storage: `0` for `None`, non-zero
+    /// for an error; [`FenceError::decode`] is its inverse. The low three bits are a tag (1 to
+    /// 6 for the named errors, 7 for [`FenceError::Driver`], whose code is the high 32 bits).
+    pub fn encode(this: Option<FenceError>) -> u64 {
         match this {
             None => 0,
             Some(FenceError::Cancelled) => 1,
@@ -77,7 +79,7 @@ impl FenceError {
     }
 
     /// Inverse of [`FenceError::encode`].
-    pub(crate) fn decode(word: u64) -> Option<FenceError> {
+    pub fn decode(word: u64) -> Option<FenceError> {
         match word & 0xffff_ffff {
             0 => None,
             1 => Some(FenceError::Cancelled),

@@ -3,7 +3,8 @@
 //!
 //! # State
 //! The fence's state word holds the bits below. `SIGNALED` is set exactly once, with an AcqRel
-//! RMW, after the error and timestamp were stored by the one thread that signals (the
+//! RMW that also carries the error's tag, after the timestamp (and a driver error's code) were
+//! stored by the one thread that signals (the
 //! `Signaller`'s, or whoever set `CLAIMED` first on a fence with backend ops); a reader that sees
 //! it (Acquire) sees both. The callback lock is taken only when a callback was ever added
 //! (`CALLBACKS`): the signaller then takes the list out under it, and runs the callbacks after
@@ -17,6 +18,7 @@
 //! added ([`Fence::reserve_callbacks`], [`Fence::add_prepared_callback`]).
 
 use std::fmt;
+use std::num::NonZeroU64;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -29,8 +31,9 @@ use crate::sync::{
     lock, Arc, AtomicU32, AtomicU64, Event, EventListener, Mutex, MutexGuard, Ordering,
 };
 
-/// Set once, when the fence signals (with or without an error). Set under `Inner::cbs`'s lock
-/// with AcqRel after `error` and `timestamp_ns` are stored; never cleared.
+/// Set once, when the fence signals (with or without an error), by an AcqRel RMW that also
+/// sets the error's tag (`ERROR_MASK`), after `driver_code` and `timestamp_ns` are stored;
+/// never cleared.
 const SIGNALED: u32 = 1 << 0;
 /// Set by the first waiter or callback (`DMA_FENCE_FLAG_ENABLE_SIGNAL_BIT`); whoever sets it
 /// calls [`FenceOps::enable_signaling`]. Never cleared.
@@ -61,6 +64,15 @@ const CALLBACKS: u32 = 1 << 4;
 /// timestamp, the others wait for `SIGNALED`. A fence without ops has one signaller (the
 /// unique [`Signaller`]) and sets it together with `SIGNALED`. Never cleared.
 const CLAIMED: u32 = 1 << 5;
+
+/// The state word's bits that hold the error's tag (`FenceError::encode`'s low three bits;
+/// 0 = no error), set by the RMW that sets `SIGNALED`; the tag that stands for
+/// `FenceError::Driver` finds its code in `Inner::driver_code`.
+const ERROR_SHIFT: u32 = 8;
+/// See `ERROR_SHIFT`.
+const ERROR_MASK: u32 = 0x7 << ERROR_SHIFT;
+/// `FenceError::encode`'s tag of `FenceError::Driver`.
+const DRIVER_TAG: u64 = 7;
 
 /// `Inner::deadline_ns` while no deadline was set.
 const NO_DEADLINE: u64 = u64::MAX;
@@ -95,21 +107,23 @@ impl fmt::Debug for Callback {
 pub struct CallbackId {
     /// The address of the fence's shared state, to catch ids used on the wrong fence.
     fence: usize,
-    id: u64,
+    /// Numbered from 1, so that `Option<CallbackId>` is no larger than the id.
+    id: NonZeroU64,
 }
 
 /// The pending callbacks. Protected by `Inner::cbs`.
 struct CallbackList {
-    next_id: u64,
+    /// The next callback's id; starts at 1 (see `CallbackId::id`).
+    next_id: NonZeroU64,
     entries: Vec<(u64, Callback)>,
 }
 
 pub(crate) struct Inner {
-    /// `SIGNALED | ENABLE_SIGNALING | LISTENING | PARKED | CALLBACKS | CLAIMED`, see the
-    /// constants.
+    /// `SIGNALED | ENABLE_SIGNALING | LISTENING | PARKED | CALLBACKS | CLAIMED` and the error's
+    /// tag (`ERROR_MASK`), see the constants.
     state: AtomicU32,
-    /// `FenceError::encode` of the error; written before `SIGNALED`, never after.
-    error: AtomicU64,
+    /// The code of a `FenceError::Driver` error; written before `SIGNALED`, never after.
+    driver_code: AtomicU32,
     /// Nanoseconds since `epoch()` at signal time; written before `SIGNALED`.
     timestamp_ns: AtomicU64,
     /// The earliest deadline hint (`Fence::set_deadline`), nanoseconds since `epoch()`;
@@ -170,12 +184,12 @@ impl Fence {
         let fence = Fence {
             inner: Arc::new(Inner {
                 state: AtomicU32::new(0),
-                error: AtomicU64::new(0),
+                driver_code: AtomicU32::new(0),
                 timestamp_ns: AtomicU64::new(0),
                 deadline_ns: AtomicU64::new(NO_DEADLINE),
                 seqno,
                 ctx,
-                cbs: Mutex::new(CallbackList { next_id: 0, entries: Vec::new() }),
+                cbs: Mutex::new(CallbackList { next_id: NonZeroU64::MIN, entries: Vec::new() }),
                 event: Event::new(),
                 ops,
             }),
@@ -275,14 +289,20 @@ impl Fence {
     /// The outcome, if the `SIGNALED` bit is set.
     #[inline]
     fn outcome(&self) -> Option<Result<(), FenceError>> {
-        if self.flag_signaled() {
-            Some(match FenceError::decode(self.inner.error.load(Ordering::Relaxed)) {
-                None => Ok(()),
-                Some(e) => Err(e),
-            })
-        } else {
-            None
+        let word = self.inner.state.load(Ordering::Acquire);
+        if word & SIGNALED == 0 {
+            return None;
         }
+        let tag = u64::from((word & ERROR_MASK) >> ERROR_SHIFT);
+        let code = if tag == DRIVER_TAG {
+            u64::from(self.inner.driver_code.load(Ordering::Relaxed)) << 32
+        } else {
+            0
+        };
+        Some(match FenceError::decode(tag | code) {
+            None => Ok(()),
+            Some(e) => Err(e),
+        })
     }
 
     /// The outcome, polling the backend (and signalling on its word) when the bit is clear.
@@ -426,8 +446,8 @@ impl Fence {
         match self.lock_for_add() {
             Some(mut list) => {
                 let id = list.next_id;
-                list.next_id += 1;
-                list.entries.push((id, Callback::new(f)));
+                list.next_id = id.saturating_add(1);
+                list.entries.push((id.get(), Callback::new(f)));
                 Ok(CallbackId { fence: self.addr(), id })
             }
             None => Err(AlreadySignaled(f)),
@@ -446,8 +466,8 @@ impl Fence {
         match self.lock_for_add() {
             Some(mut list) => {
                 let id = list.next_id;
-                list.next_id += 1;
-                list.entries.push((id, cb));
+                list.next_id = id.saturating_add(1);
+                list.entries.push((id.get(), cb));
                 Ok(CallbackId { fence: self.addr(), id })
             }
             None => Err(AlreadySignaled(cb)),
@@ -485,7 +505,10 @@ impl Fence {
             if self.flag_signaled() {
                 return false;
             }
-            list.entries.iter().position(|(i, _)| *i == id.id).map(|pos| list.entries.remove(pos))
+            list.entries
+                .iter()
+                .position(|(i, _)| *i == id.id.get())
+                .map(|pos| list.entries.remove(pos))
         };
         // Dropped outside the lock: the closure's captures may do anything on drop.
         removed.is_some()
@@ -506,7 +529,7 @@ impl Fence {
         if self.flag_signaled() {
             return None;
         }
-        let pos = list.entries.iter().position(|(i, _)| *i == id.id)?;
+        let pos = list.entries.iter().position(|(i, _)| *i == id.id.get())?;
         Some(list.entries.remove(pos).1)
     }
 
@@ -548,10 +571,15 @@ impl Fence {
         } else if self.flag_signaled() {
             return false; // the unique signaller signals once; kept as a cheap guard
         }
-        self.inner.error.store(FenceError::encode(error), Ordering::Relaxed);
+        let encoded = FenceError::encode(error);
+        let tag = encoded & 0x7;
+        if tag == DRIVER_TAG {
+            self.inner.driver_code.store((encoded >> 32) as u32, Ordering::Relaxed);
+        }
         let now = Instant::now().saturating_duration_since(epoch()).as_nanos() as u64;
         self.inner.timestamp_ns.store(now, Ordering::Relaxed);
-        let prev = self.inner.state.fetch_or(SIGNALED | CLAIMED, Ordering::AcqRel);
+        let error_bits = (tag as u32) << ERROR_SHIFT;
+        let prev = self.inner.state.fetch_or(SIGNALED | CLAIMED | error_bits, Ordering::AcqRel);
         if prev & LISTENING != 0 {
             self.inner.event.notify(usize::MAX);
         }
@@ -911,13 +939,13 @@ impl PreparedFence {
         PreparedFence {
             inner: Arc::new(Inner {
                 state: AtomicU32::new(0),
-                error: AtomicU64::new(0),
+                driver_code: AtomicU32::new(0),
                 timestamp_ns: AtomicU64::new(0),
                 deadline_ns: AtomicU64::new(NO_DEADLINE),
                 seqno: 0,
                 ctx,
                 cbs: Mutex::new(CallbackList {
-                    next_id: 0,
+                    next_id: NonZeroU64::MIN,
                     entries: Vec::with_capacity(callbacks),
                 }),
                 event: Event::new(),

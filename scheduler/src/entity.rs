@@ -19,7 +19,7 @@ use gpusched_fence::{Callback, Fence, FenceContext, FenceError, WaitError};
 use crate::backend::{Backend, JobInfo};
 use crate::config::Priority;
 use crate::error::{ArmError, ArmFailure, SchedError};
-use crate::job::{state, ArmedJob, HwState, JobBuilder, JobInner, JobSignallers, SameSchedDep};
+use crate::job::{state, ArmedJob, ErrorSlot, HwState, JobBuilder, JobInner, SameSchedDep};
 use crate::sched::{SchedShared, Scheduler};
 use crate::sync::{lock, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering};
 
@@ -460,10 +460,9 @@ pub(crate) fn arm<B: Backend>(
         slot: key,
         scheduled,
         finished,
-        signallers: Mutex::new(JobSignallers { scheduled: Some(s_sig), finished: Some(f_sig) }),
         payload: Mutex::new(Some(payload)),
         deps_pending: AtomicUsize::new(external.len()),
-        dep_error: Mutex::new(None),
+        dep_error: ErrorSlot::new(),
         same_sched: same.into_boxed_slice(),
         prev_finished,
         hw: Mutex::new(HwState {
@@ -471,11 +470,13 @@ pub(crate) fn arm<B: Backend>(
             fence: None,
             callback_id: None,
             submitting: false,
+            scheduled: Some(s_sig),
+            finished: Some(f_sig),
         }),
         submit_order: AtomicU64::new(0),
-        state: AtomicU64::new(state::ARMED),
+        state: AtomicU32::new(state::ARMED),
         recovery_epoch: AtomicU64::new(0),
-        deferred_error: Mutex::new(None),
+        deferred_error: ErrorSlot::new(),
         free_on_hw_done: AtomicBool::new(false),
     });
     {

@@ -18,7 +18,7 @@ use gpusched_fence::{Callback, CallbackId, Fence, FenceError, FenceStatus, Signa
 
 use crate::backend::{Backend, JobInfo};
 use crate::entity::EntityShared;
-use crate::sync::{lock, Arc, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::sync::{lock, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering};
 
 /// A dependency on a job of the same scheduler: it is met once that job has been *scheduled*
 /// (handed to the ring, which executes in order), or has finished.
@@ -43,11 +43,11 @@ impl<B: Backend> SameSchedDep<B> {
         pending: Option<&VecDeque<Arc<JobInner<B>>>>,
     ) -> Option<FenceError> {
         let job = pending?.iter().find(|j| j.finished.ptr_eq(&self.finished))?;
-        *lock(&job.deferred_error)
+        job.deferred_error.get()
     }
 }
 
-/// The hardware side of a job. Protected by `JobInner::hw`.
+/// The hardware side of a job and its fences' signallers. Protected by `JobInner::hw`.
 pub(crate) struct HwState {
     /// The completion callback, boxed at arm time; taken when added to the hardware fence.
     pub(crate) callback: Option<Callback>,
@@ -60,26 +60,67 @@ pub(crate) struct HwState {
     /// running it although `fence` is not there yet, so a teardown nested in that window
     /// (a scheduled-fence callback dropping the last handle) must not free the payload.
     pub(crate) submitting: bool,
-}
-
-/// The signallers of the job's two fences, taken when each signals.
-pub(crate) struct JobSignallers {
+    /// The signaller of the job's scheduled fence, taken when it signals. (The signallers
+    /// share this lock: each is only taken out under it, never with other locks or calls.)
     pub(crate) scheduled: Option<Signaller>,
+    /// The signaller of the job's finished fence, taken when it signals.
     pub(crate) finished: Option<Signaller>,
 }
 
 /// Where a job is. Stored in `JobInner::state`; advanced by the scheduler only.
 pub(crate) mod state {
     /// Armed, not pushed.
-    pub(crate) const ARMED: u64 = 0;
+    pub(crate) const ARMED: u32 = 0;
     /// Pushed on its entity's queue.
-    pub(crate) const QUEUED: u64 = 1;
+    pub(crate) const QUEUED: u32 = 1;
     /// Handed to the ring (`run_job` called); in the pending list.
-    pub(crate) const RUNNING: u64 = 2;
+    pub(crate) const RUNNING: u32 = 2;
     /// Finished fence signalled (successfully or not).
-    pub(crate) const DONE: u64 = 3;
+    pub(crate) const DONE: u32 = 3;
     /// Dropped unpushed: queued only to be cancelled in timeline order.
-    pub(crate) const DROPPED: u64 = 4;
+    pub(crate) const DROPPED: u32 = 4;
+}
+
+/// An optional [`FenceError`] in one atomic word ([`FenceError::encode`]): half the size of a
+/// `Mutex<Option<FenceError>>`, and no lock round trip.
+///
+/// Every access is an AcqRel read-modify-write, so the slot orders its users as the lock it
+/// replaces did: of a thread that stores an error and then reads another location (a fence's
+/// state) and a thread that writes that location and then reads the slot, one sees the
+/// other's write. (Two RMWs on the slot are totally ordered, and the later one reads, and
+/// synchronizes with, the earlier.)
+pub(crate) struct ErrorSlot(AtomicU64);
+
+impl ErrorSlot {
+    pub(crate) fn new() -> Self {
+        ErrorSlot(AtomicU64::new(0))
+    }
+
+    /// The error stored, if any.
+    pub(crate) fn get(&self) -> Option<FenceError> {
+        FenceError::decode(self.0.fetch_add(0, Ordering::AcqRel))
+    }
+
+    /// Whether an error is stored.
+    pub(crate) fn is_some(&self) -> bool {
+        self.get().is_some()
+    }
+
+    /// Stores `error`, replacing any.
+    pub(crate) fn set(&self, error: FenceError) {
+        self.0.swap(FenceError::encode(Some(error)), Ordering::AcqRel);
+    }
+
+    /// Stores `error` unless one is stored already (the first error wins).
+    pub(crate) fn set_if_none(&self, error: FenceError) {
+        let word = FenceError::encode(Some(error));
+        let _ = self.0.compare_exchange(0, word, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Takes the error out; exactly one of several concurrent takers gets it.
+    pub(crate) fn take(&self) -> Option<FenceError> {
+        FenceError::decode(self.0.swap(0, Ordering::AcqRel))
+    }
 }
 
 pub(crate) struct JobInner<B: Backend> {
@@ -89,13 +130,12 @@ pub(crate) struct JobInner<B: Backend> {
     pub(crate) slot: usize,
     pub(crate) scheduled: Fence,
     pub(crate) finished: Fence,
-    pub(crate) signallers: Mutex<JobSignallers>,
     /// The payload; `None` once freed.
     pub(crate) payload: Mutex<Option<B::Job>>,
     /// External dependencies not yet signalled.
     pub(crate) deps_pending: AtomicUsize,
     /// The first failed dependency's error.
-    pub(crate) dep_error: Mutex<Option<FenceError>>,
+    pub(crate) dep_error: ErrorSlot,
     pub(crate) same_sched: Box<[SameSchedDep<B>]>,
     /// The finished fence of the entity's previous job: a job that ends without running
     /// signals only after it, so the entity's timeline signals in seqno order.
@@ -104,7 +144,7 @@ pub(crate) struct JobInner<B: Backend> {
     /// Global push order (for FIFO selection); set at push.
     pub(crate) submit_order: AtomicU64,
     /// See [`state`].
-    pub(crate) state: AtomicU64,
+    pub(crate) state: AtomicU32,
     /// The last recovery pass (`SchedState::recovery_epoch`) that handled this job.
     pub(crate) recovery_epoch: AtomicU64,
     /// Set when the job must end with this error without (again) reaching the hardware (its
@@ -112,7 +152,7 @@ pub(crate) struct JobInner<B: Backend> {
     /// its entity's previous job had not signalled: it stays in the pending list, holding its
     /// credits, until that job signals and retires it (`SchedShared::release_deferred`), so
     /// the entity's timeline signals in seqno order. Whoever `take`s the error retires it.
-    pub(crate) deferred_error: Mutex<Option<FenceError>>,
+    pub(crate) deferred_error: ErrorSlot,
     /// Retired by a teardown while its hardware fence had not signalled (a backend without
     /// [`Backend::cancel_running`]): its finished fence has signalled, but its payload is
     /// freed only once the hardware fence signals (`SchedShared::hw_done`).
@@ -151,7 +191,7 @@ impl<B: Backend> JobInner<B> {
         if self.deps_pending.load(Ordering::Acquire) != 0 {
             return Readiness::Blocked(Blocker::External);
         }
-        if let Some(e) = *lock(&self.dep_error) {
+        if let Some(e) = self.dep_error.get() {
             return Readiness::Failed(e);
         }
         for d in self.same_sched.iter() {
@@ -186,7 +226,7 @@ impl<B: Backend> JobInner<B> {
     /// last one.
     pub(crate) fn dep_signalled(&self, dep: &Fence) -> bool {
         if let Some(e) = dep.error() {
-            lock(&self.dep_error).get_or_insert(e);
+            self.dep_error.set_if_none(e);
         }
         let last = self.deps_pending.fetch_sub(1, Ordering::AcqRel) == 1;
         if last {
@@ -196,14 +236,14 @@ impl<B: Backend> JobInner<B> {
     }
 
     pub(crate) fn signal_scheduled(&self, error: Option<FenceError>) {
-        let s = lock(&self.signallers).scheduled.take();
+        let s = lock(&self.hw).scheduled.take();
         if let Some(s) = s {
             s.signal_result(error.map_or(Ok(()), Err));
         }
     }
 
     pub(crate) fn signal_finished(&self, error: Option<FenceError>) {
-        let s = lock(&self.signallers).finished.take();
+        let s = lock(&self.hw).finished.take();
         if let Some(s) = s {
             self.state.store(state::DONE, Ordering::Release);
             s.signal_result(error.map_or(Ok(()), Err));
@@ -357,5 +397,29 @@ impl<B: Backend> Drop for ArmedJob<B> {
         if let Some(job) = self.job.take() {
             self.sched.drop_armed(job, self.slot);
         }
+    }
+}
+
+#[cfg(all(test, not(gpusched_loom)))]
+mod tests {
+    use super::*;
+    use crate::testing::MockRing;
+
+    /// The job record's size (printed) stays within its budget: with its `Arc` counts it is
+    /// the largest part of what a queued job costs besides its payload.
+    #[test]
+    fn job_record_size() {
+        let payload = std::mem::size_of::<Option<crate::testing::MockJob>>();
+        let record = std::mem::size_of::<JobInner<MockRing>>();
+        println!(
+            "JobInner<MockRing> = {record} bytes (payload slot {payload}, HwState {}, \
+             JobInfo {})",
+            std::mem::size_of::<Mutex<HwState>>(),
+            std::mem::size_of::<JobInfo>()
+        );
+        assert!(
+            record - payload <= 240,
+            "JobInner is {record} bytes besides a {payload}-byte payload"
+        );
     }
 }

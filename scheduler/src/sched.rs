@@ -540,7 +540,7 @@ impl<B: Backend> SchedShared<B> {
         // job as merely scheduled while it is failing (`JobInner::readiness`).
         job.entity.deferred_jobs.fetch_add(1, Ordering::AcqRel);
         self.deferred.fetch_add(1, Ordering::AcqRel);
-        *lock(&job.deferred_error) = Some(error);
+        job.deferred_error.set(error);
         self.note_progress();
         // The previous job may have signalled (and looked for us) just before the error was
         // stored: recheck.
@@ -561,7 +561,7 @@ impl<B: Backend> SchedShared<B> {
     /// Clears a job's deferred error once its finished fence has signalled; the one that
     /// clears it uncounts it.
     fn clear_deferred(&self, job: &JobInner<B>) {
-        if lock(&job.deferred_error).take().is_some() {
+        if job.deferred_error.take().is_some() {
             self.deferred.fetch_sub(1, Ordering::AcqRel);
             job.entity.deferred_jobs.fetch_sub(1, Ordering::AcqRel);
             self.note_progress();
@@ -582,7 +582,7 @@ impl<B: Backend> SchedShared<B> {
                 .cloned()
         };
         let Some(next) = next else { return };
-        let error = *lock(&next.deferred_error);
+        let error = next.deferred_error.get();
         if let Some(error) = error {
             self.retire_deferred(&next, error);
         }
@@ -852,7 +852,7 @@ impl<B: Backend> SchedShared<B> {
     /// an error, so they do not count).
     fn unfinished_on_hw(job: &JobInner<B>) -> bool {
         let detached = lock(&job.hw).callback.is_some();
-        if !detached || lock(&job.deferred_error).is_some() {
+        if !detached || job.deferred_error.is_some() {
             return false;
         }
         !lock(&job.hw).fence.as_ref().is_some_and(|f| f.is_signaled() && f.error().is_none())
@@ -862,7 +862,7 @@ impl<B: Backend> SchedShared<B> {
     /// (detached) and is not already ending with an error in timeline order, whatever its
     /// hardware fence did since (see [`fail_dependants`](Self::fail_dependants)).
     fn detached_at_stop(job: &JobInner<B>) -> bool {
-        lock(&job.hw).callback.is_some() && lock(&job.deferred_error).is_none()
+        lock(&job.hw).callback.is_some() && !job.deferred_error.is_some()
     }
 
     /// The error of a same-ring dependency that failed after it was met (when it was
@@ -936,7 +936,7 @@ impl<B: Backend> SchedShared<B> {
     pub(crate) fn start_ring(self: &Arc<Self>) {
         let epoch = self.begin_pass();
         while let Some(job) = self.next_in_pass(epoch) {
-            if lock(&job.deferred_error).is_some() {
+            if job.deferred_error.is_some() {
                 // Ends when its entity's previous job signals, not on the hardware.
                 continue;
             }

@@ -393,7 +393,7 @@ impl<B: Backend> TimeoutTarget for SchedShared<B> {
             }
         };
         let Some(head) = head else { return };
-        if lock(&head.deferred_error).is_some() {
+        if head.deferred_error.is_some() {
             // Never on the hardware: it ends when its entity's previous job signals.
             me.rearm(now);
             return;

@@ -84,7 +84,7 @@ impl<B: Backend> SchedShared<B> {
         let drainer = self.pump_requests.fetch_add(1, Ordering::AcqRel) == 0;
         let epoch = self.begin_pass();
         while let Some(job) = self.next_in_pass(epoch) {
-            if lock(&job.deferred_error).is_some() {
+            if job.deferred_error.is_some() {
                 // Never on the hardware: it ends when its entity's previous job (earlier on
                 // the ring) signals.
                 continue;
