@@ -92,6 +92,9 @@ pub(crate) struct JobInner<B: Backend> {
     /// The first failed dependency's error.
     pub(crate) dep_error: Mutex<Option<FenceError>>,
     pub(crate) same_sched: Box<[SameSchedDep<B>]>,
+    /// Dependencies on jobs of other rings the hardware waits for (`cross_ring.rs`); their
+    /// scheduled fences are counted in `deps_pending`.
+    pub(crate) cross_ring: Box<[crate::cross_ring::CrossRingDep<B>]>,
     /// The finished fence of the entity's previous job: a job that ends without running
     /// signals only after it, so the entity's timeline signals in seqno order.
     pub(crate) prev_finished: Option<Fence>,
