@@ -17,10 +17,13 @@
 //!   without running; one whose finished fence failed by the time the dependant runs or
 //!   completes makes the dependant end with that error (the dependant may then have run on
 //!   missing results, as a same-ring dependant does).
+//! - Timeouts: a job waiting on the device for another ring's job is not blamed for that
+//!   job's hang; its timeout counts from when the awaited job finished ([`own_start`]).
 //! - A dependency found nowhere (armed but not pushed, or already retired) stays a host wait.
 
 use std::any::Any;
 use std::sync::{Mutex as StdMutex, Weak};
+use std::time::Instant;
 
 use gpusched_fence::{Fence, FenceError, FenceStatus};
 
@@ -28,6 +31,80 @@ use crate::backend::Backend;
 use crate::job::JobInner;
 use crate::sched::SchedShared;
 use crate::sync::{lock, Arc};
+
+/// A job's cross-ring dependencies.
+pub(crate) struct CrossRing<B: Backend> {
+    pub(crate) deps: Box<[CrossRingDep<B>]>,
+    /// Set when the job's hardware fence signalled successfully before the finished fence of
+    /// one of its dependencies did (the other ring's completion callback has not run yet):
+    /// it is retired by the callback that dependency's finished fence runs, so that a
+    /// dependency's failure is always seen.
+    postponed: StdMutex<bool>,
+}
+
+impl<B: Backend> CrossRing<B> {
+    /// `None` without dependencies.
+    pub(crate) fn new(deps: Vec<CrossRingDep<B>>) -> Option<Box<Self>> {
+        (!deps.is_empty()).then(|| {
+            Box::new(CrossRing { deps: deps.into_boxed_slice(), postponed: StdMutex::new(false) })
+        })
+    }
+
+    fn postponed(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.postponed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The error of the first dependency whose finished fence failed.
+    pub(crate) fn error(&self) -> Option<FenceError> {
+        self.deps.iter().find_map(|d| d.finished.error())
+    }
+}
+
+/// Adds, at arm time, the callbacks that retire `job` once the last of its cross-ring
+/// dependencies has finished if its own hardware finished first (allocates).
+pub(crate) fn watch<B: Backend>(sched: &Arc<SchedShared<B>>, job: &Arc<JobInner<B>>) {
+    let Some(cross) = &job.cross_ring else { return };
+    for d in cross.deps.iter() {
+        let (j, s) = (job.clone(), sched.clone());
+        // Already signalled: nothing to watch (`hw_signalled` sees it).
+        let _ = d.finished.add_callback(move |_| {
+            let Some(cross) = &j.cross_ring else { return };
+            let retire = {
+                let mut postponed = cross.postponed();
+                let now = *postponed && cross.deps.iter().all(|d| d.finished.is_signaled());
+                if now {
+                    *postponed = false;
+                }
+                now
+            };
+            if retire {
+                s.hw_done(&j, None);
+            }
+        });
+    }
+}
+
+impl<B: Backend> SchedShared<B> {
+    /// `job`'s hardware fence signalled with `error`: retires it, unless it succeeded before
+    /// the finished fence of one of its cross-ring dependencies signalled (then that signal
+    /// retires it, with the dependency's error if it failed). Allocation-free.
+    pub(crate) fn hw_signalled(
+        self: &Arc<Self>,
+        job: &Arc<JobInner<B>>,
+        error: Option<FenceError>,
+    ) {
+        if error.is_none() {
+            if let Some(cross) = &job.cross_ring {
+                let mut postponed = cross.postponed();
+                if cross.deps.iter().any(|d| !d.finished.is_signaled()) {
+                    *postponed = true;
+                    return;
+                }
+            }
+        }
+        self.hw_done(job, error);
+    }
+}
 
 /// A dependency on a job of another scheduler that the hardware waits for.
 pub(crate) struct CrossRingDep<B: Backend> {
@@ -62,6 +139,19 @@ impl<B: Backend> CrossRingDep<B> {
             None => Err(self.finished.error().unwrap_or(FenceError::Cancelled)),
         }
     }
+}
+
+/// When a job with cross-ring dependencies could start on its ring: when the last of them
+/// finished (`now` while one has not); `None` without any. For the timeout: a job waiting on
+/// the device for another ring's job is not running, and is never blamed for that job's
+/// hang. Allocation-free.
+pub(crate) fn own_start<B: Backend>(job: &JobInner<B>, now: Instant) -> Option<Instant> {
+    job.cross_ring
+        .as_ref()?
+        .deps
+        .iter()
+        .map(|d| if d.finished.is_signaled() { d.finished.timestamp().unwrap_or(now) } else { now })
+        .max()
 }
 
 /// Every scheduler of the process, weakly, for the arm-time lookup of peers.

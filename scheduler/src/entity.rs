@@ -18,7 +18,7 @@ use gpusched_fence::{Callback, Fence, FenceContext, FenceError, WaitError};
 
 use crate::backend::{Backend, JobInfo};
 use crate::config::Priority;
-use crate::cross_ring::CrossRingDep;
+use crate::cross_ring::{CrossRing, CrossRingDep};
 use crate::error::{ArmError, ArmFailure, SchedError};
 use crate::job::{state, ArmedJob, HwState, JobBuilder, JobInner, JobSignallers, SameSchedDep};
 use crate::sched::{SchedShared, Scheduler};
@@ -476,7 +476,7 @@ pub(crate) fn arm<B: Backend>(
         deps_pending: AtomicUsize::new(external.len()),
         dep_error: Mutex::new(None),
         same_sched: same.into_boxed_slice(),
-        cross_ring: cross.into_boxed_slice(),
+        cross_ring: CrossRing::new(cross),
         prev_finished,
         hw: Mutex::new(HwState { callback: None, fence: None, callback_id: None }),
         submit_order: AtomicU64::new(0),
@@ -488,9 +488,10 @@ pub(crate) fn arm<B: Backend>(
     {
         let (j, s) = (job.clone(), sched.clone());
         lock(&job.hw).callback = Some(Callback::new(move |hw: &Fence| {
-            s.hw_done(&j, hw.error());
+            s.hw_signalled(&j, hw.error());
         }));
     }
+    crate::cross_ring::watch(&sched, &job);
     for d in external {
         let (j, s) = (job.clone(), sched.clone());
         let cb = move |f: &Fence| {

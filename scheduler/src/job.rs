@@ -94,7 +94,7 @@ pub(crate) struct JobInner<B: Backend> {
     pub(crate) same_sched: Box<[SameSchedDep<B>]>,
     /// Dependencies on jobs of other rings the hardware waits for (`cross_ring.rs`); their
     /// scheduled fences are counted in `deps_pending`.
-    pub(crate) cross_ring: Box<[crate::cross_ring::CrossRingDep<B>]>,
+    pub(crate) cross_ring: Option<Box<crate::cross_ring::CrossRing<B>>>,
     /// The finished fence of the entity's previous job: a job that ends without running
     /// signals only after it, so the entity's timeline signals in seqno order.
     pub(crate) prev_finished: Option<Fence>,

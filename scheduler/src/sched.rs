@@ -468,7 +468,7 @@ impl<B: Backend> SchedShared<B> {
     fn run_payload(&self, job: &JobInner<B>) -> Result<Fence, FenceError> {
         let mut payload = lock(&job.payload);
         let Some(p) = payload.as_mut() else { return Err(FenceError::Cancelled) };
-        for (i, d) in job.cross_ring.iter().enumerate() {
+        for (i, d) in job.cross_ring.iter().flat_map(|c| c.deps.iter()).enumerate() {
             let hw = d.hw_wait()?;
             self.backend.wait_natively(p, i, hw.as_ref())?;
         }
@@ -506,7 +506,7 @@ impl<B: Backend> SchedShared<B> {
                         // The hardware was done before we could watch it.
                         let error = hw.error();
                         lock(&job.hw).fence = Some(hw);
-                        self.hw_done(&job, error);
+                        self.hw_signalled(&job, error);
                     }
                 }
             }
@@ -619,7 +619,7 @@ impl<B: Backend> SchedShared<B> {
         self.load.fetch_sub(job.info.credits as usize, Ordering::Relaxed);
         // A cross-ring dependency that failed after the device waited for it: the job ran on
         // its missing results and ends with its error (as with a host wait).
-        let error = error.or_else(|| job.cross_ring.iter().find_map(|d| d.finished.error()));
+        let error = error.or_else(|| job.cross_ring.as_ref().and_then(|c| c.error()));
         match error {
             None => self.counters.finished_ok.fetch_add(1, Ordering::Relaxed),
             Some(_) => self.counters.finished_err.fetch_add(1, Ordering::Relaxed),
@@ -954,7 +954,7 @@ impl<B: Backend> SchedShared<B> {
                 }
             };
             if let Some(error) = retire {
-                self.hw_done(&job, error);
+                self.hw_signalled(&job, error);
             }
         }
         {
