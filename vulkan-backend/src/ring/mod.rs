@@ -17,6 +17,7 @@
 //! | `submit.rs` | recording, submission (single and batched), publishing a submission |
 //! | `completion.rs` | the completion thread: polling pace, waits, adopting a dropped ring |
 //! | `hw_fence.rs` | the hardware fence's `FenceOps` (`HwOps`) |
+//! | `native.rs` | cross-ring waits on the device (another ring's semaphore value) |
 //! | `timeout.rs` | the timeout decision (`timedout_job`), `StallState`, `STUCK_AFTER` |
 //!
 //! # Invariants (each stated in full where it is enforced)
@@ -37,6 +38,7 @@ mod completion;
 mod deadline;
 mod hw;
 mod hw_fence;
+mod native;
 mod submit;
 mod timeout;
 
