@@ -75,7 +75,6 @@ pub struct ExternalSignal {
 /// Slot 0 of the wait arrays is kept for an injected hang's wait (fault injection), slot 0
 /// of the signal arrays for the ring's own timeline semaphore and the job's value; `run_job`
 /// writes them (no allocation).
-#[derive(Debug)]
 pub(crate) struct External {
     wait_sems: Vec<vk::Semaphore>,
     wait_values: Vec<u64>,
@@ -87,6 +86,18 @@ pub(crate) struct External {
     native_at: usize,
     /// How many of the reserved native slots the next submission carries (`set_native`).
     native_used: usize,
+}
+
+impl std::fmt::Debug for External {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("External")
+            .field("wait_sems", &self.wait_sems)
+            .field("wait_values", &self.wait_values)
+            .field("signal_sems", &self.signal_sems)
+            .field("signal_values", &self.signal_values)
+            .field("native_used", &self.native_used)
+            .finish_non_exhaustive()
+    }
 }
 
 impl External {

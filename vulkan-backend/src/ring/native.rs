@@ -15,6 +15,9 @@
 //!   waiting for a signal that will never come.
 //! - The job carries the waits in its own `VkSubmitInfo` (the external-semaphore arrays,
 //!   slots reserved at arm): it is never batched.
+//! - A ring's semaphore outlives every submission waiting on it: the drop of a ring that
+//!   was waited on waits for what the other rings of its generation have submitted
+//!   ([`RingHw::waiters_passed`]) before destroying it (else it is leaked).
 //! - Timeouts: the scheduler does not run the timeout handler for a job whose awaited job
 //!   has not finished (its time counts from then); a hang of the awaited ring is that
 //!   ring's to judge. When the awaited job is force-completed, the wait resolves once the
@@ -92,6 +95,7 @@ fn wait_target(own: &RingHw, fence: &Fence) -> Result<Option<(vk::Semaphore, u64
         return Err(FenceError::DeviceLost);
     }
     if other.submitted_signal_value(value).is_some() {
+        other.waited_on.store(true, Ordering::SeqCst);
         return Ok(Some((other.sem, value)));
     }
     if other.completed.load(Ordering::SeqCst) >= value {
@@ -100,4 +104,48 @@ fn wait_target(own: &RingHw, fence: &Fence) -> Result<Option<(vk::Semaphore, u64
     // Its submission failed: its fence fails with that error.
     let failed = lock(&other.state).failing.1;
     Err(failed.unwrap_or(FenceError::DeviceLost))
+}
+
+impl RingHw {
+    /// Waits (up to 10 s) until the other rings of this ring's generation have passed every
+    /// value they submitted, if any of their jobs waited on this ring's semaphore; returns
+    /// whether they did. For the ring's drop (outside any signalling section).
+    pub(super) fn waiters_passed(&self) -> bool {
+        if !self.waited_on.load(Ordering::SeqCst) {
+            return true;
+        }
+        // This ring is being dropped: the snapshot cannot hold it.
+        let rings = self.core.comp.snapshot();
+        let mut sems = [vk::Semaphore::null(); crate::device::MAX_RINGS];
+        let mut values = [0u64; crate::device::MAX_RINGS];
+        let mut n = 0;
+        for r in rings.iter().flatten() {
+            if n < sems.len() {
+                sems[n] = r.sem;
+                values[n] = r.submitted.load(Ordering::SeqCst);
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return true;
+        }
+        let info = vk::SemaphoreWaitInfo::default().semaphores(&sems[..n]).values(&values[..n]);
+        // SAFETY: the semaphores are live (their rings are held by the snapshot) and of this
+        // device; a wait-all on values already submitted.
+        match unsafe { self.core.device.wait_semaphores(&info, 10_000_000_000) } {
+            Ok(()) => true,
+            Err(vk::Result::ERROR_DEVICE_LOST) => {
+                // Reported lost, but the submitted work may still run (see the ring's
+                // drop): wait for the other rings' queues to go idle.
+                for r in rings.iter().flatten() {
+                    let slot = &self.core.queues[r.queue as usize];
+                    let q = slot.lock();
+                    // SAFETY: the queue is externally synchronised by its lock.
+                    let _ = unsafe { self.core.device.queue_wait_idle(*q) };
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
 }
