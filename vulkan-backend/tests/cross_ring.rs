@@ -44,7 +44,7 @@ fn rings(dev: &VulkanDevice, timeout: Duration) -> (Scheduler<VulkanRing>, Sched
 
 /// A chain alternating between two rings, each job reading the previous one's result
 /// (`y += x`, twelve times), with cross-ring waits on the device (`native`) or on the host
-/// (each job submitted once the previous one finished). Returns `y`.
+/// ([`VulkanRing::set_native_waits`]). Returns `y`.
 fn saxpy_chain(dev: &VulkanDevice, native: bool) -> Vec<f32> {
     let (ra, rb) = rings(dev, WATCHDOG);
     let ea = Entity::new(&[&ra], Priority::Normal).unwrap();
@@ -53,22 +53,24 @@ fn saxpy_chain(dev: &VulkanDevice, native: bool) -> Vec<f32> {
     let y = dev.buffer(u64::from(N) * 4).unwrap();
     wait_ok(&VulkanDevice::submit(&ea, fill_job(&x, 1.0, N)).unwrap());
     wait_ok(&VulkanDevice::submit(&ea, fill_job(&y, 0.0, N)).unwrap());
-    let mut last = None;
+    ra.backend().set_native_waits(native);
+    rb.backend().set_native_waits(native);
+    let mut jobs = Vec::new();
     for i in 0..12 {
         let e = if i % 2 == 0 { &ea } else { &eb };
-        let job = saxpy_job(&x, &y, 1.0);
-        let f = if native {
-            VulkanDevice::submit(e, job).unwrap()
-        } else {
-            // A host wait: the previous job's finished fence before arming.
-            if let Some(p) = last.take() {
-                wait_ok(&p);
-            }
-            VulkanDevice::submit(e, job).unwrap()
-        };
-        last = Some(f);
+        let armed = VulkanDevice::arm(e, saxpy_job(&x, &y, 1.0)).unwrap();
+        let scheduled = armed.scheduled().clone();
+        jobs.push((scheduled, armed.push()));
     }
+    let last = jobs.last().map(|(_, f)| f.clone());
     wait_ok(&last.unwrap());
+    if !native {
+        // Host waits: each job reached its ring only once the previous one had finished.
+        for w in jobs.windows(2) {
+            let (prev_done, submitted) = (w[0].1.timestamp(), w[1].0.timestamp());
+            assert!(submitted >= prev_done, "a host wait submitted before its dependency ended");
+        }
+    }
     let v = y.read_f32(WATCHDOG).unwrap();
     drop((ea, eb, ra, rb));
     v

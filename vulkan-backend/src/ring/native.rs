@@ -38,9 +38,12 @@ use crate::job::VulkanJob;
 use crate::sync::lock;
 
 impl VulkanRing {
-    /// Whether `other` is another ring of this ring's device.
+    /// Whether `other` is another ring of this ring's device and this ring's native waits
+    /// are on ([`VulkanRing::set_native_waits`]).
     pub(super) fn same_device(&self, other: &VulkanRing) -> bool {
-        Arc::ptr_eq(&self.slot.shared, &other.slot.shared) && !Arc::ptr_eq(&self.slot, &other.slot)
+        self.slot.flags.native_waits.load(Ordering::Relaxed)
+            && Arc::ptr_eq(&self.slot.shared, &other.slot.shared)
+            && !Arc::ptr_eq(&self.slot, &other.slot)
     }
 
     /// The body of `wait_natively`: records in `job`'s submission the wait for `hw` (a
