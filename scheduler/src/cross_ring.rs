@@ -35,74 +35,25 @@ use crate::sync::{lock, Arc};
 /// A job's cross-ring dependencies.
 pub(crate) struct CrossRing<B: Backend> {
     pub(crate) deps: Box<[CrossRingDep<B>]>,
-    /// Set when the job's hardware fence signalled successfully before the finished fence of
-    /// one of its dependencies did (the other ring's completion callback has not run yet):
-    /// it is retired by the callback that dependency's finished fence runs, so that a
-    /// dependency's failure is always seen.
-    postponed: StdMutex<bool>,
 }
 
 impl<B: Backend> CrossRing<B> {
     /// `None` without dependencies.
     pub(crate) fn new(deps: Vec<CrossRingDep<B>>) -> Option<Box<Self>> {
-        (!deps.is_empty()).then(|| {
-            Box::new(CrossRing { deps: deps.into_boxed_slice(), postponed: StdMutex::new(false) })
-        })
+        (!deps.is_empty()).then(|| Box::new(CrossRing { deps: deps.into_boxed_slice() }))
     }
 
-    fn postponed(&self) -> std::sync::MutexGuard<'_, bool> {
-        self.postponed.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The error of the first dependency whose finished fence failed.
+    /// The error of the first dependency that failed: its finished fence's, or its current
+    /// hardware fence's (the device waited for that fence, which signalled before the
+    /// dependant's could; its finished fence may not have signalled yet). Allocation-free.
     pub(crate) fn error(&self) -> Option<FenceError> {
-        self.deps.iter().find_map(|d| d.finished.error())
-    }
-}
-
-/// Adds, at arm time, the callbacks that retire `job` once the last of its cross-ring
-/// dependencies has finished if its own hardware finished first (allocates).
-pub(crate) fn watch<B: Backend>(sched: &Arc<SchedShared<B>>, job: &Arc<JobInner<B>>) {
-    let Some(cross) = &job.cross_ring else { return };
-    for d in cross.deps.iter() {
-        let (j, s) = (job.clone(), sched.clone());
-        // Already signalled: nothing to watch (`hw_signalled` sees it).
-        let _ = d.finished.add_callback(move |_| {
-            let Some(cross) = &j.cross_ring else { return };
-            let retire = {
-                let mut postponed = cross.postponed();
-                let now = *postponed && cross.deps.iter().all(|d| d.finished.is_signaled());
-                if now {
-                    *postponed = false;
-                }
-                now
-            };
-            if retire {
-                s.hw_done(&j, None);
-            }
-        });
-    }
-}
-
-impl<B: Backend> SchedShared<B> {
-    /// `job`'s hardware fence signalled with `error`: retires it, unless it succeeded before
-    /// the finished fence of one of its cross-ring dependencies signalled (then that signal
-    /// retires it, with the dependency's error if it failed). Allocation-free.
-    pub(crate) fn hw_signalled(
-        self: &Arc<Self>,
-        job: &Arc<JobInner<B>>,
-        error: Option<FenceError>,
-    ) {
-        if error.is_none() {
-            if let Some(cross) = &job.cross_ring {
-                let mut postponed = cross.postponed();
-                if cross.deps.iter().any(|d| !d.finished.is_signaled()) {
-                    *postponed = true;
-                    return;
-                }
-            }
-        }
-        self.hw_done(job, error);
+        self.deps.iter().find_map(|d| {
+            d.finished.error().or_else(|| {
+                let job = d.job.upgrade()?;
+                let hw = lock(&job.hw).fence.clone();
+                hw.and_then(|f| f.error())
+            })
+        })
     }
 }
 

@@ -488,10 +488,9 @@ pub(crate) fn arm<B: Backend>(
     {
         let (j, s) = (job.clone(), sched.clone());
         lock(&job.hw).callback = Some(Callback::new(move |hw: &Fence| {
-            s.hw_signalled(&j, hw.error());
+            s.hw_done(&j, hw.error());
         }));
     }
-    crate::cross_ring::watch(&sched, &job);
     for d in external {
         let (j, s) = (job.clone(), sched.clone());
         let cb = move |f: &Fence| {

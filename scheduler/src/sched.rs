@@ -506,7 +506,7 @@ impl<B: Backend> SchedShared<B> {
                         // The hardware was done before we could watch it.
                         let error = hw.error();
                         lock(&job.hw).fence = Some(hw);
-                        self.hw_signalled(&job, error);
+                        self.hw_done(&job, error);
                     }
                 }
             }
@@ -618,7 +618,8 @@ impl<B: Backend> SchedShared<B> {
         }
         self.load.fetch_sub(job.info.credits as usize, Ordering::Relaxed);
         // A cross-ring dependency that failed after the device waited for it: the job ran on
-        // its missing results and ends with its error (as with a host wait).
+        // its missing results and ends with its error (as with a host wait). The job's
+        // hardware finished after the dependency's did, so its failure is visible here.
         let error = error.or_else(|| job.cross_ring.as_ref().and_then(|c| c.error()));
         match error {
             None => self.counters.finished_ok.fetch_add(1, Ordering::Relaxed),
@@ -954,7 +955,7 @@ impl<B: Backend> SchedShared<B> {
                 }
             };
             if let Some(error) = retire {
-                self.hw_signalled(&job, error);
+                self.hw_done(&job, error);
             }
         }
         {
