@@ -203,7 +203,6 @@ fn a_hang_of_the_awaited_ring_does_not_blame_the_waiting_job() {
 
 #[cfg(feature = "fault-injection")]
 #[test]
-#[ignore = "known defect: lavapipe's queue thread of the lost generation crashes (SIGSEGV) in about a third of runs; under investigation"]
 fn a_device_loss_while_a_cross_ring_wait_is_pending_fails_every_fence() {
     use gpusched_vulkan::JobFault;
     let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());

@@ -468,14 +468,9 @@ impl Drop for RingHw {
         // the last one (its fields drop after this body, the core first).
         drop(std::mem::take(&mut lock(&self.pool).retired));
         let pool = lock(&self.pool).pool;
-        if !self.waiters_passed() {
-            diag!(error, target: "gpusched_vulkan", ring = %self.name, "ring dropped while another ring's submission may still wait on its semaphore: leaking the semaphore");
-            // SAFETY: all submitted work of this ring is done (the wait above).
-            unsafe { d.destroy_command_pool(pool, None) };
-            return;
-        }
+        self.wait_for_waiters();
         // SAFETY: all submitted work of this ring is done, and so is every submission of
-        // another ring that waited on its semaphore (`waiters_passed`); freeing the pool frees its buffers;
+        // another ring that waited on its semaphore (`wait_for_waiters`); freeing the pool frees its buffers;
         // the completion thread is gone, or this drop runs on it, between two waits, and it
         // checks `stop` before waiting again (`stop_thread`).
         unsafe {

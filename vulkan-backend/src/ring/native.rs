@@ -16,8 +16,8 @@
 //! - The job carries the waits in its own `VkSubmitInfo` (the external-semaphore arrays,
 //!   slots reserved at arm): it is never batched.
 //! - A ring's semaphore outlives every submission waiting on it: the drop of a ring that
-//!   was waited on waits for what the other rings of its generation have submitted
-//!   ([`RingHw::waiters_passed`]) before destroying it (else it is leaked).
+//!   was waited on waits for the generation's queues to go idle
+//!   ([`RingHw::wait_for_waiters`]) before destroying it.
 //! - Timeouts: the scheduler does not run the timeout handler for a job whose awaited job
 //!   has not finished (its time counts from then); a hang of the awaited ring is that
 //!   ring's to judge. When the awaited job is force-completed, the wait resolves once the
@@ -110,45 +110,23 @@ fn wait_target(own: &RingHw, fence: &Fence) -> Result<Option<(vk::Semaphore, u64
 }
 
 impl RingHw {
-    /// Waits (up to 10 s) until the other rings of this ring's generation have passed every
-    /// value they submitted, if any of their jobs waited on this ring's semaphore; returns
-    /// whether they did. For the ring's drop (outside any signalling section).
-    pub(super) fn waiters_passed(&self) -> bool {
+    /// If a job of another ring waited on this ring's semaphore, waits until every queue of
+    /// the generation is idle (the waiting submissions are done; injected hangs are released
+    /// first, as this ring's drop does), so the semaphore may be destroyed. The other rings
+    /// may be gone from the generation's list already (a lost generation's rings move to the
+    /// graveyard), so the queues are what is waited for. For the ring's drop (outside any
+    /// signalling section).
+    pub(super) fn wait_for_waiters(&self) {
         if !self.waited_on.load(Ordering::SeqCst) {
-            return true;
+            return;
         }
-        // This ring is being dropped: the snapshot cannot hold it.
-        let rings = self.core.comp.snapshot();
-        let mut sems = [vk::Semaphore::null(); crate::device::MAX_RINGS];
-        let mut values = [0u64; crate::device::MAX_RINGS];
-        let mut n = 0;
-        for r in rings.iter().flatten() {
-            if n < sems.len() {
-                sems[n] = r.sem;
-                values[n] = r.submitted.load(Ordering::SeqCst);
-                n += 1;
-            }
-        }
-        if n == 0 {
-            return true;
-        }
-        let info = vk::SemaphoreWaitInfo::default().semaphores(&sems[..n]).values(&values[..n]);
-        // SAFETY: the semaphores are live (their rings are held by the snapshot) and of this
-        // device; a wait-all on values already submitted.
-        match unsafe { self.core.device.wait_semaphores(&info, 10_000_000_000) } {
-            Ok(()) => true,
-            Err(vk::Result::ERROR_DEVICE_LOST) => {
-                // Reported lost, but the submitted work may still run (see the ring's
-                // drop): wait for the other rings' queues to go idle.
-                for r in rings.iter().flatten() {
-                    let slot = &self.core.queues[r.queue as usize];
-                    let q = slot.lock();
-                    // SAFETY: the queue is externally synchronised by its lock.
-                    let _ = unsafe { self.core.device.queue_wait_idle(*q) };
-                }
-                true
-            }
-            Err(_) => false,
+        self.core.release_injected(true);
+        for slot in self.core.queues.iter() {
+            let q = slot.lock();
+            // SAFETY: the queue is externally synchronised by its lock (shared with the
+            // engine for a lent queue). A lost device answers `VK_ERROR_DEVICE_LOST` once
+            // nothing runs on it any more.
+            let _ = unsafe { self.core.device.queue_wait_idle(*q) };
         }
     }
 }
