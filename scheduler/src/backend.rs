@@ -90,6 +90,47 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// once the batch completes. Same rules as `run_job`.
     fn flush(&self) {}
 
+    /// Whether this ring can wait, inside its own submissions, for the hardware fences that
+    /// `other` (another ring, of another scheduler) returns from `run_job`: two rings of one
+    /// device. When it can, a job depending on a job of `other`'s scheduler waits on the
+    /// host only until that job is *scheduled* (on its ring), and the backend gets the
+    /// job's hardware fence through [`wait_natively`](Backend::wait_natively) to wait for it
+    /// on the device. At arm time. The default: never (every such dependency waits on the
+    /// host).
+    fn can_wait_natively(&self, other: &Self) -> bool {
+        let _ = other;
+        false
+    }
+
+    /// At arm time, after [`prepare_job`](Backend::prepare_job): the job has `count`
+    /// dependencies it will wait for natively (indices `0..count` of
+    /// [`wait_natively`](Backend::wait_natively)). Reserve what recording them needs here:
+    /// `wait_natively` runs inside a signalling section.
+    fn reserve_native_waits(&self, job: &mut Self::Job, count: usize) {
+        let _ = (job, count);
+    }
+
+    /// Right before [`run_job`](Backend::run_job) (each time, resubmissions included), inside
+    /// the same signalling section: the job's native dependency `index` must be waited for
+    /// on the device until `hw` (a hardware fence returned by the `run_job` of a ring this
+    /// one [can wait for](Backend::can_wait_natively), already submitted) signals; `None`:
+    /// it has finished, no wait. Same rules as `run_job`.
+    ///
+    /// # Errors
+    /// The wait cannot be expressed (the other ring's device was lost or re-created): the job
+    /// does not run and its fences signal that error. The default (never called unless
+    /// [`can_wait_natively`](Backend::can_wait_natively) says yes) refuses with
+    /// [`FenceError::Cancelled`].
+    fn wait_natively(
+        &self,
+        job: &mut Self::Job,
+        index: usize,
+        hw: Option<&Fence>,
+    ) -> Result<(), FenceError> {
+        let _ = (job, index, hw);
+        Err(FenceError::Cancelled)
+    }
+
     /// Releases a job's resources once its finished fence has signalled.
     fn free_job(&self, job: Self::Job, info: &JobInfo) {
         let _ = info;

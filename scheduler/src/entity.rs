@@ -18,6 +18,7 @@ use gpusched_fence::{Callback, Fence, FenceContext, FenceError, WaitError};
 
 use crate::backend::{Backend, JobInfo};
 use crate::config::Priority;
+use crate::cross_ring::{CrossRing, CrossRingDep};
 use crate::error::{ArmError, ArmFailure, SchedError};
 use crate::job::{state, ArmedJob, ErrorSlot, HwState, JobBuilder, JobInner, SameSchedDep};
 use crate::sched::{SchedShared, Scheduler};
@@ -445,14 +446,24 @@ pub(crate) fn arm<B: Backend>(
     // the later fence per context, and split out jobs of the same scheduler.
     let mut external: Vec<Fence> = Vec::with_capacity(deps.len());
     let mut same: Vec<SameSchedDep<B>> = Vec::new();
+    let mut cross: Vec<CrossRingDep<B>> = Vec::new();
     for d in dedup_dependencies(&deps) {
         if d.context() == ent.finished_ctx.id() {
             continue;
         }
-        match same_sched_owner(&sched, &d) {
-            Some((owner, seqno)) => same.push(SameSchedDep { entity: owner, seqno, finished: d }),
-            None => external.push(d),
+        if let Some((owner, seqno)) = same_sched_owner(&sched, &d) {
+            same.push(SameSchedDep { entity: owner, seqno, finished: d });
+        } else if let Some(other) = crate::cross_ring::find(&sched, &d) {
+            // Another ring of the device: wait here for it to be scheduled, on the device
+            // for it to finish.
+            external.push(other.scheduled.clone());
+            cross.push(CrossRingDep { job: Arc::downgrade(&other), finished: d });
+        } else {
+            external.push(d);
         }
+    }
+    if !cross.is_empty() {
+        sched.backend.reserve_native_waits(&mut payload, cross.len());
     }
     let job = Arc::new(JobInner {
         info,
@@ -464,6 +475,7 @@ pub(crate) fn arm<B: Backend>(
         deps_pending: AtomicUsize::new(external.len()),
         dep_error: ErrorSlot::new(),
         same_sched: same.into_boxed_slice(),
+        cross_ring: CrossRing::new(cross),
         prev_finished,
         hw: Mutex::new(HwState {
             callback: None,

@@ -55,10 +55,11 @@ pub(crate) struct HwState {
     pub(crate) fence: Option<Fence>,
     /// The completion callback's id on `fence`, to detach it (TDR stop).
     pub(crate) callback_id: Option<CallbackId>,
-    /// A `run_job` of this job is in progress (set before its scheduled fence signals,
-    /// cleared once the hardware fence is published or the run failed): the hardware may be
-    /// running it although `fence` is not there yet, so a teardown nested in that window
-    /// (a scheduled-fence callback dropping the last handle) must not free the payload.
+    /// A run of this job is in progress (set before `run_job`, cleared once the completion
+    /// callback is attached to the hardware fence or the run failed): the hardware may be
+    /// running it although its completion is not watched yet, so a teardown nested in that
+    /// window (a scheduled-fence callback dropping the last handle) must neither free the
+    /// payload nor take the completion callback (the run path attaches it).
     pub(crate) submitting: bool,
     /// The signaller of the job's scheduled fence, taken when it signals. (The signallers
     /// share this lock: each is only taken out under it, never with other locks or calls.)
@@ -137,6 +138,9 @@ pub(crate) struct JobInner<B: Backend> {
     /// The first failed dependency's error.
     pub(crate) dep_error: ErrorSlot,
     pub(crate) same_sched: Box<[SameSchedDep<B>]>,
+    /// Dependencies on jobs of other rings the hardware waits for (`cross_ring.rs`); their
+    /// scheduled fences are counted in `deps_pending`.
+    pub(crate) cross_ring: Option<Box<crate::cross_ring::CrossRing<B>>>,
     /// The finished fence of the entity's previous job: a job that ends without running
     /// signals only after it, so the entity's timeline signals in seqno order.
     pub(crate) prev_finished: Option<Fence>,

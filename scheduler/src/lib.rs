@@ -77,6 +77,7 @@ macro_rules! diag {
 
 mod backend;
 mod config;
+mod cross_ring;
 mod deadline;
 mod entity;
 mod error;

@@ -467,19 +467,21 @@ impl<B: Backend> SchedShared<B> {
     /// before the caller attaches the completion callback, which may run at once.
     fn run_payload(&self, job: &JobInner<B>) -> Result<Fence, FenceError> {
         let mut payload = lock(&job.payload);
-        match payload.as_mut() {
-            Some(p) => self.backend.run_job(p, &job.info),
-            None => Err(FenceError::Cancelled),
+        let Some(p) = payload.as_mut() else { return Err(FenceError::Cancelled) };
+        for (i, d) in job.cross_ring.iter().flat_map(|c| c.deps.iter()).enumerate() {
+            let hw = d.hw_wait()?;
+            self.backend.wait_natively(p, i, hw.as_ref())?;
         }
+        self.backend.run_job(p, &job.info)
     }
 
     /// Runs a selected job (`drm_sched_run_job_work`), inside a signalling section.
     fn run(self: &Arc<Self>, job: Arc<JobInner<B>>) {
         let _section = lockdep::signalling_section();
-        // Before the scheduled fence's callbacks run: one of them may tear the scheduler
-        // down, which must then leave this job's payload to whoever sees its hardware done.
+        // Before anything of this run can call out (the scheduled fence's callbacks may tear
+        // the scheduler down): the run path, not a teardown, attaches the completion callback,
+        // and a teardown leaves the payload to whoever sees the hardware done.
         lock(&job.hw).submitting = true;
-        job.signal_scheduled(None);
         self.counters.run.fetch_add(1, Ordering::Relaxed);
         diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, "run");
         match self.run_payload(&job) {
@@ -487,6 +489,10 @@ impl<B: Backend> SchedShared<B> {
                 // Only now is it on the ring, ahead of anything that depends on it being
                 // scheduled (a failed submission must not satisfy such a dependency).
                 job.entity.scheduled_seqno.fetch_max(job.info.seqno, Ordering::AcqRel);
+                // The hardware fence is published before the scheduled fence signals: a
+                // cross-ring dependant released by that signal waits for it on the device.
+                lock(&job.hw).fence = Some(hw.clone());
+                job.signal_scheduled(None);
                 let callback = lock(&job.hw).callback.take();
                 let Some(callback) = callback else {
                     unreachable!("a job's completion callback is boxed at arm and taken once")
@@ -523,6 +529,8 @@ impl<B: Backend> SchedShared<B> {
             }
             Err(e) => {
                 lock(&job.hw).submitting = false;
+                // Never reached the hardware: a cross-ring dependant must not wait for it.
+                job.signal_scheduled(Some(e));
                 self.fail_in_order(&job, e);
             }
         }
@@ -627,6 +635,10 @@ impl<B: Backend> SchedShared<B> {
             }
         }
         self.load.fetch_sub(job.info.credits as usize, Ordering::Relaxed);
+        // A cross-ring dependency that failed after the device waited for it: the job ran on
+        // its missing results and ends with its error (as with a host wait). The job's
+        // hardware finished after the dependency's did, so its failure is visible here.
+        let error = error.or_else(|| job.cross_ring.as_ref().and_then(|c| c.error()));
         match error {
             None => self.counters.finished_ok.fetch_add(1, Ordering::Relaxed),
             Some(_) => self.counters.finished_err.fetch_add(1, Ordering::Relaxed),
@@ -1199,6 +1211,7 @@ impl<B: Backend> Scheduler<B> {
             deferred: AtomicUsize::new(0),
             retiring: AtomicUsize::new(0),
         });
+        crate::cross_ring::register(&shared);
         let target: Arc<dyn TimeoutTarget> = shared.clone();
         domain.register(Arc::downgrade(&target));
         Ok(Scheduler { _handle: Arc::new(ShutdownOnDrop(shared.clone())), shared })

@@ -398,6 +398,14 @@ impl<B: Backend> TimeoutTarget for SchedShared<B> {
             me.rearm(now);
             return;
         }
+        if let Some(start) = crate::cross_ring::own_start(&head, now) {
+            // It waited on the device for another ring's job: its own time starts when that
+            // job finished (a hang there is that job's, not this one's).
+            if me.config.timeout.deadline_from(start).is_some_and(|d| d > now) {
+                me.rearm(start);
+                return;
+            }
+        }
         // Poll the hardware fence with no lock held: a backend fence (`FenceOps::signaled`)
         // may signal on the spot and run the completion callback, which takes the state lock.
         let hw = lock(&head.hw).fence.clone();

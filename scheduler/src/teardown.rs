@@ -155,8 +155,9 @@ impl<B: Backend> SchedShared<B> {
         // detached (it then finds the job retired and frees it).
         let reattach = {
             let mut h = lock(&job.hw);
-            match (h.fence.clone(), h.callback_id.is_none()) {
-                (Some(f), true) => h.callback.take().map(|cb| (f, cb)),
+            match (h.fence.clone(), h.callback_id.is_none(), h.submitting) {
+                // A run in progress (up this thread's stack) attaches it itself.
+                (Some(f), true, false) => h.callback.take().map(|cb| (f, cb)),
                 _ => None,
             }
         };

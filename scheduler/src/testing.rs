@@ -38,6 +38,9 @@ pub struct MockJob {
     /// How long it runs on a timed ring.
     pub duration: Duration,
     hw: Option<PreparedFence>,
+    /// Hardware fences of other rings the ring waits for before running the job (see
+    /// [`MockRing::on_device`]); slots reserved at arm.
+    native: Vec<Option<Fence>>,
 }
 
 impl fmt::Debug for MockJob {
@@ -53,7 +56,13 @@ impl fmt::Debug for MockJob {
 impl MockJob {
     /// A job that completes successfully at once.
     pub fn new(tag: u64) -> Self {
-        MockJob { tag, behavior: MockBehavior::Complete, duration: Duration::ZERO, hw: None }
+        MockJob {
+            tag,
+            behavior: MockBehavior::Complete,
+            duration: Duration::ZERO,
+            hw: None,
+            native: Vec::new(),
+        }
     }
 
     /// Sets the behaviour.
@@ -88,6 +97,20 @@ struct InFlight {
     behavior: MockBehavior,
     due: Instant,
     signaller: Signaller,
+    /// Other rings' hardware fences the job waits for on the "device" before it runs.
+    waits: Vec<Option<Fence>>,
+}
+
+impl InFlight {
+    /// Whether the ring still waits, on the device, for another ring's job.
+    fn waiting(&self) -> bool {
+        self.waits.iter().flatten().any(|f| !f.is_signaled())
+    }
+
+    /// Whether the ring may complete it now.
+    fn can_complete(&self) -> bool {
+        self.behavior != MockBehavior::Hang && !self.waiting()
+    }
 }
 
 #[derive(Default)]
@@ -107,6 +130,8 @@ struct RingState {
     resets: u64,
     /// Fences prepared for resubmissions after a reset (run_job must not allocate).
     spares: Vec<PreparedFence>,
+    /// Waits for other rings' hardware fences submitted with jobs so far.
+    native_waits: u64,
 }
 
 struct RingShared {
@@ -115,6 +140,8 @@ struct RingShared {
     state: Mutex<RingState>,
     cv: Condvar,
     timeout_answer: Mutex<TimeoutStatus>,
+    /// Rings with the same non-zero device wait for each other's hardware fences natively.
+    device: u64,
 }
 
 fn lock(m: &Mutex<RingState>) -> MutexGuard<'_, RingState> {
@@ -154,12 +181,22 @@ impl MockRing {
 
     /// A ring with the given completion mode.
     pub fn new(mode: Completion) -> Self {
+        Self::on_device(mode, 0)
+    }
+
+    /// A ring of mock device `device`: rings of one non-zero device wait for each other's
+    /// jobs on the "device" ([`Backend::can_wait_natively`]): a job waiting for another
+    /// ring's job is submitted once that job is, and the ring completes it only after that
+    /// job's hardware fence signalled (a hang there stalls this ring too). `0`: no device,
+    /// every cross-ring dependency waits on the host.
+    pub fn on_device(mode: Completion, device: u64) -> Self {
         let shared = Arc::new(RingShared {
             mode,
             ctx: FenceContext::builder("mock-ring").driver_name("mock").build(),
             state: Mutex::new(RingState::default()),
             cv: Condvar::new(),
             timeout_answer: Mutex::new(TimeoutStatus::Reset),
+            device,
         });
         let thread = (mode == Completion::Timed).then(|| {
             let s = shared.clone();
@@ -181,7 +218,7 @@ impl MockRing {
         let entry = {
             let mut st = lock(&self.shared.state);
             match st.in_flight.front() {
-                Some(e) if e.behavior != MockBehavior::Hang => st.in_flight.pop_front(),
+                Some(e) if e.can_complete() => st.in_flight.pop_front(),
                 _ => None,
             }
         };
@@ -255,6 +292,16 @@ impl MockRing {
         lock(&self.shared.state).max_credits_in_flight
     }
 
+    /// How many waits for other rings' hardware fences were submitted with jobs.
+    pub fn native_waits(&self) -> u64 {
+        lock(&self.shared.state).native_waits
+    }
+
+    /// Whether the oldest job on the ring waits, on the device, for another ring's job.
+    pub fn head_waits_natively(&self) -> bool {
+        lock(&self.shared.state).in_flight.front().is_some_and(InFlight::waiting)
+    }
+
     /// How many times the timeout handler ran.
     pub fn timeouts(&self) -> u64 {
         lock(&self.shared.state).timeouts
@@ -305,6 +352,8 @@ fn completion_thread(shared: &RingShared) {
         }
         let now = Instant::now();
         let wait = match st.in_flight.front() {
+            // A device-side wait for another ring: poll.
+            Some(e) if e.waiting() => Some(Duration::from_millis(1)),
             Some(e) if e.behavior != MockBehavior::Hang && e.due <= now => None,
             Some(e) if e.behavior != MockBehavior::Hang => Some(e.due - now),
             _ => Some(Duration::from_secs(3600)),
@@ -383,6 +432,7 @@ impl Backend for MockRing {
                 st.prepared = st.prepared.saturating_sub(1);
             }
             st.ran.push(job.tag);
+            st.native_waits += job.native.iter().flatten().count() as u64;
             st.credits_in_flight += info.credits;
             st.max_credits_in_flight = st.max_credits_in_flight.max(st.credits_in_flight);
             let start =
@@ -394,6 +444,8 @@ impl Backend for MockRing {
                 behavior: job.behavior,
                 due: start + job.duration,
                 signaller,
+                // Moved, not copied: a resubmission has no native waits left to honour.
+                waits: std::mem::take(&mut job.native),
             });
             self.shared.mode == Completion::Immediate
         };
@@ -407,8 +459,34 @@ impl Backend for MockRing {
         Ok(fence)
     }
 
+    fn can_wait_natively(&self, other: &Self) -> bool {
+        self.shared.device != 0 && self.shared.device == other.shared.device
+    }
+
+    fn reserve_native_waits(&self, job: &mut MockJob, count: usize) {
+        job.native = vec![None; count];
+    }
+
+    fn wait_natively(
+        &self,
+        job: &mut MockJob,
+        index: usize,
+        hw: Option<&Fence>,
+    ) -> Result<(), FenceError> {
+        // A resubmission after a reset: the slots were moved to the first submission.
+        if let Some(slot) = job.native.get_mut(index) {
+            *slot = hw.cloned();
+        }
+        Ok(())
+    }
+
+    /// A head job still waiting on the device for another ring's job is not hung: the
+    /// timeout is extended ([`TimeoutStatus::NoHang`]) whatever the configured answer.
     fn timedout_job(&self, recovery: &mut Recovery<'_, Self>) -> TimeoutStatus {
         lock(&self.shared.state).timeouts += 1;
+        if self.head_waits_natively() {
+            return TimeoutStatus::NoHang;
+        }
         let answer = *self.shared.timeout_answer.lock().unwrap_or_else(|p| p.into_inner());
         match answer {
             TimeoutStatus::NoHang => TimeoutStatus::NoHang,

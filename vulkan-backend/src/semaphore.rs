@@ -5,6 +5,10 @@
 //! batched). The arrays the submission reads are built when the job is built, so `run_job`
 //! (a signalling section) only writes two slots of them: no allocation.
 //!
+//! The same arrays carry a job's waits for other rings of its device (cross-ring
+//! dependencies the scheduler lets the device wait for: `ring/native.rs`), in slots reserved
+//! at arm time after the external waits.
+//!
 //! What a wait the scheduler cannot see means for timeouts and device loss is on
 //! [`ExternalWait`].
 
@@ -71,7 +75,6 @@ pub struct ExternalSignal {
 /// Slot 0 of the wait arrays is kept for an injected hang's wait (fault injection), slot 0
 /// of the signal arrays for the ring's own timeline semaphore and the job's value; `run_job`
 /// writes them (no allocation).
-#[derive(Debug)]
 pub(crate) struct External {
     /// Set once the job's submission reached the queue (`vkQueueSubmit` returned success):
     /// how a presenter learns that the binary semaphores it waits and signals are consumed
@@ -82,6 +85,61 @@ pub(crate) struct External {
     wait_stages: Vec<vk::PipelineStageFlags>,
     signal_sems: Vec<vk::Semaphore>,
     signal_values: Vec<u64>,
+    /// Where the waits for other rings of the device start in the wait arrays (reserved at
+    /// arm: `reserve_native`, after the external waits); the wait arrays' length when none.
+    native_at: usize,
+    /// How many of the reserved native slots the next submission carries (`set_native`).
+    native_used: usize,
+}
+
+impl std::fmt::Debug for External {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("External")
+            .field("wait_sems", &self.wait_sems)
+            .field("wait_values", &self.wait_values)
+            .field("signal_sems", &self.signal_sems)
+            .field("signal_values", &self.signal_values)
+            .field("native_used", &self.native_used)
+            .finish_non_exhaustive()
+    }
+}
+
+impl External {
+    /// Reserves `count` wait slots for waits on other rings' semaphores (at arm time).
+    pub(crate) fn reserve_native(&mut self, count: usize) {
+        self.native_at = self.wait_sems.len();
+        self.native_used = 0;
+        for _ in 0..count {
+            self.wait_sems.push(vk::Semaphore::null());
+            self.wait_values.push(0);
+            self.wait_stages.push(vk::PipelineStageFlags::ALL_COMMANDS);
+        }
+    }
+
+    /// Sets native wait `index` (called for `0..count` in order before each submission):
+    /// `Some((semaphore, value))` waits for that timeline value, `None` carries no wait.
+    /// Allocation-free.
+    pub(crate) fn set_native(&mut self, index: usize, wait: Option<(vk::Semaphore, u64)>) {
+        if index == 0 {
+            self.native_used = 0;
+        }
+        let Some((sem, value)) = wait else { return };
+        let at = self.native_at + self.native_used;
+        if at < self.wait_sems.len() {
+            self.wait_sems[at] = sem;
+            self.wait_values[at] = value;
+            self.native_used += 1;
+        }
+    }
+
+    /// The end of the wait slots the submission carries.
+    fn waits_end(&self) -> usize {
+        if self.native_at == 0 {
+            self.wait_sems.len()
+        } else {
+            self.native_at + self.native_used
+        }
+    }
 }
 
 impl Default for External {
@@ -93,6 +151,8 @@ impl Default for External {
             wait_stages: vec![vk::PipelineStageFlags::ALL_COMMANDS],
             signal_sems: vec![vk::Semaphore::null()],
             signal_values: vec![0],
+            native_at: 0,
+            native_used: 0,
         }
     }
 }
@@ -181,12 +241,13 @@ pub(crate) unsafe fn submit_one(
         }
         None => 1,
     };
+    let end = e.waits_end();
     let mut timeline = vk::TimelineSemaphoreSubmitInfo::default()
-        .wait_semaphore_values(&e.wait_values[from..])
+        .wait_semaphore_values(&e.wait_values[from..end])
         .signal_semaphore_values(&e.signal_values);
     let submit = [vk::SubmitInfo::default()
-        .wait_semaphores(&e.wait_sems[from..])
-        .wait_dst_stage_mask(&e.wait_stages[from..])
+        .wait_semaphores(&e.wait_sems[from..end])
+        .wait_dst_stage_mask(&e.wait_stages[from..end])
         .command_buffers(&cbs)
         .signal_semaphores(&e.signal_sems)
         .push_next(&mut timeline)];

@@ -1,5 +1,5 @@
 //! Cross-ring chains (`vulkan_cross_ring_chain`): a chain of [`CHAIN`] empty jobs, each
-//! depending on the one before, three ways:
+//! depending on the one before, four ways:
 //! - `native` (baseline): pre-recorded empty command buffers submitted alternately to two
 //!   queues of the main family (the same queue when the family has one), each submission
 //!   waiting on the previous one's timeline value and signalling its own: the GPU resolves
@@ -8,12 +8,16 @@
 //!   scheduler's same-ring shortcut (a dependency on the same scheduler only needs
 //!   "scheduled") lets the jobs go to the queue back to back, the queue orders them;
 //! - `cross_ring`: the chain alternating between two rings (on the two queues `native`
-//!   uses): a dependency on another ring is resolved on the host today (the next job is
-//!   submitted when the previous job's fence signals: completion thread, callback, pump,
-//!   `vkQueueSubmit`), so each link costs a round trip through the host.
+//!   uses), with cross-ring waits on the device (the default): the next job is submitted
+//!   once the previous one is, and waits on its ring's timeline semaphore;
+//! - `cross_ring_host`: the same with native waits off (`VulkanRing::set_native_waits`):
+//!   the next job is submitted when the previous job's fence signals (completion thread,
+//!   callback, pump, `vkQueueSubmit`), so each link costs a round trip through the host.
 //!
 //! Reported: jobs per second of each (best of 8 interleaved rounds), the ratios to native,
-//! and the cost of one cross-ring link (`cross_ring.ns_per_link`).
+//! the cost of one cross-ring link each way (`cross_ring.ns_per_link`,
+//! `cross_ring_host.ns_per_link`) and the device waits' speed-up over host waits
+//! (`cross_ring_vs_host`).
 
 use std::time::{Duration, Instant};
 
@@ -160,23 +164,41 @@ pub(crate) fn bench_chain(c: &mut Criterion, dev: &VulkanDevice) {
     g.bench_function("cross_ring", |b| {
         b.iter_custom(|iters| sched_chain(&[&ea, &eb], iters as usize))
     });
+    let host_waits = |on: bool| {
+        ra.backend().set_native_waits(!on);
+        rb.backend().set_native_waits(!on);
+    };
+    g.bench_function("cross_ring_host", |b| {
+        b.iter_custom(|iters| {
+            host_waits(true);
+            let d = sched_chain(&[&ea, &eb], iters as usize);
+            host_waits(false);
+            d
+        })
+    });
     g.finish();
 
     let chains = if test_mode() { 2 } else { 50 };
-    let mut best = [Duration::MAX; 3];
+    let mut best = [Duration::MAX; 4];
     for _ in 0..8 {
         best[0] = best[0].min(native.run(chains));
         best[1] = best[1].min(sched_chain(&[&ea], chains));
         best[2] = best[2].min(sched_chain(&[&ea, &eb], chains));
+        host_waits(true);
+        best[3] = best[3].min(sched_chain(&[&ea, &eb], chains));
+        host_waits(false);
     }
     let rate = |d: Duration| (chains * CHAIN) as f64 / d.as_secs_f64();
-    let [native_r, one_r, cross_r] = best.map(rate);
+    let [native_r, one_r, cross_r, host_r] = best.map(rate);
     let link_ns = best[2].as_nanos() as f64 / (chains * CHAIN) as f64;
+    let host_link_ns = best[3].as_nanos() as f64 / (chains * CHAIN) as f64;
     println!(
         "chain: native {native_r:.0} jobs/s; one ring {one_r:.0} jobs/s ({:.2}x native); two \
-         rings {cross_r:.0} jobs/s ({:.2}x native, {link_ns:.0} ns per link)",
+         rings {cross_r:.0} jobs/s ({:.2}x native, {link_ns:.0} ns per link); two rings with \
+         host waits {host_r:.0} jobs/s ({:.2}x native, {host_link_ns:.0} ns per link)",
         one_r / native_r,
         cross_r / native_r,
+        host_r / native_r,
     );
     metric("vulkan.chain.native.jobs_per_s", native_r);
     metric("vulkan.chain.one_ring.jobs_per_s", one_r);
@@ -184,5 +206,9 @@ pub(crate) fn bench_chain(c: &mut Criterion, dev: &VulkanDevice) {
     metric("vulkan.chain.one_ring_vs_native", one_r / native_r);
     metric("vulkan.chain.cross_ring_vs_native", cross_r / native_r);
     metric("vulkan.chain.cross_ring.ns_per_link", link_ns);
+    metric("vulkan.chain.cross_ring_host.jobs_per_s", host_r);
+    metric("vulkan.chain.cross_ring_host_vs_native", host_r / native_r);
+    metric("vulkan.chain.cross_ring_host.ns_per_link", host_link_ns);
+    metric("vulkan.chain.cross_ring_vs_host", cross_r / host_r);
     drop((ea, eb, ra, rb));
 }

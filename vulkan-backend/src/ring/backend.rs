@@ -71,6 +71,26 @@ impl Backend for VulkanRing {
         self.run(job)
     }
 
+    /// Rings of one device wait for each other on the device (see `native.rs`).
+    fn can_wait_natively(&self, other: &Self) -> bool {
+        self.same_device(other)
+    }
+
+    /// Wait slots in the job's own submission (which is then never batched).
+    fn reserve_native_waits(&self, job: &mut VulkanJob, count: usize) {
+        job.external.get_or_insert_with(Box::default).reserve_native(count);
+    }
+
+    /// A wait on the other ring's timeline semaphore, in the job's `VkSubmitInfo`.
+    fn wait_natively(
+        &self,
+        job: &mut VulkanJob,
+        index: usize,
+        hw: Option<&Fence>,
+    ) -> Result<(), FenceError> {
+        self.record_native_wait(job, index, hw)
+    }
+
     /// Submits the jobs `run_job` batched on the current generation (one `vkQueueSubmit`).
     /// A batch left on a generation lost meanwhile was failed by the loss.
     fn flush(&self) {

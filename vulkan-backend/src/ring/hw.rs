@@ -19,7 +19,7 @@
 //! when the `RingHw` is destroyed after its hardware passed everything.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -167,6 +167,10 @@ pub(crate) struct RingHw {
     pub(super) stall: StallState,
     /// The earliest deadline hinted for a job on the ring (`HwOps::set_deadline`).
     pub(super) deadline: DeadlineHint,
+    /// Set once a job of another ring waited for this ring's semaphore on the device
+    /// (`native.rs`): the drop then waits for the other rings' submissions before destroying
+    /// the semaphore.
+    pub(super) waited_on: AtomicBool,
 }
 
 impl RingHw {
@@ -225,6 +229,7 @@ impl RingHw {
             flags,
             stall: StallState::default(),
             deadline: DeadlineHint::default(),
+            waited_on: AtomicBool::new(false),
             watch: Watch::new(d, sem),
             thread: Mutex::new(None),
         });
@@ -463,7 +468,9 @@ impl Drop for RingHw {
         // the last one (its fields drop after this body, the core first).
         drop(std::mem::take(&mut lock(&self.pool).retired));
         let pool = lock(&self.pool).pool;
-        // SAFETY: all submitted work of this ring is done; freeing the pool frees its buffers;
+        self.wait_for_waiters();
+        // SAFETY: all submitted work of this ring is done, and so is every submission of
+        // another ring that waited on its semaphore (`wait_for_waiters`); freeing the pool frees its buffers;
         // the completion thread is gone, or this drop runs on it, between two waits, and it
         // checks `stop` before waiting again (`stop_thread`).
         unsafe {

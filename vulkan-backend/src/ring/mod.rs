@@ -17,6 +17,7 @@
 //! | `submit.rs` | recording, submission (single and batched), publishing a submission |
 //! | `completion.rs` | the completion thread: polling pace, waits, adopting a dropped ring |
 //! | `hw_fence.rs` | the hardware fence's `FenceOps` (`HwOps`) |
+//! | `native.rs` | cross-ring waits on the device (another ring's semaphore value) |
 //! | `timeout.rs` | the timeout decision (`timedout_job`), `StallState`, `STUCK_AFTER` |
 //!
 //! # Invariants (each stated in full where it is enforced)
@@ -37,6 +38,7 @@ mod completion;
 mod deadline;
 mod hw;
 mod hw_fence;
+mod native;
 mod submit;
 mod timeout;
 
@@ -62,6 +64,9 @@ pub(crate) struct RingFlags {
     batching: AtomicBool,
     /// `vkQueueSubmit` calls that succeeded, over every generation.
     submits: AtomicU64,
+    /// Whether the ring's jobs wait for other rings of the device on the device (`native.rs`);
+    /// when off, such dependencies wait on the host.
+    native_waits: AtomicBool,
 }
 
 /// A ring across device generations: its current `RingHw`, swapped to one on the new core
@@ -94,6 +99,7 @@ impl RingSlot {
     ) -> Result<Arc<RingSlot>, DeviceError> {
         let flags = Arc::new(RingFlags::default());
         flags.batching.store(true, Ordering::Relaxed);
+        flags.native_waits.store(true, Ordering::Relaxed);
         // Under `slots`: recreation moves every registered slot, and a slot made during a
         // recreation lands on the new core.
         let mut slots = lock(&shared.slots);
@@ -172,6 +178,15 @@ impl VulkanRing {
     /// CPU cost of real drivers; without it every job is its own submit.
     pub fn set_batching(&self, on: bool) {
         self.slot.flags.batching.store(on, Ordering::Relaxed);
+    }
+
+    /// Turns cross-ring waits on the device on (the default) or off for jobs armed from now
+    /// on this ring: with them, a job depending on a job of another ring of the same device
+    /// is submitted once that job is, and waits for it on the other ring's timeline
+    /// semaphore; without them, it is submitted once that job's fence has signalled (a host
+    /// round trip per dependency).
+    pub fn set_native_waits(&self, on: bool) {
+        self.slot.flags.native_waits.store(on, Ordering::Relaxed);
     }
 
     /// How many `vkQueueSubmit` calls this ring made, over every generation (one per job

@@ -1,0 +1,230 @@
+//! Cross-ring dependencies on the device: a job depending on a job of another ring of the
+//! same device is submitted once that job is, and waits for it on the other ring's timeline
+//! semaphore; results match host waits; a hang or a loss of the awaited ring is handled
+//! without blaming the waiting job.
+
+mod common;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ash::vk;
+use common::{assert_no_validation_errors, close, device, fill_job, wait, wait_ok, WATCHDOG};
+use gpusched::fence::{FenceError, FenceStatus, WaitError};
+use gpusched::{Entity, Priority, Scheduler, SchedulerConfig};
+use gpusched_vulkan::{Buffer, Builtin, VulkanDevice, VulkanJob, VulkanRing};
+
+const N: u32 = 1024;
+
+/// One test at a time: the tests time hangs and count validation errors.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// `y = a * x + y` over `N` floats.
+fn saxpy_job(x: &Buffer, y: &Buffer, a: f32) -> VulkanJob {
+    let (xb, yb) = (x.clone(), y.clone());
+    VulkanJob::new(move |ctx, cb| {
+        let k = ctx.builtin(Builtin::Saxpy);
+        let push = common::push(&[a.to_ne_bytes(), N.to_ne_bytes()]);
+        ctx.dispatch(cb, &k, &[&xb, &yb], &push, [N / 64, 1, 1])
+    })
+    .reads(x)
+    .writes(y)
+}
+
+#[track_caller]
+fn assert_all(buf: &Buffer, value: f32) {
+    let v = buf.read_f32(WATCHDOG).unwrap();
+    assert!(v.iter().all(|x| *x == value), "expected {value}, got {:?}...", &v[..4]);
+}
+
+fn rings(dev: &VulkanDevice, timeout: Duration) -> (Scheduler<VulkanRing>, Scheduler<VulkanRing>) {
+    let cfg = |name: &str| SchedulerConfig::new(name).timeout(timeout).hang_limit(0);
+    (dev.ring(0, cfg("ra")).unwrap(), dev.ring(0, cfg("rb")).unwrap())
+}
+
+/// A chain alternating between two rings, each job reading the previous one's result
+/// (`y += x`, twelve times), with cross-ring waits on the device (`native`) or on the host
+/// ([`VulkanRing::set_native_waits`]). Returns `y`.
+fn saxpy_chain(dev: &VulkanDevice, native: bool) -> Vec<f32> {
+    let (ra, rb) = rings(dev, WATCHDOG);
+    let ea = Entity::new(&[&ra], Priority::Normal).unwrap();
+    let eb = Entity::new(&[&rb], Priority::Normal).unwrap();
+    let x = dev.buffer(u64::from(N) * 4).unwrap();
+    let y = dev.buffer(u64::from(N) * 4).unwrap();
+    wait_ok(&VulkanDevice::submit(&ea, fill_job(&x, 1.0, N)).unwrap());
+    wait_ok(&VulkanDevice::submit(&ea, fill_job(&y, 0.0, N)).unwrap());
+    ra.backend().set_native_waits(native);
+    rb.backend().set_native_waits(native);
+    let mut jobs = Vec::new();
+    for i in 0..12 {
+        let e = if i % 2 == 0 { &ea } else { &eb };
+        let armed = VulkanDevice::arm(e, saxpy_job(&x, &y, 1.0)).unwrap();
+        let scheduled = armed.scheduled().clone();
+        jobs.push((scheduled, armed.push()));
+    }
+    let last = jobs.last().map(|(_, f)| f.clone());
+    wait_ok(&last.unwrap());
+    if !native {
+        // Host waits: each job reached its ring only once the previous one had finished.
+        for w in jobs.windows(2) {
+            let (prev_done, submitted) = (w[0].1.timestamp(), w[1].0.timestamp());
+            assert!(submitted >= prev_done, "a host wait submitted before its dependency ended");
+        }
+    }
+    let v = y.read_f32(WATCHDOG).unwrap();
+    drop((ea, eb, ra, rb));
+    v
+}
+
+#[test]
+fn a_chain_across_two_rings_gives_the_same_results_as_host_waits() {
+    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(dev) = device() else { return };
+    let host = saxpy_chain(&dev, false);
+    let gpu = saxpy_chain(&dev, true);
+    assert!(host.iter().all(|v| *v == 12.0), "host waits: {:?}", &host[..4]);
+    assert_eq!(gpu, host);
+    assert_no_validation_errors();
+    close(dev);
+}
+
+/// A host-set `VkEvent` a job waits on: hardware progress under the test's control.
+struct Gate {
+    dev: ash::Device,
+    event: vk::Event,
+}
+
+impl Gate {
+    fn new(dev: &VulkanDevice) -> Gate {
+        let d = dev.ash_device();
+        // SAFETY: a valid device; the event is destroyed in `destroy`, after the device idled.
+        let event = unsafe { d.create_event(&vk::EventCreateInfo::default(), None) }.unwrap();
+        Gate { dev: d, event }
+    }
+
+    /// A job that waits for the gate, then fills `buf` with `value`.
+    fn job(&self, buf: &Buffer, value: f32) -> VulkanJob {
+        let event = self.event;
+        let b = buf.clone();
+        VulkanJob::new(move |ctx, cb| {
+            // SAFETY: `cb` is recording; the event is set by the host (HOST source stage),
+            // outside any render pass.
+            unsafe {
+                ctx.device().cmd_wait_events(
+                    cb,
+                    &[event],
+                    vk::PipelineStageFlags::HOST,
+                    vk::PipelineStageFlags::ALL_COMMANDS,
+                    &[],
+                    &[],
+                    &[],
+                )
+            };
+            let k = ctx.builtin(Builtin::Fill);
+            let push = common::push(&[value.to_ne_bytes(), N.to_ne_bytes()]);
+            ctx.dispatch(cb, &k, &[&b], &push, [N / 64, 1, 1])
+        })
+        .writes(buf)
+    }
+
+    fn open(&self) {
+        // SAFETY: a valid event of this device.
+        unsafe { self.dev.set_event(self.event) }.unwrap();
+    }
+
+    fn destroy(self, dev: &VulkanDevice) {
+        dev.wait_idle(WATCHDOG).unwrap();
+        // SAFETY: no pending command buffer uses the event any more (the device idled).
+        unsafe { self.dev.destroy_event(self.event, None) };
+    }
+}
+
+#[test]
+fn the_dependant_is_submitted_before_its_dependency_finishes() {
+    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(dev) = device() else { return };
+    let (ra, rb) = rings(&dev, WATCHDOG);
+    let ea = Entity::new(&[&ra], Priority::Normal).unwrap();
+    let eb = Entity::new(&[&rb], Priority::Normal).unwrap();
+    let gate = Gate::new(&dev);
+    let x = dev.buffer(u64::from(N) * 4).unwrap();
+    let y = dev.buffer(u64::from(N) * 4).unwrap();
+    wait_ok(&VulkanDevice::submit(&eb, fill_job(&y, 1.0, N)).unwrap());
+    let first = VulkanDevice::submit(&ea, gate.job(&x, 3.0)).unwrap();
+    let armed = VulkanDevice::arm(&eb, saxpy_job(&x, &y, 2.0)).unwrap();
+    let scheduled = armed.scheduled().clone();
+    let second = armed.push();
+    // On ring B's queue while ring A's job waits for the gate: no host round trip.
+    assert_eq!(scheduled.wait_timeout(WATCHDOG), Ok(()));
+    assert_eq!(first.status(), FenceStatus::Pending);
+    assert!(rb.backend().submitted() > rb.backend().hw_progress(), "B waits on the device");
+    gate.open();
+    wait_ok(&first);
+    wait_ok(&second);
+    assert_all(&y, 7.0);
+    assert_no_validation_errors();
+    gate.destroy(&dev);
+    drop((ea, eb, ra, rb, x, y));
+    close(dev);
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_hang_of_the_awaited_ring_does_not_blame_the_waiting_job() {
+    use gpusched_vulkan::JobFault;
+    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(dev) = device() else { return };
+    let timeout = Duration::from_millis(150);
+    let (ra, rb) = rings(&dev, timeout);
+    let guilty = Entity::new(&[&ra], Priority::Normal).unwrap();
+    let innocent = Entity::new(&[&rb], Priority::Normal).unwrap();
+    let x = dev.buffer(u64::from(N) * 4).unwrap();
+    let y = dev.buffer(u64::from(N) * 4).unwrap();
+    wait_ok(&VulkanDevice::submit(&innocent, fill_job(&y, 1.0, N)).unwrap());
+    let hung = VulkanDevice::submit(&guilty, fill_job(&x, 3.0, N).inject(JobFault::Hang)).unwrap();
+    let armed = VulkanDevice::arm(&innocent, saxpy_job(&x, &y, 2.0)).unwrap();
+    let scheduled = armed.scheduled().clone();
+    let waiting = armed.push();
+    assert_eq!(scheduled.wait_timeout(WATCHDOG), Ok(()), "waits on the device, not the host");
+    // Ring A's job is blamed; ring B's job ends with its dependency's error, as after a host
+    // wait, but is not blamed itself (hang limit 0 would ban its entity).
+    assert_eq!(wait(&hung), Err(WaitError::Failed(FenceError::TimedOut)));
+    assert_eq!(wait(&waiting), Err(WaitError::Failed(FenceError::TimedOut)));
+    let after = VulkanDevice::submit(&innocent, fill_job(&y, 5.0, N))
+        .expect("the waiting job's entity is not banned");
+    wait_ok(&after);
+    assert_all(&y, 5.0);
+    assert!(VulkanDevice::submit(&guilty, fill_job(&x, 1.0, N)).is_err(), "guilty is banned");
+    assert_eq!(dev.generations(), 1);
+    assert_no_validation_errors();
+    drop((guilty, innocent, ra, rb, x, y));
+    close(dev);
+}
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn a_device_loss_while_a_cross_ring_wait_is_pending_fails_every_fence() {
+    use gpusched_vulkan::JobFault;
+    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(dev) = device() else { return };
+    let (ra, rb) = rings(&dev, WATCHDOG);
+    let ea = Entity::new(&[&ra], Priority::Normal).unwrap();
+    let eb = Entity::new(&[&rb], Priority::Normal).unwrap();
+    let x = dev.buffer(u64::from(N) * 4).unwrap();
+    let y = dev.buffer(u64::from(N) * 4).unwrap();
+    let hung = VulkanDevice::submit(&ea, fill_job(&x, 3.0, N).inject(JobFault::Hang)).unwrap();
+    let armed = VulkanDevice::arm(&eb, saxpy_job(&x, &y, 2.0)).unwrap();
+    let scheduled = armed.scheduled().clone();
+    let waiting = armed.push();
+    assert_eq!(scheduled.wait_timeout(WATCHDOG), Ok(()));
+    let behind = VulkanDevice::submit(&eb, fill_job(&y, 4.0, N)).unwrap();
+    let gen0 = dev.generation();
+    dev.lose_device();
+    for f in [&hung, &waiting, &behind] {
+        assert_eq!(wait(f), Err(WaitError::Failed(FenceError::DeviceLost)));
+    }
+    assert_no_validation_errors();
+    drop((ea, eb, ra, rb, x, y, hung, waiting, behind));
+    dev.wait_generation(gen0, WATCHDOG).unwrap();
+    close(dev);
+}
