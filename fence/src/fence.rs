@@ -1,6 +1,10 @@
 //! [`Fence`] and [`Signaller`]: the shared read side and the unique write side of a one-shot
 //! completion (`struct dma_fence`, `drivers/dma-buf/dma-fence.c`).
 //!
+//! This file is long because the state word's protocol (signal, claim, callbacks, waits,
+//! deadlines) is one thing: every path that reads or sets its bits is here, to be read
+//! against the table below. Composites, contexts, waits and chains are in their own files.
+//!
 //! # State
 //! The fence's state word holds the bits below. `SIGNALED` is set exactly once, with an AcqRel
 //! RMW that also carries the error's tag, after the timestamp (and a driver error's code) were

@@ -1,7 +1,10 @@
 //! The checker's engine, compiled in with the `checker` feature (`disabled.rs` is the same
-//! crate-internal API as no-ops; `mod.rs` picks one): class ids, the per-thread held stack, the class graph and the cycle
-//! search (`kernel/locking/lockdep.c`: `__lock_acquire`, `check_prevs_add`,
-//! `check_noncircular`, `nest_lock`), and report delivery.
+//! crate-internal API as no-ops; `mod.rs` picks one): class ids, the per-thread held stack,
+//! the class graph and the cycle search (`kernel/locking/lockdep.c`: `__lock_acquire`,
+//! `check_prevs_add`, `check_noncircular`, `nest_lock`), and report delivery. It is long
+//! because these share one set of fixed-size, allocation-free structures (below) whose
+//! invariants every entry point relies on; reports' formatting is in `report.rs`, the
+//! checking allocator in `alloc.rs`, the lock wrappers in `wrappers.rs`.
 //!
 //! # Data structures
 //! - Class ids: a class gets `id + 1` in its `AtomicU32` at first use, under [`SLOW`]; ids
