@@ -8,8 +8,7 @@ mod common;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use ash::vk;
-use common::{assert_no_validation_errors, close, device, fill_job, wait, wait_ok, WATCHDOG};
+use common::{assert_no_validation_errors, close, device, fill_job, wait, wait_ok, Gate, WATCHDOG};
 use gpusched::fence::{FenceError, FenceStatus, WaitError};
 use gpusched::{Entity, Priority, Scheduler, SchedulerConfig};
 use gpusched_vulkan::{Buffer, Builtin, VulkanDevice, VulkanJob, VulkanRing};
@@ -88,57 +87,6 @@ fn a_chain_across_two_rings_gives_the_same_results_as_host_waits() {
     close(dev);
 }
 
-/// A host-set `VkEvent` a job waits on: hardware progress under the test's control.
-struct Gate {
-    dev: ash::Device,
-    event: vk::Event,
-}
-
-impl Gate {
-    fn new(dev: &VulkanDevice) -> Gate {
-        let d = dev.ash_device();
-        // SAFETY: a valid device; the event is destroyed in `destroy`, after the device idled.
-        let event = unsafe { d.create_event(&vk::EventCreateInfo::default(), None) }.unwrap();
-        Gate { dev: d, event }
-    }
-
-    /// A job that waits for the gate, then fills `buf` with `value`.
-    fn job(&self, buf: &Buffer, value: f32) -> VulkanJob {
-        let event = self.event;
-        let b = buf.clone();
-        VulkanJob::new(move |ctx, cb| {
-            // SAFETY: `cb` is recording; the event is set by the host (HOST source stage),
-            // outside any render pass.
-            unsafe {
-                ctx.device().cmd_wait_events(
-                    cb,
-                    &[event],
-                    vk::PipelineStageFlags::HOST,
-                    vk::PipelineStageFlags::ALL_COMMANDS,
-                    &[],
-                    &[],
-                    &[],
-                )
-            };
-            let k = ctx.builtin(Builtin::Fill);
-            let push = common::push(&[value.to_ne_bytes(), N.to_ne_bytes()]);
-            ctx.dispatch(cb, &k, &[&b], &push, [N / 64, 1, 1])
-        })
-        .writes(buf)
-    }
-
-    fn open(&self) {
-        // SAFETY: a valid event of this device.
-        unsafe { self.dev.set_event(self.event) }.unwrap();
-    }
-
-    fn destroy(self, dev: &VulkanDevice) {
-        dev.wait_idle(WATCHDOG).unwrap();
-        // SAFETY: no pending command buffer uses the event any more (the device idled).
-        unsafe { self.dev.destroy_event(self.event, None) };
-    }
-}
-
 #[test]
 fn the_dependant_is_submitted_before_its_dependency_finishes() {
     let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -150,7 +98,7 @@ fn the_dependant_is_submitted_before_its_dependency_finishes() {
     let x = dev.buffer(u64::from(N) * 4).unwrap();
     let y = dev.buffer(u64::from(N) * 4).unwrap();
     wait_ok(&VulkanDevice::submit(&eb, fill_job(&y, 1.0, N)).unwrap());
-    let first = VulkanDevice::submit(&ea, gate.job(&x, 3.0)).unwrap();
+    let first = VulkanDevice::submit(&ea, gate.job(&x, 3.0, N)).unwrap();
     let armed = VulkanDevice::arm(&eb, saxpy_job(&x, &y, 2.0)).unwrap();
     let scheduled = armed.scheduled().clone();
     let second = armed.push();

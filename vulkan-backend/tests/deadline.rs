@@ -6,35 +6,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use ash::vk;
-use common::{assert_no_validation_errors, close, device, fill_job, wait_ok, WATCHDOG};
+use common::{
+    assert_no_validation_errors, close, device, fill_job, gated_fill_job, wait_ok, WATCHDOG,
+};
 use gpusched::{Entity, Priority, SchedulerConfig};
-use gpusched_vulkan::{VulkanDevice, VulkanJob, VulkanRing};
+use gpusched_vulkan::{VulkanDevice, VulkanRing};
 
 const N: u32 = 256;
-
-/// A job that waits for a host-set `VkEvent` (hardware progress under the test's control).
-fn gated(event: vk::Event, buf: &gpusched_vulkan::Buffer) -> VulkanJob {
-    let b = buf.clone();
-    VulkanJob::new(move |ctx, cb| {
-        // SAFETY: `cb` is recording; the event is set by the host (HOST source stage),
-        // outside any render pass.
-        unsafe {
-            ctx.device().cmd_wait_events(
-                cb,
-                &[event],
-                vk::PipelineStageFlags::HOST,
-                vk::PipelineStageFlags::ALL_COMMANDS,
-                &[],
-                &[],
-                &[],
-            )
-        };
-        let k = ctx.builtin(gpusched_vulkan::Builtin::Fill);
-        let push = common::push(&[1.0f32.to_ne_bytes(), N.to_ne_bytes()]);
-        ctx.dispatch(cb, &k, &[&b], &push, [N / 64, 1, 1])
-    })
-    .writes(buf)
-}
 
 /// Sets `d` on `f` inside a signalling section: the checker and the checking allocator
 /// report any allocation or wait on the way to the ring.
@@ -68,7 +46,7 @@ fn a_deadline_on_a_submitted_jobs_finished_fence_is_recorded_by_its_ring() {
     let (b1, b2) = (dev.buffer(u64::from(N) * 4).unwrap(), dev.buffer(u64::from(N) * 4).unwrap());
     assert_eq!(s.backend().earliest_deadline(), None);
 
-    let first = VulkanDevice::submit(&e, gated(event, &b1)).unwrap();
+    let first = VulkanDevice::submit(&e, gated_fill_job(event, &b1, 1.0, N)).unwrap();
     let second = VulkanDevice::submit(&e, fill_job(&b2, 2.0, N)).unwrap();
     let now = Instant::now();
     let late = now + Duration::from_millis(40);

@@ -29,7 +29,9 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use ash::vk;
-use common::{assert_no_validation_errors, close, device, fill_job, wait_ok, WATCHDOG};
+use common::{
+    assert_no_validation_errors, close, device, fill_job, gated_fill_job, wait_ok, WATCHDOG,
+};
 use gpusched::fence::{errno, Fence, FenceContext, FenceError};
 use gpusched::{Entity, Priority, Scheduler, SchedulerConfig};
 use gpusched_vulkan::recovery::RECREATE_ATTEMPTS;
@@ -403,30 +405,6 @@ fn recreation_failing_every_time_leaves_the_device_gone() {
     teardown(env);
 }
 
-/// A job held on the hardware by a host-set `VkEvent` of the device generation it was made on.
-fn held_job(event: vk::Event, buf: &Buffer, value: f32) -> VulkanJob {
-    let b = buf.clone();
-    VulkanJob::new(move |ctx, cb| {
-        // SAFETY: `cb` is recording; the event is set by the host (HOST source stage),
-        // outside any render pass.
-        unsafe {
-            ctx.device().cmd_wait_events(
-                cb,
-                &[event],
-                vk::PipelineStageFlags::HOST,
-                vk::PipelineStageFlags::ALL_COMMANDS,
-                &[],
-                &[],
-                &[],
-            )
-        };
-        let k = ctx.builtin(gpusched_vulkan::Builtin::Fill);
-        let push = common::push(&[value.to_ne_bytes(), N.to_ne_bytes()]);
-        ctx.dispatch(cb, &k, &[&b], &push, [N / 64, 1, 1])
-    })
-    .writes(buf)
-}
-
 /// A loss the driver reports while work still runs below it (the layer reports it; lavapipe
 /// goes on): the lost generation's ring is not destroyed (command pool, semaphore) until that
 /// work is done. Destroying it earlier is reported by the validation layer.
@@ -439,7 +417,7 @@ fn device_lost_while_work_still_runs_below() {
     let event = unsafe { old.create_event(&vk::EventCreateInfo::default(), None) }.unwrap();
     // Holds the lost generation alive until the event is destroyed.
     let b = buffer(&env.dev);
-    let f = VulkanDevice::submit(&entity, held_job(event, &b, 5.0)).unwrap();
+    let f = VulkanDevice::submit(&entity, gated_fill_job(event, &b, 5.0, N)).unwrap();
     let deadline = Instant::now() + WATCHDOG;
     while ring.backend().submits() == 0 {
         assert!(Instant::now() < deadline, "the held job was never submitted");

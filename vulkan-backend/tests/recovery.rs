@@ -12,8 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ash::vk;
-use common::{assert_no_validation_errors, close, device, fill_job, wait, wait_ok, WATCHDOG};
+use common::{assert_no_validation_errors, close, device, fill_job, wait, wait_ok, Gate, WATCHDOG};
 use gpusched::fence::{FenceError, WaitError};
 use gpusched::{Entity, Priority, SchedulerConfig};
 use gpusched_vulkan::{
@@ -72,57 +71,6 @@ fn assert_all(buf: &gpusched_vulkan::Buffer, value: f32) {
 
 const N: u32 = 1024;
 
-/// A host-set `VkEvent` the test's jobs wait on: hardware progress under the test's control.
-struct Gate {
-    dev: ash::Device,
-    event: vk::Event,
-}
-
-impl Gate {
-    fn new(dev: &VulkanDevice) -> Gate {
-        let d = dev.ash_device();
-        // SAFETY: a valid device; the event is destroyed in `destroy`, after the device idled.
-        let event = unsafe { d.create_event(&vk::EventCreateInfo::default(), None) }.unwrap();
-        Gate { dev: d, event }
-    }
-
-    /// A job that waits for the gate, then fills `buf` with `value`.
-    fn job(&self, buf: &gpusched_vulkan::Buffer, value: f32) -> VulkanJob {
-        let event = self.event;
-        let b = buf.clone();
-        VulkanJob::new(move |ctx, cb| {
-            // SAFETY: `cb` is recording; the event is set by the host (HOST source stage),
-            // outside any render pass.
-            unsafe {
-                ctx.device().cmd_wait_events(
-                    cb,
-                    &[event],
-                    vk::PipelineStageFlags::HOST,
-                    vk::PipelineStageFlags::ALL_COMMANDS,
-                    &[],
-                    &[],
-                    &[],
-                )
-            };
-            let k = ctx.builtin(gpusched_vulkan::Builtin::Fill);
-            let push = common::push(&[value.to_ne_bytes(), N.to_ne_bytes()]);
-            ctx.dispatch(cb, &k, &[&b], &push, [N / 64, 1, 1])
-        })
-        .writes(buf)
-    }
-
-    fn open(&self) {
-        // SAFETY: a valid event of this device.
-        unsafe { self.dev.set_event(self.event) }.unwrap();
-    }
-
-    fn destroy(self, dev: &VulkanDevice) {
-        dev.wait_idle(WATCHDOG).unwrap();
-        // SAFETY: no pending command buffer uses the event any more (the device idled).
-        unsafe { self.dev.destroy_event(self.event, None) };
-    }
-}
-
 #[test]
 fn a_ring_waiting_behind_another_rings_hang_on_the_shared_queue_is_not_blamed() {
     let Some((_s, live, dev)) = setup() else { return };
@@ -137,7 +85,7 @@ fn a_ring_waiting_behind_another_rings_hang_on_the_shared_queue_is_not_blamed() 
     let bufs: Vec<_> = (0..3).map(|_| dev.buffer(u64::from(N) * 4).unwrap()).collect();
     // Ring A's job hangs, and once released still waits for the gate: it holds the queue
     // long after its own timeout. Ring B's jobs are queued behind it.
-    let hung = VulkanDevice::submit(&guilty, gate.job(&g, 7.0).inject(JobFault::Hang)).unwrap();
+    let hung = VulkanDevice::submit(&guilty, gate.job(&g, 7.0, N).inject(JobFault::Hang)).unwrap();
     let fences: Vec<_> = bufs
         .iter()
         .enumerate()
@@ -177,7 +125,7 @@ fn a_hung_job_times_out_and_the_jobs_behind_it_complete() {
     let t0 = Instant::now();
     // The guilty job hangs (injected), and once released still waits for the gate before
     // it writes `g`: the hardware is still on it after its fence reported `TimedOut`.
-    let hung = VulkanDevice::submit(&guilty, gate.job(&g, 7.0).inject(JobFault::Hang)).unwrap();
+    let hung = VulkanDevice::submit(&guilty, gate.job(&g, 7.0, N).inject(JobFault::Hang)).unwrap();
     drop(g);
     let fences: Vec<_> = bufs
         .iter()

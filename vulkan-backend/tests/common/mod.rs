@@ -104,4 +104,75 @@ pub fn fill_job(buf: &gpusched_vulkan::Buffer, value: f32, n: u32) -> gpusched_v
     })
     .writes(buf)
 }
+/// A job that waits for a host-set `VkEvent` (hardware progress under the test's control),
+/// then fills the first `n` floats of `buf` with `value`.
+pub fn gated_fill_job(
+    event: gpusched_vulkan::ash::vk::Event,
+    buf: &gpusched_vulkan::Buffer,
+    value: f32,
+    n: u32,
+) -> gpusched_vulkan::VulkanJob {
+    use gpusched_vulkan::ash::vk;
+    let b = buf.clone();
+    gpusched_vulkan::VulkanJob::new(move |ctx, cb| {
+        // SAFETY: `cb` is recording; the event is set by the host (HOST source stage),
+        // outside any render pass.
+        unsafe {
+            ctx.device().cmd_wait_events(
+                cb,
+                &[event],
+                vk::PipelineStageFlags::HOST,
+                vk::PipelineStageFlags::ALL_COMMANDS,
+                &[],
+                &[],
+                &[],
+            )
+        };
+        let k = ctx.builtin(gpusched_vulkan::Builtin::Fill);
+        let push = push(&[value.to_ne_bytes(), n.to_ne_bytes()]);
+        ctx.dispatch(cb, &k, &[&b], &push, [n.div_ceil(64), 1, 1])
+    })
+    .writes(buf)
+}
+
+/// A host-set `VkEvent` the test's jobs wait on: hardware progress under the test's control.
+pub struct Gate {
+    dev: gpusched_vulkan::ash::Device,
+    event: gpusched_vulkan::ash::vk::Event,
+}
+
+impl Gate {
+    /// A closed gate on `dev`'s current generation.
+    pub fn new(dev: &VulkanDevice) -> Gate {
+        let d = dev.ash_device();
+        let info = gpusched_vulkan::ash::vk::EventCreateInfo::default();
+        // SAFETY: a valid device; the event is destroyed in `destroy`, after the device idled.
+        let event = unsafe { d.create_event(&info, None) }.unwrap();
+        Gate { dev: d, event }
+    }
+
+    /// A job that waits for the gate, then fills the first `n` floats of `buf` with `value`.
+    pub fn job(
+        &self,
+        buf: &gpusched_vulkan::Buffer,
+        value: f32,
+        n: u32,
+    ) -> gpusched_vulkan::VulkanJob {
+        gated_fill_job(self.event, buf, value, n)
+    }
+
+    /// Opens the gate: the jobs waiting on it run.
+    pub fn open(&self) {
+        // SAFETY: a valid event of this device.
+        unsafe { self.dev.set_event(self.event) }.unwrap();
+    }
+
+    /// Destroys the event once the device is idle.
+    pub fn destroy(self, dev: &VulkanDevice) {
+        dev.wait_idle(WATCHDOG).unwrap();
+        // SAFETY: no pending command buffer uses the event any more (the device idled).
+        unsafe { self.dev.destroy_event(self.event, None) };
+    }
+}
+
 pub mod engine;
