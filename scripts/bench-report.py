@@ -344,7 +344,12 @@ def main():
         "semaphore, then one wait. (b) the same jobs through the scheduler, batching off; "
         "(c) batching on. Throughput: best of 8 interleaved rounds; latency: submit → "
         "host-visible completion of single jobs, all rounds. Throughput ratios are "
-        "ours / native jobs/s (higher is better); latency ratios ours / native.",
+        "ours / native jobs/s (higher is better); latency ratios ours / native. Cross-ring "
+        "chain: 32 empty jobs, each depending on the one before, alternating between two rings "
+        "of one device (on lavapipe both rings share its one queue), with GPU-side waits (the "
+        "dependant waits for the other job's submission, then on its timeline semaphore inside "
+        "its own submission) or host waits (for the other job's finished fence); native: the "
+        "same chain of pre-recorded command buffers over two queues, the GPU waiting.",
     )
     for k, name in [("empty", "empty job"), ("saxpy", "SAXPY 1 MiB")]:
         grp = "vulkan_empty_job" if k == "empty" else "vulkan_saxpy_1mib"
@@ -371,6 +376,17 @@ def main():
     r.row("burst of 32 released by one signal: batching on / (a2) all in one submit",
           "vulkan.burst.native_one.jobs_per_s", "vulkan.burst.batched.jobs_per_s", unit="/s",
           crit=("vulkan_burst/scheduler_batched", "vulkan_burst/native_one_submit"))
+    r.row("cross-ring chain: one ring / native chain", "vulkan.chain.native.jobs_per_s",
+          "vulkan.chain.one_ring.jobs_per_s", unit="/s",
+          crit=("vulkan_cross_ring_chain/one_ring", "vulkan_cross_ring_chain/native"))
+    r.row("cross-ring chain: two rings, GPU-side waits / native chain",
+          "vulkan.chain.native.jobs_per_s", "vulkan.chain.cross_ring.jobs_per_s", unit="/s",
+          crit=("vulkan_cross_ring_chain/cross_ring", "vulkan_cross_ring_chain/native"))
+    r.row("cross-ring chain: two rings, GPU-side waits / host waits",
+          "vulkan.chain.cross_ring_host.jobs_per_s", "vulkan.chain.cross_ring.jobs_per_s",
+          unit="/s",
+          crit=("vulkan_cross_ring_chain/cross_ring", "vulkan_cross_ring_chain/cross_ring_host"),
+          target=("≥ 2× on a real GPU (lavapipe: one queue)", lambda b, o, ratio: None))
     bjps = m.get("vulkan.burst.batched.jobs_per_submit")
     if bjps is not None:
         r.text(f"Burst batching: {bjps:.2f} jobs per `vkQueueSubmit` (32 jobs released by "

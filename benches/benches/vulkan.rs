@@ -35,7 +35,10 @@
 //!
 //! Cross-ring chains (`vulkan_cross_ring_chain`, [`chain`]): a chain of empty jobs, each
 //! depending on the one before, natively over two queues (the GPU waits), on one ring, and
-//! alternating between two rings (the host resolves each link today).
+//! alternating between two rings of the same device, once with GPU-side waits (the dependant
+//! waits on the host only for the other job's submission, then on the other ring's timeline
+//! semaphore inside its own `vkQueueSubmit`) and once with host waits (`set_native_waits(false)`:
+//! the dependant runs after the other job's finished fence signalled).
 //!
 //! Device loss (`fault-injection`): on a second logical device, a ring with an injected hang
 //! and 8 jobs queued behind it; `VulkanDevice::lose_device`, then the time to every in-flight
