@@ -5,8 +5,10 @@
 //! and only once per process, so the cases run one after the other on one window:
 //! - a frame loop of a few hundred frames (a render client at high priority drawing the
 //!   built-in triangle, reading a buffer a low-priority compute client writes), with an
-//!   injected hang, a device loss and a forced swapchain re-creation mid-run; the last
-//!   rendered image has the triangle's colour at the centre and the clear colour at a corner;
+//!   injected hang, a forced swapchain re-creation, a device loss, and a real resize of the
+//!   window (the driver reports the swapchain suboptimal or out of date; exactly one new
+//!   swapchain at the window's new size follows); the last rendered image has the triangle's
+//!   colour at the centre and the clear colour at a corner;
 //! - a render job refused at arm (its entity killed): the acquire semaphore is consumed by
 //!   the fallback and the frame presented;
 //! - a render job cancelled after arm (dropped unpushed);
@@ -252,10 +254,11 @@ fn run(dev: &VulkanDevice, window: &winit::window::Window) {
     }
     let mut presenter = Presenter::new(dev, make_surface(), config).expect("presenter");
 
-    // The frame loop, with a hang, a forced re-creation and a device loss.
+    // The frame loop, with a hang, a forced re-creation, a device loss and a window resize.
     const FRAMES: u64 = 240;
     let gen0 = dev.generation();
     let mut fallbacks = 0;
+    let mut before_resize = 0;
     for n in 0..FRAMES {
         let frame = presenter.begin_frame().expect("acquire");
         let fault = (n == 40).then_some(JobFault::Hang);
@@ -264,6 +267,13 @@ fn run(dev: &VulkanDevice, window: &winit::window::Window) {
         }
         if n == 150 {
             dev.lose_device();
+        }
+        if n == 200 {
+            // A real resize: the X server resizes the window, the driver's presentation
+            // engine reports the swapchain suboptimal or out of date, and the presenter makes
+            // a new one at the surface's new extent.
+            let _ = window.request_inner_size(winit::dpi::PhysicalSize::new(400u32, 300u32));
+            before_resize = presenter.stats().swapchains;
         }
         if let PresentOutcome::Fallback(e) = scene.frame(&mut presenter, frame, fault) {
             eprintln!("frame {n}: fed by the fallback ({e:?})");
@@ -274,7 +284,10 @@ fn run(dev: &VulkanDevice, window: &winit::window::Window) {
     assert_eq!(stats.presented + stats.fallbacks, FRAMES);
     assert!(stats.presented >= FRAMES - 10, "too few frames presented: {stats:?}");
     assert_eq!(fallbacks, stats.fallbacks);
-    assert!(stats.swapchains >= 3, "re-creation and the new generation: {stats:?}");
+    assert!(stats.swapchains >= 4, "re-creation, resize and the new generation: {stats:?}");
+    assert_eq!(stats.swapchains, before_resize + 1, "one new swapchain for the resize");
+    let desc = presenter.target().expect("a swapchain").desc();
+    assert_eq!((desc.width, desc.height), (400, 300), "the swapchain follows the window's size");
     assert_ne!(dev.generation(), gen0, "the loss made a new generation");
     let hung = scene.fences.iter().filter(|f| f.error() == Some(FenceError::TimedOut)).count();
     assert!(hung >= 1, "the injected hang timed out");
