@@ -8,8 +8,12 @@ mod common;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::{assert_no_validation_errors, close, device, fill_job, wait, wait_ok, Gate, WATCHDOG};
-use gpusched::fence::{FenceError, FenceStatus, WaitError};
+#[cfg(feature = "fault-injection")]
+use common::wait;
+use common::{assert_no_validation_errors, close, device, fill_job, wait_ok, Gate, WATCHDOG};
+use gpusched::fence::FenceStatus;
+#[cfg(feature = "fault-injection")]
+use gpusched::fence::{FenceError, WaitError};
 use gpusched::{Entity, Priority, Scheduler, SchedulerConfig};
 use gpusched_vulkan::{Buffer, Builtin, VulkanDevice, VulkanJob, VulkanRing};
 

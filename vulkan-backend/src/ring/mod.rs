@@ -18,7 +18,7 @@
 //! | `completion.rs` | the completion thread: polling pace, waits, adopting a dropped ring |
 //! | `hw_fence.rs` | the hardware fence's `FenceOps` (`HwOps`) |
 //! | `native.rs` | cross-ring waits on the device (another ring's semaphore value) |
-//! | `timeout.rs` | the timeout decision (`timedout_job`), `StallState`, `STUCK_AFTER` |
+//! | `timeout.rs` | the timeout decision (`timedout_job`): `decide`, a pure function of a `TimeoutView` and the ring's `Stall`, unit-tested; `StallState`, `STUCK_AFTER` |
 //!
 //! # Invariants (each stated in full where it is enforced)
 //! - A ring executes in order, and host reads after a fence see the job's results (barriers

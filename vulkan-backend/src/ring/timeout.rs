@@ -101,8 +101,8 @@ impl RingHw {
 
     /// Whether an earlier submission of this ring than the one carrying job value `value` is
     /// unfinished (the job has not started: the ring runs in order). Allocation-free.
-    pub(super) fn behind_own_submission(&self, value: u64) -> bool {
-        let Ok(done) = self.counter() else { return false };
+    /// `done`: the semaphore counter the caller read.
+    pub(super) fn behind_own_submission(&self, done: u64, value: u64) -> bool {
         let st = lock(&self.state);
         st.submissions.iter().find(|s| s.value > done).is_some_and(|s| s.value < value)
     }
@@ -161,8 +161,138 @@ impl RingHw {
     }
 }
 
+/// What one timeout observes of the ring, gathered before anything is decided (one read of
+/// the semaphore counter), so that [`decide`] is a pure function of it and [`Stall`].
+#[derive(Clone, Copy, Debug)]
+pub(super) struct TimeoutView {
+    /// The guilty job's value on the ring (0: it has no submission).
+    pub(super) value: u64,
+    /// Its finished fence signalled.
+    pub(super) guilty_completed: bool,
+    /// The semaphore counter (`Err`: the read failed).
+    pub(super) counter: Result<u64, vk::Result>,
+    /// The highest value submitted on the ring.
+    pub(super) submitted: u64,
+    /// Its submission is queued behind an unfinished earlier submission of another ring on
+    /// the same `VkQueue` ([`RingHw::behind_another_ring`]).
+    pub(super) behind_another_ring: bool,
+    /// An earlier submission of this ring is unfinished ([`RingHw::behind_own_submission`]).
+    pub(super) behind_own_submission: bool,
+    /// A lost generation of the device still runs work (`DeviceShared::lost_busy`).
+    pub(super) lost_busy: bool,
+}
+
+/// [`StallState`] as plain values, for [`decide`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Stall {
+    /// See [`StallState::counter`].
+    pub(super) counter: u64,
+    /// See [`StallState::stalls`].
+    pub(super) stalls: u32,
+    /// See [`StallState::behind`].
+    pub(super) behind: bool,
+    /// See [`StallState::lost_waits`].
+    pub(super) lost_waits: u32,
+}
+
+impl Default for Stall {
+    fn default() -> Self {
+        Stall { counter: u64::MAX, stalls: 0, behind: false, lost_waits: 0 }
+    }
+}
+
+impl StallState {
+    /// The current values. Only the timeout handler reads and writes them, one timeout of a
+    /// ring at a time, so a load, [`decide`] and a [`store`](Self::store) do not race.
+    fn load(&self) -> Stall {
+        Stall {
+            counter: self.counter.load(Ordering::SeqCst),
+            stalls: self.stalls.load(Ordering::SeqCst),
+            behind: self.behind.load(Ordering::SeqCst),
+            lost_waits: self.lost_waits.load(Ordering::SeqCst),
+        }
+    }
+
+    fn store(&self, s: Stall) {
+        self.counter.store(s.counter, Ordering::SeqCst);
+        self.stalls.store(s.stalls, Ordering::SeqCst);
+        self.behind.store(s.behind, Ordering::SeqCst);
+        self.lost_waits.store(s.lost_waits, Ordering::SeqCst);
+    }
+}
+
+/// The case of the module docs that applies to a timeout, in their order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Case 1: the guilty job completed after all.
+    Completed,
+    /// Case 2: queued behind another ring's unfinished submission on the same `VkQueue`.
+    BehindAnotherRing,
+    /// Case 3: a lost generation of the device still runs work.
+    BehindLostGeneration,
+    /// Case 4: the last timeout found it behind; it started at most one timeout ago.
+    StartedRecently,
+    /// Case 5: no hardware progress since the last timeout; the head has not started.
+    Stalled,
+    /// Case 5, [`STUCK_AFTER`] times in a row (or the counter read reports the device
+    /// lost): stuck for good.
+    Stuck,
+    /// Case 6: the hardware moved, but is still on an earlier submission of this ring.
+    BehindOwnSubmission,
+    /// Case 7: the guilty job hangs.
+    Hangs,
+}
+
+/// The timeout decision of the module docs, as a pure function of what the timeout observed
+/// and what the ring's earlier timeouts left in `stall` (updated in place).
+pub(super) fn decide(view: &TimeoutView, stall: &mut Stall) -> Verdict {
+    let submitted_job = view.value != 0;
+    if view.guilty_completed || (submitted_job && view.counter.is_ok_and(|c| c >= view.value)) {
+        return Verdict::Completed;
+    }
+    if submitted_job && view.behind_another_ring {
+        stall.behind = true;
+        return Verdict::BehindAnotherRing;
+    }
+    if submitted_job && view.lost_busy {
+        let waited = stall.lost_waits;
+        stall.lost_waits = waited.saturating_add(1);
+        if waited < STUCK_AFTER {
+            stall.behind = true;
+            return Verdict::BehindLostGeneration;
+        }
+    }
+    if std::mem::take(&mut stall.behind) {
+        return Verdict::StartedRecently;
+    }
+    let stalls = match view.counter {
+        Err(vk::Result::ERROR_DEVICE_LOST) => STUCK_AFTER,
+        Ok(c) => {
+            let before = std::mem::replace(&mut stall.counter, c);
+            if before == c && view.submitted > c {
+                stall.stalls = stall.stalls.saturating_add(1);
+            } else {
+                stall.stalls = 0;
+            }
+            stall.stalls
+        }
+        Err(_) => 0,
+    };
+    if stalls >= STUCK_AFTER {
+        stall.stalls = 0;
+        return Verdict::Stuck;
+    }
+    if stalls > 0 {
+        return Verdict::Stalled;
+    }
+    if submitted_job && view.behind_own_submission {
+        return Verdict::BehindOwnSubmission;
+    }
+    Verdict::Hangs
+}
+
 impl VulkanRing {
-    /// The body of `timedout_job` (see the module docs).
+    /// The body of `timedout_job` (see the module docs): observes, [`decide`]s, acts.
     pub(super) fn judge_timeout(&self, recovery: &mut Recovery<'_, Self>) -> TimeoutStatus {
         recovery.stop();
         let (hw, hang, value) = recovery
@@ -171,96 +301,171 @@ impl VulkanRing {
         // The ring the guilty job runs on (reference counts only: no allocation, and never
         // the last reference: the job, the slot or the graveyard holds it).
         let hw = hw.unwrap_or_else(|| lock(&self.slot.current).clone());
-        // Case 1. Completed: its fence signalled, or the hardware passed it and the ring's drain
-        // (which alone signals its fences, in order) has not got to it yet.
-        if recovery.guilty_completed() || (value != 0 && hw.counter().is_ok_and(|c| c >= value)) {
-            recovery.start();
-            return TimeoutStatus::NoHang;
-        }
-        if value != 0 && hw.behind_another_ring(value) {
-            // Case 2. Queued behind another ring's unfinished submission on the shared `VkQueue`:
-            // it has not started. That ring's own timeout deals with its job; wait another
-            // timeout.
-            hw.stall.behind.store(true, Ordering::SeqCst);
-            recovery.start();
-            return TimeoutStatus::NoHang;
-        }
-        if value != 0
-            && self.slot.shared.lost_busy.load(Ordering::SeqCst)
-            && hw.stall.lost_waits.fetch_add(1, Ordering::SeqCst) < STUCK_AFTER
-        {
-            // Case 3. A lost generation of this device still runs work (an injected loss leaves it
-            // running; lavapipe runs the dispatches of every `VkDevice` of a physical device
-            // on one thread pool): the guilty job may be queued behind it on the hardware
-            // and not have started. Not its fault: wait another timeout (bounded: see
-            // `StallState::lost_waits`), then give it a whole one (it may have just started).
-            hw.stall.behind.store(true, Ordering::SeqCst);
-            recovery.start();
-            return TimeoutStatus::NoHang;
-        }
-        if hw.stall.behind.swap(false, Ordering::SeqCst) {
-            // Case 4. It was behind at the last timeout: it started at most one timeout ago.
-            recovery.start();
-            return TimeoutStatus::NoHang;
-        }
-        let stalls = match hw.counter() {
-            Err(vk::Result::ERROR_DEVICE_LOST) => STUCK_AFTER,
-            Ok(c) => {
-                let before = hw.stall.counter.swap(c, Ordering::SeqCst);
-                if before == c && hw.submitted.load(Ordering::SeqCst) > c {
-                    hw.stall.stalls.fetch_add(1, Ordering::SeqCst) + 1
-                } else {
-                    hw.stall.stalls.store(0, Ordering::SeqCst);
-                    0
-                }
-            }
-            Err(_) => 0,
+        let counter = hw.counter();
+        let view = TimeoutView {
+            value,
+            guilty_completed: recovery.guilty_completed(),
+            counter,
+            submitted: hw.submitted.load(Ordering::SeqCst),
+            behind_another_ring: value != 0 && hw.behind_another_ring(value),
+            behind_own_submission: value != 0
+                && counter.is_ok_and(|done| hw.behind_own_submission(done, value)),
+            lost_busy: self.slot.shared.lost_busy.load(Ordering::SeqCst),
         };
-        if stalls >= STUCK_AFTER {
-            // Case 5, stuck. No hardware progress across several timeouts: stuck on a submission
-            // nothing in the process can release. The job at the head is not the culprit (the one
-            // that timed out first was, and was blamed then). Every job on the ring ends
-            // `DeviceLost`, the generation is lost and recreated.
-            hw.stall.stalls.store(0, Ordering::SeqCst);
-            recovery.force_complete_all(FenceError::DeviceLost);
-            hw.core.mark_lost();
-            recovery.start();
-            return TimeoutStatus::Reset;
-        }
-        if stalls > 0 {
-            // Case 5. The hardware is still on the submission that timed out last time (force-
-            // completed then): the job at the head has not started. Not its fault: wait
-            // another timeout. A force-completed submission ahead of it that waits on an
-            // injected hang is released (a real hang stays, and the ring ends up stuck).
-            if value != 0 {
-                hw.release_hangs_before(value);
+        let mut stall = hw.stall.load();
+        let verdict = decide(&view, &mut stall);
+        hw.stall.store(stall);
+        let status = match verdict {
+            Verdict::Completed
+            | Verdict::BehindAnotherRing
+            | Verdict::BehindLostGeneration
+            | Verdict::StartedRecently => TimeoutStatus::NoHang,
+            Verdict::Stalled | Verdict::BehindOwnSubmission => {
+                // A force-completed submission ahead of the head that waits on an injected
+                // hang is released (a real hang stays, and the ring ends up stuck).
+                if value != 0 {
+                    hw.release_hangs_before(value);
+                }
+                TimeoutStatus::NoHang
             }
-            recovery.start();
-            return TimeoutStatus::NoHang;
-        }
-        if value != 0 && hw.behind_own_submission(value) {
-            // Case 6. The hardware made progress, but is still on an earlier submission of this
-            // ring (a job force-completed while it still runs: a dependant of an earlier guilty
-            // job, `fail_dependants`): the guilty job has not started. Wait another timeout,
-            // releasing the injected hangs ahead of it (as in case 5).
-            hw.release_hangs_before(value);
-            recovery.start();
-            return TimeoutStatus::NoHang;
-        }
-        // Case 7: the guilty job hangs.
-        recovery.blame();
-        recovery.force_complete_guilty(FenceError::TimedOut);
-        // Nothing is resubmitted, so the scheduler's resubmission never fails the jobs queued
-        // behind the guilty one that depend on it (on this ring): they would run on its
-        // missing results and end `Ok`. They end with its error now; their command buffers
-        // still run, and are retired once the semaphore passes them (`free_job`).
-        recovery.fail_dependants();
-        if let Some(v) = hang {
-            // An injected hang: release it; the guilty job then runs (late), and so do the
-            // jobs queued behind it.
-            hw.core.release_hang(v);
-        }
+            Verdict::Stuck => {
+                // The job at the head is not the culprit (the one that timed out first was,
+                // and was blamed then). Every job on the ring ends `DeviceLost`, the
+                // generation is lost and recreated.
+                recovery.force_complete_all(FenceError::DeviceLost);
+                hw.core.mark_lost();
+                TimeoutStatus::Reset
+            }
+            Verdict::Hangs => {
+                recovery.blame();
+                recovery.force_complete_guilty(FenceError::TimedOut);
+                // Nothing is resubmitted, so the scheduler's resubmission never fails the
+                // jobs queued behind the guilty one that depend on it (on this ring): they
+                // would run on its missing results and end `Ok`. They end with its error
+                // now; their command buffers still run, and are retired once the semaphore
+                // passes them (`free_job`).
+                recovery.fail_dependants();
+                if let Some(v) = hang {
+                    // An injected hang: release it; the guilty job then runs (late), and so
+                    // do the jobs queued behind it.
+                    hw.core.release_hang(v);
+                }
+                TimeoutStatus::Reset
+            }
+        };
         recovery.start();
-        TimeoutStatus::Reset
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A guilty job of value 5 on a ring that submitted up to 8, the hardware at 3.
+    fn view() -> TimeoutView {
+        TimeoutView {
+            value: 5,
+            guilty_completed: false,
+            counter: Ok(3),
+            submitted: 8,
+            behind_another_ring: false,
+            behind_own_submission: false,
+            lost_busy: false,
+        }
+    }
+
+    #[test]
+    fn a_job_that_completed_after_all_is_no_hang() {
+        let mut stall = Stall::default();
+        let signalled = TimeoutView { guilty_completed: true, ..view() };
+        assert_eq!(decide(&signalled, &mut stall), Verdict::Completed);
+        let passed = TimeoutView { counter: Ok(5), ..view() };
+        assert_eq!(decide(&passed, &mut stall), Verdict::Completed);
+        assert_eq!(stall, Stall::default(), "nothing to remember");
+    }
+
+    #[test]
+    fn a_job_behind_another_ring_gets_one_more_whole_timeout() {
+        let mut stall = Stall::default();
+        let behind = TimeoutView { behind_another_ring: true, ..view() };
+        assert_eq!(decide(&behind, &mut stall), Verdict::BehindAnotherRing);
+        assert_eq!(decide(&view(), &mut stall), Verdict::StartedRecently);
+        assert!(!stall.behind);
+        // The hardware moved since (the other ring's job finished): the job itself hangs.
+        assert_eq!(decide(&TimeoutView { counter: Ok(4), ..view() }, &mut stall), Verdict::Hangs);
+    }
+
+    #[test]
+    fn a_wedged_lost_generation_delays_the_blame_a_bounded_number_of_timeouts() {
+        let mut stall = Stall::default();
+        let lost = TimeoutView { lost_busy: true, ..view() };
+        let mut verdicts = Vec::new();
+        for c in 0..10 {
+            // The hardware moves every time: only the lost generation keeps it from a verdict.
+            let v = decide(&TimeoutView { counter: Ok(c.min(4)), ..lost }, &mut stall);
+            verdicts.push(v);
+            if v == Verdict::Hangs {
+                break;
+            }
+        }
+        let waits = verdicts.iter().filter(|v| **v == Verdict::BehindLostGeneration).count();
+        assert_eq!(waits as u32, STUCK_AFTER);
+        assert_eq!(verdicts.last(), Some(&Verdict::Hangs), "{verdicts:?}");
+        assert!(verdicts.len() <= STUCK_AFTER as usize + 2, "{verdicts:?}");
+    }
+
+    #[test]
+    fn a_ring_without_progress_is_stuck_after_stuck_after_stalls() {
+        let mut stall = Stall::default();
+        // The first timeout: the guilty job is blamed.
+        assert_eq!(decide(&view(), &mut stall), Verdict::Hangs);
+        // The hardware is still on it: the jobs behind it are not blamed.
+        for _ in 1..STUCK_AFTER {
+            assert_eq!(decide(&view(), &mut stall), Verdict::Stalled);
+        }
+        assert_eq!(decide(&view(), &mut stall), Verdict::Stuck);
+        assert_eq!(stall.stalls, 0, "the next generation starts afresh");
+    }
+
+    #[test]
+    fn a_slow_ring_that_keeps_moving_is_never_stuck() {
+        let mut stall = Stall::default();
+        for i in 0..10 {
+            let moving = TimeoutView { value: 50 + i, counter: Ok(i), submitted: 100, ..view() };
+            let v = decide(&moving, &mut stall);
+            assert_eq!(v, Verdict::Hangs, "timeout {i}: progress is never a stall");
+        }
+        assert_eq!(stall.stalls, 0);
+    }
+
+    #[test]
+    fn a_counter_read_that_reports_the_loss_is_stuck_at_once() {
+        let mut stall = Stall::default();
+        let lost = TimeoutView { counter: Err(vk::Result::ERROR_DEVICE_LOST), ..view() };
+        assert_eq!(decide(&lost, &mut stall), Verdict::Stuck);
+        // Another read failure is no evidence of a stall: the job is judged on its own.
+        let failed = TimeoutView { counter: Err(vk::Result::ERROR_UNKNOWN), ..view() };
+        assert_eq!(decide(&failed, &mut stall), Verdict::Hangs);
+    }
+
+    #[test]
+    fn a_job_behind_its_own_rings_earlier_submission_is_no_hang() {
+        let mut stall = Stall::default();
+        let behind = TimeoutView { behind_own_submission: true, ..view() };
+        assert_eq!(decide(&behind, &mut stall), Verdict::BehindOwnSubmission);
+        // Without a submission the ring-position rules do not apply.
+        let unsubmitted = TimeoutView { value: 0, behind_another_ring: true, ..behind };
+        assert_eq!(decide(&unsubmitted, &mut Stall::default()), Verdict::Hangs);
+    }
+
+    #[test]
+    fn an_idle_counter_is_not_a_stall() {
+        let mut stall = Stall::default();
+        // Everything submitted has passed (the guilty job has no submission).
+        let idle = TimeoutView { value: 0, counter: Ok(8), ..view() };
+        assert_eq!(decide(&idle, &mut stall), Verdict::Hangs);
+        assert_eq!(decide(&idle, &mut stall), Verdict::Hangs);
+        assert_eq!(stall.stalls, 0);
     }
 }
