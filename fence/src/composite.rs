@@ -212,6 +212,11 @@ struct WaiterOps {
 
 impl FenceOps for WaiterOps {
     fn set_deadline(&self, deadline: Instant) {
+        // Pairs with the fence in `Timeline::attach`: the deadline was stored (by
+        // `Fence::set_deadline`) before the target is read here, and `attach` stores the
+        // target before it reads the deadline; with a SeqCst fence on each side at least one
+        // of the two sees the other's store, so the deadline reaches the target either way.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         if let Some(t) = self.target.get() {
             t.set_deadline(deadline);
         }
@@ -301,6 +306,8 @@ impl Timeline {
             // Deadlines set on the waiter from now on reach `reached` through its ops; one set
             // while the point was not attached yet is passed on here.
             let _ = target.set(reached.clone());
+            // See `WaiterOps::set_deadline`: target stored, then deadline read.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             if let Some(d) = signaller.deadline() {
                 reached.set_deadline(d);
             }
