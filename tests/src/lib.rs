@@ -33,6 +33,7 @@ mod ledger;
 mod mock;
 mod oracle;
 mod plan;
+mod probe;
 mod vulkan;
 mod world;
 
@@ -44,5 +45,6 @@ pub use crate::mock::{FaultJob, FaultRing, MockWorld};
 pub use crate::plan::{
     EntityPlan, Event, EventKind, Fault, JobPlan, PlanConfig, Scenario, SUBMIT_ERROR,
 };
+pub use crate::probe::{validated_device, validated_device_available};
 pub use crate::vulkan::{VulkanWorld, VULKAN_PLAN};
 pub use crate::world::{Corrupting, World};

@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use gpusched::fence::lockdep::CheckingAllocator;
 use gpusched_tests::{
-    fault_layer, layer_injected, run_scenario, run_seeds, Failure, Harness, LayerWorld, PlanConfig,
-    Scenario, Summary, World,
+    fault_layer, layer_injected, run_scenario, run_seeds, validated_device_available, Failure,
+    Harness, LayerWorld, PlanConfig, Scenario, Summary, World,
 };
-use gpusched_vulkan::{live_devices, validation_errors, DeviceConfig, InitError, VulkanDevice};
+use gpusched_vulkan::{live_devices, validation_errors};
 use vk_fault_layer::testing::skip_or_fail;
 use vk_fault_layer::FaultCall;
 
@@ -63,23 +63,7 @@ fn layer_available(test: &str) -> bool {
         skip_or_fail(test, e);
         return false;
     }
-    match VulkanDevice::with_config(DeviceConfig::default().validation(true)) {
-        Ok(d) => {
-            if d.close(Duration::from_secs(30)).is_err() {
-                panic!("the probe device could not be closed");
-            }
-            true
-        }
-        Err(
-            e @ (InitError::LoaderMissing(_)
-            | InitError::NoDevice(_)
-            | InitError::ValidationUnavailable),
-        ) => {
-            skip_or_fail(test, format!("no validated Vulkan device can be created: {e}"));
-            false
-        }
-        Err(e) => panic!("cannot create a Vulkan device: {e}"),
-    }
+    validated_device_available(test, true)
 }
 
 /// Runs one seed, adding a problem for the validation errors it caused.

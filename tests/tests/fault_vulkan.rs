@@ -23,14 +23,12 @@
 //! reason printed, when no Vulkan device can be created, except under CI or
 //! `GPUSCHED_REQUIRE_VULKAN=1`, where that fails.
 
-use std::time::Duration;
-
 use gpusched::fence::lockdep::CheckingAllocator;
 use gpusched_tests::{
-    run_scenario, run_seeds, Corrupting, Failure, Harness, Scenario, Summary, VulkanWorld, World,
-    VULKAN_PLAN,
+    run_scenario, run_seeds, validated_device_available, Corrupting, Failure, Harness, Scenario,
+    Summary, VulkanWorld, World, VULKAN_PLAN,
 };
-use gpusched_vulkan::{live_devices, validation_errors, DeviceConfig, InitError, VulkanDevice};
+use gpusched_vulkan::{live_devices, validation_errors};
 
 /// Seeds of `VULKAN_PLAN` that lose the device (one with a rogue client, one with a kill),
 /// added to the CI set `0..12`, which has none.
@@ -48,29 +46,9 @@ const HARNESS: Harness = Harness {
 
 /// Whether a validated Vulkan device can be created; the probe device is closed. Without one
 /// the test is skipped with a printed reason on a developer machine, and fails under CI or
-/// `GPUSCHED_REQUIRE_VULKAN=1` (`vk_fault_layer::testing::skip_or_fail`).
+/// `GPUSCHED_REQUIRE_VULKAN=1` (`gpusched_tests::validated_device`).
 fn vulkan_available() -> bool {
-    let validation = std::env::var("GPUSCHED_TEST_NOVAL").is_err();
-    match VulkanDevice::with_config(DeviceConfig::default().validation(validation)) {
-        Ok(d) => {
-            if d.close(Duration::from_secs(30)).is_err() {
-                panic!("the probe device could not be closed");
-            }
-            true
-        }
-        Err(
-            e @ (InitError::LoaderMissing(_)
-            | InitError::NoDevice(_)
-            | InitError::ValidationUnavailable),
-        ) => {
-            vk_fault_layer::testing::skip_or_fail(
-                "fault_vulkan",
-                format!("no validated Vulkan device can be created: {e}"),
-            );
-            false
-        }
-        Err(e) => panic!("cannot create a Vulkan device: {e}"),
-    }
+    validated_device_available("fault_vulkan", std::env::var("GPUSCHED_TEST_NOVAL").is_err())
 }
 
 /// Runs one seed, adding a problem for validation errors it caused, and (with

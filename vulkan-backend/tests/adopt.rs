@@ -9,29 +9,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use common::engine::{engine_validation_errors, EngineInstance};
-use common::{assert_no_validation_errors, close, wait_ok, WATCHDOG};
-use gpusched::{Priority, SchedulerConfig};
-use gpusched_vulkan::ash::vk;
+use common::{assert_all, assert_no_validation_errors, close, fill_job, wait_ok};
+use gpusched::{Entity, Priority, Scheduler, SchedulerConfig};
+use gpusched_vulkan::ash::{self, vk};
 use gpusched_vulkan::{
-    live_devices, AdoptError, Buffer, Builtin, QueueCaps, QueueLock, VulkanDevice, VulkanJob,
+    live_devices, AdoptError, AdoptedDevice, Buffer, QueueCaps, QueueLock, VulkanDevice, VulkanRing,
 };
 
 const N: u32 = 1024;
-
-fn fill_job(buf: &Buffer, value: f32) -> VulkanJob {
-    let b = buf.clone();
-    VulkanJob::new(move |ctx, cb| {
-        let fill = ctx.builtin(Builtin::Fill);
-        let push = [value.to_ne_bytes(), N.to_ne_bytes()].concat();
-        ctx.dispatch(cb, &fill, &[&b], &push, [N / 64, 1, 1])
-    })
-    .writes(buf)
-}
-
-fn assert_all(buf: &Buffer, value: f32) {
-    let v = buf.read_f32(WATCHDOG).unwrap();
-    assert!(v.iter().all(|x| *x == value), "expected {value}, got {:?}...", &v[..4]);
-}
 
 /// Live devices are process-wide and the tests of this file run in parallel under `cargo
 /// test`: every test holds this lock, so that the counts compared are its own.
@@ -55,17 +40,47 @@ fn engine_uses_and_destroys(device: &gpusched_vulkan::ash::Device) {
     }
 }
 
+/// A new device of the engine's and the lock of its lent queue.
+fn engine_device(engine: &EngineInstance) -> (ash::Device, Arc<QueueLock>) {
+    (engine.create_device(), Arc::new(QueueLock::new()))
+}
+
+/// Sets the returned flag when gpusched releases the lent device.
+fn release_flag(lent: &mut AdoptedDevice) -> Arc<AtomicBool> {
+    let released = Arc::new(AtomicBool::new(false));
+    let r = released.clone();
+    lent.on_release = Some(Box::new(move || r.store(true, Ordering::SeqCst)));
+    released
+}
+
+/// A compute ring named `name` on queue 0 of `dev` and an entity on it.
+fn compute(dev: &VulkanDevice, name: &str) -> (Scheduler<VulkanRing>, Entity<VulkanRing>) {
+    let ring = dev.ring(0, SchedulerConfig::new(name)).unwrap();
+    let client = VulkanDevice::entity(&[&ring], Priority::Normal, QueueCaps::COMPUTE).unwrap();
+    (ring, client)
+}
+
+/// A buffer of `N` floats.
+fn buffer(dev: &VulkanDevice) -> Buffer {
+    dev.buffer(u64::from(N) * 4).unwrap()
+}
+
+/// Asserts that neither the engine's messenger nor gpusched's saw a validation error (use
+/// after destruction, leaks, unsynchronised queue use), and the checker nothing.
+#[track_caller]
+fn assert_clean() {
+    assert_eq!(engine_validation_errors(), 0, "engine validation errors");
+    assert_no_validation_errors();
+}
+
 #[test]
 fn adopted_device_computes_and_is_left_to_the_engine() {
     let Some(engine) = EngineInstance::new() else { return };
     let _g = serial();
     let before = live_devices();
-    let device = engine.create_device();
-    let lock = Arc::new(QueueLock::new());
-    let released = Arc::new(AtomicBool::new(false));
+    let (device, lock) = engine_device(&engine);
     let mut lent = engine.lend(&device, &lock);
-    let r = released.clone();
-    lent.on_release = Some(Box::new(move || r.store(true, Ordering::SeqCst)));
+    let released = release_flag(&mut lent);
     // SAFETY: the engine's device, created with the stated features and queue, outlives
     // gpusched's use of it (closed below before the engine destroys it).
     let dev = unsafe { VulkanDevice::adopt(lent, None) }.unwrap();
@@ -74,10 +89,9 @@ fn adopted_device_computes_and_is_left_to_the_engine() {
     assert_eq!(dev.queue_count(), 1);
     assert_eq!(dev.supports_graphics(), engine.enabled.dynamic_rendering);
     assert_eq!(dev.ash_device().handle(), device.handle());
-    let ring = dev.ring(0, SchedulerConfig::new("adopted0")).unwrap();
-    let client = VulkanDevice::entity(&[&ring], Priority::Normal, QueueCaps::COMPUTE).unwrap();
-    let buf = dev.buffer(u64::from(N) * 4).unwrap();
-    wait_ok(&VulkanDevice::submit(&client, fill_job(&buf, 4.5)).unwrap());
+    let (ring, client) = compute(&dev, "adopted0");
+    let buf = buffer(&dev);
+    wait_ok(&VulkanDevice::submit(&client, fill_job(&buf, 4.5, N)).unwrap());
     assert_all(&buf, 4.5);
     // A ring past the lent queues is refused.
     assert!(dev.ring(1, SchedulerConfig::new("nope")).is_err());
@@ -87,19 +101,17 @@ fn adopted_device_computes_and_is_left_to_the_engine() {
     assert!(released.load(Ordering::SeqCst), "on_release did not run at close");
     assert_eq!(live_devices(), before);
     engine_uses_and_destroys(&device);
-    assert_eq!(engine_validation_errors(), 0);
-    assert_no_validation_errors();
+    assert_clean();
 }
 
 #[test]
 fn adoption_checks_the_statement_and_the_queues_and_creates_nothing() {
     let Some(engine) = EngineInstance::new() else { return };
     let _g = serial();
-    let device = engine.create_device();
-    let lock = Arc::new(QueueLock::new());
+    let (device, lock) = engine_device(&engine);
     let before = live_devices();
     let released = Arc::new(AtomicUsize::new(0));
-    let lend = |f: &dyn Fn(&mut gpusched_vulkan::AdoptedDevice)| {
+    let lend = |f: &dyn Fn(&mut AdoptedDevice)| {
         let mut l = engine.lend(&device, &lock);
         let r = released.clone();
         l.on_release = Some(Box::new(move || {
@@ -138,21 +150,18 @@ fn adoption_checks_the_statement_and_the_queues_and_creates_nothing() {
     assert_eq!(live_devices(), before, "a refused adoption created a device");
     assert_eq!(released.load(Ordering::SeqCst), 0, "a refused adoption released the device");
     engine_uses_and_destroys(&device);
-    assert_eq!(engine_validation_errors(), 0);
-    assert_no_validation_errors();
+    assert_clean();
 }
 
 #[test]
 fn engine_and_gpusched_share_the_queue_through_its_lock() {
     let Some(engine) = EngineInstance::new() else { return };
     let _g = serial();
-    let device = engine.create_device();
-    let lock = Arc::new(QueueLock::new());
+    let (device, lock) = engine_device(&engine);
     // SAFETY: as above; the engine submits on the lent queue only under `lock`.
     let dev = unsafe { VulkanDevice::adopt(engine.lend(&device, &lock), None) }.unwrap();
-    let ring = dev.ring(0, SchedulerConfig::new("shared0")).unwrap();
-    let client = VulkanDevice::entity(&[&ring], Priority::Normal, QueueCaps::COMPUTE).unwrap();
-    let bufs: Vec<Buffer> = (0..4).map(|_| dev.buffer(u64::from(N) * 4).unwrap()).collect();
+    let (ring, client) = compute(&dev, "shared0");
+    let bufs: Vec<Buffer> = (0..4).map(|_| buffer(&dev)).collect();
 
     // The engine's own submissions (an empty submit signalling its own fence), on the same
     // queue, as fast as it can while gpusched's jobs run.
@@ -185,7 +194,7 @@ fn engine_and_gpusched_share_the_queue_through_its_lock() {
     for round in 0..25 {
         for (i, b) in bufs.iter().enumerate() {
             let v = (round * 4 + i) as f32;
-            fences.push(VulkanDevice::submit(&client, fill_job(b, v)).unwrap());
+            fences.push(VulkanDevice::submit(&client, fill_job(b, v, N)).unwrap());
         }
     }
     for f in &fences {
@@ -200,35 +209,63 @@ fn engine_and_gpusched_share_the_queue_through_its_lock() {
     drop((fences, client, ring, bufs));
     close(dev);
     engine_uses_and_destroys(&device);
-    assert_eq!(engine_validation_errors(), 0, "threading or other validation errors");
-    assert_no_validation_errors();
+    assert_clean();
 }
 
 #[cfg(feature = "fault-injection")]
 mod loss {
     use std::time::{Duration, Instant};
 
+    use common::WATCHDOG;
     use gpusched::fence::{FenceError, WaitError};
-    use gpusched_vulkan::{BufferError, DeviceError, JobFault};
+    use gpusched_vulkan::{BufferError, DeviceError, JobFault, VulkanJob};
 
     use super::*;
+
+    /// The engine's re-creation callback: a new device, lent under `lock` (with `refuse`, with
+    /// a false statement gpusched refuses), destroyed by the engine once gpusched releases
+    /// it; with the counts of devices made and destroyed.
+    fn engine_recreate(
+        engine: &Arc<EngineInstance>,
+        lock: &Arc<QueueLock>,
+        refuse: bool,
+    ) -> (gpusched_vulkan::Recreate, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let made = Arc::new(AtomicUsize::new(0));
+        let destroyed = Arc::new(AtomicUsize::new(0));
+        let (engine, lock, m, d) = (engine.clone(), lock.clone(), made.clone(), destroyed.clone());
+        let recreate: gpusched_vulkan::Recreate = Box::new(move || {
+            let device = engine.create_device();
+            m.fetch_add(1, Ordering::SeqCst);
+            let mut l = engine.lend(&device, &lock);
+            if refuse {
+                l.enabled.push_descriptor = false;
+            }
+            let destroyed = d.clone();
+            l.on_release = Some(Box::new(move || {
+                // SAFETY: gpusched released it (or refused it before creating anything on
+                // it): nothing of its remains on it.
+                unsafe { device.destroy_device(None) };
+                destroyed.fetch_add(1, Ordering::SeqCst);
+            }));
+            Ok(l)
+        });
+        (recreate, made, destroyed)
+    }
 
     #[test]
     fn adopted_device_without_recreate_stays_lost_with_typed_errors() {
         let Some(engine) = EngineInstance::new() else { return };
         let _g = serial();
-        let device = engine.create_device();
-        let lock = Arc::new(QueueLock::new());
+        let (device, lock) = engine_device(&engine);
         // SAFETY: as above.
         let dev = unsafe { VulkanDevice::adopt(engine.lend(&device, &lock), None) }.unwrap();
         let gen0 = dev.generation();
-        let ring = dev.ring(0, SchedulerConfig::new("lost0")).unwrap();
-        let client = VulkanDevice::entity(&[&ring], Priority::Normal, QueueCaps::COMPUTE).unwrap();
-        let buf = dev.buffer(u64::from(N) * 4).unwrap();
+        let (ring, client) = compute(&dev, "lost0");
+        let buf = buffer(&dev);
         let mut fences =
             vec![VulkanDevice::submit(&client, VulkanJob::empty().inject(JobFault::Hang)).unwrap()];
         for i in 0..4 {
-            fences.push(VulkanDevice::submit(&client, fill_job(&buf, i as f32)).unwrap());
+            fences.push(VulkanDevice::submit(&client, fill_job(&buf, i as f32, N)).unwrap());
         }
         dev.lose_device();
         for f in &fences {
@@ -239,54 +276,29 @@ mod loss {
         assert!(e.is_gone(), "{e}");
         assert!(dev.is_lost());
         assert_eq!(dev.generations(), 1);
-        let e = VulkanDevice::submit(&client, fill_job(&buf, 1.0)).unwrap_err();
+        let e = VulkanDevice::submit(&client, fill_job(&buf, 1.0, N)).unwrap_err();
         assert!(e.is_device_lost(), "{e}");
         let e = dev.buffer(64).unwrap_err();
         assert!(matches!(e, BufferError::Device(DeviceError::Gone { .. })), "{e}");
         drop((fences, client, ring, buf));
         close(dev);
         engine_uses_and_destroys(&device);
-        assert_eq!(engine_validation_errors(), 0);
-        assert_no_validation_errors();
+        assert_clean();
     }
 
     #[test]
     fn adopted_device_recreated_by_the_engine_callback() {
         let Some(engine) = EngineInstance::new() else { return };
         let _g = serial();
-        let first = engine.create_device();
-        let lock = Arc::new(QueueLock::new());
-        let made = Arc::new(AtomicUsize::new(0));
-        let destroyed = Arc::new(AtomicUsize::new(0));
-        // The engine's re-creation: a new VkDevice, lent under the same lock, destroyed by
-        // the engine once gpusched releases it.
-        let lend = {
-            let (engine, lock, made, destroyed) =
-                (engine.clone(), lock.clone(), made.clone(), destroyed.clone());
-            move || {
-                let device = engine.create_device();
-                made.fetch_add(1, Ordering::SeqCst);
-                let mut l = engine.lend(&device, &lock);
-                let destroyed = destroyed.clone();
-                l.on_release = Some(Box::new(move || {
-                    // SAFETY: gpusched released it: nothing of its remains on it.
-                    unsafe { device.destroy_device(None) };
-                    destroyed.fetch_add(1, Ordering::SeqCst);
-                }));
-                l
-            }
-        };
-        let recreate: gpusched_vulkan::Recreate = Box::new(move || Ok(lend()));
+        let (first, lock) = engine_device(&engine);
+        let (recreate, made, destroyed) = engine_recreate(&engine, &lock, false);
         let mut lent = engine.lend(&first, &lock);
-        let released = Arc::new(AtomicBool::new(false));
-        let r = released.clone();
-        lent.on_release = Some(Box::new(move || r.store(true, Ordering::SeqCst)));
+        let released = release_flag(&mut lent);
         // SAFETY: as above; the callback's devices are destroyed by their release.
         let dev = unsafe { VulkanDevice::adopt(lent, Some(recreate)) }.unwrap();
         let gen0 = dev.generation();
-        let ring = dev.ring(0, SchedulerConfig::new("recreated0")).unwrap();
-        let client = VulkanDevice::entity(&[&ring], Priority::Normal, QueueCaps::COMPUTE).unwrap();
-        let old = dev.buffer(u64::from(N) * 4).unwrap();
+        let (ring, client) = compute(&dev, "recreated0");
+        let old = buffer(&dev);
         let hung =
             VulkanDevice::submit(&client, VulkanJob::empty().inject(JobFault::Hang)).unwrap();
         dev.lose_device();
@@ -296,8 +308,8 @@ mod loss {
         assert_eq!(made.load(Ordering::SeqCst), 1);
         assert_ne!(dev.ash_device().handle(), first.handle(), "the new generation's device");
         // The new generation computes on the engine's new device, same ring and entity.
-        let buf = dev.buffer(u64::from(N) * 4).unwrap();
-        wait_ok(&VulkanDevice::submit(&client, fill_job(&buf, 7.0)).unwrap());
+        let buf = buffer(&dev);
+        wait_ok(&VulkanDevice::submit(&client, fill_job(&buf, 7.0, N)).unwrap());
         assert_all(&buf, 7.0);
         // The lost generation is released once nothing holds it (its buffer goes here).
         drop((hung, old));
@@ -310,8 +322,7 @@ mod loss {
         drop((client, ring, buf));
         close(dev);
         assert_eq!(destroyed.load(Ordering::SeqCst), 1, "the second device was not released");
-        assert_eq!(engine_validation_errors(), 0);
-        assert_no_validation_errors();
+        assert_clean();
     }
 
     /// A re-created device that fails the checks goes straight back to the engine (its
@@ -321,28 +332,8 @@ mod loss {
     fn a_refused_re_created_device_is_released_and_the_device_stays_lost() {
         let Some(engine) = EngineInstance::new() else { return };
         let _g = serial();
-        let first = engine.create_device();
-        let lock = Arc::new(QueueLock::new());
-        let made = Arc::new(AtomicUsize::new(0));
-        let destroyed = Arc::new(AtomicUsize::new(0));
-        let recreate: gpusched_vulkan::Recreate = {
-            let (engine, lock, made, destroyed) =
-                (engine.clone(), lock.clone(), made.clone(), destroyed.clone());
-            Box::new(move || {
-                let device = engine.create_device();
-                made.fetch_add(1, Ordering::SeqCst);
-                let mut l = engine.lend(&device, &lock);
-                // A false statement gpusched refuses.
-                l.enabled.push_descriptor = false;
-                let destroyed = destroyed.clone();
-                l.on_release = Some(Box::new(move || {
-                    // SAFETY: gpusched refused it before creating anything on it.
-                    unsafe { device.destroy_device(None) };
-                    destroyed.fetch_add(1, Ordering::SeqCst);
-                }));
-                Ok(l)
-            })
-        };
+        let (first, lock) = engine_device(&engine);
+        let (recreate, made, destroyed) = engine_recreate(&engine, &lock, true);
         let before = live_devices();
         // SAFETY: as above.
         let dev =
@@ -358,7 +349,6 @@ mod loss {
         close(dev);
         assert_eq!(live_devices(), before);
         engine_uses_and_destroys(&first);
-        assert_eq!(engine_validation_errors(), 0);
-        assert_no_validation_errors();
+        assert_clean();
     }
 }

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::{
-    assert_no_validation_errors, close, device, fill_job, push, wait_ended_or_cancelled, wait_ok,
-    WATCHDOG,
+    assert_no_validation_errors, close, device, fill_job, push, slow_fill_job,
+    wait_ended_or_cancelled, wait_ok, WATCHDOG,
 };
 use gpusched::{Entity, Priority, SchedulerConfig};
 use gpusched_vulkan::{Buffer, Builtin, VulkanDevice, VulkanJob};
@@ -250,13 +250,7 @@ fn dropping_handles_with_work_outstanding_leaks_nothing() {
     let ring = dev.ring(0, SchedulerConfig::new("r0")).unwrap();
     let e = Entity::new(&[&ring], Priority::Normal).unwrap();
     let buf = dev.buffer(4096).unwrap();
-    let b = buf.clone();
-    let slow = VulkanJob::new(move |ctx, cb| {
-        ctx.busy(cb, 8, 1024)?;
-        ctx.fill_u32(cb, &b, 7)
-    })
-    .writes(&buf);
-    let done = VulkanDevice::submit(&e, slow).unwrap();
+    let done = VulkanDevice::submit(&e, slow_fill_job(&buf)).unwrap();
     // Every handle but the device goes while the job runs: the entity's slot, the ring and the
     // buffer must all be released once it finishes, so that `close` can destroy the device.
     drop((e, ring, buf));

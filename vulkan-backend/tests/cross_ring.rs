@@ -10,7 +10,9 @@ use std::time::Duration;
 
 #[cfg(feature = "fault-injection")]
 use common::wait;
-use common::{assert_no_validation_errors, close, device, fill_job, wait_ok, Gate, WATCHDOG};
+use common::{
+    assert_all, assert_no_validation_errors, close, device, fill_job, wait_ok, Gate, WATCHDOG,
+};
 use gpusched::fence::FenceStatus;
 #[cfg(feature = "fault-injection")]
 use gpusched::fence::{FenceError, WaitError};
@@ -35,11 +37,6 @@ fn saxpy_job(x: &Buffer, y: &Buffer, a: f32) -> VulkanJob {
 }
 
 #[track_caller]
-fn assert_all(buf: &Buffer, value: f32) {
-    let v = buf.read_f32(WATCHDOG).unwrap();
-    assert!(v.iter().all(|x| *x == value), "expected {value}, got {:?}...", &v[..4]);
-}
-
 fn rings(dev: &VulkanDevice, timeout: Duration) -> (Scheduler<VulkanRing>, Scheduler<VulkanRing>) {
     let cfg = |name: &str| SchedulerConfig::new(name).timeout(timeout).hang_limit(0);
     (dev.ring(0, cfg("ra")).unwrap(), dev.ring(0, cfg("rb")).unwrap())

@@ -9,84 +9,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ash::vk;
+use common::engine::engine_vk::{EngineBuffer, RawBuffer};
 use common::{assert_no_validation_errors, close, device, wait_ok, WATCHDOG};
-use gpusched::resv::{Resv, Usage};
+use gpusched::resv::Usage;
 use gpusched::{Entity, Priority, SchedulerConfig};
 use gpusched_vulkan::{
-    Buffer, GenerationId, GpuResource, GraphicsBuiltin, HostAccessError, ImageDesc, ImageError,
-    Load, MemoryLocation, RecordError, SubmitError, TransferError, VulkanDevice, VulkanJob,
+    Buffer, GpuResource, GraphicsBuiltin, HostAccessError, ImageDesc, ImageError, Load,
+    MemoryLocation, RecordError, SubmitError, TransferError, VulkanDevice, VulkanJob,
 };
 
-/// An engine's own buffer: created with the raw device, destroyed in its `Drop`, with a
-/// `Resv` and the generation it was made on. `destroyed` is set when its Vulkan objects go.
-struct EngineBufferInner {
-    device: ash::Device,
-    buffer: vk::Buffer,
-    memory: vk::DeviceMemory,
-    size: u64,
-    resv: Resv,
-    owner: GenerationId,
-    destroyed: Arc<AtomicBool>,
-}
-
-impl Drop for EngineBufferInner {
-    fn drop(&mut self) {
-        // SAFETY: gpusched keeps this alive until the hardware passed every job using it.
-        unsafe {
-            self.device.destroy_buffer(self.buffer, None);
-            self.device.free_memory(self.memory, None);
-        }
-        self.destroyed.store(true, Ordering::SeqCst);
-    }
-}
-
-#[derive(Clone)]
-struct EngineBuffer(Arc<EngineBufferInner>);
-
-impl GpuResource for EngineBuffer {
-    fn resv(&self) -> &Resv {
-        &self.0.resv
-    }
-    fn owner(&self) -> GenerationId {
-        self.0.owner
-    }
-    fn keep_alive(&self) -> Arc<dyn GpuResource> {
-        Arc::new(self.clone())
-    }
-}
-
+/// An engine's own buffer (the engine example's), on the first memory type it accepts, and
+/// the flag set once its Vulkan objects are destroyed.
 fn engine_buffer(dev: &VulkanDevice, size: u64) -> (EngineBuffer, Arc<AtomicBool>) {
-    let d = dev.ash_device();
-    let info = vk::BufferCreateInfo::default()
-        .size(size)
-        .usage(vk::BufferUsageFlags::TRANSFER_SRC | vk::BufferUsageFlags::TRANSFER_DST);
-    // SAFETY: valid device and create info.
-    let buffer = unsafe { d.create_buffer(&info, None) }.unwrap();
-    // SAFETY: just created.
-    let req = unsafe { d.get_buffer_memory_requirements(buffer) };
-    let alloc = vk::MemoryAllocateInfo::default()
-        .allocation_size(req.size)
-        .memory_type_index(req.memory_type_bits.trailing_zeros());
-    // SAFETY: a memory type the buffer accepts.
-    let memory = unsafe { d.allocate_memory(&alloc, None) }.unwrap();
-    // SAFETY: fresh buffer and memory.
-    unsafe { d.bind_buffer_memory(buffer, memory, 0) }.unwrap();
+    let usage = vk::BufferUsageFlags::TRANSFER_SRC | vk::BufferUsageFlags::TRANSFER_DST;
+    let first_type = |bits: u32| Some(bits.trailing_zeros());
     let destroyed = Arc::new(AtomicBool::new(false));
-    let inner = EngineBufferInner {
-        device: d,
-        buffer,
-        memory,
-        size,
-        resv: Resv::new(),
-        owner: dev.generation_id(),
-        destroyed: destroyed.clone(),
-    };
-    (EngineBuffer(Arc::new(inner)), destroyed)
+    let flag = destroyed.clone();
+    let raw = RawBuffer::new(&dev.ash_device(), size, usage, first_type, false)
+        .unwrap()
+        .on_destroy(move || flag.store(true, Ordering::SeqCst));
+    (EngineBuffer::new(raw, dev.generation_id()), destroyed)
 }
 
 /// A job that fills the engine buffer with the 32-bit `value`.
 fn engine_fill(e: &EngineBuffer, value: u32) -> VulkanJob {
-    let (raw, size) = (e.0.buffer, e.0.size);
+    let (raw, size) = (e.raw().buffer, e.raw().size);
     VulkanJob::new(move |ctx, cb| {
         // SAFETY: `cb` is recording; the buffer is declared (kept alive) and has TRANSFER_DST.
         unsafe { ctx.device().cmd_fill_buffer(cb, raw, 0, size, value) };
@@ -97,7 +44,7 @@ fn engine_fill(e: &EngineBuffer, value: u32) -> VulkanJob {
 
 /// A job that copies the engine buffer into `dst`.
 fn engine_copy_out(e: &EngineBuffer, dst: &Buffer) -> VulkanJob {
-    let (raw, size, d) = (e.0.buffer, e.0.size, dst.clone());
+    let (raw, size, d) = (e.raw().buffer, e.raw().size, dst.clone());
     VulkanJob::new(move |ctx, cb| {
         let region = [vk::BufferCopy { src_offset: 0, dst_offset: 0, size }];
         // SAFETY: `cb` is recording; both buffers belong to this device and are declared.

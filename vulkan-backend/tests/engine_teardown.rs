@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ash::vk;
+use common::engine::engine_vk::RawBuffer;
 use common::{
-    assert_no_validation_errors, close, device, wait_ended_or_cancelled, wait_ok, WATCHDOG,
+    assert_no_validation_errors, close, device, wait_ended_or_cancelled, wait_live, wait_ok,
 };
 use gpusched::resv::Resv;
 use gpusched::{Entity, Priority, SchedulerConfig};
@@ -22,9 +23,7 @@ use gpusched_vulkan::{
 /// An engine's own buffer (no reference to gpusched's device): its drop records how many
 /// devices were alive then, to show its device was not destroyed before it.
 struct EngineBuffer {
-    device: ash::Device,
-    buffer: vk::Buffer,
-    memory: vk::DeviceMemory,
+    raw: RawBuffer,
     resv: Resv,
     owner: GenerationId,
     live_at_drop: Arc<AtomicUsize>,
@@ -32,13 +31,9 @@ struct EngineBuffer {
 
 impl Drop for EngineBuffer {
     fn drop(&mut self) {
+        // Its Vulkan objects (`raw`) go next: gpusched keeps this alive until the hardware
+        // passed every job using it, and drops it before the device generation.
         self.live_at_drop.store(gpusched_vulkan::live_devices(), Ordering::SeqCst);
-        // SAFETY: gpusched keeps this alive until the hardware passed every job using it,
-        // and drops it before the device generation.
-        unsafe {
-            self.device.destroy_buffer(self.buffer, None);
-            self.device.free_memory(self.memory, None);
-        }
     }
 }
 
@@ -55,21 +50,11 @@ impl GpuResource for EngineBuffer {
 }
 
 fn engine_buffer(dev: &VulkanDevice, live_at_drop: Arc<AtomicUsize>) -> Arc<EngineBuffer> {
-    let d = dev.ash_device();
-    let info = vk::BufferCreateInfo::default().size(256).usage(vk::BufferUsageFlags::TRANSFER_DST);
-    // SAFETY: valid device and create info.
-    let buffer = unsafe { d.create_buffer(&info, None) }.unwrap();
-    // SAFETY: just created.
-    let req = unsafe { d.get_buffer_memory_requirements(buffer) };
-    let alloc = vk::MemoryAllocateInfo::default()
-        .allocation_size(req.size)
-        .memory_type_index(req.memory_type_bits.trailing_zeros());
-    // SAFETY: a memory type the buffer accepts.
-    let memory = unsafe { d.allocate_memory(&alloc, None) }.unwrap();
-    // SAFETY: fresh buffer and memory.
-    unsafe { d.bind_buffer_memory(buffer, memory, 0) }.unwrap();
+    let first_type = |bits: u32| Some(bits.trailing_zeros());
+    let usage = vk::BufferUsageFlags::TRANSFER_DST;
+    let raw = RawBuffer::new(&dev.ash_device(), 256, usage, first_type, false).unwrap();
     let owner = dev.generation_id();
-    Arc::new(EngineBuffer { device: d, buffer, memory, resv: Resv::new(), owner, live_at_drop })
+    Arc::new(EngineBuffer { raw, resv: Resv::new(), owner, live_at_drop })
 }
 
 /// A device, a ring, an entity, a GPU-only buffer and an image, with a render job and an
@@ -101,16 +86,6 @@ fn world() -> Option<World> {
         fences.push(VulkanDevice::submit(&entity, render).unwrap());
     }
     Some(World { dev, ring, entity, buffer, image, fences })
-}
-
-#[track_caller]
-fn wait_live(live: usize) {
-    let deadline = std::time::Instant::now() + WATCHDOG;
-    while gpusched_vulkan::live_devices() > live {
-        assert!(std::time::Instant::now() < deadline, "a device was never destroyed");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    assert_eq!(gpusched_vulkan::live_devices(), live);
 }
 
 #[test]
@@ -166,7 +141,7 @@ fn every_drop_order_destroys_the_device() {
     let entity = Entity::new(&[&ring], Priority::Normal).unwrap();
     let live_at_drop = Arc::new(AtomicUsize::new(usize::MAX));
     let eng = engine_buffer(&dev, live_at_drop.clone());
-    let raw = eng.buffer;
+    let raw = eng.raw.buffer;
     let fill = VulkanJob::new(move |ctx, cb| {
         // SAFETY: `cb` is recording; the buffer is declared and has TRANSFER_DST.
         unsafe { ctx.device().cmd_fill_buffer(cb, raw, 0, 256, 5) };

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{assert_no_validation_errors, close, device, fill_job, wait, wait_ok, Gate, WATCHDOG};
+use common::{
+    assert_all, assert_no_validation_errors, close, device, fill_job, wait, wait_ok, Gate, WATCHDOG,
+};
 use gpusched::fence::{FenceError, WaitError};
 use gpusched::{Entity, Priority, SchedulerConfig};
 use gpusched_vulkan::{
@@ -60,13 +62,6 @@ fn slow_factor(dev: &VulkanDevice) -> f64 {
 
 fn failed(e: FenceError) -> Result<(), WaitError> {
     Err(WaitError::Failed(e))
-}
-
-/// Asserts that `buf` holds `value` in each of its floats.
-#[track_caller]
-fn assert_all(buf: &gpusched_vulkan::Buffer, value: f32) {
-    let v = buf.read_f32(WATCHDOG).unwrap();
-    assert!(v.iter().all(|x| *x == value), "expected {value}, got {:?}...", &v[..4]);
 }
 
 const N: u32 = 1024;

@@ -6,30 +6,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_no_validation_errors, close, device, wait, wait_ok, WATCHDOG};
+use common::{
+    assert_all, assert_no_validation_errors, close, device, fill_job, wait, wait_ok, WATCHDOG,
+};
 use gpusched::fence::{FenceError, WaitError};
 use gpusched::{Priority, SchedulerConfig};
 use gpusched_vulkan::ash::{self, vk};
-use gpusched_vulkan::{
-    Buffer, Builtin, ExternalSignal, ExternalWait, QueueCaps, VulkanDevice, VulkanJob,
-};
+use gpusched_vulkan::{ExternalSignal, ExternalWait, QueueCaps, VulkanDevice, VulkanJob};
 
 const N: u32 = 1024;
-
-fn fill_job(buf: &Buffer, value: f32) -> VulkanJob {
-    let b = buf.clone();
-    VulkanJob::new(move |ctx, cb| {
-        let fill = ctx.builtin(Builtin::Fill);
-        let push = [value.to_ne_bytes(), N.to_ne_bytes()].concat();
-        ctx.dispatch(cb, &fill, &[&b], &push, [N / 64, 1, 1])
-    })
-    .writes(buf)
-}
-
-fn assert_all(buf: &Buffer, value: f32) {
-    let v = buf.read_f32(WATCHDOG).unwrap();
-    assert!(v.iter().all(|x| *x == value), "expected {value}, got {:?}...", &v[..4]);
-}
 
 /// The engine's timeline semaphore at 0.
 fn timeline(d: &ash::Device) -> vk::Semaphore {
@@ -66,7 +51,7 @@ fn a_job_waiting_on_an_engine_timeline_runs_only_after_the_engine_signals() {
     let sem = timeline(&d);
     // SAFETY: the test's own timeline semaphore, destroyed after the device is idle.
     let job = unsafe {
-        fill_job(&buf, 6.0).wait_semaphore(ExternalWait {
+        fill_job(&buf, 6.0, N).wait_semaphore(ExternalWait {
             semaphore: sem,
             value: Some(3),
             stage: vk::PipelineStageFlags::COMPUTE_SHADER,
@@ -118,7 +103,7 @@ fn a_job_signals_engine_semaphores_when_its_work_is_done() {
     // SAFETY: the test's own semaphores: the timeline one at a value above any signalled,
     // the binary one unsignalled; destroyed after the device is idle.
     let job = unsafe {
-        fill_job(&buf, 2.0)
+        fill_job(&buf, 2.0, N)
             .signal_semaphore(ExternalSignal { semaphore: sem, value: Some(5) })
             .signal_semaphore(ExternalSignal { semaphore: binary, value: None })
     };
@@ -147,7 +132,7 @@ fn a_job_signals_engine_semaphores_when_its_work_is_done() {
     // SAFETY: the binary semaphore's signal was submitted (the previous job) and nothing else
     // waits on it; destroyed after the device is idle.
     let after = unsafe {
-        fill_job(&buf, 3.0).wait_semaphore(ExternalWait {
+        fill_job(&buf, 3.0, N).wait_semaphore(ExternalWait {
             semaphore: binary,
             value: None,
             stage: vk::PipelineStageFlags::ALL_COMMANDS,
@@ -186,14 +171,14 @@ fn an_unsignalled_external_wait_times_out_and_every_fence_signals() {
     // SAFETY: the test's own timeline semaphore, signalled before teardown and destroyed
     // after the device is idle.
     let blocked = unsafe {
-        fill_job(&a, 1.0).wait_semaphore(ExternalWait {
+        fill_job(&a, 1.0, N).wait_semaphore(ExternalWait {
             semaphore: sem,
             value: Some(1),
             stage: vk::PipelineStageFlags::ALL_COMMANDS,
         })
     };
     let blocked = VulkanDevice::submit(&client, blocked).unwrap();
-    let behind = VulkanDevice::submit(&client, fill_job(&b, 2.0)).unwrap();
+    let behind = VulkanDevice::submit(&client, fill_job(&b, 2.0, N)).unwrap();
     assert_eq!(wait(&blocked), Err(WaitError::Failed(FenceError::TimedOut)));
     assert_eq!(wait(&behind), Err(WaitError::Failed(FenceError::DeviceLost)));
     let gen1 = dev.wait_generation(gen0, WATCHDOG).unwrap();
@@ -208,7 +193,7 @@ fn an_unsignalled_external_wait_times_out_and_every_fence_signals() {
     }
     // The new generation works.
     let c = dev.buffer(u64::from(N) * 4).unwrap();
-    wait_ok(&VulkanDevice::submit(&client, fill_job(&c, 4.0)).unwrap());
+    wait_ok(&VulkanDevice::submit(&client, fill_job(&c, 4.0, N)).unwrap());
     assert_all(&c, 4.0);
     drop((blocked, behind, client, ring, a, b, c));
     close(dev);

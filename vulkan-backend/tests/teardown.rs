@@ -5,9 +5,11 @@
 
 mod common;
 
-use common::{assert_no_validation_errors, device, wait_ended_or_cancelled, WATCHDOG};
+use common::{
+    assert_no_validation_errors, device, slow_fill_job, wait_ended_or_cancelled, wait_live,
+};
 use gpusched::{Entity, Priority, SchedulerConfig};
-use gpusched_vulkan::{VulkanDevice, VulkanJob};
+use gpusched_vulkan::VulkanDevice;
 
 #[test]
 fn dropping_every_handle_with_work_outstanding_destroys_the_device_later() {
@@ -16,13 +18,7 @@ fn dropping_every_handle_with_work_outstanding_destroys_the_device_later() {
     let ring = dev.ring(0, SchedulerConfig::new("r0")).unwrap();
     let e = Entity::new(&[&ring], Priority::Normal).unwrap();
     let buf = dev.buffer(4096).unwrap();
-    let b = buf.clone();
-    let slow = VulkanJob::new(move |ctx, cb| {
-        ctx.busy(cb, 8, 1024)?;
-        ctx.fill_u32(cb, &b, 7)
-    })
-    .writes(&buf);
-    let done = VulkanDevice::submit(&e, slow).unwrap();
+    let done = VulkanDevice::submit(&e, slow_fill_job(&buf)).unwrap();
     // Every handle goes while the job runs, the device's too: the last reference is the
     // job's, dropped once it finished, wherever that happens. Dropping the ring's scheduler
     // cancels the job on the ring (`drm_sched_fini`): it ends `Cancelled`, or `Ok` if the
@@ -30,10 +26,6 @@ fn dropping_every_handle_with_work_outstanding_destroys_the_device_later() {
     drop((e, ring, buf, dev));
     wait_ended_or_cancelled(&done);
     drop(done);
-    let deadline = std::time::Instant::now() + WATCHDOG;
-    while gpusched_vulkan::live_devices() > live {
-        assert!(std::time::Instant::now() < deadline, "the device was never destroyed");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    wait_live(live);
     assert_no_validation_errors();
 }

@@ -2,45 +2,29 @@
 //! own messenger counting errors), physical device and logical devices, made with `ash`
 //! directly, as an engine would, and lent to gpusched with `VulkanDevice::adopt`.
 
-use std::ffi::{c_void, CStr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use gpusched_vulkan::ash::{self, vk};
 use gpusched_vulkan::{AdoptedDevice, EnabledFeatures, LentQueue, QueueLock};
 
-static ENGINE_VALIDATION_ERRORS: AtomicU64 = AtomicU64::new(0);
+/// The engine example's own Vulkan code (instance and messenger, engine buffers): the tests
+/// adopt and synchronise with the same engine the example shows.
+#[path = "../../examples/engine/engine_vk.rs"]
+pub mod engine_vk;
+
+use engine_vk::{create_instance, destroy_instance, Messenger};
 
 /// Validation errors the engine's own messenger saw (its instance: every call on its
 /// devices, gpusched's included).
 pub fn engine_validation_errors() -> u64 {
-    ENGINE_VALIDATION_ERRORS.load(Ordering::SeqCst)
-}
-
-unsafe extern "system" fn on_message(
-    severity: vk::DebugUtilsMessageSeverityFlagsEXT,
-    _types: vk::DebugUtilsMessageTypeFlagsEXT,
-    data: *const vk::DebugUtilsMessengerCallbackDataEXT<'_>,
-    _user: *mut c_void,
-) -> vk::Bool32 {
-    if severity.contains(vk::DebugUtilsMessageSeverityFlagsEXT::ERROR) {
-        ENGINE_VALIDATION_ERRORS.fetch_add(1, Ordering::SeqCst);
-        // SAFETY: the loader passes valid callback data for the call.
-        let msg = unsafe {
-            data.as_ref()
-                .filter(|d| !d.p_message.is_null())
-                .map(|d| CStr::from_ptr(d.p_message).to_string_lossy().into_owned())
-        };
-        eprintln!("[engine validation error] {}", msg.unwrap_or_default());
-    }
-    vk::FALSE
+    engine_vk::validation_errors()
 }
 
 /// The engine's instance and chosen physical device (shared with a re-creation callback).
 pub struct EngineInstance {
     pub entry: ash::Entry,
     pub instance: ash::Instance,
-    messenger: Option<(ash::ext::debug_utils::Instance, vk::DebugUtilsMessengerEXT)>,
+    messenger: Option<Messenger>,
     pub physical: vk::PhysicalDevice,
     /// The first family with compute.
     pub family: u32,
@@ -61,31 +45,8 @@ impl EngineInstance {
                 return None;
             }
         };
-        let app = vk::ApplicationInfo::default()
-            .application_name(c"engine-test")
-            .api_version(vk::API_VERSION_1_3);
-        let layers = [c"VK_LAYER_KHRONOS_validation".as_ptr()];
-        let exts = [ash::ext::debug_utils::NAME.as_ptr()];
-        let mut info = vk::InstanceCreateInfo::default().application_info(&app);
-        if validation {
-            info = info.enabled_layer_names(&layers).enabled_extension_names(&exts);
-        }
-        // SAFETY: `info` lives across the call.
-        let instance = unsafe { entry.create_instance(&info, None) }
+        let (instance, messenger) = create_instance(&entry, c"engine-test", validation)
             .expect("the engine's instance (validation layer installed?)");
-        let messenger = validation.then(|| {
-            let du = ash::ext::debug_utils::Instance::new(&entry, &instance);
-            let ci = vk::DebugUtilsMessengerCreateInfoEXT::default()
-                .message_severity(vk::DebugUtilsMessageSeverityFlagsEXT::ERROR)
-                .message_type(
-                    vk::DebugUtilsMessageTypeFlagsEXT::GENERAL
-                        | vk::DebugUtilsMessageTypeFlagsEXT::VALIDATION,
-                )
-                .pfn_user_callback(Some(on_message));
-            // SAFETY: debug utils is enabled; the callback is 'static.
-            let m = unsafe { du.create_debug_utils_messenger(&ci, None) }.expect("messenger");
-            (du, m)
-        });
         // SAFETY: live instance.
         let physicals = unsafe { instance.enumerate_physical_devices() }.expect("enumerate");
         let Some(&physical) = physicals.first() else {
@@ -171,11 +132,6 @@ impl EngineInstance {
 impl Drop for EngineInstance {
     fn drop(&mut self) {
         // SAFETY: every device of the instance was destroyed by the test.
-        unsafe {
-            if let Some((du, m)) = self.messenger.take() {
-                du.destroy_debug_utils_messenger(m, None);
-            }
-            self.instance.destroy_instance(None);
-        }
+        unsafe { destroy_instance(&self.instance, self.messenger.take()) };
     }
 }

@@ -11,10 +11,15 @@ use gpusched::fence::{lockdep, Fence};
 /// section: `run_job`, the completion thread's signalling path).
 #[global_allocator]
 static ALLOC: lockdep::CheckingAllocator = lockdep::CheckingAllocator::new(std::alloc::System);
-use gpusched_vulkan::{DeviceConfig, InitError, VulkanDevice};
+use gpusched_vulkan::VulkanDevice;
 
 /// Deadlock watchdog for every wait (never a speed assertion).
 pub const WATCHDOG: Duration = Duration::from_secs(60);
+
+/// The device-or-skip rule, shared with the `gpusched-tests` suites (one file, compiled in
+/// both: `gpusched-tests` depends on this crate, so this crate's tests cannot use it).
+#[path = "../../../tests/src/probe.rs"]
+mod probe;
 
 /// A device with the validation layer on, or `None` when Vulkan, every device or the
 /// validation layer is missing on a developer machine (a printed `SKIPPED` line). Under CI (or
@@ -22,23 +27,7 @@ pub const WATCHDOG: Duration = Duration::from_secs(60);
 /// (`vk_fault_layer::testing::skip_or_fail`).
 #[track_caller]
 pub fn device() -> Option<VulkanDevice> {
-    match VulkanDevice::with_config(
-        DeviceConfig::default().validation(std::env::var("GPUSCHED_TEST_NOVAL").is_err()),
-    ) {
-        Ok(d) => Some(d),
-        Err(
-            e @ (InitError::LoaderMissing(_)
-            | InitError::NoDevice(_)
-            | InitError::ValidationUnavailable),
-        ) => {
-            vk_fault_layer::testing::skip_or_fail(
-                "vulkan test",
-                format!("no validated Vulkan device can be created: {e}"),
-            );
-            None
-        }
-        Err(e) => panic!("cannot create a validated Vulkan device: {e}"),
-    }
+    probe::validated_device("vulkan test", std::env::var("GPUSCHED_TEST_NOVAL").is_err())
 }
 
 /// Waits with the watchdog and returns the outcome.
@@ -89,6 +78,13 @@ pub fn close(dev: VulkanDevice) {
     }
 }
 
+/// Asserts that every float of `buf` is `value`.
+#[track_caller]
+pub fn assert_all(buf: &gpusched_vulkan::Buffer, value: f32) {
+    let v = buf.read_f32(WATCHDOG).unwrap();
+    assert!(v.iter().all(|x| *x == value), "expected {value}, got {:?}...", &v[..4]);
+}
+
 /// A job that writes `value` into the first `n` floats of `buf` (the built-in fill kernel).
 pub fn fill_job(buf: &gpusched_vulkan::Buffer, value: f32, n: u32) -> gpusched_vulkan::VulkanJob {
     let b = buf.clone();
@@ -104,6 +100,29 @@ pub fn fill_job(buf: &gpusched_vulkan::Buffer, value: f32, n: u32) -> gpusched_v
     })
     .writes(buf)
 }
+
+/// A job that keeps the hardware busy a while, then fills `buf` with the 32-bit value 7.
+pub fn slow_fill_job(buf: &gpusched_vulkan::Buffer) -> gpusched_vulkan::VulkanJob {
+    let b = buf.clone();
+    gpusched_vulkan::VulkanJob::new(move |ctx, cb| {
+        ctx.busy(cb, 8, 1024)?;
+        ctx.fill_u32(cb, &b, 7)
+    })
+    .writes(buf)
+}
+
+/// Waits (with the watchdog) until the process-wide live-device count is back down to
+/// `live`, and asserts that it is exactly `live`.
+#[track_caller]
+pub fn wait_live(live: usize) {
+    let deadline = std::time::Instant::now() + WATCHDOG;
+    while gpusched_vulkan::live_devices() > live {
+        assert!(std::time::Instant::now() < deadline, "a device was never destroyed");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(gpusched_vulkan::live_devices(), live);
+}
+
 /// A job that waits for a host-set `VkEvent` (hardware progress under the test's control),
 /// then fills the first `n` floats of `buf` with `value`.
 pub fn gated_fill_job(

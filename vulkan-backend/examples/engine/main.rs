@@ -21,20 +21,21 @@
 //! (`GPUSCHED_VALIDATION=1` puts the Khronos validation layer on the engine's instance).
 //! It exits non-zero on a wrong pixel or value, a validation error, or a checker report.
 
-use std::error::Error;
-use std::ffi::{c_void, CStr};
+mod engine_vk;
+
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use engine_vk::{
+    create_instance, destroy_instance, validation_errors, EngineBuffer, Messenger, RawBuffer, Res,
+};
 use gpusched::fence::lockdep;
-use gpusched::resv::Resv;
 use gpusched::{Priority, SchedulerConfig};
 use gpusched_vulkan::ash::{self, vk};
 use gpusched_vulkan::{
-    AdoptedDevice, Buffer, Builtin, EnabledFeatures, GenerationId, GpuResource, Image, ImageDesc,
-    LentQueue, Load, MemoryLocation, QueueCaps, QueueLock, VulkanDevice, VulkanJob, VulkanRing,
+    AdoptedDevice, Buffer, Builtin, EnabledFeatures, GenerationId, Image, ImageDesc, LentQueue,
+    Load, MemoryLocation, QueueCaps, QueueLock, VulkanDevice, VulkanJob, VulkanRing,
 };
 
 /// Floats in the simulation.
@@ -45,34 +46,11 @@ const H: u32 = 48;
 /// A deadlock watchdog for every wait, not a speed target.
 const WATCHDOG: Duration = Duration::from_secs(60);
 
-type Res<T> = Result<T, Box<dyn Error>>;
-
-static VALIDATION_ERRORS: AtomicU64 = AtomicU64::new(0);
-
-unsafe extern "system" fn on_message(
-    severity: vk::DebugUtilsMessageSeverityFlagsEXT,
-    _types: vk::DebugUtilsMessageTypeFlagsEXT,
-    data: *const vk::DebugUtilsMessengerCallbackDataEXT<'_>,
-    _user: *mut c_void,
-) -> vk::Bool32 {
-    if severity.contains(vk::DebugUtilsMessageSeverityFlagsEXT::ERROR) {
-        VALIDATION_ERRORS.fetch_add(1, Ordering::SeqCst);
-        // SAFETY: the loader passes valid callback data for the duration of the call.
-        let msg = unsafe {
-            data.as_ref()
-                .filter(|d| !d.p_message.is_null())
-                .map(|d| CStr::from_ptr(d.p_message).to_string_lossy().into_owned())
-        };
-        eprintln!("[validation error] {}", msg.unwrap_or_default());
-    }
-    vk::FALSE
-}
-
 /// The engine's own Vulkan objects.
 struct Engine {
     entry: ash::Entry,
     instance: ash::Instance,
-    messenger: Option<(ash::ext::debug_utils::Instance, vk::DebugUtilsMessengerEXT)>,
+    messenger: Option<Messenger>,
     physical: vk::PhysicalDevice,
     family: u32,
     /// How many queues of `family` the device has (and lends).
@@ -89,31 +67,8 @@ impl Engine {
     fn new(validation: bool) -> Res<Engine> {
         // SAFETY: loading the system Vulkan loader.
         let entry = unsafe { ash::Entry::load() }?;
-        let app = vk::ApplicationInfo::default()
-            .application_name(c"gpusched engine example")
-            .api_version(vk::API_VERSION_1_3);
-        let layers = [c"VK_LAYER_KHRONOS_validation".as_ptr()];
-        let exts = [ash::ext::debug_utils::NAME.as_ptr()];
-        let mut info = vk::InstanceCreateInfo::default().application_info(&app);
-        if validation {
-            info = info.enabled_layer_names(&layers).enabled_extension_names(&exts);
-        }
-        // SAFETY: `info` lives across the call.
-        let instance = unsafe { entry.create_instance(&info, None) }?;
-        let messenger = if validation {
-            let du = ash::ext::debug_utils::Instance::new(&entry, &instance);
-            let ci = vk::DebugUtilsMessengerCreateInfoEXT::default()
-                .message_severity(vk::DebugUtilsMessageSeverityFlagsEXT::ERROR)
-                .message_type(
-                    vk::DebugUtilsMessageTypeFlagsEXT::GENERAL
-                        | vk::DebugUtilsMessageTypeFlagsEXT::VALIDATION,
-                )
-                .pfn_user_callback(Some(on_message));
-            // SAFETY: debug utils is enabled; the callback is a 'static function.
-            Some((du.clone(), unsafe { du.create_debug_utils_messenger(&ci, None) }?))
-        } else {
-            None
-        };
+        let (instance, messenger) =
+            create_instance(&entry, c"gpusched engine example", validation)?;
         // The first device with a graphics + compute family and Vulkan 1.3's dynamic
         // rendering (lavapipe qualifies).
         // SAFETY: a live instance.
@@ -218,39 +173,17 @@ impl Engine {
 
     /// A host-visible, coherent buffer of the engine's own, mapped.
     fn host_buffer(&self, size: u64, owner: GenerationId) -> Res<EngineBuffer> {
-        let d = &self.device;
-        let info = vk::BufferCreateInfo::default()
-            .size(size)
-            .usage(vk::BufferUsageFlags::TRANSFER_DST | vk::BufferUsageFlags::STORAGE_BUFFER);
-        // SAFETY: the engine's device; each object is destroyed by `EngineBuffer`'s drop.
-        unsafe {
-            let buffer = d.create_buffer(&info, None)?;
-            let req = d.get_buffer_memory_requirements(buffer);
-            let mem = self.instance.get_physical_device_memory_properties(self.physical);
-            let want =
-                vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT;
-            let Some(type_index) = (0..mem.memory_type_count).find(|&i| {
-                req.memory_type_bits & (1 << i) != 0
-                    && mem.memory_types[i as usize].property_flags.contains(want)
-            }) else {
-                d.destroy_buffer(buffer, None);
-                return Err("no host-visible coherent memory".into());
-            };
-            let ai = vk::MemoryAllocateInfo::default()
-                .allocation_size(req.size)
-                .memory_type_index(type_index);
-            let memory = d.allocate_memory(&ai, None)?;
-            d.bind_buffer_memory(buffer, memory, 0)?;
-            let ptr = d.map_memory(memory, 0, size, vk::MemoryMapFlags::empty())?;
-            Ok(EngineBuffer(Arc::new(EngineBufferInner {
-                device: d.clone(),
-                buffer,
-                memory,
-                ptr: ptr as usize,
-                resv: Resv::new(),
-                owner,
-            })))
-        }
+        // SAFETY: a valid physical device of the instance.
+        let mem = unsafe { self.instance.get_physical_device_memory_properties(self.physical) };
+        let want = vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT;
+        let host_visible = |bits: u32| {
+            (0..mem.memory_type_count).find(|&i| {
+                bits & (1 << i) != 0 && mem.memory_types[i as usize].property_flags.contains(want)
+            })
+        };
+        let usage = vk::BufferUsageFlags::TRANSFER_DST | vk::BufferUsageFlags::STORAGE_BUFFER;
+        let raw = RawBuffer::new(&self.device, size, usage, host_visible, true)?;
+        Ok(EngineBuffer::new(raw, owner))
     }
 }
 
@@ -261,58 +194,7 @@ impl Drop for Engine {
         unsafe {
             let _ = self.device.device_wait_idle();
             self.device.destroy_device(None);
-            if let Some((du, m)) = self.messenger.take() {
-                du.destroy_debug_utils_messenger(m, None);
-            }
-            self.instance.destroy_instance(None);
-        }
-    }
-}
-
-/// The engine's own buffer, taking part in gpusched's implicit synchronisation: a cheap
-/// handle (jobs keep a clone until the hardware has passed them).
-#[derive(Clone)]
-struct EngineBuffer(Arc<EngineBufferInner>);
-
-struct EngineBufferInner {
-    device: ash::Device,
-    buffer: vk::Buffer,
-    memory: vk::DeviceMemory,
-    /// The persistent mapping's address.
-    ptr: usize,
-    resv: Resv,
-    owner: GenerationId,
-}
-
-impl EngineBuffer {
-    /// The first float. The caller waited for the jobs that write it.
-    fn first(&self) -> f32 {
-        // SAFETY: a mapping of at least 4 bytes, alive while `self` is, coherent; no job
-        // writes it now (the caller waited).
-        unsafe { std::ptr::read_volatile(self.0.ptr as *const f32) }
-    }
-}
-
-impl GpuResource for EngineBuffer {
-    fn resv(&self) -> &Resv {
-        &self.0.resv
-    }
-    fn owner(&self) -> GenerationId {
-        self.0.owner
-    }
-    fn keep_alive(&self) -> Arc<dyn GpuResource> {
-        Arc::new(self.clone())
-    }
-}
-
-impl Drop for EngineBufferInner {
-    fn drop(&mut self) {
-        // SAFETY: the last handle: every job that declared it has passed on the hardware
-        // (gpusched held a handle until then).
-        unsafe {
-            self.device.unmap_memory(self.memory);
-            self.device.destroy_buffer(self.buffer, None);
-            self.device.free_memory(self.memory, None);
+            destroy_instance(&self.instance, self.messenger.take());
         }
     }
 }
@@ -342,7 +224,7 @@ fn to_rgba8(c: [f32; 4]) -> [u8; 4] {
 
 /// Clear, draw the triangle, and copy the simulation's first value into the engine's buffer.
 fn render(image: &Image, state: &Buffer, probe: &EngineBuffer, frame: u32) -> VulkanJob {
-    let (target, src, dst) = (image.clone(), state.clone(), probe.0.buffer);
+    let (target, src, dst) = (image.clone(), state.clone(), probe.raw().buffer);
     let (clear, tri) = colours(frame);
     VulkanJob::new(move |ctx, cb| {
         ctx.render(cb, &target, Load::Clear(clear), |pass| {
@@ -451,12 +333,11 @@ fn run(engine: &Engine, dev: &VulkanDevice, a: &Args) -> Res<()> {
         check_frame(&pixels, frame)?;
         drawn.wait_timeout(WATCHDOG)?;
         let want = (frame + 1) as f32;
-        if probe.first() != want {
-            return Err(format!(
-                "frame {frame}: the engine's buffer holds {}, want {want}",
-                probe.first()
-            )
-            .into());
+        let held = probe.raw().first_f32().ok_or("the engine's buffer is not mapped")?;
+        if held != want {
+            return Err(
+                format!("frame {frame}: the engine's buffer holds {held}, want {want}").into()
+            );
         }
         engine.present()?;
         last = pixels;
@@ -499,7 +380,7 @@ fn main() -> ExitCode {
         println!("engine: {} frames rendered and checked on the engine's device", a.frames);
         Ok(())
     })();
-    let validation = VALIDATION_ERRORS.load(Ordering::SeqCst);
+    let validation = validation_errors();
     let checker = lockdep::violations();
     match result {
         Ok(()) if validation == 0 && checker == 0 => ExitCode::SUCCESS,
