@@ -305,7 +305,6 @@ fn teardown_without_cancel_running_keeps_payloads_until_the_hardware_is_done() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    use gpusched::fence::Fence;
     use gpusched::{Backend, JobInfo, Recovery, TimeoutStatus};
 
     struct NoCancel {
@@ -313,14 +312,7 @@ fn teardown_without_cancel_running_keeps_payloads_until_the_hardware_is_done() {
         freed: Arc<AtomicUsize>,
     }
     impl Backend for NoCancel {
-        type Job = MockJob;
-        type Error = std::convert::Infallible;
-        fn prepare_job(&self, job: &mut MockJob, info: &JobInfo) -> Result<(), Self::Error> {
-            self.ring.prepare_job(job, info)
-        }
-        fn run_job(&self, job: &mut MockJob, info: &JobInfo) -> Result<Fence, FenceError> {
-            self.ring.run_job(job, info)
-        }
+        crate::common::mock_ring_delegate!();
         fn timedout_job(&self, recovery: &mut Recovery<'_, Self>) -> TimeoutStatus {
             recovery.standard_reset(|| {
                 self.ring.reset_hw();

@@ -34,6 +34,8 @@
 
 #![cfg(not(gpusched_loom))]
 
+mod common;
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -570,16 +572,7 @@ struct GatedRing {
 }
 
 impl Backend for GatedRing {
-    type Job = MockJob;
-    type Error = std::convert::Infallible;
-
-    fn prepare_job(&self, job: &mut MockJob, info: &JobInfo) -> Result<(), Self::Error> {
-        self.ring.prepare_job(job, info)
-    }
-
-    fn run_job(&self, job: &mut MockJob, info: &JobInfo) -> Result<Fence, FenceError> {
-        self.ring.run_job(job, info)
-    }
+    common::mock_ring_delegate!();
 
     fn timedout_job(&self, recovery: &mut Recovery<'_, Self>) -> TimeoutStatus {
         if !self.reset_armed.swap(false, Ordering::AcqRel) {

@@ -2,6 +2,8 @@
 
 #![cfg(not(gpusched_loom))]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -182,24 +184,7 @@ impl Scripted {
 }
 
 impl gpusched::Backend for Scripted {
-    type Job = MockJob;
-    type Error = std::convert::Infallible;
-
-    fn prepare_job(&self, job: &mut MockJob, info: &gpusched::JobInfo) -> Result<(), Self::Error> {
-        self.ring.prepare_job(job, info)
-    }
-
-    fn run_job(
-        &self,
-        job: &mut MockJob,
-        info: &gpusched::JobInfo,
-    ) -> Result<gpusched::fence::Fence, FenceError> {
-        self.ring.run_job(job, info)
-    }
-
-    fn free_job(&self, job: MockJob, info: &gpusched::JobInfo) {
-        self.ring.free_job(job, info)
-    }
+    common::mock_ring_delegate!(free_job);
 
     fn timedout_job(&self, r: &mut gpusched::Recovery<'_, Self>) -> TimeoutStatus {
         use std::sync::atomic::Ordering::SeqCst;

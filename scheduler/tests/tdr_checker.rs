@@ -5,21 +5,20 @@
 
 #![cfg(not(gpusched_loom))]
 
+mod common;
+
 use std::sync::Mutex;
 use std::time::Duration;
 
+use common::WATCHDOG;
 use gpusched::fence::lockdep::{self, CheckingAllocator, Report, Rule};
 use gpusched::fence::{Fence, FenceError, WaitError};
 use gpusched::resv::Resv;
 use gpusched::testing::{MockBehavior, MockJob, MockRing};
-use gpusched::{
-    Backend, Entity, JobInfo, Priority, Recovery, Scheduler, SchedulerConfig, TimeoutStatus,
-};
+use gpusched::{Backend, Entity, Priority, Recovery, Scheduler, SchedulerConfig, TimeoutStatus};
 
 #[global_allocator]
 static ALLOC: CheckingAllocator = CheckingAllocator::new(std::alloc::System);
-
-const WATCHDOG: Duration = Duration::from_secs(20);
 
 /// Wraps the mock ring; its timeout handler optionally misbehaves, capturing the reports.
 struct Misbehaving {
@@ -30,20 +29,7 @@ struct Misbehaving {
 }
 
 impl Backend for Misbehaving {
-    type Job = MockJob;
-    type Error = std::convert::Infallible;
-
-    fn prepare_job(&self, job: &mut MockJob, info: &JobInfo) -> Result<(), Self::Error> {
-        self.ring.prepare_job(job, info)
-    }
-
-    fn run_job(&self, job: &mut MockJob, info: &JobInfo) -> Result<Fence, FenceError> {
-        self.ring.run_job(job, info)
-    }
-
-    fn free_job(&self, job: MockJob, info: &JobInfo) {
-        self.ring.free_job(job, info)
-    }
+    common::mock_ring_delegate!(free_job);
 
     fn timedout_job(&self, r: &mut Recovery<'_, Self>) -> TimeoutStatus {
         let ((), reports) = lockdep::capture(|| {

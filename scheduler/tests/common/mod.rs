@@ -52,3 +52,40 @@ pub fn sched(ring: MockRing, name: &str, credits: u32, policy: Policy) -> Schedu
 pub fn job(tag: u64) -> MockJob {
     MockJob::new(tag)
 }
+
+/// The `Backend` items that a wrapper around the mock ring (in its field `ring`) hands to the
+/// ring unchanged: the job and error types, `prepare_job` and `run_job`, and with `free_job`
+/// that method too. The wrapper writes the methods it changes (its timeout handler) itself.
+// Not every test binary including this module wraps the mock ring.
+#[allow(unused_macros)]
+macro_rules! mock_ring_delegate {
+    () => {
+        type Job = gpusched::testing::MockJob;
+        type Error = std::convert::Infallible;
+
+        fn prepare_job(
+            &self,
+            job: &mut Self::Job,
+            info: &gpusched::JobInfo,
+        ) -> Result<(), Self::Error> {
+            self.ring.prepare_job(job, info)
+        }
+
+        fn run_job(
+            &self,
+            job: &mut Self::Job,
+            info: &gpusched::JobInfo,
+        ) -> Result<gpusched::fence::Fence, gpusched::fence::FenceError> {
+            self.ring.run_job(job, info)
+        }
+    };
+    (free_job) => {
+        crate::common::mock_ring_delegate!();
+
+        fn free_job(&self, job: Self::Job, info: &gpusched::JobInfo) {
+            self.ring.free_job(job, info)
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use mock_ring_delegate;
