@@ -3,26 +3,21 @@
 //! the fault layer too, above validation. Its own test binary: it changes the process
 //! environment.
 
+mod common;
+
 use ash::vk;
+use common::{create_instance, destroy, env_enabled_setup, first_device, load_entry};
 use vk_fault_layer::testing::skip_or_fail;
-use vk_fault_layer::{FaultCall, LayerSetup};
+use vk_fault_layer::FaultCall;
 
 #[test]
 fn layer_enabled_through_the_environment_sits_above_validation() {
     let test = "layer_enabled_through_the_environment_sits_above_validation";
-    let setup = match LayerSetup::locate() {
-        Ok(setup) => setup,
-        Err(error) => return skip_or_fail(test, error),
-    };
     // The only test of this process: nothing else reads the environment meanwhile.
-    setup.install_env_enabled();
+    let Some(setup) = env_enabled_setup(test) else { return };
     let layer = setup.open().expect("the built layer library opens");
     layer.reset();
-    // SAFETY: loading the system Vulkan loader runs its initialisers, which are sound.
-    let entry = match unsafe { ash::Entry::load() } {
-        Ok(entry) => entry,
-        Err(error) => return skip_or_fail(test, format!("no Vulkan loader: {error}")),
-    };
+    let Some(entry) = load_entry(test) else { return };
     let validation = c"VK_LAYER_KHRONOS_validation";
     // SAFETY: a loaded entry; the call has no preconditions.
     let layers = unsafe { entry.enumerate_instance_layer_properties() }.expect("layer list");
@@ -33,23 +28,9 @@ fn layer_enabled_through_the_environment_sits_above_validation() {
     let app = vk::ApplicationInfo::default().api_version(vk::API_VERSION_1_3);
     let info = vk::InstanceCreateInfo::default().application_info(&app).enabled_layer_names(&names);
     let instances = layer.live_instances();
-    // SAFETY: a valid create info.
-    let instance = match unsafe { entry.create_instance(&info, None) } {
-        Ok(instance) => instance,
-        Err(vk::Result::ERROR_INCOMPATIBLE_DRIVER) => {
-            return skip_or_fail(test, "no Vulkan driver (vkCreateInstance: INCOMPATIBLE_DRIVER)")
-        }
-        Err(error) => panic!("vkCreateInstance: {error:?}"),
-    };
+    let Some(instance) = create_instance(test, &entry, &info) else { return };
     assert_eq!(layer.live_instances(), instances + 1, "the fault layer was not enabled");
-    // SAFETY: a valid instance.
-    let physical = unsafe { instance.enumerate_physical_devices() }.expect("devices")[0];
-    let priorities = [1.0];
-    let queues =
-        [vk::DeviceQueueCreateInfo::default().queue_family_index(0).queue_priorities(&priorities)];
-    let device_info = vk::DeviceCreateInfo::default().queue_create_infos(&queues);
-    // SAFETY: a valid physical device and create info.
-    let device = unsafe { instance.create_device(physical, &device_info, None) }.expect("device");
+    let device = first_device(&instance);
     // A zero-sized buffer is invalid; validation (below) would reject it with
     // VK_ERROR_VALIDATION_FAILED_EXT, so OUT_OF_DEVICE_MEMORY shows the fault layer answered
     // first.
@@ -61,9 +42,6 @@ fn layer_enabled_through_the_environment_sits_above_validation() {
     assert_eq!(unsafe { device.create_buffer(&invalid, None) }, Err(ood));
     assert_eq!(layer.injected(FaultCall::CreateBuffer), 1);
     // SAFETY: nothing created from them is alive.
-    unsafe {
-        device.destroy_device(None);
-        instance.destroy_instance(None);
-    }
+    unsafe { destroy(device, instance) };
     assert_eq!(layer.live_instances(), instances);
 }

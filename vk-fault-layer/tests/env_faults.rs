@@ -3,45 +3,26 @@
 //! interface. Its own test binary: it changes the process environment before the loader
 //! first loads the layer.
 
+mod common;
+
 use ash::vk;
-use vk_fault_layer::testing::skip_or_fail;
-use vk_fault_layer::{FaultCall, LayerSetup, FAULTS_ENV};
+use common::{create_instance, destroy, env_enabled_setup, first_device, load_entry};
+use vk_fault_layer::{FaultCall, FAULTS_ENV};
 
 #[test]
 fn faults_from_the_environment_are_armed_at_load() {
     let test = "faults_from_the_environment_are_armed_at_load";
-    let setup = match LayerSetup::locate() {
-        Ok(setup) => setup,
-        Err(error) => return skip_or_fail(test, error),
-    };
     // The only test of this process: nothing else reads the environment meanwhile.
-    setup.install_env_enabled();
+    let Some(setup) = env_enabled_setup(test) else { return };
     std::env::set_var(FAULTS_ENV, "vkAllocateMemory:nth=2:VK_ERROR_OUT_OF_DEVICE_MEMORY");
-    // SAFETY: loading the system Vulkan loader runs its initialisers, which are sound.
-    let entry = match unsafe { ash::Entry::load() } {
-        Ok(entry) => entry,
-        Err(error) => return skip_or_fail(test, format!("no Vulkan loader: {error}")),
-    };
+    let Some(entry) = load_entry(test) else { return };
     let app = vk::ApplicationInfo::default().api_version(vk::API_VERSION_1_3);
     let info = vk::InstanceCreateInfo::default().application_info(&app);
-    // SAFETY: a valid create info; the loader loads the layer (and it reads the variable).
-    let instance = match unsafe { entry.create_instance(&info, None) } {
-        Ok(instance) => instance,
-        Err(vk::Result::ERROR_INCOMPATIBLE_DRIVER) => {
-            return skip_or_fail(test, "no Vulkan driver (vkCreateInstance: INCOMPATIBLE_DRIVER)")
-        }
-        Err(error) => panic!("vkCreateInstance: {error:?}"),
-    };
+    // The loader loads the layer (and it reads the variable).
+    let Some(instance) = create_instance(test, &entry, &info) else { return };
     let layer = setup.open().expect("the built layer library opens");
     assert_eq!(layer.live_instances(), 1, "the layer was not enabled through the environment");
-    // SAFETY: a valid instance.
-    let physical = unsafe { instance.enumerate_physical_devices() }.expect("devices")[0];
-    let priorities = [1.0];
-    let queues =
-        [vk::DeviceQueueCreateInfo::default().queue_family_index(0).queue_priorities(&priorities)];
-    let device_info = vk::DeviceCreateInfo::default().queue_create_infos(&queues);
-    // SAFETY: a valid physical device and create info.
-    let device = unsafe { instance.create_device(physical, &device_info, None) }.expect("device");
+    let device = first_device(&instance);
     let allocate = vk::MemoryAllocateInfo::default().allocation_size(256).memory_type_index(0);
     let results: Vec<_> = (0..3)
         .map(|_| {
@@ -57,8 +38,5 @@ fn faults_from_the_environment_are_armed_at_load() {
     assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
     assert_eq!(layer.injected(FaultCall::AllocateMemory), 1);
     // SAFETY: nothing created from them is alive.
-    unsafe {
-        device.destroy_device(None);
-        instance.destroy_instance(None);
-    }
+    unsafe { destroy(device, instance) };
 }

@@ -34,6 +34,75 @@ pub struct Harness {
     _guard: MutexGuard<'static, ()>,
 }
 
+/// The system Vulkan loader, or `None` (skipped, or failed under CI) where it is missing.
+pub fn load_entry(test: &str) -> Option<ash::Entry> {
+    // SAFETY: loading the system Vulkan loader runs its initialisers, which are sound.
+    match unsafe { ash::Entry::load() } {
+        Ok(entry) => Some(entry),
+        Err(error) => {
+            skip_or_fail(test, format!("no Vulkan loader: {error}"));
+            None
+        }
+    }
+}
+
+/// For the tests of the environment route (each alone in its process: it changes the process
+/// environment): the layer located and enabled for every instance through
+/// `VK_INSTANCE_LAYERS`, or `None` (skipped) where the layer library is missing.
+pub fn env_enabled_setup(test: &str) -> Option<LayerSetup> {
+    match LayerSetup::locate() {
+        Ok(setup) => {
+            setup.install_env_enabled();
+            Some(setup)
+        }
+        Err(error) => {
+            skip_or_fail(test, error);
+            None
+        }
+    }
+}
+
+/// The instance `info` describes, or `None` (skipped) where the loader finds no driver.
+pub fn create_instance(
+    test: &str,
+    entry: &ash::Entry,
+    info: &vk::InstanceCreateInfo<'_>,
+) -> Option<ash::Instance> {
+    // SAFETY: a valid create info whose pointers outlive the call.
+    match unsafe { entry.create_instance(info, None) } {
+        Ok(instance) => Some(instance),
+        Err(vk::Result::ERROR_INCOMPATIBLE_DRIVER) => {
+            skip_or_fail(test, "no Vulkan driver (vkCreateInstance: INCOMPATIBLE_DRIVER)");
+            None
+        }
+        Err(error) => panic!("vkCreateInstance: {error:?}"),
+    }
+}
+
+/// A device with one queue of family 0 on the first physical device of `instance`.
+pub fn first_device(instance: &ash::Instance) -> ash::Device {
+    // SAFETY: a valid instance.
+    let physical = unsafe { instance.enumerate_physical_devices() }.expect("devices")[0];
+    let priorities = [1.0];
+    let queues =
+        [vk::DeviceQueueCreateInfo::default().queue_family_index(0).queue_priorities(&priorities)];
+    let device_info = vk::DeviceCreateInfo::default().queue_create_infos(&queues);
+    // SAFETY: a valid physical device and create info.
+    unsafe { instance.create_device(physical, &device_info, None) }.expect("device")
+}
+
+/// Destroys `device`, then `instance`.
+///
+/// # Safety
+/// Nothing created from them is alive, and neither is used again.
+pub unsafe fn destroy(device: ash::Device, instance: ash::Instance) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        device.destroy_device(None);
+        instance.destroy_instance(None);
+    }
+}
+
 /// Takes the test lock, sets the layer up and resets it; `None` (after printing `SKIPPED`)
 /// where the layer library, the Vulkan loader or the validation layer is missing outside CI.
 pub fn harness(test: &str) -> Option<Harness> {
@@ -55,14 +124,7 @@ pub fn harness(test: &str) -> Option<Harness> {
     layer.reset();
     MESSAGES.lock().unwrap_or_else(PoisonError::into_inner).clear();
     GENERAL.lock().unwrap_or_else(PoisonError::into_inner).clear();
-    // SAFETY: loading the system Vulkan loader runs its initialisers, which are sound.
-    let entry = match unsafe { ash::Entry::load() } {
-        Ok(entry) => entry,
-        Err(error) => {
-            skip_or_fail(test, format!("no Vulkan loader: {error}"));
-            return None;
-        }
-    };
+    let entry = load_entry(test)?;
     // SAFETY: a loaded entry; the call has no preconditions.
     let layers = unsafe { entry.enumerate_instance_layer_properties() }.expect("layer list");
     let has = |name: &CStr| layers.iter().any(|l| l.layer_name_as_c_str() == Ok(name));
