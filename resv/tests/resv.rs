@@ -1,28 +1,15 @@
 //! Public behaviour of `Resv` and `Exec`.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::watchdog;
 use gpusched_fence::{Fence, FenceContext, FenceError, InterruptDomain, Signaller, WaitError};
 use gpusched_resv::{AcquireCtx, Exec, Resv, Usage, WwError, RESV_WW_CLASS};
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
-
-const WATCHDOG: Duration = Duration::from_secs(60);
-
-fn watchdog<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-    let (tx, rx) = mpsc::channel();
-    let t = thread::spawn(move || {
-        let r = f();
-        let _ = tx.send(());
-        r
-    });
-    match rx.recv_timeout(WATCHDOG) {
-        Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => t.join().unwrap(),
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("deadlock: no progress in {WATCHDOG:?}"),
-    }
-}
 
 fn add(resv: &Resv, fence: &Fence, usage: Usage) {
     let mut g = resv.lock_no_ctx();

@@ -1,33 +1,19 @@
 //! Public behaviour of `WwMutex`: errors, wound and die, ABBA, cycles, randomized stress.
 
+mod common;
+
 use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
+use common::{watchdog, WATCHDOG};
 use gpusched_fence::InterruptDomain;
 use gpusched_resv::{AcquireCtx, WwAlgorithm, WwClass, WwError, WwGuard, WwMutex};
 use rand::{rngs::StdRng, seq::SliceRandom, Rng, SeedableRng};
 
 static WAIT_DIE: WwClass = WwClass::wait_die("test-wait-die");
 static WOUND_WAIT: WwClass = WwClass::wound_wait("test-wound-wait");
-
-const WATCHDOG: Duration = Duration::from_secs(60);
-
-/// Runs `f` on a thread; panics if it does not finish within the watchdog (a deadlock).
-fn watchdog<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-    let (tx, rx) = mpsc::channel();
-    let t = thread::spawn(move || {
-        let r = f();
-        let _ = tx.send(());
-        r
-    });
-    match rx.recv_timeout(WATCHDOG) {
-        Ok(()) => t.join().unwrap(),
-        Err(mpsc::RecvTimeoutError::Disconnected) => t.join().unwrap(),
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("deadlock: no progress in {WATCHDOG:?}"),
-    }
-}
 
 /// Locks all of `ms` under `ctx` with the back-off loop; returns the guards and how many
 /// times it backed off. `pause` runs once, after the first lock of the first attempt.
