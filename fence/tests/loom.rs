@@ -12,11 +12,28 @@ use loom::sync::Arc;
 use loom::thread;
 
 use gpusched_fence::{
-    FenceArray, FenceContext, FenceError, FenceOps, FenceStatus, Timeline, WaitError,
+    Fence, FenceArray, FenceContext, FenceError, FenceOps, FenceStatus, Timeline, WaitError,
 };
 
 fn counter() -> Arc<AtomicUsize> {
     Arc::new(AtomicUsize::new(0))
+}
+
+/// A callback that counts its runs in `ran`.
+fn count_run(ran: &Arc<AtomicUsize>) -> impl FnOnce(&Fence) + Send + 'static {
+    let r = ran.clone();
+    move |_| {
+        r.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A backend's completion word: the fence's ops report it signalled once it is non-zero.
+struct Word(Arc<AtomicUsize>);
+
+impl FenceOps for Word {
+    fn signaled(&self) -> bool {
+        self.0.load(Ordering::SeqCst) != 0
+    }
 }
 
 /// Signal on one thread while another adds a callback: the callback runs exactly once, or the
@@ -49,12 +66,7 @@ fn remove_callback_vs_signal() {
     loom::model(|| {
         let (fence, signaller) = FenceContext::new("ring").next();
         let ran = counter();
-        let r = ran.clone();
-        let id = fence
-            .add_callback(move |_| {
-                r.fetch_add(1, Ordering::SeqCst);
-            })
-            .unwrap();
+        let id = fence.add_callback(count_run(&ran)).unwrap();
         let t = thread::spawn(move || signaller.signal_error(FenceError::Cancelled));
         let removed = fence.remove_callback(id);
         t.join().unwrap();
@@ -115,13 +127,8 @@ fn waiter_and_callback_vs_signal() {
         let f = fence.clone();
         let w1 = thread::spawn(move || f.wait());
         let f = fence.clone();
-        let r = ran.clone();
-        let adder = thread::spawn(move || {
-            f.add_callback(move |_| {
-                r.fetch_add(1, Ordering::SeqCst);
-            })
-            .is_ok()
-        });
+        let cb = count_run(&ran);
+        let adder = thread::spawn(move || f.add_callback(cb).is_ok());
         signaller.signal_error(FenceError::Killed);
         assert_eq!(fence.wait(), Err(FenceError::Killed));
         assert_eq!(w1.join().unwrap(), Err(FenceError::Killed));
@@ -134,23 +141,12 @@ fn waiter_and_callback_vs_signal() {
 /// signals: the fence signals once, callbacks run once, and exactly one side "won".
 #[test]
 fn backend_poll_vs_producer_signal() {
-    struct Word(Arc<AtomicUsize>);
-    impl FenceOps for Word {
-        fn signaled(&self) -> bool {
-            self.0.load(Ordering::SeqCst) != 0
-        }
-    }
     loom::model(|| {
         let word = counter();
         let (fence, signaller) =
             FenceContext::new("hw").next_with_ops(Box::new(Word(word.clone())));
         let ran = counter();
-        let r = ran.clone();
-        fence
-            .add_callback(move |_| {
-                r.fetch_add(1, Ordering::SeqCst);
-            })
-            .unwrap();
+        fence.add_callback(count_run(&ran)).unwrap();
         // The hardware completes before the producer signals.
         word.store(1, Ordering::SeqCst);
         let f = fence.clone();
@@ -173,14 +169,8 @@ fn signal_vs_two_add_callbacks() {
     builder.check(|| {
         let (fence, signaller) = FenceContext::new("ring").next();
         let ran = counter();
-        let add = |fence: &gpusched_fence::Fence, ran: &Arc<AtomicUsize>| {
-            let r = ran.clone();
-            fence
-                .add_callback(move |_| {
-                    r.fetch_add(1, Ordering::SeqCst);
-                })
-                .is_ok()
-        };
+        let add =
+            |fence: &Fence, ran: &Arc<AtomicUsize>| fence.add_callback(count_run(ran)).is_ok();
         let (f, r) = (fence.clone(), ran.clone());
         let adder = thread::spawn(move || add(&f, &r));
         let t = thread::spawn(move || assert!(signaller.signal()));
@@ -196,12 +186,6 @@ fn signal_vs_two_add_callbacks() {
 /// that saw the backend done reads the fence as signalled, with the winner's outcome.
 #[test]
 fn claim_loser_sees_the_outcome() {
-    struct Word(Arc<AtomicUsize>);
-    impl FenceOps for Word {
-        fn signaled(&self) -> bool {
-            self.0.load(Ordering::SeqCst) != 0
-        }
-    }
     loom::model(|| {
         let word = counter();
         let (fence, signaller) =
