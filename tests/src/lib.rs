@@ -33,6 +33,7 @@ mod ledger;
 mod mock;
 mod oracle;
 mod plan;
+#[path = "../../vulkan-backend/tests/common/probe.rs"]
 mod probe;
 mod vulkan;
 mod world;

@@ -18,7 +18,6 @@ pub const WATCHDOG: Duration = Duration::from_secs(60);
 
 /// The device-or-skip rule, shared with the `gpusched-tests` suites (one file, compiled in
 /// both: `gpusched-tests` depends on this crate, so this crate's tests cannot use it).
-#[path = "../../../tests/src/probe.rs"]
 mod probe;
 
 /// A device with the validation layer on, or `None` when Vulkan, every device or the

@@ -1,8 +1,8 @@
 //! A validated Vulkan device for a test, or a clear skip when none can be created.
 //!
-//! Shared with the `gpusched-vulkan` integration tests, which include this file
-//! (`vulkan-backend/tests/common/mod.rs`): it depends on `gpusched-vulkan` and
-//! `vk-fault-layer` only.
+//! Shared with the fault suites of `gpusched-tests` (not published), which include this file
+//! (`tests/src/lib.rs`, `#[path]`), so that the published `gpusched-vulkan` package's tests
+//! need nothing outside it: it depends on `gpusched-vulkan` and `vk-fault-layer` only.
 
 use std::time::Duration;
 
