@@ -188,6 +188,9 @@ struct CtxShared {
     /// Bumped by the owner thread each time it takes or releases a lock: a waiter spinning on
     /// a mutex this context holds watches it to tell a running holder from a stalled one.
     progress: Progress,
+    /// Set by [`AcquireCtx::done`]: the context takes no more locks, so it never waits for
+    /// another one and only releases from now on.
+    done: AtomicBool,
 }
 
 /// An acquire context (`struct ww_acquire_ctx`): one transaction of wound/wait locking. Its
@@ -228,6 +231,7 @@ impl AcquireCtx {
                 wounded: AtomicBool::new(false),
                 waiting_on: Mutex::new(None),
                 progress: Progress::new(),
+                done: AtomicBool::new(false),
             }),
             acquired: Cell::new(0),
             done: Cell::new(false),
@@ -239,6 +243,7 @@ impl AcquireCtx {
     /// panics. Locks already held stay held.
     pub fn done(&self) {
         self.done.set(true);
+        self.shared.done.store(true, Ordering::Release);
     }
 
     /// The stamp: a smaller stamp is an older context, which wins contention.
@@ -618,7 +623,23 @@ impl<T> WwMutex<T> {
                     if algorithm == WwAlgorithm::WaitDie
                         && (older_waiter || holder.as_ref().is_some_and(|h| h.stamp < m.stamp))
                     {
-                        // An older context is ahead of us: die.
+                        // An older context is ahead of us: die. Except that an older holder
+                        // that is done (it takes no more locks, so it waits for nobody) and
+                        // still releasing locks is waited for a bounded spin first: dying
+                        // then would only make us wait for it in `lock_slow` after undoing
+                        // our work. If it stops making progress, we die as usual.
+                        let releasing = !older_waiter
+                            && holder.as_ref().is_some_and(|h| h.done.load(Ordering::Acquire));
+                        if releasing && spin.allowed() {
+                            drop(st);
+                            spin.run(
+                                &self.queue.version,
+                                holder.as_deref().map(|h| &h.progress),
+                                None,
+                            );
+                            st = lock(&self.queue.state);
+                            continue;
+                        }
                         break Err(WwError::Deadlock);
                     }
                     if let Some(h) = &holder {
