@@ -73,7 +73,7 @@ fn multi_cpu() -> bool {
     static CPUS: AtomicU8 = AtomicU8::new(0);
     match CPUS.load(Ordering::Relaxed) {
         0 => {
-            let multi = std::thread::available_parallelism().map_or(false, |n| n.get() > 1);
+            let multi = std::thread::available_parallelism().is_ok_and(|n| n.get() > 1);
             CPUS.store(if multi { 2 } else { 1 }, Ordering::Relaxed);
             multi
         }
