@@ -354,7 +354,11 @@ impl Fence {
         self.status().error()
     }
 
-    /// When the fence signalled, if it has.
+    /// When the fence signalled, if it has: read from the clock when it signalled, and stable
+    /// once set. On Linux the signal stores the raw `CLOCK_MONOTONIC` reading (the clock
+    /// `Instant` reads there) and this maps it onto an `Instant` by a fixed offset calibrated
+    /// once, so timestamps keep the clock's exact order and spacing, and compare with
+    /// `Instant`s the caller read to within that calibration (tens of nanoseconds at worst).
     pub fn timestamp(&self) -> Option<Instant> {
         if self.flag_signaled() {
             Some(crate::clock::to_instant(self.inner.timestamp_ns.load(Ordering::Relaxed)))
