@@ -128,7 +128,8 @@ pub(crate) struct Inner {
     state: AtomicU32,
     /// The code of a `FenceError::Driver` error; written before `SIGNALED`, never after.
     driver_code: AtomicU32,
-    /// Nanoseconds since `epoch()` at signal time; written before `SIGNALED`.
+    /// The signal time, a count of the timestamp clock (`clock::now_ns`, converted to an
+    /// `Instant` only when read); written before `SIGNALED`.
     timestamp_ns: AtomicU64,
     /// The earliest deadline hint (`Fence::set_deadline`), nanoseconds since `epoch()`;
     /// `NO_DEADLINE` while none. Only ever lowered (`fetch_min`).
@@ -353,10 +354,14 @@ impl Fence {
         self.status().error()
     }
 
-    /// When the fence signalled, if it has.
+    /// When the fence signalled, if it has: read from the clock when it signalled, and stable
+    /// once set. On Linux the signal stores the raw `CLOCK_MONOTONIC` reading (the clock
+    /// `Instant` reads there) and this maps it onto an `Instant` by a fixed offset calibrated
+    /// once, so timestamps keep the clock's exact order and spacing, and compare with
+    /// `Instant`s the caller read to within that calibration (tens of nanoseconds at worst).
     pub fn timestamp(&self) -> Option<Instant> {
         if self.flag_signaled() {
-            Some(epoch() + Duration::from_nanos(self.inner.timestamp_ns.load(Ordering::Relaxed)))
+            Some(crate::clock::to_instant(self.inner.timestamp_ns.load(Ordering::Relaxed)))
         } else {
             None
         }
@@ -580,8 +585,7 @@ impl Fence {
         if tag == DRIVER_TAG {
             self.inner.driver_code.store((encoded >> 32) as u32, Ordering::Relaxed);
         }
-        let now = Instant::now().saturating_duration_since(epoch()).as_nanos() as u64;
-        self.inner.timestamp_ns.store(now, Ordering::Relaxed);
+        self.inner.timestamp_ns.store(crate::clock::now_ns(), Ordering::Relaxed);
         let error_bits = (tag as u32) << ERROR_SHIFT;
         let prev = self.inner.state.fetch_or(SIGNALED | CLAIMED | error_bits, Ordering::AcqRel);
         if prev & LISTENING != 0 {

@@ -32,6 +32,7 @@
 //! ```
 
 mod chain;
+mod clock;
 mod composite;
 mod context;
 #[cfg(not(gpusched_loom))]

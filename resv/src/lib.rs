@@ -73,6 +73,7 @@
 mod exec;
 #[cfg(not(gpusched_loom))]
 mod resv;
+mod spin;
 mod sync;
 mod ww;
 

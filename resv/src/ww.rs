@@ -22,7 +22,11 @@
 //! waits for it, so the oldest context is never overtaken (under wait-die, a context holding
 //! locks that finds an older waiter ahead dies, as a holder would make it). Blocking is a
 //! per-mutex `std::sync::Mutex` + `Condvar` (loom's, under `cfg(gpusched_loom)`); an unlock
-//! notifies only when someone waits. Interruptible waits poll their [`InterruptDomain`] every
+//! notifies only when someone waits. Before it sleeps, a waiter spins briefly (`spin.rs`)
+//! while the mutex's state keeps changing or its holder keeps taking and releasing locks: on
+//! a machine where both run at once the wait is usually over in a few hundred nanoseconds,
+//! far less than a sleep and a wake-up, and a holder that stops making progress (preempted,
+//! blocked, or doing long work) sends the waiter to sleep within a couple of microseconds. Interruptible waits poll their [`InterruptDomain`] every
 //! millisecond (its event is private to the fence crate).
 //!
 //! # Contract rules enforced here
@@ -48,6 +52,7 @@ use std::time::Duration;
 use gpusched_fence::lockdep::{self, Acquire, LockClass, NestKey};
 use gpusched_fence::InterruptDomain;
 
+use crate::spin::{Progress, Spin};
 use crate::sync::{lock, wait, wait_timeout, Arc, AtomicBool, Condvar, Mutex, Ordering};
 
 /// How often a blocked interruptible lock re-checks its [`InterruptDomain`]: the domain's
@@ -180,6 +185,12 @@ struct CtxShared {
     /// cleared by the owner, read by wounders; lock order: a wounder takes this, then the
     /// queue's state lock (and never holds another queue's state lock meanwhile).
     waiting_on: Mutex<Option<Arc<Queue>>>,
+    /// Bumped by the owner thread each time it takes or releases a lock: a waiter spinning on
+    /// a mutex this context holds watches it to tell a running holder from a stalled one.
+    progress: Progress,
+    /// Set by [`AcquireCtx::done`]: the context takes no more locks, so it never waits for
+    /// another one and only releases from now on.
+    done: AtomicBool,
 }
 
 /// An acquire context (`struct ww_acquire_ctx`): one transaction of wound/wait locking. Its
@@ -219,6 +230,8 @@ impl AcquireCtx {
                 stamp: class.next_stamp(),
                 wounded: AtomicBool::new(false),
                 waiting_on: Mutex::new(None),
+                progress: Progress::new(),
+                done: AtomicBool::new(false),
             }),
             acquired: Cell::new(0),
             done: Cell::new(false),
@@ -230,6 +243,7 @@ impl AcquireCtx {
     /// panics. Locks already held stay held.
     pub fn done(&self) {
         self.done.set(true);
+        self.shared.done.store(true, Ordering::Release);
     }
 
     /// The stamp: a smaller stamp is an older context, which wins contention.
@@ -345,6 +359,9 @@ impl State {
 #[derive(Debug)]
 struct Queue {
     state: Mutex<State>,
+    /// Bumped under `state`'s lock each time the owner changes (a hint read without the lock
+    /// by spinning waiters, who re-check everything under the lock afterwards).
+    version: Progress,
     /// Notified (all) on unlock when there are waiters, and when a waiter is wounded.
     cv: Condvar,
 }
@@ -399,6 +416,7 @@ impl<T> WwMutex<T> {
             class,
             queue: Arc::new(Queue {
                 state: Mutex::new(State { owner: Owner::Free, waiters: 0, waiting: Vec::new() }),
+                version: Progress::new(),
                 cv: Condvar::new(),
             }),
             data: UnsafeCell::new(value),
@@ -508,6 +526,7 @@ impl<T> WwMutex<T> {
             Some(c) => Owner::Ctx(c.shared.clone()),
             None => Owner::NoCtx,
         };
+        self.queue.version.bump();
         drop(st);
         lockdep::lock_acquire(self.class.lock_class, Acquire::Try, ctx.map(AcquireCtx::nest_key));
         Some(self.guard(ctx))
@@ -546,6 +565,7 @@ impl<T> WwMutex<T> {
     fn guard<'a>(&'a self, ctx: Option<&'a AcquireCtx>) -> WwGuard<'a, T> {
         if let Some(c) = ctx {
             c.acquired.set(c.acquired.get() + 1);
+            c.shared.progress.bump();
         }
         WwGuard { mutex: self, ctx, _not_send: PhantomData }
     }
@@ -567,6 +587,7 @@ impl<T> WwMutex<T> {
         match &st.owner {
             Owner::Free if !st.older_waiter(me) => {
                 st.owner = me.map_or(Owner::NoCtx, |m| Owner::Ctx(m.clone()));
+                self.queue.version.bump();
                 return Ok(());
             }
             Owner::Ctx(h) if me.is_some_and(|m| Arc::ptr_eq(h, m)) => {
@@ -582,11 +603,13 @@ impl<T> WwMutex<T> {
         };
         let algorithm = self.class.algorithm;
         let mut registered = false;
+        let mut spin = Spin::new();
         let result = loop {
             let older_waiter = st.older_waiter(me);
             let holder = match &st.owner {
                 Owner::Free if !older_waiter => {
                     st.owner = me.map_or(Owner::NoCtx, |m| Owner::Ctx(m.clone()));
+                    self.queue.version.bump();
                     break Ok(());
                 }
                 Owner::Free | Owner::NoCtx => None,
@@ -600,7 +623,23 @@ impl<T> WwMutex<T> {
                     if algorithm == WwAlgorithm::WaitDie
                         && (older_waiter || holder.as_ref().is_some_and(|h| h.stamp < m.stamp))
                     {
-                        // An older context is ahead of us: die.
+                        // An older context is ahead of us: die. Except that an older holder
+                        // that is done (it takes no more locks, so it waits for nobody) and
+                        // still releasing locks is waited for a bounded spin first: dying
+                        // then would only make us wait for it in `lock_slow` after undoing
+                        // our work. If it stops making progress, we die as usual.
+                        let releasing = !older_waiter
+                            && holder.as_ref().is_some_and(|h| h.done.load(Ordering::Acquire));
+                        if releasing && spin.allowed() {
+                            drop(st);
+                            spin.run(
+                                &self.queue.version,
+                                holder.as_deref().map(|h| &h.progress),
+                                None,
+                            );
+                            st = lock(&self.queue.state);
+                            continue;
+                        }
                         break Err(WwError::Deadlock);
                     }
                     if let Some(h) = &holder {
@@ -628,6 +667,15 @@ impl<T> WwMutex<T> {
                     continue;
                 }
             }
+            if spin.allowed() {
+                // Spin (without the lock) while the mutex or its holder makes progress; then
+                // re-check everything under the lock. Stops at once when wounded.
+                drop(st);
+                let wounded = me.map(|m| &m.wounded);
+                spin.run(&self.queue.version, holder.as_deref().map(|h| &h.progress), wounded);
+                st = lock(&self.queue.state);
+                continue;
+            }
             st.waiters += 1;
             match domain {
                 Some(d) => {
@@ -640,6 +688,7 @@ impl<T> WwMutex<T> {
                 None => st = wait(&self.queue.cv, st),
             }
             st.waiters -= 1;
+            spin.woken();
         };
         let mut notify = false;
         if let (true, Some(m)) = (registered, me) {
@@ -667,6 +716,7 @@ impl<T> WwMutex<T> {
     fn release(&self) {
         let mut st = lock(&self.queue.state);
         st.owner = Owner::Free;
+        self.queue.version.bump();
         let waiters = st.waiters;
         drop(st);
         if waiters != 0 {
@@ -739,6 +789,7 @@ impl<T> Drop for WwGuard<'_, T> {
         self.mutex.release();
         if let Some(c) = self.ctx {
             c.acquired.set(c.acquired.get() - 1);
+            c.shared.progress.bump();
         }
         lockdep::lock_release(self.mutex.class.lock_class, self.ctx.map(AcquireCtx::nest_key));
     }

@@ -144,6 +144,27 @@ fn wait_die_younger_dies_at_once_older_waits() {
     t.join().unwrap();
 }
 
+/// A younger context holding a lock may spin a little for an older holder that is done (it
+/// takes no more locks and only releases), but one that keeps the lock still makes it die:
+/// wait-die never blocks a context holding locks behind an older one.
+#[test]
+fn wait_die_younger_dies_against_a_done_older_holder_that_keeps_the_lock() {
+    let a = WwMutex::new(&WAIT_DIE, 0u32);
+    let b = WwMutex::new(&WAIT_DIE, 0u32);
+    let older = AcquireCtx::new(&WAIT_DIE);
+    let _ga = a.lock(&older).unwrap();
+    older.done();
+    thread::scope(|s| {
+        s.spawn(|| {
+            let younger = AcquireCtx::new(&WAIT_DIE);
+            let _gb = b.lock(&younger).unwrap();
+            assert_eq!(a.lock(&younger).unwrap_err(), WwError::Deadlock);
+            // The lock is still the older context's.
+            assert!(a.try_lock(Some(&younger)).is_none());
+        });
+    });
+}
+
 #[test]
 fn wound_wait_older_wounds_younger_holder() {
     let a = WwMutex::new(&WOUND_WAIT, 0u32);

@@ -780,6 +780,24 @@ pub(crate) fn section_enter(
                     acquire_in(s, class, how, None, at);
                 }
                 true
+            } else if s.len.get() == 0
+                && !s.in_checker.get()
+                && !s.pending_panic.get()
+                && policy_on()
+            {
+                // Nothing held (the common case of a fence signalled outside any lock): the
+                // entry goes straight to the bottom of the stack, as `acquire_in` would put
+                // it, without its recursion and edge checks (there is nothing to check
+                // against). A class without an id yet, or exhausted ids, take the full path.
+                match class.raw_id().load(Ordering::Acquire) {
+                    0 | ID_EXHAUSTED => acquire_in(s, class, how, None, at),
+                    v => {
+                        let id = (v - 1) as u16;
+                        s.held[0].set(Held { class, id, how, nest: None, count: 1, at });
+                        s.len.set(1);
+                        true
+                    }
+                }
             } else {
                 acquire_in(s, class, how, None, at)
             }
@@ -795,6 +813,15 @@ pub(crate) fn section_exit(class: &'static LockClass) {
             let depth = s.in_reclaim.get().saturating_sub(1);
             s.in_reclaim.set(depth);
             if depth == 0 {
+                release_in(s, class, None);
+            }
+        } else if s.len.get() == 1 && !s.in_checker.get() && s.held[0].get().count == 1 {
+            // The entry `section_enter` pushed on an empty stack, released first: pop it
+            // (`release_in`'s common case, without its search).
+            let top = s.held[0].get();
+            if core::ptr::eq(top.class, class) && top.nest.is_none() {
+                s.len.set(0);
+            } else {
                 release_in(s, class, None);
             }
         } else {
