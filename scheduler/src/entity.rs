@@ -468,6 +468,7 @@ pub(crate) fn arm<B: Backend>(
     let job = Arc::new(JobInner {
         info,
         entity: ent.clone(),
+        sched,
         slot: key,
         scheduled,
         finished,
@@ -478,7 +479,7 @@ pub(crate) fn arm<B: Backend>(
         cross_ring: CrossRing::new(cross),
         prev_finished,
         hw: Mutex::new(HwState {
-            callback: None,
+            callback: true,
             fence: None,
             callback_id: None,
             submitting: false,
@@ -491,31 +492,14 @@ pub(crate) fn arm<B: Backend>(
         deferred_error: ErrorSlot::new(),
         free_on_hw_done: AtomicBool::new(false),
     });
-    {
-        let (j, s) = (job.clone(), sched.clone());
-        lock(&job.hw).callback = Some(Callback::new(move |hw: &Fence| {
-            s.hw_done(&j, hw.error());
-        }));
-    }
     for d in external {
-        let (j, s) = (job.clone(), sched.clone());
-        let cb = move |f: &Fence| {
-            if j.dep_signalled(f) {
-                s.wake_external(&j);
-            }
-            // Pump once the signal's callbacks have all run: jobs released by one signal are
-            // then selected together, by priority, and handed to the ring as one batch.
-            #[cfg(not(gpusched_loom))]
-            gpusched_fence::defer_after_callbacks(s);
-            #[cfg(gpusched_loom)]
-            s.pump();
-        };
-        if let Err(already) = d.add_callback(cb) {
+        // The job is its own dependency callback (`JobInner`'s `SharedCallback`).
+        if let Err(already) = d.add_prepared_callback(Callback::shared(job.clone())) {
             job.dep_signalled(&d);
             drop(already);
         }
     }
-    Ok(ArmedJob { job: Some(job), sched, slot: key })
+    Ok(ArmedJob { job: Some(job) })
 }
 
 /// If `fence` is the finished fence of an entity bound to `sched`, that entity and the seqno.

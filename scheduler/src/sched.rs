@@ -493,11 +493,11 @@ impl<B: Backend> SchedShared<B> {
                 // cross-ring dependant released by that signal waits for it on the device.
                 lock(&job.hw).fence = Some(hw.clone());
                 job.signal_scheduled(None);
-                let callback = lock(&job.hw).callback.take();
-                let Some(callback) = callback else {
-                    unreachable!("a job's completion callback is boxed at arm and taken once")
-                };
-                match hw.add_prepared_callback(callback) {
+                let held = std::mem::replace(&mut lock(&job.hw).callback, false);
+                if !held {
+                    unreachable!("a job's completion callback is attached once per run")
+                }
+                match hw.add_prepared_callback(job.completion()) {
                     Ok(id) => {
                         let mut h = lock(&job.hw);
                         h.fence = Some(hw);
@@ -516,8 +516,9 @@ impl<B: Backend> SchedShared<B> {
                         // After publishing: a deadline set meanwhile is forwarded by one side.
                         crate::deadline::forward_to_hw(&job);
                     }
-                    Err(_already) => {
+                    Err(already) => {
                         // The hardware was done before we could watch it.
+                        drop(already);
                         let error = hw.error();
                         let mut h = lock(&job.hw);
                         h.fence = Some(hw);
@@ -707,7 +708,8 @@ impl<B: Backend> SchedShared<B> {
     }
 
     /// Queues a pushed job on its slot (capacity reserved at arm) and pumps.
-    pub(crate) fn push(self: &Arc<Self>, job: Arc<JobInner<B>>, slot: usize) {
+    pub(crate) fn push(self: &Arc<Self>, job: Arc<JobInner<B>>) {
+        let slot = job.slot;
         let before = job.entity.pushed_seqno.fetch_max(job.info.seqno, Ordering::AcqRel);
         if before > job.info.seqno {
             pushed_out_of_order(job.info.seqno, before);
@@ -747,7 +749,8 @@ impl<B: Backend> SchedShared<B> {
     /// An armed job was dropped unpushed: it is queued marked `DROPPED` (into the room
     /// reserved at arm) so that selection cancels it after the entity's earlier jobs, in
     /// timeline order.
-    pub(crate) fn drop_armed(self: &Arc<Self>, job: Arc<JobInner<B>>, slot: usize) {
+    pub(crate) fn drop_armed(self: &Arc<Self>, job: Arc<JobInner<B>>) {
+        let slot = job.slot;
         job.entity.pushed_seqno.fetch_max(job.info.seqno, Ordering::AcqRel);
         let queued = {
             let mut st = lock(&self.state);
@@ -848,8 +851,10 @@ impl<B: Backend> SchedShared<B> {
             let mut h = lock(&job.hw);
             if let (Some(f), Some(id)) = (h.fence.clone(), h.callback_id) {
                 if let Some(cb) = f.take_callback(id) {
-                    h.callback = Some(cb);
+                    h.callback = true;
                     h.callback_id = None;
+                    // Not the job's last handle (`job` is another): a count decrement.
+                    drop(cb);
                 }
                 // Otherwise the callback has run or is running: it retires the job.
             }
@@ -863,7 +868,7 @@ impl<B: Backend> SchedShared<B> {
     /// retires it with that result: neither rerun nor fail it; a reset's dead fences signal
     /// an error, so they do not count).
     fn unfinished_on_hw(job: &JobInner<B>) -> bool {
-        let detached = lock(&job.hw).callback.is_some();
+        let detached = lock(&job.hw).callback;
         if !detached || job.deferred_error.is_some() {
             return false;
         }
@@ -874,7 +879,7 @@ impl<B: Backend> SchedShared<B> {
     /// (detached) and is not already ending with an error in timeline order, whatever its
     /// hardware fence did since (see [`fail_dependants`](Self::fail_dependants)).
     fn detached_at_stop(job: &JobInner<B>) -> bool {
-        lock(&job.hw).callback.is_some() && !job.deferred_error.is_some()
+        lock(&job.hw).callback && !job.deferred_error.is_some()
     }
 
     /// The error of a same-ring dependency that failed after it was met (when it was
@@ -954,22 +959,18 @@ impl<B: Backend> SchedShared<B> {
             }
             let retire = {
                 let mut h = lock(&job.hw);
-                match (h.fence.clone(), h.callback.take()) {
-                    (Some(f), Some(cb)) => match f.add_prepared_callback(cb) {
+                match (h.fence.clone(), h.callback) {
+                    (Some(f), true) => match f.add_prepared_callback(job.completion()) {
                         Ok(id) => {
+                            h.callback = false;
                             h.callback_id = Some(id);
                             None
                         }
-                        Err(already) => {
-                            h.callback = Some(already.into_inner());
-                            Some(f.error())
-                        }
+                        // Not the job's last handle: a count decrement.
+                        Err(_already) => Some(f.error()),
                     },
-                    (Some(_), None) => None, // still attached
-                    (None, cb) => {
-                        h.callback = cb;
-                        Some(Some(FenceError::Cancelled))
-                    }
+                    (Some(_), false) => None, // still attached
+                    (None, _) => Some(Some(FenceError::Cancelled)),
                 }
             };
             if let Some(error) = retire {
@@ -1001,7 +1002,8 @@ impl<B: Backend> SchedShared<B> {
         {
             let mut h = lock(&job.hw);
             if let (Some(f), Some(id)) = (h.fence.clone(), h.callback_id.take()) {
-                h.callback = f.take_callback(id);
+                // Taken back, it is not the job's last handle: a count decrement.
+                h.callback = f.take_callback(id).is_some();
             }
         }
         self.load.fetch_sub(job.info.credits as usize, Ordering::Relaxed);
