@@ -517,6 +517,9 @@ fn same_sched_owner<B: Backend>(
 /// independent of timing: an earlier failed fence of a context is superseded by a later one
 /// whether or not that one has signalled yet.
 fn dedup_dependencies(deps: &[Fence]) -> Vec<Fence> {
+    if deps.is_empty() {
+        return Vec::new();
+    }
     let mut out: Vec<Fence> = Vec::with_capacity(deps.len());
     for d in deps.iter().flat_map(gpusched_fence::unwrap) {
         match out.iter_mut().find(|k| k.context() == d.context()) {

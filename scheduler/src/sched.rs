@@ -491,11 +491,18 @@ impl<B: Backend> SchedShared<B> {
                 job.entity.scheduled_seqno.fetch_max(job.info.seqno, Ordering::AcqRel);
                 // The hardware fence is published before the scheduled fence signals: a
                 // cross-ring dependant released by that signal waits for it on the device.
-                lock(&job.hw).fence = Some(hw.clone());
-                job.signal_scheduled(None);
-                let held = std::mem::replace(&mut lock(&job.hw).callback, false);
-                if !held {
-                    unreachable!("a job's completion callback is attached once per run")
+                // One lock round trip: the completion callback is taken here too (nothing
+                // else takes it while `submitting` is set).
+                let scheduled = {
+                    let mut h = lock(&job.hw);
+                    h.fence = Some(hw.clone());
+                    if !std::mem::replace(&mut h.callback, false) {
+                        unreachable!("a job's completion callback is attached once per run")
+                    }
+                    h.scheduled.take()
+                };
+                if let Some(s) = scheduled {
+                    s.signal();
                 }
                 match hw.add_prepared_callback(job.completion()) {
                     Ok(id) => {
@@ -714,6 +721,10 @@ impl<B: Backend> SchedShared<B> {
         if before > job.info.seqno {
             pushed_out_of_order(job.info.seqno, before);
         }
+        // Before it is queued (a flush waits for the fence either way): the job's handle
+        // then moves into the queue.
+        job.entity.note_pushed(job.info.seqno, &job.scheduled);
+        let id = job.info.id;
         let stopped = {
             let mut st = lock(&self.state);
             // Read under the state lock: `shutdown` sets it before taking the lock to drain
@@ -736,13 +747,12 @@ impl<B: Backend> SchedShared<B> {
             // entity's earlier jobs, in timeline order.
             job.submit_order.store(seq, Ordering::Relaxed);
             job.state.store(state::QUEUED, Ordering::Release);
-            s.queue.push_back(job.clone());
+            s.queue.push_back(job);
             st.on_queued(slot);
             self.load.fetch_add(1, Ordering::Relaxed);
             stopped
         };
-        job.entity.note_pushed(job.info.seqno, &job.scheduled);
-        diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, ?stopped, "queued");
+        diag!(trace, target: "gpusched", sched = self.name(), job = id, ?stopped, "queued");
         self.pump();
     }
 
