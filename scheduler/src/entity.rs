@@ -18,9 +18,11 @@ use gpusched_fence::{Callback, Fence, FenceContext, FenceError, WaitError};
 
 use crate::backend::{Backend, JobInfo};
 use crate::config::Priority;
-use crate::cross_ring::{CrossRing, CrossRingDep};
+use crate::cross_ring::CrossRingDep;
 use crate::error::{ArmError, ArmFailure, SchedError};
-use crate::job::{state, ArmedJob, ErrorSlot, HwState, JobBuilder, JobInner, SameSchedDep};
+use crate::job::{
+    state, ArmedJob, ErrorSlot, HwState, JobBuilder, JobInner, RingDeps, SameSchedDep,
+};
 use crate::sched::{SchedShared, Scheduler};
 use crate::sync::{lock, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering};
 
@@ -475,8 +477,7 @@ pub(crate) fn arm<B: Backend>(
         payload: Mutex::new(Some(payload)),
         deps_pending: AtomicUsize::new(external.len()),
         dep_error: ErrorSlot::new(),
-        same_sched: same.into_boxed_slice(),
-        cross_ring: CrossRing::new(cross),
+        ring_deps: RingDeps::new(same, cross),
         prev_finished,
         hw: Mutex::new(HwState {
             callback: true,

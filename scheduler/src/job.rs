@@ -49,6 +49,32 @@ impl<B: Backend> SameSchedDep<B> {
     }
 }
 
+/// A job's dependencies on jobs of rings: boxed apart from the job record (one pointer
+/// there), since most jobs have none.
+pub(crate) struct RingDeps<B: Backend> {
+    /// Dependencies on jobs of the same scheduler (met once those are scheduled).
+    pub(crate) same_sched: Box<[SameSchedDep<B>]>,
+    /// Dependencies on jobs of other rings the hardware waits for (`cross_ring.rs`); their
+    /// scheduled fences are counted in `JobInner::deps_pending`.
+    pub(crate) cross_ring: Option<crate::cross_ring::CrossRing<B>>,
+}
+
+impl<B: Backend> RingDeps<B> {
+    /// `None` without any dependency.
+    pub(crate) fn new(
+        same: Vec<SameSchedDep<B>>,
+        cross: Vec<crate::cross_ring::CrossRingDep<B>>,
+    ) -> Option<Box<Self>> {
+        if same.is_empty() && cross.is_empty() {
+            return None;
+        }
+        Some(Box::new(RingDeps {
+            same_sched: same.into_boxed_slice(),
+            cross_ring: crate::cross_ring::CrossRing::new(cross),
+        }))
+    }
+}
+
 /// The hardware side of a job and its fences' signallers. Protected by `JobInner::hw`.
 pub(crate) struct HwState {
     /// The completion callback is not on the hardware fence: before the run attaches it,
@@ -144,10 +170,8 @@ pub(crate) struct JobInner<B: Backend> {
     pub(crate) deps_pending: AtomicUsize,
     /// The first failed dependency's error.
     pub(crate) dep_error: ErrorSlot,
-    pub(crate) same_sched: Box<[SameSchedDep<B>]>,
-    /// Dependencies on jobs of other rings the hardware waits for (`cross_ring.rs`); their
-    /// scheduled fences are counted in `deps_pending`.
-    pub(crate) cross_ring: Option<Box<crate::cross_ring::CrossRing<B>>>,
+    /// Dependencies on jobs of this scheduler and of other rings; `None` for most jobs.
+    pub(crate) ring_deps: Option<Box<RingDeps<B>>>,
     /// The finished fence of the entity's previous job: a job that ends without running
     /// signals only after it, so the entity's timeline signals in seqno order.
     pub(crate) prev_finished: Option<Fence>,
@@ -205,7 +229,7 @@ impl<B: Backend> JobInner<B> {
         if let Some(e) = self.dep_error.get() {
             return Readiness::Failed(e);
         }
-        for d in self.same_sched.iter() {
+        for d in self.same_sched() {
             // One read of the fence: it may signal (with an error) while we look, and a
             // second read could then see it signalled but not the error.
             match d.finished.status() {
@@ -259,6 +283,16 @@ impl<B: Backend> JobInner<B> {
             self.state.store(state::DONE, Ordering::Release);
             s.signal_result(error.map_or(Ok(()), Err));
         }
+    }
+
+    /// The job's dependencies on jobs of its own scheduler.
+    pub(crate) fn same_sched(&self) -> &[SameSchedDep<B>] {
+        self.ring_deps.as_ref().map_or(&[], |d| &d.same_sched)
+    }
+
+    /// The job's dependencies on jobs of other rings, if any.
+    pub(crate) fn cross_ring(&self) -> Option<&crate::cross_ring::CrossRing<B>> {
+        self.ring_deps.as_ref()?.cross_ring.as_ref()
     }
 
     /// Takes the payload out (for `free_job`).
@@ -467,7 +501,7 @@ mod tests {
             std::mem::size_of::<JobInfo>()
         );
         assert!(
-            record - payload <= 240,
+            record - payload <= 200,
             "JobInner is {record} bytes besides a {payload}-byte payload"
         );
     }

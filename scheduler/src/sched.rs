@@ -21,8 +21,9 @@
 //! it allocates: storage follows the jobs that exist, never the credit limit (which may be
 //! `u32::MAX`). Arming a job reserves, outside any section, a slot in its entity's queue, room
 //! for it on the pending list (at most one entry per credit, so never more than the limit)
-//! and on the free list (one entry per job not yet freed: the free list never fills), and
-//! boxes the completion callback. None of it takes a `Resv` lock or waits.
+//! and on the free list (one entry per job not yet freed: the free list never fills). The
+//! completion callback is the job record itself (attaching it clones the record's `Arc`).
+//! None of it takes a `Resv` lock or waits.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -468,7 +469,7 @@ impl<B: Backend> SchedShared<B> {
     fn run_payload(&self, job: &JobInner<B>) -> Result<Fence, FenceError> {
         let mut payload = lock(&job.payload);
         let Some(p) = payload.as_mut() else { return Err(FenceError::Cancelled) };
-        for (i, d) in job.cross_ring.iter().flat_map(|c| c.deps.iter()).enumerate() {
+        for (i, d) in job.cross_ring().iter().flat_map(|c| c.deps.iter()).enumerate() {
             let hw = d.hw_wait()?;
             self.backend.wait_natively(p, i, hw.as_ref())?;
         }
@@ -646,7 +647,7 @@ impl<B: Backend> SchedShared<B> {
         // A cross-ring dependency that failed after the device waited for it: the job ran on
         // its missing results and ends with its error (as with a host wait). The job's
         // hardware finished after the dependency's did, so its failure is visible here.
-        let error = error.or_else(|| job.cross_ring.as_ref().and_then(|c| c.error()));
+        let error = error.or_else(|| job.cross_ring().and_then(|c| c.error()));
         match error {
             None => self.counters.finished_ok.fetch_add(1, Ordering::Relaxed),
             Some(_) => self.counters.finished_err.fetch_add(1, Ordering::Relaxed),
@@ -897,7 +898,7 @@ impl<B: Backend> SchedShared<B> {
     /// missing results: it ends with that error, as it would had it not run yet.
     fn failed_same_ring_dep(&self, job: &JobInner<B>) -> Option<FenceError> {
         let st = lock(&self.state);
-        job.same_sched.iter().find_map(|d| d.error(Some(&st.pending)))
+        job.same_sched().iter().find_map(|d| d.error(Some(&st.pending)))
     }
 
     /// `drm_sched_resubmit_jobs`: runs the unfinished pending jobs again, in ring order (after
