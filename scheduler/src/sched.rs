@@ -191,7 +191,9 @@ enum Top<B: Backend> {
 
 /// What the pump does next.
 enum Step<B: Backend> {
-    Run(Arc<JobInner<B>>),
+    /// Run the job; with the deadline it armed (the ring was idle), which the run announces
+    /// to the reset domain's worker unless the job completed within `run_job`.
+    Run(Arc<JobInner<B>>, Option<Instant>),
     Cancel(Arc<JobInner<B>>, FenceError),
     Free(Arc<JobInner<B>>),
     Idle,
@@ -282,9 +284,9 @@ impl<B: Backend> SchedShared<B> {
                     let _step = DrainStep::enter(self.id);
                     self.cancel(&job, e);
                 }
-                Step::Run(job) => {
+                Step::Run(job, deadline) => {
                     let _step = DrainStep::enter(self.id);
-                    self.run(job);
+                    self.run(job, deadline);
                     batch_open = Some(running);
                     continue;
                 }
@@ -376,12 +378,17 @@ impl<B: Backend> SchedShared<B> {
         if credits > 1 {
             self.load.fetch_add(credits as usize - 1, Ordering::Relaxed);
         }
-        if st.pending.is_empty() {
-            st.deadline = self.arm_deadline(Instant::now());
-        }
+        // The ring was idle: the job's timeout starts now. The worker is told by the run (a
+        // job that completes within `run_job` then costs no announcement).
+        let deadline = if st.pending.is_empty() {
+            st.deadline = self.config.timeout.deadline_from(Instant::now());
+            st.deadline
+        } else {
+            None
+        };
         st.pending.push_back(job.clone());
         job.state.store(state::RUNNING, Ordering::Release);
-        Step::Run(job)
+        Step::Run(job, deadline)
     }
 
     /// The ring is full: FIFO and Fair still end, without waiting for credits, a failed head
@@ -477,7 +484,12 @@ impl<B: Backend> SchedShared<B> {
     }
 
     /// Runs a selected job (`drm_sched_run_job_work`), inside a signalling section.
-    fn run(self: &Arc<Self>, job: Arc<JobInner<B>>) {
+    /// `deadline`: the timeout selection armed for it, announced to the reset domain's worker
+    /// once the job is on the hardware (or failed there). Announcing after `run_job` loses
+    /// nothing: a timeout's handling stops the ring first, which waits for the run lock this
+    /// run holds. A job whose hardware fence has signalled by then is retired at once (the
+    /// ring idles again, its deadline cleared) and needs no announcement.
+    fn run(self: &Arc<Self>, job: Arc<JobInner<B>>, deadline: Option<Instant>) {
         let _section = lockdep::signalling_section();
         // Before anything of this run can call out (the scheduled fence's callbacks may tear
         // the scheduler down): the run path, not a teardown, attaches the completion callback,
@@ -512,6 +524,9 @@ impl<B: Backend> SchedShared<B> {
                         h.callback_id = Some(id);
                         h.submitting = false;
                         drop(h);
+                        if let Some(d) = deadline {
+                            self.domain.deadline_armed(d);
+                        }
                         // A teardown nested in the run retired the job and left its payload
                         // to the hardware's completion, which may have come before the flag
                         // above cleared: free it here then (the swap frees it once).
@@ -537,6 +552,9 @@ impl<B: Backend> SchedShared<B> {
                 }
             }
             Err(e) => {
+                if let Some(d) = deadline {
+                    self.domain.deadline_armed(d);
+                }
                 lock(&job.hw).submitting = false;
                 // Never reached the hardware: a cross-ring dependant must not wait for it.
                 job.signal_scheduled(Some(e));
