@@ -26,6 +26,7 @@ use std::num::NonZeroU64;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use crate::callback::Callback;
 use crate::context::{seqno_is_later, ContextShared, SeqnoWidth};
 use crate::error::{AlreadySignaled, FenceError, WaitError};
 use crate::interrupt::InterruptDomain;
@@ -85,23 +86,6 @@ const NO_DEADLINE: u64 = u64::MAX;
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
-}
-
-/// A callback ready to be added without allocating: the closure is boxed when the `Callback`
-/// is made. See [`Fence::add_prepared_callback`].
-pub struct Callback(Box<dyn FnOnce(&Fence) + Send + 'static>);
-
-impl Callback {
-    /// Boxes `f` now, so that adding it later need not allocate.
-    pub fn new(f: impl FnOnce(&Fence) + Send + 'static) -> Self {
-        Callback(Box::new(f))
-    }
-}
-
-impl fmt::Debug for Callback {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Callback(..)")
-    }
 }
 
 /// Identifies a callback added to one fence, to remove it before the fence signals. It
@@ -613,8 +597,10 @@ impl Fence {
         if !entries.is_empty() {
             #[cfg(not(gpusched_loom))]
             let mark = crate::defer::enter();
-            for (_, Callback(f)) in entries {
-                if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self))) {
+            for (_, cb) in entries {
+                if let Err(p) =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb.call(self)))
+                {
                     panicked.get_or_insert(p);
                 }
             }

@@ -31,6 +31,7 @@
 //! assert_eq!(fence.status(), FenceStatus::Failed(FenceError::TimedOut));
 //! ```
 
+mod callback;
 mod chain;
 mod clock;
 mod composite;
@@ -49,6 +50,7 @@ mod sync;
 #[cfg(not(gpusched_loom))]
 mod wait;
 
+pub use crate::callback::{Callback, SharedCallback};
 pub use crate::chain::{ChainIter, ChainSeqnoError, FenceChain};
 pub use crate::composite::{merge, unwrap, FenceArray, PointOrderError, Timeline};
 pub use crate::context::{seqno_is_later, FenceContext, FenceContextBuilder, SeqnoWidth};
@@ -57,7 +59,7 @@ pub use crate::defer::{defer_after_callbacks, AfterCallbacks};
 pub use crate::error::{AlreadySignaled, FenceError, WaitError};
 #[cfg(not(gpusched_loom))]
 pub use crate::fence::PreparedFence;
-pub use crate::fence::{Callback, CallbackId, Fence, FenceStatus, Signaller};
+pub use crate::fence::{CallbackId, Fence, FenceStatus, Signaller};
 pub use crate::interrupt::{InterruptDomain, InterruptSection};
 pub use crate::ops::{FenceOps, OpsWait};
 #[cfg(not(gpusched_loom))]

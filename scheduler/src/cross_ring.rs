@@ -39,8 +39,8 @@ pub(crate) struct CrossRing<B: Backend> {
 
 impl<B: Backend> CrossRing<B> {
     /// `None` without dependencies.
-    pub(crate) fn new(deps: Vec<CrossRingDep<B>>) -> Option<Box<Self>> {
-        (!deps.is_empty()).then(|| Box::new(CrossRing { deps: deps.into_boxed_slice() }))
+    pub(crate) fn new(deps: Vec<CrossRingDep<B>>) -> Option<Self> {
+        (!deps.is_empty()).then(|| CrossRing { deps: deps.into_boxed_slice() })
     }
 
     /// The error of the first dependency that failed: its finished fence's, or its current
@@ -97,8 +97,7 @@ impl<B: Backend> CrossRingDep<B> {
 /// the device for another ring's job is not running, and is never blamed for that job's
 /// hang. Allocation-free.
 pub(crate) fn own_start<B: Backend>(job: &JobInner<B>, now: Instant) -> Option<Instant> {
-    job.cross_ring
-        .as_ref()?
+    job.cross_ring()?
         .deps
         .iter()
         .map(|d| if d.finished.is_signaled() { d.finished.timestamp().unwrap_or(now) } else { now })

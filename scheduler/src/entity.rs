@@ -18,9 +18,11 @@ use gpusched_fence::{Callback, Fence, FenceContext, FenceError, WaitError};
 
 use crate::backend::{Backend, JobInfo};
 use crate::config::Priority;
-use crate::cross_ring::{CrossRing, CrossRingDep};
+use crate::cross_ring::CrossRingDep;
 use crate::error::{ArmError, ArmFailure, SchedError};
-use crate::job::{state, ArmedJob, ErrorSlot, HwState, JobBuilder, JobInner, SameSchedDep};
+use crate::job::{
+    state, ArmedJob, ErrorSlot, HwState, JobBuilder, JobInner, RingDeps, SameSchedDep,
+};
 use crate::sched::{SchedShared, Scheduler};
 use crate::sync::{lock, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering};
 
@@ -468,17 +470,17 @@ pub(crate) fn arm<B: Backend>(
     let job = Arc::new(JobInner {
         info,
         entity: ent.clone(),
+        sched,
         slot: key,
         scheduled,
         finished,
         payload: Mutex::new(Some(payload)),
         deps_pending: AtomicUsize::new(external.len()),
         dep_error: ErrorSlot::new(),
-        same_sched: same.into_boxed_slice(),
-        cross_ring: CrossRing::new(cross),
+        ring_deps: RingDeps::new(same, cross),
         prev_finished,
         hw: Mutex::new(HwState {
-            callback: None,
+            callback: true,
             fence: None,
             callback_id: None,
             submitting: false,
@@ -491,31 +493,14 @@ pub(crate) fn arm<B: Backend>(
         deferred_error: ErrorSlot::new(),
         free_on_hw_done: AtomicBool::new(false),
     });
-    {
-        let (j, s) = (job.clone(), sched.clone());
-        lock(&job.hw).callback = Some(Callback::new(move |hw: &Fence| {
-            s.hw_done(&j, hw.error());
-        }));
-    }
     for d in external {
-        let (j, s) = (job.clone(), sched.clone());
-        let cb = move |f: &Fence| {
-            if j.dep_signalled(f) {
-                s.wake_external(&j);
-            }
-            // Pump once the signal's callbacks have all run: jobs released by one signal are
-            // then selected together, by priority, and handed to the ring as one batch.
-            #[cfg(not(gpusched_loom))]
-            gpusched_fence::defer_after_callbacks(s);
-            #[cfg(gpusched_loom)]
-            s.pump();
-        };
-        if let Err(already) = d.add_callback(cb) {
+        // The job is its own dependency callback (`JobInner`'s `SharedCallback`).
+        if let Err(already) = d.add_prepared_callback(Callback::shared(job.clone())) {
             job.dep_signalled(&d);
             drop(already);
         }
     }
-    Ok(ArmedJob { job: Some(job), sched, slot: key })
+    Ok(ArmedJob { job: Some(job) })
 }
 
 /// If `fence` is the finished fence of an entity bound to `sched`, that entity and the seqno.
@@ -533,6 +518,9 @@ fn same_sched_owner<B: Backend>(
 /// independent of timing: an earlier failed fence of a context is superseded by a later one
 /// whether or not that one has signalled yet.
 fn dedup_dependencies(deps: &[Fence]) -> Vec<Fence> {
+    if deps.is_empty() {
+        return Vec::new();
+    }
     let mut out: Vec<Fence> = Vec::with_capacity(deps.len());
     for d in deps.iter().flat_map(gpusched_fence::unwrap) {
         match out.iter_mut().find(|k| k.context() == d.context()) {

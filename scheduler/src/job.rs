@@ -14,7 +14,9 @@
 use std::collections::VecDeque;
 use std::fmt;
 
-use gpusched_fence::{Callback, CallbackId, Fence, FenceError, FenceStatus, Signaller};
+use gpusched_fence::{
+    Callback, CallbackId, Fence, FenceError, FenceStatus, SharedCallback, Signaller,
+};
 
 use crate::backend::{Backend, JobInfo};
 use crate::entity::EntityShared;
@@ -47,10 +49,39 @@ impl<B: Backend> SameSchedDep<B> {
     }
 }
 
+/// A job's dependencies on jobs of rings: boxed apart from the job record (one pointer
+/// there), since most jobs have none.
+pub(crate) struct RingDeps<B: Backend> {
+    /// Dependencies on jobs of the same scheduler (met once those are scheduled).
+    pub(crate) same_sched: Box<[SameSchedDep<B>]>,
+    /// Dependencies on jobs of other rings the hardware waits for (`cross_ring.rs`); their
+    /// scheduled fences are counted in `JobInner::deps_pending`.
+    pub(crate) cross_ring: Option<crate::cross_ring::CrossRing<B>>,
+}
+
+impl<B: Backend> RingDeps<B> {
+    /// `None` without any dependency.
+    pub(crate) fn new(
+        same: Vec<SameSchedDep<B>>,
+        cross: Vec<crate::cross_ring::CrossRingDep<B>>,
+    ) -> Option<Box<Self>> {
+        if same.is_empty() && cross.is_empty() {
+            return None;
+        }
+        Some(Box::new(RingDeps {
+            same_sched: same.into_boxed_slice(),
+            cross_ring: crate::cross_ring::CrossRing::new(cross),
+        }))
+    }
+}
+
 /// The hardware side of a job and its fences' signallers. Protected by `JobInner::hw`.
 pub(crate) struct HwState {
-    /// The completion callback, boxed at arm time; taken when added to the hardware fence.
-    pub(crate) callback: Option<Callback>,
+    /// The completion callback is not on the hardware fence: before the run attaches it,
+    /// after a TDR stop detached it, or when the fence had signalled before it could be
+    /// added. The callback is the job itself ([`JobInner::completion`]): attaching it makes
+    /// one from the job's `Arc` without allocating; detaching it drops that handle.
+    pub(crate) callback: bool,
     /// The hardware fence, once `run_job` returned it.
     pub(crate) fence: Option<Fence>,
     /// The completion callback's id on `fence`, to detach it (TDR stop).
@@ -127,6 +158,8 @@ impl ErrorSlot {
 pub(crate) struct JobInner<B: Backend> {
     pub(crate) info: JobInfo,
     pub(crate) entity: Arc<EntityShared<B>>,
+    /// The scheduler the job was armed on (its callbacks report there).
+    pub(crate) sched: Arc<crate::sched::SchedShared<B>>,
     /// Its entity's slot key on its scheduler (`ArmedJob::slot`).
     pub(crate) slot: usize,
     pub(crate) scheduled: Fence,
@@ -137,10 +170,8 @@ pub(crate) struct JobInner<B: Backend> {
     pub(crate) deps_pending: AtomicUsize,
     /// The first failed dependency's error.
     pub(crate) dep_error: ErrorSlot,
-    pub(crate) same_sched: Box<[SameSchedDep<B>]>,
-    /// Dependencies on jobs of other rings the hardware waits for (`cross_ring.rs`); their
-    /// scheduled fences are counted in `deps_pending`.
-    pub(crate) cross_ring: Option<Box<crate::cross_ring::CrossRing<B>>>,
+    /// Dependencies on jobs of this scheduler and of other rings; `None` for most jobs.
+    pub(crate) ring_deps: Option<Box<RingDeps<B>>>,
     /// The finished fence of the entity's previous job: a job that ends without running
     /// signals only after it, so the entity's timeline signals in seqno order.
     pub(crate) prev_finished: Option<Fence>,
@@ -198,7 +229,7 @@ impl<B: Backend> JobInner<B> {
         if let Some(e) = self.dep_error.get() {
             return Readiness::Failed(e);
         }
-        for d in self.same_sched.iter() {
+        for d in self.same_sched() {
             // One read of the fence: it may signal (with an error) while we look, and a
             // second read could then see it signalled but not the error.
             match d.finished.status() {
@@ -254,10 +285,58 @@ impl<B: Backend> JobInner<B> {
         }
     }
 
-    /// Takes the payload out (for `free_job`); breaks the callback cycle.
+    /// The job's dependencies on jobs of its own scheduler.
+    pub(crate) fn same_sched(&self) -> &[SameSchedDep<B>] {
+        self.ring_deps.as_ref().map_or(&[], |d| &d.same_sched)
+    }
+
+    /// The job's dependencies on jobs of other rings, if any.
+    pub(crate) fn cross_ring(&self) -> Option<&crate::cross_ring::CrossRing<B>> {
+        self.ring_deps.as_ref()?.cross_ring.as_ref()
+    }
+
+    /// Takes the payload out (for `free_job`).
     pub(crate) fn take_payload(&self) -> Option<B::Job> {
-        lock(&self.hw).callback = None;
         lock(&self.payload).take()
+    }
+
+    /// The job's completion callback for its hardware fence: the job itself (see its
+    /// [`SharedCallback`] impl). Allocation-free.
+    pub(crate) fn completion(self: &Arc<Self>) -> Callback {
+        Callback::shared(self.clone())
+    }
+
+    /// A dependency signalled (its callback): counts it down, and once the last one is in,
+    /// wakes the entity if it waits for it. The pump runs once the signal's callbacks have
+    /// all run: jobs released by one signal are then selected together, by priority, and
+    /// handed to the ring as one batch.
+    fn dependency_callback(self: Arc<Self>, dep: &Fence) {
+        if self.dep_signalled(dep) {
+            self.sched.wake_external(&self);
+        }
+        #[cfg(not(gpusched_loom))]
+        gpusched_fence::defer_after_callbacks(self.sched.clone());
+        #[cfg(gpusched_loom)]
+        self.sched.pump();
+    }
+}
+
+/// A job is its own callback, on its external dependencies' fences and on its hardware fence
+/// (the kernel embeds both `dma_fence_cb`s in the job): adding either allocates nothing.
+///
+/// Which one runs is told by `deps_pending`, read before anything changes it: a dependency's
+/// callback runs while that dependency is still counted (it counts it down itself), so it
+/// reads a non-zero count; the completion callback is attached only to a job that was
+/// selected to run, which needs every dependency counted down, and the count never rises
+/// again, so it reads zero.
+impl<B: Backend> SharedCallback for JobInner<B> {
+    fn on_signal(self: Arc<Self>, fence: &Fence) {
+        if self.deps_pending.load(Ordering::Acquire) != 0 {
+            self.dependency_callback(fence);
+        } else {
+            let sched = self.sched.clone();
+            sched.hw_done(&self, fence.error());
+        }
     }
 }
 
@@ -344,8 +423,6 @@ pub enum Access {
 #[must_use = "an armed job that is dropped unpushed is cancelled"]
 pub struct ArmedJob<B: Backend> {
     pub(crate) job: Option<Arc<JobInner<B>>>,
-    pub(crate) sched: Arc<crate::sched::SchedShared<B>>,
-    pub(crate) slot: usize,
 }
 
 impl<B: Backend> fmt::Debug for ArmedJob<B> {
@@ -391,7 +468,8 @@ impl<B: Backend> ArmedJob<B> {
             None => unreachable!("an ArmedJob holds its job until push or drop"),
         };
         let finished = job.finished.clone();
-        self.sched.push(job, self.slot);
+        let sched = job.sched.clone();
+        sched.push(job);
         finished
     }
 }
@@ -399,7 +477,8 @@ impl<B: Backend> ArmedJob<B> {
 impl<B: Backend> Drop for ArmedJob<B> {
     fn drop(&mut self) {
         if let Some(job) = self.job.take() {
-            self.sched.drop_armed(job, self.slot);
+            let sched = job.sched.clone();
+            sched.drop_armed(job);
         }
     }
 }
@@ -422,7 +501,7 @@ mod tests {
             std::mem::size_of::<JobInfo>()
         );
         assert!(
-            record - payload <= 240,
+            record - payload <= 200,
             "JobInner is {record} bytes besides a {payload}-byte payload"
         );
     }

@@ -67,11 +67,22 @@
 
 /// A `tracing` event exempt from the checker's allocation rule: a subscriber may allocate to
 /// format it, and diagnostics on the signalling path must not count as reclaim (the
-/// `GFP_NOWAIT` analogue, `lockdep::no_reclaim`).
+/// `GFP_NOWAIT` analogue, `lockdep::no_reclaim`). An event above the current maximum level
+/// (`LevelFilter::current`, one relaxed load; none without a subscriber) costs nothing more:
+/// the exemption is entered only for events that may be recorded.
 macro_rules! diag {
-    ($level:ident, $($arg:tt)*) => {{
-        let _exempt = gpusched_fence::lockdep::no_reclaim();
-        tracing::$level!($($arg)*);
+    (trace, $($arg:tt)*) => { diag!(@ tracing::Level::TRACE, trace, $($arg)*) };
+    (debug, $($arg:tt)*) => { diag!(@ tracing::Level::DEBUG, debug, $($arg)*) };
+    (info, $($arg:tt)*) => { diag!(@ tracing::Level::INFO, info, $($arg)*) };
+    (warn, $($arg:tt)*) => { diag!(@ tracing::Level::WARN, warn, $($arg)*) };
+    (error, $($arg:tt)*) => { diag!(@ tracing::Level::ERROR, error, $($arg)*) };
+    (@ $lvl:expr, $level:ident, $($arg:tt)*) => {{
+        if $lvl <= tracing::level_filters::STATIC_MAX_LEVEL
+            && $lvl <= tracing::level_filters::LevelFilter::current()
+        {
+            let _exempt = gpusched_fence::lockdep::no_reclaim();
+            tracing::$level!($($arg)*);
+        }
     }};
 }
 

@@ -21,8 +21,9 @@
 //! it allocates: storage follows the jobs that exist, never the credit limit (which may be
 //! `u32::MAX`). Arming a job reserves, outside any section, a slot in its entity's queue, room
 //! for it on the pending list (at most one entry per credit, so never more than the limit)
-//! and on the free list (one entry per job not yet freed: the free list never fills), and
-//! boxes the completion callback. None of it takes a `Resv` lock or waits.
+//! and on the free list (one entry per job not yet freed: the free list never fills). The
+//! completion callback is the job record itself (attaching it clones the record's `Arc`).
+//! None of it takes a `Resv` lock or waits.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -190,7 +191,9 @@ enum Top<B: Backend> {
 
 /// What the pump does next.
 enum Step<B: Backend> {
-    Run(Arc<JobInner<B>>),
+    /// Run the job; with the deadline it armed (the ring was idle), which the run announces
+    /// to the reset domain's worker unless the job completed within `run_job`.
+    Run(Arc<JobInner<B>>, Option<Instant>),
     Cancel(Arc<JobInner<B>>, FenceError),
     Free(Arc<JobInner<B>>),
     Idle,
@@ -281,9 +284,9 @@ impl<B: Backend> SchedShared<B> {
                     let _step = DrainStep::enter(self.id);
                     self.cancel(&job, e);
                 }
-                Step::Run(job) => {
+                Step::Run(job, deadline) => {
                     let _step = DrainStep::enter(self.id);
-                    self.run(job);
+                    self.run(job, deadline);
                     batch_open = Some(running);
                     continue;
                 }
@@ -375,12 +378,17 @@ impl<B: Backend> SchedShared<B> {
         if credits > 1 {
             self.load.fetch_add(credits as usize - 1, Ordering::Relaxed);
         }
-        if st.pending.is_empty() {
-            st.deadline = self.arm_deadline(Instant::now());
-        }
+        // The ring was idle: the job's timeout starts now. The worker is told by the run (a
+        // job that completes within `run_job` then costs no announcement).
+        let deadline = if st.pending.is_empty() {
+            st.deadline = self.config.timeout.deadline_from(Instant::now());
+            st.deadline
+        } else {
+            None
+        };
         st.pending.push_back(job.clone());
         job.state.store(state::RUNNING, Ordering::Release);
-        Step::Run(job)
+        Step::Run(job, deadline)
     }
 
     /// The ring is full: FIFO and Fair still end, without waiting for credits, a failed head
@@ -468,7 +476,7 @@ impl<B: Backend> SchedShared<B> {
     fn run_payload(&self, job: &JobInner<B>) -> Result<Fence, FenceError> {
         let mut payload = lock(&job.payload);
         let Some(p) = payload.as_mut() else { return Err(FenceError::Cancelled) };
-        for (i, d) in job.cross_ring.iter().flat_map(|c| c.deps.iter()).enumerate() {
+        for (i, d) in job.cross_ring().iter().flat_map(|c| c.deps.iter()).enumerate() {
             let hw = d.hw_wait()?;
             self.backend.wait_natively(p, i, hw.as_ref())?;
         }
@@ -476,7 +484,12 @@ impl<B: Backend> SchedShared<B> {
     }
 
     /// Runs a selected job (`drm_sched_run_job_work`), inside a signalling section.
-    fn run(self: &Arc<Self>, job: Arc<JobInner<B>>) {
+    /// `deadline`: the timeout selection armed for it, announced to the reset domain's worker
+    /// once the job is on the hardware (or failed there). Announcing after `run_job` loses
+    /// nothing: a timeout's handling stops the ring first, which waits for the run lock this
+    /// run holds. A job whose hardware fence has signalled by then is retired at once (the
+    /// ring idles again, its deadline cleared) and needs no announcement.
+    fn run(self: &Arc<Self>, job: Arc<JobInner<B>>, deadline: Option<Instant>) {
         let _section = lockdep::signalling_section();
         // Before anything of this run can call out (the scheduled fence's callbacks may tear
         // the scheduler down): the run path, not a teardown, attaches the completion callback,
@@ -491,19 +504,29 @@ impl<B: Backend> SchedShared<B> {
                 job.entity.scheduled_seqno.fetch_max(job.info.seqno, Ordering::AcqRel);
                 // The hardware fence is published before the scheduled fence signals: a
                 // cross-ring dependant released by that signal waits for it on the device.
-                lock(&job.hw).fence = Some(hw.clone());
-                job.signal_scheduled(None);
-                let callback = lock(&job.hw).callback.take();
-                let Some(callback) = callback else {
-                    unreachable!("a job's completion callback is boxed at arm and taken once")
+                // One lock round trip: the completion callback is taken here too (nothing
+                // else takes it while `submitting` is set).
+                let scheduled = {
+                    let mut h = lock(&job.hw);
+                    h.fence = Some(hw.clone());
+                    if !std::mem::replace(&mut h.callback, false) {
+                        unreachable!("a job's completion callback is attached once per run")
+                    }
+                    h.scheduled.take()
                 };
-                match hw.add_prepared_callback(callback) {
+                if let Some(s) = scheduled {
+                    s.signal();
+                }
+                match hw.add_prepared_callback(job.completion()) {
                     Ok(id) => {
                         let mut h = lock(&job.hw);
                         h.fence = Some(hw);
                         h.callback_id = Some(id);
                         h.submitting = false;
                         drop(h);
+                        if let Some(d) = deadline {
+                            self.domain.deadline_armed(d);
+                        }
                         // A teardown nested in the run retired the job and left its payload
                         // to the hardware's completion, which may have come before the flag
                         // above cleared: free it here then (the swap frees it once).
@@ -516,8 +539,9 @@ impl<B: Backend> SchedShared<B> {
                         // After publishing: a deadline set meanwhile is forwarded by one side.
                         crate::deadline::forward_to_hw(&job);
                     }
-                    Err(_already) => {
+                    Err(already) => {
                         // The hardware was done before we could watch it.
+                        drop(already);
                         let error = hw.error();
                         let mut h = lock(&job.hw);
                         h.fence = Some(hw);
@@ -528,6 +552,9 @@ impl<B: Backend> SchedShared<B> {
                 }
             }
             Err(e) => {
+                if let Some(d) = deadline {
+                    self.domain.deadline_armed(d);
+                }
                 lock(&job.hw).submitting = false;
                 // Never reached the hardware: a cross-ring dependant must not wait for it.
                 job.signal_scheduled(Some(e));
@@ -638,7 +665,7 @@ impl<B: Backend> SchedShared<B> {
         // A cross-ring dependency that failed after the device waited for it: the job ran on
         // its missing results and ends with its error (as with a host wait). The job's
         // hardware finished after the dependency's did, so its failure is visible here.
-        let error = error.or_else(|| job.cross_ring.as_ref().and_then(|c| c.error()));
+        let error = error.or_else(|| job.cross_ring().and_then(|c| c.error()));
         match error {
             None => self.counters.finished_ok.fetch_add(1, Ordering::Relaxed),
             Some(_) => self.counters.finished_err.fetch_add(1, Ordering::Relaxed),
@@ -707,11 +734,16 @@ impl<B: Backend> SchedShared<B> {
     }
 
     /// Queues a pushed job on its slot (capacity reserved at arm) and pumps.
-    pub(crate) fn push(self: &Arc<Self>, job: Arc<JobInner<B>>, slot: usize) {
+    pub(crate) fn push(self: &Arc<Self>, job: Arc<JobInner<B>>) {
+        let slot = job.slot;
         let before = job.entity.pushed_seqno.fetch_max(job.info.seqno, Ordering::AcqRel);
         if before > job.info.seqno {
             pushed_out_of_order(job.info.seqno, before);
         }
+        // Before it is queued (a flush waits for the fence either way): the job's handle
+        // then moves into the queue.
+        job.entity.note_pushed(job.info.seqno, &job.scheduled);
+        let id = job.info.id;
         let stopped = {
             let mut st = lock(&self.state);
             // Read under the state lock: `shutdown` sets it before taking the lock to drain
@@ -734,20 +766,20 @@ impl<B: Backend> SchedShared<B> {
             // entity's earlier jobs, in timeline order.
             job.submit_order.store(seq, Ordering::Relaxed);
             job.state.store(state::QUEUED, Ordering::Release);
-            s.queue.push_back(job.clone());
+            s.queue.push_back(job);
             st.on_queued(slot);
             self.load.fetch_add(1, Ordering::Relaxed);
             stopped
         };
-        job.entity.note_pushed(job.info.seqno, &job.scheduled);
-        diag!(trace, target: "gpusched", sched = self.name(), job = job.info.id, ?stopped, "queued");
+        diag!(trace, target: "gpusched", sched = self.name(), job = id, ?stopped, "queued");
         self.pump();
     }
 
     /// An armed job was dropped unpushed: it is queued marked `DROPPED` (into the room
     /// reserved at arm) so that selection cancels it after the entity's earlier jobs, in
     /// timeline order.
-    pub(crate) fn drop_armed(self: &Arc<Self>, job: Arc<JobInner<B>>, slot: usize) {
+    pub(crate) fn drop_armed(self: &Arc<Self>, job: Arc<JobInner<B>>) {
+        let slot = job.slot;
         job.entity.pushed_seqno.fetch_max(job.info.seqno, Ordering::AcqRel);
         let queued = {
             let mut st = lock(&self.state);
@@ -848,8 +880,10 @@ impl<B: Backend> SchedShared<B> {
             let mut h = lock(&job.hw);
             if let (Some(f), Some(id)) = (h.fence.clone(), h.callback_id) {
                 if let Some(cb) = f.take_callback(id) {
-                    h.callback = Some(cb);
+                    h.callback = true;
                     h.callback_id = None;
+                    // Not the job's last handle (`job` is another): a count decrement.
+                    drop(cb);
                 }
                 // Otherwise the callback has run or is running: it retires the job.
             }
@@ -863,7 +897,7 @@ impl<B: Backend> SchedShared<B> {
     /// retires it with that result: neither rerun nor fail it; a reset's dead fences signal
     /// an error, so they do not count).
     fn unfinished_on_hw(job: &JobInner<B>) -> bool {
-        let detached = lock(&job.hw).callback.is_some();
+        let detached = lock(&job.hw).callback;
         if !detached || job.deferred_error.is_some() {
             return false;
         }
@@ -874,7 +908,7 @@ impl<B: Backend> SchedShared<B> {
     /// (detached) and is not already ending with an error in timeline order, whatever its
     /// hardware fence did since (see [`fail_dependants`](Self::fail_dependants)).
     fn detached_at_stop(job: &JobInner<B>) -> bool {
-        lock(&job.hw).callback.is_some() && !job.deferred_error.is_some()
+        lock(&job.hw).callback && !job.deferred_error.is_some()
     }
 
     /// The error of a same-ring dependency that failed after it was met (when it was
@@ -882,7 +916,7 @@ impl<B: Backend> SchedShared<B> {
     /// missing results: it ends with that error, as it would had it not run yet.
     fn failed_same_ring_dep(&self, job: &JobInner<B>) -> Option<FenceError> {
         let st = lock(&self.state);
-        job.same_sched.iter().find_map(|d| d.error(Some(&st.pending)))
+        job.same_sched().iter().find_map(|d| d.error(Some(&st.pending)))
     }
 
     /// `drm_sched_resubmit_jobs`: runs the unfinished pending jobs again, in ring order (after
@@ -954,22 +988,18 @@ impl<B: Backend> SchedShared<B> {
             }
             let retire = {
                 let mut h = lock(&job.hw);
-                match (h.fence.clone(), h.callback.take()) {
-                    (Some(f), Some(cb)) => match f.add_prepared_callback(cb) {
+                match (h.fence.clone(), h.callback) {
+                    (Some(f), true) => match f.add_prepared_callback(job.completion()) {
                         Ok(id) => {
+                            h.callback = false;
                             h.callback_id = Some(id);
                             None
                         }
-                        Err(already) => {
-                            h.callback = Some(already.into_inner());
-                            Some(f.error())
-                        }
+                        // Not the job's last handle: a count decrement.
+                        Err(_already) => Some(f.error()),
                     },
-                    (Some(_), None) => None, // still attached
-                    (None, cb) => {
-                        h.callback = cb;
-                        Some(Some(FenceError::Cancelled))
-                    }
+                    (Some(_), false) => None, // still attached
+                    (None, _) => Some(Some(FenceError::Cancelled)),
                 }
             };
             if let Some(error) = retire {
@@ -1001,7 +1031,8 @@ impl<B: Backend> SchedShared<B> {
         {
             let mut h = lock(&job.hw);
             if let (Some(f), Some(id)) = (h.fence.clone(), h.callback_id.take()) {
-                h.callback = f.take_callback(id);
+                // Taken back, it is not the job's last handle: a count decrement.
+                h.callback = f.take_callback(id).is_some();
             }
         }
         self.load.fetch_sub(job.info.credits as usize, Ordering::Relaxed);

@@ -12,7 +12,7 @@
 //! The whole recovery runs inside a signalling section (the kernel proposed this annotation
 //! and never merged it; we ship it): the worker and every step below neither allocate, nor
 //! take a `Resv` lock, nor wait on a fence. What recovery needs is reserved beforehand: the
-//! pending list holds the jobs, each job keeps its boxed completion callback, and
+//! pending list holds the jobs, each job is its own completion callback, and
 //! [`Recovery::interrupt_waits`] only bumps an epoch and notifies. A backend that allocates or
 //! takes a `Resv` lock in `timedout_job` is reported by the checker.
 //!

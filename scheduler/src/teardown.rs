@@ -157,18 +157,19 @@ impl<B: Backend> SchedShared<B> {
             let mut h = lock(&job.hw);
             match (h.fence.clone(), h.callback_id.is_none(), h.submitting) {
                 // A run in progress (up this thread's stack) attaches it itself.
-                (Some(f), true, false) => h.callback.take().map(|cb| (f, cb)),
+                (Some(f), true, false) if std::mem::replace(&mut h.callback, false) => Some(f),
                 _ => None,
             }
         };
         let freeable = match reattach {
-            Some((f, cb)) => match f.add_prepared_callback(cb) {
+            Some(f) => match f.add_prepared_callback(job.completion()) {
                 Ok(id) => {
                     lock(&job.hw).callback_id = Some(id);
                     false
                 }
                 Err(already) => {
-                    lock(&job.hw).callback = Some(already.into_inner());
+                    lock(&job.hw).callback = true;
+                    drop(already);
                     true
                 }
             },

@@ -732,10 +732,16 @@ fn release_in(s: &ThreadState, class: &'static LockClass, nest: Option<NestKey>)
         0 | ID_EXHAUSTED => return,
         v => (v - 1) as u16,
     };
-    let top = s.held[len - 1].get();
-    if top.id == id && top.nest == nest && top.count == 1 {
-        // The common case: the last acquisition is released first.
-        s.len.set(len - 1);
+    let mut top = s.held[len - 1].get();
+    if top.id == id && top.nest == nest {
+        // The common cases: the last acquisition is released first, or one level of a
+        // nested section (a fence signalled inside a scheduler's section) ends.
+        if top.count == 1 {
+            s.len.set(len - 1);
+        } else {
+            top.count -= 1;
+            s.held[len - 1].set(top);
+        }
         return;
     }
     let found = (0..len)
