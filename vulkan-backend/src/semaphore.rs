@@ -12,9 +12,12 @@
 //! What a wait the scheduler cannot see means for timeouts and device loss is on
 //! [`ExternalWait`].
 
+use std::sync::{Arc, Weak};
+
 use ash::vk;
 
 use crate::job::VulkanJob;
+use crate::ring::RingHw;
 
 /// A semaphore a job waits on before it runs ([`VulkanJob::wait_semaphore`]).
 ///
@@ -90,7 +93,15 @@ pub(crate) struct External {
     native_at: usize,
     /// How many of the reserved native slots the next submission carries (`set_native`).
     native_used: usize,
+    /// The rings and values of those waits (room reserved at arm): the submission's
+    /// in-flight entry takes them (`take_native_peers`), and the ring's drain signals the
+    /// job's fence only once each of those rings has signalled the awaited value's fence
+    /// (see `RingHw::drain`).
+    native_peers: Vec<NativePeer>,
 }
+
+/// A ring a submission waits for on the device, and the value it waits for.
+pub(crate) type NativePeer = (Weak<RingHw>, u64);
 
 impl std::fmt::Debug for External {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -109,6 +120,7 @@ impl External {
     pub(crate) fn reserve_native(&mut self, count: usize) {
         self.native_at = self.wait_sems.len();
         self.native_used = 0;
+        self.native_peers = Vec::with_capacity(count);
         for _ in 0..count {
             self.wait_sems.push(vk::Semaphore::null());
             self.wait_values.push(0);
@@ -117,19 +129,29 @@ impl External {
     }
 
     /// Sets native wait `index` (called for `0..count` in order before each submission):
-    /// `Some((semaphore, value))` waits for that timeline value, `None` carries no wait.
-    /// Allocation-free.
-    pub(crate) fn set_native(&mut self, index: usize, wait: Option<(vk::Semaphore, u64)>) {
+    /// `Some((ring, value))` waits for that ring's timeline semaphore to reach `value`, `None`
+    /// carries no wait. Allocation-free (room reserved by `reserve_native`).
+    pub(crate) fn set_native(&mut self, index: usize, wait: Option<(&Arc<RingHw>, u64)>) {
         if index == 0 {
             self.native_used = 0;
+            self.native_peers.clear();
         }
-        let Some((sem, value)) = wait else { return };
+        let Some((ring, value)) = wait else { return };
         let at = self.native_at + self.native_used;
         if at < self.wait_sems.len() {
-            self.wait_sems[at] = sem;
+            self.wait_sems[at] = ring.sem;
             self.wait_values[at] = value;
             self.native_used += 1;
+            if self.native_peers.len() < self.native_peers.capacity() {
+                self.native_peers.push((Arc::downgrade(ring), value));
+            }
         }
+    }
+
+    /// The rings and values the next submission waits for (`set_native`), taken for its
+    /// in-flight entry. Allocation-free (the vector moves; an empty one is left).
+    pub(crate) fn take_native_peers(&mut self) -> Vec<NativePeer> {
+        std::mem::take(&mut self.native_peers)
     }
 
     /// The end of the wait slots the submission carries.
@@ -153,6 +175,7 @@ impl Default for External {
             signal_values: vec![0],
             native_at: 0,
             native_used: 0,
+            native_peers: Vec::new(),
         }
     }
 }

@@ -177,3 +177,50 @@ fn a_device_loss_while_a_cross_ring_wait_is_pending_fails_every_fence() {
     dev.wait_generation(gen0, WATCHDOG).unwrap();
     close(dev);
 }
+
+/// A dependant that waited on the device signals its finished fence only after its
+/// dependency's has signalled: the semaphore proves the dependency's work finished, but its
+/// own ring's drain may lag, and a device loss before that drain fails it (the dependant,
+/// finished first, had then succeeded on a dependency that ended `DeviceLost`).
+#[test]
+fn a_dependant_on_another_ring_finishes_after_its_dependency() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(dev) = device() else { return };
+    let (ra, rb) = rings(&dev, WATCHDOG);
+    let ea = Entity::new(&[&ra], Priority::Normal).unwrap();
+    let eb = Entity::new(&[&rb], Priority::Normal).unwrap();
+    let x = dev.buffer(u64::from(N) * 4).unwrap();
+    let y = dev.buffer(u64::from(N) * 4).unwrap();
+    wait_ok(&VulkanDevice::submit(&ea, fill_job(&x, 1.0, N)).unwrap());
+    let early = Arc::new(AtomicUsize::new(0));
+    let mut last = None;
+    for i in 0..300 {
+        // `y` written on ring A, then read and rewritten on ring B: each job depends on the
+        // one before it, on the other ring.
+        let (e, job) = if i % 2 == 0 {
+            (&ea, fill_job(&y, i as f32, N))
+        } else {
+            (&eb, saxpy_job(&x, &y, 1.0))
+        };
+        let finished = VulkanDevice::submit(e, job).unwrap();
+        if let Some(prev) = last.replace(finished.clone()) {
+            let early = early.clone();
+            let check = move |_: &gpusched::fence::Fence| {
+                if !prev.is_signaled() {
+                    early.fetch_add(1, Ordering::SeqCst);
+                }
+            };
+            if let Err(already) = finished.add_callback(check) {
+                (already.into_inner())(&finished);
+            }
+        }
+    }
+    wait_ok(&last.unwrap());
+    assert_eq!(early.load(Ordering::SeqCst), 0, "dependants finished before their dependency");
+    assert_all(&y, 299.0);
+    assert_no_validation_errors();
+    drop((ea, eb, ra, rb, x, y));
+    close(dev);
+}

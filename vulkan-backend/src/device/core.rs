@@ -105,6 +105,9 @@ pub(crate) struct Completion {
     /// Set when the core is lost (a wait or submit reported `VK_ERROR_DEVICE_LOST`, an
     /// injected loss, or a hang nothing can release). The rings' completion threads exit.
     pub(crate) lost: AtomicBool,
+    /// How many rings have their `gated` flag set (their drain waits for another ring's
+    /// drain: `RingHw::drain`); while none has, a drain looks at no other ring.
+    pub(crate) gated: AtomicUsize,
 }
 
 impl Completion {
@@ -478,6 +481,7 @@ impl DeviceCore {
         let comp = Completion {
             rings: Mutex::new(Vec::with_capacity(MAX_RINGS)),
             lost: AtomicBool::new(false),
+            gated: AtomicUsize::new(0),
         };
         let core = Arc::new(DeviceCore {
             instance: inst,

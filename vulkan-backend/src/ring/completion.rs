@@ -280,7 +280,7 @@ fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
         drop(last);
         // The next value the ring owes, if it is busy. Dropping `r` may drop the last
         // reference to the ring (and the core): their drops then run here, between waits.
-        let next = {
+        let (next, gated) = {
             let Some(r) = ring.upgrade() else { return };
             if r.core.is_lost() {
                 // `mark_lost` failed this ring's fences, unless the core had more live rings
@@ -288,8 +288,15 @@ fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
                 r.fail_all(FenceError::DeviceLost);
                 return;
             }
+            // The drain waits for another ring's drain (`RingHw::drain`), which drains this
+            // ring when it gets there; a ring beyond its snapshot relies on this look.
+            if r.gated.load(Ordering::SeqCst) {
+                r.drain(lock(&r.state));
+            }
             let completed = r.completed.load(Ordering::SeqCst);
-            (r.submitted.load(Ordering::SeqCst) > completed).then(|| r.signal_value(completed + 1))
+            let next = (r.submitted.load(Ordering::SeqCst) > completed)
+                .then(|| r.signal_value(completed + 1));
+            (next, r.gated.load(Ordering::SeqCst))
         };
         if watch.stop.load(Ordering::SeqCst) {
             return;
@@ -297,8 +304,9 @@ fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
         let Some(value) = next else {
             // Idle: a submission that makes the ring busy wakes us (`RingHw::wake` after it
             // published `submitted`; an unpark before the park is not lost). Holding the
-            // ring, look again soon whether the other references are gone.
-            if adopted {
+            // ring, look again soon whether the other references are gone; gated, look again
+            // soon whether the other ring's drain got there.
+            if adopted || gated {
                 std::thread::park_timeout(ADOPTED_POLL);
             } else {
                 std::thread::park();

@@ -35,6 +35,7 @@ use crate::error::{map_device, DeviceError};
 use crate::fault::{self, PendingHang};
 use crate::job::RecordFn;
 use crate::resource::GpuResource;
+use crate::semaphore::NativePeer;
 
 use crate::sync::lock;
 
@@ -124,6 +125,9 @@ pub(super) struct InFlight {
     /// reaching `value` later (a failed batch's values are passed by the next submission) cannot
     /// make it report success.
     pub(super) ops_value: Arc<AtomicU64>,
+    /// The other rings' values the job waited for on the device (`native.rs`; empty for most
+    /// jobs): the fence signals only after those rings' fences for them have signalled.
+    pub(super) awaits: Vec<NativePeer>,
 }
 
 impl InFlight {
@@ -171,6 +175,10 @@ pub(crate) struct RingHw {
     /// (`native.rs`): the drop then waits for the other rings' submissions before destroying
     /// the semaphore.
     pub(super) waited_on: AtomicBool,
+    /// The drain stopped at a fence whose job waited on the device for another ring's fence
+    /// that ring has not signalled yet (counted in `Completion::gated` while set): that
+    /// ring's drain drains this one once it has (see `drain`).
+    pub(super) gated: AtomicBool,
 }
 
 impl RingHw {
@@ -230,6 +238,7 @@ impl RingHw {
             stall: StallState::default(),
             deadline: DeadlineHint::default(),
             waited_on: AtomicBool::new(false),
+            gated: AtomicBool::new(false),
             watch: Watch::new(d, sem),
             thread: Mutex::new(None),
         });
@@ -288,7 +297,8 @@ impl RingHw {
         loop {
             let done = self.completed.load(Ordering::SeqCst);
             let next = match st.in_flight.front() {
-                Some(f) if f.error.is_some() || f.value <= done => st.in_flight.pop_front(),
+                Some(f) if f.error.is_some() => st.in_flight.pop_front(),
+                Some(f) if f.value <= done && self.peers_signalled(f) => st.in_flight.pop_front(),
                 _ => None,
             };
             let Some(f) = next else {
@@ -303,9 +313,55 @@ impl RingHw {
             // After the signal: a poll of this fence or a later one (`HwOps::signaled`) never
             // runs ahead of the drain.
             self.signalled.fetch_max(f.value, Ordering::SeqCst);
+            self.drain_gated_peers();
             st = lock(&self.state);
             if f.error.is_some() {
                 st.failing.0 = st.failing.0.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Whether the rings `f`'s job waited for on the device have signalled the fences it
+    /// waited for (a ring that is gone has). The semaphore reaching `f`'s value proves their
+    /// hardware finished that work, but their drains may not have signalled it yet, and one
+    /// may still fail it (a device loss fails what a drain has not passed): `f` signals after
+    /// them, as its job would have run after them with host waits, so that the scheduler sees
+    /// their outcome when it completes `f`'s job (a failed one fails it). If one has not,
+    /// the ring is marked gated (before it looks: see `drain_gated_peers`) and stays so
+    /// while the drain stops here. Under the ring lock; allocation-free.
+    fn peers_signalled(&self, f: &InFlight) -> bool {
+        if f.awaits.is_empty() {
+            return true;
+        }
+        if !self.gated.swap(true, Ordering::SeqCst) {
+            self.core.comp.gated.fetch_add(1, Ordering::SeqCst);
+        }
+        let passed = f.awaits.iter().all(|(ring, value)| {
+            ring.upgrade().is_none_or(|r| r.signalled.load(Ordering::SeqCst) >= *value)
+        });
+        if passed && self.gated.swap(false, Ordering::SeqCst) {
+            self.core.comp.gated.fetch_sub(1, Ordering::SeqCst);
+        }
+        passed
+    }
+
+    /// After this ring's drain signalled a fence (`signalled` stored first): drains the rings
+    /// of the core whose drain stopped at a fence that may have waited for it. Pairs with
+    /// `peers_signalled`, which marks its ring gated before it reads the other rings'
+    /// `signalled` (each side stores, then reads the other's, all `SeqCst`): either that read
+    /// sees this ring's new value or this look sees the ring gated. A ring beyond the
+    /// snapshot's size (`MAX_RINGS`, only briefly) is drained by its completion thread's next
+    /// look. Allocation-free; a cheap load while no ring is gated.
+    fn drain_gated_peers(&self) {
+        if self.core.comp.gated.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        // Taken under `comp.rings`, used and dropped after it is released.
+        let rings = self.core.comp.snapshot();
+        for r in rings.iter().flatten() {
+            if !std::ptr::eq(Arc::as_ptr(r), self) && r.gated.swap(false, Ordering::SeqCst) {
+                self.core.comp.gated.fetch_sub(1, Ordering::SeqCst);
+                r.drain(lock(&r.state));
             }
         }
     }

@@ -15,6 +15,12 @@
 //!   waiting for a signal that will never come.
 //! - The job carries the waits in its own `VkSubmitInfo` (the external-semaphore arrays,
 //!   slots reserved at arm): it is never batched.
+//! - Its hardware fence signals only after the awaited rings' drains have signalled the
+//!   fences it waited for (`RingHw::drain`), as it would have run after them with host waits:
+//!   the semaphore proves that work finished, but a device loss may still fail a fence its
+//!   ring has not drained, and the scheduler then fails the dependant with that error when it
+//!   completes it. Without the order, the dependant could succeed and its dependency end
+//!   `DeviceLost` (seen with the fault layer: a loss between the two rings' drains).
 //! - A ring's semaphore outlives every submission waiting on it: the drop of a ring that
 //!   was waited on waits for the generation's queues to go idle
 //!   ([`RingHw::wait_for_waiters`]) before destroying it.
@@ -29,7 +35,6 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use ash::vk;
 use gpusched::fence::{Fence, FenceError};
 
 use super::hw::RingHw;
@@ -61,7 +66,7 @@ impl VulkanRing {
         };
         match job.external.as_deref_mut() {
             Some(e) => {
-                e.set_native(index, wait);
+                e.set_native(index, wait.as_ref().map(|(ring, value)| (ring, *value)));
                 Ok(())
             }
             // Reserved at arm: not expected.
@@ -71,9 +76,10 @@ impl VulkanRing {
     }
 }
 
-/// The semaphore and value that `fence` (a hardware fence of a ring of `own`'s core)
-/// signals, once that value is on a queue; `None` when the hardware has passed it already.
-fn wait_target(own: &RingHw, fence: &Fence) -> Result<Option<(vk::Semaphore, u64)>, FenceError> {
+/// The ring (of `own`'s core) whose hardware fence `fence` is, and the value its semaphore
+/// signals for it, once that value is on a queue; `None` when the hardware has passed it
+/// already.
+fn wait_target(own: &RingHw, fence: &Fence) -> Result<Option<(Arc<RingHw>, u64)>, FenceError> {
     if let Some(e) = fence.error() {
         return Err(e);
     }
@@ -100,7 +106,7 @@ fn wait_target(own: &RingHw, fence: &Fence) -> Result<Option<(vk::Semaphore, u64
     }
     if other.submitted_signal_value(value).is_some() {
         other.waited_on.store(true, Ordering::SeqCst);
-        return Ok(Some((other.sem, value)));
+        return Ok(Some((other.clone(), value)));
     }
     if other.completed.load(Ordering::SeqCst) >= value {
         return Ok(None);

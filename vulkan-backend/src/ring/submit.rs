@@ -42,6 +42,7 @@ use crate::fault::PendingHang;
 use crate::job::{Prepared, VulkanJob};
 use crate::kernel::{full_barrier, host_barrier, RecordCtx};
 use crate::resource::GpuResource;
+use crate::semaphore::NativePeer;
 use crate::sync::lock;
 
 /// The most jobs of a batch one `vkQueueSubmit` carries (one `VkSubmitInfo` each, in stack
@@ -238,7 +239,7 @@ impl RingState {
     /// the prepared fence is initialised with seqno `value`, the fence ops poll it, and its
     /// in-flight entry is appended (the ring's drainer signals it). Under the ring lock;
     /// allocation-free (room reserved at prepare time).
-    fn publish_fence(&mut self, value: u64, prepared: Prepared) -> Fence {
+    fn publish_fence(&mut self, value: u64, prepared: Prepared, awaits: Vec<NativePeer>) -> Fence {
         debug_assert_eq!(value, self.next_value + 1, "values are taken in order");
         self.next_value = value;
         prepared.value.store(value, Ordering::Release);
@@ -248,6 +249,7 @@ impl RingState {
             signaller,
             error: None,
             ops_value: prepared.value.clone(),
+            awaits,
         });
         fence
     }
@@ -319,7 +321,7 @@ impl VulkanRing {
             let value = st.next_value + 1;
             st.batch.push(cb);
             job.sub.value = value;
-            return Ok(st.publish_fence(value, prepared));
+            return Ok(st.publish_fence(value, prepared, Vec::new()));
         }
         if !st.batch.is_empty() {
             // What was batched before this job goes first, in its own submission.
@@ -385,7 +387,8 @@ impl VulkanRing {
         };
         hw.note_queue_submit(&mut st.submissions, &values, seq, job.fault.pending_hang());
         job.sub.value = value;
-        let fence = st.publish_fence(value, prepared);
+        let awaits = job.external.as_deref_mut().map_or_else(Vec::new, |e| e.take_native_peers());
+        let fence = st.publish_fence(value, prepared, awaits);
         drop(st);
         hw.publish_submitted(value);
         Ok(fence)
