@@ -294,15 +294,20 @@ impl Sched {
     }
 }
 
-/// One path's own measurements: the best throughput loop, the latency samples, and the CPU
-/// time its throughput loops took (the device's completion thread apart from the rest).
+/// One path's own measurements: every round's throughput loop, the latency samples, and the
+/// CPU time its throughput loops took, by thread name (the device's completion thread apart).
 #[derive(Default)]
 struct Path {
     best: Option<Duration>,
+    /// Each round's throughput loop, in round order.
+    rounds: Vec<Duration>,
     lat: Vec<Duration>,
     wall: Duration,
     cpu_completion: Duration,
     cpu_total: Duration,
+    /// CPU time by thread name (every thread of the process: the submitting thread, the
+    /// completion thread, the driver's threads).
+    cpu_threads: std::collections::BTreeMap<String, Duration>,
 }
 
 impl Path {
@@ -311,9 +316,11 @@ impl Path {
         let before = thread_cpu();
         let d = run();
         self.best = Some(self.best.map_or(d, |b| b.min(d)));
+        self.rounds.push(d);
         if let Some(before) = before {
             self.wall += d;
             for (name, t) in thread_cpu_since(&before) {
+                *self.cpu_threads.entry(name.clone()).or_default() += t;
                 // Thread names are cut to 15 bytes: "gpusched-vk1-co(mpletion)".
                 if name.starts_with("gpusched-vk") {
                     self.cpu_completion += t;
@@ -368,6 +375,24 @@ fn report(key: &str, name: &str, device: &str, paths: [Path; 3], jobs: u64, subm
         &format!("vulkan.{key}.batched.jobs_per_submit"),
         submits.0 as f64 / submits.1.max(1) as f64,
     );
+    // Per round: the paths ran one after the other in each round, so a round's ratio
+    // compares them under the same load.
+    let mut line = format!("{name} per-round throughput vs native:");
+    for (label, path) in [("scheduler", &s), ("batched", &b)] {
+        let mut ratios: Vec<f64> = n
+            .rounds
+            .iter()
+            .zip(&path.rounds)
+            .map(|(native, ours)| native.as_secs_f64() / ours.as_secs_f64())
+            .collect();
+        let listed = ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" ");
+        ratios.sort_by(f64::total_cmp);
+        let (min, median) = (ratios[0], ratios[ratios.len() / 2]);
+        line += &format!(" {label} [{listed}] min {min:.2}x median {median:.2}x;");
+        metric(&format!("vulkan.{key}.{label}.round_ratio_min"), min);
+        metric(&format!("vulkan.{key}.{label}.round_ratio_median"), median);
+    }
+    println!("{line}");
     let mut line = format!("{name} latency submit->completion:");
     for (label, path) in [("native", &mut n), ("scheduler", &mut s), ("batched", &mut b)] {
         let (p50, p99) = (percentile(&mut path.lat, 0.5), percentile(&mut path.lat, 0.99));
@@ -381,7 +406,7 @@ fn report(key: &str, name: &str, device: &str, paths: [Path; 3], jobs: u64, subm
         if path.wall.is_zero() {
             continue;
         }
-        let loops = path.wall.as_secs_f64() * rate(path);
+        let loops = (jobs * path.rounds.len() as u64) as f64;
         let per_job = |t: Duration| t.as_secs_f64() * 1e9 / loops;
         line += &format!(
             " {label} {:.0} µs (completion thread {:.0} µs, busy {:.0}% of the wall time);",
@@ -390,10 +415,31 @@ fn report(key: &str, name: &str, device: &str, paths: [Path; 3], jobs: u64, subm
             100.0 * path.cpu_completion.as_secs_f64() / path.wall.as_secs_f64()
         );
         metric(&format!("vulkan.{key}.{label}.cpu_ns_per_job"), per_job(path.cpu_total));
+        if label != "native" && !n.wall.is_zero() {
+            let native_loops = (jobs * n.rounds.len() as u64) as f64;
+            let native_per_job = n.cpu_total.as_secs_f64() * 1e9 / native_loops;
+            metric(
+                &format!("vulkan.{key}.{label}.cpu_vs_native"),
+                per_job(path.cpu_total) / native_per_job,
+            );
+        }
         metric(
             &format!("vulkan.{key}.{label}.completion_thread_busy"),
             path.cpu_completion.as_secs_f64() / path.wall.as_secs_f64(),
         );
+    }
+    println!("{line}");
+    let mut line = format!("{name} CPU per job by thread:");
+    for (label, path) in [("native", &n), ("scheduler", &s), ("batched", &b)] {
+        if path.wall.is_zero() {
+            continue;
+        }
+        let loops = (jobs * path.rounds.len() as u64) as f64;
+        line += &format!(" {label}");
+        for (thread, t) in &path.cpu_threads {
+            line += &format!(" {thread} {:.2} µs", t.as_secs_f64() * 1e6 / loops);
+        }
+        line += ";";
     }
     println!("{line}");
 }
@@ -545,6 +591,12 @@ fn bench_device_loss(dev: &VulkanDevice) {
     println!("{line}");
 }
 
+/// Whether the section `name` (`empty`, `burst`, `chain`, `saxpy`, `loss`) runs: all of them,
+/// unless `GPUSCHED_BENCH_VULKAN` lists some (comma-separated), for profiling one section.
+fn section(name: &str) -> bool {
+    std::env::var("GPUSCHED_BENCH_VULKAN").map_or(true, |only| only.split(',').any(|s| s == name))
+}
+
 fn bench_vulkan(c: &mut Criterion) {
     let dev = match VulkanDevice::new() {
         Ok(d) => d,
@@ -565,18 +617,24 @@ fn bench_vulkan(c: &mut Criterion) {
     // Empty jobs.
     let empty_cb = native.record_empty();
     let empty = || VulkanJob::empty();
-    let tp = Throughput::Elements(BATCH);
-    let paths = (&mut native, &sched);
-    criterion_group3(c, "vulkan_empty_job", tp, BATCH, paths, empty_cb, &empty);
-    let paths = measure(&mut native, empty_cb, &sched, &empty, jobs, samples);
-    let submits = batched_submits(&sched, jobs, &empty);
-    report("empty", "empty job", &device, paths, jobs, submits);
+    if section("empty") {
+        let tp = Throughput::Elements(BATCH);
+        let paths = (&mut native, &sched);
+        criterion_group3(c, "vulkan_empty_job", tp, BATCH, paths, empty_cb, &empty);
+        let paths = measure(&mut native, empty_cb, &sched, &empty, jobs, samples);
+        let submits = batched_submits(&sched, jobs, &empty);
+        report("empty", "empty job", &device, paths, jobs, submits);
+    }
 
     // A burst of jobs released by one signal.
-    bench_burst(c, &mut native, &sched, empty_cb);
+    if section("burst") {
+        bench_burst(c, &mut native, &sched, empty_cb);
+    }
 
     // A chain of jobs across two rings.
-    chain::bench_chain(c, &dev);
+    if section("chain") {
+        chain::bench_chain(c, &dev);
+    }
 
     // SAXPY over 1 MiB.
     let x = dev.buffer(u64::from(SAXPY_N) * 4).expect("x");
@@ -594,15 +652,19 @@ fn bench_vulkan(c: &mut Criterion) {
         VulkanJob::new(move |ctx, cb| saxpy(ctx, cb, &xj, &yj)).reads(&xs).writes(&ys)
     };
     let (sjobs, ssamples) = if test_mode() { (8, 8) } else { (200, 200) };
-    let tp = Throughput::Bytes(3 * u64::from(SAXPY_N) * 4);
-    let paths = (&mut native, &sched);
-    criterion_group3(c, "vulkan_saxpy_1mib", tp, 1, paths, saxpy_cb, &make_saxpy);
-    let paths = measure(&mut native, saxpy_cb, &sched, &make_saxpy, sjobs, ssamples);
-    let submits = batched_submits(&sched, sjobs, &make_saxpy);
-    report("saxpy", "saxpy 1 MiB", &device, paths, sjobs, submits);
+    if section("saxpy") {
+        let tp = Throughput::Bytes(3 * u64::from(SAXPY_N) * 4);
+        let paths = (&mut native, &sched);
+        criterion_group3(c, "vulkan_saxpy_1mib", tp, 1, paths, saxpy_cb, &make_saxpy);
+        let paths = measure(&mut native, saxpy_cb, &sched, &make_saxpy, sjobs, ssamples);
+        let submits = batched_submits(&sched, sjobs, &make_saxpy);
+        report("saxpy", "saxpy 1 MiB", &device, paths, sjobs, submits);
+    }
 
     drop((native, sched, make_saxpy, x, y, xn, yn));
-    bench_device_loss(&dev);
+    if section("loss") {
+        bench_device_loss(&dev);
+    }
     if dev.close(Duration::from_secs(60)).is_err() {
         println!("warning: the device was still referenced at the end of the bench");
     }
