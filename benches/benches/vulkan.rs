@@ -308,15 +308,41 @@ struct Path {
     /// CPU time by thread name (every thread of the process: the submitting thread, the
     /// completion thread, the driver's threads).
     cpu_threads: std::collections::BTreeMap<String, Duration>,
+    /// Context switches of the completion threads during the throughput loops.
+    switches: u64,
+}
+
+/// Voluntary context switches (sleeps) of the threads named `gpusched-vk*` (the
+/// completion threads), from `/proc/self/task/*/status`: how often they slept or were
+/// preempted.
+fn completion_switches() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    let mut total = 0;
+    for entry in dir.flatten() {
+        let path = entry.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if !comm.starts_with("gpusched-vk") || comm.starts_with("gpusched-vk-dev") {
+            continue;
+        }
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        for line in status.lines() {
+            if line.starts_with("voluntary_ctxt_switches:") {
+                total += line.split_whitespace().last().and_then(|v| v.parse().ok()).unwrap_or(0);
+            }
+        }
+    }
+    total
 }
 
 impl Path {
     /// Runs one throughput loop, timing it and its CPU use.
     fn time(&mut self, run: impl FnOnce() -> Duration) {
+        let switches = completion_switches();
         let before = thread_cpu();
         let d = run();
         self.best = Some(self.best.map_or(d, |b| b.min(d)));
         self.rounds.push(d);
+        self.switches += completion_switches().saturating_sub(switches);
         if let Some(before) = before {
             self.wall += d;
             for (name, t) in thread_cpu_since(&before) {
@@ -435,7 +461,7 @@ fn report(key: &str, name: &str, device: &str, paths: [Path; 3], jobs: u64, subm
             continue;
         }
         let loops = (jobs * path.rounds.len() as u64) as f64;
-        line += &format!(" {label}");
+        line += &format!(" {label} (completion thread switches per job {:.2})", path.switches as f64 / loops);
         for (thread, t) in &path.cpu_threads {
             line += &format!(" {thread} {:.2} µs", t.as_secs_f64() * 1e6 / loops);
         }

@@ -91,13 +91,20 @@ impl Backend for VulkanRing {
         self.record_native_wait(job, index, hw)
     }
 
-    /// Submits the jobs `run_job` batched on the current generation (one `vkQueueSubmit`).
-    /// A batch left on a generation lost meanwhile was failed by the loss.
+    /// Submits the jobs `run_job` batched on the current generation (one `vkQueueSubmit`),
+    /// then, on a thread other than the ring's completion thread, retires what the hardware
+    /// finished (`RingHw::retire`: fence callbacks may run here, as on the completion
+    /// thread). A batch left on a generation lost meanwhile was failed by the loss.
     fn flush(&self) {
         // Never the last reference (the slot or, once swapped, the graveyard holds it).
         let hw = self.slot.hw();
-        // A refused batch's fences end with its error (`submit_batch`); nothing else to do.
+        // A refused batch's fences end with its error (`submit_batch`).
         let _ = hw.submit_batch();
+        // The pumping thread retires what the hardware finished meanwhile (the completion
+        // thread retires on its own loop).
+        if !super::on_completion_thread() {
+            hw.retire();
+        }
     }
 
     /// See `timeout.rs`. Allocation-free and `Resv`-lock-free.
@@ -134,6 +141,12 @@ impl Backend for VulkanRing {
             st.prepared = st.prepared.saturating_sub(1);
         }
         let Some(cb) = job.sub.cb.take() else { return };
+        if hw.empty_cb.get() == Some(&cb) {
+            // The ring's shared empty command buffer: an empty job keeps nothing alive (no
+            // resource, a closure that captures nothing: `record_is_empty`), and the buffer
+            // stays the ring's.
+            return;
+        }
         let keep = KeptAlive { _record: job.record, _buffers: std::mem::take(&mut job.declared) };
         // Capacity: one entry per command buffer allocated (`CmdPool` invariant).
         lock(&hw.pool).retired.push_back(Retired { value: job.sub.value, cb, _keep: keep });

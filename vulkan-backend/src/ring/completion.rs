@@ -125,39 +125,76 @@ const ADOPTED_POLL: Duration = Duration::from_millis(5);
 /// The longest a completion thread polls the semaphore before it blocks (see [`Pace`]).
 pub(crate) const SPIN_MAX: Duration = Duration::from_micros(20);
 
+/// The longest a completion thread lets a finished job wait for its signal so that it can
+/// retire several at once (see [`Pace::coalesce`]).
+pub(crate) const COALESCE_MAX: Duration = Duration::from_micros(100);
+
 /// A completion thread's estimate of how fast its ring completes jobs, for the bounded
-/// spin before a blocking wait (see [`device`](crate::device), "The completion threads").
+/// spin before a blocking wait and for how many jobs one wait covers (see
+/// [`device`](crate::device), "The completion threads").
 ///
 /// `per_job` is a moving average (weight 1/4 per sample) of the time per job between two
-/// wakes that found progress, with the ring busy in between (the wait after a park starts a
-/// new measure: an idle gap is no job's duration); 0 while unknown.
+/// looks that found the ring's `completed` value advanced (by this thread or by a thread
+/// that retired on the submission path), with the ring busy in between (the wait after a
+/// park starts a new measure: an idle gap is no job's duration); 0 while unknown.
 #[derive(Debug, Default)]
 struct Pace {
-    /// When the last wake that found progress saw it (`None`: the ring was idle since).
-    last: Option<Instant>,
+    /// When the last look that found progress saw it, and the `completed` value it saw
+    /// (`None`: the ring was idle since).
+    last: Option<(Instant, u64)>,
     /// Average time per completed job, in nanoseconds (0: unknown).
     per_job: u64,
 }
 
 impl Pace {
+    /// Whether the ring's jobs are short enough to poll for and to retire several at once:
+    /// known, and completing less than [`SPIN_MAX`] apart.
+    fn fast(&self) -> bool {
+        self.per_job != 0 && self.per_job <= SPIN_MAX.as_nanos() as u64
+    }
+
     /// How long to poll before blocking: twice the expected time to the next completion,
     /// at most [`SPIN_MAX`]; nothing when jobs take longer than that (or nothing is known):
     /// polling then only takes a CPU from the work.
     fn spin_budget(&self) -> Duration {
-        let max = SPIN_MAX.as_nanos() as u64;
-        if self.per_job == 0 || self.per_job > max {
+        if !self.fast() {
             return Duration::ZERO;
         }
-        Duration::from_nanos((2 * self.per_job).min(max))
+        Duration::from_nanos((2 * self.per_job).min(SPIN_MAX.as_nanos() as u64))
     }
 
-    /// `jobs` values completed, seen at `now`.
-    fn progress(&mut self, now: Instant, jobs: u64) {
-        if let Some(last) = self.last {
-            let sample = (now.saturating_duration_since(last).as_nanos() as u64) / jobs.max(1);
-            self.per_job = if self.per_job == 0 { sample } else { (3 * self.per_job + sample) / 4 };
+    /// How many of the `in_flight` jobs the next wait covers (at least 1): with fast jobs
+    /// and several in flight, up to half of them (the hardware still has the other half
+    /// queued when the thread wakes, so retiring late does not starve it) and no more than
+    /// fit in [`COALESCE_MAX`]; otherwise 1 (each job signalled as soon as it completes).
+    fn coalesce(&self, in_flight: u64) -> u64 {
+        if !self.fast() {
+            return 1;
         }
-        self.last = Some(now);
+        let window = COALESCE_MAX.as_nanos() as u64 / self.per_job;
+        (in_flight / 2).min(window).max(1)
+    }
+
+    /// How long to sleep before retiring `ahead` jobs at once: the time the first
+    /// `ahead - 1` of them are expected to take (at most [`COALESCE_MAX`]).
+    fn nap(&self, ahead: u64) -> Duration {
+        Duration::from_nanos(self.per_job.saturating_mul(ahead.saturating_sub(1)))
+            .min(COALESCE_MAX)
+    }
+
+    /// The ring's `completed` value is `value`, seen at `now`.
+    fn progress(&mut self, now: Instant, value: u64) {
+        match self.last {
+            Some((_, seen)) if value <= seen => return,
+            Some((last, seen)) => {
+                let jobs = value - seen;
+                let sample = (now.saturating_duration_since(last).as_nanos() as u64) / jobs;
+                self.per_job =
+                    if self.per_job == 0 { sample } else { (3 * self.per_job + sample) / 4 };
+            }
+            None => {}
+        }
+        self.last = Some((now, value));
     }
 }
 
@@ -260,6 +297,8 @@ pub(super) fn completion_thread(ring: Weak<RingHw>, watch: Arc<Watch>) {
 fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
     let timeout = COMPLETION_TIMEOUT.as_nanos() as u64;
     let mut pace = Pace::default();
+    // The last nap found nothing completed: the next look waits for the next value.
+    let mut stalled = false;
     loop {
         // Holding the last reference to an adopted ring: drop it here (see `RingHw::adopt`);
         // the next upgrade fails and the thread exits. `Arc::try_unwrap` takes it
@@ -289,12 +328,23 @@ fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
                 return;
             }
             let completed = r.completed.load(Ordering::SeqCst);
-            (r.submitted.load(Ordering::SeqCst) > completed).then(|| r.signal_value(completed + 1))
+            let submitted = r.submitted.load(Ordering::SeqCst);
+            (submitted > completed).then(|| {
+                // Several jobs at once when they are fast (`Pace::coalesce`), never past a
+                // job a deadline was hinted for, and not again after a nap that found the
+                // hardware stalled.
+                let ahead = if stalled { 1 } else { pace.coalesce(submitted - completed) };
+                let mut target = completed + ahead;
+                if let Some(v) = r.deadline.value(r.signalled.load(Ordering::SeqCst)) {
+                    target = target.min(v.max(completed + 1));
+                }
+                (r.signal_value(completed + 1), target - completed, completed)
+            })
         };
         if watch.stop.load(Ordering::SeqCst) {
             return;
         }
-        let Some(value) = next else {
+        let Some((value, ahead, before)) = next else {
             // Idle: a submission that makes the ring busy wakes us (`RingHw::wake` after it
             // published `submitted`; an unpark before the park is not lost). Holding the
             // ring, look again soon whether the other references are gone.
@@ -309,7 +359,13 @@ fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
         let sems = [watch.sem];
         let values = [value];
         let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
-        let r = if spin_until(watch, value, pace.spin_budget()) {
+        let r = if ahead > 1 {
+            // Sleeps through the jobs expected to complete meanwhile, then retires what is
+            // done. Not a wait for a later value: mesa's emulated timeline wakes such a wait
+            // at every value on the way (it waits for the oldest pending point each time).
+            std::thread::park_timeout(pace.nap(ahead));
+            Ok(())
+        } else if spin_until(watch, value, pace.spin_budget()) {
             Ok(())
         } else {
             // SAFETY: the ring destroys the semaphore only after setting `stop` and joining
@@ -325,15 +381,13 @@ fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
             Err(e) => diag!(warn, target: "gpusched_vulkan", ?e, "vkWaitSemaphores failed"),
         }
         let Some(r) = ring.upgrade() else { return };
-        let before = r.completed.load(Ordering::SeqCst);
         if lost || r.complete().is_err() {
             diag!(error, target: "gpusched_vulkan", ring = %r.name, "device lost");
             r.core.mark_lost();
             return;
         }
-        let done = r.completed.load(Ordering::SeqCst).saturating_sub(before);
-        if done > 0 {
-            pace.progress(Instant::now(), done);
-        }
+        let completed = r.completed.load(Ordering::SeqCst);
+        stalled = ahead > 1 && completed == before;
+        pace.progress(Instant::now(), completed);
     }
 }
