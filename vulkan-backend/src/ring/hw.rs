@@ -294,7 +294,10 @@ impl RingHw {
         // Only when more than one job is owed: a lone job was most likely just handed over
         // (a client that submits one job and waits for it), and reading the counter then
         // only delays its submission path.
-        if self.submitted.load(Ordering::SeqCst) < self.completed.load(Ordering::SeqCst) + 2 {
+        if self.submitted.load(Ordering::SeqCst) < self.completed.load(Ordering::SeqCst) + 2
+            || self.core.is_lost()
+        {
+            // (A lost core's fences are the completion threads' to fail.)
             return;
         }
         if self.complete().is_err() {
