@@ -461,7 +461,10 @@ fn report(key: &str, name: &str, device: &str, paths: [Path; 3], jobs: u64, subm
             continue;
         }
         let loops = (jobs * path.rounds.len() as u64) as f64;
-        line += &format!(" {label} (completion thread switches per job {:.2})", path.switches as f64 / loops);
+        line += &format!(
+            " {label} (completion thread switches per job {:.2})",
+            path.switches as f64 / loops
+        );
         for (thread, t) in &path.cpu_threads {
             line += &format!(" {thread} {:.2} µs", t.as_secs_f64() * 1e6 / loops);
         }

@@ -72,8 +72,7 @@ pub fn thread_cpu() -> Option<std::collections::BTreeMap<String, Duration>> {
         };
         let on_cpu: u64 = stat.split_whitespace().next()?.parse().ok()?;
         let name = if main { "main".to_owned() } else { comm.trim().to_owned() };
-        *by_name.entry(name).or_insert(Duration::ZERO) +=
-            Duration::from_nanos(on_cpu);
+        *by_name.entry(name).or_insert(Duration::ZERO) += Duration::from_nanos(on_cpu);
     }
     Some(by_name)
 }

@@ -9,11 +9,13 @@
 //!   `flush`) and publishes the prepared fence. A job prepared on a generation since lost ends
 //!   `DeviceLost` (its command buffer belongs to the dead pool). A job handed over again (a
 //!   resubmission) ends `Cancelled`: a ring never resubmits (see `timeout.rs`).
-//! - `flush` submits the batch (see `submit.rs`).
+//! - `flush` submits the batch (see `submit.rs`), then, off the completion thread, retires
+//!   what the hardware finished (`RingHw::retire`).
 //! - `timedout_job` decides whether the guilty job hangs (see `timeout.rs`).
 //! - `free_job` (may run in a signalling section) hands the job's command buffer, recording
 //!   closure and buffers to the retired list of its own `RingHw`; they are reused or dropped
-//!   only once its semaphore has passed the job's value (see `hw.rs`).
+//!   only once its semaphore has passed the job's value (see `hw.rs`). An empty job that
+//!   submitted the ring's shared empty command buffer keeps nothing, and retires nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,8 +1,9 @@
 //! A ring's completion thread: while the ring is busy it waits for the next value the ring
 //! owes (a bounded poll first, when the ring's jobs complete fast: [`Pace`], [`spin_until`];
-//! then a blocking `vkWaitSemaphores`) and signals the hardware fences the semaphore passed
-//! ([`RingHw::complete`], callbacks inline); while it is idle it parks until a submission
-//! wakes it. It holds the ring only through a weak reference ([`Watch`]), except once the
+//! then a blocking `vkWaitSemaphores`), or, with several fast jobs in flight, sleeps through
+//! some of them ([`Pace::coalesce`], [`Pace::nap`]), and signals the hardware fences the
+//! semaphore passed ([`RingHw::complete`], callbacks inline); while it is idle it parks until
+//! a submission wakes it. It holds the ring only through a weak reference ([`Watch`]), except once the
 //! ring's `RingSlot` is gone: it then adopts the ring ([`RingHw::adopt`]) and drops the last
 //! reference itself, between two waits, never inside a signalling section. It exits when the
 //! ring is dropped or its core is lost.
@@ -154,11 +155,17 @@ impl Pace {
     }
 
     /// How long to poll before blocking: twice the expected time to the next completion,
-    /// at most [`SPIN_MAX`]; nothing when jobs take longer than that (or nothing is known):
-    /// polling then only takes a CPU from the work.
+    /// at most [`SPIN_MAX`], and all of [`SPIN_MAX`] for the first job after the ring was
+    /// idle (its submission also wakes the driver's queue thread: a job alone takes longer
+    /// from submission to completion than the time between completions of a busy ring);
+    /// nothing when jobs take longer than that (or nothing is known): polling then only takes
+    /// a CPU from the work.
     fn spin_budget(&self) -> Duration {
         if !self.fast() {
             return Duration::ZERO;
+        }
+        if self.last.is_none() {
+            return SPIN_MAX;
         }
         Duration::from_nanos((2 * self.per_job).min(SPIN_MAX.as_nanos() as u64))
     }
@@ -178,8 +185,7 @@ impl Pace {
     /// How long to sleep before retiring `ahead` jobs at once: the time the first
     /// `ahead - 1` of them are expected to take (at most [`COALESCE_MAX`]).
     fn nap(&self, ahead: u64) -> Duration {
-        Duration::from_nanos(self.per_job.saturating_mul(ahead.saturating_sub(1)))
-            .min(COALESCE_MAX)
+        Duration::from_nanos(self.per_job.saturating_mul(ahead.saturating_sub(1))).min(COALESCE_MAX)
     }
 
     /// The ring's `completed` value is `value`, seen at `now`.
@@ -268,7 +274,8 @@ pub(crate) fn on_completion_thread() -> bool {
 /// A ring's completion thread (see [`device`](crate::device), "The completion threads"):
 /// while the ring is busy, a bounded poll of the semaphore when its jobs complete faster
 /// than [`SPIN_MAX`] ([`Pace`], [`spin_until`]), then a single-semaphore `vkWaitSemaphores`
-/// for the next value it owes, then [`RingHw::complete`] (callbacks inline); while it is
+/// for the next value it owes (or, with several such jobs in flight, a timed sleep through
+/// some of them: [`Pace::coalesce`]), then [`RingHw::complete`] (callbacks inline); while it is
 /// idle, parked until a submission wakes it. Exits when the ring is dropped or its core is
 /// lost. Allocation-free.
 pub(super) fn completion_thread(ring: Weak<RingHw>, watch: Arc<Watch>) {

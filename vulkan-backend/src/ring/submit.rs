@@ -9,7 +9,10 @@
 //! scheduler's same-ring dependency shortcut requires. It ends with a barrier to the host, so
 //! host reads after the fence see the results. A [`VulkanJob::empty`](crate::VulkanJob::empty)
 //! job records neither (no command: nothing to order or make visible; its semaphore signal
-//! still waits for every command submitted before it, which is all its fence promises).
+//! still waits for every command submitted before it, which is all its fence promises): one
+//! that declared no resource records nothing at all and submits the ring's empty command
+//! buffer, recorded once for simultaneous use (`RingHw::empty_cb`), as a native client would
+//! reuse one.
 //!
 //! # Batching
 //! With batching on, `run_job` only takes the job's value and hands out its fence; `flush`
@@ -166,9 +169,8 @@ impl RingHw {
             .flags(vk::CommandBufferUsageFlags::SIMULTANEOUS_USE);
         // SAFETY: a fresh command buffer of the locked pool; nothing is recorded between
         // begin and end.
-        let recorded = unsafe {
-            d.begin_command_buffer(cb, &begin).and_then(|()| d.end_command_buffer(cb))
-        };
+        let recorded =
+            unsafe { d.begin_command_buffer(cb, &begin).and_then(|()| d.end_command_buffer(cb)) };
         if let Err(code) = recorded {
             // SAFETY: the buffer is of the locked pool and was never submitted.
             unsafe { d.free_command_buffers(pool.pool, &[cb]) };
