@@ -414,3 +414,58 @@ fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
         pace.progress(Instant::now(), completed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pace(per_job_us: u64, after_idle: bool) -> Pace {
+        let last = (!after_idle).then(|| (Instant::now(), 1));
+        Pace { last, per_job: per_job_us * 1_000 }
+    }
+
+    #[test]
+    fn unknown_or_slow_jobs_neither_poll_nor_coalesce() {
+        for p in [Pace::default(), pace(SPIN_MAX.as_micros() as u64 + 1, false)] {
+            assert_eq!(p.spin_budget(), Duration::ZERO);
+            assert_eq!(p.coalesce(64), 1);
+        }
+    }
+
+    #[test]
+    fn fast_jobs_poll_twice_their_pace_and_all_of_spin_max_after_idle() {
+        assert_eq!(pace(5, false).spin_budget(), Duration::from_micros(10));
+        assert_eq!(pace(15, false).spin_budget(), SPIN_MAX);
+        assert_eq!(pace(5, true).spin_budget(), SPIN_MAX);
+    }
+
+    #[test]
+    fn coalescing_covers_half_the_jobs_in_flight_within_coalesce_max() {
+        let p = pace(5, false);
+        // Fewer than 4 in flight: one job at a time.
+        assert_eq!(p.coalesce(1), 1);
+        assert_eq!(p.coalesce(3), 1);
+        assert_eq!(p.coalesce(8), 4);
+        // 100 µs of 5 µs jobs.
+        assert_eq!(p.coalesce(64), 20);
+        assert_eq!(p.nap(20), Duration::from_micros(95));
+        assert_eq!(p.nap(1), Duration::ZERO);
+        assert_eq!(pace(20, false).nap(100), COALESCE_MAX);
+    }
+
+    #[test]
+    fn pace_averages_the_time_per_completed_job_whoever_retired_it() {
+        let t = Instant::now();
+        let mut p = Pace::default();
+        p.progress(t, 10);
+        assert_eq!(p.per_job, 0, "one look is no measure");
+        // 8 jobs in 80 µs (retired by any thread: only the value counts).
+        p.progress(t + Duration::from_micros(80), 18);
+        assert_eq!(p.per_job, 10_000);
+        // No progress: no sample, and the next one measures from the last progress.
+        p.progress(t + Duration::from_micros(200), 18);
+        assert_eq!(p.per_job, 10_000);
+        p.progress(t + Duration::from_micros(280), 20);
+        assert_eq!(p.per_job, (3 * 10_000 + 100_000) / 4);
+    }
+}

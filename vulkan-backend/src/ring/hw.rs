@@ -300,9 +300,13 @@ impl RingHw {
             // (A lost core's fences are the completion threads' to fail.)
             return;
         }
+        let before = self.completed.load(Ordering::SeqCst);
         if self.complete().is_err() {
             self.core.declare_lost();
+            return;
         }
+        let after = self.completed.load(Ordering::SeqCst);
+        self.flags.pump_retired.fetch_add(after.saturating_sub(before), Ordering::Relaxed);
     }
 
     /// Signals the fences at the front of `in_flight` that are done (the semaphore passed

@@ -65,6 +65,9 @@ pub(crate) struct RingFlags {
     batching: AtomicBool,
     /// `vkQueueSubmit` calls that succeeded, over every generation.
     submits: AtomicU64,
+    /// Jobs a thread pumping the scheduler found completed first (`RingHw::retire`), over
+    /// every generation.
+    pump_retired: AtomicU64,
     /// Whether the ring's jobs wait for other rings of the device on the device (`native.rs`);
     /// when off, such dependencies wait on the host.
     native_waits: AtomicBool,
@@ -194,6 +197,15 @@ impl VulkanRing {
     /// without batching, one per batch of up to 32 jobs with it).
     pub fn submits(&self) -> u64 {
         self.slot.flags.submits.load(Ordering::Relaxed)
+    }
+
+    /// How many jobs a thread that pumped this ring's scheduler (a client pushing jobs) found
+    /// completed first, over every generation: its counter read advanced the ring's completed
+    /// value, and the ring's drain signalled them (on that thread, or on the completion
+    /// thread if it was draining then). A diagnostic: how much completion work the submission
+    /// path took from the completion thread.
+    pub fn retired_by_pump(&self) -> u64 {
+        self.slot.flags.pump_retired.load(Ordering::Relaxed)
     }
 
     /// Whether batching is on.
