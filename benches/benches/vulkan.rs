@@ -13,14 +13,17 @@
 //! over 1 MiB, 262,144 floats, per job).
 //!
 //! After criterion's numbers, each group runs its own loops, the three paths interleaved in 8
-//! rounds: jobs per second (best round) and the ratios to native; submit→completion latency
+//! rounds: jobs per second (best round) and the ratios to native, and each round's ratio
+//! (the paths ran back to back in it: min and median over the rounds); submit→completion latency
 //! p50/p99 of single jobs (native: the submitting thread blocks in `vkWaitSemaphores`;
 //! scheduler: push, then wait on the finished fence, which the completion thread signals);
 //! jobs per `vkQueueSubmit` with batching; and, from `/proc/self/task/*/schedstat`, the CPU
 //! time per job of each path's throughput loops, with the device's completion thread apart
-//! (it waits on one semaphore per ring, and polls it for a few µs first while its jobs
-//! complete less than 20 µs apart, so the completion thread's share of an empty job includes
-//! that polling). Both paths execute the same commands: native SAXPY command
+//! (it waits on one semaphore per ring, polls it for a few µs first while its jobs complete
+//! less than 20 µs apart, and sleeps through several such jobs when they are in flight
+//! together; it also runs the jobs that completions let onto the ring: its share of an empty
+//! job includes that polling and those submissions), the CPU per job of every thread by name (the main thread apart) and the
+//! completion thread's sleeps per job. Both paths execute the same commands: native SAXPY command
 //! buffers carry the ring's barriers (a full barrier before the work, one to the host after),
 //! and an empty job is an empty command buffer on both (`VulkanJob::empty` records no
 //! barrier).
@@ -42,6 +45,9 @@
 //! fence signalled `DeviceLost`, to the next generation ready (`wait_generation`), and to the
 //! first job on it done; p50 and max over several losses. Baseline for the generation: a
 //! fresh logical device created (`VulkanDevice::sibling`) and its first job done.
+//!
+//! `GPUSCHED_BENCH_VULKAN=empty,burst,chain,saxpy,loss` (any of them) runs those sections
+//! only; criterion's own filter argument skips its measurements (`-- --bench NONE`).
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::time::{Duration, Instant};
