@@ -374,6 +374,13 @@ fn measure(
     samples: usize,
 ) -> [Path; 3] {
     let mut p: [Path; 3] = Default::default();
+    // One untimed pass of each path first, so that no round pays for warming up (the
+    // driver's first submissions, the ring's and the scheduler's first allocations, the
+    // completion thread's pace) whether or not criterion ran before.
+    native.run(cb, jobs);
+    for on in [false, true] {
+        sched.batching(on, |s| s.run(jobs, make));
+    }
     let rounds = 8;
     for _ in 0..rounds {
         p[0].time(|| native.run(cb, jobs));
