@@ -34,10 +34,10 @@
 //!   idle ring), as a fence wait spins briefly before it sleeps: a sleeping waiter turns
 //!   every signal of the driver's queue thread into a wake-up that competes with that thread
 //!   for a CPU. Longer jobs never poll (it would only take a CPU from the work).
-//! - When such fast jobs are several in flight (4 or more), it does not wait for the next one:
-//!   it sleeps (a timed park, 1 µs timer slack) through up to half of them, at most
+//! - When such fast jobs are several in flight (8 or more), it does not wait for the next
+//!   one: it sleeps (a timed park, 1 µs timer slack) through up to a quarter of them, at most
 //!   `COALESCE_MAX` (100 µs), then retires what completed, so a busy ring costs one wake per
-//!   several jobs and the hardware still has the other half queued when the thread gets back.
+//!   several jobs and the hardware still has the rest queued when the thread gets back.
 //!   A timed sleep, not a wait for a later value: mesa's emulated timeline semaphores wake
 //!   such a wait at every value on the way. Never past a job a deadline was hinted for
 //!   (`Fence::set_deadline`); after a sleep that found no progress it waits for the next

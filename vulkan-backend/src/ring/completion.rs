@@ -171,15 +171,16 @@ impl Pace {
     }
 
     /// How many of the `in_flight` jobs the next wait covers (at least 1): with fast jobs
-    /// and several in flight, up to half of them (the hardware still has the other half
-    /// queued when the thread wakes, so retiring late does not starve it) and no more than
-    /// fit in [`COALESCE_MAX`]; otherwise 1 (each job signalled as soon as it completes).
+    /// and several in flight, up to a quarter of them (the hardware still has the other
+    /// three quarters queued when the thread wakes, so retiring late neither starves it nor
+    /// leaves much of a burst's tail to retire after it went idle) and no more than fit in
+    /// [`COALESCE_MAX`]; otherwise 1 (each job signalled as soon as it completes).
     fn coalesce(&self, in_flight: u64) -> u64 {
         if !self.fast() {
             return 1;
         }
         let window = COALESCE_MAX.as_nanos() as u64 / self.per_job;
-        (in_flight / 2).min(window).max(1)
+        (in_flight / 4).min(window).max(1)
     }
 
     /// How long to sleep before retiring `ahead` jobs at once: the time the first
@@ -477,14 +478,15 @@ mod tests {
     }
 
     #[test]
-    fn coalescing_covers_half_the_jobs_in_flight_within_coalesce_max() {
+    fn coalescing_covers_a_quarter_of_the_jobs_in_flight_within_coalesce_max() {
         let p = pace(5, false);
-        // Fewer than 4 in flight: one job at a time.
+        // Fewer than 8 in flight: one job at a time.
         assert_eq!(p.coalesce(1), 1);
-        assert_eq!(p.coalesce(3), 1);
-        assert_eq!(p.coalesce(8), 4);
+        assert_eq!(p.coalesce(7), 1);
+        assert_eq!(p.coalesce(8), 2);
+        assert_eq!(p.coalesce(64), 16);
         // 100 µs of 5 µs jobs.
-        assert_eq!(p.coalesce(64), 20);
+        assert_eq!(p.coalesce(128), 20);
         assert_eq!(p.nap(20), Duration::from_micros(95));
         assert_eq!(p.nap(1), Duration::ZERO);
         assert_eq!(pace(20, false).nap(100), COALESCE_MAX);
