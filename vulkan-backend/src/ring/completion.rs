@@ -8,7 +8,7 @@
 //! reference itself, between two waits, never inside a signalling section. It exits when the
 //! ring is dropped or its core is lost.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
@@ -224,49 +224,17 @@ const POLL_EVERY: Duration = Duration::from_micros(1);
 /// CPU from the work (rings of one device share a `VkQueue`, and on lavapipe its queue
 /// thread), at most half the CPUs spin at once, process-wide: others block at once.
 fn spin_until(watch: &Watch, value: u64, budget: Duration) -> bool {
+    static SPINNING: AtomicUsize = AtomicUsize::new(0);
     if budget.is_zero() {
         return false;
     }
-    spinning(|| poll_until(watch, value, budget))
-}
-
-/// Runs `spin` if fewer than half the CPUs are spinning (process-wide, see [`spin_until`]),
-/// counted as one of them; otherwise `false`.
-fn spinning(spin: impl FnOnce() -> bool) -> bool {
-    static SPINNING: AtomicUsize = AtomicUsize::new(0);
     if SPINNING.fetch_add(1, Ordering::AcqRel) >= SPIN_CPUS.load(Ordering::Relaxed) / 2 {
         SPINNING.fetch_sub(1, Ordering::AcqRel);
         return false;
     }
-    let done = spin();
+    let reached = poll_until(watch, value, budget);
     SPINNING.fetch_sub(1, Ordering::AcqRel);
-    done
-}
-
-/// Before parking on an idle ring whose jobs are fast ([`Pace::fast`]): watches `submitted`
-/// (the ring's) for a submission past `completed` for up to [`SPIN_MAX`], spinning, as
-/// [`spin_until`] does (at most half the CPUs). A client that submits a job, waits for it
-/// and submits the next comes back within microseconds; a thread that parked at once would
-/// be asleep then, and the job's completion would wait for its wake-up. Returns whether a
-/// submission came. No Vulkan call, no lock.
-fn linger(submitted: &AtomicU64, completed: u64, pace: &Pace) -> bool {
-    if !pace.fast() {
-        return false;
-    }
-    spinning(|| {
-        let start = Instant::now();
-        loop {
-            if submitted.load(Ordering::SeqCst) > completed {
-                return true;
-            }
-            if start.elapsed() >= SPIN_MAX {
-                return false;
-            }
-            for _ in 0..32 {
-                std::hint::spin_loop();
-            }
-        }
-    })
+    reached
 }
 
 /// The polling loop of [`spin_until`].
@@ -384,12 +352,7 @@ fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
                 return;
             }
             let completed = r.completed.load(Ordering::SeqCst);
-            let mut submitted = r.submitted.load(Ordering::SeqCst);
-            if submitted <= completed && !adopted && linger(&r.submitted, completed, &pace) {
-                // Idle for a moment: the next measure starts here.
-                pace.last = None;
-                submitted = r.submitted.load(Ordering::SeqCst);
-            }
+            let submitted = r.submitted.load(Ordering::SeqCst);
             (submitted > completed).then(|| {
                 // Several jobs at once when they are fast (`Pace::coalesce`), never past a
                 // job a deadline was hinted for, and not again after a nap that found the
