@@ -30,10 +30,10 @@
 //!   flag again.
 //! - When the ring's recent jobs completed less than `SPIN_MAX` apart, it first polls the
 //!   counter (`vkGetSemaphoreCounterValue`, every µs, spinning in between; at most half the
-//!   CPUs at once) for up to twice that time (all of `SPIN_MAX` for a job submitted to an
-//!   idle ring), as a fence wait spins briefly before it sleeps: a sleeping waiter turns
-//!   every signal of the driver's queue thread into a wake-up that competes with that thread
-//!   for a CPU. Longer jobs never poll (it would only take a CPU from the work).
+//!   CPUs at once) for up to twice that time, as a fence wait spins briefly before it
+//!   sleeps: a sleeping waiter turns every signal of the driver's queue thread into a
+//!   wake-up that competes with that thread for a CPU. Longer jobs never poll (it would only
+//!   take a CPU from the work).
 //! - When such fast jobs are several in flight (8 or more), it does not wait for the next
 //!   one: it sleeps (a timed park, 1 µs timer slack) through up to a quarter of them, at most
 //!   `COALESCE_MAX` (100 µs), then retires what completed, so a busy ring costs one wake per

@@ -155,17 +155,11 @@ impl Pace {
     }
 
     /// How long to poll before blocking: twice the expected time to the next completion,
-    /// at most [`SPIN_MAX`], and all of [`SPIN_MAX`] for the first job after the ring was
-    /// idle (its submission also wakes the driver's queue thread: a job alone takes longer
-    /// from submission to completion than the time between completions of a busy ring);
-    /// nothing when jobs take longer than that (or nothing is known): polling then only takes
-    /// a CPU from the work.
+    /// at most [`SPIN_MAX`]; nothing when jobs take longer than that (or nothing is known):
+    /// polling then only takes a CPU from the work.
     fn spin_budget(&self) -> Duration {
         if !self.fast() {
             return Duration::ZERO;
-        }
-        if self.last.is_none() {
-            return SPIN_MAX;
         }
         Duration::from_nanos((2 * self.per_job).min(SPIN_MAX.as_nanos() as u64))
     }
@@ -434,10 +428,10 @@ mod tests {
     }
 
     #[test]
-    fn fast_jobs_poll_twice_their_pace_and_all_of_spin_max_after_idle() {
+    fn fast_jobs_poll_twice_their_pace_at_most_spin_max() {
         assert_eq!(pace(5, false).spin_budget(), Duration::from_micros(10));
+        assert_eq!(pace(5, true).spin_budget(), Duration::from_micros(10));
         assert_eq!(pace(15, false).spin_budget(), SPIN_MAX);
-        assert_eq!(pace(5, true).spin_budget(), SPIN_MAX);
     }
 
     #[test]
