@@ -397,6 +397,23 @@ def main():
         "vulkan.saxpy.scheduler.cpu_ns_per_job")
     if jps is not None:
         r.text(f"Batching: {jps:.2f} jobs per `vkQueueSubmit` in the empty-job loop.")
+    for k, name in [("empty", "empty job"), ("saxpy", "SAXPY 1 MiB")]:
+        rmin = m.get(f"vulkan.{k}.scheduler.round_ratio_min")
+        rmed = m.get(f"vulkan.{k}.scheduler.round_ratio_median")
+        if rmin is not None and rmed is not None:
+            r.text(f"{name}, (b)/(a) throughput per interleaved round (the paths back to back "
+                   f"in each of 8 rounds): min {rmin:.2f}×, median {rmed:.2f}×.")
+    e_n, e_s = m.get("vulkan.empty.native.cpu_ns_per_job"), m.get(
+        "vulkan.empty.scheduler.cpu_ns_per_job")
+    e_busy = m.get("vulkan.empty.scheduler.completion_thread_busy")
+    if e_n and e_s and e_busy is not None:
+        r.text(
+            f"Profile, empty jobs (every thread's CPU from `/proc/self/task/*/schedstat`, "
+            f"throughput loops): CPU per job native {e_n / 1e3:.1f} µs vs scheduler (b) "
+            f"{e_s / 1e3:.1f} µs ({e_s / e_n:.2f}×); the completion thread is on a CPU "
+            f"{e_busy * 100:.0f}% of the wall time (it also runs the jobs that completions "
+            "let onto the ring)."
+        )
     if busy is not None and cpu_n and cpu_s:
         r.text(
             f"Profile (per-thread CPU from `/proc/self/task/*/schedstat`, SAXPY throughput "

@@ -13,14 +13,17 @@
 //! over 1 MiB, 262,144 floats, per job).
 //!
 //! After criterion's numbers, each group runs its own loops, the three paths interleaved in 8
-//! rounds: jobs per second (best round) and the ratios to native; submit→completion latency
+//! rounds: jobs per second (best round) and the ratios to native, and each round's ratio
+//! (the paths ran back to back in it: min and median over the rounds); submit→completion latency
 //! p50/p99 of single jobs (native: the submitting thread blocks in `vkWaitSemaphores`;
 //! scheduler: push, then wait on the finished fence, which the completion thread signals);
 //! jobs per `vkQueueSubmit` with batching; and, from `/proc/self/task/*/schedstat`, the CPU
 //! time per job of each path's throughput loops, with the device's completion thread apart
-//! (it waits on one semaphore per ring, and polls it for a few µs first while its jobs
-//! complete less than 20 µs apart, so the completion thread's share of an empty job includes
-//! that polling). Both paths execute the same commands: native SAXPY command
+//! (it waits on one semaphore per ring, polls it for a few µs first while its jobs complete
+//! less than 20 µs apart, and sleeps through several such jobs when they are in flight
+//! together; it also runs the jobs that completions let onto the ring: its share of an empty
+//! job includes that polling and those submissions), the CPU per job of every thread by name (the main thread apart) and the
+//! completion thread's sleeps per job. Both paths execute the same commands: native SAXPY command
 //! buffers carry the ring's barriers (a full barrier before the work, one to the host after),
 //! and an empty job is an empty command buffer on both (`VulkanJob::empty` records no
 //! barrier).
@@ -45,6 +48,9 @@
 //! fence signalled `DeviceLost`, to the next generation ready (`wait_generation`), and to the
 //! first job on it done; p50 and max over several losses. Baseline for the generation: a
 //! fresh logical device created (`VulkanDevice::sibling`) and its first job done.
+//!
+//! `GPUSCHED_BENCH_VULKAN=empty,burst,chain,saxpy,loss` (any of them) runs those sections
+//! only; criterion's own filter argument skips its measurements (`-- --bench NONE`).
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::time::{Duration, Instant};
@@ -297,26 +303,59 @@ impl Sched {
     }
 }
 
-/// One path's own measurements: the best throughput loop, the latency samples, and the CPU
-/// time its throughput loops took (the device's completion thread apart from the rest).
+/// One path's own measurements: every round's throughput loop, the latency samples, and the
+/// CPU time its throughput loops took, by thread name (the device's completion thread apart).
 #[derive(Default)]
 struct Path {
     best: Option<Duration>,
+    /// Each round's throughput loop, in round order.
+    rounds: Vec<Duration>,
     lat: Vec<Duration>,
     wall: Duration,
     cpu_completion: Duration,
     cpu_total: Duration,
+    /// CPU time by thread name (every thread of the process: the submitting thread, the
+    /// completion thread, the driver's threads).
+    cpu_threads: std::collections::BTreeMap<String, Duration>,
+    /// Context switches of the completion threads during the throughput loops.
+    switches: u64,
+}
+
+/// Voluntary context switches (sleeps) of the threads named `gpusched-vk*` (the
+/// completion threads), from `/proc/self/task/*/status`: how often they slept or were
+/// preempted.
+fn completion_switches() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    let mut total = 0;
+    for entry in dir.flatten() {
+        let path = entry.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if !comm.starts_with("gpusched-vk") || comm.starts_with("gpusched-vk-dev") {
+            continue;
+        }
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        for line in status.lines() {
+            if line.starts_with("voluntary_ctxt_switches:") {
+                total += line.split_whitespace().last().and_then(|v| v.parse().ok()).unwrap_or(0);
+            }
+        }
+    }
+    total
 }
 
 impl Path {
     /// Runs one throughput loop, timing it and its CPU use.
     fn time(&mut self, run: impl FnOnce() -> Duration) {
+        let switches = completion_switches();
         let before = thread_cpu();
         let d = run();
         self.best = Some(self.best.map_or(d, |b| b.min(d)));
+        self.rounds.push(d);
+        self.switches += completion_switches().saturating_sub(switches);
         if let Some(before) = before {
             self.wall += d;
             for (name, t) in thread_cpu_since(&before) {
+                *self.cpu_threads.entry(name.clone()).or_default() += t;
                 // Thread names are cut to 15 bytes: "gpusched-vk1-co(mpletion)".
                 if name.starts_with("gpusched-vk") {
                     self.cpu_completion += t;
@@ -338,6 +377,13 @@ fn measure(
     samples: usize,
 ) -> [Path; 3] {
     let mut p: [Path; 3] = Default::default();
+    // One untimed pass of each path first, so that no round pays for warming up (the
+    // driver's first submissions, the ring's and the scheduler's first allocations, the
+    // completion thread's pace) whether or not criterion ran before.
+    native.run(cb, jobs);
+    for on in [false, true] {
+        sched.batching(on, |s| s.run(jobs, make));
+    }
     let rounds = 8;
     for _ in 0..rounds {
         p[0].time(|| native.run(cb, jobs));
@@ -371,6 +417,24 @@ fn report(key: &str, name: &str, device: &str, paths: [Path; 3], jobs: u64, subm
         &format!("vulkan.{key}.batched.jobs_per_submit"),
         submits.0 as f64 / submits.1.max(1) as f64,
     );
+    // Per round: the paths ran one after the other in each round, so a round's ratio
+    // compares them under the same load.
+    let mut line = format!("{name} per-round throughput vs native:");
+    for (label, path) in [("scheduler", &s), ("batched", &b)] {
+        let mut ratios: Vec<f64> = n
+            .rounds
+            .iter()
+            .zip(&path.rounds)
+            .map(|(native, ours)| native.as_secs_f64() / ours.as_secs_f64())
+            .collect();
+        let listed = ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" ");
+        ratios.sort_by(f64::total_cmp);
+        let (min, median) = (ratios[0], ratios[ratios.len() / 2]);
+        line += &format!(" {label} [{listed}] min {min:.2}x median {median:.2}x;");
+        metric(&format!("vulkan.{key}.{label}.round_ratio_min"), min);
+        metric(&format!("vulkan.{key}.{label}.round_ratio_median"), median);
+    }
+    println!("{line}");
     let mut line = format!("{name} latency submit->completion:");
     for (label, path) in [("native", &mut n), ("scheduler", &mut s), ("batched", &mut b)] {
         let (p50, p99) = (percentile(&mut path.lat, 0.5), percentile(&mut path.lat, 0.99));
@@ -384,7 +448,7 @@ fn report(key: &str, name: &str, device: &str, paths: [Path; 3], jobs: u64, subm
         if path.wall.is_zero() {
             continue;
         }
-        let loops = path.wall.as_secs_f64() * rate(path);
+        let loops = (jobs * path.rounds.len() as u64) as f64;
         let per_job = |t: Duration| t.as_secs_f64() * 1e9 / loops;
         line += &format!(
             " {label} {:.0} µs (completion thread {:.0} µs, busy {:.0}% of the wall time);",
@@ -393,10 +457,34 @@ fn report(key: &str, name: &str, device: &str, paths: [Path; 3], jobs: u64, subm
             100.0 * path.cpu_completion.as_secs_f64() / path.wall.as_secs_f64()
         );
         metric(&format!("vulkan.{key}.{label}.cpu_ns_per_job"), per_job(path.cpu_total));
+        if label != "native" && !n.wall.is_zero() {
+            let native_loops = (jobs * n.rounds.len() as u64) as f64;
+            let native_per_job = n.cpu_total.as_secs_f64() * 1e9 / native_loops;
+            metric(
+                &format!("vulkan.{key}.{label}.cpu_vs_native"),
+                per_job(path.cpu_total) / native_per_job,
+            );
+        }
         metric(
             &format!("vulkan.{key}.{label}.completion_thread_busy"),
             path.cpu_completion.as_secs_f64() / path.wall.as_secs_f64(),
         );
+    }
+    println!("{line}");
+    let mut line = format!("{name} CPU per job by thread:");
+    for (label, path) in [("native", &n), ("scheduler", &s), ("batched", &b)] {
+        if path.wall.is_zero() {
+            continue;
+        }
+        let loops = (jobs * path.rounds.len() as u64) as f64;
+        line += &format!(
+            " {label} (completion thread switches per job {:.2})",
+            path.switches as f64 / loops
+        );
+        for (thread, t) in &path.cpu_threads {
+            line += &format!(" {thread} {:.2} µs", t.as_secs_f64() * 1e6 / loops);
+        }
+        line += ";";
     }
     println!("{line}");
 }
@@ -548,6 +636,12 @@ fn bench_device_loss(dev: &VulkanDevice) {
     println!("{line}");
 }
 
+/// Whether the section `name` (`empty`, `burst`, `chain`, `saxpy`, `loss`) runs: all of them,
+/// unless `GPUSCHED_BENCH_VULKAN` lists some (comma-separated), for profiling one section.
+fn section(name: &str) -> bool {
+    std::env::var("GPUSCHED_BENCH_VULKAN").map_or(true, |only| only.split(',').any(|s| s == name))
+}
+
 fn bench_vulkan(c: &mut Criterion) {
     let dev = match VulkanDevice::new() {
         Ok(d) => d,
@@ -568,18 +662,24 @@ fn bench_vulkan(c: &mut Criterion) {
     // Empty jobs.
     let empty_cb = native.record_empty();
     let empty = || VulkanJob::empty();
-    let tp = Throughput::Elements(BATCH);
-    let paths = (&mut native, &sched);
-    criterion_group3(c, "vulkan_empty_job", tp, BATCH, paths, empty_cb, &empty);
-    let paths = measure(&mut native, empty_cb, &sched, &empty, jobs, samples);
-    let submits = batched_submits(&sched, jobs, &empty);
-    report("empty", "empty job", &device, paths, jobs, submits);
+    if section("empty") {
+        let tp = Throughput::Elements(BATCH);
+        let paths = (&mut native, &sched);
+        criterion_group3(c, "vulkan_empty_job", tp, BATCH, paths, empty_cb, &empty);
+        let paths = measure(&mut native, empty_cb, &sched, &empty, jobs, samples);
+        let submits = batched_submits(&sched, jobs, &empty);
+        report("empty", "empty job", &device, paths, jobs, submits);
+    }
 
     // A burst of jobs released by one signal.
-    bench_burst(c, &mut native, &sched, empty_cb);
+    if section("burst") {
+        bench_burst(c, &mut native, &sched, empty_cb);
+    }
 
     // A chain of jobs across two rings.
-    chain::bench_chain(c, &dev);
+    if section("chain") {
+        chain::bench_chain(c, &dev);
+    }
 
     // SAXPY over 1 MiB.
     let x = dev.buffer(u64::from(SAXPY_N) * 4).expect("x");
@@ -597,15 +697,19 @@ fn bench_vulkan(c: &mut Criterion) {
         VulkanJob::new(move |ctx, cb| saxpy(ctx, cb, &xj, &yj)).reads(&xs).writes(&ys)
     };
     let (sjobs, ssamples) = if test_mode() { (8, 8) } else { (200, 200) };
-    let tp = Throughput::Bytes(3 * u64::from(SAXPY_N) * 4);
-    let paths = (&mut native, &sched);
-    criterion_group3(c, "vulkan_saxpy_1mib", tp, 1, paths, saxpy_cb, &make_saxpy);
-    let paths = measure(&mut native, saxpy_cb, &sched, &make_saxpy, sjobs, ssamples);
-    let submits = batched_submits(&sched, sjobs, &make_saxpy);
-    report("saxpy", "saxpy 1 MiB", &device, paths, sjobs, submits);
+    if section("saxpy") {
+        let tp = Throughput::Bytes(3 * u64::from(SAXPY_N) * 4);
+        let paths = (&mut native, &sched);
+        criterion_group3(c, "vulkan_saxpy_1mib", tp, 1, paths, saxpy_cb, &make_saxpy);
+        let paths = measure(&mut native, saxpy_cb, &sched, &make_saxpy, sjobs, ssamples);
+        let submits = batched_submits(&sched, sjobs, &make_saxpy);
+        report("saxpy", "saxpy 1 MiB", &device, paths, sjobs, submits);
+    }
 
     drop((native, sched, make_saxpy, x, y, xn, yn));
-    bench_device_loss(&dev);
+    if section("loss") {
+        bench_device_loss(&dev);
+    }
     if dev.close(Duration::from_secs(60)).is_err() {
         println!("warning: the device was still referenced at the end of the bench");
     }

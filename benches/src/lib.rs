@@ -54,12 +54,16 @@ pub fn ns(d: Duration) -> f64 {
 /// CPU time of this process's threads, summed by thread name, from Linux's
 /// `/proc/self/task/*/schedstat` (nanoseconds on a CPU) and `comm`: the cheap profile the
 /// Vulkan bench prints to show which thread burns CPU during a run. `None` where `/proc` does
-/// not have them (not Linux, or a kernel without schedstats). Threads that exited between two
-/// snapshots drop out of the difference.
+/// not have them (not Linux, or a kernel without schedstats). The main thread is named `main`
+/// (threads a driver starts without naming them inherit the program's name). Threads that
+/// exited between two snapshots drop out of the difference.
 pub fn thread_cpu() -> Option<std::collections::BTreeMap<String, Duration>> {
     let mut by_name = std::collections::BTreeMap::new();
+    let pid = std::process::id().to_string();
     for entry in std::fs::read_dir("/proc/self/task").ok()? {
-        let dir = entry.ok()?.path();
+        let entry = entry.ok()?;
+        let main = entry.file_name().to_str() == Some(pid.as_str());
+        let dir = entry.path();
         let (Ok(stat), Ok(comm)) = (
             std::fs::read_to_string(dir.join("schedstat")),
             std::fs::read_to_string(dir.join("comm")),
@@ -67,8 +71,8 @@ pub fn thread_cpu() -> Option<std::collections::BTreeMap<String, Duration>> {
             continue; // the thread exited meanwhile
         };
         let on_cpu: u64 = stat.split_whitespace().next()?.parse().ok()?;
-        *by_name.entry(comm.trim().to_owned()).or_insert(Duration::ZERO) +=
-            Duration::from_nanos(on_cpu);
+        let name = if main { "main".to_owned() } else { comm.trim().to_owned() };
+        *by_name.entry(name).or_insert(Duration::ZERO) += Duration::from_nanos(on_cpu);
     }
     Some(by_name)
 }

@@ -109,7 +109,8 @@ impl VulkanJob {
     /// synchronisation point. Its command buffer holds no command at all, not even the ring's
     /// barriers (it has no work to order after earlier jobs and no writes to make visible to
     /// the host; its semaphore signal still waits for every command submitted before it), so
-    /// it costs what a native empty submission costs.
+    /// it costs what a native empty submission costs: unless it declares a resource, it
+    /// records nothing at arm time and submits its ring's one empty command buffer.
     pub fn empty() -> Self {
         let mut job = Self::new(|_, _| Ok(()));
         job.bare = true;

@@ -30,13 +30,27 @@
 //!   flag again.
 //! - When the ring's recent jobs completed less than `SPIN_MAX` apart, it first polls the
 //!   counter (`vkGetSemaphoreCounterValue`, every µs, spinning in between; at most half the
-//!   CPUs at once) for up to twice that time, as a fence wait spins briefly before it sleeps:
-//!   a sleeping waiter turns every signal of the driver's queue thread into a wake-up that
-//!   competes with that thread for a CPU. Longer jobs never poll (it would only take a CPU
-//!   from the work).
+//!   CPUs at once) for up to twice that time, as a fence wait spins briefly before it
+//!   sleeps: a sleeping waiter turns every signal of the driver's queue thread into a
+//!   wake-up that competes with that thread for a CPU. Longer jobs never poll (it would only
+//!   take a CPU from the work).
+//! - When such fast jobs are several in flight (8 or more), it does not wait for the next
+//!   one: it sleeps (a timed park, 1 µs timer slack) through up to a quarter of them, at most
+//!   `COALESCE_MAX` (100 µs), then retires what completed, so a busy ring costs one wake per
+//!   several jobs and the hardware still has the rest queued when the thread gets back.
+//!   A timed sleep, not a wait for a later value: mesa's emulated timeline semaphores wake
+//!   such a wait at every value on the way. Never past a job a deadline was hinted for
+//!   (`Fence::set_deadline`); after a sleep that found no progress it waits for the next
+//!   value again.
 //! - On waking it reads the counter and signals the ring's hardware fences up to it, in
 //!   order, running fence callbacks inline (the scheduler's completion path: finished fences,
 //!   dependants, the next `run_job`): no thread hop on the completion path.
+//! - It is not the only thread that retires: a thread that pumps the ring's scheduler (a
+//!   client pushing jobs) reads the counter after handing jobs over, when several are owed,
+//!   and signals what completed the same way (`RingHw::retire`, from `Backend::flush`), as a
+//!   kernel driver does completion work in whichever context sees it first. The ring's drain
+//!   signals each fence once, in order, whichever thread gets there first (see
+//!   [`ring`](crate::ring)).
 //! - While the ring is idle the thread parks (`std::thread::park`, no Vulkan call); a
 //!   submission that takes the ring from idle to busy unparks it after publishing `submitted`
 //!   (a futex wake: allocation-free, and an unpark that comes before the park is not lost).

@@ -9,11 +9,13 @@
 //!   `flush`) and publishes the prepared fence. A job prepared on a generation since lost ends
 //!   `DeviceLost` (its command buffer belongs to the dead pool). A job handed over again (a
 //!   resubmission) ends `Cancelled`: a ring never resubmits (see `timeout.rs`).
-//! - `flush` submits the batch (see `submit.rs`).
+//! - `flush` submits the batch (see `submit.rs`), then, off the completion thread, retires
+//!   what the hardware finished (`RingHw::retire`).
 //! - `timedout_job` decides whether the guilty job hangs (see `timeout.rs`).
 //! - `free_job` (may run in a signalling section) hands the job's command buffer, recording
 //!   closure and buffers to the retired list of its own `RingHw`; they are reused or dropped
-//!   only once its semaphore has passed the job's value (see `hw.rs`).
+//!   only once its semaphore has passed the job's value (see `hw.rs`). An empty job that
+//!   submitted the ring's shared empty command buffer keeps nothing, and retires nothing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -91,13 +93,20 @@ impl Backend for VulkanRing {
         self.record_native_wait(job, index, hw)
     }
 
-    /// Submits the jobs `run_job` batched on the current generation (one `vkQueueSubmit`).
-    /// A batch left on a generation lost meanwhile was failed by the loss.
+    /// Submits the jobs `run_job` batched on the current generation (one `vkQueueSubmit`),
+    /// then, on a thread other than the ring's completion thread, retires what the hardware
+    /// finished (`RingHw::retire`: fence callbacks may run here, as on the completion
+    /// thread). A batch left on a generation lost meanwhile was failed by the loss.
     fn flush(&self) {
         // Never the last reference (the slot or, once swapped, the graveyard holds it).
         let hw = self.slot.hw();
-        // A refused batch's fences end with its error (`submit_batch`); nothing else to do.
+        // A refused batch's fences end with its error (`submit_batch`).
         let _ = hw.submit_batch();
+        // The pumping thread retires what the hardware finished meanwhile (the completion
+        // thread retires on its own loop).
+        if !super::on_completion_thread() {
+            hw.retire();
+        }
     }
 
     /// See `timeout.rs`. Allocation-free and `Resv`-lock-free.
@@ -134,6 +143,12 @@ impl Backend for VulkanRing {
             st.prepared = st.prepared.saturating_sub(1);
         }
         let Some(cb) = job.sub.cb.take() else { return };
+        if hw.empty_cb.get() == Some(&cb) {
+            // The ring's shared empty command buffer: an empty job keeps nothing alive (no
+            // resource, a closure that captures nothing: `record_is_empty`), and the buffer
+            // stays the ring's.
+            return;
+        }
         let keep = KeptAlive { _record: job.record, _buffers: std::mem::take(&mut job.declared) };
         // Capacity: one entry per command buffer allocated (`CmdPool` invariant).
         lock(&hw.pool).retired.push_back(Retired { value: job.sub.value, cb, _keep: keep });

@@ -1,8 +1,9 @@
 //! A ring's completion thread: while the ring is busy it waits for the next value the ring
 //! owes (a bounded poll first, when the ring's jobs complete fast: [`Pace`], [`spin_until`];
-//! then a blocking `vkWaitSemaphores`) and signals the hardware fences the semaphore passed
-//! ([`RingHw::complete`], callbacks inline); while it is idle it parks until a submission
-//! wakes it. It holds the ring only through a weak reference ([`Watch`]), except once the
+//! then a blocking `vkWaitSemaphores`), or, with several fast jobs in flight, sleeps through
+//! some of them ([`Pace::coalesce`], [`Pace::nap`]), and signals the hardware fences the
+//! semaphore passed ([`RingHw::complete`], callbacks inline); while it is idle it parks until
+//! a submission wakes it. It holds the ring only through a weak reference ([`Watch`]), except once the
 //! ring's `RingSlot` is gone: it then adopts the ring ([`RingHw::adopt`]) and drops the last
 //! reference itself, between two waits, never inside a signalling section. It exits when the
 //! ring is dropped or its core is lost.
@@ -125,39 +126,76 @@ const ADOPTED_POLL: Duration = Duration::from_millis(5);
 /// The longest a completion thread polls the semaphore before it blocks (see [`Pace`]).
 pub(crate) const SPIN_MAX: Duration = Duration::from_micros(20);
 
+/// The longest a completion thread lets a finished job wait for its signal so that it can
+/// retire several at once (see [`Pace::coalesce`]).
+pub(crate) const COALESCE_MAX: Duration = Duration::from_micros(100);
+
 /// A completion thread's estimate of how fast its ring completes jobs, for the bounded
-/// spin before a blocking wait (see [`device`](crate::device), "The completion threads").
+/// spin before a blocking wait and for how many jobs one wait covers (see
+/// [`device`](crate::device), "The completion threads").
 ///
 /// `per_job` is a moving average (weight 1/4 per sample) of the time per job between two
-/// wakes that found progress, with the ring busy in between (the wait after a park starts a
-/// new measure: an idle gap is no job's duration); 0 while unknown.
+/// looks that found the ring's `completed` value advanced (by this thread or by a thread
+/// that retired on the submission path), with the ring busy in between (the wait after a
+/// park starts a new measure: an idle gap is no job's duration); 0 while unknown.
 #[derive(Debug, Default)]
 struct Pace {
-    /// When the last wake that found progress saw it (`None`: the ring was idle since).
-    last: Option<Instant>,
+    /// When the last look that found progress saw it, and the `completed` value it saw
+    /// (`None`: the ring was idle since).
+    last: Option<(Instant, u64)>,
     /// Average time per completed job, in nanoseconds (0: unknown).
     per_job: u64,
 }
 
 impl Pace {
+    /// Whether the ring's jobs are short enough to poll for and to retire several at once:
+    /// known, and completing less than [`SPIN_MAX`] apart.
+    fn fast(&self) -> bool {
+        self.per_job != 0 && self.per_job <= SPIN_MAX.as_nanos() as u64
+    }
+
     /// How long to poll before blocking: twice the expected time to the next completion,
     /// at most [`SPIN_MAX`]; nothing when jobs take longer than that (or nothing is known):
     /// polling then only takes a CPU from the work.
     fn spin_budget(&self) -> Duration {
-        let max = SPIN_MAX.as_nanos() as u64;
-        if self.per_job == 0 || self.per_job > max {
+        if !self.fast() {
             return Duration::ZERO;
         }
-        Duration::from_nanos((2 * self.per_job).min(max))
+        Duration::from_nanos((2 * self.per_job).min(SPIN_MAX.as_nanos() as u64))
     }
 
-    /// `jobs` values completed, seen at `now`.
-    fn progress(&mut self, now: Instant, jobs: u64) {
-        if let Some(last) = self.last {
-            let sample = (now.saturating_duration_since(last).as_nanos() as u64) / jobs.max(1);
-            self.per_job = if self.per_job == 0 { sample } else { (3 * self.per_job + sample) / 4 };
+    /// How many of the `in_flight` jobs the next wait covers (at least 1): with fast jobs
+    /// and several in flight, up to a quarter of them (the hardware still has the other
+    /// three quarters queued when the thread wakes, so retiring late neither starves it nor
+    /// leaves much of a burst's tail to retire after it went idle) and no more than fit in
+    /// [`COALESCE_MAX`]; otherwise 1 (each job signalled as soon as it completes).
+    fn coalesce(&self, in_flight: u64) -> u64 {
+        if !self.fast() {
+            return 1;
         }
-        self.last = Some(now);
+        let window = COALESCE_MAX.as_nanos() as u64 / self.per_job;
+        (in_flight / 4).min(window).max(1)
+    }
+
+    /// How long to sleep before retiring `ahead` jobs at once: the time the first
+    /// `ahead - 1` of them are expected to take (at most [`COALESCE_MAX`]).
+    fn nap(&self, ahead: u64) -> Duration {
+        Duration::from_nanos(self.per_job.saturating_mul(ahead.saturating_sub(1))).min(COALESCE_MAX)
+    }
+
+    /// The ring's `completed` value is `value`, seen at `now`.
+    fn progress(&mut self, now: Instant, value: u64) {
+        match self.last {
+            Some((_, seen)) if value <= seen => return,
+            Some((last, seen)) => {
+                let jobs = value - seen;
+                let sample = (now.saturating_duration_since(last).as_nanos() as u64) / jobs;
+                self.per_job =
+                    if self.per_job == 0 { sample } else { (3 * self.per_job + sample) / 4 };
+            }
+            None => {}
+        }
+        self.last = Some((now, value));
     }
 }
 
@@ -231,11 +269,13 @@ pub(crate) fn on_completion_thread() -> bool {
 /// A ring's completion thread (see [`device`](crate::device), "The completion threads"):
 /// while the ring is busy, a bounded poll of the semaphore when its jobs complete faster
 /// than [`SPIN_MAX`] ([`Pace`], [`spin_until`]), then a single-semaphore `vkWaitSemaphores`
-/// for the next value it owes, then [`RingHw::complete`] (callbacks inline); while it is
+/// for the next value it owes (or, with several such jobs in flight, a timed sleep through
+/// some of them: [`Pace::coalesce`]), then [`RingHw::complete`] (callbacks inline); while it is
 /// idle, parked until a submission wakes it. Exits when the ring is dropped or its core is
 /// lost. Allocation-free.
 pub(super) fn completion_thread(ring: Weak<RingHw>, watch: Arc<Watch>) {
     ON_COMPLETION_THREAD.with(|c| c.set(true));
+    set_timer_slack();
     completion_loop(&ring, &watch);
     // Exiting (its core is lost): nothing can be adopted any more. An adopted ring is still
     // held until every other reference is gone (jobs being freed after the loss failed them,
@@ -257,9 +297,26 @@ pub(super) fn completion_thread(ring: Weak<RingHw>, watch: Arc<Watch>) {
     }
 }
 
+/// The slack Linux may add to this thread's timed sleeps, in nanoseconds (the default is
+/// 50 µs, as long as a whole nap: see [`Pace::nap`]).
+const TIMER_SLACK_NS: u64 = 1_000;
+
+/// Sets the calling thread's timer slack to [`TIMER_SLACK_NS`] (Linux; elsewhere nothing).
+/// A failure leaves the default, which only makes naps longer.
+fn set_timer_slack() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: `PR_SET_TIMERSLACK` takes one integer argument and changes only the calling
+    // thread's timer slack; it reads and writes no memory of ours.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, TIMER_SLACK_NS as libc::c_ulong);
+    }
+}
+
 fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
     let timeout = COMPLETION_TIMEOUT.as_nanos() as u64;
     let mut pace = Pace::default();
+    // The last nap found nothing completed: the next look waits for the next value.
+    let mut stalled = false;
     loop {
         // Holding the last reference to an adopted ring: drop it here (see `RingHw::adopt`);
         // the next upgrade fails and the thread exits. `Arc::try_unwrap` takes it
@@ -294,14 +351,24 @@ fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
                 r.drain(lock(&r.state));
             }
             let completed = r.completed.load(Ordering::SeqCst);
-            let next = (r.submitted.load(Ordering::SeqCst) > completed)
-                .then(|| r.signal_value(completed + 1));
+            let submitted = r.submitted.load(Ordering::SeqCst);
+            let next = (submitted > completed).then(|| {
+                // Several jobs at once when they are fast (`Pace::coalesce`), never past a
+                // job a deadline was hinted for, and not again after a nap that found the
+                // hardware stalled.
+                let ahead = if stalled { 1 } else { pace.coalesce(submitted - completed) };
+                let mut target = completed + ahead;
+                if let Some(v) = r.deadline.value(r.signalled.load(Ordering::SeqCst)) {
+                    target = target.min(v.max(completed + 1));
+                }
+                (r.signal_value(completed + 1), target - completed, completed)
+            });
             (next, r.gated.load(Ordering::SeqCst))
         };
         if watch.stop.load(Ordering::SeqCst) {
             return;
         }
-        let Some(value) = next else {
+        let Some((value, ahead, before)) = next else {
             // Idle: a submission that makes the ring busy wakes us (`RingHw::wake` after it
             // published `submitted`; an unpark before the park is not lost). Holding the
             // ring, look again soon whether the other references are gone; gated, look again
@@ -317,7 +384,13 @@ fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
         let sems = [watch.sem];
         let values = [value];
         let info = vk::SemaphoreWaitInfo::default().semaphores(&sems).values(&values);
-        let r = if spin_until(watch, value, pace.spin_budget()) {
+        let r = if ahead > 1 {
+            // Sleeps through the jobs expected to complete meanwhile, then retires what is
+            // done. Not a wait for a later value: mesa's emulated timeline wakes such a wait
+            // at every value on the way (it waits for the oldest pending point each time).
+            std::thread::park_timeout(pace.nap(ahead));
+            Ok(())
+        } else if spin_until(watch, value, pace.spin_budget()) {
             Ok(())
         } else {
             // SAFETY: the ring destroys the semaphore only after setting `stop` and joining
@@ -333,15 +406,69 @@ fn completion_loop(ring: &Weak<RingHw>, watch: &Watch) {
             Err(e) => diag!(warn, target: "gpusched_vulkan", ?e, "vkWaitSemaphores failed"),
         }
         let Some(r) = ring.upgrade() else { return };
-        let before = r.completed.load(Ordering::SeqCst);
         if lost || r.complete().is_err() {
             diag!(error, target: "gpusched_vulkan", ring = %r.name, "device lost");
             r.core.mark_lost();
             return;
         }
-        let done = r.completed.load(Ordering::SeqCst).saturating_sub(before);
-        if done > 0 {
-            pace.progress(Instant::now(), done);
+        let completed = r.completed.load(Ordering::SeqCst);
+        stalled = ahead > 1 && completed == before;
+        pace.progress(Instant::now(), completed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pace(per_job_us: u64, after_idle: bool) -> Pace {
+        let last = (!after_idle).then(|| (Instant::now(), 1));
+        Pace { last, per_job: per_job_us * 1_000 }
+    }
+
+    #[test]
+    fn unknown_or_slow_jobs_neither_poll_nor_coalesce() {
+        for p in [Pace::default(), pace(SPIN_MAX.as_micros() as u64 + 1, false)] {
+            assert_eq!(p.spin_budget(), Duration::ZERO);
+            assert_eq!(p.coalesce(64), 1);
         }
+    }
+
+    #[test]
+    fn fast_jobs_poll_twice_their_pace_at_most_spin_max() {
+        assert_eq!(pace(5, false).spin_budget(), Duration::from_micros(10));
+        assert_eq!(pace(5, true).spin_budget(), Duration::from_micros(10));
+        assert_eq!(pace(15, false).spin_budget(), SPIN_MAX);
+    }
+
+    #[test]
+    fn coalescing_covers_a_quarter_of_the_jobs_in_flight_within_coalesce_max() {
+        let p = pace(5, false);
+        // Fewer than 8 in flight: one job at a time.
+        assert_eq!(p.coalesce(1), 1);
+        assert_eq!(p.coalesce(7), 1);
+        assert_eq!(p.coalesce(8), 2);
+        assert_eq!(p.coalesce(64), 16);
+        // 100 µs of 5 µs jobs.
+        assert_eq!(p.coalesce(128), 20);
+        assert_eq!(p.nap(20), Duration::from_micros(95));
+        assert_eq!(p.nap(1), Duration::ZERO);
+        assert_eq!(pace(20, false).nap(100), COALESCE_MAX);
+    }
+
+    #[test]
+    fn pace_averages_the_time_per_completed_job_whoever_retired_it() {
+        let t = Instant::now();
+        let mut p = Pace::default();
+        p.progress(t, 10);
+        assert_eq!(p.per_job, 0, "one look is no measure");
+        // 8 jobs in 80 µs (retired by any thread: only the value counts).
+        p.progress(t + Duration::from_micros(80), 18);
+        assert_eq!(p.per_job, 10_000);
+        // No progress: no sample, and the next one measures from the last progress.
+        p.progress(t + Duration::from_micros(200), 18);
+        assert_eq!(p.per_job, 10_000);
+        p.progress(t + Duration::from_micros(280), 20);
+        assert_eq!(p.per_job, (3 * 10_000 + 100_000) / 4);
     }
 }

@@ -37,6 +37,16 @@ impl DeadlineHint {
         }
     }
 
+    /// The timeline value of the job the earliest deadline was hinted for, if the drain has
+    /// not signalled it yet: the completion thread does not hold its signal back to retire
+    /// it with later jobs.
+    pub(crate) fn value(&self, signalled: u64) -> Option<u64> {
+        match *lock(&self.earliest) {
+            Some((_, v)) if v > signalled => Some(v),
+            _ => None,
+        }
+    }
+
     /// The earliest deadline recorded for a job the drain has not signalled yet.
     pub(crate) fn earliest(&self, signalled: u64) -> Option<Instant> {
         match *lock(&self.earliest) {

@@ -20,7 +20,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 
 use ash::vk;
@@ -150,6 +150,10 @@ pub(crate) struct RingHw {
     pub(super) name: Box<str>,
     pub(crate) queue: u32,
     pub(crate) sem: vk::Semaphore,
+    /// A command buffer of the pool holding no command, recorded once (by the first empty
+    /// job) for simultaneous use: what every empty job submits (see `RingHw::record`). Freed
+    /// with the pool.
+    pub(super) empty_cb: OnceLock<vk::CommandBuffer>,
     pub(super) ctx: FenceContext,
     pub(super) state: Mutex<RingState>,
     pub(super) pool: Mutex<CmdPool>,
@@ -215,6 +219,7 @@ impl RingHw {
             name: name.into(),
             queue,
             sem,
+            empty_cb: OnceLock::new(),
             ctx: FenceContext::builder(format!("{name}.hw")).driver_name("gpusched-vulkan").build(),
             state: Mutex::new(RingState {
                 next_value: 0,
@@ -276,9 +281,41 @@ impl RingHw {
         while st.submissions.front().is_some_and(|s| s.value <= value) {
             st.submissions.pop_front();
         }
+        // Without an orphaned hang on the ring there is nothing to release (and no second
+        // counter read).
+        let orphans = fault::ENABLED && st.submissions.iter().any(|s| s.hang.orphan().is_some());
         self.drain(st);
-        self.release_orphan();
+        if orphans {
+            self.release_orphan();
+        }
         Ok(())
+    }
+
+    /// Retires what the hardware finished, from a thread that is not the ring's completion
+    /// thread (the scheduler's pump, after handing jobs over: `VulkanRing::flush`): as
+    /// [`complete`](Self::complete), when the ring owes several values, so that while a client
+    /// keeps submitting, the completion thread finds its work done and waits longer (see
+    /// `completion.rs`). The ring's drain signals each fence once, whichever thread gets
+    /// there first. Inside a signalling section: allocation-free, no wait (one counter read).
+    /// A counter read that reports the device lost declares it (the completion threads fail
+    /// the fences).
+    pub(crate) fn retire(&self) {
+        // Only when more than one job is owed: a lone job was most likely just handed over
+        // (a client that submits one job and waits for it), and reading the counter then
+        // only delays its submission path.
+        if self.submitted.load(Ordering::SeqCst) < self.completed.load(Ordering::SeqCst) + 2
+            || self.core.is_lost()
+        {
+            // (A lost core's fences are the completion threads' to fail.)
+            return;
+        }
+        let before = self.completed.load(Ordering::SeqCst);
+        if self.complete().is_err() {
+            self.core.declare_lost();
+            return;
+        }
+        let after = self.completed.load(Ordering::SeqCst);
+        self.flags.pump_retired.fetch_add(after.saturating_sub(before), Ordering::Relaxed);
     }
 
     /// Signals the fences at the front of `in_flight` that are done (the semaphore passed

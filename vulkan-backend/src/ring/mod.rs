@@ -15,7 +15,7 @@
 //! | `hw.rs` | `RingHw`: semaphore, in-flight and submission lists, command pool, drain, drop |
 //! | `backend.rs` | the `Backend` impl: prepare, run, flush, timeout, free |
 //! | `submit.rs` | recording, submission (single and batched), publishing a submission |
-//! | `completion.rs` | the completion thread: polling pace, waits, adopting a dropped ring |
+//! | `completion.rs` | the completion thread: pace, polls, naps, waits, adopting a dropped ring |
 //! | `hw_fence.rs` | the hardware fence's `FenceOps` (`HwOps`) |
 //! | `native.rs` | cross-ring waits on the device (another ring's semaphore value) |
 //! | `timeout.rs` | the timeout decision (`timedout_job`): `decide`, a pure function of a `TimeoutView` and the ring's `Stall`, unit-tested; `StallState`, `STUCK_AFTER` |
@@ -24,8 +24,9 @@
 //! - A ring executes in order, and host reads after a fence see the job's results (barriers
 //!   recorded around each job: `submit.rs`).
 //! - A ring's hardware fences signal exactly once (rule 1 of CONTRACT.md), in value order,
-//!   one at a time, by its drainer only (`hw.rs`); a poll never runs ahead of the drain
-//!   (`hw_fence.rs`).
+//!   one at a time, by its drainer only (`hw.rs`), whichever thread drains: the completion
+//!   thread, a thread that pumps the scheduler (`RingHw::retire`), a device loss; a poll
+//!   never runs ahead of the drain (`hw_fence.rs`).
 //! - `run_job`, `free_job` and the timeout handler neither allocate, take a `Resv` lock nor
 //!   wait; the drain signals without allocating (rule 4 of CONTRACT.md; `backend.rs`,
 //!   `hw.rs`).
@@ -64,6 +65,9 @@ pub(crate) struct RingFlags {
     batching: AtomicBool,
     /// `vkQueueSubmit` calls that succeeded, over every generation.
     submits: AtomicU64,
+    /// Jobs a thread pumping the scheduler found completed first (`RingHw::retire`), over
+    /// every generation.
+    pump_retired: AtomicU64,
     /// Whether the ring's jobs wait for other rings of the device on the device (`native.rs`);
     /// when off, such dependencies wait on the host.
     native_waits: AtomicBool,
@@ -193,6 +197,15 @@ impl VulkanRing {
     /// without batching, one per batch of up to 32 jobs with it).
     pub fn submits(&self) -> u64 {
         self.slot.flags.submits.load(Ordering::Relaxed)
+    }
+
+    /// How many jobs a thread that pumped this ring's scheduler (a client pushing jobs) found
+    /// completed first, over every generation: its counter read advanced the ring's completed
+    /// value, and the ring's drain signalled them (on that thread, or on the completion
+    /// thread if it was draining then). A diagnostic: how much completion work the submission
+    /// path took from the completion thread.
+    pub fn retired_by_pump(&self) -> u64 {
+        self.slot.flags.pump_retired.load(Ordering::Relaxed)
     }
 
     /// Whether batching is on.

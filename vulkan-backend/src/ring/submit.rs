@@ -9,7 +9,10 @@
 //! scheduler's same-ring dependency shortcut requires. It ends with a barrier to the host, so
 //! host reads after the fence see the results. A [`VulkanJob::empty`](crate::VulkanJob::empty)
 //! job records neither (no command: nothing to order or make visible; its semaphore signal
-//! still waits for every command submitted before it, which is all its fence promises).
+//! still waits for every command submitted before it, which is all its fence promises): one
+//! that declared no resource records nothing at all and submits the ring's empty command
+//! buffer, recorded once for simultaneous use (`RingHw::empty_cb`), as a native client would
+//! reuse one.
 //!
 //! # Batching
 //! With batching on, `run_job` only takes the job's value and hands out its fence; `flush`
@@ -144,6 +147,40 @@ impl RingHw {
         }
     }
 
+    /// The ring's empty command buffer (`RingHw::empty_cb`), recorded by the first call:
+    /// no command, simultaneous use, so any number of empty jobs may have it pending at once.
+    fn empty_cb(&self) -> Result<vk::CommandBuffer, vk::Result> {
+        if let Some(cb) = self.empty_cb.get() {
+            return Ok(*cb);
+        }
+        // Under the pool lock: the pool needs external synchronisation, and two first empty
+        // jobs record one buffer.
+        let pool = lock(&self.pool);
+        if let Some(cb) = self.empty_cb.get() {
+            return Ok(*cb);
+        }
+        let info = vk::CommandBufferAllocateInfo::default()
+            .command_pool(pool.pool)
+            .level(vk::CommandBufferLevel::PRIMARY)
+            .command_buffer_count(1);
+        let d = &self.core.device;
+        // SAFETY: the pool is locked.
+        let cb = unsafe { d.allocate_command_buffers(&info) }?[0];
+        let begin = vk::CommandBufferBeginInfo::default()
+            .flags(vk::CommandBufferUsageFlags::SIMULTANEOUS_USE);
+        // SAFETY: a fresh command buffer of the locked pool; nothing is recorded between
+        // begin and end.
+        let recorded =
+            unsafe { d.begin_command_buffer(cb, &begin).and_then(|()| d.end_command_buffer(cb)) };
+        if let Err(code) = recorded {
+            // SAFETY: the buffer is of the locked pool and was never submitted.
+            unsafe { d.free_command_buffers(pool.pool, &[cb]) };
+            return Err(code);
+        }
+        let _ = self.empty_cb.set(cb);
+        Ok(cb)
+    }
+
     pub(super) fn record(&self, job: &mut VulkanJob) -> Result<vk::CommandBuffer, RecordError> {
         let core = &self.core;
         for b in job.declared.iter() {
@@ -159,6 +196,16 @@ impl RingHw {
             }
             map_record(op, code, core.generation)
         };
+        // An injected slow job records the busy kernel first, sized to run about its time.
+        let slow = job.fault.slow_groups(core);
+        if job.bare && slow.is_none() && job.declared.is_empty() && record_is_empty(&job.record) {
+            // An empty job keeps nothing alive and records nothing: it submits the ring's
+            // shared empty command buffer (`free_job` retires nothing for it).
+            if job.fault.drops_recording() {
+                return Err(RecordError::RecordingDropped);
+            }
+            return self.empty_cb().map_err(|code| failed("vkAllocateCommandBuffers", code));
+        }
         let mut pool = lock(&self.pool);
         let cb = match self.acquire_cb(&mut pool) {
             Ok(cb) => cb,
@@ -176,8 +223,6 @@ impl RingHw {
             drop(pool);
             return Err(failed("vkBeginCommandBuffer", code));
         }
-        // An injected slow job records the busy kernel first, sized to run about its time.
-        let slow = job.fault.slow_groups(core);
         // An empty job (no injected busy kernel either) records no command at all.
         let bare = job.bare && slow.is_none();
         if !bare {
@@ -215,6 +260,14 @@ impl RingHw {
             }
         }
     }
+}
+
+/// Whether a recording closure captures nothing (a zero-sized closure, as
+/// [`VulkanJob::empty`](crate::VulkanJob::empty)'s): dropping it frees nothing, so a job
+/// whose closure is one and that declared no resource has nothing to keep alive until the
+/// hardware has passed it.
+pub(super) fn record_is_empty(record: &crate::job::RecordFn) -> bool {
+    std::mem::size_of_val(&**record) == 0
 }
 
 /// A resource recorded for `core` must belong to it: one of a lost generation of the
