@@ -472,50 +472,9 @@ def main():
         "",
         "## Notes",
         "",
-        "- **Vulkan throughput on lavapipe.** The backend used to wait for completions with "
-        "one thread per device doing `vkWaitSemaphores(WAIT_ANY)` over every busy ring's "
-        "timeline semaphore and a wake semaphore. Mesa's common Vulkan runtime cannot block "
-        "on several emulated timeline semaphores at once and *spins* (`__vk_sync_wait_many` "
-        "in `src/vulkan/runtime/vk_sync.c`: \"there's nothing better we can do than spin\"): "
-        "that thread was on a CPU 59–92% of the wall time, taking a core from lavapipe's "
-        "workers, and SAXPY through the scheduler ran at 0.54–0.74× native. Now each ring "
-        "has its own completion thread blocked in a single-semaphore wait (2% busy): SAXPY "
-        "(b)/(a) 0.94–1.00×. Empty jobs then ran at 0.54–0.86×: lavapipe's timeline wait "
-        "blocks on a condition variable, so every completion was a futex wake from lavapipe's "
-        "queue thread, and the woken completion thread preempted it (0.4–0.7 times per job). "
-        "The completion thread now polls the semaphore counter (every 1 µs, for at most twice "
-        "the ring's recent time per job and 20 µs, only while jobs complete less than 20 µs "
-        "apart, at most half the CPUs polling at once) before it blocks, and "
-        "`VulkanJob::empty` records no barrier (an empty command buffer, as native): (b)/(a) "
-        "0.86–1.01× across runs of the interleaved loops (best of 8 rounds each), while "
-        "criterion's medians, measured path after path, give 0.78–0.81×. The scheduler path "
-        "costs ~11 µs of CPU per job against native's 8 µs (recording the job at arm time, "
-        "arm/push, the completion thread's signalling and polling) and runs three busy "
-        "threads on 2 cores where native runs two, so background load hurts it more.",
-        "- **Latency** through the scheduler crosses extra thread hops that native does not: "
-        "the ring's completion thread and the finished fence's signal → waiter wake. p99 "
-        "values on this shared machine mostly show preemption.",
-        "- **Batching** forms batches only when several jobs are handed over together: one "
-        "thread pushing jobs one by one gets each run at once (credits are free), 1 job per "
-        "submit. A burst released by one signal (32 jobs behind one gate fence) is selected "
-        "after the signal's callbacks and goes out as one `vkQueueSubmit` (32 jobs per "
-        "submit). lavapipe spends its time per command buffer, not per submit, so the gain "
-        "is small here; a real GPU (~20–30 µs of CPU per submit) is where it should show.",
-        "- **Wake latency**: blocking fence waits spin for up to 3 µs before they sleep on a "
-        "futex (`set_wait_spin`, as i915 spins before sleeping on a request), so a tight "
-        "ping-pong rarely sleeps: that is the default row. The spin-off row compares the "
-        "sleeping paths like for like; on this shared machine it is unstable: interleaved "
-        "medians from 0.39× to 1.15× in separate runs (once 5.2×, in a run whose Condvar "
-        "waits mostly did not sleep: 2.2 µs one way), criterion's estimates 0.85–1.3×.",
-        "- **Checker**: compiled in and enabled vs compiled out is within this machine's "
-        "noise on mock-ring throughput (runs here gave 0.89–1.07×; below 1 means the noise "
-        "exceeded the cost). The checker's cost shows in the micro rows (annotated mutex, "
-        "fence create + signal), not at the scheduler's level.",
-        "- **Recovery**: the timeout fires 50–80 µs after its deadline at p50 (the TDR "
-        "worker parks until the deadline and is then scheduled); p99 outliers of ms are "
-        "preemption on the shared cores.",
-        "- The mock-ring rows measure CPU cost only; on 2 shared cores a single run can be "
-        "off by 30%.",
+        "Where the time goes, profiles, before/after measurements of changes and the floor of "
+        "each missed target: [NOTES.md](NOTES.md) (written by hand, dated; this script leaves "
+        "it alone).",
     ]
     with open(out, "w", encoding="utf-8") as f:
         f.write("\n".join(head + r.lines + notes) + "\n")
