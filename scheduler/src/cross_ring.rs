@@ -15,8 +15,10 @@
 //! - Errors keep the host-wait outcome: a dependency that failed before reaching the
 //!   hardware signals its scheduled fence with that error, and the dependant ends with it
 //!   without running; one whose finished fence failed by the time the dependant runs or
-//!   completes makes the dependant end with that error (the dependant may then have run on
-//!   missing results, as a same-ring dependant does).
+//!   completes makes the dependant end with that error (it ran on missing results), and so
+//!   do its dependants on its own ring already handed to the hardware (`hw_done`: they would
+//!   not have run either with host waits). A dependency's own hardware error does not pass to
+//!   a same-ring dependant, which waits for its scheduling only, as with `drm_sched`.
 //! - Timeouts: a job waiting on the device for another ring's job is not blamed for that
 //!   job's hang; its timeout counts from when the awaited job finished ([`own_start`]).
 //! - A dependency found nowhere (armed but not pushed, or already retired) stays a host wait.

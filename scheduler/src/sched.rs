@@ -632,6 +632,19 @@ impl<B: Backend> SchedShared<B> {
         error: Option<FenceError>,
     ) -> bool {
         let _in_path = InPathGuard::enter();
+        // A job that ran ends with the error of a dependency that failed after it was handed
+        // to the hardware, as it would have ended without running had the failure come
+        // first: a cross-ring dependency the device waited for that failed after all (the
+        // job's hardware finished after the dependency's did, so its failure is visible here),
+        // or a same-ring dependency that ended so itself (`dep_error`, set below by that
+        // dependency's completion: it ran before this job, in ring order). A dependency's own
+        // hardware error does not pass on: a same-ring dependant waits for its scheduling
+        // only, as with `drm_sched`.
+        let inherited = if error.is_none() {
+            job.dep_error.get().or_else(|| job.cross_ring().and_then(|c| c.error()))
+        } else {
+            None
+        };
         {
             let mut st = lock(&self.state);
             let Some(pos) = st.pending.iter().position(|j| Arc::ptr_eq(j, job)) else {
@@ -650,6 +663,16 @@ impl<B: Backend> SchedShared<B> {
                 return false;
             };
             st.pending.remove(pos);
+            if let Some(e) = inherited {
+                // Its dependants on this ring already handed to the hardware inherit it in
+                // turn; one selected later sees this job's finished fence failed. Under the
+                // state lock, which selection holds from readiness to the pending list.
+                for j in st.pending.iter() {
+                    if j.same_sched().iter().any(|d| d.finished.ptr_eq(&job.finished)) {
+                        j.dep_error.set_if_none(e);
+                    }
+                }
+            }
             self.retiring.fetch_add(1, Ordering::AcqRel);
             st.credits_used -= job.info.credits;
             if pos == 0 {
@@ -662,10 +685,7 @@ impl<B: Backend> SchedShared<B> {
             }
         }
         self.load.fetch_sub(job.info.credits as usize, Ordering::Relaxed);
-        // A cross-ring dependency that failed after the device waited for it: the job ran on
-        // its missing results and ends with its error (as with a host wait). The job's
-        // hardware finished after the dependency's did, so its failure is visible here.
-        let error = error.or_else(|| job.cross_ring().and_then(|c| c.error()));
+        let error = error.or(inherited);
         match error {
             None => self.counters.finished_ok.fetch_add(1, Ordering::Relaxed),
             Some(_) => self.counters.finished_err.fetch_add(1, Ordering::Relaxed),

@@ -164,6 +164,41 @@ fn dependency_failing_on_the_hardware_fails_the_dependant() {
     assert_no_checker_violations();
 }
 
+/// A same-ring dependant of a job whose cross-ring dependency fails: it was handed to the
+/// hardware once that job was (same-ring dependencies wait for scheduling only), and ends
+/// with the inherited error, as it would have without running had host waits been used.
+#[test]
+fn a_same_ring_dependant_inherits_a_late_cross_ring_failure() {
+    let (a, b) = pair(11);
+    let (ea, eb, eb2) = (entity(&a), entity(&b), entity(&b));
+    let fault = FenceError::Driver(-5);
+    let first = ea.job(MockJob::new(1).behavior(MockBehavior::Fail(fault))).arm().unwrap().push();
+    let second = eb.job(MockJob::new(2)).dependency(first.clone()).arm().unwrap().push();
+    let dep = eb2.job(MockJob::new(3)).dependency(second.clone()).arm().unwrap();
+    let scheduled = dep.scheduled().clone();
+    let third = dep.push();
+    // Both on ring B before ring A's job has finished.
+    wait(&scheduled).unwrap();
+    assert_eq!(first.status(), FenceStatus::Pending);
+    assert!(a.backend().complete_next());
+    assert_eq!(wait(&first), Err(fault));
+    assert!(b.backend().complete_next());
+    assert_eq!(wait(&second), Err(fault));
+    assert!(b.backend().complete_next());
+    assert_eq!(wait(&third), Err(fault), "ran on its dependency's missing results");
+    // A same-ring dependency's own hardware error does not pass on (`drm_sched`).
+    let own = eb.job(MockJob::new(4).behavior(MockBehavior::Fail(fault))).arm().unwrap().push();
+    let after = eb2.job(MockJob::new(5)).dependency(own.clone()).arm().unwrap();
+    let scheduled = after.scheduled().clone();
+    let after = after.push();
+    wait(&scheduled).unwrap();
+    assert!(b.backend().complete_next());
+    assert!(b.backend().complete_next());
+    assert_eq!(wait(&own), Err(fault));
+    assert_eq!(wait(&after), Ok(()));
+    assert_no_checker_violations();
+}
+
 #[test]
 fn dependency_cancelled_before_the_hardware_fails_the_dependant_unrun() {
     let (a, b) = pair(10);
