@@ -257,6 +257,15 @@ impl<B: Backend> JobInner<B> {
         self.prev_finished.as_ref().is_none_or(Fence::is_signaled)
     }
 
+    /// The error of a dependency that failed after this job was handed to the hardware: a
+    /// cross-ring dependency the device waited for, or a same-ring one that itself ended so
+    /// (`dep_error`, set by its completion; see `SchedShared::hw_done`). The job then runs on
+    /// missing results. `None` for a job that has not run (its failed dependencies keep it
+    /// from running).
+    pub(crate) fn inherited_error(&self) -> Option<FenceError> {
+        self.dep_error.get().or_else(|| self.cross_ring().and_then(|c| c.error()))
+    }
+
     /// A dependency signalled: record its error, count it down. Returns whether it was the
     /// last one.
     pub(crate) fn dep_signalled(&self, dep: &Fence) -> bool {

@@ -640,11 +640,7 @@ impl<B: Backend> SchedShared<B> {
         // dependency's completion: it ran before this job, in ring order). A dependency's own
         // hardware error does not pass on: a same-ring dependant waits for its scheduling
         // only, as with `drm_sched`.
-        let inherited = if error.is_none() {
-            job.dep_error.get().or_else(|| job.cross_ring().and_then(|c| c.error()))
-        } else {
-            None
-        };
+        let inherited = if error.is_none() { job.inherited_error() } else { None };
         {
             let mut st = lock(&self.state);
             let Some(pos) = st.pending.iter().position(|j| Arc::ptr_eq(j, job)) else {

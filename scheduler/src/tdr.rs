@@ -271,7 +271,19 @@ impl<B: Backend> Recovery<'_, B> {
     /// Blames the guilty job (`drm_sched_increase_karma`): raises its entity's karma; past the
     /// scheduler's hang limit the entity is banned, and its queued and future jobs end with
     /// [`FenceError::Cancelled`]. Returns whether the entity is now banned.
+    ///
+    /// A guilty job whose dependency failed after it was handed to the hardware (a cross-ring
+    /// dependency the device waited for, or a same-ring one that failed so itself) ran on
+    /// missing results: it is not blamed (no karma), as with host waits it would have ended
+    /// with that dependency's error without running; [`force_complete_guilty`] ends it with
+    /// that error.
+    ///
+    /// [`force_complete_guilty`]: Recovery::force_complete_guilty
     pub fn blame(&mut self) -> bool {
+        if self.guilty.inherited_error().is_some() {
+            diag!(debug, target: "gpusched", sched = self.sched.name(), job = self.guilty.info.id, "not blamed: ran on a failed dependency's missing results");
+            return false;
+        }
         let entity = &self.guilty.entity;
         let karma = entity.karma.fetch_add(1, Ordering::AcqRel).saturating_add(1);
         diag!(debug, target: "gpusched", sched = self.sched.name(), job = self.guilty.info.id, karma, "blamed");
@@ -284,10 +296,13 @@ impl<B: Backend> Recovery<'_, B> {
         }
     }
 
-    /// Signals the guilty job's finished fence with `error` and retires it, unless it has
-    /// already finished. Its resources are freed later, through `free_job`; a backend whose
-    /// hardware may still be running it must keep them until the hardware has passed it.
+    /// Signals the guilty job's finished fence with `error` (or the error of a dependency
+    /// that failed after it was handed to the hardware: see [`blame`](Recovery::blame)) and
+    /// retires it, unless it has already finished. Its resources are freed later, through
+    /// `free_job`; a backend whose hardware may still be running it must keep them until the
+    /// hardware has passed it.
     pub fn force_complete_guilty(&mut self, error: FenceError) {
+        let error = self.guilty.inherited_error().unwrap_or(error);
         self.sched.force_complete(&self.guilty, error);
     }
 

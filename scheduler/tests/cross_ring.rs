@@ -243,3 +243,30 @@ fn awaited_ring_hang_does_not_blame_the_waiting_job() {
     assert!(ea.job(MockJob::new(4)).arm().is_err(), "the hung job's entity is banned");
     assert_no_checker_violations();
 }
+
+/// A dependant that hangs after its cross-ring dependency failed on the hardware ran on
+/// missing results: it ends with the dependency's error and its entity is not blamed (with
+/// host waits it would have ended so without running).
+#[test]
+fn a_hang_on_a_failed_dependencys_missing_results_is_not_blamed() {
+    let cfg =
+        |name: &str| SchedulerConfig::new(name).timeout(Duration::from_millis(20)).hang_limit(0);
+    let a = Scheduler::new(MockRing::on_device(Completion::Manual, 12), cfg("a")).unwrap();
+    let b = Scheduler::new(MockRing::on_device(Completion::Timed, 12), cfg("b")).unwrap();
+    let (ea, eb) = (entity(&a), entity(&b));
+    let fault = FenceError::Driver(-5);
+    let first = ea.job(MockJob::new(1).behavior(MockBehavior::Fail(fault))).arm().unwrap().push();
+    let dep = eb.job(MockJob::new(2).behavior(MockBehavior::Hang)).dependency(first.clone());
+    let dep = dep.arm().unwrap();
+    let scheduled = dep.scheduled().clone();
+    let second = dep.push();
+    wait(&scheduled).unwrap();
+    assert!(a.backend().complete_next());
+    assert_eq!(wait(&first), Err(fault));
+    // Ring B's timeout fires for the hang, which ran on the failed job's missing results.
+    assert_eq!(wait(&second), Err(fault));
+    assert!(b.backend().timeouts() >= 1, "ring B's timeout judged the hang");
+    let after = eb.job(MockJob::new(3)).arm().expect("not banned: not blamed");
+    assert_eq!(wait(&after.push()), Ok(()));
+    assert_no_checker_violations();
+}

@@ -178,49 +178,62 @@ fn a_device_loss_while_a_cross_ring_wait_is_pending_fails_every_fence() {
     close(dev);
 }
 
-/// A dependant that waited on the device signals its finished fence only after its
-/// dependency's has signalled: the semaphore proves the dependency's work finished, but its
-/// own ring's drain may lag, and a device loss before that drain fails it (the dependant,
-/// finished first, had then succeeded on a dependency that ended `DeviceLost`).
+/// A dependant that waited on the device for another ring's job completes only after that
+/// ring's drain has signalled the job: the semaphore proves the work finished, but the
+/// other ring may still fail what it has not drained (a device loss does), and the
+/// dependant must see that. Ring A's drain is held (a callback on the awaited hardware fence
+/// spins) while the hardware runs both jobs: ring B's job stays unfinished until A's drain
+/// goes on. Before, it finished at once, and a loss in that window left it `Ok` beside a
+/// dependency that ended `DeviceLost`.
 #[test]
-fn a_dependant_on_another_ring_finishes_after_its_dependency() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+fn a_dependant_completes_only_after_the_awaited_rings_drain() {
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
+    use std::time::Instant;
     let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let Some(dev) = device() else { return };
     let (ra, rb) = rings(&dev, WATCHDOG);
     let ea = Entity::new(&[&ra], Priority::Normal).unwrap();
     let eb = Entity::new(&[&rb], Priority::Normal).unwrap();
+    let gate = Gate::new(&dev);
     let x = dev.buffer(u64::from(N) * 4).unwrap();
     let y = dev.buffer(u64::from(N) * 4).unwrap();
     wait_ok(&VulkanDevice::submit(&ea, fill_job(&x, 1.0, N)).unwrap());
-    let early = Arc::new(AtomicUsize::new(0));
-    let mut last = None;
-    for i in 0..300 {
-        // `y` written on ring A, then read and rewritten on ring B: each job depends on the
-        // one before it, on the other ring.
-        let (e, job) = if i % 2 == 0 {
-            (&ea, fill_job(&y, i as f32, N))
-        } else {
-            (&eb, saxpy_job(&x, &y, 1.0))
-        };
-        let finished = VulkanDevice::submit(e, job).unwrap();
-        if let Some(prev) = last.replace(finished.clone()) {
-            let early = early.clone();
-            let check = move |_: &gpusched::fence::Fence| {
-                if !prev.is_signaled() {
-                    early.fetch_add(1, Ordering::SeqCst);
-                }
-            };
-            if let Err(already) = finished.add_callback(check) {
-                (already.into_inner())(&finished);
+    // Ring A's job waits for the gate on the device; ring B's reads its result.
+    let first = VulkanDevice::submit(&ea, gate.job(&y, 3.0, N)).unwrap();
+    let armed = VulkanDevice::arm(&eb, saxpy_job(&x, &y, 1.0)).unwrap();
+    let scheduled = armed.scheduled().clone();
+    let dependant = armed.push();
+    assert_eq!(scheduled.wait_timeout(WATCHDOG), Ok(()));
+    let hw = ra.pending_hw_fences().pop().expect("ring A's job is on the hardware");
+    let (held, release) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let hold = {
+        let (held, release) = (held.clone(), release.clone());
+        move |_: &gpusched::fence::Fence| {
+            held.store(true, Ordering::SeqCst);
+            while !release.load(Ordering::SeqCst) {
+                std::hint::spin_loop();
             }
         }
+    };
+    assert!(hw.add_callback(hold).is_ok(), "ring A's job ran before the gate opened");
+    gate.open();
+    let start = Instant::now();
+    let ran =
+        || held.load(Ordering::SeqCst) && rb.backend().hw_progress() >= rb.backend().submitted();
+    while !ran() && start.elapsed() < WATCHDOG {
+        std::thread::sleep(Duration::from_millis(1));
     }
-    wait_ok(&last.unwrap());
-    assert_eq!(early.load(Ordering::SeqCst), 0, "dependants finished before their dependency");
-    assert_all(&y, 299.0);
+    assert!(ran(), "the hardware never ran both jobs");
+    std::thread::sleep(Duration::from_millis(50));
+    let early = dependant.status();
+    release.store(true, Ordering::SeqCst);
+    wait_ok(&first);
+    wait_ok(&dependant);
+    assert_eq!(early, FenceStatus::Pending, "finished before ring A drained its dependency");
+    assert_all(&y, 4.0);
     assert_no_validation_errors();
+    gate.destroy(&dev);
     drop((ea, eb, ra, rb, x, y));
     close(dev);
 }
