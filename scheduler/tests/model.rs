@@ -224,7 +224,7 @@ impl Model {
         job.idx == 0 || self.jobs[self.entities[job.entity].jobs[job.idx - 1]].finished.is_some()
     }
 
-    /// `select` of sched.rs under `Policy::Fifo`, step for step.
+    /// `select` of sched/select.rs under `Policy::Fifo`, step for step.
     fn select(&mut self) -> Step {
         let mut chosen = None;
         for p in 0..4 {
@@ -321,7 +321,7 @@ impl Model {
     }
 
     /// Deferred jobs whose entity's previous job has finished end with their error, in
-    /// timeline order (`release_deferred` in sched.rs).
+    /// timeline order (`release_deferred` in sched/complete.rs).
     fn release_deferred(&mut self) {
         loop {
             let next = (0..self.jobs.len())
