@@ -52,7 +52,7 @@ pub(crate) struct EntitySlot<B: Backend> {
     pub(crate) queue: VecDeque<Arc<JobInner<B>>>,
     /// Jobs armed on this slot and not yet pushed or dropped.
     pub(crate) armed: usize,
-    /// Virtual runtime under [`Policy::Fair`].
+    /// Virtual runtime under [`Policy::Fair`](crate::Policy::Fair).
     pub(crate) vruntime: u64,
     /// The run queue the slot is on: its entity's priority, updated under the state lock by
     /// `set_slot_priority`.
