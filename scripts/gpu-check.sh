@@ -69,8 +69,11 @@ take() {
 . scripts/env.sh
 
 # The Vulkan test suite (validation on by default in every one of them), the recovery suite
-# (fault injection), the cross-crate fault suite and the fault layer's own tests. The shader
-# check is left out: it compares SPIR-V with glslc, a build-machine concern.
+# (fault injection), cross-ring waits on the device (the GPU's several queues), the pumping
+# thread's retirement, deadlines, external semaphores and adopted devices, the cross-crate
+# fault suite and the fault layer's own tests. Left out: the shader check (it compares SPIR-V
+# with glslc, a build-machine concern), the window test (an X server), the engine tests (their
+# own instance; the size limit).
 tests_of() {
     local prefix=$1
     shift
@@ -85,7 +88,8 @@ tests_of() {
 }
 {
     tests_of vulkan -p gpusched-vulkan --features fault-injection --lib \
-        --test compute --test errors --test queues --test teardown --test recovery
+        --test compute --test errors --test queues --test teardown --test recovery \
+        --test cross_ring --test retire --test deadline --test semaphores --test adopt
     tests_of faults -p gpusched-tests --test fault_vulkan
     tests_of layer -p vk-fault-layer --test layer --test env_enable --test env_faults
 } >"$OUT/tests/LIST"
