@@ -26,8 +26,13 @@
 //! while the mutex's state keeps changing or its holder keeps taking and releasing locks: on
 //! a machine where both run at once the wait is usually over in a few hundred nanoseconds,
 //! far less than a sleep and a wake-up, and a holder that stops making progress (preempted,
-//! blocked, or doing long work) sends the waiter to sleep within a couple of microseconds. Interruptible waits poll their [`InterruptDomain`] every
-//! millisecond (its event is private to the fence crate).
+//! blocked, or doing long work) sends the waiter to sleep within a couple of microseconds.
+//! Interruptible waits poll their [`InterruptDomain`] every millisecond (its event is private
+//! to the fence crate).
+//!
+//! The file is long (about 800 lines) because the class, the context, the mutex's state
+//! protocol and the guard are one concern: each of them reads or writes the others' state
+//! under the same rules (stamps, wounds, the hand-over order). The spin is in `spin.rs`.
 //!
 //! # Contract rules enforced here
 //! - Every acquisition is reported to the signalling-contract checker

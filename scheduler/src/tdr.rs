@@ -134,9 +134,9 @@ impl ResetDomain {
     }
 
     /// How many timeout handlers have run: each time a job's timeout found it unfinished and
-    /// its backend's `timedout_job` ran, whatever that returned (a
-    /// [`TimeoutStatus::NoHang`](crate::TimeoutStatus::NoHang) extension of a slow but
-    /// progressing job counts too). Timeouts that found the job complete do not.
+    /// its backend's `timedout_job` ran, whatever that returned (a [`TimeoutStatus::NoHang`]
+    /// extension of a slow but progressing job counts too). Timeouts that found the job
+    /// complete do not.
     pub fn recoveries(&self) -> u64 {
         self.inner.recoveries.load(StdOrdering::Relaxed)
     }
