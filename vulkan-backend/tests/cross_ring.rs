@@ -42,15 +42,31 @@ fn rings(dev: &VulkanDevice, timeout: Duration) -> (Scheduler<VulkanRing>, Sched
     (dev.ring(0, cfg("ra")).unwrap(), dev.ring(0, cfg("rb")).unwrap())
 }
 
-/// A chain alternating between two rings, each job reading the previous one's result
-/// (`y += x`, twelve times), with cross-ring waits on the device (`native`) or on the host
-/// ([`VulkanRing::set_native_waits`]). Returns `y`.
-fn saxpy_chain(dev: &VulkanDevice, native: bool) -> Vec<f32> {
-    let (ra, rb) = rings(dev, WATCHDOG);
+/// Two rings of `dev` (timeout `timeout`), an entity on each, and two buffers of `N` floats.
+struct TwoRings {
+    ra: Scheduler<VulkanRing>,
+    rb: Scheduler<VulkanRing>,
+    ea: Entity<VulkanRing>,
+    eb: Entity<VulkanRing>,
+    x: Buffer,
+    y: Buffer,
+}
+
+#[track_caller]
+fn two_rings(dev: &VulkanDevice, timeout: Duration) -> TwoRings {
+    let (ra, rb) = rings(dev, timeout);
     let ea = Entity::new(&[&ra], Priority::Normal).unwrap();
     let eb = Entity::new(&[&rb], Priority::Normal).unwrap();
     let x = dev.buffer(u64::from(N) * 4).unwrap();
     let y = dev.buffer(u64::from(N) * 4).unwrap();
+    TwoRings { ra, rb, ea, eb, x, y }
+}
+
+/// A chain alternating between two rings, each job reading the previous one's result
+/// (`y += x`, twelve times), with cross-ring waits on the device (`native`) or on the host
+/// ([`VulkanRing::set_native_waits`]). Returns `y`.
+fn saxpy_chain(dev: &VulkanDevice, native: bool) -> Vec<f32> {
+    let TwoRings { ra, rb, ea, eb, x, y } = two_rings(dev, WATCHDOG);
     wait_ok(&VulkanDevice::submit(&ea, fill_job(&x, 1.0, N)).unwrap());
     wait_ok(&VulkanDevice::submit(&ea, fill_job(&y, 0.0, N)).unwrap());
     ra.backend().set_native_waits(native);
@@ -92,12 +108,8 @@ fn a_chain_across_two_rings_gives_the_same_results_as_host_waits() {
 fn the_dependant_is_submitted_before_its_dependency_finishes() {
     let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let Some(dev) = device() else { return };
-    let (ra, rb) = rings(&dev, WATCHDOG);
-    let ea = Entity::new(&[&ra], Priority::Normal).unwrap();
-    let eb = Entity::new(&[&rb], Priority::Normal).unwrap();
+    let TwoRings { ra, rb, ea, eb, x, y } = two_rings(&dev, WATCHDOG);
     let gate = Gate::new(&dev);
-    let x = dev.buffer(u64::from(N) * 4).unwrap();
-    let y = dev.buffer(u64::from(N) * 4).unwrap();
     wait_ok(&VulkanDevice::submit(&eb, fill_job(&y, 1.0, N)).unwrap());
     let first = VulkanDevice::submit(&ea, gate.job(&x, 3.0, N)).unwrap();
     let armed = VulkanDevice::arm(&eb, saxpy_job(&x, &y, 2.0)).unwrap();
@@ -124,11 +136,7 @@ fn a_hang_of_the_awaited_ring_does_not_blame_the_waiting_job() {
     let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let Some(dev) = device() else { return };
     let timeout = Duration::from_millis(150);
-    let (ra, rb) = rings(&dev, timeout);
-    let guilty = Entity::new(&[&ra], Priority::Normal).unwrap();
-    let innocent = Entity::new(&[&rb], Priority::Normal).unwrap();
-    let x = dev.buffer(u64::from(N) * 4).unwrap();
-    let y = dev.buffer(u64::from(N) * 4).unwrap();
+    let TwoRings { ra, rb, ea: guilty, eb: innocent, x, y } = two_rings(&dev, timeout);
     wait_ok(&VulkanDevice::submit(&innocent, fill_job(&y, 1.0, N)).unwrap());
     let hung = VulkanDevice::submit(&guilty, fill_job(&x, 3.0, N).inject(JobFault::Hang)).unwrap();
     let armed = VulkanDevice::arm(&innocent, saxpy_job(&x, &y, 2.0)).unwrap();
@@ -156,11 +164,7 @@ fn a_device_loss_while_a_cross_ring_wait_is_pending_fails_every_fence() {
     use gpusched_vulkan::JobFault;
     let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let Some(dev) = device() else { return };
-    let (ra, rb) = rings(&dev, WATCHDOG);
-    let ea = Entity::new(&[&ra], Priority::Normal).unwrap();
-    let eb = Entity::new(&[&rb], Priority::Normal).unwrap();
-    let x = dev.buffer(u64::from(N) * 4).unwrap();
-    let y = dev.buffer(u64::from(N) * 4).unwrap();
+    let TwoRings { ra, rb, ea, eb, x, y } = two_rings(&dev, WATCHDOG);
     let hung = VulkanDevice::submit(&ea, fill_job(&x, 3.0, N).inject(JobFault::Hang)).unwrap();
     let armed = VulkanDevice::arm(&eb, saxpy_job(&x, &y, 2.0)).unwrap();
     let scheduled = armed.scheduled().clone();
@@ -192,12 +196,8 @@ fn a_dependant_completes_only_after_the_awaited_rings_drain() {
     use std::time::Instant;
     let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let Some(dev) = device() else { return };
-    let (ra, rb) = rings(&dev, WATCHDOG);
-    let ea = Entity::new(&[&ra], Priority::Normal).unwrap();
-    let eb = Entity::new(&[&rb], Priority::Normal).unwrap();
+    let TwoRings { ra, rb, ea, eb, x, y } = two_rings(&dev, WATCHDOG);
     let gate = Gate::new(&dev);
-    let x = dev.buffer(u64::from(N) * 4).unwrap();
-    let y = dev.buffer(u64::from(N) * 4).unwrap();
     wait_ok(&VulkanDevice::submit(&ea, fill_job(&x, 1.0, N)).unwrap());
     // Ring A's job waits for the gate on the device; ring B's reads its result.
     let first = VulkanDevice::submit(&ea, gate.job(&y, 3.0, N)).unwrap();
